@@ -1,0 +1,176 @@
+import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted } from "effect"
+
+/**
+ * The settings of one stack, read from Electric's environment variable names,
+ * formats and defaults (durations in milliseconds). Settings Electric does not
+ * have use the `SYNCLINE_` prefix.
+ */
+export interface StackSettings {
+  /** `DATABASE_URL`; absent means "start an embedded Postgres". */
+  readonly databaseUrl: Option.Option<Redacted.Redacted<string>>
+  readonly port: number
+  readonly storageDir: string
+  /** `ELECTRIC_SECRET`; `None` when `ELECTRIC_INSECURE=true` (or in embedded mode without a secret). */
+  readonly secret: Option.Option<Redacted.Redacted<string>>
+  readonly longPollTimeoutMs: number
+  readonly chunkBytesThreshold: number
+  readonly cacheMaxAge: number
+  readonly cacheStaleAge: number
+  readonly replicationStreamId: string
+  readonly enableIntegrationTesting: boolean
+  readonly shutdownTimeoutMs: number
+}
+
+/** Names derived from the replication stream id, as Electric names them. */
+export const publicationName = (s: StackSettings): string => `electric_publication_${s.replicationStreamId}`
+export const slotName = (s: StackSettings): string => `electric_slot_${s.replicationStreamId}`
+
+const invalid = (name: string, expected: string, got: string) =>
+  ConfigError.InvalidData([name], `${name} must be ${expected}, got ${JSON.stringify(got)}`)
+
+const optionalRaw = (name: string) => Config.option(Config.string(name))
+
+const integer = (name: string, fallback: number, min: number, max: number, expected: string) =>
+  optionalRaw(name).pipe(
+    Config.mapOrFail((raw) => {
+      if (Option.isNone(raw) || raw.value.trim() === "") return Either.right(fallback)
+      const text = raw.value.trim()
+      const n = /^-?\d+$/.test(text) ? Number(text) : NaN
+      return Number.isSafeInteger(n) && n >= min && n <= max
+        ? Either.right(n)
+        : Either.left(invalid(name, expected, raw.value))
+    })
+  )
+
+const boolean = (name: string, fallback: boolean) =>
+  optionalRaw(name).pipe(
+    Config.mapOrFail((raw) => {
+      if (Option.isNone(raw) || raw.value.trim() === "") return Either.right(fallback)
+      const text = raw.value.trim().toLowerCase()
+      if (text === "true" || text === "1") return Either.right(true)
+      if (text === "false" || text === "0") return Either.right(false)
+      return Either.left(invalid(name, "true or false", raw.value))
+    })
+  )
+
+const nonEmptyString = (name: string, fallback: string, pattern: RegExp, expected: string) =>
+  optionalRaw(name).pipe(
+    Config.mapOrFail((raw) => {
+      if (Option.isNone(raw) || raw.value === "") return Either.right(fallback)
+      return pattern.test(raw.value) ? Either.right(raw.value) : Either.left(invalid(name, expected, raw.value))
+    })
+  )
+
+const databaseUrl = optionalRaw("DATABASE_URL").pipe(
+  Config.mapOrFail((raw) => {
+    if (Option.isNone(raw) || raw.value.trim() === "") return Either.right(Option.none<Redacted.Redacted<string>>())
+    const text = raw.value.trim()
+    if (!/^postgres(ql)?:\/\//.test(text)) {
+      return Either.left(
+        ConfigError.InvalidData(["DATABASE_URL"], "DATABASE_URL must be a postgresql:// URL")
+      )
+    }
+    try {
+      new URL(text)
+    } catch {
+      return Either.left(ConfigError.InvalidData(["DATABASE_URL"], "DATABASE_URL must be a valid postgresql:// URL"))
+    }
+    return Either.right(Option.some(Redacted.make(text)))
+  })
+)
+
+/** The `Config` that reads every setting; exposed so host apps can read it from their own provider. */
+export const stackSettingsConfig: Config.Config<StackSettings> = Config.all({
+  databaseUrl,
+  port: integer("ELECTRIC_PORT", 3000, 0, 65535, "a port number (0-65535)"),
+  storageDir: nonEmptyString("ELECTRIC_STORAGE_DIR", "./persistent", /./, "a directory path"),
+  insecure: boolean("ELECTRIC_INSECURE", false),
+  secret: optionalRaw("ELECTRIC_SECRET"),
+  longPollTimeoutMs: integer("ELECTRIC_LONG_POLL_TIMEOUT", 20_000, 0, 3_600_000, "a duration in milliseconds"),
+  chunkBytesThreshold: integer(
+    "ELECTRIC_SHAPE_CHUNK_BYTES_THRESHOLD",
+    10_485_760,
+    1,
+    Number.MAX_SAFE_INTEGER,
+    "a positive number of bytes"
+  ),
+  cacheMaxAge: integer("ELECTRIC_CACHE_MAX_AGE", 60, 0, 31_536_000, "a number of seconds"),
+  cacheStaleAge: integer("ELECTRIC_CACHE_STALE_AGE", 300, 0, 31_536_000, "a number of seconds"),
+  replicationStreamId: nonEmptyString(
+    "ELECTRIC_REPLICATION_STREAM_ID",
+    "default",
+    /^[a-z0-9_]{1,40}$/,
+    "1-40 characters of a-z, 0-9 and _"
+  ),
+  enableIntegrationTesting: boolean("ELECTRIC_ENABLE_INTEGRATION_TESTING", false),
+  shutdownTimeoutMs: integer("SYNCLINE_SHUTDOWN_TIMEOUT", 10_000, 0, 3_600_000, "a duration in milliseconds")
+}).pipe(
+  Config.mapOrFail(({ insecure, secret, ...rest }) => {
+    const hasSecret = Option.isSome(secret) && secret.value !== ""
+    if (Option.isSome(rest.databaseUrl)) {
+      if (insecure && hasSecret) {
+        return Either.left(
+          ConfigError.InvalidData(["ELECTRIC_SECRET"], "set either ELECTRIC_SECRET or ELECTRIC_INSECURE=true, not both")
+        )
+      }
+      if (!insecure && !hasSecret) {
+        return Either.left(
+          ConfigError.MissingData(
+            ["ELECTRIC_SECRET"],
+            "ELECTRIC_SECRET is required with DATABASE_URL (or set ELECTRIC_INSECURE=true to serve without a secret)"
+          )
+        )
+      }
+    }
+    return Either.right<StackSettings>({
+      ...rest,
+      secret: hasSecret && !insecure ? Option.some(Redacted.make(secret.value)) : Option.none()
+    })
+  })
+)
+
+/** One line per configuration problem: what `main` prints before exiting. */
+export const formatConfigError = (error: ConfigError.ConfigError): string => {
+  const lines: Array<string> = []
+  const visit = (e: ConfigError.ConfigError): void => {
+    switch (e._op) {
+      case "And":
+      case "Or":
+        visit(e.left)
+        visit(e.right)
+        return
+      case "InvalidData":
+      case "MissingData":
+      case "SourceUnavailable":
+      case "Unsupported":
+        lines.push(e.message)
+        return
+    }
+  }
+  visit(error)
+  return [...new Set(lines)].join("; ")
+}
+
+/** The stack's settings as a service. */
+export class StackConfig extends Context.Tag("syncline/StackConfig")<StackConfig, StackSettings>() {
+  /** Reads the settings from the current `ConfigProvider` (the environment, by default). */
+  static readonly layer: Layer.Layer<StackConfig, ConfigError.ConfigError> = Layer.effect(StackConfig, stackSettingsConfig)
+  static readonly make = (settings: Partial<StackSettings> = {}): StackSettings => ({
+    databaseUrl: Option.none(),
+    port: 3000,
+    storageDir: "./persistent",
+    secret: Option.none(),
+    longPollTimeoutMs: 20_000,
+    chunkBytesThreshold: 10_485_760,
+    cacheMaxAge: 60,
+    cacheStaleAge: 300,
+    replicationStreamId: "default",
+    enableIntegrationTesting: false,
+    shutdownTimeoutMs: 10_000,
+    ...settings
+  })
+  static readonly layerWith = (settings: Partial<StackSettings>): Layer.Layer<StackConfig> =>
+    Layer.succeed(StackConfig, StackConfig.make(settings))
+}
+
+export const readStackSettings: Effect.Effect<StackSettings, ConfigError.ConfigError> = stackSettingsConfig

@@ -1,0 +1,53 @@
+import type { Lsn } from "./Lsn.js"
+
+/**
+ * Decoded logical replication data, as the replication connection hands it to
+ * the collector. Column values are Postgres's text form, verbatim.
+ */
+
+/** A column value: its text form, `null` for SQL NULL, `undefined` for an unchanged TOASTed value. */
+export type ColumnValue = string | null | undefined
+
+/** A row as `column name -> value`. */
+export type Row = Record<string, ColumnValue>
+
+export interface RelationColumn {
+  readonly name: string
+  readonly typeOid: number
+  readonly typeMod: number
+  /** Part of the replica identity (with `REPLICA IDENTITY FULL`, every column). */
+  readonly isKey: boolean
+}
+
+/** A pgoutput Relation message: the table's shape at this point of the stream. */
+export interface Relation {
+  readonly oid: number
+  readonly schema: string
+  readonly name: string
+  /** `d` default, `n` nothing, `f` full, `i` index. */
+  readonly replicaIdentity: string
+  readonly columns: ReadonlyArray<RelationColumn>
+}
+
+export type Change =
+  | { readonly kind: "insert"; readonly relation: Relation; readonly new: Row }
+  | { readonly kind: "update"; readonly relation: Relation; readonly old: Row | undefined; readonly new: Row }
+  | { readonly kind: "delete"; readonly relation: Relation; readonly old: Row }
+  | { readonly kind: "truncate"; readonly relations: ReadonlyArray<Relation> }
+
+/**
+ * One committed transaction, whole (pgoutput protocol v1 never streams
+ * in-progress transactions).
+ */
+export interface Transaction {
+  /** The 32-bit xid from Begin. */
+  readonly xid: number
+  /** Begin's `final_lsn`: the LSN of the commit record; the `tx` part of the changes' offsets. */
+  readonly commitLsn: Lsn
+  /** Commit's `end_lsn`: what the slot is acknowledged with once the transaction is durable. */
+  readonly endLsn: Lsn
+  readonly commitTime: bigint
+  readonly changes: ReadonlyArray<Change>
+  /** Relation messages seen since the previous transaction (schema changes). */
+  readonly relations: ReadonlyArray<Relation>
+}

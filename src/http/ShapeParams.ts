@@ -1,0 +1,254 @@
+import { Either } from "effect"
+import { InvalidRequest } from "../domain/errors.js"
+import { parseColumnsParam, parseTableIdentifier } from "../domain/Identifiers.js"
+import { LogOffset } from "../domain/LogOffset.js"
+import type { TableRef } from "../domain/Table.js"
+
+/**
+ * The shape-definition part of a request, as the client wrote it: the table
+ * parsed, `where` still raw text, `params` keyed by placeholder number
+ * (`"1"` for `$1`), and `columns` in the order given.
+ */
+export interface ShapeDefinitionParams {
+  readonly table: TableRef
+  readonly where?: string
+  readonly params: Readonly<Record<string, string>>
+  readonly columns?: ReadonlyArray<string>
+  readonly replica: "default" | "full"
+  readonly log: "full" | "changes_only"
+}
+
+/**
+ * A validated `GET /v1/shape` request. `handle` is absent when `offset` is
+ * `-1` or `now` (the client sends a stale one there as a cache buster);
+ * `subset` is set when any `subset__*` parameter was sent.
+ */
+export interface ShapeRequest extends ShapeDefinitionParams {
+  readonly offset: LogOffset | "now"
+  readonly handle?: string
+  readonly live: boolean
+  readonly sse: boolean
+  readonly cursor?: string
+  readonly secret?: string
+  readonly subset: boolean
+}
+
+/**
+ * A validated `DELETE /v1/shape` request: a handle, a shape definition, or
+ * both (then they must name the same shape, which the handler checks).
+ */
+export interface DeleteRequest {
+  readonly handle?: string
+  readonly definition?: ShapeDefinitionParams
+  readonly secret?: string
+}
+
+type Errors = Record<string, Array<string>>
+
+const addError = (errors: Errors, field: string, message: string): void => {
+  const list = errors[field]
+  if (list === undefined) errors[field] = [message]
+  else list.push(message)
+}
+
+/** Plug decodes repeated keys last-wins; we do the same so both servers read a URL alike. */
+const lastValue = (query: URLSearchParams, key: string): string | undefined => {
+  const all = query.getAll(key)
+  return all.length === 0 ? undefined : all[all.length - 1]
+}
+
+/** Ecto casts blank strings to nil, so Electric treats `table=` like no `table`. */
+const nonBlank = (value: string | undefined): string | undefined =>
+  value === undefined || value.trim().length === 0 ? undefined : value
+
+/** `live`, `live_sse`: present with any value but `false` (an empty one included) is true. */
+const flag = (value: string | undefined): boolean => value !== undefined && value !== "false"
+
+const POSITIVE_INTEGER = /^[1-9][0-9]*$/
+const PARAMS_KEY = /^params\[(.*)\]$/
+
+const invalidParamKey = (key: string): string => `parameter names must be positive integers, got: ${key}`
+
+const parseJsonParams = (text: string, params: Record<string, string>, errors: Errors): void => {
+  let decoded: unknown
+  try {
+    decoded = JSON.parse(text)
+  } catch {
+    addError(errors, "params", "params must be valid JSON")
+    return
+  }
+  if (decoded === null || typeof decoded !== "object" || Array.isArray(decoded)) {
+    addError(errors, "params", "params must be a JSON object")
+    return
+  }
+  for (const [key, value] of Object.entries(decoded)) {
+    if (!POSITIVE_INTEGER.test(key)) {
+      addError(errors, "params", invalidParamKey(key))
+    } else if (typeof value === "string") {
+      params[key] = value
+    } else if (typeof value === "number" || typeof value === "boolean") {
+      params[key] = String(value)
+    } else {
+      addError(errors, "params", `parameter values must be strings, got: ${JSON.stringify(value)} for ${key}`)
+    }
+  }
+}
+
+interface Scan {
+  readonly params: Record<string, string>
+  readonly subset: boolean
+}
+
+/** One pass over every key: `params[N]` entries and the `subset__*` marker. */
+const scanKeys = (query: URLSearchParams, errors: Errors): Scan => {
+  const params: Record<string, string> = {}
+  let subset = false
+  const json = nonBlank(lastValue(query, "params"))
+  if (json !== undefined) parseJsonParams(json, params, errors)
+  for (const [key, value] of query) {
+    if (key.startsWith("subset__")) {
+      subset = true
+      continue
+    }
+    if (!key.startsWith("params[")) continue
+    const m = PARAMS_KEY.exec(key)
+    const n = m === null ? key : m[1]!
+    if (m === null || !POSITIVE_INTEGER.test(n)) addError(errors, "params", invalidParamKey(n))
+    else params[n] = value
+  }
+  return { params, subset }
+}
+
+const parseDefinition = (
+  query: URLSearchParams,
+  errors: Errors,
+  params: Record<string, string>
+): ShapeDefinitionParams | undefined => {
+  let table: TableRef | undefined
+  const tableText = nonBlank(lastValue(query, "table"))
+  if (tableText === undefined) {
+    addError(errors, "table", "can't be blank")
+  } else {
+    const parsed = parseTableIdentifier(tableText)
+    if (Either.isLeft(parsed)) addError(errors, "table", parsed.left)
+    else table = parsed.right
+  }
+
+  let columns: ReadonlyArray<string> | undefined
+  const columnsText = nonBlank(lastValue(query, "columns"))
+  if (columnsText !== undefined) {
+    const parsed = parseColumnsParam(columnsText)
+    if (Either.isLeft(parsed)) addError(errors, "columns", parsed.left)
+    else columns = parsed.right
+  }
+
+  let replica: "default" | "full" = "default"
+  const replicaText = nonBlank(lastValue(query, "replica"))
+  if (replicaText === "full") replica = "full"
+  else if (replicaText !== undefined && replicaText !== "default") addError(errors, "replica", "is invalid")
+
+  let log: "full" | "changes_only" = "full"
+  const logText = nonBlank(lastValue(query, "log"))
+  if (logText === "changes_only") log = "changes_only"
+  else if (logText !== undefined && logText !== "full") addError(errors, "log", "is invalid")
+
+  if (table === undefined) return undefined
+  const where = nonBlank(lastValue(query, "where"))
+  return {
+    table,
+    ...(where !== undefined ? { where } : {}),
+    params,
+    ...(columns !== undefined ? { columns } : {}),
+    replica,
+    log
+  }
+}
+
+const readSecret = (query: URLSearchParams): string | undefined =>
+  nonBlank(lastValue(query, "secret")) ?? nonBlank(lastValue(query, "api_secret"))
+
+const hasErrors = (errors: Errors): boolean => {
+  for (const _ in errors) return true
+  return false
+}
+
+/**
+ * Validates the query string of `GET /v1/shape` (and of `POST`, whose shape
+ * definition stays in the query) with Electric's rules and messages. Every
+ * failing rule is reported, each under its parameter's name; unknown
+ * parameters are ignored, as the client adds its own.
+ */
+export const parseShapeParams = (query: URLSearchParams): Either.Either<ShapeRequest, InvalidRequest> => {
+  const errors: Errors = {}
+
+  let offset: LogOffset | "now" | undefined
+  const offsetText = nonBlank(lastValue(query, "offset"))
+  if (offsetText === undefined) addError(errors, "offset", "can't be blank")
+  else if (offsetText === "now") offset = "now"
+  else {
+    offset = LogOffset.parse(offsetText)
+    if (offset === undefined) addError(errors, "offset", "has invalid format")
+  }
+  const startsFresh = offset === "now" || (offset !== undefined && LogOffset.isBeforeAll(offset))
+
+  let handle = nonBlank(lastValue(query, "handle"))
+  if (startsFresh) handle = undefined
+  else if (offset !== undefined && handle === undefined) {
+    addError(errors, "handle", "can't be blank when offset != -1")
+  }
+
+  const live = flag(lastValue(query, "live"))
+  if (live && offset === "now") addError(errors, "live", "can't be true when offset is 'now'")
+  else if (live && startsFresh) addError(errors, "live", "can't be true when offset == -1")
+
+  const sse = flag(query.has("live_sse") ? lastValue(query, "live_sse") : lastValue(query, "experimental_live_sse"))
+  if (sse && !live) addError(errors, "live_sse", "can't be true unless live is also true")
+
+  const { params, subset } = scanKeys(query, errors)
+  const definition = parseDefinition(query, errors, params)
+
+  if (definition === undefined || offset === undefined || hasErrors(errors)) {
+    return Either.left(new InvalidRequest({ errors }))
+  }
+  const cursor = lastValue(query, "cursor")
+  const secret = readSecret(query)
+  return Either.right({
+    ...definition,
+    offset,
+    ...(handle !== undefined ? { handle } : {}),
+    live,
+    sse,
+    ...(cursor !== undefined ? { cursor } : {}),
+    ...(secret !== undefined ? { secret } : {}),
+    subset
+  })
+}
+
+/**
+ * Validates the query string of `DELETE /v1/shape`: with a `table`, the shape
+ * definition is validated as for GET and a `handle` is optional; without
+ * one, a `handle` alone is required.
+ */
+export const parseDeleteParams = (query: URLSearchParams): Either.Either<DeleteRequest, InvalidRequest> => {
+  const errors: Errors = {}
+  const handle = nonBlank(lastValue(query, "handle"))
+  const secret = readSecret(query)
+  const common = {
+    ...(handle !== undefined ? { handle } : {}),
+    ...(secret !== undefined ? { secret } : {})
+  }
+  if (nonBlank(lastValue(query, "table")) === undefined) {
+    if (handle === undefined) {
+      return Either.left(InvalidRequest.single("handle", "can't be blank when shape definition is missing"))
+    }
+    return Either.right(common)
+  }
+  const { params } = scanKeys(query, errors)
+  const definition = parseDefinition(query, errors, params)
+  if (definition === undefined || hasErrors(errors)) return Either.left(new InvalidRequest({ errors }))
+  return Either.right({ ...common, definition })
+}
+
+/** The 400 body for an `InvalidRequest`, as Electric writes it and the client's tests read it. */
+export const invalidRequestBody = (e: InvalidRequest): string =>
+  JSON.stringify({ message: "Invalid request", errors: e.errors })

@@ -1,0 +1,392 @@
+import type { Change, ColumnValue, Relation, RelationColumn, Row, Transaction } from "../domain/Change.js"
+import type { Lsn } from "../domain/Lsn.js"
+
+/**
+ * A pure decoder for pgoutput protocol v1 (the messages inside XLogData), the
+ * standby status update of the streaming replication protocol, and an assembler that turns the message sequence
+ * into whole `Transaction`s. Column values stay Postgres's text form.
+ */
+
+/** One decoded tuple: values in relation column order (`undefined` = unchanged TOAST). */
+export type TupleData = Array<ColumnValue>
+
+/** A decoded pgoutput v1 message; tuples are positional, matched to columns by the Relation. */
+export type PgOutputMessage =
+  | { readonly tag: "begin"; readonly finalLsn: Lsn; readonly commitTime: bigint; readonly xid: number }
+  | {
+    readonly tag: "commit"
+    readonly flags: number
+    readonly commitLsn: Lsn
+    readonly endLsn: Lsn
+    readonly commitTime: bigint
+  }
+  | { readonly tag: "origin"; readonly originLsn: Lsn; readonly name: string }
+  | { readonly tag: "relation"; readonly relation: Relation }
+  | { readonly tag: "type"; readonly oid: number; readonly schema: string; readonly name: string }
+  | { readonly tag: "insert"; readonly relationOid: number; readonly new: TupleData }
+  | {
+    readonly tag: "update"
+    readonly relationOid: number
+    /** `K` (replica identity key only), `O` (whole old row) or absent. */
+    readonly oldKind: "K" | "O" | undefined
+    readonly old: TupleData | undefined
+    readonly new: TupleData
+  }
+  | { readonly tag: "delete"; readonly relationOid: number; readonly oldKind: "K" | "O"; readonly old: TupleData }
+  | {
+    readonly tag: "truncate"
+    /** Bit 1: CASCADE, bit 2: RESTART IDENTITY. */
+    readonly options: number
+    readonly relationOids: ReadonlyArray<number>
+  }
+  | {
+    readonly tag: "message"
+    readonly transactional: boolean
+    readonly lsn: Lsn
+    readonly prefix: string
+    readonly content: Buffer
+  }
+
+/** The message could not be decoded: unknown type, bad tuple kind, or truncated. */
+export class PgOutputDecodeError extends Error {
+  override readonly name = "PgOutputDecodeError"
+}
+
+// The decoder keeps its read position in a module-level cursor rather than
+// allocating a reader object per message: decoding is synchronous and never re-entrant.
+const EMPTY = Buffer.alloc(0)
+let buf: Buffer = EMPTY
+let pos = 0
+
+const u8 = (): number => buf[pos++]!
+const i16 = (): number => {
+  const v = buf.readInt16BE(pos)
+  pos += 2
+  return v
+}
+const i32 = (): number => {
+  const v = buf.readInt32BE(pos)
+  pos += 4
+  return v
+}
+const u32 = (): number => {
+  const v = buf.readUInt32BE(pos)
+  pos += 4
+  return v
+}
+const u64 = (): bigint => {
+  const v = buf.readBigUInt64BE(pos)
+  pos += 8
+  return v
+}
+const i64 = (): bigint => {
+  const v = buf.readBigInt64BE(pos)
+  pos += 8
+  return v
+}
+const cstring = (): string => {
+  const end = buf.indexOf(0, pos)
+  if (end < 0) throw new PgOutputDecodeError("unterminated string")
+  const s = buf.toString("utf8", pos, end)
+  pos = end + 1
+  return s
+}
+
+const tuple = (): TupleData => {
+  const n = i16()
+  const values: TupleData = new Array(n)
+  for (let i = 0; i < n; i++) {
+    const kind = u8()
+    if (kind === 0x74 /* t */) {
+      const len = i32()
+      const end = pos + len
+      if (end > buf.length) throw new PgOutputDecodeError("truncated column value")
+      values[i] = buf.toString("utf8", pos, end)
+      pos = end
+    } else if (kind === 0x6e /* n */) {
+      values[i] = null
+    } else if (kind === 0x75 /* u */) {
+      values[i] = undefined
+    } else if (kind === 0x62 /* b */) {
+      // Binary values only appear with the `binary` option, which we never request.
+      throw new PgOutputDecodeError("binary column values are not supported")
+    } else {
+      throw new PgOutputDecodeError(`unknown tuple column kind 0x${kind.toString(16)}`)
+    }
+  }
+  return values
+}
+
+const relation = (): Relation => {
+  const oid = u32()
+  const schema = cstring()
+  const name = cstring()
+  const replicaIdentity = String.fromCharCode(u8())
+  const n = i16()
+  const columns: Array<RelationColumn> = new Array(n)
+  for (let i = 0; i < n; i++) {
+    const flags = u8()
+    const colName = cstring()
+    const typeOid = u32()
+    const typeMod = i32()
+    columns[i] = { name: colName, typeOid, typeMod, isKey: (flags & 1) === 1 }
+  }
+  // pgoutput sends an empty namespace for pg_catalog.
+  return { oid, schema: schema === "" ? "pg_catalog" : schema, name, replicaIdentity, columns }
+}
+
+const oldKindOf = (byte: number): "K" | "O" => {
+  if (byte === 0x4b /* K */) return "K"
+  if (byte === 0x4f /* O */) return "O"
+  throw new PgOutputDecodeError(`unexpected tuple marker 0x${byte.toString(16)}`)
+}
+
+const expectNew = (): void => {
+  const b = u8()
+  if (b !== 0x4e /* N */) throw new PgOutputDecodeError(`expected new tuple marker, got 0x${b.toString(16)}`)
+}
+
+const decodeAt = (): PgOutputMessage => {
+  const type = u8()
+  switch (type) {
+    case 0x42 /* B */: {
+      const finalLsn = u64()
+      const commitTime = i64()
+      const xid = u32()
+      return { tag: "begin", finalLsn, commitTime, xid }
+    }
+    case 0x43 /* C */: {
+      const flags = u8()
+      const commitLsn = u64()
+      const endLsn = u64()
+      const commitTime = i64()
+      return { tag: "commit", flags, commitLsn, endLsn, commitTime }
+    }
+    case 0x4f /* O */: {
+      const originLsn = u64()
+      return { tag: "origin", originLsn, name: cstring() }
+    }
+    case 0x52 /* R */:
+      return { tag: "relation", relation: relation() }
+    case 0x59 /* Y */: {
+      const oid = u32()
+      const schema = cstring()
+      return { tag: "type", oid, schema: schema === "" ? "pg_catalog" : schema, name: cstring() }
+    }
+    case 0x49 /* I */: {
+      const relationOid = u32()
+      expectNew()
+      return { tag: "insert", relationOid, new: tuple() }
+    }
+    case 0x55 /* U */: {
+      const relationOid = u32()
+      let marker = u8()
+      let oldKind: "K" | "O" | undefined
+      let old: TupleData | undefined
+      if (marker !== 0x4e /* N */) {
+        oldKind = oldKindOf(marker)
+        old = tuple()
+        marker = u8()
+        if (marker !== 0x4e) throw new PgOutputDecodeError(`expected new tuple marker, got 0x${marker.toString(16)}`)
+      }
+      return { tag: "update", relationOid, oldKind, old, new: tuple() }
+    }
+    case 0x44 /* D */: {
+      const relationOid = u32()
+      const oldKind = oldKindOf(u8())
+      return { tag: "delete", relationOid, oldKind, old: tuple() }
+    }
+    case 0x54 /* T */: {
+      const n = i32()
+      const options = u8()
+      const relationOids: Array<number> = new Array(n)
+      for (let i = 0; i < n; i++) relationOids[i] = u32()
+      return { tag: "truncate", options, relationOids }
+    }
+    case 0x4d /* M */: {
+      const flags = u8()
+      const lsn = u64()
+      const prefix = cstring()
+      const len = i32()
+      if (pos + len > buf.length) throw new PgOutputDecodeError("truncated message content")
+      const content = buf.subarray(pos, pos + len)
+      pos += len
+      return { tag: "message", transactional: (flags & 1) === 1, lsn, prefix, content }
+    }
+    default:
+      throw new PgOutputDecodeError(`unknown pgoutput message type 0x${type.toString(16)}`)
+  }
+}
+
+/**
+ * Decodes the pgoutput message that starts at `offset` in `data` (the XLogData
+ * payload starts at byte 25 of a CopyData chunk). Throws `PgOutputDecodeError`
+ * (or a `RangeError` from a truncated buffer) on malformed input.
+ */
+export const decode = (data: Buffer, offset = 0): PgOutputMessage => {
+  buf = data
+  pos = offset
+  try {
+    return decodeAt()
+  } finally {
+    buf = EMPTY
+  }
+}
+
+/** Byte offset of the pgoutput message inside an XLogData ('w') CopyData chunk. */
+export const XLOG_DATA_HEADER_BYTES = 25
+
+/** Byte offset of the reply-requested flag inside a primary keepalive ('k') CopyData chunk. */
+export const KEEPALIVE_REPLY_FLAG_OFFSET = 17
+
+/** Milliseconds between the Unix epoch and the Postgres epoch (2000-01-01 UTC). */
+const PG_EPOCH_MS = 946_684_800_000
+
+/** Microseconds since 2000-01-01 UTC, the clock the replication protocol uses. */
+export const pgClockNow = (nowMs: number = Date.now()): bigint => BigInt(nowMs - PG_EPOCH_MS) * 1000n
+
+/**
+ * Encodes a 34-byte standby status update ('r') reporting `lsn` as the
+ * written, flushed and applied position.
+ */
+export const encodeStandbyStatus = (lsn: Lsn, clock: bigint, replyRequested = false): Buffer => {
+  const out = Buffer.allocUnsafe(34)
+  out[0] = 0x72 /* r */
+  out.writeBigUInt64BE(lsn, 1)
+  out.writeBigUInt64BE(lsn, 9)
+  out.writeBigUInt64BE(lsn, 17)
+  out.writeBigInt64BE(clock, 25)
+  out[33] = replyRequested ? 1 : 0
+  return out
+}
+
+/** A change or transaction boundary arrived in an order pgoutput never produces. */
+export class TransactionAssemblyError extends Error {
+  override readonly name = "TransactionAssemblyError"
+}
+
+const toRow = (rel: Relation, values: TupleData): Row => {
+  const cols = rel.columns
+  if (values.length !== cols.length) {
+    throw new TransactionAssemblyError(
+      `tuple of ${values.length} columns for relation ${rel.schema}.${rel.name} of ${cols.length}`
+    )
+  }
+  const row: Row = {}
+  for (let i = 0; i < cols.length; i++) row[cols[i]!.name] = values[i]
+  return row
+}
+
+// A 'K' tuple carries every column, with nulls outside the replica identity:
+// only the key columns mean anything.
+const toKeyRow = (rel: Relation, values: TupleData): Row => {
+  const cols = rel.columns
+  if (values.length !== cols.length) {
+    throw new TransactionAssemblyError(
+      `tuple of ${values.length} columns for relation ${rel.schema}.${rel.name} of ${cols.length}`
+    )
+  }
+  const row: Row = {}
+  for (let i = 0; i < cols.length; i++) {
+    const col = cols[i]!
+    if (col.isKey) row[col.name] = values[i]
+  }
+  return row
+}
+
+/**
+ * Groups decoded pgoutput messages into whole transactions: remembers Relation
+ * messages by oid (later changes refer to them), turns tuples into rows, and
+ * fills an update's unchanged-TOAST columns from its old row when the old row
+ * was sent (`REPLICA IDENTITY FULL`). One instance per replication connection.
+ */
+export class TransactionAssembler {
+  private readonly relationsByOid = new Map<number, Relation>()
+  private begin: { readonly finalLsn: Lsn; readonly commitTime: bigint; readonly xid: number } | undefined
+  private changes: Array<Change> = []
+  private newRelations: Array<Relation> = []
+
+  /** The relation last announced under `oid`, if any. */
+  relation(oid: number): Relation | undefined {
+    return this.relationsByOid.get(oid)
+  }
+
+  /** Decodes the pgoutput message at `offset` and feeds it; returns the transaction its Commit completes. */
+  pushBuffer(data: Buffer, offset = 0): Transaction | undefined {
+    return this.push(decode(data, offset))
+  }
+
+  /** Feeds one message; returns the finished transaction when `msg` is its Commit. */
+  push(msg: PgOutputMessage): Transaction | undefined {
+    switch (msg.tag) {
+      case "begin":
+        if (this.begin !== undefined) throw new TransactionAssemblyError("Begin inside a transaction")
+        this.begin = { finalLsn: msg.finalLsn, commitTime: msg.commitTime, xid: msg.xid }
+        return undefined
+      case "commit": {
+        const begin = this.begin
+        if (begin === undefined) throw new TransactionAssemblyError("Commit without Begin")
+        const tx: Transaction = {
+          xid: begin.xid,
+          commitLsn: msg.commitLsn,
+          endLsn: msg.endLsn,
+          commitTime: msg.commitTime,
+          changes: this.changes,
+          relations: this.newRelations
+        }
+        this.begin = undefined
+        this.changes = []
+        this.newRelations = []
+        return tx
+      }
+      case "relation":
+        this.relationsByOid.set(msg.relation.oid, msg.relation)
+        this.newRelations.push(msg.relation)
+        return undefined
+      case "insert": {
+        const rel = this.changeRelation(msg.relationOid)
+        this.changes.push({ kind: "insert", relation: rel, new: toRow(rel, msg.new) })
+        return undefined
+      }
+      case "update": {
+        const rel = this.changeRelation(msg.relationOid)
+        const values = msg.new
+        let old: Row | undefined
+        if (msg.old !== undefined) {
+          const oldValues = msg.old
+          old = msg.oldKind === "K" ? toKeyRow(rel, oldValues) : toRow(rel, oldValues)
+          if (msg.oldKind === "O") {
+            for (let i = 0; i < values.length; i++) {
+              if (values[i] === undefined) values[i] = oldValues[i]
+            }
+          }
+        }
+        this.changes.push({ kind: "update", relation: rel, old, new: toRow(rel, values) })
+        return undefined
+      }
+      case "delete": {
+        const rel = this.changeRelation(msg.relationOid)
+        const old = msg.oldKind === "K" ? toKeyRow(rel, msg.old) : toRow(rel, msg.old)
+        this.changes.push({ kind: "delete", relation: rel, old })
+        return undefined
+      }
+      case "truncate": {
+        if (this.begin === undefined) throw new TransactionAssemblyError("Truncate outside a transaction")
+        const relations = msg.relationOids.map((oid) => this.changeRelation(oid))
+        this.changes.push({ kind: "truncate", relations })
+        return undefined
+      }
+      case "origin":
+      case "type":
+      case "message":
+        return undefined
+    }
+  }
+
+  private changeRelation(oid: number): Relation {
+    if (this.begin === undefined) throw new TransactionAssemblyError("change outside a transaction")
+    const rel = this.relationsByOid.get(oid)
+    if (rel === undefined) throw new TransactionAssemblyError(`change for unknown relation oid ${oid}`)
+    return rel
+  }
+}

@@ -1,0 +1,207 @@
+import { Context, Deferred, Duration, Effect, Exit, Layer, Queue, Runtime, Schedule, Stream } from "effect"
+import type { Scope } from "effect"
+import pg from "pg"
+import type { Transaction } from "../domain/Change.js"
+import { ReplicationError } from "../domain/errors.js"
+import type { Lsn } from "../domain/Lsn.js"
+import {
+  encodeStandbyStatus,
+  KEEPALIVE_REPLY_FLAG_OFFSET,
+  pgClockNow,
+  TransactionAssembler,
+  XLOG_DATA_HEADER_BYTES
+} from "./PgOutput.js"
+
+/** How to reach the slot: it and its publication must already exist. */
+export interface ReplicationConnectionOptions {
+  readonly connectionString: string
+  readonly slotName: string
+  readonly publicationName: string
+  /** How often a standby status with the last acknowledged position is sent; default 10 000 ms. */
+  readonly statusIntervalMs?: number
+  /** Transactions buffered before the socket is paused; default 256. */
+  readonly bufferSize?: number
+}
+
+/**
+ * One logical replication connection on a named slot (pgoutput v1). It streams
+ * whole committed transactions and reports back only the positions it is told
+ * are durable, so a restart resumes exactly after the last acknowledged
+ * transaction. Reconnecting is the caller's job: rebuild the layer.
+ */
+export class ReplicationConnection extends Context.Tag("syncline/ReplicationConnection")<ReplicationConnection, {
+  /** Whole committed transactions in commit order; back-pressured (the socket is paused while the consumer is slow). Single consumer. */
+  readonly transactions: Stream.Stream<Transaction, ReplicationError>
+  /** Records `endLsn` as durable (monotonic: lower values are ignored) and sends a standby status with exactly that value as write/flush/apply. */
+  readonly ack: (endLsn: Lsn) => Effect.Effect<void>
+  /** The last acknowledged end LSN. */
+  readonly acknowledged: Effect.Effect<Lsn>
+}>() {
+  /** The connection as a scoped layer: opened when built, closed (after a final status) when released. */
+  static readonly layer = (options: ReplicationConnectionOptions): Layer.Layer<ReplicationConnection, ReplicationError> =>
+    Layer.scoped(ReplicationConnection, make(options))
+}
+
+// Output settings of the walsender session: pgoutput formats values with them,
+// and the shape log wants the same text a snapshot query gives.
+const SESSION_SETTINGS = "SET bytea_output = 'hex'; SET DateStyle = 'ISO, DMY'; SET TimeZone = 'UTC'; " +
+  "SET extra_float_digits = 1; SET IntervalStyle = 'iso_8601'"
+
+const CLOSE_TIMEOUT = Duration.seconds(5)
+
+// The parts of pg's Connection the typings leave out.
+interface RawConnection {
+  readonly stream: { pause(): void; resume(): void; destroy(): void }
+  sendCopyFromChunk(chunk: Buffer): void
+  on(event: "copyData", listener: (msg: { readonly chunk: Buffer }) => void): unknown
+  on(event: "replicationStart", listener: () => void): unknown
+}
+
+const quoteIdent = (name: string): string => `"${name.replace(/"/g, "\"\"")}"`
+const quoteLiteral = (text: string): string => `'${text.replace(/'/g, "''")}'`
+
+const errorText = (cause: unknown): string => (cause instanceof Error ? cause.message : String(cause))
+
+// SQLSTATEs that mean the slot (or what it reads) cannot be used as asked.
+const SLOT_SQLSTATES = new Set(["42704", "55000", "55006"])
+
+const classify = (cause: unknown): ReplicationError => {
+  const code = typeof cause === "object" && cause !== null && "code" in cause ? String(cause.code) : undefined
+  const message = errorText(cause)
+  if (code === undefined || code.startsWith("08") || code.startsWith("57")) {
+    return new ReplicationError({ reason: "Connection", message, cause })
+  }
+  if (SLOT_SQLSTATES.has(code)) return new ReplicationError({ reason: "Slot", message, cause })
+  return new ReplicationError({ reason: "Protocol", message, cause })
+}
+
+/**
+ * Opens the replication connection in the current scope and starts streaming
+ * from the slot's `confirmed_flush_lsn` (always `0/0`: never from a position
+ * this process merely received). Succeeds once the server has entered COPY mode.
+ */
+export const make = (
+  options: ReplicationConnectionOptions
+): Effect.Effect<Context.Tag.Service<ReplicationConnection>, ReplicationError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const statusInterval = Duration.millis(options.statusIntervalMs ?? 10_000)
+    const queue = yield* Effect.acquireRelease(Queue.bounded<Transaction>(options.bufferSize ?? 256), Queue.shutdown)
+    const failed = yield* Deferred.make<never, ReplicationError>()
+    const started = yield* Deferred.make<void>()
+    const run = Runtime.runPromiseExit(yield* Effect.runtime<never>())
+    const assembler = new TransactionAssembler()
+
+    let acked: Lsn = 0n
+    let streaming = false
+    let closing = false
+    let stopped = false
+    let draining = false
+    const pending: Array<Transaction> = []
+
+    const fail = (error: ReplicationError): void => {
+      if (closing || stopped) return
+      stopped = true
+      Deferred.unsafeDone(failed, Exit.fail(error))
+    }
+
+    const clientConfig: pg.ClientConfig & { replication: string } = {
+      connectionString: options.connectionString,
+      replication: "database"
+    }
+    const client = new pg.Client(clientConfig)
+    const connection = client.connection as unknown as RawConnection
+    client.on("error", (cause) => fail(classify(cause)))
+    client.on("end", () => fail(new ReplicationError({ reason: "Connection", message: "replication connection ended" })))
+
+    const sendStatus = (): void => {
+      if (!streaming) return
+      try {
+        connection.sendCopyFromChunk(encodeStandbyStatus(acked, pgClockNow()))
+      } catch (cause) {
+        fail(classify(cause))
+      }
+    }
+
+    // Offers what the socket produced while the queue was full, then lets the socket read again.
+    const drain: Effect.Effect<void> = Effect.suspend(() => {
+      const tx = pending.shift()
+      if (tx === undefined) {
+        draining = false
+        if (!closing) connection.stream.resume()
+        return Effect.void
+      }
+      return Effect.zipRight(Queue.offer(queue, tx), drain)
+    })
+
+    const deliver = (tx: Transaction): void => {
+      if (!draining && queue.unsafeOffer(tx)) return
+      pending.push(tx)
+      if (draining) return
+      draining = true
+      connection.stream.pause()
+      void run(drain)
+    }
+
+    connection.on("replicationStart", () => {
+      streaming = true
+      Deferred.unsafeDone(started, Exit.void)
+    })
+    connection.on("copyData", (msg) => {
+      if (closing || stopped) return
+      const chunk = msg.chunk
+      try {
+        const kind = chunk[0]
+        if (kind === 0x77 /* w: XLogData */) {
+          const tx = assembler.pushBuffer(chunk, XLOG_DATA_HEADER_BYTES)
+          if (tx !== undefined) deliver(tx)
+        } else if (kind === 0x6b /* k: primary keepalive */) {
+          if (chunk[KEEPALIVE_REPLY_FLAG_OFFSET] === 1) sendStatus()
+        } else {
+          throw new Error(`unknown replication message type 0x${(kind ?? 0).toString(16)}`)
+        }
+      } catch (cause) {
+        fail(new ReplicationError({ reason: "Protocol", message: errorText(cause), cause }))
+      }
+    })
+
+    yield* Effect.acquireRelease(
+      Effect.tryPromise({ try: () => client.connect(), catch: classify }),
+      () =>
+        Effect.gen(function*() {
+          sendStatus()
+          closing = true
+          streaming = false
+          // A paused socket never reads the server's EOF, so `end` would never settle.
+          connection.stream.resume()
+          yield* Effect.tryPromise(() => client.end()).pipe(Effect.timeout(CLOSE_TIMEOUT), Effect.ignore)
+          connection.stream.destroy()
+        })
+    )
+
+    yield* Effect.tryPromise({ try: () => client.query(SESSION_SETTINGS), catch: classify })
+
+    const startCommand = `START_REPLICATION SLOT ${quoteIdent(options.slotName)} LOGICAL 0/0 ` +
+      `(proto_version '1', publication_names ${quoteLiteral(quoteIdent(options.publicationName))})`
+    client.query(startCommand).then(
+      () => fail(new ReplicationError({ reason: "Connection", message: "replication stream ended by the server" })),
+      (cause: unknown) => fail(classify(cause))
+    )
+    yield* Effect.raceFirst(Deferred.await(started), Deferred.await(failed))
+
+    yield* Effect.sync(sendStatus).pipe(
+      Effect.repeat(Schedule.spaced(statusInterval)),
+      Effect.delay(statusInterval),
+      Effect.forkScoped
+    )
+
+    return {
+      transactions: Stream.fromQueue(queue).pipe(Stream.interruptWhen(Deferred.await(failed))),
+      ack: (endLsn: Lsn) =>
+        Effect.sync(() => {
+          if (endLsn <= acked) return
+          acked = endLsn
+          sendStatus()
+        }),
+      acknowledged: Effect.sync(() => acked)
+    }
+  })

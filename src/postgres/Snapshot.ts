@@ -1,0 +1,343 @@
+import { Context, Effect, Exit, Layer } from "effect"
+import type pg from "pg"
+import { to as copyTo } from "pg-copy-streams"
+import { PostgresError } from "../domain/errors.js"
+import { Lsn } from "../domain/Lsn.js"
+import { rowKeyPart, rowKeyPrefix } from "../domain/RowKey.js"
+import type { ColumnInfo, TableInfo } from "../domain/Table.js"
+import { displaySettingsSql } from "./DisplaySettings.js"
+import { PgPool, toPostgresError } from "./PgPool.js"
+
+/** What a snapshot saw: `pg_current_snapshot()` (64-bit xids), the WAL position inside it, and how many rows it read. */
+export interface SnapshotInfo {
+  readonly xmin: bigint
+  readonly xmax: bigint
+  readonly xip: ReadonlyArray<bigint>
+  /** `pg_current_wal_lsn()` taken inside the snapshot. */
+  readonly lsn: Lsn
+  readonly rows: number
+}
+
+/** What to read and where the lines go. */
+export interface SnapshotOptions<E> {
+  /** A boolean SQL expression over the table's columns, or `undefined` for every row. */
+  readonly whereSql: string | undefined
+  /** The selected columns, in table order. */
+  readonly columns: ReadonlyArray<string>
+  /** Receives the rows as complete JSON insert messages, a batch at a time; reading waits while it runs. */
+  readonly onLines: (lines: ReadonlyArray<string>) => Effect.Effect<void, E>
+}
+
+const BATCH_LINES = 1000
+const BATCH_BYTES = 256 * 1024
+const NEWLINE = 0x0a
+
+const ident = (name: string): string => `"${name.replaceAll("\"", "\"\"")}"`
+
+/**
+ * Base types whose `::text` cast differs from their output function (the
+ * protocol sends `::text`: `true`, not `t`; `10.0.0.1/32`, not `10.0.0.1`).
+ * Every other type, `char(n)` included, is read raw, which is the same text.
+ */
+const CAST_TO_TEXT = new Set(["bool", "inet", "cidr", "char"])
+
+/**
+ * How a snapshot reads a table: the `COPY` statement, which fields hold the
+ * key parts and the values, and the fixed pieces of each message.
+ */
+export interface SnapshotPlan {
+  readonly sql: string
+  readonly fieldCount: number
+  /** For each primary-key column (key order), the field with its output text. */
+  readonly keyFields: ReadonlyArray<number>
+  /** For each selected column, the field with its `::text` form. */
+  readonly valueFields: ReadonlyArray<number>
+  /** `,"value":{"<col>":` … per selected column: what precedes its value. */
+  readonly valuePrefixes: ReadonlyArray<string>
+  readonly tail: string
+  readonly keyPrefix: string
+}
+
+/**
+ * Plans the snapshot of `columns` (table order) of the rows matching
+ * `whereSql`. Postgres only prints the fields; the JSON messages are put
+ * together in `renderRow`, which is several times faster than building them
+ * with `to_json` in SQL and uses the very key function of the replication path.
+ */
+export const snapshotPlan = (table: TableInfo, columns: ReadonlyArray<string>, whereSql: string | undefined): SnapshotPlan => {
+  const byName = new Map(table.columns.map((c) => [c.name, c]))
+  const select: Array<string> = []
+  const fieldOf = new Map<string, number>()
+  const field = (expr: string): number => {
+    let index = fieldOf.get(expr)
+    if (index === undefined) {
+      index = select.length
+      select.push(expr)
+      fieldOf.set(expr, index)
+    }
+    return index
+  }
+  const columnOf = (name: string): ColumnInfo => {
+    const column = byName.get(name)
+    if (column === undefined) throw new Error(`Column "${name}" is not in "${table.schema}"."${table.name}"`)
+    return column
+  }
+  const valueFields = columns.map((name) => {
+    const column = columnOf(name)
+    const cast = column.dims === 0 && CAST_TO_TEXT.has(column.baseTypeName)
+    return field(cast ? `${ident(name)}::text` : ident(name))
+  })
+  const keyFields = table.pk.map((name) => field(ident(columnOf(name).name)))
+  const valuePrefixes = columns.map((name, i) => `${i === 0 ? ",\"value\":{" : ","}${JSON.stringify(name)}:`)
+  const relation = JSON.stringify([table.schema, table.name])
+  return {
+    sql: `COPY (SELECT ${select.join(", ")} FROM ${ident(table.schema)}.${ident(table.name)}${
+      whereSql === undefined ? "" : ` WHERE (${whereSql})`
+    }) TO STDOUT`,
+    fieldCount: select.length,
+    keyFields,
+    valueFields,
+    valuePrefixes,
+    tail: `${columns.length === 0 ? ",\"value\":{" : ""}},"headers":{"operation":"insert","relation":${relation}}}`,
+    keyPrefix: rowKeyPrefix(table)
+  }
+}
+
+const COPY_ESCAPE = /\\(.)/gs
+const unescapeChar = (_: string, c: string): string => {
+  switch (c) {
+    case "n": return "\n"
+    case "t": return "\t"
+    case "r": return "\r"
+    case "b": return "\b"
+    case "f": return "\f"
+    case "v": return "\v"
+    default: return c
+  }
+}
+
+/** Undoes COPY text-format escaping of one field (`\\N`, NULL, is handled by the caller). */
+export const unescapeCopyField = (field: string): string =>
+  field.includes("\\") ? field.replace(COPY_ESCAPE, unescapeChar) : field
+
+// What JSON escapes and COPY does not (tab and newline are COPY's separators).
+const JSON_SPECIAL = /["\x00-\x1f]/
+const CHUNK_SPECIAL = /["\x00-\x08\x0b-\x1f]/
+
+/**
+ * A COPY field (escaped, `null` for `\N`) as a JSON string. A field without
+ * a backslash, a quote or a control character reads the same in both
+ * syntaxes and is used as it is; `clean` says the caller already knows it has
+ * no quote or control character.
+ */
+const fieldJson = (raw: string | null, clean: boolean): string => {
+  if (raw === null) return "null"
+  if (!raw.includes("\\") && (clean || !JSON_SPECIAL.test(raw))) return `"${raw}"`
+  return JSON.stringify(unescapeCopyField(raw))
+}
+
+/**
+ * One row's COPY fields (still escaped; `null` for NULL) to its JSON insert
+ * message; `clean` as for `fieldJson`.
+ */
+export const renderRow = (plan: SnapshotPlan, fields: ReadonlyArray<string | null>, clean = false): string => {
+  let key = plan.keyPrefix
+  const keyFields = plan.keyFields
+  for (let i = 0; i < keyFields.length; i++) {
+    const raw = fields[keyFields[i]!]
+    key += rowKeyPart(raw === null || raw === undefined ? null : unescapeCopyField(raw))
+  }
+  let line = `{"key":${JSON.stringify(key)}`
+  const valueFields = plan.valueFields
+  const prefixes = plan.valuePrefixes
+  for (let i = 0; i < valueFields.length; i++) line += prefixes[i]! + fieldJson(fields[valueFields[i]!] ?? null, clean)
+  return line + plan.tail
+}
+
+/** Parses `pg_current_snapshot()`'s text form, `xmin:xmax:xip,xip,…`. */
+export const parsePgSnapshot = (text: string): Pick<SnapshotInfo, "xmin" | "xmax" | "xip"> => {
+  const [xmin, xmax, xip] = text.split(":")
+  if (xmin === undefined || xmax === undefined || xip === undefined) throw new Error(`Invalid snapshot: ${text}`)
+  return { xmin: BigInt(xmin), xmax: BigInt(xmax), xip: xip === "" ? [] : xip.split(",").map((x) => BigInt(x)) }
+}
+
+/**
+ * Splits COPY text output into rows and renders each as a message, in
+ * batches; the stream pauses while a full batch waits to be taken.
+ */
+class CopyRowReader {
+  private lines: Array<string> = []
+  private bytes = 0
+  private carry: Array<Buffer> = []
+  private ended = false
+  private failure: unknown = undefined
+  private waiter: (() => void) | undefined = undefined
+  private readonly fields: Array<string | null>
+  count = 0
+
+  constructor(private readonly stream: NodeJS.ReadableStream, private readonly plan: SnapshotPlan) {
+    this.fields = new Array<string | null>(plan.fieldCount).fill(null)
+    stream.on("data", (chunk: Buffer) => {
+      try {
+        this.onData(chunk)
+      } catch (cause) {
+        this.failure ??= cause
+        this.wake()
+      }
+    })
+    stream.on("end", () => {
+      // COPY ends every row with a newline; a tail without one would be a truncated row.
+      if (this.carry.length > 0) this.failure ??= new Error("COPY output ended inside a row")
+      this.ended = true
+      this.wake()
+    })
+    stream.on("error", (cause: unknown) => {
+      this.failure ??= cause
+      this.wake()
+    })
+  }
+
+  private onData(chunk: Buffer): void {
+    const last = chunk.lastIndexOf(NEWLINE)
+    if (last === -1) {
+      this.carry.push(chunk)
+      return
+    }
+    let buffer = chunk
+    let end = last
+    if (this.carry.length > 0) {
+      this.carry.push(chunk)
+      buffer = Buffer.concat(this.carry)
+      end = buffer.length - (chunk.length - last)
+      this.carry = []
+    }
+    if (last + 1 < chunk.length) this.carry.push(chunk.subarray(last + 1))
+    const text = buffer.toString("utf8", 0, end + 1)
+    const clean = !CHUNK_SPECIAL.test(text)
+    const { fields, plan, lines } = this
+    const lastField = plan.fieldCount - 1
+    let start = 0
+    while (start < text.length) {
+      let pos = start
+      for (let i = 0; i <= lastField; i++) {
+        const stop = text.indexOf(i === lastField ? "\n" : "\t", pos)
+        if (stop === -1) throw new Error("COPY row with too few fields")
+        const raw = text.slice(pos, stop)
+        fields[i] = raw === "\\N" ? null : raw
+        pos = stop + 1
+      }
+      const line = renderRow(plan, fields, clean)
+      lines.push(line)
+      this.bytes += line.length
+      start = pos
+    }
+    if (lines.length >= BATCH_LINES || this.bytes >= BATCH_BYTES) {
+      this.stream.pause()
+      this.wake()
+    }
+  }
+
+  private wake(): void {
+    const waiter = this.waiter
+    this.waiter = undefined
+    waiter?.()
+  }
+
+  private ready(): boolean {
+    return this.failure !== undefined || this.ended || this.lines.length >= BATCH_LINES || this.bytes >= BATCH_BYTES
+  }
+
+  /** The next batch, `undefined` once the stream has ended and everything was handed out; resumes the stream. */
+  readonly next: Effect.Effect<ReadonlyArray<string> | undefined, unknown> = Effect.async((resume) => {
+    const deliver = () => {
+      if (this.failure !== undefined) return resume(Effect.fail(this.failure))
+      if (this.lines.length === 0 && this.ended) return resume(Effect.succeed(undefined))
+      // A chunk read after a pause can hold many batches' worth: hand them out one at a time.
+      const lines = this.lines
+      let n = 0
+      let bytes = 0
+      while (n < lines.length && n < BATCH_LINES && bytes < BATCH_BYTES) bytes += lines[n++]!.length
+      const batch = n === lines.length ? lines : lines.slice(0, n)
+      this.lines = n === lines.length ? [] : lines.slice(n)
+      this.bytes -= bytes
+      this.count += batch.length
+      if (this.lines.length < BATCH_LINES && this.bytes < BATCH_BYTES) this.stream.resume()
+      resume(Effect.succeed(batch))
+    }
+    if (this.ready()) deliver()
+    else this.waiter = deliver
+    return Effect.sync(() => {
+      this.waiter = undefined
+    })
+  })
+}
+
+const noop = () => {}
+
+/**
+ * Takes initial snapshots: one `REPEATABLE READ READ ONLY` transaction per
+ * call on a pooled connection, which records `pg_current_snapshot()` and the
+ * WAL position, then streams the rows through `COPY … TO STDOUT` and renders
+ * each as the shape log's JSON insert message.
+ */
+export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
+  /**
+   * Reads the table's rows matching `whereSql` and hands them to `onLines`.
+   * The transaction always ends and the connection always returns to the
+   * pool (or is closed, after a failure or interruption).
+   */
+  readonly take: <E>(table: TableInfo, options: SnapshotOptions<E>) => Effect.Effect<SnapshotInfo, PostgresError | E>
+}>() {
+  /** The service over `PgPool`. */
+  static readonly make: Effect.Effect<Snapshot["Type"], never, PgPool> = Effect.gen(function*() {
+    const { pool, connectionString } = yield* PgPool
+    const fail = (operation: string) => (cause: unknown) => toPostgresError(cause, operation, connectionString, "Snapshot")
+
+    const take = <E>(table: TableInfo, options: SnapshotOptions<E>): Effect.Effect<SnapshotInfo, PostgresError | E> =>
+      Effect.acquireUseRelease(
+        Effect.tryPromise({ try: () => pool.connect(), catch: fail("Snapshot connection") }).pipe(
+          Effect.tap((client) => Effect.sync(() => client.on("error", noop)))
+        ),
+        (client) => run(client, table, options),
+        (client, exit) =>
+          Effect.sync(() => {
+            client.off("error", noop)
+            // Closing the connection is the one way to end a transaction that may be mid-COPY.
+            client.release(Exit.isSuccess(exit) ? undefined : true)
+          })
+      ).pipe(Effect.withSpan("Snapshot.take", { attributes: { table: `${table.schema}.${table.name}` } }))
+
+    const run = <E>(client: pg.PoolClient, table: TableInfo, options: SnapshotOptions<E>) =>
+      Effect.gen(function*() {
+        const plan = yield* Effect.try({ try: () => snapshotPlan(table, options.columns, options.whereSql), catch: fail("Snapshot query") })
+        const results = yield* Effect.tryPromise({
+          try: () =>
+            client.query(
+              "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; " +
+                "SELECT pg_current_snapshot()::text AS snapshot, pg_current_wal_lsn()::text AS lsn; " +
+                displaySettingsSql("local")
+            ) as unknown as Promise<ReadonlyArray<pg.QueryResult<{ snapshot: string; lsn: string }>>>,
+          catch: fail("Snapshot start")
+        })
+        const row = results[1]?.rows[0]
+        if (row === undefined) return yield* new PostgresError({ reason: "Snapshot", message: "Snapshot start returned no row" })
+        const snapshot = parsePgSnapshot(row.snapshot)
+        const lsn = Lsn.fromPg(row.lsn)
+
+        const reader = new CopyRowReader(client.query(copyTo(plan.sql)), plan)
+        const next = Effect.mapError(reader.next, fail("Snapshot query"))
+        for (;;) {
+          const lines = yield* next
+          if (lines === undefined) break
+          yield* options.onLines(lines)
+        }
+        yield* Effect.tryPromise({ try: () => client.query("COMMIT"), catch: fail("Snapshot commit") })
+        return { ...snapshot, lsn, rows: reader.count } satisfies SnapshotInfo
+      })
+
+    return { take }
+  })
+
+  /** The service as a layer over `PgPool`. */
+  static readonly layer: Layer.Layer<Snapshot, never, PgPool> = Layer.effect(Snapshot, Snapshot.make)
+}

@@ -1,0 +1,191 @@
+import { Context, Effect, Layer } from "effect"
+import type { Change, Row, Transaction } from "../domain/Change.js"
+import type { Lsn } from "../domain/Lsn.js"
+import type { ShapeHandle } from "../domain/ShapeHandle.js"
+import { FlushTracker } from "./FlushTracker.js"
+
+/** What routing needs to know of a shape. */
+export interface RoutedShape {
+  readonly handle: ShapeHandle
+  readonly tableOid: number
+  /** A top-level `col = const` conjunct of the where (the constant in the column's text form). */
+  readonly equality: { readonly column: string; readonly value: string } | undefined
+  /** The where clause; `undefined` matches every row. */
+  readonly matches: ((row: Row) => boolean) | undefined
+}
+
+/** The part of a transaction one shape must see: the positions of its candidate changes. */
+export interface Delivery {
+  readonly handle: ShapeHandle
+  readonly changes: Array<number>
+  /** The transaction truncated the shape's table: the shape must be invalidated. */
+  truncated: boolean
+}
+
+interface EqualityIndex {
+  readonly column: string
+  readonly byValue: Map<string, Set<ShapeHandle>>
+}
+
+/** The shapes of one table, split by how a change finds them. */
+interface TableShapes {
+  /** One index per column that some shape constrains with `col = const`. */
+  readonly indexes: Map<string, EqualityIndex>
+  /** Shapes whose where cannot use an index (or that have none): evaluated per row. */
+  readonly scanned: Map<ShapeHandle, (row: Row) => boolean>
+  readonly all: Set<ShapeHandle>
+}
+
+/**
+ * The routing index: which shapes a change touches. Shapes are found through
+ * an equality index on `col = const` conjuncts, others by evaluating their
+ * where per row. Over-delivery is harmless (the consumer filters exactly);
+ * missing a shape is not, so anything doubtful is delivered.
+ *
+ * It also holds the replay boundary: transactions at or below the last commit
+ * LSN known processed are dropped (DESIGN.md, invariant 2).
+ */
+export interface Router {
+  readonly addShape: (shape: RoutedShape) => void
+  readonly removeShape: (handle: ShapeHandle) => void
+  readonly has: (handle: ShapeHandle) => boolean
+  readonly size: () => number
+  /** Routes a transaction; `undefined` when it was already processed (a replay). */
+  readonly route: (txn: Transaction) => ReadonlyArray<Delivery> | undefined
+  /** The commit LSN of the last transaction routed (or known processed at start). */
+  readonly lastRoutedLsn: () => Lsn
+}
+
+export const makeRouter = (lastProcessed: Lsn): Router => {
+  const tables = new Map<number, TableShapes>()
+  const shapeTable = new Map<ShapeHandle, { oid: number; equality: { column: string; value: string } | undefined }>()
+  let lastRouted = lastProcessed
+
+  const tableFor = (oid: number): TableShapes => {
+    let t = tables.get(oid)
+    if (t === undefined) {
+      t = { indexes: new Map(), scanned: new Map(), all: new Set() }
+      tables.set(oid, t)
+    }
+    return t
+  }
+
+  const addShape = (shape: RoutedShape): void => {
+    removeShape(shape.handle)
+    const t = tableFor(shape.tableOid)
+    t.all.add(shape.handle)
+    const eq = shape.equality
+    if (eq !== undefined) {
+      let index = t.indexes.get(eq.column)
+      if (index === undefined) {
+        index = { column: eq.column, byValue: new Map() }
+        t.indexes.set(eq.column, index)
+      }
+      let set = index.byValue.get(eq.value)
+      if (set === undefined) {
+        set = new Set()
+        index.byValue.set(eq.value, set)
+      }
+      set.add(shape.handle)
+    } else {
+      t.scanned.set(shape.handle, shape.matches ?? (() => true))
+    }
+    shapeTable.set(shape.handle, { oid: shape.tableOid, equality: eq })
+  }
+
+  const removeShape = (handle: ShapeHandle): void => {
+    const entry = shapeTable.get(handle)
+    if (entry === undefined) return
+    shapeTable.delete(handle)
+    const t = tables.get(entry.oid)
+    if (t === undefined) return
+    t.all.delete(handle)
+    t.scanned.delete(handle)
+    if (entry.equality !== undefined) {
+      const index = t.indexes.get(entry.equality.column)
+      const set = index?.byValue.get(entry.equality.value)
+      set?.delete(handle)
+      if (set !== undefined && set.size === 0) index!.byValue.delete(entry.equality.value)
+      if (index !== undefined && index.byValue.size === 0) t.indexes.delete(entry.equality.column)
+    }
+    if (t.all.size === 0) tables.delete(entry.oid)
+  }
+
+  const route = (txn: Transaction): ReadonlyArray<Delivery> | undefined => {
+    if (txn.commitLsn <= lastRouted) return undefined
+    lastRouted = txn.commitLsn
+    if (tables.size === 0) return []
+    const deliveries = new Map<ShapeHandle, Delivery>()
+    const deliver = (handle: ShapeHandle, i: number) => {
+      let d = deliveries.get(handle)
+      if (d === undefined) {
+        d = { handle, changes: [], truncated: false }
+        deliveries.set(handle, d)
+      }
+      const last = d.changes.length - 1
+      if (last < 0 || d.changes[last] !== i) d.changes.push(i)
+    }
+    const visitRow = (t: TableShapes, row: Row, i: number) => {
+      for (const index of t.indexes.values()) {
+        const v = row[index.column]
+        if (v === null || v === undefined) continue
+        const set = index.byValue.get(v)
+        if (set !== undefined) for (const h of set) deliver(h, i)
+      }
+      for (const [h, matches] of t.scanned) {
+        if (matches(row)) deliver(h, i)
+      }
+    }
+    const changes: ReadonlyArray<Change> = txn.changes
+    for (let i = 0; i < changes.length; i++) {
+      const change = changes[i]!
+      if (change.kind === "truncate") {
+        for (const rel of change.relations) {
+          const t = tables.get(rel.oid)
+          if (t === undefined) continue
+          for (const h of t.all) {
+            deliver(h, i)
+            deliveries.get(h)!.truncated = true
+          }
+        }
+        continue
+      }
+      const t = tables.get(change.relation.oid)
+      if (t === undefined) continue
+      switch (change.kind) {
+        case "insert":
+          visitRow(t, change.new, i)
+          break
+        case "delete":
+          visitRow(t, change.old, i)
+          break
+        case "update":
+          visitRow(t, change.new, i)
+          if (change.old !== undefined) visitRow(t, change.old, i)
+          else for (const h of t.all) deliver(h, i)
+          break
+      }
+    }
+    return [...deliveries.values()]
+  }
+
+  return {
+    addShape,
+    removeShape,
+    has: (handle) => shapeTable.has(handle),
+    size: () => shapeTable.size,
+    route,
+    lastRoutedLsn: () => lastRouted
+  }
+}
+
+/**
+ * The stack's routing index, as a service; `ShapeCache` seeds it at start. Its
+ * replay boundary starts at the last commit LSN the flush tracker made durable.
+ */
+export class ShapeLogCollector extends Context.Tag("syncline/ShapeLogCollector")<ShapeLogCollector, Router>() {
+  static readonly layer: Layer.Layer<ShapeLogCollector, never, FlushTracker> = Layer.effect(
+    ShapeLogCollector,
+    Effect.map(FlushTracker, (tracker) => makeRouter(tracker.lastProcessedLsn()))
+  )
+}

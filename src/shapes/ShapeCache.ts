@@ -1,0 +1,256 @@
+import { Cause, Context, Deferred, Effect, Either, Exit, Layer, Option, Queue } from "effect"
+import { ShapeDefinition } from "../domain/ShapeDefinition.js"
+import type { ShapeHandle } from "../domain/ShapeHandle.js"
+import type { TableInfo, TableRef } from "../domain/Table.js"
+import {
+  InvalidRequest,
+  type PostgresError,
+  type RegistryError,
+  type StorageError,
+  type TableAbsent
+} from "../domain/errors.js"
+import { Inspector } from "../postgres/Inspector.js"
+import { PgAdmin } from "../postgres/PgAdmin.js"
+import { FlushTracker } from "../replication/FlushTracker.js"
+import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
+import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
+import { parseWhere } from "../where/WhereClause.js"
+import { ConsumerSupervisor } from "./ConsumerSupervisor.js"
+import { selectedColumns, type Shape } from "./Shape.js"
+import { type ShapeRecord, ShapeStatus } from "./ShapeStatus.js"
+import { Snapshotter } from "./Snapshotter.js"
+
+/** A shape request's definition parameters, before they are checked against the catalog. */
+export interface ShapeSpec {
+  readonly table: TableRef
+  readonly where: string | undefined
+  readonly params: Readonly<Record<string, string>>
+  readonly columns: ReadonlyArray<string> | undefined
+  readonly replica: "default" | "full"
+  readonly log: "full" | "changes_only"
+}
+
+/** A shape definition checked against the catalog: what `getOrCreate` takes. */
+export interface ResolvedSpec {
+  readonly definition: ShapeDefinition
+  readonly table: TableInfo
+  readonly build: (handle: ShapeHandle) => Shape
+}
+
+export type CreateError = PostgresError | StorageError | RegistryError | TableAbsent
+
+/**
+ * Creates, finds and removes shapes, in the order that loses nothing
+ * (DESIGN.md, "Shape creation"), and seeds the routing index and the consumer
+ * registry with the persisted shapes when the stack starts.
+ */
+export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
+  /** Checks a spec against the catalog: unknown table, columns or a bad where become `InvalidRequest`. */
+  readonly resolve: (spec: ShapeSpec) => Effect.Effect<ResolvedSpec, InvalidRequest | PostgresError>
+  /** The shape of a definition, created (and its snapshot written) if needed. */
+  readonly getOrCreate: (spec: ResolvedSpec) => Effect.Effect<Shape, CreateError>
+  /** A registered shape whose snapshot is complete. */
+  readonly get: (handle: string) => Effect.Effect<Option.Option<Shape>, TableAbsent>
+  /** The current shape of a definition, if any. */
+  readonly find: (definition: ShapeDefinition) => Effect.Effect<Option.Option<Shape>, TableAbsent>
+  /** Removes a shape for an explicit cause (DELETE, truncate): registry mark, routing, consumer, storage, row. */
+  readonly remove: (handle: ShapeHandle, reason: string) => Effect.Effect<void, StorageError | RegistryError | TableAbsent>
+}>() {
+  static readonly layer: Layer.Layer<
+    ShapeCache,
+    PostgresError | StorageError | RegistryError | TableAbsent,
+    | ShapeStatus
+    | ShapeLogStorage
+    | ShapeLogCollector
+    | ConsumerSupervisor
+    | FlushTracker
+    | Snapshotter
+    | Inspector
+    | PgAdmin
+  > = Layer.scoped(
+    ShapeCache,
+    Effect.gen(function*() {
+      const status = yield* ShapeStatus
+      const storage = yield* ShapeLogStorage
+      const collector = yield* ShapeLogCollector
+      const consumers = yield* ConsumerSupervisor
+      const snapshotter = yield* Snapshotter
+      const inspector = yield* Inspector
+      const admin = yield* PgAdmin
+
+      const shapes = new Map<ShapeHandle, Shape>()
+      const creating = new Map<string, Deferred.Deferred<Shape, CreateError>>()
+
+      const route = (shape: Shape) =>
+        collector.addShape({
+          handle: shape.handle,
+          tableOid: shape.table.oid,
+          equality: shape.where?.equalities[0],
+          matches: shape.where?.matches
+        })
+
+      const buildShape = (table: TableInfo, definition: ShapeDefinition, params: Readonly<Record<string, string>>) => {
+        const where = definition.where === undefined ? undefined : parseWhere(definition.where, params, table)
+        if (where !== undefined && Either.isLeft(where)) return Either.left(where.left)
+        const clause = where === undefined ? undefined : where.right
+        return Either.right((handle: ShapeHandle): Shape => ({
+          handle,
+          definition: clause === undefined ? definition : { ...definition, where: clause.sql },
+          table,
+          where: clause,
+          columns: selectedColumns(table, definition.columns)
+        }))
+      }
+
+      const removeNow = (handle: ShapeHandle) =>
+        Effect.gen(function*() {
+          yield* status.markRemoving(handle)
+          shapes.delete(handle)
+          collector.removeShape(handle)
+          yield* consumers.unregister(handle)
+          yield* storage.remove(handle)
+          yield* status.delete(handle)
+        })
+
+      // Removals interrupted half way, and snapshots that never completed, are finished first.
+      for (const handle of yield* status.unfinished) {
+        yield* storage.remove(handle)
+        yield* status.delete(handle)
+        yield* Effect.logInfo(`removed shape ${handle} left unfinished by the previous run`)
+      }
+
+      for (const record of yield* status.all) {
+        const restored = yield* restore(record)
+        if (restored === undefined) continue
+        shapes.set(record.handle, restored)
+        route(restored)
+        yield* consumers.register(restored, record.snapshot)
+      }
+
+      function restore(record: ShapeRecord) {
+        return Effect.gen(function*() {
+          const table = yield* Effect.either(inspector.load(record.definition.table))
+          if (Either.isLeft(table)) {
+            if (table.left.reason !== "TableNotFound") return yield* table.left
+            yield* Effect.logWarning(`shape ${record.handle}: table ${record.definition.table.name} is gone; removing it`)
+            yield* removeNow(record.handle)
+            return undefined
+          }
+          const built = buildShape(table.right, record.definition, {})
+          if (Either.isLeft(built)) {
+            yield* Effect.logWarning(`shape ${record.handle}: ${built.left.message}; removing it`)
+            yield* removeNow(record.handle)
+            return undefined
+          }
+          return built.right(record.handle)
+        })
+      }
+
+      yield* Queue.take(consumers.invalidations).pipe(
+        Effect.flatMap(({ handle, reason }) =>
+          Effect.zipRight(
+            Effect.logInfo(`removing shape ${handle}: ${reason}`),
+            removeNow(handle).pipe(Effect.catchAll((e) => Effect.logWarning(`removal of shape ${handle} failed`, e)))
+          )
+        ),
+        Effect.forever,
+        Effect.forkScoped
+      )
+
+      const create = (spec: ResolvedSpec) =>
+        Effect.gen(function*() {
+          yield* admin.addTable(spec.table)
+          const record = yield* status.add(spec.definition)
+          const shape = spec.build(record.handle)
+          yield* consumers.register(shape, undefined)
+          route(shape)
+          const mark = yield* Effect.flatMap(storage.open(record.handle), (log) => snapshotter.run(shape, log)).pipe(
+            // A failed snapshot leaves nothing behind; an interrupted one is removed at the next boot.
+            Effect.tapErrorCause((cause) =>
+              Cause.isInterruptedOnly(cause)
+                ? Effect.void
+                : removeNow(record.handle).pipe(Effect.catchAll((e) => Effect.logWarning("clean-up failed", e)))
+            )
+          )
+          yield* status.markSnapshotComplete(record.handle, mark)
+          shapes.set(record.handle, shape)
+          yield* consumers.snapshotReady(record.handle, mark)
+          yield* Effect.logInfo(`created shape ${record.handle} on ${spec.table.schema}.${spec.table.name}`)
+          return shape
+        })
+
+      return ShapeCache.of({
+        resolve: (spec) =>
+          Effect.gen(function*() {
+            const table = yield* inspector.load(spec.table).pipe(
+              Effect.catchIf(
+                (e) => e.reason === "TableNotFound",
+                (e) => Effect.fail(InvalidRequest.single("table", e.message))
+              )
+            )
+            let columns: ReadonlyArray<string> | undefined
+            if (spec.columns !== undefined) {
+              const known = new Set(table.columns.map((c) => c.name))
+              const unknown = spec.columns.filter((c) => !known.has(c))
+              if (unknown.length > 0) {
+                return yield* InvalidRequest.single(
+                  "columns",
+                  `The following columns are not found on the table: ${unknown.join(", ")}`
+                )
+              }
+              const chosen = new Set(spec.columns)
+              const hasPk = table.columns.some((c) => c.pkIndex !== undefined)
+              const missing = hasPk ? table.pk.filter((c) => !chosen.has(c)) : []
+              if (missing.length > 0) {
+                return yield* InvalidRequest.single(
+                  "columns",
+                  `The list of columns must include all primary key columns, missing: ${missing.join(", ")}`
+                )
+              }
+              columns = [...chosen].sort()
+            }
+            const definition: ShapeDefinition = {
+              table: { schema: table.schema, name: table.name },
+              where: spec.where,
+              columns,
+              replica: spec.replica,
+              log: spec.log
+            }
+            const built = buildShape(table, definition, spec.params)
+            if (Either.isLeft(built)) return yield* InvalidRequest.single("where", built.left.message)
+            const probe = built.right("" as ShapeHandle)
+            return { definition: probe.definition, table, build: built.right }
+          }),
+        getOrCreate: (spec) =>
+          Effect.gen(function*() {
+            const identity = ShapeDefinition.identity(spec.definition)
+            const existing = yield* status.byIdentity(identity)
+            if (Option.isSome(existing)) {
+              const shape = shapes.get(existing.value.handle)
+              if (shape !== undefined) return shape
+            }
+            const inFlight = creating.get(identity)
+            if (inFlight !== undefined) return yield* Deferred.await(inFlight)
+            const deferred = yield* Deferred.make<Shape, CreateError>()
+            creating.set(identity, deferred)
+            const exit = yield* Effect.exit(create(spec))
+            creating.delete(identity)
+            yield* Deferred.done(deferred, exit)
+            if (Exit.isFailure(exit)) yield* Effect.logWarning("shape creation failed", exit.cause)
+            return yield* exit
+          }),
+        get: (handle) =>
+          Effect.map(status.get(handle), (record) =>
+            Option.flatMap(record, (r) => Option.fromNullable(shapes.get(r.handle)))
+          ),
+        find: (definition) =>
+          Effect.map(
+            status.byIdentity(ShapeDefinition.identity(definition)),
+            (record) => Option.flatMap(record, (r) => Option.fromNullable(shapes.get(r.handle)))
+          ),
+        remove: (handle, reason) =>
+          Effect.zipRight(Effect.logInfo(`removing shape ${handle}: ${reason}`), removeNow(handle))
+      })
+    })
+  )
+}

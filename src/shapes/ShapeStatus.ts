@@ -1,0 +1,164 @@
+import { SqlClient } from "@effect/sql"
+import { Context, Effect, Layer, Option } from "effect"
+import type { Lsn } from "../domain/Lsn.js"
+import { ShapeDefinition } from "../domain/ShapeDefinition.js"
+import { ShapeHandle } from "../domain/ShapeHandle.js"
+import { RegistryError, TableAbsent } from "../domain/errors.js"
+
+/** What the snapshot of a shape saw: decides which replicated transactions it already contains. */
+export interface SnapshotMark {
+  readonly xmin: bigint
+  readonly xmax: bigint
+  readonly xip: ReadonlyArray<bigint>
+  /** `pg_current_wal_lsn()` inside the snapshot: transactions committing at or after it are not in it. */
+  readonly lsn: Lsn
+}
+
+/** One registered shape. */
+export interface ShapeRecord {
+  readonly handle: ShapeHandle
+  readonly identity: string
+  readonly definition: ShapeDefinition
+  readonly snapshot: SnapshotMark | undefined
+}
+
+interface Row {
+  readonly handle: string
+  readonly identity: string
+  readonly snapshot_complete: number
+  readonly snapshot: string | null
+  readonly removing: number
+}
+
+const encodeMark = (m: SnapshotMark): string =>
+  JSON.stringify({ xmin: String(m.xmin), xmax: String(m.xmax), xip: m.xip.map(String), lsn: String(m.lsn) })
+
+const decodeMark = (text: string): SnapshotMark => {
+  const o = JSON.parse(text) as { xmin: string; xmax: string; xip: Array<string>; lsn: string }
+  return { xmin: BigInt(o.xmin), xmax: BigInt(o.xmax), xip: o.xip.map(BigInt), lsn: BigInt(o.lsn) }
+}
+
+/**
+ * The shape registry: every shape in memory (identity -> handle, handle ->
+ * record), written through to SQLite. Once its scope closes, every call fails
+ * with `TableAbsent` instead of reading freed state.
+ */
+export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus, {
+  readonly byIdentity: (identity: string) => Effect.Effect<Option.Option<ShapeRecord>, TableAbsent>
+  readonly get: (handle: string) => Effect.Effect<Option.Option<ShapeRecord>, TableAbsent>
+  readonly all: Effect.Effect<ReadonlyArray<ShapeRecord>, TableAbsent>
+  /** Registers a new shape with a fresh handle (its snapshot not complete yet). */
+  readonly add: (definition: ShapeDefinition) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
+  readonly markSnapshotComplete: (handle: ShapeHandle, mark: SnapshotMark) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
+  /** First step of a removal: durably marked, and no longer found. */
+  readonly markRemoving: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
+  /** Last step of a removal: the row goes. */
+  readonly delete: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
+  /** Rows left by interrupted removals or snapshots that never completed (boot clean-up). */
+  readonly unfinished: Effect.Effect<ReadonlyArray<ShapeHandle>, RegistryError>
+}>() {
+  static readonly layer: Layer.Layer<ShapeStatus, RegistryError, SqlClient.SqlClient> = Layer.scoped(
+    ShapeStatus,
+    Effect.gen(function*() {
+      const sql = yield* SqlClient.SqlClient
+      const fail = (operation: string) => (cause: unknown) => new RegistryError({ operation, cause })
+
+      const rows = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing FROM shapes`.pipe(
+        Effect.mapError(fail("load"))
+      )
+      const byHandle = new Map<string, ShapeRecord>()
+      const byIdentity = new Map<string, ShapeRecord>()
+      let lastMicros = 0
+      for (const r of rows) {
+        const micros = Number(r.handle.slice(r.handle.indexOf("-") + 1))
+        if (micros > lastMicros) lastMicros = micros
+        if (r.removing !== 0 || r.snapshot_complete === 0 || r.snapshot === null) continue
+        const record: ShapeRecord = {
+          handle: ShapeHandle(r.handle),
+          identity: r.identity,
+          definition: ShapeDefinition.fromIdentity(r.identity),
+          snapshot: decodeMark(r.snapshot)
+        }
+        byHandle.set(record.handle, record)
+        byIdentity.set(record.identity, record)
+      }
+
+      let open = true
+      yield* Effect.addFinalizer(() =>
+        Effect.sync(() => {
+          open = false
+          byHandle.clear()
+          byIdentity.clear()
+        })
+      )
+      const guard = <A>(operation: string, f: () => A): Effect.Effect<A, TableAbsent> =>
+        Effect.suspend(() => (open ? Effect.succeed(f()) : Effect.fail(new TableAbsent({ operation }))))
+
+      // Handles are never reused: the timestamp part only moves forward, even within one microsecond.
+      const nextHandle = (def: ShapeDefinition): ShapeHandle => {
+        const now = Date.now() * 1000
+        lastMicros = now > lastMicros ? now : lastMicros + 1
+        return ShapeHandle(`${ShapeDefinition.hash(def)}-${lastMicros}`)
+      }
+
+      return ShapeStatus.of({
+        byIdentity: (identity) => guard("byIdentity", () => Option.fromNullable(byIdentity.get(identity))),
+        get: (handle) => guard("get", () => Option.fromNullable(byHandle.get(handle))),
+        all: guard("all", () => [...byHandle.values()]),
+        add: (definition) =>
+          Effect.gen(function*() {
+            yield* guard("add", () => undefined)
+            const identity = ShapeDefinition.identity(definition)
+            const existing = byIdentity.get(identity)
+            if (existing !== undefined) return existing
+            const record: ShapeRecord = { handle: nextHandle(definition), identity, definition, snapshot: undefined }
+            // A row from an earlier incarnation whose snapshot never completed gives way to the new one.
+            yield* sql`DELETE FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0`.pipe(
+              Effect.zipRight(
+                sql`INSERT INTO shapes (handle, identity, created_at) VALUES (${record.handle}, ${identity}, ${Date.now()})`
+              ),
+              sql.withTransaction,
+              Effect.mapError(fail("add"))
+            )
+            return record
+          }),
+        markSnapshotComplete: (handle, mark) =>
+          Effect.gen(function*() {
+            yield* guard("markSnapshotComplete", () => undefined)
+            const row = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing FROM shapes WHERE handle = ${handle}`.pipe(
+              Effect.mapError(fail("markSnapshotComplete"))
+            )
+            if (row.length === 0) return yield* new RegistryError({ operation: "markSnapshotComplete: no such shape" })
+            yield* sql`UPDATE shapes SET snapshot_complete = 1, snapshot = ${encodeMark(mark)} WHERE handle = ${handle}`.pipe(
+              Effect.mapError(fail("markSnapshotComplete"))
+            )
+            const record: ShapeRecord = {
+              handle,
+              identity: row[0]!.identity,
+              definition: ShapeDefinition.fromIdentity(row[0]!.identity),
+              snapshot: mark
+            }
+            if (open) {
+              byHandle.set(handle, record)
+              byIdentity.set(record.identity, record)
+            }
+            return record
+          }),
+        markRemoving: (handle) =>
+          Effect.gen(function*() {
+            yield* guard("markRemoving", () => undefined)
+            yield* sql`UPDATE shapes SET removing = 1 WHERE handle = ${handle}`.pipe(Effect.mapError(fail("markRemoving")))
+            const record = byHandle.get(handle)
+            byHandle.delete(handle)
+            if (record !== undefined && byIdentity.get(record.identity)?.handle === handle) byIdentity.delete(record.identity)
+          }),
+        delete: (handle) =>
+          sql`DELETE FROM shapes WHERE handle = ${handle}`.pipe(Effect.asVoid, Effect.mapError(fail("delete"))),
+        unfinished: sql<{ handle: string }>`SELECT handle FROM shapes WHERE removing = 1 OR snapshot_complete = 0`.pipe(
+          Effect.map((rs) => rs.map((r) => ShapeHandle(r.handle))),
+          Effect.mapError(fail("unfinished"))
+        )
+      })
+    })
+  )
+}

@@ -1,0 +1,41 @@
+import { Context, Effect, Layer } from "effect"
+import type { PostgresError, StorageError } from "../domain/errors.js"
+import { Snapshot } from "../postgres/Snapshot.js"
+import type { ShapeLog } from "../storage/ShapeLogStorage.js"
+import type { Shape } from "./Shape.js"
+import type { SnapshotMark } from "./ShapeStatus.js"
+
+/** The `snapshot-end` control message that closes every initial snapshot. */
+export const snapshotEndMessage = (mark: SnapshotMark): string =>
+  `{"headers":{"control":"snapshot-end","xmin":"${mark.xmin}","xmax":"${mark.xmax}","xip_list":[${mark.xip.map((x) => `"${x}"`).join(",")}]}}`
+
+/**
+ * Writes a new shape's initial snapshot into its log: the rows of a
+ * REPEATABLE READ snapshot, then `snapshot-end`, then marks the snapshot
+ * complete in storage. `changes_only` shapes take the snapshot for its
+ * visibility information only.
+ */
+export class Snapshotter extends Context.Tag("syncline/Snapshotter")<Snapshotter, {
+  readonly run: (shape: Shape, log: ShapeLog) => Effect.Effect<SnapshotMark, PostgresError | StorageError>
+}>() {
+  static readonly layer: Layer.Layer<Snapshotter, never, Snapshot> = Layer.effect(
+    Snapshotter,
+    Effect.map(Snapshot, (snapshot) =>
+      Snapshotter.of({
+        run: (shape, log) =>
+          Effect.gen(function*() {
+            const changesOnly = shape.definition.log === "changes_only"
+            const info = yield* snapshot.take(shape.table, {
+              whereSql: changesOnly ? "false" : shape.where?.sql,
+              columns: shape.columns,
+              onLines: (lines) => log.appendSnapshot(lines)
+            })
+            const mark: SnapshotMark = { xmin: info.xmin, xmax: info.xmax, xip: info.xip, lsn: info.lsn }
+            yield* log.appendSnapshot([snapshotEndMessage(mark)])
+            yield* log.completeSnapshot
+            return mark
+          })
+      })
+    )
+  )
+}

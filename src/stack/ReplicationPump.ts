@@ -1,0 +1,49 @@
+import { Context, Deferred, Effect, Layer, Stream } from "effect"
+import type { ReplicationError, StorageError } from "../domain/errors.js"
+import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
+import { FlushTracker } from "../replication/FlushTracker.js"
+import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
+import { ConsumerSupervisor } from "../shapes/ConsumerSupervisor.js"
+
+/** How many routed transactions may wait for durability before the pump stops reading the slot. */
+const MAX_IN_FLIGHT = 20_000
+
+/**
+ * Reads the slot and feeds the stack: each transaction is routed by the
+ * collector, tracked by the flush tracker and handed to the consumers of the
+ * shapes it touches. It is the first thing to stop when the stack closes.
+ */
+export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<ReplicationPump, {
+  /** Fails when the replication stream fails; never succeeds. */
+  readonly failure: Effect.Effect<never, ReplicationError | StorageError>
+}>() {
+  static readonly layer: Layer.Layer<
+    ReplicationPump,
+    never,
+    ReplicationConnection | ShapeLogCollector | ConsumerSupervisor | FlushTracker
+  > = Layer.scoped(
+    ReplicationPump,
+    Effect.gen(function*() {
+      const replication = yield* ReplicationConnection
+      const collector = yield* ShapeLogCollector
+      const consumers = yield* ConsumerSupervisor
+      const tracker = yield* FlushTracker
+      const failure = yield* Deferred.make<never, ReplicationError | StorageError>()
+
+      yield* replication.transactions.pipe(
+        Stream.runForEach((txn) =>
+          Effect.gen(function*() {
+            if (tracker.inFlight() >= MAX_IN_FLIGHT) yield* tracker.awaitInFlightBelow(MAX_IN_FLIGHT)
+            const deliveries = collector.route(txn)
+            if (deliveries === undefined) return
+            tracker.track(txn.commitLsn, txn.endLsn, deliveries.map((d) => d.handle))
+            for (const delivery of deliveries) yield* consumers.deliver(txn, delivery)
+          })
+        ),
+        Effect.catchAll((error) => Deferred.fail(failure, error)),
+        Effect.forkScoped
+      )
+      return ReplicationPump.of({ failure: Deferred.await(failure) })
+    })
+  )
+}

@@ -1,0 +1,211 @@
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { Context, Deferred, Effect, Layer, type Scope } from "effect"
+import { LogOffset } from "../domain/LogOffset.js"
+import { ShapeHandle } from "../domain/ShapeHandle.js"
+import { StorageError } from "../domain/errors.js"
+import { isErrno } from "./internal/files.js"
+import { ioError, ShapeLogFiles } from "./internal/ShapeLogFiles.js"
+
+/**
+ * One line of a shape log: a complete JSON message, stored and served as is.
+ */
+export interface LogEntry {
+  readonly offset: LogOffset
+  /** One complete JSON message without a trailing newline. */
+  readonly json: string
+}
+
+/** What a read returns: the stored messages, joined by `,`, ready to be placed inside `[` `]`. */
+export interface LogRead {
+  /** Stored lines joined by `,` (no brackets); empty when `count` is 0. */
+  readonly body: Uint8Array
+  readonly count: number
+  /** The offset for the client's next request: the end of the chunk served. */
+  readonly nextOffset: LogOffset
+  /** True when the read reached the last committed entry of the shape. */
+  readonly reachedEnd: boolean
+}
+
+/**
+ * The storage of one shape: snapshot chunks, an append-only log, and a commit
+ * pointer written (atomically) after the data is fsync'd.
+ */
+export interface ShapeLog {
+  readonly handle: ShapeHandle
+  /** Appends snapshot messages; chunks close at the byte threshold. Not durable until `completeSnapshot`. */
+  readonly appendSnapshot: (lines: ReadonlyArray<string>) => Effect.Effect<void, StorageError>
+  /** Closes the last snapshot chunk, fsyncs and commits: the snapshot is complete and readable in full. */
+  readonly completeSnapshot: Effect.Effect<void, StorageError>
+  readonly isSnapshotComplete: () => boolean
+  /** Appends log entries (offsets strictly increasing, all above the last appended). Not durable until `commit`. */
+  readonly append: (entries: ReadonlyArray<LogEntry>) => Effect.Effect<void, StorageError>
+  /** fsyncs what was appended, writes the commit pointer, wakes waiting readers. Returns the durable offset. */
+  readonly commit: Effect.Effect<LogOffset, StorageError>
+  /** The last durable offset: `-1` before the snapshot completes, `0_inf` for an empty log, else the last entry's. */
+  readonly latestOffset: () => LogOffset
+  /** Reads after `from` (exclusive) to the end of the chunk that holds the next entry; only durable data. */
+  readonly read: (from: LogOffset) => Effect.Effect<LogRead, StorageError>
+  /** Completes when durable data past `after` exists (or the log was removed). */
+  readonly awaitDataAfter: (after: LogOffset) => Effect.Effect<void>
+}
+
+/**
+ * All shape logs of a stack, under `<storage dir>/shapes`. Opening a log is
+ * lazy and recovers it (files truncated to the commit pointer); an idle shape
+ * costs nothing in memory.
+ */
+export class ShapeLogStorage extends Context.Tag("syncline/ShapeLogStorage")<ShapeLogStorage, {
+  readonly open: (handle: ShapeHandle) => Effect.Effect<ShapeLog, StorageError>
+  /** Deletes a shape's files; idempotent. Open logs are closed and their waiters woken. */
+  readonly remove: (handle: ShapeHandle) => Effect.Effect<void, StorageError>
+  /** Handles that have a directory on disk (for boot-time clean-up of orphans). */
+  readonly list: Effect.Effect<ReadonlyArray<ShapeHandle>, StorageError>
+}>() {
+  /** The file-backed storage under `options.directory`; closing the layer closes every open file. */
+  static readonly layer = (options: ShapeLogStorageOptions): Layer.Layer<ShapeLogStorage, StorageError> =>
+    Layer.scoped(ShapeLogStorage, make(options))
+}
+
+/** Where shape logs live and how large a chunk grows before it closes. */
+export interface ShapeLogStorageOptions {
+  /** `<storage dir>/shapes`; one sub-directory per handle. */
+  readonly directory: string
+  /** A chunk (snapshot or log) closes at the line that makes it reach this many bytes, newlines included. */
+  readonly chunkBytesThreshold: number
+}
+
+const TRASH_PREFIX = ".trash-"
+
+const attempt = <A>(handle: string | undefined, f: () => Promise<A>): Effect.Effect<A, StorageError> =>
+  Effect.tryPromise({
+    try: f,
+    catch: (cause) => (cause instanceof StorageError ? cause : ioError(handle, cause))
+  })
+
+const closedError = (files: ShapeLogFiles) =>
+  new StorageError({ reason: "Closed", handle: files.handle, message: `the shape log is ${files.closed}` })
+
+const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
+  const handle = ShapeHandle(files.handle)
+  const awaitSnapshot = Effect.suspend(() =>
+    files.closed !== "open" || files.snapshotComplete ? Effect.void : Deferred.await(files.snapshotLatch)
+  )
+  const awaitDataAfter = (after: LogOffset): Effect.Effect<void> =>
+    Effect.suspend(() => {
+      if (files.closed !== "open" || LogOffset.gt(files.latestOffset(), after)) return Effect.void
+      return Effect.flatMap(Deferred.await(files.dataLatch), () => awaitDataAfter(after))
+    })
+  return {
+    handle,
+    appendSnapshot: (lines) => attempt(handle, () => files.appendSnapshot(lines)),
+    completeSnapshot: attempt(handle, () => files.completeSnapshot()),
+    isSnapshotComplete: () => files.snapshotComplete,
+    append: (entries) =>
+      Effect.suspend(() => {
+        if (files.closed !== "open") return Effect.fail(closedError(files))
+        try {
+          files.append(entries)
+          return Effect.void
+        } catch (cause) {
+          return Effect.fail(ioError(handle, cause))
+        }
+      }),
+    commit: attempt(handle, () => files.commit()),
+    latestOffset: () => files.latestOffset(),
+    read: (from) =>
+      Effect.zipRight(
+        awaitSnapshot,
+        Effect.suspend(() =>
+          files.closed !== "open" ? Effect.fail(closedError(files)) : attempt(handle, () => files.read(from))
+        )
+      ),
+    awaitDataAfter
+  }
+}
+
+/**
+ * Builds the file-backed storage: one directory per shape holding snapshot
+ * chunk files, an append-only JSON-lines log with a binary offset index and a
+ * chunk index, and an atomically replaced commit pointer. Open logs are cached
+ * per handle; the scope closing closes their files (uncommitted data is dropped,
+ * as recovery would drop it).
+ */
+export const make = (
+  options: ShapeLogStorageOptions
+): Effect.Effect<ShapeLogStorage["Type"], StorageError, Scope.Scope> =>
+  Effect.gen(function*() {
+    const root = options.directory
+    const threshold = options.chunkBytesThreshold
+    yield* attempt(undefined, async () => {
+      await fs.mkdir(root, { recursive: true })
+      for (const name of await fs.readdir(root)) {
+        if (name.startsWith(TRASH_PREFIX)) await fs.rm(path.join(root, name), { recursive: true, force: true })
+      }
+    })
+
+    interface Opened {
+      readonly files: ShapeLogFiles
+      readonly log: ShapeLog
+    }
+    const logs = new Map<string, Promise<Opened>>()
+
+    const openCached = (handle: ShapeHandle): Promise<Opened> => {
+      const cached = logs.get(handle)
+      if (cached !== undefined) {
+        return cached.then((entry) => {
+          if (entry.files.closed !== "failed") return entry
+          if (logs.get(handle) === cached) logs.delete(handle)
+          return openCached(handle)
+        })
+      }
+      const opening = ShapeLogFiles.open(path.join(root, handle), handle, threshold).then((files): Opened => ({
+        files,
+        log: toShapeLog(files)
+      }))
+      logs.set(handle, opening)
+      opening.catch(() => {
+        if (logs.get(handle) === opening) logs.delete(handle)
+      })
+      return opening
+    }
+
+    yield* Effect.addFinalizer(() =>
+      Effect.promise(async () => {
+        const entries = await Promise.all([...logs.values()].map((p) => p.catch(() => undefined)))
+        logs.clear()
+        await Promise.all(entries.map((entry) => entry?.files.shutdown("closed")))
+      })
+    )
+
+    const open = Effect.fn("ShapeLogStorage.open")(function*(handle: ShapeHandle) {
+      const entry = yield* attempt(handle, () => openCached(handle))
+      return entry.log
+    })
+
+    const remove = Effect.fn("ShapeLogStorage.remove")(function*(handle: ShapeHandle) {
+      yield* attempt(handle, async () => {
+        const cached = logs.get(handle)
+        logs.delete(handle)
+        const entry = await cached?.catch(() => undefined)
+        await entry?.files.shutdown("removed")
+        const trash = path.join(root, `${TRASH_PREFIX}${handle}-${Date.now()}-${Math.random().toString(36).slice(2)}`)
+        try {
+          await fs.rename(path.join(root, handle), trash)
+        } catch (cause) {
+          if (isErrno(cause, "ENOENT")) return
+          throw cause
+        }
+        await fs.rm(trash, { recursive: true, force: true })
+      })
+    })
+
+    const list = attempt(undefined, async () => {
+      const entries = await fs.readdir(root, { withFileTypes: true })
+      return entries
+        .filter((e) => e.isDirectory() && !e.name.startsWith("."))
+        .map((e) => ShapeHandle(e.name))
+    }).pipe(Effect.withSpan("ShapeLogStorage.list"))
+
+    return ShapeLogStorage.of({ open, remove, list })
+  })

@@ -1,0 +1,542 @@
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { Deferred, Effect, FiberId } from "effect"
+import { LogOffset } from "../../domain/LogOffset.js"
+import { StorageError } from "../../domain/errors.js"
+import type { LogEntry, LogRead } from "../ShapeLogStorage.js"
+import {
+  type ChunkEnd,
+  CHUNK_RECORD_BYTES,
+  decodeChunks,
+  encodeChunks,
+  FileNames,
+  INDEX_RECORD_BYTES,
+  isErrno,
+  readPointer,
+  readRange,
+  syncDirectory,
+  writeAt,
+  writePointer
+} from "./files.js"
+
+/** Below this many candidate lines the index search reads them all in one go. */
+const SEARCH_BLOCK_LINES = 256
+/** How many recent commit ends are remembered, so that a reader resuming at one needs no index search. */
+const RECENT_COMMITS = 32
+const NEWLINE = 0x0a
+const COMMA = 0x2c
+
+const EMPTY = new Uint8Array(0)
+
+type Latch = Deferred.Deferred<void>
+const newLatch = (): Latch => Deferred.unsafeMake<void>(FiberId.none)
+const release = (latch: Latch): void => Deferred.unsafeDone(latch, Effect.void)
+
+interface CommitEnd {
+  readonly offset: LogOffset
+  readonly lines: number
+  readonly pos: number
+}
+
+/**
+ * The files and in-memory state of one open shape log. Plain async code: the
+ * Effect shell in `ShapeLogStorage.ts` wraps each call. Readers see only the
+ * committed state (`lines`, `logBytes`, `lastOffset`, `closedChunks`), which
+ * moves forward only after the commit pointer is durable; appends past it are
+ * buffered in memory until `commit`.
+ */
+export class ShapeLogFiles {
+  // committed snapshot
+  snapshotComplete = false
+  private snapshotChunkBytes: Array<number> = []
+  // snapshot being written
+  private snapshotFile: fs.FileHandle | undefined = undefined
+  private snapshotOpenBytes = 0
+  private snapshotFileBytes = 0
+
+  // committed log
+  private lines = 0
+  private logBytes = 0
+  private lastOffset: LogOffset | undefined = undefined
+  private readonly closedChunks: Array<ChunkEnd> = []
+  private chunkIndexBytes = 0
+  private readonly recent: Array<CommitEnd> = []
+
+  // appended, not yet committed
+  private pendingJson: Array<string> = []
+  private pendingIndex: Buffer = Buffer.allocUnsafe(4096)
+  private pendingIndexLength = 0
+  private pendingChunks: Array<ChunkEnd> = []
+  private appendedLines = 0
+  private appendedBytes = 0
+  private appendedLast: LogOffset = LogOffset.lastBeforeReal
+  private appendedChunkStart = 0
+
+  // lifecycle
+  closed: "open" | "removed" | "closed" | "failed" = "open"
+  snapshotLatch: Latch = newLatch()
+  dataLatch: Latch = newLatch()
+  private busy = 0
+  private onIdle: (() => void) | undefined = undefined
+  private writeChain: Promise<unknown> = Promise.resolve()
+
+  private constructor(
+    readonly handle: string,
+    readonly dir: string,
+    private readonly threshold: number,
+    private readonly log: fs.FileHandle,
+    private readonly index: fs.FileHandle,
+    private readonly chunks: fs.FileHandle
+  ) {}
+
+  /**
+   * Opens (creating if needed) and recovers a shape directory: without a
+   * complete snapshot it starts empty; otherwise each file is cut back to the
+   * commit pointer's length.
+   */
+  static async open(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
+    await fs.mkdir(dir, { recursive: true })
+    const pointer = await readPointer(dir)
+    if (pointer === undefined || !pointer.snapshotComplete) {
+      for (const name of await fs.readdir(dir)) await fs.rm(path.join(dir, name), { recursive: true, force: true })
+      const [log, index, chunks] = await Promise.all([
+        fs.open(path.join(dir, FileNames.log), "w+"),
+        fs.open(path.join(dir, FileNames.index), "w+"),
+        fs.open(path.join(dir, FileNames.chunks), "w+")
+      ])
+      await syncDirectory(dir)
+      await syncDirectory(path.dirname(dir))
+      return new ShapeLogFiles(handle, dir, threshold, log, index, chunks)
+    }
+
+    const opened: Array<fs.FileHandle> = []
+    try {
+      for (const name of [FileNames.log, FileNames.index, FileNames.chunks]) {
+        opened.push(await fs.open(path.join(dir, name), "r+"))
+      }
+      const [log, index, chunks] = opened as [fs.FileHandle, fs.FileHandle, fs.FileHandle]
+      const self = new ShapeLogFiles(handle, dir, threshold, log, index, chunks)
+      await self.recover(pointer.logBytes, pointer.indexBytes, pointer.chunkIndexBytes, pointer.lastOffset)
+      self.snapshotComplete = true
+      self.snapshotChunkBytes = [...pointer.snapshotChunkBytes]
+      release(self.snapshotLatch)
+      return self
+    } catch (cause) {
+      await Promise.all(opened.map((fh) => fh.close().catch(() => undefined)))
+      if (isErrno(cause, "ENOENT")) {
+        throw new StorageError({ reason: "Corrupt", handle, message: "a file covered by the commit pointer is missing" })
+      }
+      throw cause
+    }
+  }
+
+  private async recover(
+    logBytes: number,
+    indexBytes: number,
+    chunkIndexBytes: number,
+    lastOffset: LogOffset | undefined
+  ): Promise<void> {
+    const corrupt = (message: string) => new StorageError({ reason: "Corrupt", handle: this.handle, message })
+    const lines = indexBytes / INDEX_RECORD_BYTES
+    if ((lines === 0) !== (lastOffset === undefined)) throw corrupt("commit pointer and index disagree")
+    for (const [fh, length] of [[this.log, logBytes], [this.index, indexBytes], [this.chunks, chunkIndexBytes]] as const) {
+      const { size } = await fh.stat()
+      if (size < length) throw corrupt("a file is shorter than its commit pointer says")
+      if (size > length) await fh.truncate(length)
+    }
+    if (lines > 0) {
+      const last = await readRange(this.index, indexBytes - INDEX_RECORD_BYTES, INDEX_RECORD_BYTES)
+      if (
+        last.readBigUInt64LE(0) !== lastOffset!.tx || last.readDoubleLE(8) !== lastOffset!.op ||
+        last.readDoubleLE(16) !== logBytes
+      ) {
+        throw corrupt("the last index record does not match the commit pointer")
+      }
+    }
+    const chunks = chunkIndexBytes > 0 ? decodeChunks(await readRange(this.chunks, 0, chunkIndexBytes)) : []
+    const lastChunk = chunks[chunks.length - 1]
+    if (lastChunk !== undefined && (lastChunk.endLine > lines || lastChunk.endPos > logBytes)) {
+      throw corrupt("the chunk index reaches past the commit pointer")
+    }
+    this.closedChunks.push(...chunks)
+    this.chunkIndexBytes = chunkIndexBytes
+    this.lines = lines
+    this.logBytes = logBytes
+    this.lastOffset = lastOffset
+    this.appendedLines = lines
+    this.appendedBytes = logBytes
+    this.appendedLast = lastOffset ?? LogOffset.lastBeforeReal
+    this.appendedChunkStart = chunks.length > 0 ? chunks[chunks.length - 1]!.endPos : 0
+    if (lastOffset !== undefined) this.recent.push({ offset: lastOffset, lines, pos: logBytes })
+  }
+
+
+  /** `-1` until the snapshot is complete, then `0_inf` while the log is empty, else the last durable entry's offset. */
+  latestOffset(): LogOffset {
+    if (!this.snapshotComplete) return LogOffset.beforeAll
+    return this.lastOffset ?? LogOffset.lastBeforeReal
+  }
+
+  private durableOffset(): LogOffset {
+    return this.lastOffset ?? LogOffset.lastBeforeReal
+  }
+
+  private closedError(): StorageError {
+    return new StorageError({
+      reason: "Closed",
+      handle: this.handle,
+      message: this.closed === "failed"
+        ? "the shape log failed on a write and must be reopened"
+        : `the shape log is ${this.closed}`
+    })
+  }
+
+  /** Runs an operation that uses the file handles, which stay open until it ends. */
+  private async using<A>(f: () => Promise<A>): Promise<A> {
+    if (this.closed !== "open") throw this.closedError()
+    this.busy++
+    try {
+      return await f()
+    } catch (cause) {
+      if (this.closed !== "open" && !(cause instanceof StorageError)) throw this.closedError()
+      throw cause
+    } finally {
+      this.busy--
+      if (this.busy === 0 && this.onIdle !== undefined) this.onIdle()
+    }
+  }
+
+  /** Serializes writers (snapshot appends, commits), and fails later writes once one failed. */
+  private exclusive<A>(f: () => Promise<A>): Promise<A> {
+    const run = this.writeChain.then(() =>
+      this.using(async () => {
+        try {
+          return await f()
+        } catch (cause) {
+          const error = cause instanceof StorageError ? cause : ioError(this.handle, cause)
+          if (this.closed === "open") void this.shutdown("failed")
+          throw error
+        }
+      })
+    )
+    this.writeChain = run.catch(() => undefined)
+    return run
+  }
+
+  /**
+   * Marks the log closed, wakes every waiter, and closes the files once the
+   * operations in flight have finished.
+   */
+  async shutdown(reason: "removed" | "closed" | "failed"): Promise<void> {
+    if (this.closed !== "open") return
+    this.closed = reason
+    release(this.snapshotLatch)
+    release(this.dataLatch)
+    if (this.busy > 0) await new Promise<void>((resolve) => (this.onIdle = resolve))
+    const files = [this.log, this.index, this.chunks]
+    if (this.snapshotFile !== undefined) files.push(this.snapshotFile)
+    this.snapshotFile = undefined
+    await Promise.all(files.map((fh) => fh.close().catch(() => undefined)))
+  }
+
+
+  /** Writes snapshot lines to the open chunk, closing (and fdatasyncing) each chunk that reaches the threshold. */
+  appendSnapshot(lines: ReadonlyArray<string>): Promise<void> {
+    return this.exclusive(async () => {
+      if (this.snapshotComplete) {
+        throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "the snapshot is already complete" })
+      }
+      let start = 0
+      for (let i = 0; i < lines.length; i++) {
+        this.snapshotOpenBytes += Buffer.byteLength(lines[i]!) + 1
+        if (this.snapshotOpenBytes >= this.threshold) {
+          await this.writeSnapshotLines(lines, start, i + 1)
+          await this.closeSnapshotChunk()
+          start = i + 1
+        }
+      }
+      if (start < lines.length) await this.writeSnapshotLines(lines, start, lines.length)
+    })
+  }
+
+  private async writeSnapshotLines(lines: ReadonlyArray<string>, from: number, to: number): Promise<void> {
+    if (this.snapshotFile === undefined) {
+      const n = this.snapshotChunkBytes.length
+      this.snapshotFile = await fs.open(path.join(this.dir, FileNames.snapshot(n)), "w")
+    }
+    const data = Buffer.from(lines.slice(from, to).join("\n") + "\n", "utf8")
+    await writeAt(this.snapshotFile, data, this.snapshotFileBytes)
+    this.snapshotFileBytes += data.length
+  }
+
+  private async closeSnapshotChunk(): Promise<void> {
+    const fh = this.snapshotFile
+    if (fh === undefined) {
+      await fs.writeFile(path.join(this.dir, FileNames.snapshot(this.snapshotChunkBytes.length)), EMPTY)
+    } else {
+      this.snapshotFile = undefined
+      await fh.datasync()
+      await fh.close()
+    }
+    if (this.snapshotFileBytes !== this.snapshotOpenBytes) {
+      throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "snapshot byte accounting mismatch" })
+    }
+    this.snapshotChunkBytes.push(this.snapshotOpenBytes)
+    this.snapshotOpenBytes = 0
+    this.snapshotFileBytes = 0
+  }
+
+  /** Closes the last chunk and commits the snapshot as complete; readers waiting for it are released. */
+  completeSnapshot(): Promise<void> {
+    return this.exclusive(async () => {
+      if (this.snapshotComplete) return
+      if (this.snapshotFile !== undefined || this.snapshotChunkBytes.length === 0) await this.closeSnapshotChunk()
+      await syncDirectory(this.dir)
+      await writePointer(this.dir, this.pointer(true))
+      this.snapshotComplete = true
+      release(this.snapshotLatch)
+      this.wakeReaders()
+    })
+  }
+
+
+  /** Buffers entries in memory; offsets at or below the last appended one are replays and are skipped. */
+  append(entries: ReadonlyArray<LogEntry>): void {
+    if (this.closed !== "open") throw this.closedError()
+    let last = this.appendedLast
+    try {
+      for (let i = 0; i < entries.length; i++) {
+        const entry = entries[i]!
+        const offset = entry.offset
+        if (offset.tx < last.tx || (offset.tx === last.tx && offset.op <= last.op)) continue
+        const at = this.pendingIndexLength
+        if (at + INDEX_RECORD_BYTES > this.pendingIndex.length) {
+          const grown = Buffer.allocUnsafe(this.pendingIndex.length * 2)
+          this.pendingIndex.copy(grown, 0, 0, at)
+          this.pendingIndex = grown
+        }
+        const bytes = this.appendedBytes + Buffer.byteLength(entry.json) + 1
+        this.pendingIndex.writeBigUInt64LE(offset.tx, at)
+        this.pendingIndex.writeDoubleLE(offset.op, at + 8)
+        this.pendingIndex.writeDoubleLE(bytes, at + 16)
+        this.pendingIndexLength = at + INDEX_RECORD_BYTES
+        this.pendingJson.push(entry.json)
+        this.appendedBytes = bytes
+        this.appendedLines++
+        last = offset
+        if (bytes - this.appendedChunkStart >= this.threshold) {
+          this.pendingChunks.push({ endOffset: offset, endPos: bytes, endLine: this.appendedLines })
+          this.appendedChunkStart = bytes
+        }
+      }
+    } finally {
+      this.appendedLast = last
+    }
+  }
+
+  /**
+   * Writes what was appended, fdatasyncs log, index and chunk index, then
+   * replaces the commit pointer; only then do readers see the new entries.
+   */
+  commit(): Promise<LogOffset> {
+    return this.exclusive(async () => {
+      if (this.pendingJson.length === 0) return this.durableOffset()
+      const json = this.pendingJson
+      const index = this.pendingIndex.subarray(0, this.pendingIndexLength)
+      const chunks = this.pendingChunks
+      const lines = this.appendedLines
+      const logBytes = this.appendedBytes
+      const lastOffset = this.appendedLast
+      this.pendingJson = []
+      this.pendingIndex = Buffer.allocUnsafe(Math.max(4096, index.length))
+      this.pendingIndexLength = 0
+      this.pendingChunks = []
+
+      const data = Buffer.from(json.join("\n") + "\n", "utf8")
+      if (this.logBytes + data.length !== logBytes) {
+        throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "log byte accounting mismatch" })
+      }
+      const writes = [
+        writeAt(this.log, data, this.logBytes).then(() => this.log.datasync()),
+        writeAt(this.index, index, this.lines * INDEX_RECORD_BYTES).then(() => this.index.datasync())
+      ]
+      if (chunks.length > 0) {
+        writes.push(writeAt(this.chunks, encodeChunks(chunks), this.chunkIndexBytes).then(() => this.chunks.datasync()))
+      }
+      await Promise.all(writes)
+      const chunkIndexBytes = this.chunkIndexBytes + chunks.length * CHUNK_RECORD_BYTES
+      await writePointer(this.dir, {
+        snapshotComplete: this.snapshotComplete,
+        snapshotChunkBytes: this.snapshotComplete ? this.snapshotChunkBytes : [],
+        lastOffset,
+        logBytes,
+        indexBytes: lines * INDEX_RECORD_BYTES,
+        chunkIndexBytes
+      })
+      this.closedChunks.push(...chunks)
+      this.chunkIndexBytes = chunkIndexBytes
+      this.lines = lines
+      this.logBytes = logBytes
+      this.lastOffset = lastOffset
+      this.recent.push({ offset: lastOffset, lines, pos: logBytes })
+      if (this.recent.length > RECENT_COMMITS) this.recent.shift()
+      this.wakeReaders()
+      return lastOffset
+    })
+  }
+
+  private pointer(snapshotComplete: boolean) {
+    return {
+      snapshotComplete,
+      snapshotChunkBytes: this.snapshotChunkBytes,
+      lastOffset: this.lastOffset,
+      logBytes: this.logBytes,
+      indexBytes: this.lines * INDEX_RECORD_BYTES,
+      chunkIndexBytes: this.chunkIndexBytes
+    }
+  }
+
+  private wakeReaders(): void {
+    const latch = this.dataLatch
+    this.dataLatch = newLatch()
+    release(latch)
+  }
+
+
+  /**
+   * Reads after `from`; the caller has waited for the snapshot to complete.
+   * Snapshot chunk reads never report `reachedEnd`: their next offset `0_n`
+   * lies below `0_inf`, so the client always asks once more and meets the log.
+   */
+  read(from: LogOffset): Promise<LogRead> {
+    return this.using(async () => {
+      if (LogOffset.isBeforeAll(from)) return this.readSnapshotChunk(0)
+      if (LogOffset.isVirtual(from) && from.op !== Infinity && from.op + 1 < this.snapshotChunkBytes.length) {
+        return this.readSnapshotChunk(from.op + 1)
+      }
+      return this.readLog(from)
+    })
+  }
+
+  private async readSnapshotChunk(n: number): Promise<LogRead> {
+    const size = this.snapshotChunkBytes[n]!
+    const nextOffset = LogOffset.make(0n, n)
+    if (size === 0) return { body: EMPTY, count: 0, nextOffset, reachedEnd: false }
+    const fh = await fs.open(path.join(this.dir, FileNames.snapshot(n)), "r")
+    let buf: Buffer
+    try {
+      buf = await readRange(fh, 0, size)
+    } finally {
+      await fh.close()
+    }
+    let count = 0
+    let i = buf.indexOf(NEWLINE)
+    while (i !== -1) {
+      buf[i] = COMMA
+      count++
+      i = buf.indexOf(NEWLINE, i + 1)
+    }
+    return { body: buf.subarray(0, size - 1), count, nextOffset, reachedEnd: false }
+  }
+
+  private async readLog(from: LogOffset): Promise<LogRead> {
+    const lines = this.lines
+    const logBytes = this.logBytes
+    const last = this.lastOffset
+    const chunkCount = this.closedChunks.length
+    if (last === undefined || LogOffset.lte(last, from)) {
+      return { body: EMPTY, count: 0, nextOffset: LogOffset.max(from, this.latestOffset()), reachedEnd: true }
+    }
+
+    // the first chunk whose end lies past `from`; the open chunk when none does
+    let lo = 0
+    let hi = chunkCount
+    while (lo < hi) {
+      const mid = (lo + hi) >>> 1
+      if (LogOffset.gt(this.closedChunks[mid]!.endOffset, from)) hi = mid
+      else lo = mid + 1
+    }
+    const k = lo
+    const previous = k > 0 ? this.closedChunks[k - 1] : undefined
+    const chunkStartLine = previous?.endLine ?? 0
+    const chunkStartPos = previous?.endPos ?? 0
+    const chunk = k < chunkCount ? this.closedChunks[k]! : undefined
+    const endLine = chunk?.endLine ?? lines
+    const endPos = chunk?.endPos ?? logBytes
+    const nextOffset = chunk?.endOffset ?? last
+
+    let startLine: number
+    let startPos: number
+    const resume = this.recent.find((c) => LogOffset.equals(c.offset, from))
+    if (
+      (previous !== undefined && LogOffset.equals(previous.endOffset, from)) ||
+      (previous === undefined && !LogOffset.isReal(from))
+    ) {
+      startLine = chunkStartLine
+      startPos = chunkStartPos
+    } else if (resume !== undefined && resume.lines >= chunkStartLine && resume.lines < endLine) {
+      startLine = resume.lines
+      startPos = resume.pos
+    } else {
+      ;[startLine, startPos] = await this.search(chunkStartLine, endLine, chunkStartPos, from)
+    }
+
+    const buf = await readRange(this.log, startPos, endPos - startPos)
+    let i = buf.indexOf(NEWLINE)
+    while (i !== -1) {
+      buf[i] = COMMA
+      i = buf.indexOf(NEWLINE, i + 1)
+    }
+    return {
+      body: buf.subarray(0, buf.length - 1),
+      count: endLine - startLine,
+      nextOffset,
+      reachedEnd: endLine === lines
+    }
+  }
+
+  /**
+   * Finds the first line in `[lo, hi)` whose offset is above `from` (one
+   * exists: the chunk ends past `from`), and the byte position where it starts.
+   */
+  private async search(lo: number, hi: number, chunkStartPos: number, from: LogOffset): Promise<[number, number]> {
+    const base = lo
+    const probe = Buffer.allocUnsafe(INDEX_RECORD_BYTES)
+    while (hi - lo > SEARCH_BLOCK_LINES) {
+      const mid = (lo + hi) >>> 1
+      await this.readIndexInto(probe, mid)
+      if (recordAbove(probe, 0, from)) hi = mid + 1
+      else lo = mid + 1
+    }
+    const first = lo > base ? lo - 1 : lo
+    const block = await readRange(this.index, first * INDEX_RECORD_BYTES, (hi - first) * INDEX_RECORD_BYTES)
+    for (let line = lo; line < hi; line++) {
+      if (recordAbove(block, (line - first) * INDEX_RECORD_BYTES, from)) {
+        const pos = line === base ? chunkStartPos : block.readDoubleLE((line - 1 - first) * INDEX_RECORD_BYTES + 16)
+        return [line, pos]
+      }
+    }
+    throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "the offset index is out of order" })
+  }
+
+  private async readIndexInto(buf: Buffer, line: number): Promise<void> {
+    const { bytesRead } = await this.index.read(buf, 0, INDEX_RECORD_BYTES, line * INDEX_RECORD_BYTES)
+    if (bytesRead !== INDEX_RECORD_BYTES) {
+      throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "the offset index is truncated" })
+    }
+  }
+}
+
+/** Wraps a file system failure. */
+export const ioError = (handle: string | undefined, cause: unknown): StorageError =>
+  new StorageError({
+    reason: "Io",
+    ...(handle === undefined ? {} : { handle }),
+    message: cause instanceof Error ? cause.message : String(cause),
+    cause
+  })
+
+const recordAbove = (buf: Buffer, at: number, from: LogOffset): boolean => {
+  const tx = buf.readBigUInt64LE(at)
+  return tx !== from.tx ? tx > from.tx : buf.readDoubleLE(at + 8) > from.op
+}

@@ -1,0 +1,180 @@
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { LogOffset } from "../../domain/LogOffset.js"
+import { StorageError } from "../../domain/errors.js"
+
+/** File names inside one shape's directory. */
+export const FileNames = {
+  log: "log.jsonl",
+  index: "log.idx",
+  chunks: "log.chunks",
+  pointer: "commit.json",
+  pointerTemp: "commit.json.tmp",
+  snapshot: (n: number): string => `snapshot.${n}.jsonl`
+} as const
+
+/**
+ * One record per log line: tx (u64 LE), op (f64 LE), byte position just past
+ * the line's `\n` (f64 LE, exact below 2^53).
+ */
+export const INDEX_RECORD_BYTES = 24
+
+/**
+ * One record per closed log chunk: the last entry's tx (u64 LE) and op (f64 LE),
+ * the byte position where the chunk ends, and the line count up to its end (both f64 LE).
+ */
+export const CHUNK_RECORD_BYTES = 32
+
+/** A closed log chunk, as kept in memory for an open shape. */
+export interface ChunkEnd {
+  readonly endOffset: LogOffset
+  readonly endPos: number
+  readonly endLine: number
+}
+
+/** Reads exactly `length` bytes at `position`. */
+export const readRange = async (fh: fs.FileHandle, position: number, length: number): Promise<Buffer> => {
+  const buf = Buffer.allocUnsafe(length)
+  let done = 0
+  while (done < length) {
+    const { bytesRead } = await fh.read(buf, done, length - done, position + done)
+    if (bytesRead === 0) {
+      throw new StorageError({ reason: "Corrupt", message: `unexpected end of file at byte ${position + done}` })
+    }
+    done += bytesRead
+  }
+  return buf
+}
+
+/** Writes all of `buf` at `position`. */
+export const writeAt = async (fh: fs.FileHandle, buf: Uint8Array, position: number): Promise<void> => {
+  let done = 0
+  while (done < buf.length) {
+    const { bytesWritten } = await fh.write(buf, done, buf.length - done, position + done)
+    done += bytesWritten
+  }
+}
+
+/** fsyncs a directory, so that files created or renamed in it survive a crash. */
+export const syncDirectory = async (dir: string): Promise<void> => {
+  const fh = await fs.open(dir, "r")
+  try {
+    await fh.sync()
+  } finally {
+    await fh.close()
+  }
+}
+
+/** Whether an error is a Node file system error with the given code. */
+export const isErrno = (cause: unknown, code: string): boolean =>
+  typeof cause === "object" && cause !== null && (cause as { code?: unknown }).code === code
+
+/** Encodes closed chunks as consecutive chunk-index records. */
+export const encodeChunks = (chunks: ReadonlyArray<ChunkEnd>): Buffer => {
+  const buf = Buffer.allocUnsafe(chunks.length * CHUNK_RECORD_BYTES)
+  let o = 0
+  for (const c of chunks) {
+    buf.writeBigUInt64LE(c.endOffset.tx, o)
+    buf.writeDoubleLE(c.endOffset.op, o + 8)
+    buf.writeDoubleLE(c.endPos, o + 16)
+    buf.writeDoubleLE(c.endLine, o + 24)
+    o += CHUNK_RECORD_BYTES
+  }
+  return buf
+}
+
+/** Decodes a chunk-index file's contents. */
+export const decodeChunks = (buf: Buffer): Array<ChunkEnd> => {
+  const out: Array<ChunkEnd> = []
+  for (let o = 0; o + CHUNK_RECORD_BYTES <= buf.length; o += CHUNK_RECORD_BYTES) {
+    out.push({
+      endOffset: LogOffset.make(buf.readBigUInt64LE(o), buf.readDoubleLE(o + 8)),
+      endPos: buf.readDoubleLE(o + 16),
+      endLine: buf.readDoubleLE(o + 24)
+    })
+  }
+  return out
+}
+
+/**
+ * The commit pointer: what of a shape's files is durable. Everything past
+ * these lengths is dropped on recovery.
+ */
+export interface CommitPointer {
+  readonly snapshotComplete: boolean
+  /** Byte size of each snapshot chunk file (meaningful once complete). */
+  readonly snapshotChunkBytes: ReadonlyArray<number>
+  /** The last durable log entry's offset; undefined while the log is empty. */
+  readonly lastOffset: LogOffset | undefined
+  readonly logBytes: number
+  readonly indexBytes: number
+  readonly chunkIndexBytes: number
+}
+
+const POINTER_VERSION = 1
+
+const isLength = (u: unknown): u is number => typeof u === "number" && Number.isSafeInteger(u) && u >= 0
+
+const corrupt = (dir: string, message: string) =>
+  new StorageError({ reason: "Corrupt", handle: path.basename(dir), message })
+
+/** Reads a shape's commit pointer; undefined when none was ever written. */
+export const readPointer = async (dir: string): Promise<CommitPointer | undefined> => {
+  let text: string
+  try {
+    text = await fs.readFile(path.join(dir, FileNames.pointer), "utf8")
+  } catch (cause) {
+    if (isErrno(cause, "ENOENT")) return undefined
+    throw cause
+  }
+  let raw: Record<string, unknown>
+  try {
+    raw = JSON.parse(text) as Record<string, unknown>
+  } catch {
+    throw corrupt(dir, "commit pointer is not valid JSON")
+  }
+  const chunkBytes = raw["snapshotChunkBytes"]
+  const last = raw["lastOffset"]
+  const lastOffset = typeof last === "string" ? LogOffset.parse(last) : undefined
+  if (
+    raw["version"] !== POINTER_VERSION ||
+    typeof raw["snapshotComplete"] !== "boolean" ||
+    !Array.isArray(chunkBytes) || !chunkBytes.every(isLength) ||
+    !(last === null || (lastOffset !== undefined && LogOffset.isReal(lastOffset))) ||
+    !isLength(raw["logBytes"]) || !isLength(raw["indexBytes"]) || !isLength(raw["chunkIndexBytes"]) ||
+    raw["indexBytes"] % INDEX_RECORD_BYTES !== 0 || raw["chunkIndexBytes"] % CHUNK_RECORD_BYTES !== 0
+  ) {
+    throw corrupt(dir, "commit pointer has an unexpected form")
+  }
+  return {
+    snapshotComplete: raw["snapshotComplete"],
+    snapshotChunkBytes: chunkBytes as Array<number>,
+    lastOffset,
+    logBytes: raw["logBytes"],
+    indexBytes: raw["indexBytes"],
+    chunkIndexBytes: raw["chunkIndexBytes"]
+  }
+}
+
+/** Writes the commit pointer atomically: temp file, fdatasync, rename over, fsync the directory. */
+export const writePointer = async (dir: string, pointer: CommitPointer): Promise<void> => {
+  const text = JSON.stringify({
+    version: POINTER_VERSION,
+    snapshotComplete: pointer.snapshotComplete,
+    snapshotChunkBytes: pointer.snapshotChunkBytes,
+    lastOffset: pointer.lastOffset === undefined ? null : LogOffset.format(pointer.lastOffset),
+    logBytes: pointer.logBytes,
+    indexBytes: pointer.indexBytes,
+    chunkIndexBytes: pointer.chunkIndexBytes
+  })
+  const temp = path.join(dir, FileNames.pointerTemp)
+  const fh = await fs.open(temp, "w")
+  try {
+    await writeAt(fh, Buffer.from(text, "utf8"), 0)
+    await fh.datasync()
+  } finally {
+    await fh.close()
+  }
+  await fs.rename(temp, path.join(dir, FileNames.pointer))
+  await syncDirectory(dir)
+}

@@ -1,0 +1,108 @@
+import { Either } from "effect"
+import type { Row } from "../domain/Change.js"
+import { InvalidWhere } from "../domain/errors.js"
+import type { TableInfo } from "../domain/Table.js"
+import type { Expr } from "./Ast.js"
+import { compile } from "./Evaluator.js"
+import { parseWhereAst, WhereError } from "./Parser.js"
+import { renderSql } from "./Sql.js"
+import { trimSpaces } from "./Values.js"
+
+/**
+ * A shape's `where` clause, parsed by Postgres's own parser, type-checked
+ * against the table the way Postgres would, and compiled for evaluation.
+ *
+ * Evaluation follows Postgres's semantics (three-valued logic, exact int8 and
+ * numeric comparison, float ordering with `NaN` above everything and equal to
+ * itself, dates and timestamps as instants in UTC) with one deliberate
+ * difference: text is ordered by code point, i.e. the `C` collation, whatever
+ * the column's collation is. Text equality is exact in every collation Syncline
+ * supports (deterministic ones).
+ */
+export interface WhereClause {
+  /**
+   * Canonical SQL of the clause with params substituted as typed literals, e.g.
+   * `("id" = 5) AND ("name" IS NOT NULL)`; safe to splice into `SELECT ... WHERE <sql>`;
+   * equal for inputs that differ only in whitespace, keyword case or redundant
+   * parentheses. Part of a shape's identity.
+   */
+  readonly sql: string
+  /** Columns the clause reads. */
+  readonly columns: ReadonlyArray<string>
+  /**
+   * Top-level AND-ed conjuncts of the form `col = const` on a column whose text
+   * form is canonical (int2/int4/int8, text, varchar, uuid, bool), with `value`
+   * the constant's text exactly as pgoutput prints it (bool as `t`/`f`). A bare
+   * boolean column counts as `col = true`, `NOT col` as `col = false`. Used by
+   * the routing index.
+   */
+  readonly equalities: ReadonlyArray<{ readonly column: string; readonly value: string }>
+  /** True iff the clause evaluates to TRUE for the row (FALSE and NULL give false). Never throws. */
+  readonly matches: (row: Row) => boolean
+}
+
+/**
+ * Parses a `where` clause over `table`, substituting `params` (`"1"` for `$1`, …).
+ * Fails with `InvalidWhere` for syntax errors (`At location N: <message>`, N
+ * counted from the start of `SELECT 1 WHERE <where>`), unknown columns or
+ * parameters, type errors, and constructs the evaluator does not support.
+ */
+export const parseWhere = (
+  where: string,
+  params: Readonly<Record<string, string>>,
+  table: TableInfo
+): Either.Either<WhereClause, InvalidWhere> => {
+  try {
+    const { expr, columns } = parseWhereAst(where, { table, params })
+    const predicate = compile(expr)
+    return Either.right({
+      sql: renderSql(expr),
+      columns,
+      equalities: equalitiesOf(expr),
+      matches: (row) => predicate(row) === true
+    })
+  } catch (error) {
+    if (error instanceof WhereError) return Either.left(new InvalidWhere({ message: error.message }))
+    throw error
+  }
+}
+
+const ROUTABLE = new Set(["int2", "int4", "int8", "text", "varchar", "uuid", "bool"])
+
+const equalitiesOf = (expr: Expr): ReadonlyArray<{ readonly column: string; readonly value: string }> => {
+  const out: Array<{ readonly column: string; readonly value: string }> = []
+  for (const conjunct of expr._tag === "And" ? expr.args : [expr]) {
+    const eq = equalityOf(conjunct)
+    if (eq !== undefined) out.push(eq)
+  }
+  return out
+}
+
+const equalityOf = (e: Expr): { readonly column: string; readonly value: string } | undefined => {
+  if (e._tag === "Column") return e.type === "bool" ? { column: e.name, value: "t" } : undefined
+  if (e._tag === "Not" && e.arg._tag === "Column" && e.arg.type === "bool") return { column: e.arg.name, value: "f" }
+  if (e._tag !== "Compare" || e.op !== "=") return undefined
+  const [column, constant] =
+    e.left._tag === "Column" && e.right._tag === "Const"
+      ? [e.left, e.right]
+      : e.right._tag === "Column" && e.left._tag === "Const"
+        ? [e.right, e.left]
+        : [undefined, undefined]
+  if (column === undefined || constant === undefined || constant.text === null || !ROUTABLE.has(column.type)) {
+    return undefined
+  }
+  switch (e.domain) {
+    case "int4":
+    case "int8":
+      return { column: column.name, value: constant.text }
+    case "text":
+      // A bpchar constant compares with its trailing spaces stripped.
+      return { column: column.name, value: constant.type === "bpchar" ? trimSpaces(constant.text) : constant.text }
+    case "uuid":
+      return { column: column.name, value: constant.text }
+    case "bool":
+      return { column: column.name, value: constant.text === "true" ? "t" : "f" }
+    default:
+      return undefined
+  }
+}

@@ -1,0 +1,408 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Either } from "effect"
+import { InvalidRequest } from "../../src/domain/errors.js"
+import { LogOffset } from "../../src/domain/LogOffset.js"
+import {
+  invalidRequestBody,
+  parseDeleteParams,
+  parseShapeParams,
+  type ShapeRequest
+} from "../../src/http/ShapeParams.js"
+
+const ok = (query: string): ShapeRequest => {
+  const result = parseShapeParams(new URLSearchParams(query))
+  if (Either.isLeft(result)) throw new Error(`expected success, got ${JSON.stringify(result.left.errors)}`)
+  return result.right
+}
+
+const errorsOf = (query: string): Readonly<Record<string, ReadonlyArray<string>>> => {
+  const result = parseShapeParams(new URLSearchParams(query))
+  if (Either.isRight(result)) throw new Error(`expected errors, got ${JSON.stringify(result.right)}`)
+  expect(result.left).toBeInstanceOf(InvalidRequest)
+  return result.left.errors
+}
+
+describe("parseShapeParams", () => {
+  it("reads a minimal initial request with the defaults", () => {
+    expect(ok("offset=-1&table=items")).toEqual({
+      table: { schema: "public", name: "items" },
+      params: {},
+      replica: "default",
+      log: "full",
+      offset: LogOffset.beforeAll,
+      live: false,
+      sse: false,
+      subset: false
+    })
+  })
+
+  it("leaves optional fields absent rather than undefined", () => {
+    const req = ok("offset=-1&table=items")
+    for (const key of ["where", "columns", "handle", "cursor", "secret"]) expect(key in req).toBe(false)
+  })
+
+  it("reads a full live request", () => {
+    const req = ok(
+      `cursor=123&handle=h-1&live=true&log=changes_only&offset=26402328_4&replica=full&table=s."T"` +
+        `&where=id%20%3D%20%241&params%5B1%5D=7&columns=%22id%22%2C%22has%2Ccomma%22&secret=s3&cache-buster=x&expired_handle=old&customParam=1`
+    )
+    expect(req).toEqual({
+      table: { schema: "s", name: "T" },
+      where: "id = $1",
+      params: { "1": "7" },
+      columns: ["id", "has,comma"],
+      replica: "full",
+      log: "changes_only",
+      offset: LogOffset.make(26402328n, 4),
+      handle: "h-1",
+      live: true,
+      sse: false,
+      cursor: "123",
+      secret: "s3",
+      subset: false
+    })
+  })
+
+  describe("offset", () => {
+    it("is required", () => {
+      expect(errorsOf("table=t")).toEqual({ offset: ["can't be blank"] })
+      expect(errorsOf("table=t&offset=")).toEqual({ offset: ["can't be blank"] })
+    })
+
+    it.each([
+      ["-1", LogOffset.beforeAll],
+      ["now", "now" as const],
+      ["0_0", LogOffset.make(0n, 0)],
+      ["0_inf", LogOffset.make(0n, Infinity)],
+      ["0_02", LogOffset.make(0n, 2)],
+      ["0012_3", LogOffset.make(12n, 3)],
+      ["26402328_inf", LogOffset.make(26402328n, Infinity)],
+      ["18446744073709551615_0", LogOffset.make(18446744073709551615n, 0)]
+    ])("accepts %s", (text, offset) => {
+      expect(ok(`table=t&handle=h&offset=${text}`).offset).toEqual(offset)
+    })
+
+    it.each(["invalid", "1", "-2", "1_", "_1", "1_-1", "1_2_3", "a_1", "1_infinity", "1.5_0", "NOW", " 1_1"])(
+      "rejects %j",
+      (text) => {
+        expect(errorsOf(`table=t&handle=h&offset=${encodeURIComponent(text)}`)).toEqual({
+          offset: ["has invalid format"]
+        })
+      }
+    )
+  })
+
+  describe("handle", () => {
+    it("is required past -1 and now", () => {
+      expect(errorsOf("table=t&offset=0_0")).toEqual({ handle: ["can't be blank when offset != -1"] })
+      expect(errorsOf("table=t&offset=0_0&handle=")).toEqual({ handle: ["can't be blank when offset != -1"] })
+    })
+
+    it("is dropped when offset is -1 or now", () => {
+      expect("handle" in ok("table=t&offset=-1&handle=new-handle")).toBe(false)
+      expect("handle" in ok("table=t&offset=now&handle=new-handle")).toBe(false)
+    })
+
+    it("is kept otherwise", () => {
+      expect(ok("table=t&offset=0_inf&handle=123-456").handle).toBe("123-456")
+    })
+
+    it("is not checked when the offset itself is missing or invalid", () => {
+      expect(errorsOf("table=t")).toEqual({ offset: ["can't be blank"] })
+      expect(errorsOf("table=t&offset=x")).toEqual({ offset: ["has invalid format"] })
+    })
+  })
+
+  describe("live", () => {
+    it.each([
+      ["live=true", true],
+      ["live", true],
+      ["live=", true],
+      ["live=1", true],
+      ["live=no", true],
+      ["live=False", true],
+      ["live=false", false],
+      ["", false]
+    ])("%j counts as %s", (param, live) => {
+      expect(ok(`table=t&handle=h&offset=0_0&${param}`).live).toBe(live)
+    })
+
+    it("is refused with offset -1", () => {
+      expect(errorsOf("table=t&offset=-1&live=true")).toEqual({ live: ["can't be true when offset == -1"] })
+      expect(errorsOf("table=t&offset=-1&live")).toEqual({ live: ["can't be true when offset == -1"] })
+    })
+
+    it("is refused with offset now", () => {
+      expect(errorsOf("table=t&offset=now&live=true")).toEqual({ live: ["can't be true when offset is 'now'"] })
+    })
+
+    it("false is fine with -1 and now", () => {
+      expect(ok("table=t&offset=-1&live=false").live).toBe(false)
+      expect(ok("table=t&offset=now&live=false").live).toBe(false)
+    })
+  })
+
+  describe("live_sse", () => {
+    it.each([
+      ["live_sse=true", true],
+      ["live_sse", true],
+      ["live_sse=", true],
+      ["live_sse=false", false],
+      ["experimental_live_sse=true", true],
+      ["experimental_live_sse", true],
+      ["experimental_live_sse=false", false],
+      ["live_sse=true&experimental_live_sse=true", true],
+      ["live_sse=false&experimental_live_sse=true", false],
+      ["", false]
+    ])("%j gives sse %s with live", (param, sse) => {
+      expect(ok(`table=t&handle=h&offset=0_0&live=true&${param}`).sse).toBe(sse)
+    })
+
+    it("needs live", () => {
+      const message = { live_sse: ["can't be true unless live is also true"] }
+      expect(errorsOf("table=t&handle=h&offset=0_0&live_sse=true")).toEqual(message)
+      expect(errorsOf("table=t&handle=h&offset=0_0&live=false&live_sse=true")).toEqual(message)
+      expect(errorsOf("table=t&handle=h&offset=0_0&experimental_live_sse=true")).toEqual(message)
+    })
+
+    it("is fine when false without live", () => {
+      expect(ok("table=t&handle=h&offset=0_0&live_sse=false").sse).toBe(false)
+    })
+  })
+
+  describe("cursor", () => {
+    it("accepts an empty cursor", () => {
+      expect(ok("table=t&handle=h&offset=0_0&live=true&cursor=").cursor).toBe("")
+    })
+
+    it("passes a cursor through", () => {
+      expect(ok("table=t&handle=h&offset=0_0&live=true&cursor=4500").cursor).toBe("4500")
+    })
+  })
+
+  describe("table", () => {
+    it("is required", () => {
+      expect(errorsOf("offset=-1")).toEqual({ table: ["can't be blank"] })
+      expect(errorsOf("offset=-1&table=")).toEqual({ table: ["can't be blank"] })
+    })
+
+    it("is parsed as an identifier", () => {
+      expect(ok(`offset=-1&table=${encodeURIComponent(`electric_test."issues for 12_0_abc"`)}`).table).toEqual({
+        schema: "electric_test",
+        name: "issues for 12_0_abc"
+      })
+      expect(ok("offset=-1&table=Public.Items").table).toEqual({ schema: "public", name: "items" })
+    })
+
+    it("reports the identifier's message", () => {
+      expect(errorsOf("offset=-1&table=.invalid_shape")).toEqual({
+        table: ["Invalid zero-length delimited identifier"]
+      })
+      expect(errorsOf("offset=-1&table=a.b.c")).toEqual({
+        table: ["Invalid relation identifier, too many delimiters: a.b.c"]
+      })
+    })
+  })
+
+  describe("where", () => {
+    it("is absent when empty", () => {
+      expect("where" in ok("offset=-1&table=t&where=")).toBe(false)
+    })
+
+    it("is passed through as text", () => {
+      expect(ok(`offset=-1&table=t&where=${encodeURIComponent("1 x 1")}`).where).toBe("1 x 1")
+    })
+  })
+
+  describe("params", () => {
+    it("reads the deepObject form", () => {
+      expect(ok("offset=-1&table=t&params%5B1%5D=foo&params%5B2%5D=&params%5B10%5D=x").params).toEqual({
+        "1": "foo",
+        "2": "",
+        "10": "x"
+      })
+    })
+
+    it("reads a JSON object, turning numbers and booleans into strings", () => {
+      const json = encodeURIComponent(`{"1":"a","2":5,"3":true}`)
+      expect(ok(`offset=-1&table=t&params=${json}`).params).toEqual({ "1": "a", "2": "5", "3": "true" })
+    })
+
+    it("lets deepObject entries override the JSON form", () => {
+      const json = encodeURIComponent(`{"1":"a","2":"b"}`)
+      expect(ok(`offset=-1&table=t&params=${json}&params[2]=c`).params).toEqual({ "1": "a", "2": "c" })
+    })
+
+    it.each([
+      ["params%5B0%5D=a", "parameter names must be positive integers, got: 0"],
+      ["params%5B-1%5D=a", "parameter names must be positive integers, got: -1"],
+      ["params%5Bx%5D=a", "parameter names must be positive integers, got: x"],
+      ["params%5B01%5D=a", "parameter names must be positive integers, got: 01"],
+      ["params%5B%5D=a", "parameter names must be positive integers, got: "],
+      ["params%5B1=a", "parameter names must be positive integers, got: params[1"],
+      [`params=${encodeURIComponent(`{"a":"1"}`)}`, "parameter names must be positive integers, got: a"],
+      [`params=${encodeURIComponent(`[1]`)}`, "params must be a JSON object"],
+      [`params=${encodeURIComponent(`"x"`)}`, "params must be a JSON object"],
+      [`params=${encodeURIComponent(`{`)}`, "params must be valid JSON"],
+      [`params=${encodeURIComponent(`{"1":{"a":1}}`)}`, `parameter values must be strings, got: {"a":1} for 1`],
+      [`params=${encodeURIComponent(`{"1":null}`)}`, "parameter values must be strings, got: null for 1"]
+    ])("rejects %s", (param, message) => {
+      expect(errorsOf(`offset=-1&table=t&${param}`)).toEqual({ params: [message] })
+    })
+
+    it("reports every bad key", () => {
+      expect(errorsOf("offset=-1&table=t&params[a]=1&params[b]=2")).toEqual({
+        params: [
+          "parameter names must be positive integers, got: a",
+          "parameter names must be positive integers, got: b"
+        ]
+      })
+    })
+  })
+
+  describe("columns", () => {
+    it("is parsed with the identifier rules", () => {
+      const columns = encodeURIComponent(`"id","has,comma","has""quote",Plain`)
+      expect(ok(`offset=-1&table=t&columns=${columns}`).columns).toEqual(["id", "has,comma", `has"quote`, "plain"])
+    })
+
+    it("is absent when empty", () => {
+      expect("columns" in ok("offset=-1&table=t&columns=")).toBe(false)
+    })
+
+    it("reports the identifier's message", () => {
+      expect(errorsOf("offset=-1&table=t&columns=id%2C")).toEqual({
+        columns: ["Invalid zero-length delimited identifier"]
+      })
+    })
+  })
+
+  describe("replica and log", () => {
+    it.each([
+      ["", "default", "full"],
+      ["replica=default&log=full", "default", "full"],
+      ["replica=full&log=changes_only", "full", "changes_only"],
+      ["replica=&log=", "default", "full"]
+    ])("%j", (param, replica, log) => {
+      const req = ok(`offset=-1&table=t&${param}`)
+      expect([req.replica, req.log]).toEqual([replica, log])
+    })
+
+    it("rejects other values", () => {
+      expect(errorsOf("offset=-1&table=t&replica=FULL")).toEqual({ replica: ["is invalid"] })
+      expect(errorsOf("offset=-1&table=t&log=changes")).toEqual({ log: ["is invalid"] })
+    })
+  })
+
+  describe("secret", () => {
+    it("reads secret, then the deprecated api_secret", () => {
+      expect(ok("offset=-1&table=t&secret=a").secret).toBe("a")
+      expect(ok("offset=-1&table=t&api_secret=b").secret).toBe("b")
+      expect(ok("offset=-1&table=t&secret=a&api_secret=b").secret).toBe("a")
+      expect("secret" in ok("offset=-1&table=t")).toBe(false)
+    })
+  })
+
+  describe("subset", () => {
+    it.each(["subset__where=x", "subset__limit=1", "subset__order_by=id", "subset__anything=", "subset__where_expr=%7B%7D"])(
+      "%s marks a subset request",
+      (param) => {
+        expect(ok(`offset=-1&table=t&${param}`).subset).toBe(true)
+      }
+    )
+
+    it("is false without subset__ keys", () => {
+      expect(ok("offset=-1&table=t&subset=1&xsubset__where=1").subset).toBe(false)
+    })
+  })
+
+  it("reads the last of repeated values", () => {
+    expect(ok("offset=-1&table=a&table=b").table.name).toBe("b")
+  })
+
+  it("collects every error at once", () => {
+    expect(
+      errorsOf(
+        "offset=-1&live=true&live_sse=true&replica=x&log=y&columns=%2C&params%5Bz%5D=1&table=a.b.c"
+      )
+    ).toEqual({
+      live: ["can't be true when offset == -1"],
+      params: ["parameter names must be positive integers, got: z"],
+      table: ["Invalid relation identifier, too many delimiters: a.b.c"],
+      columns: ["Invalid zero-length delimited identifier"],
+      replica: ["is invalid"],
+      log: ["is invalid"]
+    })
+    expect(errorsOf("live_sse=true")).toEqual({
+      offset: ["can't be blank"],
+      live_sse: ["can't be true unless live is also true"],
+      table: ["can't be blank"]
+    })
+  })
+})
+
+describe("parseDeleteParams", () => {
+  const deleteOk = (query: string) => {
+    const result = parseDeleteParams(new URLSearchParams(query))
+    if (Either.isLeft(result)) throw new Error(`expected success, got ${JSON.stringify(result.left.errors)}`)
+    return result.right
+  }
+  const deleteErrors = (query: string) => {
+    const result = parseDeleteParams(new URLSearchParams(query))
+    if (Either.isRight(result)) throw new Error(`expected errors, got ${JSON.stringify(result.right)}`)
+    return result.left.errors
+  }
+
+  it("accepts a handle alone", () => {
+    expect(deleteOk("handle=h-1")).toEqual({ handle: "h-1" })
+  })
+
+  it("accepts a shape definition, without offset or handle", () => {
+    expect(deleteOk("table=electric_test.items&where=x%20%3E%201&replica=full")).toEqual({
+      definition: {
+        table: { schema: "electric_test", name: "items" },
+        where: "x > 1",
+        params: {},
+        replica: "full",
+        log: "full"
+      }
+    })
+  })
+
+  it("accepts a definition with a handle and a secret", () => {
+    expect(deleteOk("table=t&handle=h&api_secret=s")).toEqual({
+      handle: "h",
+      secret: "s",
+      definition: { table: { schema: "public", name: "t" }, params: {}, replica: "default", log: "full" }
+    })
+  })
+
+  it("needs a handle or a table", () => {
+    expect(deleteErrors("")).toEqual({ handle: ["can't be blank when shape definition is missing"] })
+    expect(deleteErrors("table=&handle=")).toEqual({ handle: ["can't be blank when shape definition is missing"] })
+  })
+
+  it("validates the definition with the GET messages", () => {
+    expect(deleteErrors("table=a.b.c&replica=x&columns=%2C")).toEqual({
+      table: ["Invalid relation identifier, too many delimiters: a.b.c"],
+      columns: ["Invalid zero-length delimited identifier"],
+      replica: ["is invalid"]
+    })
+  })
+})
+
+describe("invalidRequestBody", () => {
+  it("wraps the errors in Electric's body", () => {
+    const e = new InvalidRequest({ errors: { offset: ["can't be blank"], table: ["a", "b"] } })
+    expect(invalidRequestBody(e)).toBe(
+      `{"message":"Invalid request","errors":{"offset":["can't be blank"],"table":["a","b"]}}`
+    )
+  })
+
+  it("is the body for a parse failure", () => {
+    const result = parseShapeParams(new URLSearchParams("offset=x&table=t"))
+    expect(Either.isLeft(result) && invalidRequestBody(result.left)).toBe(
+      `{"message":"Invalid request","errors":{"offset":["has invalid format"]}}`
+    )
+  })
+})

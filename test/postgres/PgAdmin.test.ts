@@ -1,0 +1,204 @@
+import { describe, expect, it, layer } from "@effect/vitest"
+import { Effect, Exit, Fiber, Layer, Scope } from "effect"
+import pg from "pg"
+import { inject } from "vitest"
+import { Inspector } from "../../src/postgres/Inspector.js"
+import { PgAdmin } from "../../src/postgres/PgAdmin.js"
+import { PgPool } from "../../src/postgres/PgPool.js"
+
+const url = inject("databaseUrl")
+const names = { publicationName: "electric_publication_pgadmin_test", slotName: "electric_slot_pgadmin_test" }
+const Db = PgPool.layer({ connectionString: url, max: 4 })
+const Live = Layer.mergeAll(PgAdmin.layer(names), Inspector.layer).pipe(Layer.provideMerge(Db))
+
+const exec = (sql: string, params?: ReadonlyArray<unknown>) => Effect.flatMap(PgPool, (db) => db.query(sql, params))
+
+/** A plain connection outside the services, to look at the lock from another session. */
+const otherSession = Effect.acquireRelease(
+  Effect.promise(async () => {
+    const client = new pg.Client({ connectionString: url })
+    await client.connect()
+    return client
+  }),
+  (client) => Effect.promise(() => client.end())
+)
+
+const lockFreeFrom = (client: pg.Client, slot: string) =>
+  Effect.promise(async () => {
+    const { rows } = await client.query("SELECT pg_try_advisory_lock(hashtext($1)) AS got", [slot])
+    if (rows[0].got === true) await client.query("SELECT pg_advisory_unlock(hashtext($1))", [slot])
+    return rows[0].got as boolean
+  })
+
+layer(Live, { excludeTestServices: true })("PgAdmin", (it) => {
+  it.effect("accepts a server with wal_level = logical and a superuser", () =>
+    Effect.flatMap(PgAdmin, (admin) => admin.checkPrerequisites))
+
+  it.effect("creates the publication once", () =>
+    Effect.gen(function*() {
+      const admin = yield* PgAdmin
+      yield* exec(`DROP PUBLICATION IF EXISTS ${names.publicationName}`)
+      yield* Effect.all([admin.ensurePublication, admin.ensurePublication], { concurrency: 2 })
+      yield* admin.ensurePublication
+      const rows = yield* exec("SELECT puballtables FROM pg_publication WHERE pubname = $1", [names.publicationName])
+      expect(rows).toEqual([{ puballtables: false }])
+    }))
+
+  it.effect("creates a persistent pgoutput slot once", () =>
+    Effect.gen(function*() {
+      const admin = yield* PgAdmin
+      yield* exec("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", [names.slotName])
+      expect(yield* admin.ensureSlot).toEqual({ created: true })
+      expect(yield* admin.ensureSlot).toEqual({ created: false })
+      const rows = yield* exec("SELECT plugin, slot_type, temporary FROM pg_replication_slots WHERE slot_name = $1", [names.slotName])
+      expect(rows).toEqual([{ plugin: "pgoutput", slot_type: "logical", temporary: false }])
+      // A slot keeps WAL while it exists: do not leave it behind.
+      yield* exec("SELECT pg_drop_replication_slot($1)", [names.slotName])
+    }))
+
+  it.effect("adds tables with REPLICA IDENTITY FULL, idempotently and concurrently", () =>
+    Effect.gen(function*() {
+      const admin = yield* PgAdmin
+      const other = yield* PgAdmin.make(names)
+      yield* admin.ensurePublication
+      yield* exec(`
+        DROP TABLE IF EXISTS pgadmin_one, "PgAdmin Two";
+        CREATE TABLE pgadmin_one (id int PRIMARY KEY);
+        CREATE TABLE "PgAdmin Two" (id int PRIMARY KEY);`)
+      const inspector = yield* Inspector
+      const one = yield* inspector.load({ schema: "public", name: "pgadmin_one" })
+      const two = yield* inspector.load({ schema: "public", name: "PgAdmin Two" })
+      yield* Effect.all(
+        [admin.addTable(one), other.addTable(one), admin.addTable(two), other.addTable(two), admin.addTable(one)],
+        { concurrency: "unbounded" }
+      )
+      yield* admin.addTable(one)
+      const published = yield* exec(
+        "SELECT tablename FROM pg_publication_tables WHERE pubname = $1 ORDER BY tablename",
+        [names.publicationName]
+      )
+      expect(published).toEqual([{ tablename: "PgAdmin Two" }, { tablename: "pgadmin_one" }])
+      const identities = yield* exec(
+        "SELECT relname, relreplident FROM pg_class WHERE oid = ANY($1::oid[]) ORDER BY relname",
+        [[one.oid, two.oid]]
+      )
+      expect(identities).toEqual([
+        { relname: "PgAdmin Two", relreplident: "f" },
+        { relname: "pgadmin_one", relreplident: "f" }
+      ])
+    }))
+
+  it.effect("fixes the replica identity of a table that is already published", () =>
+    Effect.gen(function*() {
+      const admin = yield* PgAdmin
+      yield* admin.ensurePublication
+      yield* exec(`
+        DROP TABLE IF EXISTS pgadmin_three;
+        CREATE TABLE pgadmin_three (id int PRIMARY KEY);
+        ALTER PUBLICATION ${names.publicationName} ADD TABLE pgadmin_three;`)
+      const three = yield* Effect.flatMap(Inspector, (i) => i.load({ schema: "public", name: "pgadmin_three" }))
+      yield* admin.addTable(three)
+      expect(yield* exec("SELECT relreplident FROM pg_class WHERE oid = $1", [three.oid])).toEqual([{ relreplident: "f" }])
+    }))
+
+  it.scoped("holds the slot's advisory lock for the scope and hands it over when released", () =>
+    Effect.gen(function*() {
+      const slot = "electric_slot_pgadmin_lock"
+      const first = yield* PgAdmin.make({ ...names, slotName: slot })
+      const second = yield* PgAdmin.make({ ...names, slotName: slot })
+      const observer = yield* otherSession
+
+      const firstScope = yield* Scope.make()
+      yield* Scope.extend(first.acquireLock, firstScope)
+      expect(yield* first.isLockHeld).toBe(true)
+      expect(yield* lockFreeFrom(observer, slot)).toBe(false)
+
+      const secondScope = yield* Scope.make()
+      const waiting = yield* Effect.fork(Scope.extend(second.acquireLock, secondScope))
+      yield* Effect.sleep("1200 millis")
+      expect(waiting.unsafePoll()).toBeNull()
+      expect(yield* second.isLockHeld).toBe(false)
+
+      yield* Scope.close(firstScope, Exit.void)
+      expect(yield* first.isLockHeld).toBe(false)
+      yield* Fiber.join(waiting).pipe(Effect.timeout("10 seconds"))
+      expect(yield* second.isLockHeld).toBe(true)
+      expect(yield* lockFreeFrom(observer, slot)).toBe(false)
+
+      yield* Scope.close(secondScope, Exit.void)
+      expect(yield* second.isLockHeld).toBe(false)
+      expect(yield* lockFreeFrom(observer, slot)).toBe(true)
+    }))
+
+  it.scoped("stops waiting for the lock when interrupted, without keeping it", () =>
+    Effect.gen(function*() {
+      const slot = "electric_slot_pgadmin_interrupt"
+      const holder = yield* PgAdmin.make({ ...names, slotName: slot })
+      const waiter = yield* PgAdmin.make({ ...names, slotName: slot })
+      const observer = yield* otherSession
+
+      const holderScope = yield* Scope.make()
+      yield* Scope.extend(holder.acquireLock, holderScope)
+      const waiterScope = yield* Scope.make()
+      const waiting = yield* Effect.fork(Scope.extend(waiter.acquireLock, waiterScope))
+      yield* Effect.sleep("700 millis")
+      const exit = yield* Fiber.interrupt(waiting)
+      expect(Exit.isInterrupted(exit)).toBe(true)
+
+      yield* Scope.close(holderScope, Exit.void)
+      // Nobody holds it now: the interrupted waiter did not take it on its way out.
+      yield* Effect.sleep("700 millis")
+      expect(yield* lockFreeFrom(observer, slot)).toBe(true)
+      expect(yield* waiter.isLockHeld).toBe(false)
+      yield* Scope.close(waiterScope, Exit.void)
+    }))
+})
+
+describe("PgAdmin prerequisites", () => {
+  const fakePool = (row: Record<string, unknown>) =>
+    Layer.succeed(PgPool, {
+      pool: undefined as unknown as pg.Pool,
+      connectionString: "postgresql://u:secret@db.example:6543/app",
+      query: <A>() => Effect.succeed([row] as unknown as ReadonlyArray<A>)
+    } as PgPool["Type"])
+
+  const check = (row: Record<string, unknown>) =>
+    Effect.flatMap(PgAdmin, (admin) => admin.checkPrerequisites).pipe(
+      Effect.provide(PgAdmin.layer(names).pipe(Layer.provide(fakePool(row))))
+    )
+
+  it.effect("rejects wal_level other than logical", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(check({ wal_level: "replica", rolname: "app", rolreplication: true, rolsuper: false }))
+      expect(error.reason).toBe("WalLevel")
+      expect(error.message).toBe(
+        `Postgres wal_level is "replica"; Syncline needs wal_level = logical (set it in postgresql.conf and restart Postgres)`
+      )
+    }))
+
+  it.effect("rejects a role that may not replicate, naming the fix", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(check({ wal_level: "logical", rolname: "app", rolreplication: false, rolsuper: false }))
+      expect(error.reason).toBe("Permission")
+      expect(error.message).toContain(`"app"`)
+      expect(error.message).toContain("ALTER ROLE app WITH REPLICATION")
+      const quoted = yield* Effect.flip(check({ wal_level: "logical", rolname: "App", rolreplication: false, rolsuper: false }))
+      expect(quoted.message).toContain(`ALTER ROLE "App" WITH REPLICATION`)
+    }))
+
+  it.effect("accepts a replication role that is not a superuser", () =>
+    check({ wal_level: "logical", rolname: "app", rolreplication: true, rolsuper: false }))
+})
+
+describe("PgPool", () => {
+  it.effect("reports an unreachable server as a Connection error without the password", () =>
+    Effect.gen(function*() {
+      const error = yield* Effect.flip(
+        Effect.scoped(PgPool.make({ connectionString: "postgresql://someone:hunter2@127.0.0.1:1/nowhere" }))
+      )
+      expect(error.reason).toBe("Connection")
+      expect(error.message).toMatch(/^Cannot connect to Postgres at 127\.0\.0\.1:1: /)
+      expect(error.message).not.toContain("hunter2")
+      expect(error.message).not.toContain("\n")
+    }))
+})

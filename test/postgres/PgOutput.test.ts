@@ -1,0 +1,282 @@
+import { describe, expect, it } from "@effect/vitest"
+import {
+  decode,
+  encodeStandbyStatus,
+  pgClockNow,
+  PgOutputDecodeError,
+  TransactionAssembler,
+  TransactionAssemblyError
+} from "../../src/postgres/PgOutput.js"
+
+// Builds pgoutput messages byte by byte, as the walsender would.
+class Bytes {
+  private readonly parts: Array<Buffer> = []
+  char(c: string): this {
+    this.parts.push(Buffer.from(c, "latin1"))
+    return this
+  }
+  u8(n: number): this {
+    this.parts.push(Buffer.from([n]))
+    return this
+  }
+  i16(n: number): this {
+    const b = Buffer.alloc(2)
+    b.writeInt16BE(n)
+    this.parts.push(b)
+    return this
+  }
+  i32(n: number): this {
+    const b = Buffer.alloc(4)
+    b.writeInt32BE(n)
+    this.parts.push(b)
+    return this
+  }
+  u32(n: number): this {
+    const b = Buffer.alloc(4)
+    b.writeUInt32BE(n)
+    this.parts.push(b)
+    return this
+  }
+  u64(n: bigint): this {
+    const b = Buffer.alloc(8)
+    b.writeBigUInt64BE(n)
+    this.parts.push(b)
+    return this
+  }
+  cstr(s: string): this {
+    this.parts.push(Buffer.from(s, "utf8"), Buffer.from([0]))
+    return this
+  }
+  /** A TupleData: string = text, null = 'n', undefined = 'u'. */
+  tuple(values: ReadonlyArray<string | null | undefined>): this {
+    this.i16(values.length)
+    for (const v of values) {
+      if (v === null) this.char("n")
+      else if (v === undefined) this.char("u")
+      else {
+        const bytes = Buffer.from(v, "utf8")
+        this.char("t").i32(bytes.length)
+        this.parts.push(bytes)
+      }
+    }
+    return this
+  }
+  build(): Buffer {
+    return Buffer.concat(this.parts)
+  }
+}
+
+const HIGH_LSN = 0x1_2345_6789_abcdn // above 2^32: both halves matter
+const END_LSN = HIGH_LSN + 0x38n
+
+const begin = (finalLsn: bigint, xid: number) =>
+  new Bytes().char("B").u64(finalLsn).u64(757_000_000_123_456n).u32(xid).build()
+const commit = (commitLsn: bigint, endLsn: bigint) =>
+  new Bytes().char("C").u8(0).u64(commitLsn).u64(endLsn).u64(757_000_000_123_999n).build()
+const relationMsg = (oid: number, replicaIdentity: string, schema = "public") =>
+  new Bytes().char("R").u32(oid).cstr(schema).cstr("items").char(replicaIdentity).i16(3)
+    .u8(1).cstr("id").u32(23).i32(-1)
+    .u8(0).cstr("title").u32(25).i32(-1)
+    .u8(0).cstr("body").u32(25).i32(-1)
+    .build()
+const insert = (oid: number, values: ReadonlyArray<string | null | undefined>) =>
+  new Bytes().char("I").u32(oid).char("N").tuple(values).build()
+
+describe("PgOutput.decode", () => {
+  it("decodes Begin and Commit with 64-bit LSNs", () => {
+    expect(decode(begin(HIGH_LSN, 4_000_000_001))).toEqual({
+      tag: "begin",
+      finalLsn: HIGH_LSN,
+      commitTime: 757_000_000_123_456n,
+      xid: 4_000_000_001
+    })
+    expect(decode(commit(HIGH_LSN, END_LSN))).toEqual({
+      tag: "commit",
+      flags: 0,
+      commitLsn: HIGH_LSN,
+      endLsn: END_LSN,
+      commitTime: 757_000_000_123_999n
+    })
+  })
+
+  it("decodes at an offset (the XLogData payload)", () => {
+    const header = Buffer.alloc(25, 0xff)
+    const msg = Buffer.concat([header, begin(0xffff_ffff_ffff_fff0n, 7)])
+    expect(decode(msg, 25)).toMatchObject({ tag: "begin", finalLsn: 0xffff_ffff_ffff_fff0n, xid: 7 })
+  })
+
+  it("decodes Origin and Type", () => {
+    expect(decode(new Bytes().char("O").u64(HIGH_LSN).cstr("node_a").build())).toEqual({
+      tag: "origin",
+      originLsn: HIGH_LSN,
+      name: "node_a"
+    })
+    expect(decode(new Bytes().char("Y").u32(16_400).cstr("app").cstr("mood").build())).toEqual({
+      tag: "type",
+      oid: 16_400,
+      schema: "app",
+      name: "mood"
+    })
+  })
+
+  it("decodes Relation columns, key flags and typmods", () => {
+    const msg = new Bytes().char("R").u32(3_000_000_000).cstr("").cstr("t").char("f").i16(2)
+      .u8(1).cstr("id").u32(20).i32(-1)
+      .u8(0).cstr("price").u32(1700).i32(655_366)
+      .build()
+    expect(decode(msg)).toEqual({
+      tag: "relation",
+      relation: {
+        oid: 3_000_000_000,
+        schema: "pg_catalog",
+        name: "t",
+        replicaIdentity: "f",
+        columns: [
+          { name: "id", typeOid: 20, typeMod: -1, isKey: true },
+          { name: "price", typeOid: 1700, typeMod: 655_366, isKey: false }
+        ]
+      }
+    })
+  })
+
+  it("decodes Insert with text, NULL, unchanged TOAST and multi-byte text", () => {
+    expect(decode(insert(16_384, ["1", null, undefined]))).toEqual({
+      tag: "insert",
+      relationOid: 16_384,
+      new: ["1", null, undefined]
+    })
+    expect(decode(insert(1, ["", "zß€😀", "a\nb"]))).toMatchObject({ new: ["", "zß€😀", "a\nb"] })
+  })
+
+  it("decodes Update without, with key and with full old tuple", () => {
+    const plain = new Bytes().char("U").u32(9).char("N").tuple(["1", "x", undefined]).build()
+    expect(decode(plain)).toEqual({ tag: "update", relationOid: 9, oldKind: undefined, old: undefined, new: ["1", "x", undefined] })
+    const keyed = new Bytes().char("U").u32(9).char("K").tuple(["1", null, null]).char("N").tuple(["2", "y", "z"]).build()
+    expect(decode(keyed)).toEqual({ tag: "update", relationOid: 9, oldKind: "K", old: ["1", null, null], new: ["2", "y", "z"] })
+    const full = new Bytes().char("U").u32(9).char("O").tuple(["1", "x", "b"]).char("N").tuple(["1", "y", undefined]).build()
+    expect(decode(full)).toEqual({ tag: "update", relationOid: 9, oldKind: "O", old: ["1", "x", "b"], new: ["1", "y", undefined] })
+  })
+
+  it("decodes Delete with key and with full old tuple", () => {
+    expect(decode(new Bytes().char("D").u32(9).char("K").tuple(["5", null, null]).build())).toEqual({
+      tag: "delete",
+      relationOid: 9,
+      oldKind: "K",
+      old: ["5", null, null]
+    })
+    expect(decode(new Bytes().char("D").u32(9).char("O").tuple(["5", "t", null]).build())).toMatchObject({
+      oldKind: "O",
+      old: ["5", "t", null]
+    })
+  })
+
+  it("decodes Truncate and Message", () => {
+    expect(decode(new Bytes().char("T").i32(2).u8(3).u32(10).u32(4_000_000_000).build())).toEqual({
+      tag: "truncate",
+      options: 3,
+      relationOids: [10, 4_000_000_000]
+    })
+    const m = decode(new Bytes().char("M").u8(1).u64(HIGH_LSN).cstr("syncline").i32(3).char("abc").build())
+    expect(m).toMatchObject({ tag: "message", transactional: true, lsn: HIGH_LSN, prefix: "syncline" })
+    expect(m.tag === "message" && m.content.toString()).toBe("abc")
+  })
+
+  it("rejects unknown messages, binary values and truncated input", () => {
+    expect(() => decode(Buffer.from("Z"))).toThrow(PgOutputDecodeError)
+    const binary = new Bytes().char("I").u32(1).char("N").i16(1).char("b").i32(1).u8(1).build()
+    expect(() => decode(binary)).toThrow(PgOutputDecodeError)
+    const truncated = insert(1, ["hello"]).subarray(0, 12)
+    expect(() => decode(truncated)).toThrow()
+  })
+})
+
+describe("encodeStandbyStatus", () => {
+  it("writes exactly the given LSN as write, flush and apply", () => {
+    const clock = pgClockNow(Date.UTC(2000, 0, 1, 0, 0, 1))
+    expect(clock).toBe(1_000_000n)
+    const b = encodeStandbyStatus(HIGH_LSN, clock)
+    expect(b.length).toBe(34)
+    expect(String.fromCharCode(b[0]!)).toBe("r")
+    expect(b.readBigUInt64BE(1)).toBe(HIGH_LSN)
+    expect(b.readBigUInt64BE(9)).toBe(HIGH_LSN)
+    expect(b.readBigUInt64BE(17)).toBe(HIGH_LSN)
+    expect(b.readBigInt64BE(25)).toBe(1_000_000n)
+    expect(b[33]).toBe(0)
+  })
+})
+
+describe("TransactionAssembler", () => {
+  it("groups Begin..Commit into a transaction with rows by column name", () => {
+    const a = new TransactionAssembler()
+    expect(a.pushBuffer(begin(HIGH_LSN, 42))).toBeUndefined()
+    expect(a.pushBuffer(relationMsg(100, "f"))).toBeUndefined()
+    expect(a.pushBuffer(insert(100, ["1", "hi", null]))).toBeUndefined()
+    const tx = a.pushBuffer(commit(HIGH_LSN, END_LSN))
+    expect(tx).toBeDefined()
+    expect(tx!.xid).toBe(42)
+    expect(tx!.commitLsn).toBe(HIGH_LSN)
+    expect(tx!.endLsn).toBe(END_LSN)
+    expect(tx!.commitTime).toBe(757_000_000_123_999n)
+    expect(tx!.relations.map((r) => r.oid)).toEqual([100])
+    expect(tx!.changes).toHaveLength(1)
+    const change = tx!.changes[0]!
+    expect(change.kind).toBe("insert")
+    if (change.kind !== "insert") return
+    expect(change.new).toEqual({ id: "1", title: "hi", body: null })
+    expect(change.relation).toBe(a.relation(100))
+  })
+
+  it("fills unchanged TOAST from the full old row, and keeps key-only old rows to the key", () => {
+    const a = new TransactionAssembler()
+    a.pushBuffer(begin(1n, 1))
+    a.pushBuffer(relationMsg(100, "f"))
+    a.pushBuffer(new Bytes().char("U").u32(100).char("O").tuple(["1", "a", "long body"]).char("N").tuple(["1", "b", undefined]).build())
+    a.pushBuffer(new Bytes().char("U").u32(100).char("N").tuple(["1", "c", undefined]).build())
+    a.pushBuffer(new Bytes().char("D").u32(100).char("O").tuple(["1", "c", "long body"]).build())
+    const tx1 = a.pushBuffer(commit(1n, 2n))!
+    expect(tx1.changes).toEqual([
+      {
+        kind: "update",
+        relation: a.relation(100),
+        old: { id: "1", title: "a", body: "long body" },
+        new: { id: "1", title: "b", body: "long body" }
+      },
+      { kind: "update", relation: a.relation(100), old: undefined, new: { id: "1", title: "c", body: undefined } },
+      { kind: "delete", relation: a.relation(100), old: { id: "1", title: "c", body: "long body" } }
+    ])
+
+    // A later transaction reuses the relation without a new Relation message.
+    a.pushBuffer(begin(3n, 2))
+    a.pushBuffer(relationMsg(200, "d"))
+    a.pushBuffer(new Bytes().char("U").u32(200).char("K").tuple(["7", null, null]).char("N").tuple(["8", "x", "y"]).build())
+    a.pushBuffer(new Bytes().char("D").u32(200).char("K").tuple(["8", null, null]).build())
+    a.pushBuffer(insert(100, ["2", null, null]))
+    a.pushBuffer(new Bytes().char("T").i32(2).u8(0).u32(100).u32(200).build())
+    const tx2 = a.pushBuffer(commit(3n, 4n))!
+    expect(tx2.relations.map((r) => r.oid)).toEqual([200])
+    expect(tx2.changes).toEqual([
+      { kind: "update", relation: a.relation(200), old: { id: "7" }, new: { id: "8", title: "x", body: "y" } },
+      { kind: "delete", relation: a.relation(200), old: { id: "8" } },
+      { kind: "insert", relation: a.relation(100), new: { id: "2", title: null, body: null } },
+      { kind: "truncate", relations: [a.relation(100), a.relation(200)] }
+    ])
+  })
+
+  it("ignores Origin, Type and Message inside a transaction", () => {
+    const a = new TransactionAssembler()
+    a.pushBuffer(begin(1n, 1))
+    a.pushBuffer(new Bytes().char("O").u64(1n).cstr("x").build())
+    a.pushBuffer(new Bytes().char("Y").u32(1).cstr("s").cstr("t").build())
+    a.pushBuffer(new Bytes().char("M").u8(1).u64(1n).cstr("p").i32(0).build())
+    expect(a.pushBuffer(commit(1n, 2n))!.changes).toEqual([])
+  })
+
+  it("rejects changes for unknown relations and out-of-order boundaries", () => {
+    const a = new TransactionAssembler()
+    expect(() => a.pushBuffer(commit(1n, 2n))).toThrow(TransactionAssemblyError)
+    expect(() => a.pushBuffer(insert(100, ["1"]))).toThrow(TransactionAssemblyError)
+    a.pushBuffer(begin(1n, 1))
+    expect(() => a.pushBuffer(insert(100, ["1"]))).toThrow(TransactionAssemblyError)
+    expect(() => a.pushBuffer(begin(1n, 1))).toThrow(TransactionAssemblyError)
+  })
+})

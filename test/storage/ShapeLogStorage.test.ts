@@ -1,0 +1,398 @@
+import * as fs from "node:fs/promises"
+import * as os from "node:os"
+import * as path from "node:path"
+import { describe, expect, it } from "@effect/vitest"
+import { Effect, Exit, Fiber, Option, Scope } from "effect"
+import { LogOffset } from "../../src/domain/LogOffset.js"
+import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
+import { type LogEntry, type LogRead, make, type ShapeLog } from "../../src/storage/ShapeLogStorage.js"
+
+const THRESHOLD = 1000
+const decoder = new TextDecoder()
+
+/** A JSON message of exactly 99 characters: with its newline, 100 bytes on disk. */
+const line = (tag: string, i: number): string => {
+  const head = `{"key":"${tag}-${i}","value":{"id":"${i}","pad":"`
+  const tail = `"}}`
+  return head + "x".repeat(99 - head.length - tail.length) + tail
+}
+
+const entry = (tx: number, op: number): LogEntry => ({ offset: LogOffset.make(BigInt(tx), op), json: line("log", tx * 1000 + op) })
+
+const off = (text: string): LogOffset => LogOffset.parse(text)!
+const fmt = LogOffset.format
+const bodyOf = (read: LogRead): string => decoder.decode(read.body)
+
+const tempDir = Effect.acquireRelease(
+  Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "syncline-storage-"))),
+  (dir) => Effect.promise(() => fs.rm(dir, { recursive: true, force: true }))
+)
+
+const withStorage = (threshold = THRESHOLD) =>
+  Effect.gen(function*() {
+    const dir = yield* tempDir
+    const storage = yield* make({ directory: dir, chunkBytesThreshold: threshold })
+    return { dir, storage }
+  })
+
+/** Opens storage in a scope of its own, so a test can drop it and reopen the same directory. */
+const openIn = (dir: string, threshold = THRESHOLD) =>
+  Effect.gen(function*() {
+    const scope = yield* Scope.make()
+    const storage = yield* Scope.extend(make({ directory: dir, chunkBytesThreshold: threshold }), scope)
+    return { storage, close: Scope.close(scope, Exit.void) }
+  })
+
+const withSnapshot = (log: ShapeLog, lines: ReadonlyArray<string> = []) =>
+  Effect.gen(function*() {
+    yield* log.appendSnapshot(lines)
+    yield* log.completeSnapshot
+  })
+
+/** Reads from `from` until a read reaches the end; returns every read. */
+const readAll = (log: ShapeLog, from: LogOffset) =>
+  Effect.gen(function*() {
+    const reads: Array<LogRead> = []
+    let at = from
+    for (let guard = 0; guard < 10_000; guard++) {
+      const read = yield* log.read(at)
+      reads.push(read)
+      if (read.reachedEnd) break
+      at = read.nextOffset
+    }
+    return reads
+  })
+
+const bodies = (reads: ReadonlyArray<LogRead>): Array<string> =>
+  reads.filter((r) => r.count > 0).flatMap((r) => bodyOf(r).split(/,(?=\{"key")/))
+
+describe("ShapeLogStorage", () => {
+  it.scoped("cuts the snapshot into chunks at the byte threshold and serves them as 0_n", () =>
+    Effect.gen(function*() {
+      const { dir, storage } = yield* withStorage()
+      const log = yield* storage.open(ShapeHandle("snap-1"))
+      const lines = Array.from({ length: 25 }, (_, i) => line("snap", i))
+      expect(log.latestOffset()).toEqual(LogOffset.beforeAll)
+      yield* log.appendSnapshot(lines.slice(0, 7))
+      yield* log.appendSnapshot(lines.slice(7))
+      expect(log.isSnapshotComplete()).toBe(false)
+      expect(log.latestOffset()).toEqual(LogOffset.beforeAll)
+      yield* log.completeSnapshot
+      expect(log.isSnapshotComplete()).toBe(true)
+      expect(log.latestOffset()).toEqual(LogOffset.lastBeforeReal)
+
+      const files = (yield* Effect.promise(() => fs.readdir(path.join(dir, "snap-1")))).filter((f) => f.startsWith("snapshot."))
+      expect(files.sort()).toEqual(["snapshot.0.jsonl", "snapshot.1.jsonl", "snapshot.2.jsonl"])
+
+      const r0 = yield* log.read(LogOffset.beforeAll)
+      expect([fmt(r0.nextOffset), r0.count, r0.reachedEnd]).toEqual(["0_0", 10, false])
+      expect(bodyOf(r0)).toBe(lines.slice(0, 10).join(","))
+      const r1 = yield* log.read(r0.nextOffset)
+      expect([fmt(r1.nextOffset), r1.count, r1.reachedEnd]).toEqual(["0_1", 10, false])
+      expect(bodyOf(r1)).toBe(lines.slice(10, 20).join(","))
+      const r2 = yield* log.read(r1.nextOffset)
+      expect([fmt(r2.nextOffset), r2.count, r2.reachedEnd]).toEqual(["0_2", 5, false])
+      expect(bodyOf(r2)).toBe(lines.slice(20).join(","))
+      const r3 = yield* log.read(r2.nextOffset)
+      expect([fmt(r3.nextOffset), r3.count, r3.reachedEnd, r3.body.length]).toEqual(["0_inf", 0, true, 0])
+      const beyond = yield* log.read(off("0_7"))
+      expect([fmt(beyond.nextOffset), beyond.count, beyond.reachedEnd]).toEqual(["0_inf", 0, true])
+    }))
+
+  it.scoped("closes a snapshot chunk on the line that reaches the threshold exactly, opening no empty chunk", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const log = yield* storage.open(ShapeHandle("snap-2"))
+      const lines = Array.from({ length: 20 }, (_, i) => line("snap", i))
+      yield* withSnapshot(log, lines)
+      const r1 = yield* log.read(off("0_0"))
+      expect([fmt(r1.nextOffset), r1.count]).toEqual(["0_1", 10])
+      const r2 = yield* log.read(off("0_1"))
+      expect([fmt(r2.nextOffset), r2.count, r2.reachedEnd]).toEqual(["0_inf", 0, true])
+    }))
+
+  it.scoped("an empty snapshot is one empty chunk 0", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const log = yield* storage.open(ShapeHandle("snap-3"))
+      yield* log.completeSnapshot
+      const r0 = yield* log.read(LogOffset.beforeAll)
+      expect([fmt(r0.nextOffset), r0.count, r0.body.length, r0.reachedEnd]).toEqual(["0_0", 0, 0, false])
+      const r1 = yield* log.read(r0.nextOffset)
+      expect([fmt(r1.nextOffset), r1.count, r1.reachedEnd]).toEqual(["0_inf", 0, true])
+    }))
+
+  it.scoped("a read waits for the snapshot to complete", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const log = yield* storage.open(ShapeHandle("snap-4"))
+      yield* log.appendSnapshot([line("snap", 0)])
+      const reader = yield* Effect.fork(log.read(LogOffset.beforeAll))
+      yield* Effect.yieldNow()
+      yield* Effect.yieldNow()
+      expect(Option.isNone(yield* Fiber.poll(reader))).toBe(true)
+      yield* log.completeSnapshot
+      const read = yield* Fiber.join(reader)
+      expect(bodyOf(read)).toBe(line("snap", 0))
+    }))
+
+  it.scoped("reads the log after an offset: between entries, before the first, at and past the end", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage(1_000_000)
+      const log = yield* storage.open(ShapeHandle("log-1"))
+      yield* withSnapshot(log)
+      const entries = [entry(100, 0), entry(100, 2), entry(100, 4), entry(200, 0), entry(300, 0), entry(300, 2)]
+      yield* log.append(entries.slice(0, 3))
+      yield* log.append(entries.slice(3))
+      expect(log.latestOffset()).toEqual(LogOffset.lastBeforeReal)
+      expect(fmt(yield* log.commit)).toBe("300_2")
+      expect(fmt(log.latestOffset())).toBe("300_2")
+
+      const joined = (from: number) => entries.slice(from).map((e) => e.json).join(",")
+      const all = yield* log.read(LogOffset.lastBeforeReal)
+      expect([all.count, fmt(all.nextOffset), all.reachedEnd]).toEqual([6, "300_2", true])
+      expect(bodyOf(all)).toBe(joined(0))
+      for (const [from, skip] of [["50_0", 0], ["100_0", 1], ["100_3", 2], ["100_inf", 3], ["150_7", 3], ["200_0", 4], ["300_1", 5]] as const) {
+        const read = yield* log.read(off(from))
+        expect([from, read.count, fmt(read.nextOffset), read.reachedEnd]).toEqual([from, 6 - skip, "300_2", true])
+        expect(bodyOf(read)).toBe(joined(skip))
+      }
+      const atEnd = yield* log.read(off("300_2"))
+      expect([atEnd.count, atEnd.body.length, fmt(atEnd.nextOffset), atEnd.reachedEnd]).toEqual([0, 0, "300_2", true])
+      const pastEnd = yield* log.read(off("999_0"))
+      expect([pastEnd.count, fmt(pastEnd.nextOffset), pastEnd.reachedEnd]).toEqual([0, "999_0", true])
+    }))
+
+  it.scoped("serves only committed entries", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const log = yield* storage.open(ShapeHandle("log-2"))
+      yield* withSnapshot(log, [line("snap", 0)])
+      yield* log.append([entry(10, 0)])
+      yield* log.commit
+      yield* log.append([entry(11, 0), entry(12, 0)])
+      expect(fmt(log.latestOffset())).toBe("10_0")
+      const read = yield* log.read(LogOffset.lastBeforeReal)
+      expect([read.count, fmt(read.nextOffset), bodyOf(read)]).toEqual([1, "10_0", entry(10, 0).json])
+      const after = yield* log.read(off("10_0"))
+      expect([after.count, fmt(after.nextOffset), after.reachedEnd]).toEqual([0, "10_0", true])
+      expect(fmt(yield* log.commit)).toBe("12_0")
+      expect((yield* log.read(off("10_0"))).count).toBe(2)
+    }))
+
+  it.scoped("cuts the log into line-aligned chunks and each read ends at its chunk's end", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const log = yield* storage.open(ShapeHandle("log-3"))
+      const snapshot = Array.from({ length: 15 }, (_, i) => line("snap", i))
+      yield* withSnapshot(log, snapshot)
+      // 95 entries of 100 bytes in transactions of 3 changes, committed every 7 appends
+      const entries = Array.from({ length: 95 }, (_, i) => entry(1000 + Math.floor(i / 3), (i % 3) * 2))
+      for (let i = 0; i < entries.length; i++) {
+        yield* log.append([entries[i]!])
+        if (i % 7 === 6) yield* log.commit
+      }
+      yield* log.commit
+
+      const reads = yield* readAll(log, LogOffset.beforeAll)
+      expect(reads.map((r) => [fmt(r.nextOffset), r.count, r.reachedEnd])).toEqual([
+        ["0_0", 10, false],
+        ["0_1", 5, false],
+        ...Array.from({ length: 9 }, (_, c) => [fmt(entries[c * 10 + 9]!.offset), 10, false]),
+        [fmt(entries[94]!.offset), 5, true]
+      ])
+      expect(bodies(reads)).toEqual([...snapshot, ...entries.map((e) => e.json)])
+      for (const read of reads) expect(read.body.length).toBe(read.count * 100 - 1)
+
+      // a read starting inside a chunk ends where that chunk ends
+      const mid = yield* log.read(entries[43]!.offset)
+      expect([mid.count, fmt(mid.nextOffset), mid.reachedEnd]).toEqual([6, fmt(entries[49]!.offset), false])
+      expect(bodyOf(mid)).toBe(entries.slice(44, 50).map((e) => e.json).join(","))
+      expect(fmt(entries[43]!.offset)).toBe("1014_2")
+      const between = yield* log.read(off("1014_3"))
+      expect([between.count, fmt(between.nextOffset)]).toEqual([6, fmt(entries[49]!.offset)])
+    }))
+
+  it.scoped("finds any offset in a chunk of many lines through the index", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage(10_000_000)
+      const log = yield* storage.open(ShapeHandle("log-4"))
+      yield* withSnapshot(log)
+      const entries = Array.from({ length: 3000 }, (_, i) => entry(5000 + 2 * i, 4))
+      for (let i = 0; i < entries.length; i += 100) {
+        yield* log.append(entries.slice(i, i + 100))
+        yield* log.commit
+      }
+      for (const i of [0, 1, 255, 256, 257, 1000, 1499, 2047, 2998]) {
+        const exact = yield* log.read(entries[i]!.offset)
+        expect([i, exact.count]).toEqual([i, 2999 - i])
+        expect(bodyOf(exact).slice(0, 99)).toBe(entries[i + 1]!.json)
+        const between = yield* log.read(LogOffset.make(entries[i]!.offset.tx + 1n, 0))
+        expect([i, between.count]).toEqual([i, 2999 - i])
+        const before = yield* log.read(LogOffset.make(entries[i]!.offset.tx, 3))
+        expect([i, before.count]).toEqual([i, 3000 - i])
+        expect(bodyOf(before).length).toBe((3000 - i) * 100 - 1)
+      }
+    }))
+
+  it.scoped("ignores replayed entries at or below the last appended offset", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage(1_000_000)
+      const log = yield* storage.open(ShapeHandle("log-5"))
+      yield* withSnapshot(log)
+      const entries = Array.from({ length: 15 }, (_, i) => entry(100 + i, 0))
+      yield* log.append(entries.slice(0, 10))
+      yield* log.commit
+      yield* log.append(entries.slice(4, 12))
+      yield* log.append(entries.slice(8, 15))
+      yield* log.append([entry(1, 0), entry(0, 2)])
+      yield* log.commit
+      const read = yield* log.read(LogOffset.lastBeforeReal)
+      expect(read.count).toBe(15)
+      expect(bodyOf(read)).toBe(entries.map((e) => e.json).join(","))
+    }))
+
+  it.effect("recovers after a crash: only committed data remains and appending continues", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const handle = ShapeHandle("crash-1")
+      const entries = Array.from({ length: 40 }, (_, i) => entry(700 + i, 0))
+
+      const first = yield* openIn(dir)
+      const log1 = yield* first.storage.open(handle)
+      yield* withSnapshot(log1, [line("snap", 0)])
+      yield* log1.append(entries.slice(0, 25))
+      yield* log1.commit
+      yield* log1.append(entries.slice(25, 30))
+      yield* first.close
+      // what a kill -9 mid-commit leaves: bytes past the commit pointer
+      const shapeDir = path.join(dir, handle)
+      for (const name of ["log.jsonl", "log.idx", "log.chunks"]) {
+        yield* Effect.promise(() => fs.appendFile(path.join(shapeDir, name), Buffer.from("garbage that was never committed\n")))
+      }
+
+      const second = yield* openIn(dir)
+      const log2 = yield* second.storage.open(handle)
+      expect(log2.isSnapshotComplete()).toBe(true)
+      expect(fmt(log2.latestOffset())).toBe(fmt(entries[24]!.offset))
+      expect(bodies(yield* readAll(log2, LogOffset.beforeAll))).toEqual([
+        line("snap", 0),
+        ...entries.slice(0, 25).map((e) => e.json)
+      ])
+      const pointer = JSON.parse(yield* Effect.promise(() => fs.readFile(path.join(shapeDir, "commit.json"), "utf8")))
+      const size = (name: string) => Effect.promise(() => fs.stat(path.join(shapeDir, name)).then((s) => s.size))
+      expect(yield* size("log.jsonl")).toBe(pointer.logBytes)
+      expect(yield* size("log.idx")).toBe(pointer.indexBytes)
+      expect(yield* size("log.chunks")).toBe(pointer.chunkIndexBytes)
+
+      // replay from the durable offset: the consumer resends what was lost
+      yield* log2.append(entries.slice(20, 40))
+      yield* log2.commit
+      const reads = yield* readAll(log2, LogOffset.beforeAll)
+      expect(bodies(reads)).toEqual([line("snap", 0), ...entries.map((e) => e.json)])
+      expect(reads.slice(1).map((r) => r.count)).toEqual([10, 10, 10, 10])
+      yield* second.close
+
+      const third = yield* openIn(dir)
+      const log3 = yield* third.storage.open(handle)
+      expect(fmt(log3.latestOffset())).toBe(fmt(entries[39]!.offset))
+      expect(bodies(yield* readAll(log3, LogOffset.beforeAll))).toEqual([line("snap", 0), ...entries.map((e) => e.json)])
+      yield* third.close
+    })))
+
+  it.effect("starts over when the snapshot never completed", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const handle = ShapeHandle("crash-2")
+      const first = yield* openIn(dir)
+      const log1 = yield* first.storage.open(handle)
+      yield* log1.appendSnapshot(Array.from({ length: 25 }, (_, i) => line("snap", i)))
+      yield* log1.append([entry(5, 0)])
+      yield* log1.commit
+      yield* first.close
+
+      const second = yield* openIn(dir)
+      const log2 = yield* second.storage.open(handle)
+      expect(log2.isSnapshotComplete()).toBe(false)
+      expect(log2.latestOffset()).toEqual(LogOffset.beforeAll)
+      const files = yield* Effect.promise(() => fs.readdir(path.join(dir, handle)))
+      expect(files.filter((f) => f.startsWith("snapshot.") || f === "commit.json")).toEqual([])
+      yield* withSnapshot(log2, [line("snap", 99)])
+      const read = yield* log2.read(LogOffset.beforeAll)
+      expect(bodyOf(read)).toBe(line("snap", 99))
+      expect((yield* log2.read(read.nextOffset)).count).toBe(0)
+      yield* second.close
+    })))
+
+  it.scoped("awaitDataAfter wakes on commit, not on append", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const log = yield* storage.open(ShapeHandle("wait-1"))
+      const snapshotWaiter = yield* Effect.fork(log.awaitDataAfter(LogOffset.beforeAll))
+      yield* Effect.yieldNow()
+      expect(Option.isNone(yield* Fiber.poll(snapshotWaiter))).toBe(true)
+      yield* withSnapshot(log)
+      yield* Fiber.join(snapshotWaiter)
+
+      const waiter = yield* Effect.fork(log.awaitDataAfter(log.latestOffset()))
+      yield* Effect.yieldNow()
+      yield* log.append([entry(42, 0)])
+      yield* Effect.yieldNow()
+      expect(Option.isNone(yield* Fiber.poll(waiter))).toBe(true)
+      yield* log.commit
+      yield* Fiber.join(waiter)
+      // data already past the offset: no wait at all
+      yield* log.awaitDataAfter(LogOffset.lastBeforeReal)
+      const later = yield* Effect.fork(log.awaitDataAfter(off("42_0")))
+      yield* Effect.yieldNow()
+      yield* log.commit
+      expect(Option.isNone(yield* Fiber.poll(later))).toBe(true)
+      yield* Fiber.interrupt(later)
+    }))
+
+  it.scoped("open returns the same log for a handle; list shows shape directories", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const a = yield* storage.open(ShapeHandle("same-1"))
+      const b = yield* storage.open(ShapeHandle("same-1"))
+      expect(a).toBe(b)
+      yield* storage.open(ShapeHandle("same-2"))
+      expect([...(yield* storage.list)].sort()).toEqual(["same-1", "same-2"])
+    }))
+
+  it.scoped("remove is idempotent, wakes waiters and closes the log", () =>
+    Effect.gen(function*() {
+      const { dir, storage } = yield* withStorage()
+      const handle = ShapeHandle("rm-1")
+      const log = yield* storage.open(handle)
+      yield* withSnapshot(log, [line("snap", 0)])
+      const waiter = yield* Effect.fork(log.awaitDataAfter(log.latestOffset()))
+      yield* Effect.yieldNow()
+      expect(Option.isNone(yield* Fiber.poll(waiter))).toBe(true)
+      yield* storage.remove(handle)
+      yield* Fiber.join(waiter)
+      yield* storage.remove(handle)
+      yield* storage.remove(ShapeHandle("never-existed"))
+      expect(yield* storage.list).toEqual([])
+      expect(yield* Effect.promise(() => fs.readdir(dir))).toEqual([])
+      const failure = yield* Effect.flip(log.read(LogOffset.beforeAll))
+      expect([failure._tag, failure.reason]).toEqual(["StorageError", "Closed"])
+      expect((yield* Effect.flip(log.append([entry(1, 0)]))).reason).toBe("Closed")
+      expect((yield* Effect.flip(log.commit)).reason).toBe("Closed")
+      // a later open of the handle starts a fresh, empty shape
+      const again = yield* storage.open(handle)
+      expect(again).not.toBe(log)
+      expect(again.isSnapshotComplete()).toBe(false)
+    }))
+
+  it.scoped("remove wakes a reader waiting for the snapshot with a Closed error", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const handle = ShapeHandle("rm-2")
+      const log = yield* storage.open(handle)
+      const reader = yield* Effect.fork(Effect.flip(log.read(LogOffset.beforeAll)))
+      yield* Effect.yieldNow()
+      yield* storage.remove(handle)
+      expect((yield* Fiber.join(reader)).reason).toBe("Closed")
+    }))
+})
