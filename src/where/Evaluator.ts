@@ -3,15 +3,12 @@ import type { Column, CompareOp, Const, Domain, Expr, In, Value } from "./Ast.js
 import { compileLike } from "./Like.js"
 import { comparator, converter, type DomainValue, identityEquality } from "./Values.js"
 
-/**
- * Compiles a typed `where` tree into a tree of closures, once per shape, so
- * that evaluating a row does no dispatch on node kinds or types. Each closure
- * returns SQL's three-valued result: `true`, `false` or `null` (unknown).
- *
- * A column missing from the row or holding an unchanged TOASTed value
- * (`undefined`) is unknown to comparisons, and is not NULL for `IS NULL`
- * (Postgres never TOASTs a NULL).
- */
+// The typed tree is compiled once per shape into closures, so evaluating a row
+// does no dispatch on node kinds or types. A column missing from the row or
+// holding an unchanged TOASTed value (`undefined`) is unknown to comparisons,
+// but is not NULL for `IS NULL` (Postgres never TOASTs a NULL).
+
+/** A compiled `where` clause: SQL's three-valued result for a row, `null` meaning unknown. */
 export type Predicate = (row: Row) => boolean | null
 
 type Getter = (row: Row) => DomainValue | null
@@ -136,21 +133,12 @@ const compileCompare = (op: CompareOp, left: Value, right: Value, domain: Domain
   const test = opTest(op, domain)
   const l = operand(left, domain)
   const r = operand(right, domain)
-  if (l.constant && r.constant) {
-    const value = l.value === null || r.value === null ? null : test(l.value, r.value)
-    return () => value
-  }
-  if (r.constant) {
-    const b = r.value
-    if (b === null) return () => null
-    const get = (l as { readonly get: Getter }).get
-    return (row) => {
-      const a = get(row)
-      return a === null ? null : test(a, b)
-    }
-  }
   if (l.constant) {
     const a = l.value
+    if (r.constant) {
+      const value = a === null || r.value === null ? null : test(a, r.value)
+      return () => value
+    }
     if (a === null) return () => null
     const get = r.get
     return (row) => {
@@ -159,6 +147,14 @@ const compileCompare = (op: CompareOp, left: Value, right: Value, domain: Domain
     }
   }
   const getL = l.get
+  if (r.constant) {
+    const b = r.value
+    if (b === null) return () => null
+    return (row) => {
+      const a = getL(row)
+      return a === null ? null : test(a, b)
+    }
+  }
   const getR = r.get
   return (row) => {
     const a = getL(row)

@@ -73,12 +73,12 @@ export const parseWhereAst = (where: string, ctx: ParseContext): ParsedWhere => 
   if (extra !== undefined || select.op !== "SETOP_NONE" || select.whereClause === undefined) {
     throw new WhereError("Invalid where clause: expected one boolean expression")
   }
-  const state = new State(ctx)
-  const expr = state.predicate(state.typeNode(select.whereClause), "WHERE")
-  return { expr, columns: state.used }
+  const resolver = new Resolver(ctx)
+  const expr = resolver.predicate(resolver.typeNode(select.whereClause), "WHERE")
+  return { expr, columns: resolver.used }
 }
 
-class State {
+class Resolver {
   readonly used: Array<string> = []
   private readonly byName: Map<string, ColumnInfo>
 

@@ -68,7 +68,7 @@ const UUID_INPUT = /^\{?[0-9a-fA-F]{4}(?:-?[0-9a-fA-F]{4}){7}\}?$/
 const MAX_NUMERIC_EXPONENT = 16383
 
 /** Canonical text of an integer, or throws `InputError` when Postgres's `int*in` would. */
-export const inputInt = (raw: string, type: "int2" | "int4" | "int8"): string => {
+const inputInt = (raw: string, type: "int2" | "int4" | "int8"): string => {
   if (!INT_INPUT.test(raw)) throw invalid(type, raw)
   const value = BigInt(raw.trim().replace(/_/g, ""))
   if (!fitsInt(value, type)) throw outOfRange(type, raw)
@@ -171,7 +171,7 @@ export const normalizeNumeric = (text: string): string | undefined => {
 }
 
 /** Canonical text of a numeric, or throws `InputError` when Postgres's `numeric_in` would. */
-export const inputNumeric = (raw: string): string => {
+const inputNumeric = (raw: string): string => {
   const n = normalizeNumeric(raw.trim())
   if (n === undefined) throw invalid("numeric", raw)
   return n
@@ -232,7 +232,7 @@ export const compareFloat = (a: number, b: number): number => {
 }
 
 /** Compares numbers, bigints, or a mix of the two, exactly. */
-export const compareOrdered = (a: number | bigint, b: number | bigint): number => (a < b ? -1 : a > b ? 1 : 0)
+const compareOrdered = (a: number | bigint, b: number | bigint): number => (a < b ? -1 : a > b ? 1 : 0)
 
 /** Compares two strings by Unicode code point (UTF-16 code-unit order differs above U+FFFF). */
 export const compareText = (a: string, b: string): number => {
@@ -253,7 +253,7 @@ export const compareText = (a: string, b: string): number => {
 }
 
 /** Compares booleans: `false < true`. */
-export const compareBool = (a: boolean, b: boolean): number => (a === b ? 0 : a ? 1 : -1)
+const compareBool = (a: boolean, b: boolean): number => (a === b ? 0 : a ? 1 : -1)
 
 /** Canonical text of a boolean (`true`/`false`), or throws `InputError` when Postgres's `boolin` would. */
 export const inputBool = (raw: string): string => {
@@ -275,7 +275,7 @@ export const inputUuid = (raw: string): string => {
 }
 
 /** Canonical text of a date or timestamp, or throws `InputError` for forms this module does not read. */
-export const inputDateTime = (raw: string, kind: TimeKind): string => {
+const inputDateTime = (raw: string, kind: TimeKind): string => {
   const value = parseDateTime(raw, kind)
   if (value === undefined) throw invalid(kind, raw)
   if (!inRange(value, kind)) throw new InputError(`${kind === "date" ? "date" : "timestamp"} out of range: "${raw}"`)

@@ -36,7 +36,7 @@ const waitFor = async (check: () => boolean | Promise<boolean>, timeoutMs = 20_0
 describe("ShapeStream against a real Postgres", () => {
   it("syncs 1,000 rows, then 100 live changes", async () => {
     const stream = new ShapeStream({ url: `${server.baseUrl}/v1/shape`, params: { table: "sync_items" } })
-    const shape = new Shape(stream)
+    const shape = new Shape(stream as never)
     const initial = await shape.rows
     expect(sorted(initial)).toEqual(await pgRows())
 

@@ -362,7 +362,7 @@ describe("where clauses against Postgres", () => {
         }
         const clauseOut = parsed.right
         expect({ sql, expected }).not.toMatchObject({ expected: expect.stringMatching(/^error/) })
-        const rows = replicationBools
+        const rows: ReadonlyArray<Row> = replicationBools
           ? textRows.map((r) => ({ ...r, b: r["b"] === null ? null : r["b"] === "true" ? "t" : "f" }))
           : textRows
         const ours = rows.filter((r) => clauseOut.matches(r)).map((r) => Number(r["id"])).sort((a, b) => a - b)
@@ -372,7 +372,7 @@ describe("where clauses against Postgres", () => {
         const again = parseWhere(clauseOut.sql, {}, table)
         expect(Either.map(again, (c) => c.sql)).toEqual(Either.right(clauseOut.sql))
       }),
-      { numRuns: 400 }
+      { numRuns: 1500 }
     )
   })
 })

@@ -1,0 +1,52 @@
+import { Effect, Layer, Option, Redacted } from "effect"
+import * as path from "node:path"
+import type { StackSettings } from "../src/config/StackConfig.js"
+import { DEMO_TABLE, ensureDemoData } from "../src/postgres/DemoData.js"
+import { EmbeddedPostgres } from "../src/postgres/EmbeddedPostgres.js"
+import { Server } from "./Server.js"
+
+const banner = (settings: StackSettings, databaseUrl: string): string => {
+  const base = `http://localhost:${settings.port}`
+  return [
+    "",
+    "Syncline is running with an embedded Postgres (no DATABASE_URL was set).",
+    `  shape API:  ${base}/v1/shape`,
+    `  Postgres:   ${databaseUrl.replace(/:[^:@/]+@/, ":****@")}  (data in ${path.join(settings.storageDir, "postgres")})`,
+    "",
+    "Try it:",
+    `  curl -i '${base}/v1/shape?table=${DEMO_TABLE}&offset=-1'`,
+    "",
+    "Or from TypeScript (npm install @electric-sql/client):",
+    `  import { ShapeStream, Shape } from "@electric-sql/client"`,
+    "",
+    `  const stream = new ShapeStream({`,
+    `    url: "${base}/v1/shape",`,
+    `    params: { table: "${DEMO_TABLE}" }`,
+    `  })`,
+    `  const shape = new Shape(stream)`,
+    "",
+    `  shape.subscribe(({ rows }) => console.log(rows))`,
+    `  console.log(await shape.rows)`,
+    ""
+  ].join("\n")
+}
+
+/**
+ * The service as `npm start` runs it: against `DATABASE_URL`, or — with none —
+ * an embedded Postgres under the storage dir with a demo table. The embedded
+ * mode alone serves without a secret unless one is set.
+ */
+export const Main = (settings: StackSettings) => {
+  if (Option.isSome(settings.databaseUrl)) return Server(settings, Redacted.value(settings.databaseUrl.value))
+  return Layer.unwrapScoped(
+    Effect.gen(function*() {
+      const embedded = yield* EmbeddedPostgres
+      yield* ensureDemoData(embedded.url)
+      if (Option.isNone(settings.secret)) {
+        yield* Effect.logWarning("embedded mode: serving without a secret (set ELECTRIC_SECRET to require one)")
+      }
+      yield* Effect.sync(() => console.log(banner(settings, embedded.url)))
+      return Server(settings, embedded.url)
+    })
+  ).pipe(Layer.provide(EmbeddedPostgres.layer({ dataDir: path.join(path.resolve(settings.storageDir), "postgres") })))
+}
