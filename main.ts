@@ -1,7 +1,8 @@
 import { NodeRuntime } from "@effect/platform-node"
-import { Effect, Either, Layer } from "effect"
+import { Effect, Either } from "effect"
 import { Main } from "./layers/Main.js"
 import { formatConfigError, readStackSettings } from "./src/config/StackConfig.js"
+import { StackSupervisor } from "./src/stack/StackSupervisor.js"
 
 const settings = Effect.runSync(Effect.either(readStackSettings))
 if (Either.isLeft(settings)) {
@@ -9,4 +10,15 @@ if (Either.isLeft(settings)) {
   process.exit(1)
 }
 
-Layer.launch(Main(settings.right)).pipe(NodeRuntime.runMain)
+// Runs until a signal stops it, or until the stack hits an error no retry can fix.
+const program = Effect.flatMap(StackSupervisor, (supervisor) => supervisor.fatal).pipe(
+  Effect.provide(Main(settings.right)),
+  Effect.catchTag("PostgresError", (error) =>
+    Effect.sync(() => {
+      console.error(`syncline: ${error.message}`)
+      process.exitCode = 1
+    })
+  )
+)
+
+NodeRuntime.runMain(program)

@@ -14,7 +14,7 @@ import { Stack } from "./Stack.js"
 export const Server = (settings: StackSettings, databaseUrl: string) =>
   HttpServer.serve(ShapeApi).pipe(
     HttpServer.withLogAddress,
-    Layer.provide(StackSupervisor.layer(Stack(settings, databaseUrl))),
+    Layer.provideMerge(StackSupervisor.layer(Stack(settings, databaseUrl))),
     Layer.provide(NodeHttpServer.layer(createServer, { port: settings.port, host: "0.0.0.0" })),
     Layer.provide(StackConfig.layerWith(settings))
   )

@@ -1,5 +1,5 @@
-import { Context, Duration, Effect, FiberHandle, Layer, Option, Schedule, Scope, Stream, SubscriptionRef } from "effect"
-import { StackNotReady } from "../domain/errors.js"
+import { Cause, Context, Deferred, Duration, Effect, FiberHandle, Layer, Option, Schedule, Scope, Stream, SubscriptionRef } from "effect"
+import { PostgresError, StackNotReady } from "../domain/errors.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
 import type { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
 import type { ShapeCache } from "../shapes/ShapeCache.js"
@@ -30,7 +30,13 @@ export interface StackSupervisorService<R> {
   readonly current: (timeout: Duration.DurationInput) => Effect.Effect<Context.Context<R>, StackNotReady>
   /** Closes the current stack (teardown in layer order) and builds a new one. */
   readonly restart: Effect.Effect<void>
+  /** Fails when the stack cannot start and retrying cannot help (e.g. `wal_level` is not logical). */
+  readonly fatal: Effect.Effect<never, PostgresError>
 }
+
+/** Errors no retry can fix: the operator must change Postgres's configuration or the role. */
+const isFatal = (error: unknown): error is PostgresError =>
+  error instanceof PostgresError && (error.reason === "WalLevel" || error.reason === "Permission")
 
 const backoff = Schedule.exponential("500 millis").pipe(Schedule.either(Schedule.spaced("30 seconds")))
 
@@ -63,9 +69,15 @@ export const makeStackSupervisor = <R, E, RIn>(
         })
     )
 
+    const fatal = yield* Deferred.make<never, PostgresError>()
     const supervise = runOnce.pipe(
-      Effect.tapErrorCause((cause) => Effect.logError("stack stopped; starting it again", cause)),
-      Effect.retry(backoff)
+      Effect.tapErrorCause((cause) => {
+        const failure = Cause.failureOption(cause)
+        return Option.isSome(failure) && isFatal(failure.value)
+          ? Deferred.fail(fatal, failure.value)
+          : Effect.logError("stack stopped; starting it again", cause)
+      }),
+      Effect.retry({ schedule: backoff, while: (error) => !isFatal(error) })
     )
 
     const environment = yield* Effect.context<RIn>()
@@ -86,7 +98,7 @@ export const makeStackSupervisor = <R, E, RIn>(
         )
       })
 
-    return { status, current, restart: Effect.zipRight(stop, start) }
+    return { status, current, restart: Effect.zipRight(stop, start), fatal: Deferred.await(fatal) }
   })
 
 /** The services of a stack that request handlers use. */

@@ -1,4 +1,4 @@
-import { isChangeMessage, type Message, type Row, Shape, ShapeStream } from "@electric-sql/client"
+import { isChangeMessage, type Message, type Row, Shape, ShapeStream, type ShapeStreamOptions } from "@electric-sql/client"
 import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { type ClientValue, pgClientRows } from "../support/clientValues.js"
@@ -10,6 +10,9 @@ const SELECTED = ["id", "status", "priority", "note"] as const
 const WHERE = "status = 'open' AND priority >= 2"
 let server: RunningSyncline
 let pool: pg.Pool
+// Streams keep long-polling after their subscribers leave; aborting them before the server stops
+// keeps shutdown from answering their in-flight requests.
+const streams = new AbortController()
 
 beforeAll(async () => {
   pool = testPool()
@@ -29,6 +32,7 @@ beforeAll(async () => {
 })
 
 afterAll(async () => {
+  streams.abort()
   await server?.stop()
   await dropReplication(pool, STREAM)
   await pool.end()
@@ -53,8 +57,8 @@ interface Synced {
   readonly changes: Array<{ key: string; operation: string; value: Row; old_value?: Row }>
 }
 
-const sync = (params: ConstructorParameters<typeof ShapeStream<Row>>[0]["params"]): Synced => {
-  const stream = new ShapeStream<Row>({ url: `${server.baseUrl}/v1/shape`, params })
+const sync = (params: NonNullable<ShapeStreamOptions<Row>["params"]>): Synced => {
+  const stream = new ShapeStream<Row>({ url: `${server.baseUrl}/v1/shape`, params, signal: streams.signal })
   const changes: Synced["changes"] = []
   stream.subscribe((messages: Array<Message<Row>>) => {
     for (const m of messages) {

@@ -163,7 +163,8 @@ export const pgClientRows = async (
     const list = selected.map((c) => `${quoteIdent(c.name)}::text AS ${quoteIdent(c.name)}`).join(", ")
     const where = options.where === undefined ? "" : ` WHERE ${options.where}`
     const { rows } = await client.query<Record<string, string | null>>(
-      `SELECT ${list} FROM ${table}${where} ORDER BY ${options.orderBy ?? "id"}`,
+      // The order is by the table's column: a bare `id` would name the `id::text` output column.
+      `SELECT ${list} FROM ${table} AS _t${where} ORDER BY ${options.orderBy ?? "_t.id"}`,
       options.params === undefined ? [] : [...options.params]
     )
     return rows.map((row) => Object.fromEntries(selected.map((c) => [c.name, parseClientValue(row[c.name] ?? null, c)])))
