@@ -1,7 +1,7 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, describe, expect, it, onTestFailed } from "vitest"
-import { cleanEnv, freePort, groupMembers, REPO_ROOT, spawnCommand, stopAllChildren, waitHealthy } from "./support/process.js"
+import { cleanEnv, freePort, groupMembers, REPO_ROOT, spawnCommand, spawnSyncline, stopAllChildren, waitHealthy } from "./support/process.js"
 import { tempDir } from "./support/syncline.js"
 
 /**
@@ -34,6 +34,37 @@ const processAlive = (pid: number): boolean => {
   }
 }
 
+const cmdline = (pid: number): string => {
+  try {
+    return fs.readFileSync(`/proc/${pid}/cmdline`, "utf8").replaceAll("\0", " ")
+  } catch {
+    return ""
+  }
+}
+
+const readPostmasterPid = (dataDir: string): number => {
+  const pid = Number(fs.readFileSync(path.join(dataDir, "postmaster.pid"), "utf8").split("\n")[0])
+  expect(Number.isInteger(pid) && pid > 0).toBe(true)
+  return pid
+}
+
+/**
+ * Waits (bounded) for the service and its Postgres to be gone: they finish shutting down a
+ * moment after npm itself has exited, and Postgres removes postmaster.pid as its last step.
+ */
+const waitStopped = async (dataDir: string, pids: ReadonlyArray<number>): Promise<void> => {
+  const deadline = Date.now() + 15_000
+  while (Date.now() < deadline && (fs.existsSync(path.join(dataDir, "postmaster.pid")) || pids.some(processAlive))) {
+    await new Promise((r) => setTimeout(r, 100))
+  }
+}
+
+const getJson = async (url: string): Promise<Array<{ headers: Record<string, unknown>; value?: Record<string, unknown> }>> => {
+  const res = await fetch(url)
+  expect(res.status).toBe(200)
+  return (await res.json()) as Array<{ headers: Record<string, unknown>; value?: Record<string, unknown> }>
+}
+
 describe("npm start", () => {
   it("on a clean checkout with no configuration serves the demo table within 60 s", { timeout: 120_000 }, async () => {
     storageDir = await tempDir("npm-start")
@@ -50,10 +81,7 @@ describe("npm start", () => {
     const health = await waitHealthy(baseUrl, 60_000, child)
     expect(await health.json()).toEqual({ status: "active" })
 
-    const res = await fetch(`${baseUrl}/v1/shape?table=items&offset=-1`)
-    expect(res.status).toBe(200)
-    expect(res.headers.get("electric-handle")).toBeTruthy()
-    const body = (await res.json()) as Array<{ headers: Record<string, unknown>; value?: Record<string, unknown> }>
+    const body = await getJson(`${baseUrl}/v1/shape?table=items&offset=-1`)
     const rows = body.filter((m) => m.headers["operation"] === "insert").map((m) => m.value!)
     expect(rows.map((r) => r["title"]).sort()).toEqual(
       ["Install Syncline", "Restart the service and keep syncing", "Sync a table to the client"]
@@ -68,25 +96,52 @@ describe("npm start", () => {
     expect(stdout).toContain(`url: "http://localhost:${port}/v1/shape"`)
 
     const dataDir = path.join(storageDir, "postgres")
-    const postmasterPid = Number(fs.readFileSync(path.join(dataDir, "postmaster.pid"), "utf8").split("\n")[0])
-    expect(Number.isInteger(postmasterPid) && postmasterPid > 0).toBe(true)
+    const postmasterPid = readPostmasterPid(dataDir)
     expect(processAlive(postmasterPid)).toBe(true)
 
+    // The process running main.ts (under npm -> sh -> tsx), to check it is gone after the signal.
+    const service = groupMembers(child.pid).filter((pid) => cmdline(pid).includes("main.ts") && cmdline(pid).includes("--import"))
+    expect(service).toHaveLength(1)
+
+    // As a terminal's Ctrl-C or a process manager does: the signal goes to the whole group.
+    child.kill("SIGTERM")
+    const exit = await Promise.race([
+      child.exited,
+      new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 30_000))
+    ])
+    // npm mirrors how its script shell ended, and dash (`sh` here) does not exec the script's
+    // single command, so it dies of the same SIGTERM and npm re-raises it on itself; bash execs
+    // and npm then exits 0. The service's own exit code is checked by the next test, without npm.
+    expect([{ code: 0, signal: null }, { code: null, signal: "SIGTERM" }]).toContainEqual(exit)
+    await waitStopped(dataDir, [postmasterPid, ...service])
+    expect(processAlive(service[0]!)).toBe(false)
+    expect(processAlive(postmasterPid)).toBe(false)
+    expect(fs.existsSync(path.join(dataDir, "postmaster.pid"))).toBe(false)
+    expect(groupMembers(child.pid)).toEqual([])
+  })
+
+  it("run directly, restarts on the same storage dir without duplicating the demo rows, and exits 0 on SIGTERM", async () => {
+    expect(storageDir).toBeDefined()
+    const port = await freePort()
+    const baseUrl = `http://127.0.0.1:${port}`
+    const child = spawnSyncline({ env: cleanEnv({ ELECTRIC_PORT: String(port), ELECTRIC_STORAGE_DIR: storageDir! }) })
+    onTestFailed(() => {
+      console.error(`service output:\n${child.output()}`)
+    })
+    await waitHealthy(baseUrl, 60_000, child)
+    const body = await getJson(`${baseUrl}/v1/shape?table=items&offset=-1`)
+    expect(body.filter((m) => m.headers["operation"] === "insert").map((m) => m.value!["id"]).sort()).toEqual(["1", "2", "3"])
+
+    const dataDir = path.join(storageDir!, "postgres")
+    const postmasterPid = readPostmasterPid(dataDir)
     child.kill("SIGTERM")
     const exit = await Promise.race([
       child.exited,
       new Promise<"timeout">((r) => setTimeout(() => r("timeout"), 30_000))
     ])
     expect(exit).toEqual({ code: 0, signal: null })
-
-    // Postgres's fast shutdown removes postmaster.pid as its last step; allow it a moment.
-    const deadline = Date.now() + 15_000
-    while (Date.now() < deadline && (fs.existsSync(path.join(dataDir, "postmaster.pid")) || processAlive(postmasterPid))) {
-      await new Promise((r) => setTimeout(r, 100))
-    }
+    await waitStopped(dataDir, [postmasterPid])
     expect(processAlive(postmasterPid)).toBe(false)
     expect(fs.existsSync(path.join(dataDir, "postmaster.pid"))).toBe(false)
-    // Nothing of the service is left in its process group either.
-    expect(groupMembers(child.pid)).toEqual([])
   })
 })

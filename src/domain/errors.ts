@@ -61,9 +61,12 @@ export class ReplicationError extends Schema.TaggedError<ReplicationError>()("Re
   cause: Schema.optional(Schema.Defect)
 }) {}
 
-/** Shape log storage failed (I/O, corrupt files). */
+/**
+ * Shape log storage failed: I/O, corrupt files, a log whose shape was removed
+ * (`Removed`), or storage whose stack is closing (`Closed`).
+ */
 export class StorageError extends Schema.TaggedError<StorageError>()("StorageError", {
-  reason: Schema.Literal("Io", "Corrupt", "Closed"),
+  reason: Schema.Literal("Io", "Corrupt", "Closed", "Removed"),
   handle: Schema.optional(Schema.String),
   message: Schema.String,
   cause: Schema.optional(Schema.Defect)

@@ -24,6 +24,7 @@ import {
   serverHeader,
   upToDateMessage
 } from "./ResponseHeaders.js"
+import { ShutdownSignal } from "./ShutdownSignal.js"
 import { invalidRequestBody, parseDeleteParams, parseShapeParams, type ShapeRequest } from "./ShapeParams.js"
 
 const JSON_TYPE = "application/json; charset=utf-8"
@@ -99,7 +100,12 @@ const searchParams = (url: string) => new URL(url, "http://localhost").searchPar
  * Serves one `GET /v1/shape` inside the current stack: resolve the shape,
  * read from its log, long-poll when live and caught up.
  */
-const serveShape = (request: ShapeRequest, headers: Readonly<Record<string, string | undefined>>, settings: StackSettings) =>
+const serveShape = (
+  request: ShapeRequest,
+  headers: Readonly<Record<string, string | undefined>>,
+  settings: StackSettings,
+  shutdown: ShutdownSignal["Type"]
+) =>
   Effect.gen(function*() {
     const origin = headers["origin"]
     const cache = yield* ShapeCache
@@ -136,114 +142,139 @@ const serveShape = (request: ShapeRequest, headers: Readonly<Record<string, stri
     } else {
       shape = yield* cache.getOrCreate(resolved)
     }
-    const handle = shape.handle
-    const log = yield* storage.open(handle)
-    const live = request.live
-    const cursorHeader: HeaderRecord = live
-      ? { "electric-cursor": nextCursor(Date.now(), settings.longPollTimeoutMs, request.cursor, Math.random) }
-      : {}
-    const baseHeaders: HeaderRecord = {
-      ...corsHeaders(origin, "shape"),
-      "electric-handle": handle,
-      ...cursorHeader
-    }
-
-    if (request.offset === "now") {
-      const latest = log.latestOffset()
-      const lsn = collector.lastRoutedLsn()
-      return jsonResponse(200, `[${upToDateMessage(lsn > latest.tx ? lsn : latest.tx)}]`, {
-        ...baseHeaders,
-        ...cacheControl({ _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }),
-        "electric-offset": LogOffset.format(latest),
-        "electric-schema": schemaOf(shape),
-        "electric-up-to-date": "",
-        "electric-has-data": "false",
-        etag: etag(handle, "now", latest)
-      })
-    }
-
-    const offset = request.offset
-    const isInitial = LogOffset.isBeforeAll(offset)
-    const cacheKind: CacheKind = isInitial
-      ? { _tag: "initial" }
-      : live
-      ? { _tag: "live" }
-      : { _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }
-
-    // An offset past the end of the log is only legal if the log catches up with it soon.
-    if (LogOffset.isReal(offset) && LogOffset.gt(offset, log.latestOffset())) {
-      const caughtUp = yield* log.awaitDataAfter(LogOffset.make(offset.tx, -1)).pipe(
-        Effect.timeoutOption(Math.max(1, Math.floor(settings.longPollTimeoutMs / 2)))
-      )
-      if (Option.isNone(caughtUp) && LogOffset.gt(offset, log.latestOffset())) {
-        return yield* Effect.fail(
-          new Reply(
-            jsonResponse(
-              400,
-              JSON.stringify({ message: "Invalid request", errors: { offset: ["out of bounds for this shape"] } }),
-              errorHeaders(origin)
-            )
-          )
-        )
+    // A log closed under a request: removed (the definition has a new shape) or its stack is stopping.
+    return yield* Effect.gen(function*() {
+      const handle = shape.handle
+      const log = yield* storage.open(handle)
+      const live = request.live
+      const cursorHeader: HeaderRecord = live
+        ? { "electric-cursor": nextCursor(Date.now(), settings.longPollTimeoutMs, request.cursor, Math.random) }
+        : {}
+      const baseHeaders: HeaderRecord = {
+        ...corsHeaders(origin, "shape"),
+        "electric-handle": handle,
+        ...cursorHeader
       }
-    }
 
-    let read = yield* log.read(offset)
-    if (live && read.count === 0) {
-      const woke = yield* log.awaitDataAfter(LogOffset.max(offset, read.nextOffset)).pipe(
-        Effect.timeoutOption(settings.longPollTimeoutMs)
-      )
-      const still = yield* cache.get(handle)
-      if (Option.isNone(still)) return yield* Effect.fail(mustRefetch(origin, yield* currentHandle))
-      if (Option.isNone(woke)) {
-        const lsn = offset.tx > 0n ? offset.tx : collector.lastRoutedLsn()
-        return jsonResponse(200, `[${upToDateMessage(lsn)}]`, {
+      if (request.offset === "now") {
+        const latest = log.latestOffset()
+        const lsn = collector.lastRoutedLsn()
+        return jsonResponse(200, `[${upToDateMessage(lsn > latest.tx ? lsn : latest.tx)}]`, {
           ...baseHeaders,
-          ...cacheControl(cacheKind),
-          "electric-offset": LogOffset.format(offset),
+          ...cacheControl({ _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }),
+          "electric-offset": LogOffset.format(latest),
+          "electric-schema": schemaOf(shape),
           "electric-up-to-date": "",
           "electric-has-data": "false",
-          etag: etag(handle, offset, offset, String(Date.now()))
+          etag: etag(handle, "now", latest)
         })
       }
-      read = yield* log.read(offset)
-    }
 
-    const upToDate = read.reachedEnd && !isInitial
-    const responseEtag = etag(handle, offset, read.nextOffset)
-    const headers2: HeaderRecord = {
-      ...baseHeaders,
-      ...cacheControl(cacheKind),
-      "electric-offset": LogOffset.format(read.nextOffset),
-      ...(live ? {} : { "electric-schema": schemaOf(shape) }),
-      ...(upToDate ? { "electric-up-to-date": "" } : {}),
-      "electric-has-data": "true",
-      etag: responseEtag
-    }
-    if (ifNoneMatchMatches(headers["if-none-match"], responseEtag)) {
-      const { "electric-schema": _schema, ...notModified } = headers2
-      return HttpServerResponse.empty({ status: 304, headers: notModified })
-    }
-    let trailing: string | undefined
-    if (upToDate) {
-      const chunkEnd = read.nextOffset.tx > 0n ? read.nextOffset.tx : 0n
-      const global = collector.lastRoutedLsn()
-      trailing = upToDateMessage(live ? (chunkEnd > 0n ? chunkEnd : global) : chunkEnd > global ? chunkEnd : global)
-    }
-    return HttpServerResponse.uint8Array(arrayBody(read.body, read.count, trailing), {
-      status: 200,
-      contentType: JSON_TYPE,
-      headers: headers2
-    })
+      const offset = request.offset
+      const isInitial = LogOffset.isBeforeAll(offset)
+      const cacheKind: CacheKind = isInitial
+        ? { _tag: "initial" }
+        : live
+        ? { _tag: "live" }
+        : { _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }
+
+      // An offset past the end of the log is only legal if the log catches up with it soon.
+      if (LogOffset.isReal(offset) && LogOffset.gt(offset, log.latestOffset())) {
+        const caughtUp = yield* log.awaitDataAfter(LogOffset.make(offset.tx, -1)).pipe(
+          Effect.timeoutOption(Math.max(1, Math.floor(settings.longPollTimeoutMs / 2)))
+        )
+        if (Option.isNone(caughtUp) && LogOffset.gt(offset, log.latestOffset())) {
+          return yield* Effect.fail(
+            new Reply(
+              jsonResponse(
+                400,
+                JSON.stringify({ message: "Invalid request", errors: { offset: ["out of bounds for this shape"] } }),
+                errorHeaders(origin)
+              )
+            )
+          )
+        }
+      }
+
+      let read = yield* log.read(offset)
+      if (live && read.count === 0) {
+        // Nothing new: hold the request until data, the long-poll timeout, or the server stopping.
+        const noChange = (extra: HeaderRecord) => {
+          const lsn = offset.tx > 0n ? offset.tx : collector.lastRoutedLsn()
+          return jsonResponse(200, `[${upToDateMessage(lsn)}]`, {
+            ...baseHeaders,
+            ...cacheControl(cacheKind),
+            "electric-offset": LogOffset.format(offset),
+            "electric-up-to-date": "",
+            "electric-has-data": "false",
+            etag: etag(handle, offset, offset, String(Date.now())),
+            ...extra
+          })
+        }
+        const outcome = yield* Effect.raceFirst(
+          log.awaitDataAfter(LogOffset.max(offset, read.nextOffset)).pipe(
+            Effect.as("data" as const),
+            Effect.timeoutTo({
+              duration: settings.longPollTimeoutMs,
+              onSuccess: (o) => o,
+              onTimeout: () => "timeout" as const
+            })
+          ),
+          Effect.as(shutdown.await, "shutdown" as const)
+        )
+        if (outcome === "shutdown") return noChange({ connection: "close" })
+        // A stack that stopped during the wait has closed its registry and logs: the client simply polls again.
+        const still = yield* Effect.either(cache.get(handle))
+        if (Either.isLeft(still)) return noChange({})
+        if (Option.isNone(still.right)) return yield* Effect.fail(mustRefetch(origin, yield* currentHandle))
+        if (outcome === "timeout") return noChange({})
+        const again = yield* Effect.either(log.read(offset))
+        if (Either.isLeft(again)) {
+          if (again.left.reason === "Closed") return noChange({})
+          return yield* again.left
+        }
+        read = again.right
+      }
+
+      const upToDate = read.reachedEnd && !isInitial
+      const responseEtag = etag(handle, offset, read.nextOffset)
+      const headers2: HeaderRecord = {
+        ...baseHeaders,
+        ...cacheControl(cacheKind),
+        "electric-offset": LogOffset.format(read.nextOffset),
+        ...(live ? {} : { "electric-schema": schemaOf(shape) }),
+        ...(upToDate ? { "electric-up-to-date": "" } : {}),
+        "electric-has-data": "true",
+        etag: responseEtag
+      }
+      if (ifNoneMatchMatches(headers["if-none-match"], responseEtag)) {
+        const { "electric-schema": _schema, ...notModified } = headers2
+        return HttpServerResponse.empty({ status: 304, headers: notModified })
+      }
+      let trailing: string | undefined
+      if (upToDate) {
+        const chunkEnd = read.nextOffset.tx > 0n ? read.nextOffset.tx : 0n
+        const global = collector.lastRoutedLsn()
+        trailing = upToDateMessage(live ? (chunkEnd > 0n ? chunkEnd : global) : chunkEnd > global ? chunkEnd : global)
+      }
+      return HttpServerResponse.uint8Array(arrayBody(read.body, read.count, trailing), {
+        status: 200,
+        contentType: JSON_TYPE,
+        headers: headers2
+      })
+    }).pipe(
+      Effect.catchTag("StorageError", (e) =>
+        e.reason === "Removed"
+          ? Effect.flatMap(currentHandle, (current) => Effect.fail(mustRefetch(origin, current)))
+          : Effect.fail(unavailable(origin, 5, e.reason === "Closed" ? "The stack is restarting" : "Shape storage is unavailable"))
+      )
+    )
   }).pipe(
     Effect.catchTags({
       TableAbsent: () => Effect.fail(unavailable(headers["origin"], 5, "The stack is restarting")),
       PostgresError: (e) => Effect.fail(unavailable(headers["origin"], 10, e.message)),
       RegistryError: () => Effect.fail(unavailable(headers["origin"], 5, "The shape registry is unavailable")),
-      StorageError: (e) =>
-        e.reason === "Closed"
-          ? Effect.fail(mustRefetch(headers["origin"], undefined))
-          : Effect.fail(unavailable(headers["origin"], 5, "Shape storage is unavailable"))
+      StorageError: () => Effect.fail(unavailable(headers["origin"], 5, "Shape storage is unavailable"))
     })
   )
 
@@ -287,7 +318,8 @@ const getShape = Effect.gen(function*() {
       )
     )
   }
-  return yield* withStack(origin, serveShape(parsed.right, headers, settings))
+  const shutdown = yield* ShutdownSignal
+  return yield* withStack(origin, serveShape(parsed.right, headers, settings, shutdown))
 })
 
 const deleteShape = Effect.gen(function*() {

@@ -147,7 +147,11 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
         markRemoving: (handle) =>
           Effect.gen(function*() {
             yield* guard("markRemoving", () => undefined)
-            yield* sql`UPDATE shapes SET removing = 1 WHERE handle = ${handle}`.pipe(Effect.mapError(fail("markRemoving")))
+            // The identity is released with the mark, so the definition can get a new shape (a row whose
+            // identity is still taken would make that insert fail) while this one's removal finishes.
+            yield* sql`UPDATE shapes SET removing = 1, identity = ${"removing:" + handle} WHERE handle = ${handle}`.pipe(
+              Effect.mapError(fail("markRemoving"))
+            )
             const record = byHandle.get(handle)
             byHandle.delete(handle)
             if (record !== undefined && byIdentity.get(record.identity)?.handle === handle) byIdentity.delete(record.identity)

@@ -84,7 +84,11 @@ const attempt = <A>(handle: string | undefined, f: () => Promise<A>): Effect.Eff
   })
 
 const closedError = (files: ShapeLogFiles) =>
-  new StorageError({ reason: "Closed", handle: files.handle, message: `the shape log is ${files.closed}` })
+  new StorageError({
+    reason: files.closed === "removed" ? "Removed" : "Closed",
+    handle: files.handle,
+    message: `the shape log is ${files.closed}`
+  })
 
 const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
   const handle = ShapeHandle(files.handle)

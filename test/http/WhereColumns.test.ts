@@ -184,6 +184,28 @@ describe("where + columns shape with @electric-sql/client", () => {
     s.stream.unsubscribeAll()
   })
 
+  it("accepts the client's quoted columns list on the wire and reports only those columns", async () => {
+    const url = new URL(`${server.baseUrl}/v1/shape`)
+    url.searchParams.set("table", TABLE)
+    url.searchParams.set("where", WHERE)
+    // What the client sends for `columns: [...]`: every identifier quoted, comma-joined.
+    url.searchParams.set("columns", SELECTED.map((c) => `"${c}"`).join(","))
+    url.searchParams.set("offset", "-1")
+    const res = await fetch(url)
+    expect(res.status).toBe(200)
+    const schema = JSON.parse(res.headers.get("electric-schema") ?? "null") as Record<string, { type: string }>
+    expect(Object.keys(schema).sort()).toEqual([...SELECTED].sort())
+    expect(schema.priority?.type).toBe("int4")
+    const body = (await res.json()) as Array<{ value?: Record<string, unknown> }>
+    const rows = body.flatMap((m) => (m.value === undefined ? [] : [m.value]))
+    expect(rows.length).toBeGreaterThan(0)
+    for (const row of rows) {
+      expect(Object.keys(row).sort()).toEqual([...SELECTED].sort())
+      // On the wire every value is a string or null; the client does the typing.
+      for (const v of Object.values(row)) expect(v === null || typeof v === "string").toBe(true)
+    }
+  })
+
   it("binds $1 params in the where clause", async () => {
     const s = sync({ table: TABLE, where: "priority > $1", params: ["3"] })
     const expected = () => pgClientRows(pool, TABLE, { where: "priority > $1", params: [3] })

@@ -376,16 +376,16 @@ describe("ShapeLogStorage", () => {
       expect(yield* storage.list).toEqual([])
       expect(yield* Effect.promise(() => fs.readdir(dir))).toEqual([])
       const failure = yield* Effect.flip(log.read(LogOffset.beforeAll))
-      expect([failure._tag, failure.reason]).toEqual(["StorageError", "Closed"])
-      expect((yield* Effect.flip(log.append([entry(1, 0)]))).reason).toBe("Closed")
-      expect((yield* Effect.flip(log.commit)).reason).toBe("Closed")
+      expect([failure._tag, failure.reason]).toEqual(["StorageError", "Removed"])
+      expect((yield* Effect.flip(log.append([entry(1, 0)]))).reason).toBe("Removed")
+      expect((yield* Effect.flip(log.commit)).reason).toBe("Removed")
       // a later open of the handle starts a fresh, empty shape
       const again = yield* storage.open(handle)
       expect(again).not.toBe(log)
       expect(again.isSnapshotComplete()).toBe(false)
     }))
 
-  it.scoped("remove wakes a reader waiting for the snapshot with a Closed error", () =>
+  it.scoped("remove wakes a reader waiting for the snapshot with a Removed error", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage()
       const handle = ShapeHandle("rm-2")
@@ -393,6 +393,6 @@ describe("ShapeLogStorage", () => {
       const reader = yield* Effect.fork(Effect.flip(log.read(LogOffset.beforeAll)))
       yield* Effect.yieldNow()
       yield* storage.remove(handle)
-      expect((yield* Fiber.join(reader)).reason).toBe("Closed")
+      expect((yield* Fiber.join(reader)).reason).toBe("Removed")
     }))
 })

@@ -135,6 +135,17 @@ export const tableColumns = async (pool: pg.Pool, table: string): Promise<Readon
 const quoteIdent = (name: string): string => `"${name.replace(/"/g, '""')}"`
 
 /**
+ * `col::text`, except for `char(n)`: its cast to text strips the padding, while the log and the
+ * client keep it, so the output function's form is taken through `concat`.
+ */
+const textForm = (column: ClientColumn): string => {
+  const name = quoteIdent(column.name)
+  return column.type === "bpchar" && column.dims === 0
+    ? `CASE WHEN ${name} IS NULL THEN NULL ELSE concat(${name}, '') END`
+    : `${name}::text`
+}
+
+/**
  * Runs `SELECT col::text ... FROM table WHERE where ORDER BY id` under the server's display
  * settings and parses every value with the client's rules.
  */
@@ -160,7 +171,7 @@ export const pgClientRows = async (
   const client = await pool.connect()
   try {
     for (const statement of DISPLAY_SETTINGS) await client.query(statement)
-    const list = selected.map((c) => `${quoteIdent(c.name)}::text AS ${quoteIdent(c.name)}`).join(", ")
+    const list = selected.map((c) => `${textForm(c)} AS ${quoteIdent(c.name)}`).join(", ")
     const where = options.where === undefined ? "" : ` WHERE ${options.where}`
     const { rows } = await client.query<Record<string, string | null>>(
       // The order is by the table's column: a bare `id` would name the `id::text` output column.

@@ -1,16 +1,12 @@
 import { HttpServer } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
 import { Effect, Exit, Layer, Scope } from "effect"
 import * as fs from "node:fs/promises"
-import { createServer } from "node:http"
 import * as os from "node:os"
 import * as path from "node:path"
 import pg from "pg"
 import { inject } from "vitest"
 import { StackConfig, type StackSettings } from "../../src/config/StackConfig.js"
-import { ShapeApi } from "../../src/http/ShapeApi.js"
-import { StackSupervisor } from "../../src/stack/StackSupervisor.js"
-import { Stack } from "../../layers/Stack.js"
+import { Server } from "../../layers/Server.js"
 
 /** A Syncline server running in this process against the test database. */
 export interface RunningSyncline {
@@ -42,11 +38,7 @@ export const startSyncline = async (options: {
     ...options.settings
   })
   const databaseUrl = inject("databaseUrl")
-  const app = HttpServer.serve(ShapeApi).pipe(
-    Layer.provide(StackSupervisor.layer(Stack(settings, databaseUrl))),
-    Layer.provideMerge(NodeHttpServer.layer(createServer, { port: 0, host: "127.0.0.1" })),
-    Layer.provide(StackConfig.layerWith(settings))
-  )
+  const app = Server(settings, databaseUrl, { host: "127.0.0.1" })
   const scope = Effect.runSync(Scope.make())
   const context = await Effect.runPromise(Layer.buildWithScope(app, scope))
   const server = Effect.runSync(Effect.provide(HttpServer.HttpServer, context))

@@ -183,7 +183,7 @@ export class ShapeLogFiles {
 
   private closedError(): StorageError {
     return new StorageError({
-      reason: "Closed",
+      reason: this.closed === "removed" ? "Removed" : "Closed",
       handle: this.handle,
       message: this.closed === "failed"
         ? "the shape log failed on a write and must be reopened"

@@ -1,0 +1,191 @@
+import { describe, expect, it } from "@effect/vitest"
+import type { Change, Relation, Row, Transaction } from "../../src/domain/Change.js"
+import type { Lsn } from "../../src/domain/Lsn.js"
+import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
+import { type Delivery, makeRouter, type RoutedShape } from "../../src/replication/ShapeLogCollector.js"
+
+const rel = (oid: number, name: string): Relation => ({
+  oid,
+  schema: "public",
+  name,
+  replicaIdentity: "f",
+  columns: [
+    { name: "id", typeOid: 23, typeMod: -1, isKey: true },
+    { name: "owner", typeOid: 25, typeMod: -1, isKey: true }
+  ]
+})
+
+const ITEMS = rel(100, "items")
+const OTHER = rel(200, "other")
+
+const insert = (row: Row, relation = ITEMS): Change => ({ kind: "insert", relation, new: row })
+const update = (old: Row | undefined, row: Row, relation = ITEMS): Change => ({ kind: "update", relation, old, new: row })
+const del = (row: Row, relation = ITEMS): Change => ({ kind: "delete", relation, old: row })
+
+let nextLsn = 1000n
+const txn = (changes: ReadonlyArray<Change>, commitLsn?: Lsn): Transaction => {
+  const lsn = commitLsn ?? (nextLsn += 100n)
+  return { xid: 1, commitLsn: lsn, endLsn: lsn + 8n, commitTime: 0n, changes, relations: [] }
+}
+
+const h = (s: string) => ShapeHandle(s)
+
+const byOwner = (handle: string, owner: string, tableOid = ITEMS.oid): RoutedShape => ({
+  handle: h(handle),
+  tableOid,
+  equality: { column: "owner", value: owner },
+  matches: (row) => row["owner"] === owner
+})
+
+const everything = (handle: string, tableOid = ITEMS.oid): RoutedShape => ({
+  handle: h(handle),
+  tableOid,
+  equality: undefined,
+  matches: undefined
+})
+
+/** Deliveries as `handle -> positions` (and the truncated flag when set). */
+const summary = (deliveries: ReadonlyArray<Delivery> | undefined) => {
+  expect(deliveries).toBeDefined()
+  const out: Record<string, Array<number> | { changes: Array<number>; truncated: true }> = {}
+  for (const d of deliveries!) out[d.handle] = d.truncated ? { changes: d.changes, truncated: true } : d.changes
+  return out
+}
+
+describe("makeRouter", () => {
+  it("finds equality shapes only for rows whose value matches", () => {
+    const router = makeRouter(0n)
+    router.addShape(byOwner("alice", "alice"))
+    router.addShape(byOwner("bob", "bob"))
+    router.addShape(byOwner("alice2", "alice"))
+    const deliveries = router.route(txn([
+      insert({ id: "1", owner: "alice" }), // 0
+      insert({ id: "2", owner: "carol" }), // 1
+      del({ id: "3", owner: "bob" }), // 2
+      update({ id: "4", owner: "bob" }, { id: "4", owner: "alice" }), // 3: old bob, new alice
+      update({ id: "5", owner: "carol" }, { id: "5", owner: "carol" }), // 4
+      insert({ id: "6", owner: null }) // 5
+    ]))
+    expect(summary(deliveries)).toEqual({ alice: [0, 3], alice2: [0, 3], bob: [2, 3] })
+  })
+
+  it("evaluates scanned shapes with their matches function", () => {
+    const router = makeRouter(0n)
+    router.addShape({ handle: h("big"), tableOid: ITEMS.oid, equality: undefined, matches: (row) => Number(row["id"]) > 10 })
+    const deliveries = router.route(txn([
+      insert({ id: "5", owner: "a" }),
+      insert({ id: "11", owner: "a" }),
+      update({ id: "20", owner: "a" }, { id: "2", owner: "a" }),
+      update({ id: "3", owner: "a" }, { id: "4", owner: "a" }),
+      del({ id: "12", owner: "a" })
+    ]))
+    expect(summary(deliveries)).toEqual({ big: [1, 2, 4] })
+  })
+
+  it("delivers an update without an old row to every shape of the table", () => {
+    const router = makeRouter(0n)
+    router.addShape(byOwner("alice", "alice"))
+    router.addShape({ handle: h("none"), tableOid: ITEMS.oid, equality: undefined, matches: () => false })
+    const deliveries = router.route(txn([update(undefined, { id: "1", owner: "bob" })]))
+    expect(summary(deliveries)).toEqual({ alice: [0], none: [0] })
+  })
+
+  it("gives every change of its table to a shape without a where, and nothing of other tables", () => {
+    const router = makeRouter(0n)
+    router.addShape(everything("all-items"))
+    router.addShape(everything("all-other", OTHER.oid))
+    const deliveries = router.route(txn([
+      insert({ id: "1", owner: "x" }),
+      insert({ id: "1", owner: "x" }, OTHER),
+      update({ id: "1", owner: "x" }, { id: "1", owner: "y" }),
+      del({ id: "1", owner: "y" }),
+      del({ id: "1", owner: "x" }, OTHER)
+    ]))
+    expect(summary(deliveries)).toEqual({ "all-items": [0, 2, 3], "all-other": [1, 4] })
+  })
+
+  it("returns no deliveries for changes of tables without shapes", () => {
+    const router = makeRouter(0n)
+    router.addShape(everything("all-items"))
+    expect(router.route(txn([insert({ id: "1", owner: "x" }, OTHER)]))).toEqual([])
+    const empty = makeRouter(0n)
+    expect(empty.route(txn([insert({ id: "1", owner: "x" })]))).toEqual([])
+  })
+
+  it("delivers a truncate to every shape of the table, marked truncated", () => {
+    const router = makeRouter(0n)
+    router.addShape(byOwner("alice", "alice"))
+    router.addShape({ handle: h("never"), tableOid: ITEMS.oid, equality: undefined, matches: () => false })
+    router.addShape(everything("other", OTHER.oid))
+    const deliveries = router.route(txn([
+      insert({ id: "1", owner: "alice" }),
+      { kind: "truncate", relations: [ITEMS] }
+    ]))
+    expect(summary(deliveries)).toEqual({
+      alice: { changes: [0, 1], truncated: true },
+      never: { changes: [1], truncated: true }
+    })
+  })
+
+  it("drops replays: transactions at or below the last routed commit LSN", () => {
+    const router = makeRouter(0n)
+    router.addShape(everything("all"))
+    const t1 = txn([insert({ id: "1", owner: "x" })], 5000n)
+    const t2 = txn([insert({ id: "2", owner: "x" })], 6000n)
+    expect(summary(router.route(t1))).toEqual({ all: [0] })
+    expect(router.lastRoutedLsn()).toBe(5000n)
+    expect(router.route(t1)).toBeUndefined()
+    expect(router.route(txn([insert({ id: "0", owner: "x" })], 4000n))).toBeUndefined()
+    expect(summary(router.route(t2))).toEqual({ all: [0] })
+    expect(router.route(t2)).toBeUndefined()
+    expect(router.lastRoutedLsn()).toBe(6000n)
+  })
+
+  it("drops transactions at or below the initial boundary", () => {
+    const router = makeRouter(7000n)
+    router.addShape(everything("all"))
+    expect(router.lastRoutedLsn()).toBe(7000n)
+    expect(router.route(txn([insert({ id: "1", owner: "x" })], 6999n))).toBeUndefined()
+    expect(router.route(txn([insert({ id: "1", owner: "x" })], 7000n))).toBeUndefined()
+    // An adjacent commit whose LSN equals the previous end LSN is not a replay.
+    expect(summary(router.route(txn([insert({ id: "1", owner: "x" })], 7001n)))).toEqual({ all: [0] })
+  })
+
+  it("stops delivering to a removed shape and forgets its index entries", () => {
+    const router = makeRouter(0n)
+    router.addShape(byOwner("alice", "alice"))
+    router.addShape(byOwner("alice2", "alice"))
+    router.addShape(everything("all"))
+    expect(router.size()).toBe(3)
+
+    router.removeShape(h("alice"))
+    expect(router.has(h("alice"))).toBe(false)
+    expect(router.size()).toBe(2)
+    expect(summary(router.route(txn([insert({ id: "1", owner: "alice" })])))).toEqual({ alice2: [0], all: [0] })
+
+    router.removeShape(h("alice2"))
+    router.removeShape(h("all"))
+    expect(router.size()).toBe(0)
+    // With its table's entry gone, the router short-cuts to no deliveries at all.
+    expect(router.route(txn([insert({ id: "1", owner: "alice" })]))).toEqual([])
+    // Removing twice, or a shape never added, is harmless.
+    router.removeShape(h("alice"))
+    router.removeShape(h("unknown"))
+
+    // Re-adding with another value uses a fresh index: the old value no longer routes to it.
+    router.addShape(byOwner("alice", "bob"))
+    expect(summary(router.route(txn([insert({ id: "1", owner: "alice" }), insert({ id: "2", owner: "bob" })]))))
+      .toEqual({ alice: [1] })
+  })
+
+  it("replaces a shape added again under the same handle", () => {
+    const router = makeRouter(0n)
+    router.addShape(byOwner("s", "alice"))
+    router.addShape(everything("s"))
+    expect(router.size()).toBe(1)
+    expect(summary(router.route(txn([insert({ id: "1", owner: "zed" })])))).toEqual({ s: [0] })
+    router.addShape(byOwner("s", "bob"))
+    expect(summary(router.route(txn([insert({ id: "1", owner: "alice" }), insert({ id: "1", owner: "bob" })]))))
+      .toEqual({ s: [1] })
+  })
+})
