@@ -9,62 +9,88 @@ import { Snapshot } from "../src/postgres/Snapshot.js"
 import { FlushTracker } from "../src/replication/FlushTracker.js"
 import { ShapeLogCollector } from "../src/replication/ShapeLogCollector.js"
 import { ConsumerSupervisor } from "../src/shapes/ConsumerSupervisor.js"
+import { ReadOnlyShapes } from "../src/shapes/ReadOnlyShapes.js"
 import { ShapeCache } from "../src/shapes/ShapeCache.js"
 import { ShapeStatus } from "../src/shapes/ShapeStatus.js"
 import { Snapshotter } from "../src/shapes/Snapshotter.js"
 import { ReplicationPump } from "../src/stack/ReplicationPump.js"
+import type { Infrastructure } from "../src/stack/StackSupervisor.js"
 import { ShapeDb } from "../src/storage/ShapeDb.js"
-import { ShapeLogStorage } from "../src/storage/ShapeLogStorage.js"
+import { ShapeLogStorage, type ShapeLogStorageOptions } from "../src/storage/ShapeLogStorage.js"
+
+/** What a stack is made of: Postgres and files in production, fakes in `layers/Test.ts`. */
+export interface StackParts<E> {
+  /** Built first, without the slot's lock: what serving existing shapes read-only needs. */
+  readonly infrastructure: Layer.Layer<Infrastructure, E>
+  /** The replication stream; built once the slot is ours. */
+  readonly replication: Layer.Layer<ReplicationConnection, E>
+  readonly storage: ShapeLogStorageOptions
+}
 
 /**
- * One stack: everything that serves one source database. Each `provide` is a
- * dependency edge, and Effect releases a layer before what it depends on, so
- * this graph is the teardown order (DESIGN.md):
+ * One stack, in two phases. Read-only: the infrastructure and the read-only
+ * view of existing shapes. Active, once the advisory lock is held: everything
+ * else. Each `provide` is a dependency edge, and Effect releases a layer
+ * before what it depends on, so this graph is the teardown order (DESIGN.md):
  *
  *   pump, shape cache -> consumers -> collector -> flush tracker (final ack)
- *   -> replication connection -> slot lock -> registry -> SQLite, pools.
+ *   -> replication connection -> slot lock -> registry, storage
+ *   -> (read-only phase) SQLite, pools.
  */
-export const Stack = (settings: StackSettings, databaseUrl: string) => {
-  const sqlite = ShapeDb.layer(settings.storageDir)
-  const pool = PgPool.layer({ connectionString: databaseUrl })
-  const admin = PgAdmin.layer({ publicationName: publicationName(settings), slotName: slotName(settings) }).pipe(
-    Layer.provide(pool)
+export const makeStack = <E>(parts: StackParts<E>) => {
+  const readOnly = ReadOnlyShapes.layer(parts.storage).pipe(
+    Layer.provideMerge(parts.infrastructure)
   )
   // Owning the slot: prerequisites, publication, the advisory lock (held for the stack's life), the slot.
   const slot = Layer.scopedDiscard(
     Effect.gen(function*() {
-      const pg = yield* PgAdmin
-      yield* pg.checkPrerequisites
-      yield* pg.ensurePublication
-      yield* pg.acquireLock
-      yield* pg.ensureSlot
+      const admin = yield* PgAdmin
+      yield* admin.checkPrerequisites
+      yield* admin.ensurePublication
+      yield* admin.acquireLock
+      yield* admin.ensureSlot
     })
-  ).pipe(Layer.provide(admin))
-  const replication = ReplicationConnection.layer({
-    connectionString: databaseUrl,
-    slotName: slotName(settings),
-    publicationName: publicationName(settings)
-  }).pipe(Layer.provide(slot))
-  const tracker = FlushTracker.layer.pipe(Layer.provide(replication), Layer.provide(sqlite))
+  )
+  const replication = parts.replication.pipe(Layer.provide(slot))
+  const tracker = FlushTracker.layer.pipe(Layer.provide(replication))
   const collector = ShapeLogCollector.layer.pipe(Layer.provide(tracker))
-  const storage = ShapeLogStorage.layer({
-    directory: path.join(settings.storageDir, "shapes"),
-    chunkBytesThreshold: settings.chunkBytesThreshold
-  })
-  const registry = ShapeStatus.layer.pipe(Layer.provide(sqlite))
+  const storage = ShapeLogStorage.layer(parts.storage)
+  const registry = ShapeStatus.layer
   const consumers = ConsumerSupervisor.layer.pipe(Layer.provide(tracker), Layer.provide(storage), Layer.provide(registry))
-  const snapshotter = Snapshotter.layer.pipe(Layer.provide(Snapshot.layer), Layer.provide(pool))
-  const inspector = Inspector.layer.pipe(Layer.provide(pool))
+  const snapshotter = Snapshotter.layer
   const shapeCache = ShapeCache.layer.pipe(
     Layer.provide(consumers),
     Layer.provide(collector),
     Layer.provide(snapshotter),
-    Layer.provide(Layer.mergeAll(registry, storage, tracker, inspector, admin))
+    Layer.provide(Layer.mergeAll(registry, storage, tracker))
   )
   // The pump starts after the shape cache has seeded the routing index, and stops before it.
   const pump = ReplicationPump.layer.pipe(
     Layer.provide(shapeCache),
     Layer.provide(Layer.mergeAll(replication, collector, consumers, tracker))
   )
-  return Layer.mergeAll(pump, shapeCache, storage, collector, tracker)
+  return { readOnly, active: Layer.mergeAll(pump, shapeCache, storage, collector, tracker) }
+}
+
+/** The production stack: Postgres at `databaseUrl`, files under the storage dir. */
+export const Stack = (settings: StackSettings, databaseUrl: string) => {
+  const pool = PgPool.layer({ connectionString: databaseUrl })
+  const infrastructure = Layer.mergeAll(
+    ShapeDb.layer(settings.storageDir),
+    Inspector.layer,
+    PgAdmin.layer({ publicationName: publicationName(settings), slotName: slotName(settings) }),
+    Snapshot.layer
+  ).pipe(Layer.provide(pool))
+  return makeStack({
+    infrastructure,
+    replication: ReplicationConnection.layer({
+      connectionString: databaseUrl,
+      slotName: slotName(settings),
+      publicationName: publicationName(settings)
+    }),
+    storage: {
+      directory: path.join(settings.storageDir, "shapes"),
+      chunkBytesThreshold: settings.chunkBytesThreshold
+    }
+  })
 }

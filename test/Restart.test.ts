@@ -163,7 +163,7 @@ describe("kill -9 between two adjacent commits", () => {
     await pool.query(`UPDATE ${TABLE} SET v = 'warm' WHERE id = 1`)
     await client.awaitLive(service.baseUrl, "the warm-up update", () =>
       [...client.rows.values()].some((r) => r["id"] === "1" && r["v"] === "warm"))
-    // The first pg_walinspect call in a session also prunes catalog pages; make it here too.
+    // The first pg_walinspect lookups can prune catalog pages (WAL) as well: do them before the rounds.
     const warmUp = client.received.find((m) => m.headers["operation"] === "update")!
     await pool.query(`SELECT end_lsn FROM pg_get_wal_record_info($1::pg_lsn)`, [Lsn.toPg(BigInt(warmUp.headers["lsn"]!))])
 

@@ -3,14 +3,20 @@ import { Cause, Effect, Either, Option, Redacted } from "effect"
 import { StackConfig, type StackSettings } from "../config/StackConfig.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
-import type { InvalidRequest } from "../domain/errors.js"
+import type {
+  InvalidRequest,
+  PostgresError,
+  RegistryError,
+  StorageError,
+  TableAbsent
+} from "../domain/errors.js"
 import { schemaHeader } from "../postgres/SchemaHeader.js"
-import { FlushTracker } from "../replication/FlushTracker.js"
 import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
 import type { Shape } from "../shapes/Shape.js"
 import { ShapeCache } from "../shapes/ShapeCache.js"
-import { type StackServices, StackSupervisor } from "../stack/StackSupervisor.js"
-import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
+import { ReadOnlyShapes } from "../shapes/ReadOnlyShapes.js"
+import { StackSupervisor } from "../stack/StackSupervisor.js"
+import { type LogRead, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import {
   cacheControl,
   type CacheKind,
@@ -96,11 +102,194 @@ const unauthorized = () =>
 
 const searchParams = (url: string) => new URL(url, "http://localhost").searchParams
 
+/** Where a response's data comes from: the active stack's log, or the files of a read-only stack. */
+interface LogSource {
+  readonly handle: string
+  readonly schema: () => string
+  readonly latestOffset: Effect.Effect<LogOffset, StorageError>
+  readonly read: (from: LogOffset) => Effect.Effect<LogRead, StorageError>
+  /** Completes once durable data past `after` exists (or the log closed). */
+  readonly awaitDataAfter: (after: LogOffset) => Effect.Effect<void, StorageError>
+  /** Whether the shape still exists; `undefined` when the stack it belongs to has stopped. */
+  readonly exists: Effect.Effect<boolean | undefined>
+  /** The definition's current handle, for a 409 after the shape went away. */
+  readonly currentHandle: Effect.Effect<string | undefined, Reply>
+  /** The last commit LSN the stack has seen (0 when it does not know). */
+  readonly globalLsn: () => bigint
+}
+
+/** How often a read-only stack looks at the files for data another process committed. */
+const READ_ONLY_POLL = "250 millis"
+
 /**
- * Serves one `GET /v1/shape` inside the current stack: resolve the shape,
- * read from its log, long-poll when live and caught up.
+ * Answers a `GET /v1/shape` from a log source: reads after the offset, and
+ * when live and caught up holds the request until data, the long-poll
+ * timeout, or the server stopping.
  */
-const serveShape = (
+const respond = (
+  source: LogSource,
+  request: ShapeRequest,
+  headers: Readonly<Record<string, string | undefined>>,
+  settings: StackSettings,
+  shutdown: ShutdownSignal["Type"]
+): Effect.Effect<HttpServerResponse.HttpServerResponse, Reply | StorageError> =>
+  Effect.gen(function*() {
+    const origin = headers["origin"]
+    const handle = source.handle
+    const live = request.live
+    const baseHeaders: HeaderRecord = {
+      ...corsHeaders(origin, "shape"),
+      "electric-handle": handle,
+      ...(live ? { "electric-cursor": nextCursor(Date.now(), settings.longPollTimeoutMs, request.cursor, Math.random) } : {})
+    }
+
+    if (request.offset === "now") {
+      const latest = yield* source.latestOffset
+      const lsn = source.globalLsn()
+      return jsonResponse(200, `[${upToDateMessage(lsn > latest.tx ? lsn : latest.tx)}]`, {
+        ...baseHeaders,
+        ...cacheControl({ _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }),
+        "electric-offset": LogOffset.format(latest),
+        "electric-schema": source.schema(),
+        "electric-up-to-date": "",
+        "electric-has-data": "false",
+        etag: etag(handle, "now", latest)
+      })
+    }
+
+    const offset = request.offset
+    const isInitial = LogOffset.isBeforeAll(offset)
+    const cacheKind: CacheKind = isInitial
+      ? { _tag: "initial" }
+      : live
+      ? { _tag: "live" }
+      : { _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }
+
+    // An offset past the end of the log is only legal if the log catches up with it soon.
+    if (LogOffset.isReal(offset) && LogOffset.gt(offset, yield* source.latestOffset)) {
+      const deadline = Math.max(1, Math.floor(settings.longPollTimeoutMs / 2))
+      const waitUntilReached: Effect.Effect<void, StorageError> = Effect.gen(function*() {
+        let latest = yield* source.latestOffset
+        while (LogOffset.gt(offset, latest)) {
+          yield* source.awaitDataAfter(latest)
+          latest = yield* source.latestOffset
+        }
+      })
+      yield* waitUntilReached.pipe(Effect.timeoutOption(deadline))
+      if (LogOffset.gt(offset, yield* source.latestOffset)) {
+        return yield* Effect.fail(
+          new Reply(
+            jsonResponse(
+              400,
+              JSON.stringify({ message: "Invalid request", errors: { offset: ["out of bounds for this shape"] } }),
+              errorHeaders(origin)
+            )
+          )
+        )
+      }
+    }
+
+    let read = yield* source.read(offset)
+    if (live && read.count === 0) {
+      const noChange = (extra: HeaderRecord) => {
+        const lsn = offset.tx > 0n ? offset.tx : source.globalLsn()
+        return jsonResponse(200, `[${upToDateMessage(lsn)}]`, {
+          ...baseHeaders,
+          ...cacheControl(cacheKind),
+          "electric-offset": LogOffset.format(offset),
+          "electric-up-to-date": "",
+          "electric-has-data": "false",
+          etag: etag(handle, offset, offset, String(Date.now())),
+          ...extra
+        })
+      }
+      const outcome = yield* Effect.raceFirst(
+        source.awaitDataAfter(LogOffset.max(offset, read.nextOffset)).pipe(
+          Effect.as("data" as const),
+          Effect.catchAll(() => Effect.succeed("closed" as const)),
+          Effect.timeoutTo({
+            duration: settings.longPollTimeoutMs,
+            onSuccess: (o) => o,
+            onTimeout: () => "timeout" as const
+          })
+        ),
+        Effect.as(shutdown.await, "shutdown" as const)
+      )
+      if (outcome === "shutdown") return noChange({ connection: "close" })
+      // A stack that stopped during the wait has closed its registry and logs: the client simply polls again.
+      const exists = yield* source.exists
+      if (exists === undefined) return noChange({})
+      if (!exists) return yield* Effect.fail(mustRefetch(origin, yield* source.currentHandle))
+      if (outcome === "timeout") return noChange({})
+      const again = yield* Effect.either(source.read(offset))
+      if (Either.isLeft(again)) {
+        if (again.left.reason === "Closed") return noChange({})
+        return yield* again.left
+      }
+      read = again.right
+    }
+
+    const upToDate = read.reachedEnd && !isInitial
+    const responseEtag = etag(handle, offset, read.nextOffset)
+    const responseHeaders: HeaderRecord = {
+      ...baseHeaders,
+      ...cacheControl(cacheKind),
+      "electric-offset": LogOffset.format(read.nextOffset),
+      ...(live ? {} : { "electric-schema": source.schema() }),
+      ...(upToDate ? { "electric-up-to-date": "" } : {}),
+      "electric-has-data": "true",
+      etag: responseEtag
+    }
+    if (ifNoneMatchMatches(headers["if-none-match"], responseEtag)) {
+      const { "electric-schema": _schema, ...notModified } = responseHeaders
+      return HttpServerResponse.empty({ status: 304, headers: notModified })
+    }
+    let trailing: string | undefined
+    if (upToDate) {
+      const chunkEnd = read.nextOffset.tx > 0n ? read.nextOffset.tx : 0n
+      const global = source.globalLsn()
+      trailing = upToDateMessage(live ? (chunkEnd > 0n ? chunkEnd : global) : chunkEnd > global ? chunkEnd : global)
+    }
+    return HttpServerResponse.uint8Array(arrayBody(read.body, read.count, trailing), {
+      status: 200,
+      contentType: JSON_TYPE,
+      headers: responseHeaders
+    })
+  }).pipe(
+    // A log closed under a request: removed (the definition has a new shape) or its stack is stopping.
+    Effect.catchTag("StorageError", (e): Effect.Effect<never, Reply | StorageError> =>
+      e.reason === "Removed"
+        ? Effect.flatMap(source.currentHandle, (current) => Effect.fail(mustRefetch(headers["origin"], current)))
+        : Effect.fail(e)
+    )
+  )
+
+const specOf = (request: ShapeRequest) => ({
+  table: request.table,
+  where: request.where,
+  params: request.params,
+  columns: request.columns,
+  replica: request.replica,
+  log: request.log
+})
+
+/** Infrastructure failures a request can meet, as 503s with `retry-after`: never a 500. */
+const unavailableOnFailure = <A, R>(
+  origin: string | undefined,
+  effect: Effect.Effect<A, Reply | TableAbsent | PostgresError | RegistryError | StorageError, R>
+): Effect.Effect<A, Reply, R> =>
+  effect.pipe(
+    Effect.catchTags({
+      TableAbsent: () => Effect.fail(unavailable(origin, 5, "The stack is restarting")),
+      PostgresError: (e) => Effect.fail(unavailable(origin, 10, e.message)),
+      RegistryError: () => Effect.fail(unavailable(origin, 5, "The shape registry is unavailable")),
+      StorageError: (e) =>
+        Effect.fail(unavailable(origin, 5, e.reason === "Closed" ? "The stack is restarting" : "Shape storage is unavailable"))
+    })
+  )
+
+/** Serves a request from the active stack: the shape is found or created. */
+const serveActive = (
   request: ShapeRequest,
   headers: Readonly<Record<string, string | undefined>>,
   settings: StackSettings,
@@ -111,25 +300,19 @@ const serveShape = (
     const cache = yield* ShapeCache
     const storage = yield* ShapeLogStorage
     const collector = yield* ShapeLogCollector
-    yield* FlushTracker
 
-    const resolved = yield* cache.resolve({
-      table: request.table,
-      where: request.where,
-      params: request.params,
-      columns: request.columns,
-      replica: request.replica,
-      log: request.log
-    }).pipe(
+    const resolved = yield* cache.resolve(specOf(request)).pipe(
       Effect.catchTags({
         InvalidRequest: (e) => Effect.fail(badRequest(origin, e)),
         PostgresError: (e) => Effect.fail(unavailable(origin, 1, e.message))
       })
     )
     const identity = ShapeDefinition.identity(resolved.definition)
-
-    const currentHandle = Effect.flatMap(cache.find(resolved.definition), (found) =>
-      Option.isSome(found) ? Effect.succeed(found.value.handle as string) : Effect.map(cache.getOrCreate(resolved), (s) => s.handle as string)
+    const currentHandle: Effect.Effect<string | undefined, Reply> = unavailableOnFailure(
+      origin,
+      Effect.flatMap(cache.find(resolved.definition), (found) =>
+        Option.isSome(found) ? Effect.succeed(found.value.handle) : Effect.map(cache.getOrCreate(resolved), (s) => s.handle)
+      )
     )
 
     let shape: Shape
@@ -142,153 +325,77 @@ const serveShape = (
     } else {
       shape = yield* cache.getOrCreate(resolved)
     }
-    // A log closed under a request: removed (the definition has a new shape) or its stack is stopping.
-    return yield* Effect.gen(function*() {
-      const handle = shape.handle
-      const log = yield* storage.open(handle)
-      const live = request.live
-      const cursorHeader: HeaderRecord = live
-        ? { "electric-cursor": nextCursor(Date.now(), settings.longPollTimeoutMs, request.cursor, Math.random) }
-        : {}
-      const baseHeaders: HeaderRecord = {
-        ...corsHeaders(origin, "shape"),
-        "electric-handle": handle,
-        ...cursorHeader
-      }
+    const log = yield* storage.open(shape.handle)
+    const source: LogSource = {
+      handle: shape.handle,
+      schema: () => schemaOf(shape),
+      latestOffset: Effect.sync(() => log.latestOffset()),
+      read: log.read,
+      awaitDataAfter: log.awaitDataAfter,
+      exists: cache.get(shape.handle).pipe(
+        Effect.map(Option.isSome),
+        Effect.orElseSucceed(() => undefined)
+      ),
+      currentHandle,
+      globalLsn: () => collector.lastRoutedLsn()
+    }
+    return yield* respond(source, request, headers, settings, shutdown)
+  }).pipe((effect) => unavailableOnFailure(headers["origin"], effect))
 
-      if (request.offset === "now") {
-        const latest = log.latestOffset()
-        const lsn = collector.lastRoutedLsn()
-        return jsonResponse(200, `[${upToDateMessage(lsn > latest.tx ? lsn : latest.tx)}]`, {
-          ...baseHeaders,
-          ...cacheControl({ _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }),
-          "electric-offset": LogOffset.format(latest),
-          "electric-schema": schemaOf(shape),
-          "electric-up-to-date": "",
-          "electric-has-data": "false",
-          etag: etag(handle, "now", latest)
-        })
-      }
-
-      const offset = request.offset
-      const isInitial = LogOffset.isBeforeAll(offset)
-      const cacheKind: CacheKind = isInitial
-        ? { _tag: "initial" }
-        : live
-        ? { _tag: "live" }
-        : { _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }
-
-      // An offset past the end of the log is only legal if the log catches up with it soon.
-      if (LogOffset.isReal(offset) && LogOffset.gt(offset, log.latestOffset())) {
-        const caughtUp = yield* log.awaitDataAfter(LogOffset.make(offset.tx, -1)).pipe(
-          Effect.timeoutOption(Math.max(1, Math.floor(settings.longPollTimeoutMs / 2)))
-        )
-        if (Option.isNone(caughtUp) && LogOffset.gt(offset, log.latestOffset())) {
-          return yield* Effect.fail(
-            new Reply(
-              jsonResponse(
-                400,
-                JSON.stringify({ message: "Invalid request", errors: { offset: ["out of bounds for this shape"] } }),
-                errorHeaders(origin)
-              )
-            )
-          )
-        }
-      }
-
-      let read = yield* log.read(offset)
-      if (live && read.count === 0) {
-        // Nothing new: hold the request until data, the long-poll timeout, or the server stopping.
-        const noChange = (extra: HeaderRecord) => {
-          const lsn = offset.tx > 0n ? offset.tx : collector.lastRoutedLsn()
-          return jsonResponse(200, `[${upToDateMessage(lsn)}]`, {
-            ...baseHeaders,
-            ...cacheControl(cacheKind),
-            "electric-offset": LogOffset.format(offset),
-            "electric-up-to-date": "",
-            "electric-has-data": "false",
-            etag: etag(handle, offset, offset, String(Date.now())),
-            ...extra
-          })
-        }
-        const outcome = yield* Effect.raceFirst(
-          log.awaitDataAfter(LogOffset.max(offset, read.nextOffset)).pipe(
-            Effect.as("data" as const),
-            Effect.timeoutTo({
-              duration: settings.longPollTimeoutMs,
-              onSuccess: (o) => o,
-              onTimeout: () => "timeout" as const
-            })
-          ),
-          Effect.as(shutdown.await, "shutdown" as const)
-        )
-        if (outcome === "shutdown") return noChange({ connection: "close" })
-        // A stack that stopped during the wait has closed its registry and logs: the client simply polls again.
-        const still = yield* Effect.either(cache.get(handle))
-        if (Either.isLeft(still)) return noChange({})
-        if (Option.isNone(still.right)) return yield* Effect.fail(mustRefetch(origin, yield* currentHandle))
-        if (outcome === "timeout") return noChange({})
-        const again = yield* Effect.either(log.read(offset))
-        if (Either.isLeft(again)) {
-          if (again.left.reason === "Closed") return noChange({})
-          return yield* again.left
-        }
-        read = again.right
-      }
-
-      const upToDate = read.reachedEnd && !isInitial
-      const responseEtag = etag(handle, offset, read.nextOffset)
-      const headers2: HeaderRecord = {
-        ...baseHeaders,
-        ...cacheControl(cacheKind),
-        "electric-offset": LogOffset.format(read.nextOffset),
-        ...(live ? {} : { "electric-schema": schemaOf(shape) }),
-        ...(upToDate ? { "electric-up-to-date": "" } : {}),
-        "electric-has-data": "true",
-        etag: responseEtag
-      }
-      if (ifNoneMatchMatches(headers["if-none-match"], responseEtag)) {
-        const { "electric-schema": _schema, ...notModified } = headers2
-        return HttpServerResponse.empty({ status: 304, headers: notModified })
-      }
-      let trailing: string | undefined
-      if (upToDate) {
-        const chunkEnd = read.nextOffset.tx > 0n ? read.nextOffset.tx : 0n
-        const global = collector.lastRoutedLsn()
-        trailing = upToDateMessage(live ? (chunkEnd > 0n ? chunkEnd : global) : chunkEnd > global ? chunkEnd : global)
-      }
-      return HttpServerResponse.uint8Array(arrayBody(read.body, read.count, trailing), {
-        status: 200,
-        contentType: JSON_TYPE,
-        headers: headers2
+/**
+ * Serves a request while another process owns the slot: existing shapes
+ * only, from the files; anything that needs a new shape waits for this stack
+ * to become active.
+ */
+const serveReadOnly = (
+  request: ShapeRequest,
+  headers: Readonly<Record<string, string | undefined>>,
+  settings: StackSettings,
+  shutdown: ShutdownSignal["Type"],
+  waitForActive: Effect.Effect<HttpServerResponse.HttpServerResponse, Reply>
+) =>
+  Effect.gen(function*() {
+    const origin = headers["origin"]
+    const shapes = yield* ReadOnlyShapes
+    const resolved = yield* shapes.resolve(specOf(request)).pipe(
+      Effect.catchTags({
+        InvalidRequest: (e) => Effect.fail(badRequest(origin, e)),
+        PostgresError: (e) => Effect.fail(unavailable(origin, 1, e.message))
       })
-    }).pipe(
-      Effect.catchTag("StorageError", (e) =>
-        e.reason === "Removed"
-          ? Effect.flatMap(currentHandle, (current) => Effect.fail(mustRefetch(origin, current)))
-          : Effect.fail(unavailable(origin, 5, e.reason === "Closed" ? "The stack is restarting" : "Shape storage is unavailable"))
-      )
     )
-  }).pipe(
-    Effect.catchTags({
-      TableAbsent: () => Effect.fail(unavailable(headers["origin"], 5, "The stack is restarting")),
-      PostgresError: (e) => Effect.fail(unavailable(headers["origin"], 10, e.message)),
-      RegistryError: () => Effect.fail(unavailable(headers["origin"], 5, "The shape registry is unavailable")),
-      StorageError: () => Effect.fail(unavailable(headers["origin"], 5, "Shape storage is unavailable"))
-    })
-  )
-
-/** Runs an effect against the current stack, or answers 503 when none becomes active in time. */
-const withStack = <A, E>(
-  origin: string | undefined,
-  f: Effect.Effect<A, E, StackServices>
-): Effect.Effect<A, E | Reply, StackSupervisor> =>
-  Effect.flatMap(StackSupervisor, (supervisor) =>
-    supervisor.current(STACK_WAIT).pipe(
-      Effect.mapError(() => unavailable(origin, 5, "The stack is starting")),
-      Effect.flatMap((context) => Effect.provide(f, context))
-    )
-  )
+    const identity = ShapeDefinition.identity(resolved.definition)
+    const existing = yield* shapes.byIdentity(identity)
+    if (request.handle !== undefined) {
+      const requested = yield* shapes.identityOf(request.handle)
+      if (Option.isNone(requested) || requested.value !== identity) {
+        // A 409 needs the definition's current handle; without one, only the owner can create it.
+        if (Option.isNone(existing)) return yield* waitForActive
+        return yield* Effect.fail(mustRefetch(origin, existing.value))
+      }
+    }
+    if (Option.isNone(existing)) return yield* waitForActive
+    const handle = existing.value
+    const reader = yield* shapes.reader(handle)
+    const shape = resolved.build(handle)
+    const exists = Effect.map(shapes.identityOf(handle), Option.isSome).pipe(Effect.orElseSucceed(() => undefined))
+    const source: LogSource = {
+      handle,
+      schema: () => schemaOf(shape),
+      latestOffset: reader.latestOffset,
+      read: reader.read,
+      awaitDataAfter: (after) =>
+        Effect.gen(function*() {
+          while (!LogOffset.gt(yield* reader.latestOffset, after)) yield* Effect.sleep(READ_ONLY_POLL)
+        }),
+      exists,
+      currentHandle: unavailableOnFailure(
+        origin,
+        Effect.map(shapes.byIdentity(identity), Option.getOrUndefined)
+      ),
+      globalLsn: () => 0n
+    }
+    return yield* respond(source, request, headers, settings, shutdown)
+  }).pipe((effect) => unavailableOnFailure(headers["origin"], effect))
 
 const requestHeaders = (request: HttpServerRequest.HttpServerRequest): Readonly<Record<string, string | undefined>> =>
   request.headers as Readonly<Record<string, string | undefined>>
@@ -319,7 +426,16 @@ const getShape = Effect.gen(function*() {
     )
   }
   const shutdown = yield* ShutdownSignal
-  return yield* withStack(origin, serveShape(parsed.right, headers, settings, shutdown))
+  const supervisor = yield* StackSupervisor
+  const notReady = () => unavailable(origin, 5, "The stack is starting")
+  const view = yield* supervisor.current(STACK_WAIT).pipe(Effect.mapError(notReady))
+  const serveWhenActive = supervisor.active(STACK_WAIT).pipe(
+    Effect.mapError(notReady),
+    Effect.flatMap((context) => Effect.provide(serveActive(parsed.right, headers, settings, shutdown), context))
+  )
+  return yield* view.mode === "active"
+    ? Effect.provide(serveActive(parsed.right, headers, settings, shutdown), view.context)
+    : Effect.provide(serveReadOnly(parsed.right, headers, settings, shutdown, serveWhenActive), view.context)
 })
 
 const deleteShape = Effect.gen(function*() {
@@ -334,8 +450,11 @@ const deleteShape = Effect.gen(function*() {
     return jsonResponse(405, JSON.stringify({ message: "DELETE not allowed" }), nonGet)
   }
   const target = parsed.right
-  return yield* withStack(
-    origin,
+  const supervisor = yield* StackSupervisor
+  const context = yield* supervisor.active(STACK_WAIT).pipe(
+    Effect.mapError(() => unavailable(origin, 5, "The stack is starting"))
+  )
+  return yield* Effect.provide(
     Effect.gen(function*() {
       const cache = yield* ShapeCache
       let shape: Option.Option<Shape> = Option.none()
@@ -380,7 +499,8 @@ const deleteShape = Effect.gen(function*() {
         RegistryError: () => Effect.fail(unavailable(origin, 5, "The shape registry is unavailable")),
         StorageError: () => Effect.fail(unavailable(origin, 5, "Shape storage is unavailable"))
       })
-    )
+    ),
+    context
   )
 })
 

@@ -1,7 +1,6 @@
 import { Cause, Context, Deferred, Effect, Either, Exit, Layer, Option, Queue } from "effect"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
-import type { TableInfo, TableRef } from "../domain/Table.js"
 import {
   InvalidRequest,
   type PostgresError,
@@ -14,28 +13,13 @@ import { PgAdmin } from "../postgres/PgAdmin.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
 import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
 import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
-import { parseWhere } from "../where/WhereClause.js"
 import { ConsumerSupervisor } from "./ConsumerSupervisor.js"
-import { selectedColumns, type Shape } from "./Shape.js"
+import type { Shape } from "./Shape.js"
+import { buildShape, resolveSpec, type ResolvedSpec, type ShapeSpec } from "./ShapeResolver.js"
+
+export type { ResolvedSpec, ShapeSpec } from "./ShapeResolver.js"
 import { type ShapeRecord, ShapeStatus } from "./ShapeStatus.js"
 import { Snapshotter } from "./Snapshotter.js"
-
-/** A shape request's definition parameters, before they are checked against the catalog. */
-export interface ShapeSpec {
-  readonly table: TableRef
-  readonly where: string | undefined
-  readonly params: Readonly<Record<string, string>>
-  readonly columns: ReadonlyArray<string> | undefined
-  readonly replica: "default" | "full"
-  readonly log: "full" | "changes_only"
-}
-
-/** A shape definition checked against the catalog: what `getOrCreate` takes. */
-export interface ResolvedSpec {
-  readonly definition: ShapeDefinition
-  readonly table: TableInfo
-  readonly build: (handle: ShapeHandle) => Shape
-}
 
 export type CreateError = PostgresError | StorageError | RegistryError | TableAbsent
 
@@ -88,19 +72,6 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           equality: shape.where?.equalities[0],
           matches: shape.where?.matches
         })
-
-      const buildShape = (table: TableInfo, definition: ShapeDefinition, params: Readonly<Record<string, string>>) => {
-        const where = definition.where === undefined ? undefined : parseWhere(definition.where, params, table)
-        if (where !== undefined && Either.isLeft(where)) return Either.left(where.left)
-        const clause = where === undefined ? undefined : where.right
-        return Either.right((handle: ShapeHandle): Shape => ({
-          handle,
-          definition: clause === undefined ? definition : { ...definition, where: clause.sql },
-          table,
-          where: clause,
-          columns: selectedColumns(table, definition.columns)
-        }))
-      }
 
       const removeNow = (handle: ShapeHandle) =>
         Effect.gen(function*() {
@@ -180,47 +151,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         })
 
       return ShapeCache.of({
-        resolve: (spec) =>
-          Effect.gen(function*() {
-            const table = yield* inspector.load(spec.table).pipe(
-              Effect.catchIf(
-                (e) => e.reason === "TableNotFound",
-                (e) => Effect.fail(InvalidRequest.single("table", e.message))
-              )
-            )
-            let columns: ReadonlyArray<string> | undefined
-            if (spec.columns !== undefined) {
-              const known = new Set(table.columns.map((c) => c.name))
-              const unknown = spec.columns.filter((c) => !known.has(c))
-              if (unknown.length > 0) {
-                return yield* InvalidRequest.single(
-                  "columns",
-                  `The following columns are not found on the table: ${unknown.join(", ")}`
-                )
-              }
-              const chosen = new Set(spec.columns)
-              const hasPk = table.columns.some((c) => c.pkIndex !== undefined)
-              const missing = hasPk ? table.pk.filter((c) => !chosen.has(c)) : []
-              if (missing.length > 0) {
-                return yield* InvalidRequest.single(
-                  "columns",
-                  `The list of columns must include all primary key columns, missing: ${missing.join(", ")}`
-                )
-              }
-              columns = [...chosen].sort()
-            }
-            const definition: ShapeDefinition = {
-              table: { schema: table.schema, name: table.name },
-              where: spec.where,
-              columns,
-              replica: spec.replica,
-              log: spec.log
-            }
-            const built = buildShape(table, definition, spec.params)
-            if (Either.isLeft(built)) return yield* InvalidRequest.single("where", built.left.message)
-            const probe = built.right("" as ShapeHandle)
-            return { definition: probe.definition, table, build: built.right }
-          }),
+        resolve: (spec) => resolveSpec(inspector, spec),
         getOrCreate: (spec) =>
           Effect.gen(function*() {
             const identity = ShapeDefinition.identity(spec.definition)

@@ -1,7 +1,25 @@
-import { Cause, Context, Deferred, Duration, Effect, FiberHandle, Layer, Option, Schedule, Scope, Stream, SubscriptionRef } from "effect"
+import type { SqlClient } from "@effect/sql"
+import {
+  Cause,
+  Context,
+  Deferred,
+  Duration,
+  Effect,
+  FiberHandle,
+  Layer,
+  Option,
+  Schedule,
+  Scope,
+  Stream,
+  SubscriptionRef
+} from "effect"
 import { PostgresError, StackNotReady } from "../domain/errors.js"
+import type { Inspector } from "../postgres/Inspector.js"
+import type { PgAdmin } from "../postgres/PgAdmin.js"
+import type { Snapshot } from "../postgres/Snapshot.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
 import type { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
+import type { ReadOnlyShapes } from "../shapes/ReadOnlyShapes.js"
 import type { ShapeCache } from "../shapes/ShapeCache.js"
 import type { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { ReplicationPump } from "./ReplicationPump.js"
@@ -18,16 +36,38 @@ const Status = {
   stopping: { _tag: "Stopping" } as StackStatus
 }
 
+/** What a stack stands on, built before the slot's lock is held. */
+export type Infrastructure = SqlClient.SqlClient | Inspector | PgAdmin | Snapshot
+
+/** The services of a read-only stack (waiting for the slot's lock). */
+export type ReadOnlyServices = ReadOnlyShapes | Infrastructure
+
+/** The services of an active stack that request handlers use. */
+export type StackServices = ShapeCache | ShapeLogStorage | ShapeLogCollector | FlushTracker
+
+/** A stack in its two phases: read-only first, then active once the slot's advisory lock is ours. */
+export interface StackLayers<E> {
+  readonly readOnly: Layer.Layer<ReadOnlyServices, E>
+  readonly active: Layer.Layer<StackServices | ReplicationPump, E, Infrastructure>
+}
+
+/** The current stack as a request sees it. */
+export type StackView =
+  | { readonly mode: "active"; readonly context: Context.Context<StackServices> }
+  | { readonly mode: "readOnly"; readonly context: Context.Context<ReadOnlyShapes> }
+
 /**
  * Owns the current stack in a scope of its own, rebuilt on restart (or after
  * the replication stream fails) in the same process. HTTP handlers reach the
  * stack's services only through `current`, so a restart swaps the stack
  * without touching a handler.
  */
-export interface StackSupervisorService<R> {
+export interface StackSupervisorService {
   readonly status: SubscriptionRef.SubscriptionRef<StackStatus>
-  /** The active stack's services; waits up to `timeout` for one, then fails with `StackNotReady`. */
-  readonly current: (timeout: Duration.DurationInput) => Effect.Effect<Context.Context<R>, StackNotReady>
+  /** The stack, read-only or active; waits up to `timeout` for one, then fails with `StackNotReady`. */
+  readonly current: (timeout: Duration.DurationInput) => Effect.Effect<StackView, StackNotReady>
+  /** The active stack; waits up to `timeout` for it, then fails with `StackNotReady`. */
+  readonly active: (timeout: Duration.DurationInput) => Effect.Effect<Context.Context<StackServices>, StackNotReady>
   /** Closes the current stack (teardown in layer order) and builds a new one. */
   readonly restart: Effect.Effect<void>
   /** Fails when the stack cannot start and retrying cannot help (e.g. `wal_level` is not logical). */
@@ -40,36 +80,45 @@ const isFatal = (error: unknown): error is PostgresError =>
 
 const backoff = Schedule.exponential("500 millis").pipe(Schedule.either(Schedule.spaced("30 seconds")))
 
-/** Builds the supervisor for a stack layer; the stack is started at once and closed with the caller's scope. */
-export const makeStackSupervisor = <R, E, RIn>(
-  stack: Layer.Layer<R | ReplicationPump, E, RIn>
-): Effect.Effect<StackSupervisorService<R>, never, Scope.Scope | RIn> =>
+/** Builds the supervisor for a stack; the stack is started at once and closed with the caller's scope. */
+export const makeStackSupervisor = <E>(
+  stack: StackLayers<E>
+): Effect.Effect<StackSupervisorService, never, Scope.Scope> =>
   Effect.gen(function*() {
     const status = yield* SubscriptionRef.make<StackStatus>(Status.starting)
-    let context: Option.Option<Context.Context<R | ReplicationPump>> = Option.none()
+    let view: Option.Option<StackView> = Option.none()
     const running = yield* FiberHandle.make()
+    const fatal = yield* Deferred.make<never, PostgresError>()
+
+    const publish = (next: Option.Option<StackView>, s: StackStatus) =>
+      Effect.suspend(() => {
+        view = next
+        return SubscriptionRef.set(status, s)
+      })
 
     // One life of a stack: built in its own scope, active until the pump fails or the fiber is interrupted.
     const runOnce = Effect.acquireUseRelease(
       Scope.make(),
       (scope) =>
         Effect.gen(function*() {
-          const built = yield* Layer.buildWithScope(stack, scope)
-          context = Option.some(built)
-          yield* SubscriptionRef.set(status, Status.active)
+          const readOnly = yield* Layer.buildWithScope(stack.readOnly, scope)
+          yield* publish(Option.some({ mode: "readOnly", context: readOnly }), Status.readOnly)
+          const active = yield* Layer.buildWithScope(
+            stack.active.pipe(Layer.provide(Layer.succeedContext(readOnly))),
+            scope
+          )
+          yield* publish(Option.some({ mode: "active", context: active }), Status.active)
           yield* Effect.logInfo("stack active")
-          return yield* Effect.flatMap(ReplicationPump, (pump) => pump.failure).pipe(Effect.provide(built))
+          return yield* Effect.flatMap(ReplicationPump, (pump) => pump.failure).pipe(Effect.provide(active))
         }),
       (scope, exit) =>
         Effect.gen(function*() {
-          context = Option.none()
-          yield* SubscriptionRef.set(status, Status.stopping)
+          yield* publish(Option.none(), Status.stopping)
           yield* Scope.close(scope, exit)
-          yield* SubscriptionRef.set(status, Status.starting)
+          yield* publish(Option.none(), Status.starting)
         })
     )
 
-    const fatal = yield* Deferred.make<never, PostgresError>()
     const supervise = runOnce.pipe(
       Effect.tapErrorCause((cause) => {
         const failure = Cause.failureOption(cause)
@@ -80,36 +129,39 @@ export const makeStackSupervisor = <R, E, RIn>(
       Effect.retry({ schedule: backoff, while: (error) => !isFatal(error) })
     )
 
-    const environment = yield* Effect.context<RIn>()
-    const start = FiberHandle.run(running, supervise).pipe(Effect.provide(environment), Effect.asVoid)
+    const start = FiberHandle.run(running, supervise).pipe(Effect.asVoid)
     const stop = FiberHandle.clear(running)
     yield* start
     yield* Effect.addFinalizer(() => stop)
 
-    const notReady = Effect.flatMap(SubscriptionRef.get(status), (s) => Effect.fail(new StackNotReady({ status: s._tag })))
-    const current = (timeout: Duration.DurationInput) =>
-      Effect.suspend((): Effect.Effect<Context.Context<R>, StackNotReady> => {
-        if (Option.isSome(context)) return Effect.succeed(context.value as Context.Context<R>)
+    const waitFor = <A>(pick: (v: StackView) => Option.Option<A>, timeout: Duration.DurationInput) =>
+      Effect.suspend((): Effect.Effect<A, StackNotReady> => {
+        const now = Option.flatMap(view, pick)
+        if (Option.isSome(now)) return Effect.succeed(now.value)
         return status.changes.pipe(
-          Stream.filter(() => Option.isSome(context)),
+          Stream.filterMap(() => Option.flatMap(view, pick)),
           Stream.runHead,
           Effect.timeoutOption(timeout),
-          Effect.flatMap(() => (Option.isSome(context) ? Effect.succeed(context.value as Context.Context<R>) : notReady))
+          Effect.map(Option.flatten),
+          Effect.flatMap((found) =>
+            Option.isSome(found)
+              ? Effect.succeed(found.value)
+              : Effect.flatMap(SubscriptionRef.get(status), (s) => Effect.fail(new StackNotReady({ status: s._tag })))
+          )
         )
       })
 
-    return { status, current, restart: Effect.zipRight(stop, start), fatal: Deferred.await(fatal) }
+    return {
+      status,
+      current: (timeout) => waitFor((v) => Option.some(v), timeout),
+      active: (timeout) => waitFor((v) => (v.mode === "active" ? Option.some(v.context) : Option.none()), timeout),
+      restart: Effect.zipRight(stop, start),
+      fatal: Deferred.await(fatal)
+    }
   })
 
-/** The services of a stack that request handlers use. */
-export type StackServices = ShapeCache | ShapeLogStorage | ShapeLogCollector | FlushTracker
-
 /** The supervisor as a service: what the HTTP layer holds instead of a stack. */
-export class StackSupervisor extends Context.Tag("syncline/StackSupervisor")<
-  StackSupervisor,
-  StackSupervisorService<StackServices>
->() {
-  static readonly layer = <E, RIn>(
-    stack: Layer.Layer<StackServices | ReplicationPump, E, RIn>
-  ): Layer.Layer<StackSupervisor, never, RIn> => Layer.scoped(StackSupervisor, makeStackSupervisor(stack))
+export class StackSupervisor extends Context.Tag("syncline/StackSupervisor")<StackSupervisor, StackSupervisorService>() {
+  static readonly layer = <E>(stack: StackLayers<E>): Layer.Layer<StackSupervisor> =>
+    Layer.scoped(StackSupervisor, makeStackSupervisor(stack))
 }

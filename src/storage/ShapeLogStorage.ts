@@ -5,6 +5,7 @@ import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { StorageError } from "../domain/errors.js"
 import { isErrno } from "./internal/files.js"
+import { ShapeLogReaderFiles } from "./internal/ShapeLogReader.js"
 import { ioError, ShapeLogFiles } from "./internal/ShapeLogFiles.js"
 
 /**
@@ -48,6 +49,25 @@ export interface ShapeLog {
   readonly read: (from: LogOffset) => Effect.Effect<LogRead, StorageError>
   /** Completes when durable data past `after` exists (or the log was removed). */
   readonly awaitDataAfter: (after: LogOffset) => Effect.Effect<void>
+}
+
+/**
+ * A log read from disk only, for serving a shape while another process owns
+ * it (a rolling restart's read-only phase): never writes, never truncates, and
+ * every call reads the current commit pointer, so it follows the owner's
+ * commits and never sees bytes appended past them. It has no way to wait for
+ * data: callers poll `latestOffset`.
+ */
+export interface ShapeLogReader {
+  readonly handle: ShapeHandle
+  /** Same semantics as ShapeLog.latestOffset, from the pointer on disk now (`-1` while the snapshot is incomplete). */
+  readonly latestOffset: Effect.Effect<LogOffset, StorageError>
+  /**
+   * Same semantics and bytes as ShapeLog.read, bounded by the pointer read at the start of the call; fails with
+   * reason "Removed" if the shape directory is gone, and with reason "Closed" (not a wait) if the snapshot is not
+   * complete.
+   */
+  readonly read: (from: LogOffset) => Effect.Effect<LogRead, StorageError>
 }
 
 /**
@@ -213,3 +233,28 @@ export const make = (
 
     return ShapeLogStorage.of({ open, remove, list })
   })
+
+/**
+ * Opens a read-only view of one shape's files under `options.directory`,
+ * without creating, recovering or locking anything: safe beside the process
+ * that owns and appends to them. Fails with reason "Removed" when the shape
+ * has no directory. Holds no open files between calls, so it needs no scope.
+ */
+export const openReader = (
+  options: ShapeLogStorageOptions,
+  handle: ShapeHandle
+): Effect.Effect<ShapeLogReader, StorageError> => {
+  const dir = path.join(options.directory, handle)
+  const reader: ShapeLogReader = {
+    handle,
+    latestOffset: attempt(handle, () => ShapeLogReaderFiles.latestOffset(dir, handle)).pipe(
+      Effect.withSpan("ShapeLogReader.latestOffset")
+    ),
+    read: (from) =>
+      attempt(handle, () => ShapeLogReaderFiles.read(dir, handle, from)).pipe(Effect.withSpan("ShapeLogReader.read"))
+  }
+  return attempt(handle, () => ShapeLogReaderFiles.check(dir, handle)).pipe(
+    Effect.as(reader),
+    Effect.withSpan("ShapeLogStorage.openReader")
+  )
+}

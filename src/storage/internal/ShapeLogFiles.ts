@@ -18,25 +18,16 @@ import {
   writeAt,
   writePointer
 } from "./files.js"
+import { type CommitEnd, readCommittedLog, readSnapshotChunk, snapshotChunkAfter } from "./committedRead.js"
 
-/** Below this many candidate lines the index search reads them all in one go. */
-const SEARCH_BLOCK_LINES = 256
 /** How many recent commit ends are remembered, so that a reader resuming at one needs no index search. */
 const RECENT_COMMITS = 32
-const NEWLINE = 0x0a
-const COMMA = 0x2c
 
 const EMPTY = new Uint8Array(0)
 
 type Latch = Deferred.Deferred<void>
 const newLatch = (): Latch => Deferred.unsafeMake<void>(FiberId.none)
 const release = (latch: Latch): void => Deferred.unsafeDone(latch, Effect.void)
-
-interface CommitEnd {
-  readonly offset: LogOffset
-  readonly lines: number
-  readonly pos: number
-}
 
 /**
  * The files and in-memory state of one open shape log. Plain async code: the
@@ -403,127 +394,23 @@ export class ShapeLogFiles {
   }
 
 
-  /**
-   * Reads after `from`; the caller has waited for the snapshot to complete.
-   * Snapshot chunk reads never report `reachedEnd`: their next offset `0_n`
-   * lies below `0_inf`, so the client always asks once more and meets the log.
-   */
+  /** Reads after `from` within the committed state; the caller has waited for the snapshot to complete. */
   read(from: LogOffset): Promise<LogRead> {
-    return this.using(async () => {
-      if (LogOffset.isBeforeAll(from)) return this.readSnapshotChunk(0)
-      if (LogOffset.isVirtual(from) && from.op !== Infinity && from.op + 1 < this.snapshotChunkBytes.length) {
-        return this.readSnapshotChunk(from.op + 1)
-      }
-      return this.readLog(from)
+    return this.using(() => {
+      const n = snapshotChunkAfter(from, this.snapshotChunkBytes.length)
+      if (n !== undefined) return readSnapshotChunk(this.dir, n, this.snapshotChunkBytes[n]!)
+      return readCommittedLog({
+        handle: this.handle,
+        lines: this.lines,
+        logBytes: this.logBytes,
+        lastOffset: this.lastOffset,
+        closedChunks: this.closedChunks,
+        chunkCount: this.closedChunks.length,
+        recent: this.recent,
+        log: this.log,
+        index: this.index
+      }, from)
     })
-  }
-
-  private async readSnapshotChunk(n: number): Promise<LogRead> {
-    const size = this.snapshotChunkBytes[n]!
-    const nextOffset = LogOffset.make(0n, n)
-    if (size === 0) return { body: EMPTY, count: 0, nextOffset, reachedEnd: false }
-    const fh = await fs.open(path.join(this.dir, FileNames.snapshot(n)), "r")
-    let buf: Buffer
-    try {
-      buf = await readRange(fh, 0, size)
-    } finally {
-      await fh.close()
-    }
-    let count = 0
-    let i = buf.indexOf(NEWLINE)
-    while (i !== -1) {
-      buf[i] = COMMA
-      count++
-      i = buf.indexOf(NEWLINE, i + 1)
-    }
-    return { body: buf.subarray(0, size - 1), count, nextOffset, reachedEnd: false }
-  }
-
-  private async readLog(from: LogOffset): Promise<LogRead> {
-    const lines = this.lines
-    const logBytes = this.logBytes
-    const last = this.lastOffset
-    const chunkCount = this.closedChunks.length
-    if (last === undefined || LogOffset.lte(last, from)) {
-      return { body: EMPTY, count: 0, nextOffset: LogOffset.max(from, this.latestOffset()), reachedEnd: true }
-    }
-
-    // the first chunk whose end lies past `from`; the open chunk when none does
-    let lo = 0
-    let hi = chunkCount
-    while (lo < hi) {
-      const mid = (lo + hi) >>> 1
-      if (LogOffset.gt(this.closedChunks[mid]!.endOffset, from)) hi = mid
-      else lo = mid + 1
-    }
-    const k = lo
-    const previous = k > 0 ? this.closedChunks[k - 1] : undefined
-    const chunkStartLine = previous?.endLine ?? 0
-    const chunkStartPos = previous?.endPos ?? 0
-    const chunk = k < chunkCount ? this.closedChunks[k]! : undefined
-    const endLine = chunk?.endLine ?? lines
-    const endPos = chunk?.endPos ?? logBytes
-    const nextOffset = chunk?.endOffset ?? last
-
-    let startLine: number
-    let startPos: number
-    const resume = this.recent.find((c) => LogOffset.equals(c.offset, from))
-    if (
-      (previous !== undefined && LogOffset.equals(previous.endOffset, from)) ||
-      (previous === undefined && !LogOffset.isReal(from))
-    ) {
-      startLine = chunkStartLine
-      startPos = chunkStartPos
-    } else if (resume !== undefined && resume.lines >= chunkStartLine && resume.lines < endLine) {
-      startLine = resume.lines
-      startPos = resume.pos
-    } else {
-      ;[startLine, startPos] = await this.search(chunkStartLine, endLine, chunkStartPos, from)
-    }
-
-    const buf = await readRange(this.log, startPos, endPos - startPos)
-    let i = buf.indexOf(NEWLINE)
-    while (i !== -1) {
-      buf[i] = COMMA
-      i = buf.indexOf(NEWLINE, i + 1)
-    }
-    return {
-      body: buf.subarray(0, buf.length - 1),
-      count: endLine - startLine,
-      nextOffset,
-      reachedEnd: endLine === lines
-    }
-  }
-
-  /**
-   * Finds the first line in `[lo, hi)` whose offset is above `from` (one
-   * exists: the chunk ends past `from`), and the byte position where it starts.
-   */
-  private async search(lo: number, hi: number, chunkStartPos: number, from: LogOffset): Promise<[number, number]> {
-    const base = lo
-    const probe = Buffer.allocUnsafe(INDEX_RECORD_BYTES)
-    while (hi - lo > SEARCH_BLOCK_LINES) {
-      const mid = (lo + hi) >>> 1
-      await this.readIndexInto(probe, mid)
-      if (recordAbove(probe, 0, from)) hi = mid + 1
-      else lo = mid + 1
-    }
-    const first = lo > base ? lo - 1 : lo
-    const block = await readRange(this.index, first * INDEX_RECORD_BYTES, (hi - first) * INDEX_RECORD_BYTES)
-    for (let line = lo; line < hi; line++) {
-      if (recordAbove(block, (line - first) * INDEX_RECORD_BYTES, from)) {
-        const pos = line === base ? chunkStartPos : block.readDoubleLE((line - 1 - first) * INDEX_RECORD_BYTES + 16)
-        return [line, pos]
-      }
-    }
-    throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "the offset index is out of order" })
-  }
-
-  private async readIndexInto(buf: Buffer, line: number): Promise<void> {
-    const { bytesRead } = await this.index.read(buf, 0, INDEX_RECORD_BYTES, line * INDEX_RECORD_BYTES)
-    if (bytesRead !== INDEX_RECORD_BYTES) {
-      throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "the offset index is truncated" })
-    }
   }
 }
 
@@ -535,8 +422,3 @@ export const ioError = (handle: string | undefined, cause: unknown): StorageErro
     message: cause instanceof Error ? cause.message : String(cause),
     cause
   })
-
-const recordAbove = (buf: Buffer, at: number, from: LogOffset): boolean => {
-  const tx = buf.readBigUInt64LE(at)
-  return tx !== from.tx ? tx > from.tx : buf.readDoubleLE(at + 8) > from.op
-}

@@ -1,0 +1,49 @@
+import { SqlClient } from "@effect/sql"
+import { Context, Effect, Layer, Option } from "effect"
+import { ShapeHandle } from "../domain/ShapeHandle.js"
+import { type InvalidRequest, type PostgresError, RegistryError, type StorageError } from "../domain/errors.js"
+import { Inspector } from "../postgres/Inspector.js"
+import { openReader, type ShapeLogReader, type ShapeLogStorageOptions } from "../storage/ShapeLogStorage.js"
+import { resolveSpec, type ResolvedSpec, type ShapeSpec } from "./ShapeResolver.js"
+
+/**
+ * Existing shapes served while another process owns the slot (a rolling
+ * restart): every lookup asks SQLite and every read asks the files, because
+ * the owner keeps creating shapes and committing logs. Nothing is written.
+ */
+export class ReadOnlyShapes extends Context.Tag("syncline/ReadOnlyShapes")<ReadOnlyShapes, {
+  readonly resolve: (spec: ShapeSpec) => Effect.Effect<ResolvedSpec, InvalidRequest | PostgresError>
+  /** The handle of a definition's shape whose snapshot is complete. */
+  readonly byIdentity: (identity: string) => Effect.Effect<Option.Option<ShapeHandle>, RegistryError>
+  /** The identity of a handle's shape, when it exists and its snapshot is complete. */
+  readonly identityOf: (handle: string) => Effect.Effect<Option.Option<string>, RegistryError>
+  readonly reader: (handle: ShapeHandle) => Effect.Effect<ShapeLogReader, StorageError>
+}>() {
+  static readonly layer = (
+    storage: ShapeLogStorageOptions
+  ): Layer.Layer<ReadOnlyShapes, never, SqlClient.SqlClient | Inspector> =>
+    Layer.effect(
+      ReadOnlyShapes,
+      Effect.gen(function*() {
+        const sql = yield* SqlClient.SqlClient
+        const inspector = yield* Inspector
+        const fail = (operation: string) => (cause: unknown) => new RegistryError({ operation, cause })
+        return ReadOnlyShapes.of({
+          resolve: (spec) => resolveSpec(inspector, spec),
+          byIdentity: (identity) =>
+            sql<{ handle: string }>`SELECT handle FROM shapes
+              WHERE identity = ${identity} AND snapshot_complete = 1 AND removing = 0`.pipe(
+              Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), (r) => ShapeHandle(r.handle))),
+              Effect.mapError(fail("byIdentity"))
+            ),
+          identityOf: (handle) =>
+            sql<{ identity: string }>`SELECT identity FROM shapes
+              WHERE handle = ${handle} AND snapshot_complete = 1 AND removing = 0`.pipe(
+              Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), (r) => r.identity)),
+              Effect.mapError(fail("identityOf"))
+            ),
+          reader: (handle) => openReader(storage, handle)
+        })
+      })
+    )
+}

@@ -1,0 +1,168 @@
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import { LogOffset } from "../../domain/LogOffset.js"
+import { StorageError } from "../../domain/errors.js"
+import type { LogRead } from "../ShapeLogStorage.js"
+import { type ChunkEnd, FileNames, INDEX_RECORD_BYTES, readRange } from "./files.js"
+
+/** Below this many candidate lines the index search reads them all in one go. */
+const SEARCH_BLOCK_LINES = 256
+const NEWLINE = 0x0a
+const COMMA = 0x2c
+
+const EMPTY = new Uint8Array(0)
+
+/** Where a commit ended in the log: lets a reader resuming at that offset skip the index search. */
+export interface CommitEnd {
+  readonly offset: LogOffset
+  readonly lines: number
+  readonly pos: number
+}
+
+/**
+ * The committed part of a shape's log, as one read sees it: the lengths come
+ * from a commit pointer (in memory for the owner, on disk for a read-only
+ * reader), so bytes past them, appended but not committed, are never read.
+ */
+export interface CommittedLog {
+  readonly handle: string
+  readonly lines: number
+  readonly logBytes: number
+  readonly lastOffset: LogOffset | undefined
+  /** Closed chunks in order; only the first `chunkCount` are covered by the commit. */
+  readonly closedChunks: ReadonlyArray<ChunkEnd>
+  readonly chunkCount: number
+  readonly recent: ReadonlyArray<CommitEnd>
+  readonly log: fs.FileHandle
+  readonly index: fs.FileHandle
+}
+
+/**
+ * Which snapshot chunk a read after `from` serves, or undefined when it reads
+ * the log. `-1` starts at chunk 0; `0_n` moves to chunk `n + 1` while there is one.
+ */
+export const snapshotChunkAfter = (from: LogOffset, chunkCount: number): number | undefined => {
+  if (LogOffset.isBeforeAll(from)) return 0
+  if (LogOffset.isVirtual(from) && from.op !== Infinity && from.op + 1 < chunkCount) return from.op + 1
+  return undefined
+}
+
+/**
+ * Serves snapshot chunk `n` (its first `size` bytes). Snapshot chunk reads
+ * never report `reachedEnd`: their next offset `0_n` lies below `0_inf`, so the
+ * client always asks once more and meets the log.
+ */
+export const readSnapshotChunk = async (dir: string, n: number, size: number): Promise<LogRead> => {
+  const nextOffset = LogOffset.make(0n, n)
+  if (size === 0) return { body: EMPTY, count: 0, nextOffset, reachedEnd: false }
+  const fh = await fs.open(path.join(dir, FileNames.snapshot(n)), "r")
+  let buf: Buffer
+  try {
+    buf = await readRange(fh, 0, size)
+  } finally {
+    await fh.close()
+  }
+  let count = 0
+  let i = buf.indexOf(NEWLINE)
+  while (i !== -1) {
+    buf[i] = COMMA
+    count++
+    i = buf.indexOf(NEWLINE, i + 1)
+  }
+  return { body: buf.subarray(0, size - 1), count, nextOffset, reachedEnd: false }
+}
+
+/**
+ * Reads the log after `from` (exclusive) to the end of the chunk that holds the
+ * next entry, within the committed lengths only. The snapshot is complete.
+ */
+export const readCommittedLog = async (c: CommittedLog, from: LogOffset): Promise<LogRead> => {
+  const last = c.lastOffset
+  if (last === undefined || LogOffset.lte(last, from)) {
+    return { body: EMPTY, count: 0, nextOffset: LogOffset.max(from, last ?? LogOffset.lastBeforeReal), reachedEnd: true }
+  }
+
+  // the first chunk whose end lies past `from`; the open chunk when none does
+  let lo = 0
+  let hi = c.chunkCount
+  while (lo < hi) {
+    const mid = (lo + hi) >>> 1
+    if (LogOffset.gt(c.closedChunks[mid]!.endOffset, from)) hi = mid
+    else lo = mid + 1
+  }
+  const k = lo
+  const previous = k > 0 ? c.closedChunks[k - 1] : undefined
+  const chunkStartLine = previous?.endLine ?? 0
+  const chunkStartPos = previous?.endPos ?? 0
+  const chunk = k < c.chunkCount ? c.closedChunks[k]! : undefined
+  const endLine = chunk?.endLine ?? c.lines
+  const endPos = chunk?.endPos ?? c.logBytes
+  const nextOffset = chunk?.endOffset ?? last
+
+  let startLine: number
+  let startPos: number
+  const resume = c.recent.find((r) => LogOffset.equals(r.offset, from))
+  if (
+    (previous !== undefined && LogOffset.equals(previous.endOffset, from)) ||
+    (previous === undefined && !LogOffset.isReal(from))
+  ) {
+    startLine = chunkStartLine
+    startPos = chunkStartPos
+  } else if (resume !== undefined && resume.lines >= chunkStartLine && resume.lines < endLine) {
+    startLine = resume.lines
+    startPos = resume.pos
+  } else {
+    ;[startLine, startPos] = await search(c, chunkStartLine, endLine, chunkStartPos, from)
+  }
+
+  const buf = await readRange(c.log, startPos, endPos - startPos)
+  let i = buf.indexOf(NEWLINE)
+  while (i !== -1) {
+    buf[i] = COMMA
+    i = buf.indexOf(NEWLINE, i + 1)
+  }
+  return {
+    body: buf.subarray(0, buf.length - 1),
+    count: endLine - startLine,
+    nextOffset,
+    reachedEnd: endLine === c.lines
+  }
+}
+
+/**
+ * Finds the first line in `[lo, hi)` whose offset is above `from` (one
+ * exists: the chunk ends past `from`), and the byte position where it starts.
+ */
+const search = async (
+  c: CommittedLog,
+  lo: number,
+  hi: number,
+  chunkStartPos: number,
+  from: LogOffset
+): Promise<[number, number]> => {
+  const base = lo
+  const probe = Buffer.allocUnsafe(INDEX_RECORD_BYTES)
+  while (hi - lo > SEARCH_BLOCK_LINES) {
+    const mid = (lo + hi) >>> 1
+    const { bytesRead } = await c.index.read(probe, 0, INDEX_RECORD_BYTES, mid * INDEX_RECORD_BYTES)
+    if (bytesRead !== INDEX_RECORD_BYTES) {
+      throw new StorageError({ reason: "Corrupt", handle: c.handle, message: "the offset index is truncated" })
+    }
+    if (recordAbove(probe, 0, from)) hi = mid + 1
+    else lo = mid + 1
+  }
+  const first = lo > base ? lo - 1 : lo
+  const block = await readRange(c.index, first * INDEX_RECORD_BYTES, (hi - first) * INDEX_RECORD_BYTES)
+  for (let line = lo; line < hi; line++) {
+    if (recordAbove(block, (line - first) * INDEX_RECORD_BYTES, from)) {
+      const pos = line === base ? chunkStartPos : block.readDoubleLE((line - 1 - first) * INDEX_RECORD_BYTES + 16)
+      return [line, pos]
+    }
+  }
+  throw new StorageError({ reason: "Corrupt", handle: c.handle, message: "the offset index is out of order" })
+}
+
+const recordAbove = (buf: Buffer, at: number, from: LogOffset): boolean => {
+  const tx = buf.readBigUInt64LE(at)
+  return tx !== from.tx ? tx > from.tx : buf.readDoubleLE(at + 8) > from.op
+}
