@@ -21,4 +21,14 @@ const program = Effect.flatMap(StackSupervisor, (supervisor) => supervisor.fatal
   )
 )
 
+// A graceful stop releases long-polls, flushes, acks and exits 0; one that overruns the budget is cut short.
+for (const signal of ["SIGTERM", "SIGINT"] as const) {
+  process.once(signal, () => {
+    setTimeout(() => {
+      console.error(`syncline: shutdown took longer than ${settings.right.shutdownTimeoutMs} ms; exiting`)
+      process.exit(1)
+    }, settings.right.shutdownTimeoutMs).unref()
+  })
+}
+
 NodeRuntime.runMain(program)

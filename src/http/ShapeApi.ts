@@ -512,6 +512,17 @@ const optionsShape = Effect.map(HttpServerRequest.HttpServerRequest, (request) =
   })
 })
 
+/** `POST /v1/admin/restart`: closes the stack and builds a new one in this process (integration testing only). */
+const restartStack = Effect.gen(function*() {
+  const settings = yield* StackConfig
+  if (!settings.enableIntegrationTesting) {
+    return jsonResponse(405, JSON.stringify({ message: "restart not allowed" }), cacheControl({ _tag: "nonGet" }))
+  }
+  const supervisor = yield* StackSupervisor
+  yield* supervisor.restart
+  return HttpServerResponse.empty({ status: 202, headers: cacheControl({ _tag: "nonGet" }) })
+})
+
 const health = Effect.gen(function*() {
   const supervisor = yield* StackSupervisor
   const status = yield* supervisor.status.get
@@ -544,6 +555,7 @@ export const ShapeApi = HttpRouter.empty.pipe(
   HttpRouter.del("/v1/shape", finish(deleteShape)),
   HttpRouter.options("/v1/shape", optionsShape),
   HttpRouter.get("/v1/health", health),
+  HttpRouter.post("/v1/admin/restart", restartStack),
   HttpRouter.get("/", Effect.succeed(HttpServerResponse.empty({ status: 200 }))),
   HttpRouter.all("*", Effect.succeed(HttpServerResponse.text("Not found", { status: 404 }))),
   HttpRouter.catchAllCause(internalError),

@@ -255,6 +255,20 @@ describe("ShapeLogReader", () => {
       expect((yield* Effect.flip(openReader(options, ShapeHandle("never-existed")))).reason).toBe("Removed")
     }))
 
+  it.scoped("a pointer that stays unreadable is Corrupt, and is left as it is", () =>
+    Effect.gen(function*() {
+      const { options, storage } = yield* withWriter
+      const handle = ShapeHandle("reader-corrupt")
+      const log = yield* storage.open(handle)
+      yield* log.completeSnapshot
+      const pointerFile = path.join(options.directory, handle, "commit.json")
+      yield* Effect.promise(() => fs.writeFile(pointerFile, "{\"version\":1,"))
+      const reader = yield* openReader(options, handle)
+      expect((yield* Effect.flip(reader.read(LogOffset.beforeAll))).reason).toBe("Corrupt")
+      expect((yield* Effect.flip(reader.latestOffset)).reason).toBe("Corrupt")
+      expect(yield* Effect.promise(() => fs.readFile(pointerFile, "utf8"))).toBe("{\"version\":1,")
+    }))
+
   it.scopedLive("reads while the owner keeps committing see whole commits only", () =>
     Effect.gen(function*() {
       const { options, storage } = yield* withWriter
