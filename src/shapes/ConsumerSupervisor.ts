@@ -1,6 +1,7 @@
 import { Context, Deferred, Effect, FiberMap, Layer, Queue } from "effect"
 import type { Transaction } from "../domain/Change.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
+import type { StorageError } from "../domain/errors.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
 import type { Delivery } from "../replication/ShapeLogCollector.js"
 import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
@@ -30,6 +31,8 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
   readonly unregister: (handle: ShapeHandle) => Effect.Effect<void>
   /** Shapes whose consumer found them invalid (e.g. truncated); the shape cache removes them. */
   readonly invalidations: Queue.Dequeue<Invalidation>
+  /** Fails when a consumer cannot write its log: the stack must restart. */
+  readonly failure: Effect.Effect<never, StorageError>
 }>() {
   static readonly layer: Layer.Layer<ConsumerSupervisor, never, FlushTracker | ShapeLogStorage> = Layer.scoped(
     ConsumerSupervisor,
@@ -39,6 +42,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
       const fibers = yield* FiberMap.make<ShapeHandle>()
       const registered = new Map<ShapeHandle, Registered>()
       const invalidations = yield* Queue.unbounded<Invalidation>()
+      const failed = yield* Deferred.make<never, StorageError>()
 
       const start = (reg: Registered): Effect.Effect<Queue.Queue<Work>> =>
         Effect.gen(function*() {
@@ -55,10 +59,12 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
               invalidate: (reason) => Queue.offer(invalidations, { handle, reason })
             })
           ).pipe(
+            // A log that cannot be written is a fault of the stack, not of the shape: the stack restarts
+            // and the shape (and what it already made durable) stays.
             Effect.catchAll((error) =>
               Effect.zipRight(
-                Effect.logError(`consumer of shape ${handle} failed; the shape will be removed`, error),
-                Queue.offer(invalidations, { handle, reason: `its log could not be written: ${error.message}` })
+                Effect.logError(`consumer of shape ${handle} failed; restarting the stack`, error),
+                Deferred.fail(failed, error)
               )
             ),
             Effect.ensuring(
@@ -95,7 +101,8 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
             registered.delete(handle)
             return Effect.zipRight(FiberMap.remove(fibers, handle), tracker.forget(handle))
           }),
-        invalidations
+        invalidations,
+        failure: Deferred.await(failed)
       })
     })
   )

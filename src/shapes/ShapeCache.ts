@@ -73,15 +73,17 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           matches: shape.where?.matches
         })
 
+      // One operation, never split by an interruption: mark, unroute, stop, delete files, delete the row last.
+      // A crash half way leaves the row marked, and the next boot finishes it.
       const removeNow = (handle: ShapeHandle) =>
-        Effect.gen(function*() {
+        Effect.uninterruptible(Effect.gen(function*() {
           yield* status.markRemoving(handle)
           shapes.delete(handle)
           collector.removeShape(handle)
           yield* consumers.unregister(handle)
           yield* storage.remove(handle)
           yield* status.delete(handle)
-        })
+        }))
 
       // Removals interrupted half way, and snapshots that never completed, are finished first.
       for (const handle of yield* status.unfinished) {

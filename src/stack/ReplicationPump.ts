@@ -14,7 +14,7 @@ const MAX_IN_FLIGHT = 20_000
  * shapes it touches. It is the first thing to stop when the stack closes.
  */
 export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<ReplicationPump, {
-  /** Fails when the replication stream fails; never succeeds. */
+  /** Fails when the replication stream or a consumer's log fails; never succeeds. */
   readonly failure: Effect.Effect<never, ReplicationError | StorageError>
 }>() {
   static readonly layer: Layer.Layer<
@@ -43,7 +43,7 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
         Effect.catchAll((error) => Deferred.fail(failure, error)),
         Effect.forkScoped
       )
-      return ReplicationPump.of({ failure: Deferred.await(failure) })
+      return ReplicationPump.of({ failure: Effect.raceFirst(Deferred.await(failure), consumers.failure) })
     })
   )
 }
