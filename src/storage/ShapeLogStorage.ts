@@ -173,8 +173,16 @@ export const make = (
       readonly log: ShapeLog
     }
     const logs = new Map<string, Promise<Opened>>()
+    // Once the stack's scope closes, a caller still holding this storage (a request of the old stack) must
+    // not open a log: opening recovers, and recovery truncates files the next stack may be writing.
+    let accepting = true
 
     const openCached = (handle: ShapeHandle): Promise<Opened> => {
+      if (!accepting) {
+        return Promise.reject(
+          new StorageError({ reason: "Closed", handle, message: "the storage of a stopped stack" })
+        )
+      }
       const cached = logs.get(handle)
       if (cached !== undefined) {
         return cached.then((entry) => {
@@ -196,6 +204,7 @@ export const make = (
 
     yield* Effect.addFinalizer(() =>
       Effect.promise(async () => {
+        accepting = false
         const entries = await Promise.all([...logs.values()].map((p) => p.catch(() => undefined)))
         logs.clear()
         await Promise.all(entries.map((entry) => entry?.files.shutdown("closed")))
@@ -209,6 +218,7 @@ export const make = (
 
     const remove = Effect.fn("ShapeLogStorage.remove")(function*(handle: ShapeHandle) {
       yield* attempt(handle, async () => {
+        if (!accepting) throw new StorageError({ reason: "Closed", handle, message: "the storage of a stopped stack" })
         const cached = logs.get(handle)
         logs.delete(handle)
         const entry = await cached?.catch(() => undefined)

@@ -395,4 +395,25 @@ describe("ShapeLogStorage", () => {
       yield* storage.remove(handle)
       expect((yield* Fiber.join(reader)).reason).toBe("Removed")
     }))
+
+  it.scoped("a stopped stack's storage refuses to open or remove logs, so it never truncates the next stack's files", () =>
+    Effect.gen(function*() {
+      const dir = yield* tempDir
+      const first = yield* openIn(dir)
+      const handle = ShapeHandle("after-close")
+      const log = yield* first.storage.open(handle)
+      yield* withSnapshot(log, ["{\"a\":1}"])
+      yield* log.append([entry(5, 0)])
+      yield* log.commit
+      yield* first.close
+      const second = yield* openIn(dir)
+      const next = yield* second.storage.open(handle)
+      yield* next.append([entry(6, 0)])
+      const opened = yield* Effect.flip(first.storage.open(handle))
+      expect(opened.reason).toBe("Closed")
+      expect((yield* Effect.flip(first.storage.remove(handle))).reason).toBe("Closed")
+      yield* next.commit
+      expect(LogOffset.format(next.latestOffset())).toBe("6_0")
+      yield* second.close
+    }))
 })
