@@ -1,3 +1,4 @@
+import * as fs from "node:fs/promises"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFailed } from "vitest"
 import { Lsn } from "../src/domain/Lsn.js"
@@ -25,7 +26,7 @@ interface Message {
 }
 
 let pool: pg.Pool
-let storageDir: string
+let storageDir: string | undefined
 const services: Array<ChildService> = []
 
 beforeAll(async () => {
@@ -42,6 +43,7 @@ afterAll(async () => {
   await stopAllChildren()
   await dropReplication(pool, STREAM)
   await pool.end()
+  if (storageDir !== undefined) await fs.rm(storageDir, { recursive: true, force: true })
 })
 
 const sleep = (ms: number) => new Promise((r) => setTimeout(r, ms))
@@ -64,7 +66,7 @@ const startService = async (): Promise<{ child: ChildService; baseUrl: string }>
       ELECTRIC_INSECURE: "true",
       ELECTRIC_PORT: String(port),
       ELECTRIC_REPLICATION_STREAM_ID: STREAM,
-      ELECTRIC_STORAGE_DIR: storageDir,
+      ELECTRIC_STORAGE_DIR: storageDir!,
       ELECTRIC_LONG_POLL_TIMEOUT: "2000"
     })
   })
