@@ -78,11 +78,16 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
           return Deferred.succeed(old, undefined)
         })
 
-        const afterProgress = (moved: boolean) =>
-          moved ? Effect.zipRight(Effect.suspend(() => {
-            sentAck = acked
-            return replication.ack(acked)
-          }), signal) : Effect.void
+        // An ack counts as sent once it returned: one cut mid-call (its caller interrupted) is sent again by the next tick.
+        const sendAck = Effect.suspend(() => {
+          const value = acked
+          return Effect.tap(replication.ack(value), () =>
+            Effect.sync(() => {
+              if (value > sentAck) sentAck = value
+            }))
+        })
+
+        const afterProgress = (moved: boolean) => (moved ? Effect.zipRight(sendAck, signal) : Effect.void)
 
         const persist = Effect.suspend(() => {
           if (lastProcessed === persisted) return Effect.void
@@ -96,11 +101,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
 
         const tick = Effect.zipRight(
           persist,
-          Effect.suspend(() => {
-            if (acked <= sentAck) return Effect.void
-            sentAck = acked
-            return replication.ack(acked)
-          })
+          Effect.suspend(() => (acked <= sentAck ? Effect.void : sendAck))
         )
         yield* tick.pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkScoped)
         // The final ack and position, when the stack stops: consumers are gone by now, so this is the last word.

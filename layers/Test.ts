@@ -1,0 +1,59 @@
+import { HttpServer } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
+import { Layer } from "effect"
+import * as path from "node:path"
+import { StackConfig, type StackSettings } from "../src/config/StackConfig.js"
+import { ShapeApi } from "../src/http/ShapeApi.js"
+import { ShutdownSignal } from "../src/http/ShutdownSignal.js"
+import { StackSupervisor } from "../src/stack/StackSupervisor.js"
+import { FakeInspector } from "../test/support/fakes/FakeInspector.js"
+import { FakePgAdmin } from "../test/support/fakes/FakePgAdmin.js"
+import type { FakePostgres } from "../test/support/fakes/FakePostgres.js"
+import { FakeReplication } from "../test/support/fakes/FakeReplication.js"
+import { FakeSnapshot } from "../test/support/fakes/FakeSnapshot.js"
+import { RecordedShapeDb } from "../test/support/fakes/RecordedShapeDb.js"
+import { makeStack } from "./Stack.js"
+
+/** Where a test stack keeps its durable state: SQLite and shape logs, real files that outlive each stack. */
+export interface TestDirs {
+  readonly storageDir: string
+}
+
+/**
+ * A stack on the in-memory Postgres: real SQLite and shape storage under
+ * `dirs`, fakes for the catalog, the admin side (advisory lock included), the
+ * snapshot and the replication connection. `holder` names this process for
+ * the advisory lock.
+ */
+export const TestStack = (db: FakePostgres, dirs: TestDirs, holder = "syncline") =>
+  makeStack({
+    infrastructure: Layer.mergeAll(
+      RecordedShapeDb.layer(db, dirs.storageDir),
+      FakeInspector.layer(db),
+      FakePgAdmin.layer(db, holder),
+      FakeSnapshot.layer(db)
+    ),
+    replication: FakeReplication.layer(db),
+    storage: { directory: path.join(dirs.storageDir, "shapes"), chunkBytesThreshold: 10_485_760 }
+  })
+
+/**
+ * The HTTP API on a test stack, as `layers/Server.ts` wires it: a test server
+ * on port 0 with an `HttpClient` aimed at it, the stack supervisor, the
+ * shutdown signal and the settings. Request handlers share the test's clock.
+ */
+export const TestServer = (
+  db: FakePostgres,
+  dirs: TestDirs,
+  settings: Partial<StackSettings> = {},
+  holder = "syncline"
+) => {
+  const infrastructure = NodeHttpServer.layerTest.pipe(
+    Layer.provideMerge(StackSupervisor.layer(TestStack(db, dirs, holder))),
+    Layer.provideMerge(ShutdownSignal.layer),
+    Layer.provideMerge(
+      StackConfig.layerWith({ storageDir: dirs.storageDir, enableIntegrationTesting: true, ...settings })
+    )
+  )
+  return Layer.merge(HttpServer.serve(ShapeApi), ShutdownSignal.drain).pipe(Layer.provideMerge(infrastructure))
+}

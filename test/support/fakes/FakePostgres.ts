@@ -1,0 +1,262 @@
+import { Deferred, Effect, Exit, FiberId, Stream } from "effect"
+import type { Change, Relation, Row, Transaction } from "../../../src/domain/Change.js"
+import type { Lsn } from "../../../src/domain/Lsn.js"
+import type { ColumnInfo, TableInfo, TableRef } from "../../../src/domain/Table.js"
+import type { SnapshotInfo } from "../../../src/postgres/Snapshot.js"
+import { Intercept } from "./Intercept.js"
+
+const TEXT_OID = 25
+
+/** A table whose columns are all `text`, keyed by its first column: what the fakes need of a catalog entry. */
+export const textTable = (oid: number, name: string, columns: ReadonlyArray<string>): TableInfo => ({
+  oid,
+  schema: "public",
+  name,
+  columns: columns.map((column, i): ColumnInfo => ({
+    name: column,
+    attnum: i + 1,
+    typeName: "text",
+    typeOid: TEXT_OID,
+    elementTypeOid: TEXT_OID,
+    typeKind: "b",
+    baseTypeName: "text",
+    dims: 0,
+    typeMod: -1,
+    notNull: i === 0,
+    pkIndex: i === 0 ? 0 : undefined
+  })),
+  pk: [columns[0]!]
+})
+
+/** One write of a fake transaction. */
+export type FakeWrite =
+  | { readonly kind: "insert"; readonly table: string; readonly row: Row }
+  | { readonly kind: "update"; readonly table: string; readonly row: Row }
+  | { readonly kind: "delete"; readonly table: string; readonly key: string }
+
+interface FakeTable {
+  readonly info: TableInfo
+  readonly relation: Relation
+  readonly rows: Map<string, Row>
+}
+
+/** The gap between two non-adjacent commits, and the size of a commit record. */
+const WAL_GAP = 0x100n
+const COMMIT_RECORD = 0x30n
+
+/**
+ * An in-memory Postgres that outlives the stacks built on it: tables of text
+ * rows, an xid counter, a WAL position, one logical slot and the slot's
+ * advisory lock. The slot follows Postgres's rule on every (re)connection: it
+ * sends, in commit order, every committed transaction whose commit LSN is at
+ * or above `confirmed_flush_lsn`, then new commits as they happen.
+ *
+ * `events` records what the fakes see, in order (connections, acks, lock,
+ * releases): teardown-order tests read it.
+ */
+export class FakePostgres {
+  /** What the fakes saw, in order. */
+  readonly events: Array<string> = []
+  /** Every ack the slot received (from every connection), in order. */
+  readonly acks: Array<Lsn> = []
+  /** Interceptions tests arm: the next ack, the next catalog load, the next SQLite statement of the registry. */
+  readonly intercept = {
+    ack: new Intercept<Lsn>(),
+    load: new Intercept<TableRef>(),
+    sql: new Intercept<string>()
+  }
+  /** When true, acks are recorded but never reach `confirmedFlush` (as if the standby status was lost). */
+  dropAcks = false
+
+  private readonly tables = new Map<string, FakeTable>()
+  private readonly committed: Array<Transaction> = []
+  private confirmed: Lsn = 0n
+  private nextXid = 1000
+  private wal: Lsn = 0x1000000n
+  private lastEnd: Lsn = 0n
+  private paused = false
+  private lockHolder: string | undefined
+  private changed = Deferred.unsafeMake<void>(FiberId.none)
+
+  constructor(tables: ReadonlyArray<TableInfo>) {
+    for (const info of tables) {
+      this.tables.set(info.name, {
+        info,
+        rows: new Map(),
+        relation: {
+          oid: info.oid,
+          schema: info.schema,
+          name: info.name,
+          replicaIdentity: "f",
+          columns: info.columns.map((c) => ({ name: c.name, typeOid: c.typeOid, typeMod: c.typeMod, isKey: true }))
+        }
+      })
+    }
+  }
+
+  /** The catalog: every table this database has. */
+  get catalog(): ReadonlyArray<TableInfo> {
+    return [...this.tables.values()].map((t) => t.info)
+  }
+
+  /** The slot's `confirmed_flush_lsn`. */
+  get confirmedFlush(): Lsn {
+    return this.confirmed
+  }
+
+  /** Every committed transaction, in commit order. */
+  get transactions(): ReadonlyArray<Transaction> {
+    return this.committed
+  }
+
+  record(event: string): void {
+    this.events.push(event)
+  }
+
+  /** The current rows of a table. */
+  rows(table: string): ReadonlyArray<Row> {
+    return [...this.table(table).rows.values()]
+  }
+
+  /** The catalog entry of a table. */
+  info(table: string): TableInfo {
+    return this.table(table).info
+  }
+
+  /**
+   * Commits `writes` as one transaction and appends it to the slot. With
+   * `adjacent`, its commit LSN is the previous commit's end LSN, as Postgres
+   * does when this transaction's data was written before the previous commit.
+   */
+  commit(writes: ReadonlyArray<FakeWrite>, options: { readonly adjacent?: boolean } = {}): Effect.Effect<Transaction> {
+    return Effect.sync(() => {
+      const changes: Array<Change> = []
+      for (const w of writes) {
+        const t = this.table(w.table)
+        const pk = t.info.pk[0]!
+        if (w.kind === "delete") {
+          const old = t.rows.get(w.key)
+          if (old === undefined) throw new Error(`no row ${w.key} in ${w.table}`)
+          t.rows.delete(w.key)
+          changes.push({ kind: "delete", relation: t.relation, old })
+          continue
+        }
+        const key = w.row[pk]
+        if (typeof key !== "string") throw new Error(`a ${w.kind} into ${w.table} needs a text ${pk}`)
+        const old = t.rows.get(key)
+        const row = { ...old, ...w.row }
+        t.rows.set(key, row)
+        if (w.kind === "insert") changes.push({ kind: "insert", relation: t.relation, new: row })
+        else changes.push({ kind: "update", relation: t.relation, old, new: row })
+      }
+      const commitLsn = options.adjacent === true && this.lastEnd > 0n ? this.lastEnd : this.wal + WAL_GAP
+      const endLsn = commitLsn + COMMIT_RECORD
+      this.wal = endLsn
+      this.lastEnd = endLsn
+      const txn: Transaction = {
+        xid: this.nextXid++,
+        commitLsn,
+        endLsn,
+        commitTime: 0n,
+        changes,
+        relations: []
+      }
+      this.committed.push(txn)
+      this.notify()
+      return txn
+    })
+  }
+
+  /** What `pg_current_snapshot()` and `pg_current_wal_lsn()` say now: every committed transaction is visible. */
+  snapshotInfo(rows: number): SnapshotInfo {
+    const next = BigInt(this.nextXid)
+    return { xmin: next, xmax: next, xip: [], lsn: this.wal, rows }
+  }
+
+  /**
+   * One connection's stream: from the first transaction whose commit LSN is at
+   * or above `confirmed_flush_lsn` when the stream starts, then live commits.
+   * Nothing is sent while the slot is paused.
+   */
+  stream(): Stream.Stream<Transaction> {
+    return Stream.suspend(() => {
+      let i = this.committed.findIndex((t) => t.commitLsn >= this.confirmed)
+      if (i < 0) i = this.committed.length
+      const self = this
+      const pull: Effect.Effect<Transaction> = Effect.suspend(function loop(): Effect.Effect<Transaction> {
+        if (!self.paused && i < self.committed.length) return Effect.succeed(self.committed[i++]!)
+        return Effect.flatMap(Deferred.await(self.changed), loop)
+      })
+      return Stream.repeatEffect(pull)
+    })
+  }
+
+  /** Records an ack; `confirmed_flush_lsn` only moves forward. */
+  ack(endLsn: Lsn): void {
+    this.acks.push(endLsn)
+    if (!this.dropAcks && endLsn > this.confirmed) this.confirmed = endLsn
+    this.notify()
+  }
+
+  /** Waits until `confirmed_flush_lsn` reaches `lsn`. */
+  awaitConfirmed(lsn: Lsn): Effect.Effect<void> {
+    const self = this
+    return Effect.suspend(function loop(): Effect.Effect<void> {
+      return self.confirmed >= lsn ? Effect.void : Effect.flatMap(Deferred.await(self.changed), loop)
+    })
+  }
+
+  /** Waits until the slot has received an ack of `lsn` or above (whether or not it counted). */
+  awaitAck(lsn: Lsn): Effect.Effect<void> {
+    const self = this
+    return Effect.suspend(function loop(): Effect.Effect<void> {
+      return self.acks.some((a) => a >= lsn) ? Effect.void : Effect.flatMap(Deferred.await(self.changed), loop)
+    })
+  }
+
+  /** Stops (or resumes) sending transactions on every connection. */
+  pause(paused: boolean): Effect.Effect<void> {
+    return Effect.sync(() => {
+      this.paused = paused
+      this.notify()
+    })
+  }
+
+  /** Takes the slot's advisory lock for `holder`, waiting while another holder has it. */
+  lock(holder: string): Effect.Effect<void> {
+    const self = this
+    return Effect.suspend(function loop(): Effect.Effect<void> {
+      if (self.lockHolder === undefined) {
+        self.lockHolder = holder
+        return Effect.void
+      }
+      return Effect.flatMap(Deferred.await(self.changed), loop)
+    })
+  }
+
+  /** Releases the advisory lock if `holder` has it. */
+  unlock(holder: string): Effect.Effect<void> {
+    return Effect.sync(() => {
+      if (this.lockHolder !== holder) return
+      this.lockHolder = undefined
+      this.notify()
+    })
+  }
+
+  /** Who holds the advisory lock. */
+  get lockedBy(): string | undefined {
+    return this.lockHolder
+  }
+
+  private table(name: string): FakeTable {
+    const t = this.tables.get(name)
+    if (t === undefined) throw new Error(`no table ${name}`)
+    return t
+  }
+
+  private notify(): void {
+    const old = this.changed
+    this.changed = Deferred.unsafeMake<void>(FiberId.none)
+    Deferred.unsafeDone(old, Exit.void)
+  }
+}
