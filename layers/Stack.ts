@@ -1,6 +1,7 @@
 import { Effect, Layer } from "effect"
 import * as path from "node:path"
 import { publicationName, slotName, type StackSettings } from "../src/config/StackConfig.js"
+import { logWhenStopped } from "../src/domain/Lifecycle.js"
 import { Inspector } from "../src/postgres/Inspector.js"
 import { PgAdmin } from "../src/postgres/PgAdmin.js"
 import { PgPool } from "../src/postgres/PgPool.js"
@@ -33,8 +34,8 @@ export interface StackParts<E> {
  * else. Each `provide` is a dependency edge, and Effect releases a layer
  * before what it depends on, so this graph is the teardown order (DESIGN.md):
  *
- *   pump, shape cache -> consumers -> collector -> flush tracker (final ack)
- *   -> replication connection -> slot lock -> registry, storage
+ *   pump -> shape cache -> consumers -> collector -> flush tracker (final ack)
+ *   -> replication connection -> registry, storage -> slot lock
  *   -> (read-only phase) SQLite, pools.
  */
 export const makeStack = <E>(parts: StackParts<E>) => {
@@ -44,6 +45,7 @@ export const makeStack = <E>(parts: StackParts<E>) => {
   // Owning the slot: prerequisites, publication, the advisory lock (held for the stack's life), the slot.
   const slot = Layer.scopedDiscard(
     Effect.gen(function*() {
+      yield* logWhenStopped("slot lock")
       const admin = yield* PgAdmin
       yield* admin.checkPrerequisites
       yield* admin.ensurePublication
@@ -51,12 +53,20 @@ export const makeStack = <E>(parts: StackParts<E>) => {
       yield* admin.ensureSlot
     })
   )
-  const replication = parts.replication.pipe(Layer.provide(slot))
+  // Registry and storage are read and opened only once the slot is ours: another process may own them until then.
+  const registry = ShapeStatus.layer.pipe(Layer.provide(slot))
+  const storage = ShapeLogStorage.layer(parts.storage).pipe(Layer.provide(slot))
+  // The connection closes before the registry: an edge that orders teardown (and starts it after the lock).
+  const replication = parts.replication.pipe(Layer.provide(registry))
   const tracker = FlushTracker.layer.pipe(Layer.provide(replication))
   const collector = ShapeLogCollector.layer.pipe(Layer.provide(tracker))
-  const storage = ShapeLogStorage.layer(parts.storage)
-  const registry = ShapeStatus.layer
-  const consumers = ConsumerSupervisor.layer.pipe(Layer.provide(tracker), Layer.provide(storage), Layer.provide(registry))
+  // Consumers stop before the collector, which stops before the flush tracker's final ack.
+  const consumers = ConsumerSupervisor.layer.pipe(
+    Layer.provide(tracker),
+    Layer.provide(collector),
+    Layer.provide(storage),
+    Layer.provide(registry)
+  )
   const snapshotter = Snapshotter.layer
   const shapeCache = ShapeCache.layer.pipe(
     Layer.provide(consumers),

@@ -11,6 +11,7 @@ import {
   TransactionAssembler,
   XLOG_DATA_HEADER_BYTES
 } from "./PgOutput.js"
+import { logWhenStopped } from "../domain/Lifecycle.js"
 
 /** How to reach the slot: it and its publication must already exist. */
 export interface ReplicationConnectionOptions {
@@ -84,6 +85,7 @@ export const make = (
   options: ReplicationConnectionOptions
 ): Effect.Effect<Context.Tag.Service<ReplicationConnection>, ReplicationError, Scope.Scope> =>
   Effect.gen(function*() {
+    yield* logWhenStopped("ReplicationConnection")
     const statusInterval = Duration.millis(options.statusIntervalMs ?? 10_000)
     const queue = yield* Effect.acquireRelease(Queue.bounded<Transaction>(options.bufferSize ?? 256), Queue.shutdown)
     const failed = yield* Deferred.make<never, ReplicationError>()

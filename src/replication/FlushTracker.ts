@@ -4,6 +4,7 @@ import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import { RegistryError } from "../domain/errors.js"
 import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
+import { logWhenStopped } from "../domain/Lifecycle.js"
 
 interface Pending {
   readonly commitLsn: Lsn
@@ -41,6 +42,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
     Layer.scoped(
       FlushTracker,
       Effect.gen(function*() {
+        yield* logWhenStopped("FlushTracker")
         const sql = yield* SqlClient.SqlClient
         const replication = yield* ReplicationConnection
         const rows = yield* sql<{ value: string }>`SELECT value FROM replication_state WHERE key = 'last_processed_lsn'`.pipe(

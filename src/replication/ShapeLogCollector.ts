@@ -2,6 +2,7 @@ import { Context, Effect, Layer } from "effect"
 import type { Change, Row, Transaction } from "../domain/Change.js"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
+import { logWhenStopped } from "../domain/Lifecycle.js"
 import { FlushTracker } from "./FlushTracker.js"
 
 /** What routing needs to know of a shape. */
@@ -184,8 +185,12 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
  * replay boundary starts at the last commit LSN the flush tracker made durable.
  */
 export class ShapeLogCollector extends Context.Tag("syncline/ShapeLogCollector")<ShapeLogCollector, Router>() {
-  static readonly layer: Layer.Layer<ShapeLogCollector, never, FlushTracker> = Layer.effect(
+  static readonly layer: Layer.Layer<ShapeLogCollector, never, FlushTracker> = Layer.scoped(
     ShapeLogCollector,
-    Effect.map(FlushTracker, (tracker) => makeRouter(tracker.lastProcessedLsn()))
+    Effect.gen(function*() {
+      yield* logWhenStopped("ShapeLogCollector")
+      const tracker = yield* FlushTracker
+      return makeRouter(tracker.lastProcessedLsn())
+    })
   )
 }

@@ -8,6 +8,7 @@ import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { type Invalidation, runConsumer, type Work } from "./Consumer.js"
 import type { Shape } from "./Shape.js"
 import type { SnapshotMark } from "./ShapeStatus.js"
+import { logWhenStopped } from "../domain/Lifecycle.js"
 
 interface Registered {
   readonly shape: Shape
@@ -37,6 +38,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
   static readonly layer: Layer.Layer<ConsumerSupervisor, never, FlushTracker | ShapeLogStorage> = Layer.scoped(
     ConsumerSupervisor,
     Effect.gen(function*() {
+      yield* logWhenStopped("ConsumerSupervisor")
       const tracker = yield* FlushTracker
       const storage = yield* ShapeLogStorage
       const fibers = yield* FiberMap.make<ShapeHandle>()

@@ -20,6 +20,7 @@ import { buildShape, resolveSpec, type ResolvedSpec, type ShapeSpec } from "./Sh
 export type { ResolvedSpec, ShapeSpec } from "./ShapeResolver.js"
 import { type ShapeRecord, ShapeStatus } from "./ShapeStatus.js"
 import { Snapshotter } from "./Snapshotter.js"
+import { logWhenStopped } from "../domain/Lifecycle.js"
 
 export type CreateError = PostgresError | StorageError | RegistryError | TableAbsent
 
@@ -54,6 +55,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
   > = Layer.scoped(
     ShapeCache,
     Effect.gen(function*() {
+      yield* logWhenStopped("ShapeCache")
       const status = yield* ShapeStatus
       const storage = yield* ShapeLogStorage
       const collector = yield* ShapeLogCollector

@@ -4,6 +4,7 @@ import type { Lsn } from "../domain/Lsn.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { RegistryError, TableAbsent } from "../domain/errors.js"
+import { logWhenStopped } from "../domain/Lifecycle.js"
 
 /** What the snapshot of a shape saw: decides which replicated transactions it already contains. */
 export interface SnapshotMark {
@@ -60,6 +61,7 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
   static readonly layer: Layer.Layer<ShapeStatus, RegistryError, SqlClient.SqlClient> = Layer.scoped(
     ShapeStatus,
     Effect.gen(function*() {
+      yield* logWhenStopped("ShapeStatus")
       const sql = yield* SqlClient.SqlClient
       const fail = (operation: string) => (cause: unknown) => new RegistryError({ operation, cause })
 

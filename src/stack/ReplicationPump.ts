@@ -4,6 +4,7 @@ import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
 import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
 import { ConsumerSupervisor } from "../shapes/ConsumerSupervisor.js"
+import { logWhenStopped } from "../domain/Lifecycle.js"
 
 /** How many routed transactions may wait for durability before the pump stops reading the slot. */
 const MAX_IN_FLIGHT = 20_000
@@ -24,6 +25,7 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
   > = Layer.scoped(
     ReplicationPump,
     Effect.gen(function*() {
+      yield* logWhenStopped("ReplicationPump")
       const replication = yield* ReplicationConnection
       const collector = yield* ShapeLogCollector
       const consumers = yield* ConsumerSupervisor

@@ -4,6 +4,7 @@ import { SqliteClient, SqliteMigrator } from "@effect/sql-sqlite-node"
 import { Effect, Layer } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { logWhenStopped } from "../domain/Lifecycle.js"
 
 /**
  * The SQLite database that makes the shape registry durable:
@@ -37,7 +38,10 @@ export const ShapeDb = {
         Layer.unwrapEffect(
           Effect.sync(() => {
             fs.mkdirSync(dir, { recursive: true })
-            return SqliteClient.layer({ filename: path.join(dir, "shapes.sqlite") })
+            // The marker is a dependency of the client, so it is released (and logs) after the database closed.
+            return SqliteClient.layer({ filename: path.join(dir, "shapes.sqlite") }).pipe(
+              Layer.provide(Layer.scopedDiscard(logWhenStopped("ShapeDb")))
+            )
           })
         )
       ),

@@ -7,6 +7,7 @@ import { StorageError } from "../domain/errors.js"
 import { isErrno } from "./internal/files.js"
 import { ShapeLogReaderFiles } from "./internal/ShapeLogReader.js"
 import { ioError, ShapeLogFiles } from "./internal/ShapeLogFiles.js"
+import { logWhenStopped } from "../domain/Lifecycle.js"
 
 /**
  * One line of a shape log: a complete JSON message, stored and served as is.
@@ -159,6 +160,7 @@ export const make = (
   options: ShapeLogStorageOptions
 ): Effect.Effect<ShapeLogStorage["Type"], StorageError, Scope.Scope> =>
   Effect.gen(function*() {
+    yield* logWhenStopped("ShapeLogStorage")
     const root = options.directory
     const threshold = options.chunkBytesThreshold
     yield* attempt(undefined, async () => {

@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Effect, Either, Exit, Fiber, Layer, Option, Scope, TestClock } from "effect"
+import { Context, Deferred, Effect, Either, Exit, Fiber, Layer, Logger, LogLevel, Option, Scope, TestClock } from "effect"
 import { ShapeLogCollector } from "../../src/replication/ShapeLogCollector.js"
 import { ShapeCache } from "../../src/shapes/ShapeCache.js"
 import { ShapeStatus } from "../../src/shapes/ShapeStatus.js"
@@ -287,6 +287,42 @@ describe("restart scenarios", () => {
       ])
       expect(db.confirmedFlush).toBe(t2.endLsn)
       expect((yield* registryRows(dirs)).lastProcessed).toEqual(Option.some(t2.commitLsn))
+    }))
+
+  it.scoped("g: every stack service is released after those that depend on it, in DESIGN.md's order", () =>
+    Effect.gen(function*() {
+      const stopped: Array<string> = []
+      const recorder = Logger.make(({ message }) => {
+        const text = Array.isArray(message) ? message.join(" ") : String(message)
+        if (text.endsWith(" stopped")) stopped.push(text.slice(0, -" stopped".length))
+      })
+      yield* Effect.gen(function*() {
+        const db = makeDb()
+        const dirs = yield* tempDirs
+        const h = yield* startServer(db, dirs)
+        yield* readToEnd(h, QUERY)
+        const t1 = yield* db.commit([insert("1")])
+        yield* db.awaitConfirmed(t1.endLsn)
+        yield* h.supervisor.restart
+        yield* h.active
+      }).pipe(Effect.provide(Layer.merge(Logger.add(recorder), Logger.minimumLogLevel(LogLevel.Debug))))
+      // Each service is released after everything that depends on it (DESIGN.md, "The layer graph is the
+      // shutdown order"); services on unrelated branches may stop in either order.
+      const chain = [
+        "ReplicationPump",
+        "ShapeCache",
+        "ConsumerSupervisor",
+        "ShapeLogCollector",
+        "FlushTracker",
+        "ReplicationConnection",
+        "ShapeStatus",
+        "slot lock",
+        "ShapeDb"
+      ]
+      const firstStop = stopped.slice(0, stopped.indexOf("ShapeDb") + 1)
+      expect(firstStop.filter((name) => chain.includes(name))).toEqual(chain)
+      expect(firstStop.indexOf("ShapeLogStorage")).toBeGreaterThan(firstStop.indexOf("ConsumerSupervisor"))
+      expect(firstStop.indexOf("ShapeLogStorage")).toBeLessThan(firstStop.indexOf("slot lock"))
     }))
 
   it.scoped("read-only: while another process holds the lock, existing shapes are served; then it takes over", () =>

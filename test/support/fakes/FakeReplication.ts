@@ -1,4 +1,5 @@
 import { Effect, Layer, Stream } from "effect"
+import { logWhenStopped } from "../../../src/domain/Lifecycle.js"
 import type { Lsn } from "../../../src/domain/Lsn.js"
 import { ReplicationConnection } from "../../../src/postgres/ReplicationConnection.js"
 import type { FakePostgres } from "./FakePostgres.js"
@@ -15,6 +16,7 @@ export const FakeReplication = {
     Layer.scoped(
       ReplicationConnection,
       Effect.gen(function*() {
+        yield* logWhenStopped("ReplicationConnection")
         yield* Effect.acquireRelease(
           Effect.sync(() => db.record("replication: connected")),
           () => Effect.sync(() => db.record("replication: closed"))

@@ -1,0 +1,9 @@
+import { Effect, type Scope } from "effect"
+
+/**
+ * Logs `<name> stopped` at debug level when the current scope closes. A
+ * service registers it first, so it runs after the service's other
+ * finalizers: the stack's teardown order becomes observable in the logs.
+ */
+export const logWhenStopped = (name: string): Effect.Effect<void, never, Scope.Scope> =>
+  Effect.addFinalizer(() => Effect.logDebug(`${name} stopped`))
