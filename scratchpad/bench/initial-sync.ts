@@ -13,14 +13,25 @@ import { startInProcess } from "./server.js"
  *   (a) COPY of the table to STDOUT: the physical limit for reading it;
  *   (b) the initial sync of the same table through Syncline over HTTP (fetch loop from -1);
  *   (c) 20k single-row transactions through one shape, seen by a long-polling client, beside
- *       decoding the same transactions straight from a logical slot.
+ *       decoding the same transactions straight from a logical slot;
+ *   (d) catch-up, the pipeline's own capacity: the server is stopped, 20k single-row
+ *       transactions matching the shape are committed, the server starts again on the same
+ *       storage and slot, and the client (continuing from its handle and offset) is timed
+ *       until it has seen every change; beside raw decoding of the same transactions;
+ *   (e) non-matching capacity: 1,000 idle shapes (`where id = <k>`, k outside the written
+ *       rows), the same stop / write / start, timed until the slot's confirmed_flush_lsn
+ *       passes the last commit.
  * Run with `npm run bench:initial-sync` (or `npx tsx scratchpad/bench/initial-sync.ts`).
  */
 
 const ROWS = Number(process.env["BENCH_ROWS"] ?? 100_000)
 const LIVE_TXNS = Number(process.env["BENCH_LIVE_TXNS"] ?? 20_000)
+const CATCHUP_TXNS = Number(process.env["BENCH_CATCHUP_TXNS"] ?? 20_000)
+const IDLE_SHAPES = Number(process.env["BENCH_IDLE_SHAPES"] ?? 1_000)
+const IDLE_TXNS = Number(process.env["BENCH_IDLE_TXNS"] ?? 20_000)
 const WRITERS = 4
 const TABLE = "bench_items"
+const IDLE_TABLE = "bench_idle"
 const STREAM = "bench"
 
 interface Message {
@@ -31,6 +42,14 @@ interface Message {
 const seconds = (ms: number) => (ms / 1000).toFixed(2)
 const perSecond = (n: number, ms: number) => Math.round(n / (ms / 1000)).toLocaleString("en-US")
 const mb = (bytes: number) => (bytes / 1024 / 1024).toFixed(1)
+
+/** Counts the occurrences of `needle` in `haystack`. */
+const occurrences = (haystack: Buffer, needle: Buffer): number => {
+  let n = 0
+  for (let i = haystack.indexOf(needle); i !== -1; i = haystack.indexOf(needle, i + needle.length)) n++
+  return n
+}
+const INSERT_NEEDLE = Buffer.from(`"operation":"insert"`)
 
 const main = async () => {
   const dir = await fs.mkdtemp(path.join(os.tmpdir(), "syncline-bench-"))
@@ -49,6 +68,18 @@ const main = async () => {
     if (!stopping) console.error(`idle bench connection: ${error.message}`)
   })
   let server: Awaited<ReturnType<typeof startInProcess>> | undefined
+  /** Commits `n` single-row transactions over `WRITERS` connections; `k` numbers them 0..n-1. */
+  const write = (n: number, statement: (client: pg.PoolClient, k: number) => Promise<unknown>) =>
+    Promise.all(
+      Array.from({ length: WRITERS }, async (_, w) => {
+        const client = await pool.connect()
+        try {
+          for (let k = w; k < n; k += WRITERS) await statement(client, k)
+        } finally {
+          client.release()
+        }
+      })
+    )
   try {
     await pool.query(`CREATE TABLE ${TABLE} (
       id int PRIMARY KEY, title text NOT NULL, n int NOT NULL, created_at timestamptz NOT NULL, done bool NOT NULL)`)
@@ -86,16 +117,15 @@ const main = async () => {
     }
 
     // (b) Initial sync over HTTP, from offset -1 until up-to-date.
-    server = await startInProcess(postgres.url, {
-      storageDir: path.join(dir, "syncline"),
-      replicationStreamId: STREAM,
-      longPollTimeoutMs: 5_000
-    })
-    const base = `${server.baseUrl}/v1/shape?table=${TABLE}`
+    const settings = { storageDir: path.join(dir, "syncline"), replicationStreamId: STREAM, longPollTimeoutMs: 5_000 }
+    server = await startInProcess(postgres.url, settings)
+    // The port changes when the server restarts.
+    const baseUrl = () => `${server!.baseUrl}/v1/shape?table=${TABLE}`
+    const base = baseUrl()
     let handle = ""
     let offset = "-1"
     const request = async (live: boolean): Promise<{ messages: Array<Message>; bytes: number; upToDate: boolean }> => {
-      const url = `${base}&offset=${offset}${handle === "" ? "" : `&handle=${handle}`}${live ? "&live=true" : ""}`
+      const url = `${baseUrl()}&offset=${offset}${handle === "" ? "" : `&handle=${handle}`}${live ? "&live=true" : ""}`
       const res = await fetch(url)
       const text = await res.text()
       if (res.status !== 200) throw new Error(`GET ${url}: ${res.status} ${text}`)
@@ -103,6 +133,37 @@ const main = async () => {
       offset = res.headers.get("electric-offset") ?? offset
       const messages = JSON.parse(text) as Array<Message>
       return { messages, bytes: text.length, upToDate: messages.some((m) => m.headers["control"] === "up-to-date") }
+    }
+    // The server's side of an initial sync: bodies are read as bytes and not parsed. `replica=full`
+    // makes it a shape of its own whose snapshot is the same rows as the one below.
+    {
+      let rows = 0
+      let bytes = 0
+      let requests = 0
+      let firstByte = 0
+      let h = ""
+      let o = "-1"
+      const started = performance.now()
+      for (;;) {
+        const res = await fetch(`${base}&replica=full&offset=${o}${h === "" ? "" : `&handle=${h}`}`)
+        if (firstByte === 0) firstByte = performance.now() - started
+        const body = Buffer.from(await res.arrayBuffer())
+        if (res.status !== 200) throw new Error(`GET ${res.url}: ${res.status} ${body.toString()}`)
+        requests++
+        bytes += body.length
+        rows += occurrences(body, INSERT_NEEDLE)
+        h = res.headers.get("electric-handle") ?? h
+        o = res.headers.get("electric-offset") ?? o
+        if (res.headers.has("electric-up-to-date")) break
+      }
+      const ms = performance.now() - started
+      if (rows !== ROWS) throw new Error(`initial sync (bytes) returned ${rows} rows, expected ${ROWS}`)
+      results.push([
+        "Syncline initial sync, server side (bodies not parsed)",
+        `${rows.toLocaleString("en-US")} rows`,
+        seconds(ms),
+        `${perSecond(rows, ms)} rows/s (${mb(bytes)} MB, ${requests} requests, first byte ${seconds(firstByte)} s)`
+      ])
     }
     {
       let rows = 0
@@ -198,6 +259,106 @@ const main = async () => {
       const ms = performance.now() - started
       const commits = Number(rows[0]!.commits)
       results.push(["Postgres logical decoding (pgoutput, SQL)", `${commits.toLocaleString("en-US")} txns`, seconds(ms), `${perSecond(commits, ms)} txns/s (${Number(rows[0]!.n).toLocaleString("en-US")} messages)`])
+      await pool.query(`SELECT pg_drop_replication_slot($1)`, [rawSlot])
+    }
+
+    // (d) Catch-up through one shape, and (e) non-matching changes past 1,000 idle shapes. A raw
+    // slot created now decodes the same transactions afterwards, for comparison.
+    const publication = `electric_publication_${STREAM}`
+    const rawDecode = async (label: string): Promise<[string, string, string, string]> => {
+      const started = performance.now()
+      const { rows } = await pool.query<{ n: string; commits: string }>(
+        `SELECT count(*) AS n, count(*) FILTER (WHERE get_byte(data, 0) = 67) AS commits
+         FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)`,
+        [rawSlot, publication]
+      )
+      const ms = performance.now() - started
+      const commits = Number(rows[0]!.commits)
+      return [label, `${commits.toLocaleString("en-US")} txns`, seconds(ms), `${perSecond(commits, ms)} txns/s`]
+    }
+    const restart = async (): Promise<{ started: number; activeMs: number }> => {
+      const started = performance.now()
+      server = await startInProcess(postgres.url, settings)
+      return { started, activeMs: performance.now() - started }
+    }
+    {
+      await server!.stop()
+      server = undefined
+      await pool.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [rawSlot])
+      const firstId = ROWS + 1 + LIVE_TXNS
+      await write(CATCHUP_TXNS, (client, k) =>
+        k % 2 === 0
+          ? client.query(`INSERT INTO ${TABLE} VALUES ($1, 'caught up', $2, now(), false)`, [firstId + k, k])
+          : client.query(`UPDATE ${TABLE} SET n = n + 1, done = NOT done WHERE id = $1`, [1 + (k % ROWS)])
+      )
+      const { started, activeMs } = await restart()
+      let seen = 0
+      while (seen < CATCHUP_TXNS) {
+        const r = await request(true)
+        seen += r.messages.filter((m) => m.headers["operation"] !== undefined).length
+      }
+      const ms = performance.now() - started
+      if (seen !== CATCHUP_TXNS) throw new Error(`the client saw ${seen} changes after the restart, expected ${CATCHUP_TXNS}`)
+      results.push([
+        "Syncline catch-up: start -> client saw all",
+        `${seen.toLocaleString("en-US")} changes`,
+        seconds(ms),
+        `${perSecond(seen, ms)} changes/s (${perSecond(seen, ms - activeMs)}/s after active at ${seconds(activeMs)} s)`
+      ])
+      results.push(await rawDecode("Postgres logical decoding of the catch-up txns"))
+    }
+    {
+      await pool.query(`CREATE TABLE ${IDLE_TABLE} (id int PRIMARY KEY, n int NOT NULL)`)
+      const shapeUrl = (where: string) => `${server!.baseUrl}/v1/shape?table=${IDLE_TABLE}&where=${encodeURIComponent(where)}&offset=-1`
+      const created = performance.now()
+      let next = 0
+      await Promise.all(Array.from({ length: 8 }, async () => {
+        while (next < IDLE_SHAPES) {
+          const k = 1_000_000 + next++
+          const res = await fetch(shapeUrl(`id = ${k}`))
+          await res.arrayBuffer()
+          if (res.status !== 200) throw new Error(`creating idle shape ${k}: ${res.status}`)
+        }
+      }))
+      const createdMs = performance.now() - created
+      // The marker row matches one more shape: its durable write is acknowledged at once, so the
+      // slot's position shows when everything before it went through.
+      const marker = await fetch(shapeUrl("id = 0"))
+      await marker.arrayBuffer()
+      if (marker.status !== 200) throw new Error(`creating the marker shape: ${marker.status}`)
+      await server!.stop()
+      server = undefined
+      await rawDecode("only drains the slot")
+      await write(IDLE_TXNS, (client, k) => client.query(`INSERT INTO ${IDLE_TABLE} VALUES ($1, $2)`, [1 + k, k]))
+      const client = await pool.connect()
+      let lastLsn: string
+      try {
+        await client.query("BEGIN")
+        await client.query(`INSERT INTO ${IDLE_TABLE} VALUES (0, 0)`)
+        lastLsn = (await client.query<{ lsn: string }>("SELECT pg_current_wal_insert_lsn()::text AS lsn")).rows[0]!.lsn
+        await client.query("COMMIT")
+      } finally {
+        client.release()
+      }
+      const { started, activeMs } = await restart()
+      const deadline = Date.now() + 120_000
+      for (;;) {
+        const { rows } = await pool.query<{ passed: boolean }>(
+          `SELECT confirmed_flush_lsn >= $2::pg_lsn AS passed FROM pg_replication_slots WHERE slot_name = $1`,
+          [`electric_slot_${STREAM}`, lastLsn]
+        )
+        if (rows[0]?.passed === true) break
+        if (Date.now() > deadline) throw new Error("the slot did not pass the last commit")
+        await new Promise((r) => setTimeout(r, 5))
+      }
+      const ms = performance.now() - started
+      results.push([
+        `Syncline non-matching, ${IDLE_SHAPES.toLocaleString("en-US")} idle shapes: start -> slot passed`,
+        `${IDLE_TXNS.toLocaleString("en-US")} txns`,
+        seconds(ms),
+        `${perSecond(IDLE_TXNS, ms)} txns/s (${perSecond(IDLE_TXNS, ms - activeMs)}/s after active at ${seconds(activeMs)} s; shapes created in ${seconds(createdMs)} s)`
+      ])
+      results.push(await rawDecode("Postgres logical decoding of the idle-shape txns"))
       await pool.query(`SELECT pg_drop_replication_slot($1)`, [rawSlot])
     }
   } finally {

@@ -120,9 +120,8 @@ const unescapeChar = (_: string, c: string): string => {
 export const unescapeCopyField = (field: string): string =>
   field.includes("\\") ? field.replace(COPY_ESCAPE, unescapeChar) : field
 
-// What JSON escapes and COPY does not (tab and newline are COPY's separators).
+// What JSON escapes in a string.
 const JSON_SPECIAL = /["\x00-\x1f]/
-const CHUNK_SPECIAL = /["\x00-\x08\x0b-\x1f]/
 
 /**
  * A COPY field (escaped, `null` for `\N`) as a JSON string. A field without
@@ -161,6 +160,164 @@ export const parsePgSnapshot = (text: string): Pick<SnapshotInfo, "xmin" | "xmax
   return { xmin: BigInt(xmin), xmax: BigInt(xmax), xip: xip === "" ? [] : xip.split(",").map((x) => BigInt(x)) }
 }
 
+const TAB = 0x09
+const QUOTE = 0x22
+const SLASH = 0x2f
+const BACKSLASH = 0x5c
+const LETTER_N = 0x4e
+const NULL_FIELD = -1
+
+const bytesOf = (text: string): Buffer => Buffer.from(text, "utf8")
+const NULL_JSON = bytesOf("null")
+const KEY_PART_OPEN = bytesOf("/\\\"")
+const KEY_PART_CLOSE = bytesOf("\\\"")
+const KEY_PART_NULL = bytesOf("/_")
+
+/**
+ * Renders complete COPY rows from the bytes Postgres sent into the text of
+ * their messages, one per line. A row whose fields hold no backslash (beyond
+ * a NULL's `\N`), quote or control character reads the same in COPY text and
+ * inside a JSON string, UTF-8 included, so its bytes are copied around the
+ * fixed pieces of the message with no string per field; any other row goes
+ * through `renderRow`. Both give the same text.
+ */
+class RowRenderer {
+  private out: Buffer = Buffer.allocUnsafe(1 << 18)
+  private readonly starts: Int32Array
+  private readonly ends: Int32Array
+  private readonly fields: Array<string | null>
+  private readonly keyFields: Int32Array
+  private readonly valueFields: Int32Array
+  private readonly keyHead: Buffer
+  private readonly valuePrefixes: ReadonlyArray<Buffer>
+  private readonly tail: Buffer
+  /** The bytes a row writes besides its fields' (each field byte is written at most three times). */
+  private readonly fixedBytes: number
+
+  constructor(private readonly plan: SnapshotPlan) {
+    this.starts = new Int32Array(plan.fieldCount)
+    this.ends = new Int32Array(plan.fieldCount)
+    this.fields = new Array<string | null>(plan.fieldCount).fill(null)
+    this.keyFields = Int32Array.from(plan.keyFields)
+    this.valueFields = Int32Array.from(plan.valueFields)
+    // JSON escapes character by character: the key's string is its escaped prefix, then each escaped part.
+    const prefixJson = JSON.stringify(plan.keyPrefix)
+    this.keyHead = bytesOf(`{"key":${prefixJson.slice(0, -1)}`)
+    this.valuePrefixes = plan.valuePrefixes.map(bytesOf)
+    this.tail = bytesOf(`${plan.tail}\n`)
+    this.fixedBytes = this.keyHead.length + 1 + this.tail.length + plan.keyFields.length * 6 +
+      this.valuePrefixes.reduce((n, b) => n + b.length + 4, 0)
+  }
+
+  /** The messages of the rows in `buf[0, end)` (which ends with a row's newline). */
+  render(buf: Buffer, end: number): Array<string> {
+    const { starts, ends } = this
+    const lastField = this.plan.fieldCount - 1
+    let out = this.out
+    let o = 0
+    let pos = 0
+    while (pos < end) {
+      const rowStart = pos
+      let clean = true
+      for (let f = 0; f <= lastField; f++) {
+        const separator = f === lastField ? NEWLINE : TAB
+        if (buf[pos] === BACKSLASH && buf[pos + 1] === LETTER_N && buf[pos + 2] === separator) {
+          starts[f] = NULL_FIELD
+          pos += 3
+          continue
+        }
+        const start = pos
+        for (;;) {
+          const b = buf[pos]!
+          if (b === separator) break
+          if (b === NEWLINE) throw new Error("COPY row with too few fields")
+          if (b < 0x20 || b === QUOTE || b === BACKSLASH) clean = false
+          pos++
+        }
+        starts[f] = start
+        ends[f] = pos
+        pos++
+      }
+      if (out.length - o < this.fixedBytes + 3 * (pos - rowStart)) out = this.grow(o, this.fixedBytes + 3 * (pos - rowStart))
+      if (clean) {
+        o = this.writeClean(buf, out, o)
+      } else {
+        // JSON escapes can outgrow the reserve (`\u0001` for one byte): this may replace the buffer.
+        o = this.writeEscaped(buf, o)
+        out = this.out
+      }
+    }
+    const lines = out.toString("utf8", 0, o).split("\n")
+    lines.pop()
+    return lines
+  }
+
+  private grow(used: number, needed: number): Buffer {
+    let size = this.out.length * 2
+    while (size - used < needed) size *= 2
+    const grown = Buffer.allocUnsafe(size)
+    this.out.copy(grown, 0, 0, used)
+    this.out = grown
+    return grown
+  }
+
+  private writeClean(buf: Buffer, out: Buffer, o: number): number {
+    const { starts, ends, keyFields, valueFields, valuePrefixes } = this
+    out.set(this.keyHead, o)
+    o += this.keyHead.length
+    for (let k = 0; k < keyFields.length; k++) {
+      const f = keyFields[k]!
+      const start = starts[f]!
+      if (start === NULL_FIELD) {
+        out.set(KEY_PART_NULL, o)
+        o += KEY_PART_NULL.length
+        continue
+      }
+      out.set(KEY_PART_OPEN, o)
+      o += KEY_PART_OPEN.length
+      for (let i = start, e = ends[f]!; i < e; i++) {
+        const b = buf[i]!
+        out[o++] = b
+        if (b === SLASH) out[o++] = SLASH
+      }
+      out.set(KEY_PART_CLOSE, o)
+      o += KEY_PART_CLOSE.length
+    }
+    out[o++] = QUOTE
+    for (let v = 0; v < valueFields.length; v++) {
+      const prefix = valuePrefixes[v]!
+      out.set(prefix, o)
+      o += prefix.length
+      const f = valueFields[v]!
+      const start = starts[f]!
+      if (start === NULL_FIELD) {
+        out.set(NULL_JSON, o)
+        o += NULL_JSON.length
+        continue
+      }
+      out[o++] = QUOTE
+      for (let i = start, e = ends[f]!; i < e; i++) out[o++] = buf[i]!
+      out[o++] = QUOTE
+    }
+    out.set(this.tail, o)
+    return o + this.tail.length
+  }
+
+  private writeEscaped(buf: Buffer, o: number): number {
+    const { starts, ends, fields } = this
+    for (let f = 0; f < fields.length; f++) {
+      const start = starts[f]!
+      fields[f] = start === NULL_FIELD ? null : buf.toString("utf8", start, ends[f]!)
+    }
+    const line = renderRow(this.plan, fields)
+    const needed = Buffer.byteLength(line) + 1
+    const out = this.out.length - o < needed ? this.grow(o, needed) : this.out
+    o += out.write(line, o)
+    out[o++] = NEWLINE
+    return o
+  }
+}
+
 /**
  * Splits COPY text output into rows and renders each as a message, in
  * batches; the stream pauses while a full batch waits to be taken.
@@ -172,11 +329,11 @@ class CopyRowReader {
   private ended = false
   private failure: unknown = undefined
   private waiter: (() => void) | undefined = undefined
-  private readonly fields: Array<string | null>
+  private readonly renderer: RowRenderer
   count = 0
 
-  constructor(private readonly stream: NodeJS.ReadableStream, private readonly plan: SnapshotPlan) {
-    this.fields = new Array<string | null>(plan.fieldCount).fill(null)
+  constructor(private readonly stream: NodeJS.ReadableStream, plan: SnapshotPlan) {
+    this.renderer = new RowRenderer(plan)
     stream.on("data", (chunk: Buffer) => {
       try {
         this.onData(chunk)
@@ -212,24 +369,12 @@ class CopyRowReader {
       this.carry = []
     }
     if (last + 1 < chunk.length) this.carry.push(chunk.subarray(last + 1))
-    const text = buffer.toString("utf8", 0, end + 1)
-    const clean = !CHUNK_SPECIAL.test(text)
-    const { fields, plan, lines } = this
-    const lastField = plan.fieldCount - 1
-    let start = 0
-    while (start < text.length) {
-      let pos = start
-      for (let i = 0; i <= lastField; i++) {
-        const stop = text.indexOf(i === lastField ? "\n" : "\t", pos)
-        if (stop === -1) throw new Error("COPY row with too few fields")
-        const raw = text.slice(pos, stop)
-        fields[i] = raw === "\\N" ? null : raw
-        pos = stop + 1
-      }
-      const line = renderRow(plan, fields, clean)
+    const rendered = this.renderer.render(buffer, end + 1)
+    const lines = this.lines
+    for (let i = 0; i < rendered.length; i++) {
+      const line = rendered[i]!
       lines.push(line)
       this.bytes += line.length
-      start = pos
     }
     if (lines.length >= BATCH_LINES || this.bytes >= BATCH_BYTES) {
       this.stream.pause()

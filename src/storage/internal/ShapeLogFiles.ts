@@ -24,6 +24,9 @@ import { type CommitEnd, readCommittedLog, readSnapshotChunk, snapshotChunkAfter
 const RECENT_COMMITS = 32
 
 const EMPTY = new Uint8Array(0)
+const EMPTY_BUFFER = Buffer.alloc(0)
+/** How many closed snapshot chunks may be syncing while the next is written. */
+const SNAPSHOT_SYNCS_IN_FLIGHT = 2
 
 type Latch = Deferred.Deferred<void>
 const newLatch = (): Latch => Deferred.unsafeMake<void>(FiberId.none)
@@ -44,6 +47,9 @@ export class ShapeLogFiles {
   private snapshotFile: fs.FileHandle | undefined = undefined
   private snapshotOpenBytes = 0
   private snapshotFileBytes = 0
+  private snapshotScratch: Buffer = EMPTY_BUFFER
+  /** fdatasyncs of closed chunks still running (each then closes its file). */
+  private snapshotSyncs: Array<Promise<void>> = []
 
   // committed log
   private lines = 0
@@ -224,6 +230,7 @@ export class ShapeLogFiles {
     release(this.snapshotLatch)
     release(this.dataLatch)
     if (this.busy > 0) await new Promise<void>((resolve) => (this.onIdle = resolve))
+    await Promise.allSettled(this.snapshotSyncs)
     const files = [this.log, this.index, this.chunks]
     if (this.snapshotFile !== undefined) files.push(this.snapshotFile)
     this.snapshotFile = undefined
@@ -237,25 +244,48 @@ export class ShapeLogFiles {
       if (this.snapshotComplete) {
         throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "the snapshot is already complete" })
       }
-      let start = 0
+      if (lines.length === 0) return
+      // One encoding for the whole batch; line by line only when the batch closes a chunk.
+      const text = lines.join("\n") + "\n"
+      const data = this.encodeSnapshotText(text)
+      if (this.snapshotOpenBytes + data.length < this.threshold) {
+        this.snapshotOpenBytes += data.length
+        await this.writeSnapshotBytes(data)
+        return
+      }
+      // Every character is one byte when the lengths agree.
+      const oneByte = data.length === text.length
+      let from = 0
+      let at = 0
       for (let i = 0; i < lines.length; i++) {
-        this.snapshotOpenBytes += Buffer.byteLength(lines[i]!) + 1
+        const line = lines[i]!
+        const bytes = (oneByte ? line.length : Buffer.byteLength(line)) + 1
+        this.snapshotOpenBytes += bytes
+        at += bytes
         if (this.snapshotOpenBytes >= this.threshold) {
-          await this.writeSnapshotLines(lines, start, i + 1)
+          await this.writeSnapshotBytes(data.subarray(from, at))
           await this.closeSnapshotChunk()
-          start = i + 1
+          from = at
         }
       }
-      if (start < lines.length) await this.writeSnapshotLines(lines, start, lines.length)
+      if (from < data.length) await this.writeSnapshotBytes(data.subarray(from))
     })
   }
 
-  private async writeSnapshotLines(lines: ReadonlyArray<string>, from: number, to: number): Promise<void> {
+  /**
+   * The UTF-8 bytes of `text` in a buffer reused from batch to batch (writes
+   * are serialized, so the previous batch has been written).
+   */
+  private encodeSnapshotText(text: string): Buffer {
+    if (this.snapshotScratch.length < text.length * 3) this.snapshotScratch = Buffer.allocUnsafe(text.length * 3)
+    return this.snapshotScratch.subarray(0, this.snapshotScratch.write(text, 0, "utf8"))
+  }
+
+  private async writeSnapshotBytes(data: Buffer): Promise<void> {
     if (this.snapshotFile === undefined) {
       const n = this.snapshotChunkBytes.length
       this.snapshotFile = await fs.open(path.join(this.dir, FileNames.snapshot(n)), "w")
     }
-    const data = Buffer.from(lines.slice(from, to).join("\n") + "\n", "utf8")
     await writeAt(this.snapshotFile, data, this.snapshotFileBytes)
     this.snapshotFileBytes += data.length
   }
@@ -266,8 +296,11 @@ export class ShapeLogFiles {
       await fs.writeFile(path.join(this.dir, FileNames.snapshot(this.snapshotChunkBytes.length)), EMPTY)
     } else {
       this.snapshotFile = undefined
-      await fh.datasync()
-      await fh.close()
+      // The next chunk is written while this one syncs; the commit pointer waits for both.
+      if (this.snapshotSyncs.length >= SNAPSHOT_SYNCS_IN_FLIGHT) await this.snapshotSyncs.shift()
+      const synced = fh.datasync().finally(() => fh.close())
+      synced.catch(() => undefined)
+      this.snapshotSyncs.push(synced)
     }
     if (this.snapshotFileBytes !== this.snapshotOpenBytes) {
       throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "snapshot byte accounting mismatch" })
@@ -282,9 +315,13 @@ export class ShapeLogFiles {
     return this.exclusive(async () => {
       if (this.snapshotComplete) return
       if (this.snapshotFile !== undefined || this.snapshotChunkBytes.length === 0) await this.closeSnapshotChunk()
-      await syncDirectory(this.dir)
+      const syncs = this.snapshotSyncs
+      this.snapshotSyncs = []
+      // The chunks' data and the directory entries naming them sync together; the pointer waits for both.
+      await Promise.all([...syncs, syncDirectory(this.dir)])
       await writePointer(this.dir, this.pointer(true))
       this.snapshotComplete = true
+      this.snapshotScratch = EMPTY_BUFFER
       release(this.snapshotLatch)
       this.wakeReaders()
     })
@@ -295,6 +332,10 @@ export class ShapeLogFiles {
   append(entries: ReadonlyArray<LogEntry>): void {
     if (this.closed !== "open") throw this.closedError()
     let last = this.appendedLast
+    // The entries of one transaction share its tx: split it into two words once per transaction.
+    let tx = -1n
+    let txLow = 0
+    let txHigh = 0
     try {
       for (let i = 0; i < entries.length; i++) {
         const entry = entries[i]!
@@ -307,7 +348,13 @@ export class ShapeLogFiles {
           this.pendingIndex = grown
         }
         const bytes = this.appendedBytes + Buffer.byteLength(entry.json) + 1
-        this.pendingIndex.writeBigUInt64LE(offset.tx, at)
+        if (offset.tx !== tx) {
+          tx = offset.tx
+          txLow = Number(tx & 0xffffffffn)
+          txHigh = Number(tx >> 32n)
+        }
+        this.pendingIndex.writeUInt32LE(txLow, at)
+        this.pendingIndex.writeUInt32LE(txHigh, at + 4)
         this.pendingIndex.writeDoubleLE(offset.op, at + 8)
         this.pendingIndex.writeDoubleLE(bytes, at + 16)
         this.pendingIndexLength = at + INDEX_RECORD_BYTES
