@@ -1,5 +1,5 @@
 import { describe, expect, it, layer } from "@effect/vitest"
-import { Effect, Exit, Fiber, Layer } from "effect"
+import { Effect, Exit, FastCheck, Fiber, Layer } from "effect"
 import pg from "pg"
 import { inject } from "vitest"
 import type { Row } from "../../src/domain/Change.js"
@@ -104,6 +104,39 @@ layer(Live, { excludeTestServices: true })("Snapshot", (it) => {
                       '},"headers":{"operation":"insert","relation":["public","snapshot_chars"]}}') AS line
           FROM snapshot_chars`)).map((r) => r.line as string)
       expect(lines.length).toBe(306)
+      expect([...lines].sort()).toEqual([...expected].sort())
+    }))
+
+  it.effect("renders random text, long and short, exactly as Postgres's to_json would", () =>
+    Effect.gen(function*() {
+      // Random code points mixed with the characters COPY and JSON escape, in rows of very different widths,
+      // so fast-path rows, escaped rows and rows spanning network chunks meet in one stream.
+      const special = FastCheck.constantFrom("\\", "\"", "\n", "\t", "\r", "\u0001", "\u007f", "\\N", "/", "é", "😀", "\u2028")
+      const piece = FastCheck.oneof(FastCheck.string({ unit: "grapheme", maxLength: 8 }), special)
+      const text = FastCheck.array(piece, { maxLength: 40 }).map((parts) => parts.join(""))
+      const values = FastCheck.sample(
+        FastCheck.oneof({ weight: 6, arbitrary: text }, { weight: 1, arbitrary: FastCheck.constant(null) }, {
+          weight: 1,
+          arbitrary: text.map((t) => t.repeat(2000))
+        }),
+        { numRuns: 400, seed: 20261201 }
+      )
+      yield* exec(`DROP TABLE IF EXISTS snapshot_random; CREATE TABLE snapshot_random (id int PRIMARY KEY, v text)`)
+      for (let i = 0; i < values.length; i += 100) {
+        const batch = values.slice(i, i + 100)
+        yield* exec(
+          `INSERT INTO snapshot_random SELECT ${i} + n, v FROM unnest($1::text[]) WITH ORDINALITY AS t(v, n)`,
+          [batch.map((v) => (v === null ? null : v.replaceAll("\u0000", "")))]
+        )
+      }
+      const table = yield* load("snapshot_random")
+      const { lines } = yield* collect(table)
+      const expected = (yield* exec(`
+        SELECT concat('{"key":', to_json('"public"."snapshot_random"/"' || id::text || '"')::text, ',"value":{"id":', to_json(id::text)::text,
+                      ',"v":', coalesce(to_json(v)::text, 'null'),
+                      '},"headers":{"operation":"insert","relation":["public","snapshot_random"]}}') AS line
+          FROM snapshot_random`)).map((r) => r.line as string)
+      expect(lines.length).toBe(values.length)
       expect([...lines].sort()).toEqual([...expected].sort())
     }))
 
