@@ -308,10 +308,16 @@ const serveActive = (
       })
     )
     const identity = ShapeDefinition.identity(resolved.definition)
+    // Resolved again: a shape that went away because its table changed must be recreated on the table as it is now.
     const currentHandle: Effect.Effect<string | undefined, Reply> = unavailableOnFailure(
       origin,
-      Effect.flatMap(cache.find(resolved.definition), (found) =>
-        Option.isSome(found) ? Effect.succeed(found.value.handle) : Effect.map(cache.getOrCreate(resolved), (s) => s.handle)
+      cache.resolve(specOf(request)).pipe(
+        Effect.catchTag("InvalidRequest", (e) => Effect.fail(badRequest(origin, e))),
+        Effect.flatMap((now) =>
+          Effect.flatMap(cache.find(now.definition), (found) =>
+            Option.isSome(found) ? Effect.succeed(found.value.handle) : Effect.map(cache.getOrCreate(now), (s) => s.handle)
+          )
+        )
       )
     )
 

@@ -13,14 +13,25 @@ export interface RoutedShape {
   readonly equality: { readonly column: string; readonly value: string } | undefined
   /** The where clause; `undefined` matches every row. */
   readonly matches: ((row: Row) => boolean) | undefined
+  /** The table's columns (names and type oids) the shape was built on: see `columnSignature`. */
+  readonly columns: string
 }
+
+/**
+ * Names and type oids of a table's columns, in order. pgoutput sends a
+ * Relation message before a table's first change on every connection and
+ * after every schema change; one whose signature differs from a shape's means
+ * the shape no longer describes the table.
+ */
+export const columnSignature = (columns: ReadonlyArray<{ readonly name: string; readonly typeOid: number }>): string =>
+  columns.map((c) => `${c.name}:${c.typeOid}`).join(",")
 
 /** The part of a transaction one shape must see: the positions of its candidate changes. */
 export interface Delivery {
   readonly handle: ShapeHandle
   readonly changes: Array<number>
-  /** The transaction truncated the shape's table: the shape must be invalidated. */
-  truncated: boolean
+  /** Why the shape must be invalidated (its table was truncated or its columns changed), if it must. */
+  invalidated: string | undefined
 }
 
 interface EqualityIndex {
@@ -59,7 +70,10 @@ export interface Router {
 
 export const makeRouter = (lastProcessed: Lsn): Router => {
   const tables = new Map<number, TableShapes>()
-  const shapeTable = new Map<ShapeHandle, { oid: number; equality: { column: string; value: string } | undefined }>()
+  const shapeTable = new Map<
+    ShapeHandle,
+    { oid: number; equality: { column: string; value: string } | undefined; columns: string }
+  >()
   let lastRouted = lastProcessed
 
   const tableFor = (oid: number): TableShapes => {
@@ -91,7 +105,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
     } else {
       t.scanned.set(shape.handle, shape.matches ?? (() => true))
     }
-    shapeTable.set(shape.handle, { oid: shape.tableOid, equality: eq })
+    shapeTable.set(shape.handle, { oid: shape.tableOid, equality: eq, columns: shape.columns })
   }
 
   const removeShape = (handle: ShapeHandle): void => {
@@ -120,7 +134,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
     const deliver = (handle: ShapeHandle, i: number) => {
       let d = deliveries.get(handle)
       if (d === undefined) {
-        d = { handle, changes: [], truncated: false }
+        d = { handle, changes: [], invalidated: undefined }
         deliveries.set(handle, d)
       }
       const last = d.changes.length - 1
@@ -137,6 +151,20 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
         if (matches(row)) deliver(h, i)
       }
     }
+    for (const rel of txn.relations) {
+      const t = tables.get(rel.oid)
+      if (t === undefined) continue
+      const signature = columnSignature(rel.columns)
+      for (const h of t.all) {
+        if (shapeTable.get(h)!.columns === signature) continue
+        let d = deliveries.get(h)
+        if (d === undefined) {
+          d = { handle: h, changes: [], invalidated: undefined }
+          deliveries.set(h, d)
+        }
+        d.invalidated = "its table's columns changed"
+      }
+    }
     const changes: ReadonlyArray<Change> = txn.changes
     for (let i = 0; i < changes.length; i++) {
       const change = changes[i]!
@@ -146,7 +174,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
           if (t === undefined) continue
           for (const h of t.all) {
             deliver(h, i)
-            deliveries.get(h)!.truncated = true
+            deliveries.get(h)!.invalidated = "its table was truncated"
           }
         }
         continue

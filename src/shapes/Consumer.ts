@@ -68,8 +68,8 @@ export const runConsumer = (options: {
           let lastCommit = 0n
           for (const { txn, delivery } of batch) {
             lastCommit = txn.commitLsn
-            if (delivery.truncated) {
-              yield* options.invalidate("its table was truncated")
+            if (delivery.invalidated !== undefined) {
+              yield* options.invalidate(delivery.invalidated)
               return yield* Effect.interrupt
             }
             if (txn.commitLsn <= durableAt.tx) continue

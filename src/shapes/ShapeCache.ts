@@ -11,7 +11,7 @@ import {
 import { Inspector } from "../postgres/Inspector.js"
 import { PgAdmin } from "../postgres/PgAdmin.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
-import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
+import { columnSignature, ShapeLogCollector } from "../replication/ShapeLogCollector.js"
 import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { ConsumerSupervisor } from "./ConsumerSupervisor.js"
 import type { Shape } from "./Shape.js"
@@ -72,7 +72,8 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           handle: shape.handle,
           tableOid: shape.table.oid,
           equality: shape.where?.equalities[0],
-          matches: shape.where?.matches
+          matches: shape.where?.matches,
+          columns: columnSignature(shape.table.columns)
         })
 
       // One operation, never split by an interruption: mark, unroute, stop, delete files, delete the row last.
@@ -111,6 +112,12 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             yield* removeNow(record.handle)
             return undefined
           }
+          // A table whose columns changed while the service was stopped no longer fits the shape's log.
+          if (record.snapshot !== undefined && record.snapshot.columns !== columnSignature(table.right.columns)) {
+            yield* Effect.logInfo(`removing shape ${record.handle}: its table's columns changed`)
+            yield* removeNow(record.handle)
+            return undefined
+          }
           const built = buildShape(table.right, record.definition, {})
           if (Either.isLeft(built)) {
             yield* Effect.logWarning(`shape ${record.handle}: ${built.left.message}; removing it`)
@@ -123,10 +130,13 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
 
       yield* Queue.take(consumers.invalidations).pipe(
         Effect.flatMap(({ handle, reason }) =>
-          Effect.zipRight(
-            Effect.logInfo(`removing shape ${handle}: ${reason}`),
-            removeNow(handle).pipe(Effect.catchAll((e) => Effect.logWarning(`removal of shape ${handle} failed`, e)))
-          )
+          Effect.gen(function*() {
+            yield* Effect.logInfo(`removing shape ${handle}: ${reason}`)
+            // The table may have changed: the next shape on it must see the catalog as it is now.
+            const table = shapes.get(handle)?.table
+            if (table !== undefined) yield* inspector.invalidate(table.oid)
+            yield* removeNow(handle).pipe(Effect.catchAll((e) => Effect.logWarning(`removal of shape ${handle} failed`, e)))
+          })
         ),
         Effect.forever,
         Effect.forkScoped

@@ -13,6 +13,8 @@ export interface SnapshotMark {
   readonly xip: ReadonlyArray<bigint>
   /** `pg_current_wal_lsn()` inside the snapshot: transactions committing at or after it are not in it. */
   readonly lsn: Lsn
+  /** The columns (names and type oids) the snapshot read: a table that changed since no longer fits the log. */
+  readonly columns: string
 }
 
 /** One registered shape. */
@@ -32,11 +34,11 @@ interface Row {
 }
 
 const encodeMark = (m: SnapshotMark): string =>
-  JSON.stringify({ xmin: String(m.xmin), xmax: String(m.xmax), xip: m.xip.map(String), lsn: String(m.lsn) })
+  JSON.stringify({ xmin: String(m.xmin), xmax: String(m.xmax), xip: m.xip.map(String), lsn: String(m.lsn), columns: m.columns })
 
 const decodeMark = (text: string): SnapshotMark => {
-  const o = JSON.parse(text) as { xmin: string; xmax: string; xip: Array<string>; lsn: string }
-  return { xmin: BigInt(o.xmin), xmax: BigInt(o.xmax), xip: o.xip.map(BigInt), lsn: BigInt(o.lsn) }
+  const o = JSON.parse(text) as { xmin: string; xmax: string; xip: Array<string>; lsn: string; columns: string }
+  return { xmin: BigInt(o.xmin), xmax: BigInt(o.xmax), xip: o.xip.map(BigInt), lsn: BigInt(o.lsn), columns: o.columns }
 }
 
 /**

@@ -1,6 +1,7 @@
 import { Context, Effect, Layer } from "effect"
 import type { PostgresError, StorageError } from "../domain/errors.js"
 import { Snapshot } from "../postgres/Snapshot.js"
+import { columnSignature } from "../replication/ShapeLogCollector.js"
 import type { ShapeLog } from "../storage/ShapeLogStorage.js"
 import type { Shape } from "./Shape.js"
 import type { SnapshotMark } from "./ShapeStatus.js"
@@ -30,7 +31,13 @@ export class Snapshotter extends Context.Tag("syncline/Snapshotter")<Snapshotter
               columns: shape.columns,
               onLines: (lines) => log.appendSnapshot(lines)
             })
-            const mark: SnapshotMark = { xmin: info.xmin, xmax: info.xmax, xip: info.xip, lsn: info.lsn }
+            const mark: SnapshotMark = {
+              xmin: info.xmin,
+              xmax: info.xmax,
+              xip: info.xip,
+              lsn: info.lsn,
+              columns: columnSignature(shape.table.columns)
+            }
             yield* log.appendSnapshot([snapshotEndMessage(mark)])
             yield* log.completeSnapshot
             return mark

@@ -97,3 +97,33 @@ describe("ShapeStream recovers from a deleted shape", () => {
     }
   })
 })
+
+describe("ShapeStream recovers from a schema change", () => {
+  it("a column added to the table invalidates the shape; the client refetches and gets the new column", async () => {
+    await pool.query(`CREATE TABLE refetch_schema (id int PRIMARY KEY, title text)`)
+    await pool.query(`INSERT INTO refetch_schema SELECT i, 'row ' || i FROM generate_series(1, 5) i`)
+    const stream = new ShapeStream({ url: `${server.baseUrl}/v1/shape`, params: { table: "refetch_schema" } })
+    const shape = new Shape(stream as never)
+    let mustRefetches = 0
+    const unsubscribe = stream.subscribe((batch: Array<Message<Row>>) => {
+      for (const m of batch) if (isControlMessage(m) && m.headers.control === "must-refetch") mustRefetches++
+    })
+    const expected = async () =>
+      (await pool.query(`SELECT * FROM refetch_schema ORDER BY id`)).rows.map((r) => ({ ...r }))
+    try {
+      expect(sorted(await shape.rows)).toEqual(await expected())
+      const firstHandle = stream.shapeHandle
+      await pool.query(`ALTER TABLE refetch_schema ADD COLUMN n int NOT NULL DEFAULT 7`)
+      await pool.query(`INSERT INTO refetch_schema VALUES (6, 'row 6', 8)`)
+      await waitFor("the rows with the new column", async () =>
+        JSON.stringify(sorted(shape.currentRows)) === JSON.stringify(await expected()))
+      expect(mustRefetches).toBe(1)
+      expect(stream.shapeHandle).not.toBe(firstHandle)
+      expect(sorted(shape.currentRows)[0]).toEqual({ id: 1, title: "row 1", n: 7 })
+    } finally {
+      unsubscribe()
+      stream.unsubscribeAll()
+      await pool.query(`DROP TABLE refetch_schema`)
+    }
+  })
+})

@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import type { Change, Relation, Row, Transaction } from "../../src/domain/Change.js"
 import type { Lsn } from "../../src/domain/Lsn.js"
 import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
-import { type Delivery, makeRouter, type RoutedShape } from "../../src/replication/ShapeLogCollector.js"
+import { columnSignature, type Delivery, makeRouter, type RoutedShape } from "../../src/replication/ShapeLogCollector.js"
 
 const rel = (oid: number, name: string): Relation => ({
   oid,
@@ -29,26 +29,31 @@ const txn = (changes: ReadonlyArray<Change>, commitLsn?: Lsn): Transaction => {
 }
 
 const h = (s: string) => ShapeHandle(s)
+const COLUMNS = columnSignature(ITEMS.columns)
 
 const byOwner = (handle: string, owner: string, tableOid = ITEMS.oid): RoutedShape => ({
   handle: h(handle),
   tableOid,
   equality: { column: "owner", value: owner },
-  matches: (row) => row["owner"] === owner
+  matches: (row) => row["owner"] === owner,
+  columns: COLUMNS
 })
 
 const everything = (handle: string, tableOid = ITEMS.oid): RoutedShape => ({
   handle: h(handle),
   tableOid,
   equality: undefined,
-  matches: undefined
+  matches: undefined,
+  columns: COLUMNS
 })
 
-/** Deliveries as `handle -> positions` (and the truncated flag when set). */
+/** Deliveries as `handle -> positions` (and why the shape is invalidated, when it is). */
 const summary = (deliveries: ReadonlyArray<Delivery> | undefined) => {
   expect(deliveries).toBeDefined()
-  const out: Record<string, Array<number> | { changes: Array<number>; truncated: true }> = {}
-  for (const d of deliveries!) out[d.handle] = d.truncated ? { changes: d.changes, truncated: true } : d.changes
+  const out: Record<string, Array<number> | { changes: Array<number>; invalidated: string }> = {}
+  for (const d of deliveries!) {
+    out[d.handle] = d.invalidated !== undefined ? { changes: d.changes, invalidated: d.invalidated } : d.changes
+  }
   return out
 }
 
@@ -71,7 +76,7 @@ describe("makeRouter", () => {
 
   it("evaluates scanned shapes with their matches function", () => {
     const router = makeRouter(0n)
-    router.addShape({ handle: h("big"), tableOid: ITEMS.oid, equality: undefined, matches: (row) => Number(row["id"]) > 10 })
+    router.addShape({ handle: h("big"), tableOid: ITEMS.oid, equality: undefined, matches: (row) => Number(row["id"]) > 10, columns: COLUMNS })
     const deliveries = router.route(txn([
       insert({ id: "5", owner: "a" }),
       insert({ id: "11", owner: "a" }),
@@ -85,7 +90,7 @@ describe("makeRouter", () => {
   it("delivers an update without an old row to every shape of the table", () => {
     const router = makeRouter(0n)
     router.addShape(byOwner("alice", "alice"))
-    router.addShape({ handle: h("none"), tableOid: ITEMS.oid, equality: undefined, matches: () => false })
+    router.addShape({ handle: h("none"), tableOid: ITEMS.oid, equality: undefined, matches: () => false, columns: COLUMNS })
     const deliveries = router.route(txn([update(undefined, { id: "1", owner: "bob" })]))
     expect(summary(deliveries)).toEqual({ alice: [0], none: [0] })
   })
@@ -112,18 +117,34 @@ describe("makeRouter", () => {
     expect(empty.route(txn([insert({ id: "1", owner: "x" })]))).toEqual([])
   })
 
-  it("delivers a truncate to every shape of the table, marked truncated", () => {
+  it("delivers a truncate to every shape of the table, marked invalidated", () => {
     const router = makeRouter(0n)
     router.addShape(byOwner("alice", "alice"))
-    router.addShape({ handle: h("never"), tableOid: ITEMS.oid, equality: undefined, matches: () => false })
+    router.addShape({ handle: h("never"), tableOid: ITEMS.oid, equality: undefined, matches: () => false, columns: COLUMNS })
     router.addShape(everything("other", OTHER.oid))
     const deliveries = router.route(txn([
       insert({ id: "1", owner: "alice" }),
       { kind: "truncate", relations: [ITEMS] }
     ]))
     expect(summary(deliveries)).toEqual({
-      alice: { changes: [0, 1], truncated: true },
-      never: { changes: [1], truncated: true }
+      alice: { changes: [0, 1], invalidated: "its table was truncated" },
+      never: { changes: [1], invalidated: "its table was truncated" }
+    })
+  })
+
+  it("invalidates a table's shapes when a Relation message brings other columns, and only then", () => {
+    const router = makeRouter(0n)
+    router.addShape(byOwner("alice", "alice"))
+    router.addShape(everything("other", OTHER.oid))
+    // Sent again on every connection: the same columns change nothing.
+    const same = { ...txn([insert({ id: "1", owner: "bob" })]), relations: [ITEMS, OTHER] }
+    expect(summary(router.route(same))).toEqual({})
+    const added: Relation = { ...ITEMS, columns: [...ITEMS.columns, { name: "note", typeOid: 25, typeMod: -1, isKey: true }] }
+    const retyped: Relation = { ...OTHER, columns: [ITEMS.columns[0]!, { name: "owner", typeOid: 1043, typeMod: 14, isKey: true }] }
+    const changed = { ...txn([insert({ id: "2", owner: "alice", note: "n" }, added)]), relations: [added, retyped] }
+    expect(summary(router.route(changed))).toEqual({
+      alice: { changes: [0], invalidated: "its table's columns changed" },
+      other: { changes: [], invalidated: "its table's columns changed" }
     })
   })
 

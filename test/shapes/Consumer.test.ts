@@ -3,7 +3,7 @@ import { FastCheck as fc } from "effect"
 import { visibleInSnapshot } from "../../src/shapes/Consumer.js"
 import type { SnapshotMark } from "../../src/shapes/ShapeStatus.js"
 
-const mark = (xmin: bigint, xmax: bigint, xip: ReadonlyArray<bigint> = []): SnapshotMark => ({ xmin, xmax, xip, lsn: 0n })
+const mark = (xmin: bigint, xmax: bigint, xip: ReadonlyArray<bigint> = []): SnapshotMark => ({ xmin, xmax, xip, lsn: 0n, columns: "" })
 
 const EPOCH5 = 5n << 32n
 
