@@ -6,7 +6,7 @@ import { pipeline } from "node:stream/promises"
 import pg from "pg"
 import { to as copyTo } from "pg-copy-streams"
 import { startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
-import { startInProcess } from "./server.js"
+import { startInProcess } from "../../test/support/inProcess.js"
 
 /*
  * Initial sync and live throughput, next to what Postgres itself can do:

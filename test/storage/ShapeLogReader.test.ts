@@ -1,5 +1,4 @@
 import * as fs from "node:fs/promises"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Context, Effect, Fiber, Layer } from "effect"
@@ -14,21 +13,11 @@ import {
   ShapeLogStorage,
   type ShapeLogStorageOptions
 } from "../../src/storage/ShapeLogStorage.js"
+import { entry, fmt, line, off, tempDir, THRESHOLD } from "./fixtures.js"
 
-const THRESHOLD = 1000
 const decoder = new TextDecoder()
 
-/** A JSON message of exactly 99 characters: with its newline, 100 bytes on disk. */
-const line = (tag: string, i: number): string => {
-  const head = `{"key":"${tag}-${i}","value":{"id":"${i}","pad":"`
-  const tail = `"}}`
-  return head + "x".repeat(99 - head.length - tail.length) + tail
-}
 
-const entry = (tx: number, op: number): LogEntry => ({ offset: LogOffset.make(BigInt(tx), op), json: line("log", tx * 1000 + op) })
-
-const fmt = LogOffset.format
-const off = (text: string): LogOffset => LogOffset.parse(text)!
 
 /** A read in a form `toEqual` compares byte for byte. */
 const view = (read: LogRead) => ({
@@ -38,10 +27,6 @@ const view = (read: LogRead) => ({
   reachedEnd: read.reachedEnd
 })
 
-const tempDir = Effect.acquireRelease(
-  Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "syncline-reader-"))),
-  (dir) => Effect.promise(() => fs.rm(dir, { recursive: true, force: true }))
-)
 
 /** The owning process: the normal storage layer on a fresh directory. */
 const withWriter = Effect.gen(function*() {

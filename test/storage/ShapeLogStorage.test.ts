@@ -1,32 +1,17 @@
 import * as fs from "node:fs/promises"
-import * as os from "node:os"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Option, Scope } from "effect"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
-import { type LogEntry, type LogRead, make, type ShapeLog } from "../../src/storage/ShapeLogStorage.js"
+import { type LogRead, make, type ShapeLog } from "../../src/storage/ShapeLogStorage.js"
+import { entry, fmt, line, off, tempDir, THRESHOLD } from "./fixtures.js"
 
-const THRESHOLD = 1000
 const decoder = new TextDecoder()
 
-/** A JSON message of exactly 99 characters: with its newline, 100 bytes on disk. */
-const line = (tag: string, i: number): string => {
-  const head = `{"key":"${tag}-${i}","value":{"id":"${i}","pad":"`
-  const tail = `"}}`
-  return head + "x".repeat(99 - head.length - tail.length) + tail
-}
 
-const entry = (tx: number, op: number): LogEntry => ({ offset: LogOffset.make(BigInt(tx), op), json: line("log", tx * 1000 + op) })
-
-const off = (text: string): LogOffset => LogOffset.parse(text)!
-const fmt = LogOffset.format
 const bodyOf = (read: LogRead): string => decoder.decode(read.body)
 
-const tempDir = Effect.acquireRelease(
-  Effect.promise(() => fs.mkdtemp(path.join(os.tmpdir(), "syncline-storage-"))),
-  (dir) => Effect.promise(() => fs.rm(dir, { recursive: true, force: true }))
-)
 
 const withStorage = (threshold = THRESHOLD) =>
   Effect.gen(function*() {

@@ -1,21 +1,15 @@
-import { HttpServer } from "@effect/platform"
-import { Effect, Exit, Layer, Scope } from "effect"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
 import pg from "pg"
 import { inject } from "vitest"
 import { StackConfig, type StackSettings } from "../../src/config/StackConfig.js"
-import { Server } from "../../layers/Server.js"
+import { type InProcessSyncline, startInProcess } from "./inProcess.js"
 
 /** A Syncline server running in this process against the test database. */
-export interface RunningSyncline {
-  readonly baseUrl: string
-  readonly settings: StackSettings
-  readonly stop: () => Promise<void>
-}
+export type RunningSyncline = InProcessSyncline
 
-/** A temp directory removed when the test run's process ends. */
+/** A fresh temp directory (the OS's temp dir is cleaned by the OS, not by the tests). */
 export const tempDir = (prefix: string): Promise<string> => fs.mkdtemp(path.join(os.tmpdir(), `syncline-${prefix}-`))
 
 /**
@@ -37,26 +31,7 @@ export const startSyncline = async (options: {
     cacheStaleAge: 3,
     ...options.settings
   })
-  const databaseUrl = inject("databaseUrl")
-  const app = Server(settings, databaseUrl, { host: "127.0.0.1" })
-  const scope = Effect.runSync(Scope.make())
-  const context = await Effect.runPromise(Layer.buildWithScope(app, scope))
-  const server = Effect.runSync(Effect.provide(HttpServer.HttpServer, context))
-  const address = server.address
-  if (address._tag !== "TcpAddress") throw new Error("expected a TCP address")
-  const baseUrl = `http://127.0.0.1:${address.port}`
-  const deadline = Date.now() + 60_000
-  for (;;) {
-    const res = await fetch(`${baseUrl}/v1/health`).catch(() => undefined)
-    if (res !== undefined && res.status === 200) break
-    if (Date.now() > deadline) throw new Error("Syncline did not become active")
-    await new Promise((r) => setTimeout(r, 50))
-  }
-  return {
-    baseUrl,
-    settings,
-    stop: () => Effect.runPromise(Scope.close(scope, Exit.void))
-  }
+  return startInProcess(inject("databaseUrl"), settings)
 }
 
 /** A `pg` pool on the test database. */

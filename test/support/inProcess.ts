@@ -3,7 +3,7 @@ import { Effect, Exit, Layer, Scope } from "effect"
 import { StackConfig, type StackSettings } from "../../src/config/StackConfig.js"
 import { Server } from "../../layers/Server.js"
 
-/** A Syncline HTTP server and stack running in this process. */
+/** A Syncline HTTP server and stack running in this process (tests and benchmarks). */
 export interface InProcessSyncline {
   readonly baseUrl: string
   readonly settings: StackSettings
