@@ -1,10 +1,12 @@
 import * as fs from "node:fs/promises"
 import pg from "pg"
-import { afterAll, beforeAll, describe, expect, inject, it, onTestFailed } from "vitest"
+import * as path from "node:path"
+import { afterAll, beforeAll, describe, expect, it, onTestFailed } from "vitest"
 import { Lsn } from "../src/domain/Lsn.js"
 import { decode, type PgOutputMessage } from "../src/postgres/PgOutput.js"
 import { type ChildService, cleanEnv, freePort, spawnSyncline, stopAllChildren, waitHealthy } from "./support/process.js"
-import { dropReplication, tempDir, testPool } from "./support/syncline.js"
+import { type RunningPostgres, startEmbeddedPostgres } from "../src/postgres/EmbeddedPostgres.js"
+import { dropReplication, tempDir } from "./support/syncline.js"
 
 /**
  * DESIGN.md invariant 3 and replication.md "Ack warning": Postgres skips, on restart, every
@@ -28,9 +30,22 @@ interface Message {
 let pool: pg.Pool
 let storageDir: string | undefined
 const services: Array<ChildService> = []
+// A Postgres of its own: other test files write WAL to the shared one all the time, and any record
+// landing between T1's commit and T2's makes the two commits not adjacent.
+let postgres: RunningPostgres | undefined
+let postgresDir: string | undefined
+let databaseUrl: string
 
 beforeAll(async () => {
-  pool = testPool()
+  postgresDir = await tempDir(`${STREAM}-pg`)
+  // As root the embedded Postgres runs as another user, which must be able to enter the directory.
+  await fs.chmod(postgresDir, 0o755)
+  postgres = await startEmbeddedPostgres({
+    dataDir: path.join(postgresDir, "data"),
+    settings: { fsync: "off", synchronous_commit: "off", full_page_writes: "off", autovacuum: "off" }
+  })
+  databaseUrl = postgres.url
+  pool = new pg.Pool({ connectionString: databaseUrl, max: 4 })
   await pool.query(`DROP TABLE IF EXISTS ${TABLE}`)
   await pool.query(`CREATE TABLE ${TABLE} (id int PRIMARY KEY, v text)`)
   await pool.query(`INSERT INTO ${TABLE} SELECT i, 'row ' || i FROM generate_series(1, 5) i`)
@@ -43,6 +58,8 @@ afterAll(async () => {
   await stopAllChildren()
   await dropReplication(pool, STREAM)
   await pool.end()
+  await postgres?.stop()
+  if (postgresDir !== undefined) await fs.rm(postgresDir, { recursive: true, force: true })
   if (storageDir !== undefined) await fs.rm(storageDir, { recursive: true, force: true })
 })
 
@@ -62,7 +79,7 @@ const startService = async (): Promise<{ child: ChildService; baseUrl: string }>
   const port = await freePort()
   const child = spawnSyncline({
     env: cleanEnv({
-      DATABASE_URL: inject("databaseUrl"),
+      DATABASE_URL: databaseUrl,
       ELECTRIC_INSECURE: "true",
       ELECTRIC_PORT: String(port),
       ELECTRIC_REPLICATION_STREAM_ID: STREAM,
@@ -182,7 +199,7 @@ describe("kill -9 between two adjacent commits", () => {
 
       // W2 opens T2 and writes its insert; W1 then commits T1 on its own.
       let t1End: Lsn = 0n
-      const w2 = new pg.Client({ connectionString: inject("databaseUrl") })
+      const w2 = new pg.Client({ connectionString: databaseUrl })
       await w2.connect()
       try {
         // The test cluster runs with synchronous_commit off; decoding reads only flushed WAL,

@@ -331,7 +331,14 @@ const serveActive = (
     } else {
       shape = yield* cache.getOrCreate(resolved)
     }
-    const log = yield* storage.open(shape.handle)
+    // Removed between the lookup and the open: the definition has (or gets) a new shape.
+    const log = yield* storage.open(shape.handle).pipe(
+      Effect.catchTag("StorageError", (e): Effect.Effect<never, Reply | StorageError> =>
+        e.reason === "Removed"
+          ? Effect.flatMap(currentHandle, (current) => Effect.fail(mustRefetch(origin, current)))
+          : Effect.fail(e)
+      )
+    )
     const source: LogSource = {
       handle: shape.handle,
       schema: () => schemaOf(shape),

@@ -12,6 +12,9 @@ SELECT c.oid, n.nspname, c.relname
 // indkey is an int2vector, whose subscripts start at 0; pk_position is counted from its lower bound.
 // An array type is one with an element type and variable length (as Postgres's
 // own IsTrueArrayType); `typelem` alone would also match fixed-size types like `point`.
+// Generated columns are left out because pgoutput leaves them out of Relation messages and
+// tuples (unless publish_generated_columns is on): the snapshot, the schema and the column
+// signature must match what the replication stream carries.
 const COLUMNS_SQL = `
 SELECT a.attname AS name,
        a.attnum AS attnum,
@@ -37,7 +40,7 @@ SELECT a.attname AS name,
   JOIN pg_catalog.pg_type et
     ON et.oid = CASE WHEN t.typelem <> 0 AND t.typlen = -1 THEN t.typelem ELSE t.oid END
   LEFT JOIN pg_catalog.pg_index i ON i.indrelid = a.attrelid AND i.indisprimary
- WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped
+ WHERE a.attrelid = $1 AND a.attnum > 0 AND NOT a.attisdropped AND a.attgenerated = ''
  ORDER BY a.attnum`
 
 interface ColumnRow {

@@ -1,4 +1,4 @@
-import { Context, Effect, Layer, type Scope } from "effect"
+import { Context, Deferred, Effect, Exit, FiberId, Layer, type Scope } from "effect"
 import pg from "pg"
 import { PostgresError } from "../domain/errors.js"
 import type { TableInfo } from "../domain/Table.js"
@@ -59,6 +59,12 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
   readonly acquireLock: Effect.Effect<void, PostgresError, Scope.Scope>
   /** True while a lock taken by `acquireLock` is held (its connection is alive and its scope open). */
   readonly isLockHeld: Effect.Effect<boolean>
+  /**
+   * Fails when the connection of the lock last taken by `acquireLock` ends or errors while the lock is
+   * held (another instance may then take the slot); never completes otherwise, nor after the lock's
+   * scope closed.
+   */
+  readonly lockLost: Effect.Effect<never, PostgresError>
 }>() {
   /** The service over `PgPool`. */
   static make(options: PgAdminOptions): Effect.Effect<PgAdmin["Type"], never, PgPool> {
@@ -67,6 +73,8 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
       const db = yield* PgPool
       const addTableLock = yield* Effect.makeSemaphore(1)
       let locksHeld = 0
+      // The latest lock's loss signal: a later stack built over this service waits on its own lock only.
+      let current: Deferred.Deferred<never, PostgresError> | undefined = undefined
 
       const checkPrerequisites = Effect.gen(function*() {
         const rows = yield* db.query<{ wal_level: string; rolname: string; rolreplication: boolean; rolsuper: boolean }>(
@@ -143,16 +151,25 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
 
       const acquireLock = Effect.gen(function*() {
         let held = false
+        const lost = Deferred.unsafeMake<never, PostgresError>(FiberId.none)
+        const loseLock = (message: string, cause?: unknown) => {
+          if (!held) return
+          held = false
+          locksHeld--
+          const error = new PostgresError({
+            reason: "Connection",
+            message: `${message}: the advisory lock of slot ${slotName} is lost`,
+            cause
+          })
+          Deferred.unsafeDone(lost, Exit.fail(error))
+        }
         const client = yield* Effect.acquireRelease(
           Effect.tryPromise({
             try: async () => {
               const client = new pg.Client({ connectionString: db.connectionString, application_name: "syncline", keepAlive: true })
               // A dropped connection emits "error"; unhandled, it would crash the process. The lock is gone with it.
-              client.on("error", () => {})
-              client.on("end", () => {
-                if (held) locksHeld--
-                held = false
-              })
+              client.on("error", (cause) => loseLock("The advisory lock connection failed", cause))
+              client.on("end", () => loseLock("The advisory lock connection ended"))
               await client.connect()
               return client
             },
@@ -177,11 +194,14 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
           }
           held = true
           locksHeld++
+          current = lost
         }).pipe(Effect.onError(() => Effect.promise(() => client.end().catch(() => undefined))))
+        // Runs before the connection is closed, so that closing it is not taken for a loss.
         yield* Effect.addFinalizer(() =>
           Effect.sync(() => {
             if (held) locksHeld--
             held = false
+            if (current === lost) current = undefined
           })
         )
       }).pipe(Effect.withSpan("PgAdmin.acquireLock"))
@@ -194,7 +214,8 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
         ensureSlot,
         addTable,
         acquireLock,
-        isLockHeld: Effect.sync(() => locksHeld > 0)
+        isLockHeld: Effect.sync(() => locksHeld > 0),
+        lockLost: Effect.suspend(() => (current === undefined ? Effect.never : Deferred.await(current)))
       }
     })
   }

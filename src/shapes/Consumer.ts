@@ -1,6 +1,6 @@
 import { Deferred, Effect, Queue } from "effect"
 import type { Transaction } from "../domain/Change.js"
-import type { LogOffset } from "../domain/LogOffset.js"
+import { LogOffset } from "../domain/LogOffset.js"
 import type { StorageError } from "../domain/errors.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
 import type { Delivery } from "../replication/ShapeLogCollector.js"
@@ -43,7 +43,10 @@ export const visibleInSnapshot = (xid: number, mark: SnapshotMark): boolean => {
  * drops replays (commit LSN at or below its durable offset) and transactions
  * its snapshot already holds, encodes the rest and appends them with one
  * commit (fsync) per batch — group commit — then reports the batch durable to
- * the flush tracker.
+ * the flush tracker. It returns when the shape must go (its table was
+ * truncated or changed), after reporting that through `invalidate`; the batch
+ * holding that transaction is not reported durable, so acknowledgements wait
+ * for the removal.
  */
 export const runConsumer = (options: {
   readonly shape: Shape
@@ -52,13 +55,17 @@ export const runConsumer = (options: {
   readonly snapshot: Deferred.Deferred<SnapshotMark>
   readonly tracker: FlushTracker["Type"]
   readonly invalidate: (reason: string) => Effect.Effect<void>
-}): Effect.Effect<never, StorageError> => {
+}): Effect.Effect<void, StorageError> => {
   const { shape, log, queue, tracker } = options
   const encoder = makeShapeEncoder(shape)
   const handle = shape.handle
   const tableOid = shape.table.oid
+  // Transactions commit in order, and those the snapshot holds committed before it was taken: once one is
+  // not in the snapshot (or the log holds changes past it), no later one is, so the xid test stops there.
+  let pastSnapshot = LogOffset.isReal(log.latestOffset())
 
-  const step = (mark: SnapshotMark) =>
+  /** One batch; false once the shape was invalidated. */
+  const step = (mark: SnapshotMark): Effect.Effect<boolean, StorageError> =>
     Effect.flatMap(Queue.takeBetween(queue, 1, 4096), (batch) =>
       Effect.uninterruptible(
         Effect.gen(function*() {
@@ -70,10 +77,13 @@ export const runConsumer = (options: {
             lastCommit = txn.commitLsn
             if (delivery.invalidated !== undefined) {
               yield* options.invalidate(delivery.invalidated)
-              return yield* Effect.interrupt
+              return false
             }
             if (txn.commitLsn <= durableAt.tx) continue
-            if (visibleInSnapshot(txn.xid, mark)) continue
+            if (!pastSnapshot) {
+              if (visibleInSnapshot(txn.xid, mark)) continue
+              pastSnapshot = true
+            }
             const txHeaders = transactionHeaders(txn.xid, txn.commitLsn)
             pending.length = 0
             for (const i of delivery.changes) {
@@ -88,9 +98,12 @@ export const runConsumer = (options: {
             yield* log.commit
           }
           yield* tracker.durable(handle, lastCommit)
+          return true
         })
       )
     )
 
-  return Effect.flatMap(Deferred.await(options.snapshot), (mark) => Effect.forever(step(mark)))
+  const loop = (mark: SnapshotMark): Effect.Effect<void, StorageError> =>
+    Effect.flatMap(step(mark), (more) => (more ? loop(mark) : Effect.void))
+  return Effect.flatMap(Deferred.await(options.snapshot), loop)
 }

@@ -1,4 +1,4 @@
-import { Context, Deferred, Effect, FiberMap, Layer, Queue } from "effect"
+import { Cause, Context, Deferred, Effect, FiberMap, Layer, Queue } from "effect"
 import type { Transaction } from "../domain/Change.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { StorageError } from "../domain/errors.js"
@@ -14,6 +14,8 @@ interface Registered {
   readonly shape: Shape
   readonly snapshot: Deferred.Deferred<SnapshotMark>
   queue: Queue.Queue<Work> | undefined
+  /** The consumer found the shape invalid; it is being removed. */
+  invalidated: boolean
 }
 
 /**
@@ -51,23 +53,33 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
           const queue = yield* Queue.unbounded<Work>()
           reg.queue = queue
           const handle = reg.shape.handle
-          const consumer = Effect.flatMap(storage.open(handle), (log) =>
-            runConsumer({
-              shape: reg.shape,
-              log,
-              queue,
-              snapshot: reg.snapshot,
-              tracker,
-              invalidate: (reason) => Queue.offer(invalidations, { handle, reason })
-            })
-          ).pipe(
-            // A log that cannot be written is a fault of the stack, not of the shape: the stack restarts
-            // and the shape (and what it already made durable) stays.
-            Effect.catchAll((error) =>
-              Effect.zipRight(
-                Effect.logError(`consumer of shape ${handle} failed; restarting the stack`, error),
-                Deferred.fail(failed, error)
-              )
+          // The log is opened once the snapshot is written: a new shape's storage is created by its snapshot.
+          const consumer = Deferred.await(reg.snapshot).pipe(
+            Effect.zipRight(storage.open(handle)),
+            Effect.flatMap((log) =>
+              runConsumer({
+                shape: reg.shape,
+                log,
+                queue,
+                snapshot: reg.snapshot,
+                tracker,
+                invalidate: (reason) =>
+                  Effect.suspend(() => {
+                    // Work still routed to it is dropped, not acknowledged: the ack waits for the removal.
+                    reg.invalidated = true
+                    return Queue.offer(invalidations, { handle, reason })
+                  })
+              })
+            ),
+            // A log that cannot be written (or a bug) is a fault of the stack, not of the shape: the stack
+            // restarts and the shape, with what it already made durable, stays.
+            Effect.catchAllCause((cause) =>
+              Cause.isInterruptedOnly(cause)
+                ? Effect.failCause(cause)
+                : Effect.zipRight(
+                  Effect.logError(`consumer of shape ${handle} failed; restarting the stack`, cause),
+                  Deferred.failCause(failed, cause)
+                )
             ),
             Effect.ensuring(
               Effect.sync(() => {
@@ -84,7 +96,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
           Effect.gen(function*() {
             const deferred = yield* Deferred.make<SnapshotMark>()
             if (snapshot !== undefined) yield* Deferred.succeed(deferred, snapshot)
-            registered.set(shape.handle, { shape, snapshot: deferred, queue: undefined })
+            registered.set(shape.handle, { shape, snapshot: deferred, queue: undefined, invalidated: false })
           }),
         snapshotReady: (handle, mark) =>
           Effect.suspend(() => {
@@ -95,6 +107,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
           Effect.suspend(() => {
             const reg = registered.get(delivery.handle)
             if (reg === undefined) return tracker.forget(delivery.handle)
+            if (reg.invalidated) return Effect.void
             if (reg.queue !== undefined) return Queue.offer(reg.queue, { txn, delivery })
             return Effect.flatMap(start(reg), (queue) => Queue.offer(queue, { txn, delivery }))
           }),

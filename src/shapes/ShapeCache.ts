@@ -1,4 +1,4 @@
-import { Cause, Context, Deferred, Effect, Either, Exit, Layer, Option, Queue } from "effect"
+import { Cause, Context, Deferred, Effect, Either, Layer, Option, Queue } from "effect"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import {
@@ -6,7 +6,7 @@ import {
   type PostgresError,
   type RegistryError,
   type StorageError,
-  type TableAbsent
+  TableAbsent
 } from "../domain/errors.js"
 import { Inspector } from "../postgres/Inspector.js"
 import { PgAdmin } from "../postgres/PgAdmin.js"
@@ -95,6 +95,15 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         yield* Effect.logInfo(`removed shape ${handle} left unfinished by the previous run`)
       }
 
+      // Files no registered shape owns (a crash between creating a shape's directory and its row, or
+      // after the row of a removal was deleted) are left-overs.
+      const registered = new Set<string>((yield* status.all).map((r) => r.handle))
+      for (const handle of yield* storage.list) {
+        if (registered.has(handle)) continue
+        yield* storage.remove(handle)
+        yield* Effect.logInfo(`removed the files of shape ${handle}, which is not registered`)
+      }
+
       for (const record of yield* status.all) {
         const restored = yield* restore(record)
         if (restored === undefined) continue
@@ -149,20 +158,29 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           const shape = spec.build(record.handle)
           yield* consumers.register(shape, undefined)
           route(shape)
-          const mark = yield* Effect.flatMap(storage.open(record.handle), (log) => snapshotter.run(shape, log)).pipe(
-            // A failed snapshot leaves nothing behind; an interrupted one is removed at the next boot.
+          const mark = yield* Effect.flatMap(storage.create(record.handle), (log) => snapshotter.run(shape, log)).pipe(
+            Effect.tap((mark) => status.markSnapshotComplete(record.handle, mark)),
+            // A failed snapshot leaves nothing behind; an interrupted one (the stack stopping) is removed at the next boot.
             Effect.tapErrorCause((cause) =>
               Cause.isInterruptedOnly(cause)
                 ? Effect.void
                 : removeNow(record.handle).pipe(Effect.catchAll((e) => Effect.logWarning("clean-up failed", e)))
             )
           )
-          yield* status.markSnapshotComplete(record.handle, mark)
           shapes.set(record.handle, shape)
           yield* consumers.snapshotReady(record.handle, mark)
           yield* Effect.logInfo(`created shape ${record.handle} on ${spec.table.schema}.${spec.table.name}`)
           return shape
         })
+
+      // Creations run in the cache's own scope, not in the request that asked: a client that goes away
+      // must not cut a snapshot short and leave a routed shape whose consumer waits for it forever.
+      const cacheScope = yield* Effect.scope
+      yield* Effect.addFinalizer(() =>
+        Effect.forEach(creating.values(), (d) => Deferred.fail(d, new TableAbsent({ operation: "getOrCreate" })), {
+          discard: true
+        })
+      )
 
       return ShapeCache.of({
         resolve: (spec) => resolveSpec(inspector, spec),
@@ -174,15 +192,21 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
               const shape = shapes.get(existing.value.handle)
               if (shape !== undefined) return shape
             }
-            const inFlight = creating.get(identity)
-            if (inFlight !== undefined) return yield* Deferred.await(inFlight)
-            const deferred = yield* Deferred.make<Shape, CreateError>()
-            creating.set(identity, deferred)
-            const exit = yield* Effect.exit(create(spec))
-            creating.delete(identity)
-            yield* Deferred.done(deferred, exit)
-            if (Exit.isFailure(exit)) yield* Effect.logWarning("shape creation failed", exit.cause)
-            return yield* exit
+            let inFlight = creating.get(identity)
+            if (inFlight === undefined) {
+              const deferred = yield* Deferred.make<Shape, CreateError>()
+              creating.set(identity, deferred)
+              inFlight = deferred
+              yield* create(spec).pipe(
+                Effect.tapErrorCause((cause) => Effect.logWarning("shape creation failed", cause)),
+                Effect.exit,
+                Effect.flatMap((exit) =>
+                  Effect.zipRight(Effect.sync(() => creating.delete(identity)), Deferred.done(deferred, exit))
+                ),
+                Effect.forkIn(cacheScope)
+              )
+            }
+            return yield* Deferred.await(inFlight)
           }),
         get: (handle) =>
           Effect.map(status.get(handle), (record) =>

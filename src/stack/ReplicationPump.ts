@@ -1,5 +1,6 @@
 import { Context, Deferred, Effect, Layer, Stream } from "effect"
-import type { ReplicationError, StorageError } from "../domain/errors.js"
+import type { PostgresError, ReplicationError, StorageError } from "../domain/errors.js"
+import { PgAdmin } from "../postgres/PgAdmin.js"
 import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
 import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
@@ -15,13 +16,16 @@ const MAX_IN_FLIGHT = 20_000
  * shapes it touches. It is the first thing to stop when the stack closes.
  */
 export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<ReplicationPump, {
-  /** Fails when the replication stream or a consumer's log fails; never succeeds. */
-  readonly failure: Effect.Effect<never, ReplicationError | StorageError>
+  /**
+   * Fails when the replication stream or a consumer's log fails, or when the slot's advisory lock is lost
+   * (another instance may then take the slot while this one writes); never succeeds.
+   */
+  readonly failure: Effect.Effect<never, ReplicationError | StorageError | PostgresError>
 }>() {
   static readonly layer: Layer.Layer<
     ReplicationPump,
     never,
-    ReplicationConnection | ShapeLogCollector | ConsumerSupervisor | FlushTracker
+    ReplicationConnection | ShapeLogCollector | ConsumerSupervisor | FlushTracker | PgAdmin
   > = Layer.scoped(
     ReplicationPump,
     Effect.gen(function*() {
@@ -30,6 +34,7 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
       const collector = yield* ShapeLogCollector
       const consumers = yield* ConsumerSupervisor
       const tracker = yield* FlushTracker
+      const admin = yield* PgAdmin
       const failure = yield* Deferred.make<never, ReplicationError | StorageError>()
 
       yield* replication.transactions.pipe(
@@ -45,7 +50,9 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
         Effect.catchAll((error) => Deferred.fail(failure, error)),
         Effect.forkScoped
       )
-      return ReplicationPump.of({ failure: Effect.raceFirst(Deferred.await(failure), consumers.failure) })
+      return ReplicationPump.of({
+        failure: Deferred.await(failure).pipe(Effect.raceFirst(consumers.failure), Effect.raceFirst(admin.lockLost))
+      })
     })
   )
 }

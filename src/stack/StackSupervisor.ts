@@ -120,6 +120,8 @@ export const makeStackSupervisor = <E>(
     )
 
     const supervise = runOnce.pipe(
+      // A bug in a stack (a defect) must not end the supervision for good: the stack is rebuilt like after a failure.
+      Effect.catchAllDefect((defect) => Effect.fail(defect)),
       Effect.tapErrorCause((cause) => {
         const failure = Cause.failureOption(cause)
         return Option.isSome(failure) && isFatal(failure.value)
@@ -155,7 +157,8 @@ export const makeStackSupervisor = <E>(
       status,
       current: (timeout) => waitFor((v) => Option.some(v), timeout),
       active: (timeout) => waitFor((v) => (v.mode === "active" ? Option.some(v.context) : Option.none()), timeout),
-      restart: Effect.zipRight(stop, start),
+      // Never half done: a caller that goes away mid-teardown must not leave the process without a stack.
+      restart: Effect.uninterruptible(Effect.zipRight(stop, start)),
       fatal: Deferred.await(fatal)
     }
   })

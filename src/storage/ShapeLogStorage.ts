@@ -77,6 +77,12 @@ export interface ShapeLogReader {
  * costs nothing in memory.
  */
 export class ShapeLogStorage extends Context.Tag("syncline/ShapeLogStorage")<ShapeLogStorage, {
+  /** Starts a fresh, empty shape under the handle, discarding whatever the handle held (an open log is closed as removed). */
+  readonly create: (handle: ShapeHandle) => Effect.Effect<ShapeLog, StorageError>
+  /**
+   * The log of an existing shape, recovered from disk on first use. Never creates one: fails with reason
+   * "Removed" when the shape has no directory and "Corrupt" when its directory has no commit pointer.
+   */
   readonly open: (handle: ShapeHandle) => Effect.Effect<ShapeLog, StorageError>
   /** Deletes a shape's files; idempotent. Open logs are closed and their waiters woken. */
   readonly remove: (handle: ShapeHandle) => Effect.Effect<void, StorageError>
@@ -179,12 +185,21 @@ export const make = (
     // not open a log: opening recovers, and recovery truncates files the next stack may be writing.
     let accepting = true
 
+    const stopped = (handle: ShapeHandle) =>
+      new StorageError({ reason: "Closed", handle, message: "the storage of a stopped stack" })
+
+    const track = (handle: ShapeHandle, opening: Promise<Opened>): Promise<Opened> => {
+      logs.set(handle, opening)
+      opening.catch(() => {
+        if (logs.get(handle) === opening) logs.delete(handle)
+      })
+      return opening
+    }
+
+    const toOpened = (files: ShapeLogFiles): Opened => ({ files, log: toShapeLog(files) })
+
     const openCached = (handle: ShapeHandle): Promise<Opened> => {
-      if (!accepting) {
-        return Promise.reject(
-          new StorageError({ reason: "Closed", handle, message: "the storage of a stopped stack" })
-        )
-      }
+      if (!accepting) return Promise.reject(stopped(handle))
       const cached = logs.get(handle)
       if (cached !== undefined) {
         return cached.then((entry) => {
@@ -193,15 +208,21 @@ export const make = (
           return openCached(handle)
         })
       }
-      const opening = ShapeLogFiles.open(path.join(root, handle), handle, threshold).then((files): Opened => ({
-        files,
-        log: toShapeLog(files)
-      }))
-      logs.set(handle, opening)
-      opening.catch(() => {
-        if (logs.get(handle) === opening) logs.delete(handle)
-      })
-      return opening
+      return track(handle, ShapeLogFiles.open(path.join(root, handle), handle, threshold).then(toOpened))
+    }
+
+    const createCached = (handle: ShapeHandle): Promise<Opened> => {
+      if (!accepting) return Promise.reject(stopped(handle))
+      const previous = logs.get(handle)
+      return track(
+        handle,
+        (async () => {
+          // The old log's files are about to be emptied: its readers and writers must stop first.
+          const entry = await previous?.catch(() => undefined)
+          await entry?.files.shutdown("removed")
+          return toOpened(await ShapeLogFiles.create(path.join(root, handle), handle, threshold))
+        })()
+      )
     }
 
     yield* Effect.addFinalizer(() =>
@@ -218,9 +239,14 @@ export const make = (
       return entry.log
     })
 
+    const create = Effect.fn("ShapeLogStorage.create")(function*(handle: ShapeHandle) {
+      const entry = yield* attempt(handle, () => createCached(handle))
+      return entry.log
+    })
+
     const remove = Effect.fn("ShapeLogStorage.remove")(function*(handle: ShapeHandle) {
       yield* attempt(handle, async () => {
-        if (!accepting) throw new StorageError({ reason: "Closed", handle, message: "the storage of a stopped stack" })
+        if (!accepting) throw stopped(handle)
         const cached = logs.get(handle)
         logs.delete(handle)
         const entry = await cached?.catch(() => undefined)
@@ -243,7 +269,7 @@ export const make = (
         .map((e) => ShapeHandle(e.name))
     }).pipe(Effect.withSpan("ShapeLogStorage.list"))
 
-    return ShapeLogStorage.of({ open, remove, list })
+    return ShapeLogStorage.of({ create, open, remove, list })
   })
 
 /**

@@ -152,6 +152,53 @@ layer(Live, { excludeTestServices: true })("PgAdmin", (it) => {
       expect(yield* waiter.isLockHeld).toBe(false)
       yield* Scope.close(waiterScope, Exit.void)
     }))
+
+  it.scoped("lockLost fails when the lock's connection is terminated, and only then", () =>
+    Effect.gen(function*() {
+      const slot = "electric_slot_pgadmin_lost"
+      const admin = yield* PgAdmin.make({ ...names, slotName: slot })
+      const observer = yield* otherSession
+
+      // Released normally: not a loss.
+      const before = yield* Effect.fork(Effect.flip(admin.lockLost))
+      const firstScope = yield* Scope.make()
+      yield* Scope.extend(admin.acquireLock, firstScope)
+      const duringFirst = yield* Effect.fork(Effect.flip(admin.lockLost))
+      yield* Scope.close(firstScope, Exit.void)
+      expect(yield* lockFreeFrom(observer, slot)).toBe(true)
+      yield* Effect.sleep("300 millis")
+      expect(before.unsafePoll()).toBeNull()
+      expect(duringFirst.unsafePoll()).toBeNull()
+      yield* Fiber.interrupt(before)
+      yield* Fiber.interrupt(duringFirst)
+
+      const scope = yield* Scope.make()
+      yield* Effect.addFinalizer(() => Scope.close(scope, Exit.void))
+      yield* Scope.extend(admin.acquireLock, scope)
+      const lost = yield* Effect.fork(Effect.flip(admin.lockLost))
+      // A one-key advisory lock shows its key's high half in classid and its low half in objid.
+      const holders = yield* Effect.promise(() =>
+        observer.query<{ pid: number }>(
+          `SELECT pid FROM pg_catalog.pg_locks
+            WHERE locktype = 'advisory' AND granted AND objsubid = 1
+              AND database = (SELECT oid FROM pg_catalog.pg_database WHERE datname = current_database())
+              AND ((classid::int8 << 32) | objid::int8) = hashtext($1)::int8`,
+          [slot]
+        )
+      )
+      expect(holders.rows).toHaveLength(1)
+      expect(lost.unsafePoll()).toBeNull()
+      yield* Effect.promise(() => observer.query("SELECT pg_terminate_backend($1)", [holders.rows[0]!.pid]))
+
+      const error = yield* Fiber.join(lost).pipe(Effect.timeout("10 seconds"))
+      expect(error._tag).toBe("PostgresError")
+      expect(error.reason).toBe("Connection")
+      expect(error.message).toContain(slot)
+      expect(yield* admin.isLockHeld).toBe(false)
+      // A later look at the lost lock fails at once.
+      expect((yield* Effect.flip(admin.lockLost)).reason).toBe("Connection")
+      expect(yield* lockFreeFrom(observer, slot)).toBe(true)
+    }))
 })
 
 describe("PgAdmin prerequisites", () => {

@@ -95,7 +95,7 @@ describe("ShapeLogReader", () => {
     Effect.gen(function*() {
       const { options, storage } = yield* withWriter
       const handle = ShapeHandle("reader-follow")
-      const log = yield* storage.open(handle)
+      const log = yield* storage.create(handle)
       yield* log.appendSnapshot(snapshotLines)
       yield* log.completeSnapshot
 
@@ -137,7 +137,7 @@ describe("ShapeLogReader", () => {
       const options: ShapeLogStorageOptions = { directory, chunkBytesThreshold: 1_000_000 }
       const storage = Context.get(yield* Layer.build(ShapeLogStorage.layer(options)), ShapeLogStorage)
       const handle = ShapeHandle("reader-search")
-      const log = yield* storage.open(handle)
+      const log = yield* storage.create(handle)
       yield* log.completeSnapshot
       const reader = yield* openReader(options, handle)
       yield* expectSameReads(log, reader, probes(1, []))
@@ -156,7 +156,7 @@ describe("ShapeLogReader", () => {
     Effect.gen(function*() {
       const { options, storage } = yield* withWriter
       const handle = ShapeHandle("reader-untouched")
-      const log = yield* storage.open(handle)
+      const log = yield* storage.create(handle)
       yield* log.appendSnapshot(snapshotLines)
       yield* log.completeSnapshot
       const committed = Array.from({ length: 14 }, (_, i) => entry(300 + Math.floor(i / 2), (i % 2) * 2))
@@ -208,7 +208,7 @@ describe("ShapeLogReader", () => {
     Effect.gen(function*() {
       const { options, storage } = yield* withWriter
       const handle = ShapeHandle("reader-incomplete")
-      const log = yield* storage.open(handle)
+      const log = yield* storage.create(handle)
       const reader = yield* openReader(options, handle)
       expect(yield* reader.latestOffset).toEqual(LogOffset.beforeAll)
       yield* log.appendSnapshot(snapshotLines)
@@ -224,7 +224,7 @@ describe("ShapeLogReader", () => {
     Effect.gen(function*() {
       const { options, storage } = yield* withWriter
       const handle = ShapeHandle("reader-removed")
-      const log = yield* storage.open(handle)
+      const log = yield* storage.create(handle)
       yield* log.appendSnapshot(snapshotLines)
       yield* log.completeSnapshot
       yield* log.append([entry(10, 0)])
@@ -244,7 +244,7 @@ describe("ShapeLogReader", () => {
     Effect.gen(function*() {
       const { options, storage } = yield* withWriter
       const handle = ShapeHandle("reader-corrupt")
-      const log = yield* storage.open(handle)
+      const log = yield* storage.create(handle)
       yield* log.completeSnapshot
       const pointerFile = path.join(options.directory, handle, "commit.json")
       yield* Effect.promise(() => fs.writeFile(pointerFile, "{\"version\":1,"))
@@ -258,7 +258,7 @@ describe("ShapeLogReader", () => {
     Effect.gen(function*() {
       const { options, storage } = yield* withWriter
       const handle = ShapeHandle("reader-concurrent")
-      const log = yield* storage.open(handle)
+      const log = yield* storage.create(handle)
       yield* log.appendSnapshot(snapshotLines.slice(0, 3))
       yield* log.completeSnapshot
       const reader = yield* openReader(options, handle)

@@ -55,7 +55,7 @@ describe("ShapeLogStorage", () => {
   it.scoped("cuts the snapshot into chunks at the byte threshold and serves them as 0_n", () =>
     Effect.gen(function*() {
       const { dir, storage } = yield* withStorage()
-      const log = yield* storage.open(ShapeHandle("snap-1"))
+      const log = yield* storage.create(ShapeHandle("snap-1"))
       const lines = Array.from({ length: 25 }, (_, i) => line("snap", i))
       expect(log.latestOffset()).toEqual(LogOffset.beforeAll)
       yield* log.appendSnapshot(lines.slice(0, 7))
@@ -87,7 +87,7 @@ describe("ShapeLogStorage", () => {
   it.scoped("closes a snapshot chunk on the line that reaches the threshold exactly, opening no empty chunk", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage()
-      const log = yield* storage.open(ShapeHandle("snap-2"))
+      const log = yield* storage.create(ShapeHandle("snap-2"))
       const lines = Array.from({ length: 20 }, (_, i) => line("snap", i))
       yield* withSnapshot(log, lines)
       const r1 = yield* log.read(off("0_0"))
@@ -99,7 +99,7 @@ describe("ShapeLogStorage", () => {
   it.scoped("an empty snapshot is one empty chunk 0", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage()
-      const log = yield* storage.open(ShapeHandle("snap-3"))
+      const log = yield* storage.create(ShapeHandle("snap-3"))
       yield* log.completeSnapshot
       const r0 = yield* log.read(LogOffset.beforeAll)
       expect([fmt(r0.nextOffset), r0.count, r0.body.length, r0.reachedEnd]).toEqual(["0_0", 0, 0, false])
@@ -110,7 +110,7 @@ describe("ShapeLogStorage", () => {
   it.scoped("a read waits for the snapshot to complete", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage()
-      const log = yield* storage.open(ShapeHandle("snap-4"))
+      const log = yield* storage.create(ShapeHandle("snap-4"))
       yield* log.appendSnapshot([line("snap", 0)])
       const reader = yield* Effect.fork(log.read(LogOffset.beforeAll))
       yield* Effect.yieldNow()
@@ -124,7 +124,7 @@ describe("ShapeLogStorage", () => {
   it.scoped("reads the log after an offset: between entries, before the first, at and past the end", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage(1_000_000)
-      const log = yield* storage.open(ShapeHandle("log-1"))
+      const log = yield* storage.create(ShapeHandle("log-1"))
       yield* withSnapshot(log)
       const entries = [entry(100, 0), entry(100, 2), entry(100, 4), entry(200, 0), entry(300, 0), entry(300, 2)]
       yield* log.append(entries.slice(0, 3))
@@ -151,7 +151,7 @@ describe("ShapeLogStorage", () => {
   it.scoped("serves only committed entries", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage()
-      const log = yield* storage.open(ShapeHandle("log-2"))
+      const log = yield* storage.create(ShapeHandle("log-2"))
       yield* withSnapshot(log, [line("snap", 0)])
       yield* log.append([entry(10, 0)])
       yield* log.commit
@@ -168,7 +168,7 @@ describe("ShapeLogStorage", () => {
   it.scoped("cuts the log into line-aligned chunks and each read ends at its chunk's end", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage()
-      const log = yield* storage.open(ShapeHandle("log-3"))
+      const log = yield* storage.create(ShapeHandle("log-3"))
       const snapshot = Array.from({ length: 15 }, (_, i) => line("snap", i))
       yield* withSnapshot(log, snapshot)
       // 95 entries of 100 bytes in transactions of 3 changes, committed every 7 appends
@@ -201,7 +201,7 @@ describe("ShapeLogStorage", () => {
   it.scoped("finds any offset in a chunk of many lines through the index", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage(10_000_000)
-      const log = yield* storage.open(ShapeHandle("log-4"))
+      const log = yield* storage.create(ShapeHandle("log-4"))
       yield* withSnapshot(log)
       const entries = Array.from({ length: 3000 }, (_, i) => entry(5000 + 2 * i, 4))
       for (let i = 0; i < entries.length; i += 100) {
@@ -223,7 +223,7 @@ describe("ShapeLogStorage", () => {
   it.scoped("ignores replayed entries at or below the last appended offset", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage(1_000_000)
-      const log = yield* storage.open(ShapeHandle("log-5"))
+      const log = yield* storage.create(ShapeHandle("log-5"))
       yield* withSnapshot(log)
       const entries = Array.from({ length: 15 }, (_, i) => entry(100 + i, 0))
       yield* log.append(entries.slice(0, 10))
@@ -244,7 +244,7 @@ describe("ShapeLogStorage", () => {
       const entries = Array.from({ length: 40 }, (_, i) => entry(700 + i, 0))
 
       const first = yield* openIn(dir)
-      const log1 = yield* first.storage.open(handle)
+      const log1 = yield* first.storage.create(handle)
       yield* withSnapshot(log1, [line("snap", 0)])
       yield* log1.append(entries.slice(0, 25))
       yield* log1.commit
@@ -290,7 +290,7 @@ describe("ShapeLogStorage", () => {
       const dir = yield* tempDir
       const handle = ShapeHandle("crash-2")
       const first = yield* openIn(dir)
-      const log1 = yield* first.storage.open(handle)
+      const log1 = yield* first.storage.create(handle)
       yield* log1.appendSnapshot(Array.from({ length: 25 }, (_, i) => line("snap", i)))
       yield* log1.append([entry(5, 0)])
       yield* log1.commit
@@ -312,7 +312,7 @@ describe("ShapeLogStorage", () => {
   it.scoped("awaitDataAfter wakes on commit, not on append", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage()
-      const log = yield* storage.open(ShapeHandle("wait-1"))
+      const log = yield* storage.create(ShapeHandle("wait-1"))
       const snapshotWaiter = yield* Effect.fork(log.awaitDataAfter(LogOffset.beforeAll))
       yield* Effect.yieldNow()
       expect(Option.isNone(yield* Fiber.poll(snapshotWaiter))).toBe(true)
@@ -335,13 +335,13 @@ describe("ShapeLogStorage", () => {
       yield* Fiber.interrupt(later)
     }))
 
-  it.scoped("open returns the same log for a handle; list shows shape directories", () =>
+  it.scoped("open returns the log create made for a handle; list shows shape directories", () =>
     Effect.gen(function*() {
       const { storage } = yield* withStorage()
-      const a = yield* storage.open(ShapeHandle("same-1"))
+      const a = yield* storage.create(ShapeHandle("same-1"))
       const b = yield* storage.open(ShapeHandle("same-1"))
       expect(a).toBe(b)
-      yield* storage.open(ShapeHandle("same-2"))
+      yield* storage.create(ShapeHandle("same-2"))
       expect([...(yield* storage.list)].sort()).toEqual(["same-1", "same-2"])
     }))
 
@@ -349,7 +349,7 @@ describe("ShapeLogStorage", () => {
     Effect.gen(function*() {
       const { dir, storage } = yield* withStorage()
       const handle = ShapeHandle("rm-1")
-      const log = yield* storage.open(handle)
+      const log = yield* storage.create(handle)
       yield* withSnapshot(log, [line("snap", 0)])
       const waiter = yield* Effect.fork(log.awaitDataAfter(log.latestOffset()))
       yield* Effect.yieldNow()
@@ -364,8 +364,10 @@ describe("ShapeLogStorage", () => {
       expect([failure._tag, failure.reason]).toEqual(["StorageError", "Removed"])
       expect((yield* Effect.flip(log.append([entry(1, 0)]))).reason).toBe("Removed")
       expect((yield* Effect.flip(log.commit)).reason).toBe("Removed")
-      // a later open of the handle starts a fresh, empty shape
-      const again = yield* storage.open(handle)
+      // a later open does not bring the shape back; only create starts a fresh, empty one
+      expect((yield* Effect.flip(storage.open(handle))).reason).toBe("Removed")
+      expect(yield* Effect.promise(() => fs.readdir(dir))).toEqual([])
+      const again = yield* storage.create(handle)
       expect(again).not.toBe(log)
       expect(again.isSnapshotComplete()).toBe(false)
     }))
@@ -374,19 +376,71 @@ describe("ShapeLogStorage", () => {
     Effect.gen(function*() {
       const { storage } = yield* withStorage()
       const handle = ShapeHandle("rm-2")
-      const log = yield* storage.open(handle)
+      const log = yield* storage.create(handle)
       const reader = yield* Effect.fork(Effect.flip(log.read(LogOffset.beforeAll)))
       yield* Effect.yieldNow()
       yield* storage.remove(handle)
       expect((yield* Fiber.join(reader)).reason).toBe("Removed")
     }))
 
+  it.scoped("open never creates a shape: Removed without a directory, Corrupt without a commit pointer", () =>
+    Effect.gen(function*() {
+      const { dir, storage } = yield* withStorage()
+      const missing = yield* Effect.flip(storage.open(ShapeHandle("never-created")))
+      expect([missing._tag, missing.reason, missing.handle]).toEqual(["StorageError", "Removed", "never-created"])
+      expect(yield* Effect.promise(() => fs.readdir(dir))).toEqual([])
+
+      // a directory left by a creation cut short: nothing says what it holds, so it is not wiped
+      const handle = ShapeHandle("no-pointer")
+      const shapeDir = path.join(dir, handle)
+      yield* Effect.promise(() => fs.mkdir(shapeDir))
+      yield* Effect.promise(() => fs.writeFile(path.join(shapeDir, "snapshot.0.jsonl"), line("snap", 0) + "\n"))
+      const corrupt = yield* Effect.flip(storage.open(handle))
+      expect(corrupt.reason).toBe("Corrupt")
+      expect(yield* Effect.promise(() => fs.readdir(shapeDir))).toEqual(["snapshot.0.jsonl"])
+      // a failed open is not cached: the next open looks at the disk again
+      expect((yield* Effect.flip(storage.open(handle))).reason).toBe("Corrupt")
+    }))
+
+  it.effect("open after a restart finds a created shape; create resets one, closing its open log as removed", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const handle = ShapeHandle("recreate-1")
+      const first = yield* openIn(dir)
+      const log1 = yield* first.storage.create(handle)
+      yield* withSnapshot(log1, [line("snap", 0)])
+      yield* log1.append([entry(3, 0)])
+      yield* log1.commit
+      yield* first.close
+
+      const second = yield* openIn(dir)
+      const log2 = yield* second.storage.open(handle)
+      expect(fmt(log2.latestOffset())).toBe("3_0")
+      const waiter = yield* Effect.fork(log2.awaitDataAfter(log2.latestOffset()))
+      yield* Effect.yieldNow()
+
+      const fresh = yield* second.storage.create(handle)
+      yield* Fiber.join(waiter)
+      expect(fresh).not.toBe(log2)
+      expect((yield* Effect.flip(log2.read(LogOffset.beforeAll))).reason).toBe("Removed")
+      expect(fresh.isSnapshotComplete()).toBe(false)
+      expect(fresh.latestOffset()).toEqual(LogOffset.beforeAll)
+      expect(yield* Effect.promise(() => fs.readdir(path.join(dir, handle)))).not.toContain("commit.json")
+      expect(yield* second.storage.open(handle)).toBe(fresh)
+      yield* second.close
+
+      // created but never committed, then restarted: left as found
+      const third = yield* openIn(dir)
+      expect((yield* Effect.flip(third.storage.open(handle))).reason).toBe("Corrupt")
+      yield* third.close
+    })))
+
   it.scoped("a stopped stack's storage refuses to open or remove logs, so it never truncates the next stack's files", () =>
     Effect.gen(function*() {
       const dir = yield* tempDir
       const first = yield* openIn(dir)
       const handle = ShapeHandle("after-close")
-      const log = yield* first.storage.open(handle)
+      const log = yield* first.storage.create(handle)
       yield* withSnapshot(log, ["{\"a\":1}"])
       yield* log.append([entry(5, 0)])
       yield* log.commit
@@ -396,6 +450,7 @@ describe("ShapeLogStorage", () => {
       yield* next.append([entry(6, 0)])
       const opened = yield* Effect.flip(first.storage.open(handle))
       expect(opened.reason).toBe("Closed")
+      expect((yield* Effect.flip(first.storage.create(handle))).reason).toBe("Closed")
       expect((yield* Effect.flip(first.storage.remove(handle))).reason).toBe("Closed")
       yield* next.commit
       expect(LogOffset.format(next.latestOffset())).toBe("6_0")

@@ -86,25 +86,35 @@ export class ShapeLogFiles {
     private readonly chunks: fs.FileHandle
   ) {}
 
+  /** Creates a shape directory, or empties an existing one: a fresh shape with no snapshot and no log. */
+  static async create(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
+    await fs.mkdir(dir, { recursive: true })
+    const self = await ShapeLogFiles.fresh(dir, handle, threshold)
+    await syncDirectory(path.dirname(dir))
+    return self
+  }
+
   /**
-   * Opens (creating if needed) and recovers a shape directory: without a
-   * complete snapshot it starts empty; otherwise each file is cut back to the
-   * commit pointer's length.
+   * Opens and recovers an existing shape directory: without a complete
+   * snapshot it starts empty; otherwise each file is cut back to the commit
+   * pointer's length. Never creates the directory, so a removed shape stays
+   * removed: "Removed" without a directory, "Corrupt" without a commit pointer
+   * (nothing there says what the directory holds, so it is left as found).
    */
   static async open(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
-    await fs.mkdir(dir, { recursive: true })
-    const pointer = await readPointer(dir)
-    if (pointer === undefined || !pointer.snapshotComplete) {
-      for (const name of await fs.readdir(dir)) await fs.rm(path.join(dir, name), { recursive: true, force: true })
-      const [log, index, chunks] = await Promise.all([
-        fs.open(path.join(dir, FileNames.log), "w+"),
-        fs.open(path.join(dir, FileNames.index), "w+"),
-        fs.open(path.join(dir, FileNames.chunks), "w+")
-      ])
-      await syncDirectory(dir)
-      await syncDirectory(path.dirname(dir))
-      return new ShapeLogFiles(handle, dir, threshold, log, index, chunks)
+    try {
+      await fs.stat(dir)
+    } catch (cause) {
+      if (isErrno(cause, "ENOENT")) {
+        throw new StorageError({ reason: "Removed", handle, message: "the shape has no directory" })
+      }
+      throw cause
     }
+    const pointer = await readPointer(dir)
+    if (pointer === undefined) {
+      throw new StorageError({ reason: "Corrupt", handle, message: "the shape directory has no commit pointer" })
+    }
+    if (!pointer.snapshotComplete) return ShapeLogFiles.fresh(dir, handle, threshold)
 
     const opened: Array<fs.FileHandle> = []
     try {
@@ -125,6 +135,18 @@ export class ShapeLogFiles {
       }
       throw cause
     }
+  }
+
+  /** Empties an existing directory and opens empty log files in it. */
+  private static async fresh(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
+    for (const name of await fs.readdir(dir)) await fs.rm(path.join(dir, name), { recursive: true, force: true })
+    const [log, index, chunks] = await Promise.all([
+      fs.open(path.join(dir, FileNames.log), "w+"),
+      fs.open(path.join(dir, FileNames.index), "w+"),
+      fs.open(path.join(dir, FileNames.chunks), "w+")
+    ])
+    await syncDirectory(dir)
+    return new ShapeLogFiles(handle, dir, threshold, log, index, chunks)
   }
 
   private async recover(

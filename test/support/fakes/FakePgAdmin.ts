@@ -23,7 +23,8 @@ export const FakePgAdmin = {
           Effect.zipRight(db.lock(holder), Effect.sync(() => db.record("lock: acquired"))),
           () => Effect.zipRight(db.unlock(holder), Effect.sync(() => db.record("lock: released")))
         ),
-        isLockHeld: Effect.sync(() => db.lockedBy === holder)
+        isLockHeld: Effect.sync(() => db.lockedBy === holder),
+        lockLost: Effect.never
       })
     )
 } as const
