@@ -8,7 +8,6 @@ import { Context, Deferred, Effect, Layer } from "effect"
 export class ShutdownSignal extends Context.Tag("syncline/ShutdownSignal")<ShutdownSignal, {
   /** Completes when the server starts stopping. */
   readonly await: Effect.Effect<void>
-  readonly isShuttingDown: Effect.Effect<boolean>
   readonly trigger: Effect.Effect<void>
 }>() {
   static readonly layer: Layer.Layer<ShutdownSignal> = Layer.effect(
@@ -16,7 +15,6 @@ export class ShutdownSignal extends Context.Tag("syncline/ShutdownSignal")<Shutd
     Effect.map(Deferred.make<void>(), (latch) =>
       ShutdownSignal.of({
         await: Deferred.await(latch),
-        isShuttingDown: Deferred.isDone(latch),
         trigger: Deferred.succeed(latch, undefined).pipe(Effect.asVoid)
       }))
   )

@@ -19,8 +19,10 @@ interface Pending {
  * durable in every shape. A transaction that touched no shape is durable once
  * everything before it is.
  *
- * The commit LSN of that transaction is also persisted (SQLite): after a
- * restart the collector drops replayed transactions at or below it.
+ * The commit LSN of that transaction is also persisted (SQLite, every second
+ * and at shutdown, so it may trail the ack): after a restart the collector
+ * drops replayed transactions at or below it, and consumers drop what their
+ * own logs already hold.
  */
 export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTracker, {
   /** Records a routed transaction and the shapes it went to; called in commit order. */

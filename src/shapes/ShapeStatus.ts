@@ -11,7 +11,7 @@ export interface SnapshotMark {
   readonly xmin: bigint
   readonly xmax: bigint
   readonly xip: ReadonlyArray<bigint>
-  /** `pg_current_wal_lsn()` inside the snapshot: transactions committing at or after it are not in it. */
+  /** `pg_current_wal_lsn()` inside the snapshot (where the log stood when it was taken). */
   readonly lsn: Lsn
   /** The columns (names and type oids) the snapshot read: a table that changed since no longer fits the log. */
   readonly columns: string
