@@ -31,7 +31,13 @@ import {
   upToDateMessage
 } from "./ResponseHeaders.js"
 import { ShutdownSignal } from "./ShutdownSignal.js"
-import { invalidRequestBody, parseDeleteParams, parseShapeParams, type ShapeRequest } from "./ShapeParams.js"
+import {
+  invalidRequestBody,
+  parseDeleteParams,
+  parseShapeParams,
+  type ShapeDefinitionParams,
+  type ShapeRequest
+} from "./ShapeParams.js"
 
 const JSON_TYPE = "application/json; charset=utf-8"
 /** How long a request waits for a stack that is starting before it gets a 503. */
@@ -264,7 +270,16 @@ const respond = (
     )
   )
 
-const specOf = (request: ShapeRequest) => ({
+/** A definition that does not check out is the client's error (400); a catalog that cannot be read is a 503. */
+const resolvedOrReply = <A>(origin: string | undefined, resolve: Effect.Effect<A, InvalidRequest | PostgresError>) =>
+  resolve.pipe(
+    Effect.catchTags({
+      InvalidRequest: (e) => Effect.fail(badRequest(origin, e)),
+      PostgresError: (e) => Effect.fail(unavailable(origin, 1, e.message))
+    })
+  )
+
+const specOf = (request: ShapeDefinitionParams) => ({
   table: request.table,
   where: request.where,
   params: request.params,
@@ -301,12 +316,7 @@ const serveActive = (
     const storage = yield* ShapeLogStorage
     const collector = yield* ShapeLogCollector
 
-    const resolved = yield* cache.resolve(specOf(request)).pipe(
-      Effect.catchTags({
-        InvalidRequest: (e) => Effect.fail(badRequest(origin, e)),
-        PostgresError: (e) => Effect.fail(unavailable(origin, 1, e.message))
-      })
-    )
+    const resolved = yield* resolvedOrReply(origin, cache.resolve(specOf(request)))
     const identity = ShapeDefinition.identity(resolved.definition)
     // Resolved again: a shape that went away because its table changed must be recreated on the table as it is now.
     const currentHandle: Effect.Effect<string | undefined, Reply> = unavailableOnFailure(
@@ -370,12 +380,7 @@ const serveReadOnly = (
   Effect.gen(function*() {
     const origin = headers["origin"]
     const shapes = yield* ReadOnlyShapes
-    const resolved = yield* shapes.resolve(specOf(request)).pipe(
-      Effect.catchTags({
-        InvalidRequest: (e) => Effect.fail(badRequest(origin, e)),
-        PostgresError: (e) => Effect.fail(unavailable(origin, 1, e.message))
-      })
-    )
+    const resolved = yield* resolvedOrReply(origin, shapes.resolve(specOf(request)))
     const identity = ShapeDefinition.identity(resolved.definition)
     const existing = yield* shapes.byIdentity(identity)
     if (request.handle !== undefined) {
@@ -472,20 +477,7 @@ const deleteShape = Effect.gen(function*() {
       const cache = yield* ShapeCache
       let shape: Option.Option<Shape> = Option.none()
       if (target.definition !== undefined) {
-        const def = target.definition
-        const resolved = yield* cache.resolve({
-          table: def.table,
-          where: def.where,
-          params: def.params,
-          columns: def.columns,
-          replica: def.replica,
-          log: def.log
-        }).pipe(
-          Effect.catchTags({
-            InvalidRequest: (e) => Effect.fail(badRequest(origin, e)),
-            PostgresError: (e) => Effect.fail(unavailable(origin, 1, e.message))
-          })
-        )
+        const resolved = yield* resolvedOrReply(origin, cache.resolve(specOf(target.definition)))
         shape = yield* cache.find(resolved.definition)
         if (target.handle !== undefined && Option.isSome(shape) && shape.value.handle !== target.handle) {
           return yield* Effect.fail(
