@@ -130,7 +130,9 @@ describe("ReplicationConnection", () => {
       for (let i = 1; i < txs.length; i++) expect(txs[i]!.commitLsn).toBeGreaterThanOrEqual(txs[i - 1]!.endLsn)
 
       const [ins, upd, del, trunc] = txs as [Transaction, Transaction, Transaction, Transaction]
-      expect(ins.relations.map((r) => r.name)).toEqual([name])
+      // pgoutput sends a Relation again whenever the relation cache entry is invalidated, which DDL by
+      // other test files running at the same time can cause: the same relation may come more than once.
+      expect([...new Set(ins.relations.map((r) => r.name))]).toEqual([name])
       expect(ins.relations[0]!.replicaIdentity).toBe("f")
       expect(ins.relations[0]!.columns.map((c) => c.name)).toEqual(
         ["id", "flag", "at", "amount", "tags", "doc", "note", "data", "big"]
@@ -149,11 +151,13 @@ describe("ReplicationConnection", () => {
       })
       expect(insertRow(ins.changes[1])).toMatchObject({ id: "2", flag: "f", at: null })
 
-      expect(upd.relations).toEqual([])
+      // Without a schema change the relation is not sent again (unless a cache invalidation resends it as is).
+      expect(upd.relations.every((r) => r.name === name)).toBe(true)
       const u = upd.changes[0]
       expect(u?.kind).toBe("update")
       if (u?.kind === "update") {
-        expect(u.relation).toBe(ins.relations[0])
+        // A change refers to the last Relation message of its table: the one in this transaction if any.
+        expect(u.relation).toBe(upd.relations.at(-1) ?? ins.relations.at(-1))
         expect(u.old).toMatchObject({ id: "1", flag: "t", note: null })
         expect(u.new).toMatchObject({ id: "1", flag: "f", note: "it's", at: "2024-01-02 01:04:05.25+00" })
       }
