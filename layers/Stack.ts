@@ -1,4 +1,5 @@
-import { Effect, Layer } from "effect"
+import type { SqlClient } from "@effect/sql"
+import { type Duration, Effect, Layer } from "effect"
 import * as path from "node:path"
 import { publicationName, slotName, type StackSettings } from "../src/config/StackConfig.js"
 import { logWhenStopped } from "../src/domain/Lifecycle.js"
@@ -14,7 +15,9 @@ import { ReadOnlyShapes } from "../src/shapes/ReadOnlyShapes.js"
 import { ShapeCache } from "../src/shapes/ShapeCache.js"
 import { ShapeStatus } from "../src/shapes/ShapeStatus.js"
 import { Snapshotter } from "../src/shapes/Snapshotter.js"
+import { PublicationWatch } from "../src/stack/PublicationWatch.js"
 import { ReplicationPump } from "../src/stack/ReplicationPump.js"
+import { SourceCheck } from "../src/stack/SourceCheck.js"
 import type { Infrastructure } from "../src/stack/StackSupervisor.js"
 import { ShapeDb } from "../src/storage/ShapeDb.js"
 import { ShapeLogStorage, type ShapeLogStorageOptions } from "../src/storage/ShapeLogStorage.js"
@@ -23,9 +26,15 @@ import { ShapeLogStorage, type ShapeLogStorageOptions } from "../src/storage/Sha
 export interface StackParts<E> {
   /** Built first, without the slot's lock: what serving existing shapes read-only needs. */
   readonly infrastructure: Layer.Layer<Infrastructure, E>
+  /** The shape registry's database, opened for writing (and migrated) once the slot's lock is held. */
+  readonly registryDb: Layer.Layer<SqlClient.SqlClient, E>
   /** The replication stream; built once the slot is ours. */
   readonly replication: Layer.Layer<ReplicationConnection, E>
+  /** The storage dir: the read-only phase reads its registry through a read-only connection. */
+  readonly storageDir: string
   readonly storage: ShapeLogStorageOptions
+  /** How often the active stack checks that every table with shapes is still published. */
+  readonly publicationCheckInterval: Duration.DurationInput
 }
 
 /**
@@ -34,31 +43,33 @@ export interface StackParts<E> {
  * else. Each `provide` is a dependency edge, and Effect releases a layer
  * before what it depends on, so this graph is the teardown order (DESIGN.md):
  *
- *   pump -> shape cache -> consumers -> collector -> flush tracker (final ack)
- *   -> replication connection -> registry, storage -> slot lock
- *   -> (read-only phase) SQLite, pools.
+ *   publication watch, pump -> shape cache -> consumers -> collector
+ *   -> flush tracker (final ack) -> replication connection -> registry, storage
+ *   -> SQLite -> slot lock -> (read-only phase) pools.
  */
 export const makeStack = <E>(parts: StackParts<E>) => {
-  const readOnly = ReadOnlyShapes.layer(parts.storage).pipe(
+  const readOnly = ReadOnlyShapes.layer(parts.storage, parts.storageDir).pipe(
     Layer.provideMerge(parts.infrastructure)
   )
-  // Owning the slot: prerequisites, publication, the advisory lock (held for the stack's life), the slot.
-  const slot = Layer.scopedDiscard(
+  // Owning the slot: the prerequisites, then the advisory lock, held for the stack's life.
+  const lock = Layer.scopedDiscard(
     Effect.gen(function*() {
       yield* logWhenStopped("slot lock")
       const admin = yield* PgAdmin
       yield* admin.checkPrerequisites
-      yield* admin.ensurePublication
       yield* admin.acquireLock
-      yield* admin.ensureSlot
     })
   )
-  // Registry and storage are read and opened only once the slot is ours: another process may own them until then.
-  const registry = ShapeStatus.layer.pipe(Layer.provide(slot))
-  const storage = ShapeLogStorage.layer(parts.storage).pipe(Layer.provide(slot))
+  // Everything shared with another instance (SQLite, its migrations, the files, the slot, the publication) is
+  // touched only under the lock, and SQLite closes before the lock is released.
+  const registryDb = parts.registryDb.pipe(Layer.provide(lock))
+  // Invariant 8: the slot, the database and the publication are checked before the registry is loaded.
+  const source = SourceCheck.layer.pipe(Layer.provide(registryDb))
+  const registry = ShapeStatus.layer.pipe(Layer.provide(source), Layer.provide(registryDb))
+  const storage = ShapeLogStorage.layer(parts.storage).pipe(Layer.provide(source))
   // The connection closes before the registry: an edge that orders teardown (and starts it after the lock).
   const replication = parts.replication.pipe(Layer.provide(registry))
-  const tracker = FlushTracker.layer.pipe(Layer.provide(replication))
+  const tracker = FlushTracker.layer.pipe(Layer.provide(replication), Layer.provide(registryDb))
   const collector = ShapeLogCollector.layer.pipe(Layer.provide(tracker))
   // Consumers stop before the collector, which stops before the flush tracker's final ack.
   const consumers = ConsumerSupervisor.layer.pipe(
@@ -79,28 +90,31 @@ export const makeStack = <E>(parts: StackParts<E>) => {
     Layer.provide(shapeCache),
     Layer.provide(Layer.mergeAll(replication, collector, consumers, tracker))
   )
-  return { readOnly, active: Layer.mergeAll(pump, shapeCache, storage, collector, tracker) }
+  const watch = PublicationWatch.layer(parts.publicationCheckInterval).pipe(Layer.provide(shapeCache))
+  return { readOnly, active: Layer.mergeAll(pump, watch, shapeCache, storage, collector, tracker) }
 }
 
 /** The production stack: Postgres at `databaseUrl`, files under the storage dir. */
 export const Stack = (settings: StackSettings, databaseUrl: string) => {
   const pool = PgPool.layer({ connectionString: databaseUrl })
   const infrastructure = Layer.mergeAll(
-    ShapeDb.layer(settings.storageDir),
     Inspector.layer,
     PgAdmin.layer({ publicationName: publicationName(settings), slotName: slotName(settings) }),
     Snapshot.layer
   ).pipe(Layer.provide(pool))
   return makeStack({
     infrastructure,
+    registryDb: ShapeDb.layer(settings.storageDir),
     replication: ReplicationConnection.layer({
       connectionString: databaseUrl,
       slotName: slotName(settings),
       publicationName: publicationName(settings)
     }),
+    storageDir: settings.storageDir,
     storage: {
       directory: path.join(settings.storageDir, "shapes"),
       chunkBytesThreshold: settings.chunkBytesThreshold
-    }
+    },
+    publicationCheckInterval: settings.publicationCheckIntervalMs
   })
 }

@@ -5,7 +5,7 @@ import * as path from "node:path"
 import { StackConfig, type StackSettings } from "../src/config/StackConfig.js"
 import { ShapeApi } from "../src/http/ShapeApi.js"
 import { ShutdownSignal } from "../src/http/ShutdownSignal.js"
-import { StackSupervisor } from "../src/stack/StackSupervisor.js"
+import { type RestartPolicy, StackSupervisor } from "../src/stack/StackSupervisor.js"
 import { FakeInspector } from "../test/support/fakes/FakeInspector.js"
 import { FakePgAdmin } from "../test/support/fakes/FakePgAdmin.js"
 import type { FakePostgres } from "../test/support/fakes/FakePostgres.js"
@@ -28,13 +28,15 @@ export interface TestDirs {
 export const TestStack = (db: FakePostgres, dirs: TestDirs, holder = "syncline") =>
   makeStack({
     infrastructure: Layer.mergeAll(
-      RecordedShapeDb.layer(db, dirs.storageDir),
       FakeInspector.layer(db),
       FakePgAdmin.layer(db, holder),
       FakeSnapshot.layer(db)
     ),
+    registryDb: RecordedShapeDb.layer(db, dirs.storageDir),
     replication: FakeReplication.layer(db),
-    storage: { directory: path.join(dirs.storageDir, "shapes"), chunkBytesThreshold: 10_485_760 }
+    storageDir: dirs.storageDir,
+    storage: { directory: path.join(dirs.storageDir, "shapes"), chunkBytesThreshold: 10_485_760 },
+    publicationCheckInterval: "1 minute"
   })
 
 /**
@@ -46,10 +48,11 @@ export const TestServer = (
   db: FakePostgres,
   dirs: TestDirs,
   settings: Partial<StackSettings> = {},
-  holder = "syncline"
+  holder = "syncline",
+  policy?: RestartPolicy
 ) => {
   const infrastructure = NodeHttpServer.layerTest.pipe(
-    Layer.provideMerge(StackSupervisor.layer(TestStack(db, dirs, holder))),
+    Layer.provideMerge(StackSupervisor.layer(TestStack(db, dirs, holder), policy)),
     Layer.provideMerge(ShutdownSignal.layer),
     Layer.provideMerge(
       StackConfig.layerWith({ storageDir: dirs.storageDir, enableIntegrationTesting: true, ...settings })

@@ -19,6 +19,8 @@ export interface StackSettings {
   readonly replicationStreamId: string
   readonly enableIntegrationTesting: boolean
   readonly shutdownTimeoutMs: number
+  /** How often the active stack checks that every table with shapes is still in the publication. */
+  readonly publicationCheckIntervalMs: number
 }
 
 /** Names derived from the replication stream id, as Electric names them. */
@@ -103,7 +105,14 @@ export const stackSettingsConfig: Config.Config<StackSettings> = Config.all({
     "1-40 characters of a-z, 0-9 and _"
   ),
   enableIntegrationTesting: boolean("ELECTRIC_ENABLE_INTEGRATION_TESTING", false),
-  shutdownTimeoutMs: integer("SYNCLINE_SHUTDOWN_TIMEOUT", 10_000, 0, 3_600_000, "a duration in milliseconds")
+  shutdownTimeoutMs: integer("SYNCLINE_SHUTDOWN_TIMEOUT", 10_000, 0, 3_600_000, "a duration in milliseconds"),
+  publicationCheckIntervalMs: integer(
+    "SYNCLINE_PUBLICATION_CHECK_INTERVAL",
+    60_000,
+    100,
+    86_400_000,
+    "a duration in milliseconds (at least 100)"
+  )
 }).pipe(
   Config.mapOrFail(({ insecure, secret, ...rest }) => {
     const hasSecret = Option.isSome(secret) && secret.value !== ""
@@ -167,6 +176,7 @@ export class StackConfig extends Context.Tag("syncline/StackConfig")<StackConfig
     replicationStreamId: "default",
     enableIntegrationTesting: false,
     shutdownTimeoutMs: 10_000,
+    publicationCheckIntervalMs: 60_000,
     ...settings
   })
   static readonly layerWith = (settings: Partial<StackSettings>): Layer.Layer<StackConfig> =>

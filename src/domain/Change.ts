@@ -40,6 +40,7 @@ export type Change =
  * in-progress transactions).
  */
 export interface Transaction {
+  readonly kind?: undefined
   /** The 32-bit xid from Begin. */
   readonly xid: number
   /** Begin's `final_lsn`: the LSN of the commit record; the `tx` part of the changes' offsets. */
@@ -51,3 +52,20 @@ export interface Transaction {
   /** Relation messages seen since the previous transaction (schema changes). */
   readonly relations: ReadonlyArray<Relation>
 }
+
+/**
+ * A point of the replication stream past every transaction sent before it:
+ * the WAL position of a keepalive. Nothing the publication carries committed
+ * below it without having been sent, so once everything before it is durable
+ * the slot may be acknowledged up to it.
+ */
+export interface WalPosition {
+  readonly kind: "position"
+  readonly lsn: Lsn
+}
+
+/** What the replication stream delivers, in order. */
+export type ReplicationEvent = Transaction | WalPosition
+
+/** Whether a replication event is a transaction (not a keepalive position). */
+export const isTransaction = (event: ReplicationEvent): event is Transaction => event.kind === undefined

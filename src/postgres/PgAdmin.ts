@@ -1,6 +1,7 @@
 import { Context, Deferred, Effect, Exit, FiberId, Layer, type Scope } from "effect"
 import pg from "pg"
 import { PostgresError } from "../domain/errors.js"
+import { Lsn } from "../domain/Lsn.js"
 import type { TableInfo } from "../domain/Table.js"
 import { PgPool, toPostgresError } from "./PgPool.js"
 
@@ -21,11 +22,39 @@ const sqlState = (cause: unknown): string | undefined => {
 }
 
 const DUPLICATE_OBJECT = "42710"
+const UNDEFINED_OBJECT = "42704"
+const OBJECT_IN_USE = "55006"
 const INSUFFICIENT_PRIVILEGE = "42501"
 const LOCK_RETRY = "500 millis"
+/** How long a slot still held by a walsender that is going away (a killed predecessor's) is waited for. */
+const SLOT_IN_USE_ATTEMPTS = 40
+const SLOT_IN_USE_RETRY = "250 millis"
+
+/** The source database's identity, as `IDENTIFY_SYSTEM` reports it. */
+export interface SystemIdentity {
+  /** `system_identifier`: a database restored from another cluster's files, or another cluster, differs. */
+  readonly systemId: string
+  /** The timeline: a point-in-time restore or a promoted standby starts a new one. */
+  readonly timeline: number
+}
+
+/** What the slot is now. */
+export type SlotState =
+  | { readonly _tag: "Missing" }
+  /** It exists but can no longer stream: the WAL it needed is gone (`wal_status = lost`) or it was invalidated. */
+  | { readonly _tag: "Invalidated"; readonly reason: string }
+  | { readonly _tag: "Usable"; readonly confirmedFlushLsn: Lsn }
+
+/** A table as the publication sees it. */
+export interface PublicationState {
+  /** The table is in the publication, so its changes are streamed. */
+  readonly published: boolean
+  /** `REPLICA IDENTITY FULL`: updates and deletes carry the old row. */
+  readonly replicaFull: boolean
+}
 
 const PUBLISHED_SQL = `
-SELECT c.relreplident AS replident,
+SELECT c.oid, c.relreplident AS replident,
        EXISTS (SELECT 1 FROM pg_catalog.pg_publication_tables pt
                 WHERE pt.pubname = $2 AND pt.schemaname = n.nspname AND pt.tablename = c.relname)
        OR EXISTS (SELECT 1 FROM pg_catalog.pg_publication_rel pr
@@ -33,7 +62,19 @@ SELECT c.relreplident AS replident,
                    WHERE p.pubname = $2 AND pr.prrelid = c.oid) AS published
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
- WHERE c.oid = $1`
+ WHERE c.oid = ANY($1::oid[])`
+
+// Read as JSON so that columns of newer servers (invalidation_reason, 17) are seen where they exist.
+const SLOT_SQL = "SELECT to_jsonb(s) AS slot FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1"
+
+/** Why a slot can no longer stream, from its `pg_replication_slots` row; undefined when it can. */
+const invalidation = (slot: Record<string, unknown>): string | undefined => {
+  const reason = slot["invalidation_reason"]
+  if (typeof reason === "string" && reason !== "") return reason
+  if (slot["wal_status"] === "lost") return "wal_removed"
+  if (slot["conflicting"] === true) return "conflict with recovery"
+  return undefined
+}
 
 /**
  * The administrative side of the source database: checks the server can
@@ -48,10 +89,22 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
   readonly checkPrerequisites: Effect.Effect<void, PostgresError>
   /** Creates the (empty) publication if it does not exist. */
   readonly ensurePublication: Effect.Effect<void, PostgresError>
-  /** Creates the persistent pgoutput slot if it does not exist; `created` tells whether this call made it. */
-  readonly ensureSlot: Effect.Effect<{ readonly created: boolean }, PostgresError>
-  /** Sets `REPLICA IDENTITY FULL` and adds the table to the publication, each only when needed; idempotent. */
-  readonly addTable: (table: TableInfo) => Effect.Effect<void, PostgresError>
+  /** The source's system identifier and timeline (`IDENTIFY_SYSTEM` on a replication connection of its own). */
+  readonly identifySystem: Effect.Effect<SystemIdentity, PostgresError>
+  /** Whether the slot exists, and whether it can still stream. */
+  readonly slotState: Effect.Effect<SlotState, PostgresError>
+  /** Creates the persistent pgoutput slot (nothing if it exists). */
+  readonly createSlot: Effect.Effect<void, PostgresError>
+  /** Drops the slot (nothing if it is gone), waiting a while for a walsender that still holds it to end. */
+  readonly dropSlot: Effect.Effect<void, PostgresError>
+  /** The publication state of each table by oid; tables that no longer exist are left out. */
+  readonly publicationStates: (oids: ReadonlyArray<number>) => Effect.Effect<ReadonlyMap<number, PublicationState>, PostgresError>
+  /**
+   * Sets `REPLICA IDENTITY FULL` and adds the table to the publication, each only when needed; idempotent.
+   * Succeeds with true when it had to change either: changes made to the table until now may not have
+   * been streamed whole.
+   */
+  readonly addTable: (table: TableInfo) => Effect.Effect<boolean, PostgresError>
   /**
    * Waits (interruptibly) for `pg_advisory_lock(hashtext(<slot name>))` on a
    * connection of its own, held until the scope closes.
@@ -111,14 +164,63 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
         yield* ignoreDuplicate(db.query(`CREATE PUBLICATION ${quoteIdent(publicationName)}`), [])
       }).pipe(Effect.asVoid, Effect.withSpan("PgAdmin.ensurePublication"))
 
-      const ensureSlot = Effect.gen(function*() {
-        const found = yield* db.query("SELECT 1 FROM pg_catalog.pg_replication_slots WHERE slot_name = $1", [slotName])
-        if (found.length > 0) return { created: false }
-        return yield* ignoreDuplicate(
-          Effect.as(db.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [slotName]), { created: true }),
-          { created: false }
-        )
-      }).pipe(Effect.withSpan("PgAdmin.ensureSlot"))
+      const identifySystem = Effect.tryPromise({
+        try: async () => {
+          const config: pg.ClientConfig & { replication: string } = {
+            connectionString: db.connectionString,
+            replication: "database"
+          }
+          const client = new pg.Client(config)
+          client.on("error", () => {})
+          await client.connect()
+          try {
+            const result = await client.query<{ systemid: string; timeline: number | string }>("IDENTIFY_SYSTEM")
+            const row = result.rows[0]
+            if (row === undefined) throw new Error("IDENTIFY_SYSTEM returned no row")
+            return { systemId: String(row.systemid), timeline: Number(row.timeline) }
+          } finally {
+            await client.end().catch(() => undefined)
+          }
+        },
+        catch: (cause) => toPostgresError(cause, "IDENTIFY_SYSTEM", db.connectionString)
+      }).pipe(Effect.withSpan("PgAdmin.identifySystem"))
+
+      const slotState = Effect.gen(function*() {
+        const rows = yield* db.query<{ slot: Record<string, unknown> }>(SLOT_SQL, [slotName])
+        const slot = rows[0]?.slot
+        if (slot === undefined) return { _tag: "Missing" } as const
+        const reason = invalidation(slot)
+        if (reason !== undefined) return { _tag: "Invalidated", reason } as const
+        const confirmed = slot["confirmed_flush_lsn"]
+        return { _tag: "Usable", confirmedFlushLsn: typeof confirmed === "string" ? Lsn.fromPg(confirmed) : 0n } as const
+      }).pipe(Effect.withSpan("PgAdmin.slotState"))
+
+      const createSlot = ignoreDuplicate(
+        Effect.asVoid(db.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [slotName])),
+        undefined
+      ).pipe(Effect.withSpan("PgAdmin.createSlot"))
+
+      const dropSlot = Effect.gen(function*() {
+        for (let attempt = 1;; attempt++) {
+          const dropped = yield* db.query("SELECT pg_drop_replication_slot($1)", [slotName]).pipe(
+            Effect.as(true),
+            Effect.catchIf((e) => sqlState(e.cause) === UNDEFINED_OBJECT, () => Effect.succeed(true)),
+            Effect.catchIf(
+              (e) => sqlState(e.cause) === OBJECT_IN_USE && attempt < SLOT_IN_USE_ATTEMPTS,
+              () => Effect.succeed(false)
+            )
+          )
+          if (dropped) return
+          yield* Effect.sleep(SLOT_IN_USE_RETRY)
+        }
+      }).pipe(Effect.withSpan("PgAdmin.dropSlot"))
+
+      const publicationStates = (oids: ReadonlyArray<number>) =>
+        Effect.map(
+          db.query<{ oid: number; replident: string; published: boolean }>(PUBLISHED_SQL, [oids, publicationName]),
+          (rows) =>
+            new Map(rows.map((r) => [Number(r.oid), { published: r.published, replicaFull: r.replident === "f" }] as const))
+        ).pipe(Effect.withSpan("PgAdmin.publicationStates"))
 
       const permissionDenied = (table: TableInfo) => (e: PostgresError) =>
         sqlState(e.cause) === INSUFFICIENT_PRIVILEGE
@@ -133,7 +235,7 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
 
       const addTable = Effect.fn("PgAdmin.addTable")(function*(table: TableInfo) {
         const qualified = `${quoteIdent(table.schema)}.${quoteIdent(table.name)}`
-        const rows = yield* db.query<{ replident: string; published: boolean }>(PUBLISHED_SQL, [table.oid, publicationName])
+        const rows = yield* db.query<{ replident: string; published: boolean }>(PUBLISHED_SQL, [[table.oid], publicationName])
         const row = rows[0]
         if (row === undefined) {
           return yield* new PostgresError({
@@ -147,6 +249,7 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
         if (!row.published) {
           yield* ignoreDuplicate(db.query(`ALTER PUBLICATION ${quoteIdent(publicationName)} ADD TABLE ${qualified}`), [])
         }
+        return row.replident !== "f" || !row.published
       }, (effect, table) => Effect.mapError(addTableLock.withPermits(1)(effect), permissionDenied(table)))
 
       const acquireLock = Effect.gen(function*() {
@@ -211,7 +314,11 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
         slotName,
         checkPrerequisites,
         ensurePublication,
-        ensureSlot,
+        identifySystem,
+        slotState,
+        createSlot,
+        dropSlot,
+        publicationStates,
         addTable,
         acquireLock,
         isLockHeld: Effect.sync(() => locksHeld > 0),

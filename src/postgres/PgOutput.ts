@@ -236,6 +236,9 @@ export const decode = (data: Buffer, offset = 0): PgOutputMessage => {
 /** Byte offset of the pgoutput message inside an XLogData ('w') CopyData chunk. */
 export const XLOG_DATA_HEADER_BYTES = 25
 
+/** Byte offset of the server's WAL end (int64) inside a primary keepalive ('k') CopyData chunk. */
+export const KEEPALIVE_WAL_END_OFFSET = 1
+
 /** Byte offset of the reply-requested flag inside a primary keepalive ('k') CopyData chunk. */
 export const KEEPALIVE_REPLY_FLAG_OFFSET = 17
 

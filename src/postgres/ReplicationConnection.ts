@@ -1,12 +1,13 @@
 import { Context, Deferred, Duration, Effect, Exit, Layer, Queue, Runtime, Schedule, Stream } from "effect"
 import type { Scope } from "effect"
 import pg from "pg"
-import type { Transaction } from "../domain/Change.js"
+import type { ReplicationEvent } from "../domain/Change.js"
 import { ReplicationError } from "../domain/errors.js"
 import type { Lsn } from "../domain/Lsn.js"
 import {
   encodeStandbyStatus,
   KEEPALIVE_REPLY_FLAG_OFFSET,
+  KEEPALIVE_WAL_END_OFFSET,
   pgClockNow,
   TransactionAssembler,
   XLOG_DATA_HEADER_BYTES
@@ -31,8 +32,12 @@ export interface ReplicationConnectionOptions {
  * transaction. Reconnecting is the caller's job: rebuild the layer.
  */
 export class ReplicationConnection extends Context.Tag("syncline/ReplicationConnection")<ReplicationConnection, {
-  /** Whole committed transactions in commit order; back-pressured (the socket is paused while the consumer is slow). Single consumer. */
-  readonly transactions: Stream.Stream<Transaction, ReplicationError>
+  /**
+   * Whole committed transactions in commit order, and now and then the WAL position of a keepalive (at
+   * most one waiting at a time); back-pressured (the socket is paused while the consumer is slow). Single
+   * consumer.
+   */
+  readonly events: Stream.Stream<ReplicationEvent, ReplicationError>
   /** Records `endLsn` as durable (monotonic: lower values are ignored) and sends a standby status with exactly that value as write/flush/apply. */
   readonly ack: (endLsn: Lsn) => Effect.Effect<void>
   /** The last acknowledged end LSN. */
@@ -87,7 +92,7 @@ export const make = (
   Effect.gen(function*() {
     yield* logWhenStopped("ReplicationConnection")
     const statusInterval = Duration.millis(options.statusIntervalMs ?? 10_000)
-    const queue = yield* Effect.acquireRelease(Queue.bounded<Transaction>(options.bufferSize ?? 256), Queue.shutdown)
+    const queue = yield* Effect.acquireRelease(Queue.bounded<ReplicationEvent>(options.bufferSize ?? 256), Queue.shutdown)
     const failed = yield* Deferred.make<never, ReplicationError>()
     const started = yield* Deferred.make<void>()
     const run = Runtime.runPromiseExit(yield* Effect.runtime<never>())
@@ -98,7 +103,10 @@ export const make = (
     let closing = false
     let stopped = false
     let draining = false
-    const pending: Array<Transaction> = []
+    // A keepalive position is offered only when the previous one was taken: under a write load on other
+    // tables keepalives come by the hundred, and one waiting is as good as many.
+    let positionWaiting = false
+    const pending: Array<ReplicationEvent> = []
 
     const fail = (error: ReplicationError): void => {
       if (closing || stopped) return
@@ -135,7 +143,7 @@ export const make = (
       return Effect.zipRight(Queue.offer(queue, tx), drain)
     })
 
-    const deliver = (tx: Transaction): void => {
+    const deliver = (tx: ReplicationEvent): void => {
       if (!draining && queue.unsafeOffer(tx)) return
       pending.push(tx)
       if (draining) return
@@ -157,6 +165,10 @@ export const make = (
           const tx = assembler.pushBuffer(chunk, XLOG_DATA_HEADER_BYTES)
           if (tx !== undefined) deliver(tx)
         } else if (kind === 0x6b /* k: primary keepalive */) {
+          if (!positionWaiting) {
+            positionWaiting = true
+            deliver({ kind: "position", lsn: chunk.readBigUInt64BE(KEEPALIVE_WAL_END_OFFSET) })
+          }
           if (chunk[KEEPALIVE_REPLY_FLAG_OFFSET] === 1) sendStatus()
         } else {
           throw new Error(`unknown replication message type 0x${(kind ?? 0).toString(16)}`)
@@ -197,7 +209,13 @@ export const make = (
     )
 
     return {
-      transactions: Stream.fromQueue(queue).pipe(Stream.interruptWhen(Deferred.await(failed))),
+      events: Stream.fromQueue(queue).pipe(
+        Stream.map((event) => {
+          if (event.kind === "position") positionWaiting = false
+          return event
+        }),
+        Stream.interruptWhen(Deferred.await(failed))
+      ),
       ack: (endLsn: Lsn) =>
         Effect.sync(() => {
           if (endLsn <= acked) return

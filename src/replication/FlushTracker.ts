@@ -2,43 +2,56 @@ import { SqlClient } from "@effect/sql"
 import { Context, Deferred, Effect, Layer, Schedule } from "effect"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
-import { RegistryError } from "../domain/errors.js"
+import type { RegistryError } from "../domain/errors.js"
 import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
+import { ReplicationState } from "../storage/ReplicationState.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
 interface Pending {
-  readonly commitLsn: Lsn
-  readonly endLsn: Lsn
+  /** The transaction's commit LSN; undefined for a stream position (a keepalive's), which no shape receives. */
+  commitLsn: Lsn | undefined
+  endLsn: Lsn
   remaining: number
 }
+
+/** How often the acknowledged position is retried when it could not be persisted or sent. */
+const RETRY = "1 second"
 
 /**
  * Decides what Postgres may forget (DESIGN.md, invariant 3). Every routed
  * transaction is tracked with the shapes that received it; the acknowledged
  * position is the end LSN of the highest transaction below which everything is
- * durable in every shape. A transaction that touched no shape is durable once
- * everything before it is.
+ * durable in every shape. A transaction that touched no shape, and a stream
+ * position past which the server has sent nothing (a keepalive's), count as
+ * durable once everything before them is: so the slot moves on while the
+ * synced tables are quiet and other tables are written.
  *
- * The commit LSN of that transaction is also persisted (SQLite, every second
- * and at shutdown, so it may trail the ack): after a restart the collector
- * drops replayed transactions at or below it, and consumers drop what their
- * own logs already hold.
+ * Each acknowledged position is persisted in the registry, with the commit
+ * LSN of the last transaction durable everywhere, before the standby status
+ * carrying it is sent. After a restart the collector drops replayed
+ * transactions at or below that commit LSN; and a slot found acknowledged
+ * past the persisted position means the storage is older than the slot
+ * (DESIGN.md, invariant 8).
  */
 export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTracker, {
   /** Records a routed transaction and the shapes it went to; called in commit order. */
   readonly track: (commitLsn: Lsn, endLsn: Lsn, handles: ReadonlyArray<ShapeHandle>) => void
+  /** Records a stream position past every transaction tracked so far (a keepalive's WAL end); called in stream order. */
+  readonly trackPosition: (lsn: Lsn) => void
   /** A shape made everything up to `commitLsn` durable (or skipped it). */
   readonly durable: (handle: ShapeHandle, commitLsn: Lsn) => Effect.Effect<void>
   /** A shape went away: it no longer holds transactions back. */
   readonly forget: (handle: ShapeHandle) => Effect.Effect<void>
-  /** Transactions routed but not yet durable everywhere. */
+  /** Transactions routed to some shape and not yet durable in all of them: what consumers hold in memory. */
   readonly inFlight: () => number
   /** Waits until fewer than `limit` transactions are in flight. */
   readonly awaitInFlightBelow: (limit: number) => Effect.Effect<void>
-  /** The commit LSN of the last transaction durable everywhere (persisted). */
+  /** The commit LSN of the last transaction durable everywhere. */
   readonly lastProcessedLsn: () => Lsn
-  /** The end LSN acknowledged to Postgres. */
+  /** The end LSN that may be acknowledged: everything below it is durable (persisted and sent shortly after). */
   readonly acknowledgedLsn: () => Lsn
+  /** The end LSN last sent to Postgres, after it was persisted. */
+  readonly sentLsn: () => Lsn
 }>() {
   static readonly layer: Layer.Layer<FlushTracker, RegistryError, ReplicationConnection | SqlClient.SqlClient> =
     Layer.scoped(
@@ -47,74 +60,107 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
         yield* logWhenStopped("FlushTracker")
         const sql = yield* SqlClient.SqlClient
         const replication = yield* ReplicationConnection
-        const rows = yield* sql<{ value: string }>`SELECT value FROM replication_state WHERE key = 'last_processed_lsn'`.pipe(
-          Effect.mapError((cause) => new RegistryError({ operation: "read last_processed_lsn", cause }))
-        )
-        let lastProcessed: Lsn = rows.length === 0 ? 0n : BigInt(rows[0]!.value)
-        let persisted = lastProcessed
+        const stored = yield* ReplicationState.read(sql)
+        let lastProcessed: Lsn = stored.lastProcessed ?? 0n
+        let persistedAck: Lsn = stored.acknowledged ?? 0n
         let acked: Lsn = 0n
         let sentAck: Lsn = 0n
 
-        // `queue[head..]` are the transactions not yet durable everywhere, in commit order.
+        // `queue[head..]` are the transactions and positions not yet durable everywhere, in stream order.
         const queue: Array<Pending> = []
         let head = 0
+        let undurable = 0
         const perShape = new Map<ShapeHandle, Array<Pending>>()
         let wake = Deferred.unsafeMake<void>(undefined as never)
+        const ackWanted = yield* Effect.makeLatch(false)
 
-        const advance = (): boolean => {
+        const complete = (p: Pending) => {
+          if (p.commitLsn !== undefined) lastProcessed = p.commitLsn
+          if (p.endLsn > acked) acked = p.endLsn
+        }
+
+        // Called after transactions became durable somewhere: wakes a pump waiting for room, moves the ack.
+        const advance = (): void => {
+          const old = wake
+          wake = Deferred.unsafeMake<void>(undefined as never)
+          Deferred.unsafeDone(old, Effect.void)
           let moved = false
           while (head < queue.length && queue[head]!.remaining === 0) {
-            const p = queue[head++]!
-            lastProcessed = p.commitLsn
-            if (p.endLsn > acked) acked = p.endLsn
+            complete(queue[head++]!)
             moved = true
           }
           if (head > 1024 && head * 2 > queue.length) {
             queue.splice(0, head)
             head = 0
           }
-          return moved
+          if (moved) ackWanted.unsafeOpen()
         }
 
-        const signal = Effect.suspend(() => {
-          const old = wake
-          wake = Deferred.unsafeMake<void>(undefined as never)
-          return Deferred.succeed(old, undefined)
-        })
+        /**
+         * Something no shape holds back: durable at once when nothing before it is pending, else merged
+         * into the last entry when that one is complete too (a long run of such entries behind one slow
+         * shape costs one entry, not one each).
+         */
+        const trackDurable = (commitLsn: Lsn | undefined, endLsn: Lsn) => {
+          if (head === queue.length) {
+            complete({ commitLsn, endLsn, remaining: 0 })
+            ackWanted.unsafeOpen()
+            return
+          }
+          const last = queue[queue.length - 1]!
+          if (last.remaining === 0) {
+            if (commitLsn !== undefined) last.commitLsn = commitLsn
+            if (endLsn > last.endLsn) last.endLsn = endLsn
+            return
+          }
+          queue.push({ commitLsn, endLsn, remaining: 0 })
+        }
 
-        // An ack counts as sent once it returned: one cut mid-call (its caller interrupted) is sent again by the next tick.
-        const sendAck = Effect.suspend(() => {
+        // Persisted, then sent: the registry never holds less than Postgres was told (invariant 8). One step,
+        // so that a stop never cuts it; an interrupted or failed step is taken again by the next one.
+        const sendAcks = Effect.suspend(function loop(): Effect.Effect<void, RegistryError> {
+          if (acked <= sentAck) return Effect.void
           const value = acked
-          return Effect.tap(replication.ack(value), () =>
-            Effect.sync(() => {
+          const processed = lastProcessed
+          return Effect.uninterruptible(
+            Effect.gen(function*() {
+              if (value > persistedAck) {
+                yield* ReplicationState.writePositions(sql, processed, value)
+                persistedAck = value
+              }
+              yield* replication.ack(value)
               if (value > sentAck) sentAck = value
-            }))
+            })
+          ).pipe(Effect.zipRight(Effect.suspend(loop)))
         })
 
-        const afterProgress = (moved: boolean) => (moved ? Effect.zipRight(sendAck, signal) : Effect.void)
-
-        const persist = Effect.suspend(() => {
-          if (lastProcessed === persisted) return Effect.void
-          const value = lastProcessed
-          return sql`INSERT INTO replication_state (key, value) VALUES ('last_processed_lsn', ${String(value)})
-                     ON CONFLICT (key) DO UPDATE SET value = excluded.value`.pipe(
-            Effect.tap(() => Effect.sync(() => void (persisted = value))),
-            Effect.catchAll((cause) => Effect.logWarning("could not persist the replication position", cause))
+        const sender = Effect.gen(function*() {
+          yield* ackWanted.await
+          yield* ackWanted.close
+          yield* sendAcks.pipe(
+            Effect.catchAll((error) =>
+              Effect.zipRight(
+                Effect.logWarning("could not persist the replication position; the acknowledgement waits", error),
+                Effect.delay(ackWanted.open, RETRY)
+              )
+            )
           )
-        })
-
-        const tick = Effect.zipRight(
-          persist,
-          Effect.suspend(() => (acked <= sentAck ? Effect.void : sendAck))
+        }).pipe(Effect.forever)
+        // The final ack, when the stack stops: consumers are gone by now, so this is the last word. Registered
+        // first, so it runs last: after the sender below has been stopped (and finished the step it was in).
+        yield* Effect.addFinalizer(() =>
+          sendAcks.pipe(Effect.catchAll((error) => Effect.logWarning("could not persist the final replication position", error)))
         )
-        yield* tick.pipe(Effect.repeat(Schedule.spaced("1 second")), Effect.forkScoped)
-        // The final ack and position, when the stack stops: consumers are gone by now, so this is the last word.
-        yield* Effect.addFinalizer(() => tick)
+        yield* Effect.forkScoped(sender)
+        // A sent ack can be cut by a dropped connection: the sender runs again regularly.
+        yield* ackWanted.open.pipe(Effect.repeat(Schedule.spaced(RETRY)), Effect.forkScoped)
 
         return FlushTracker.of({
           track: (commitLsn, endLsn, handles) => {
+            if (handles.length === 0) return trackDurable(commitLsn, endLsn)
             const p: Pending = { commitLsn, endLsn, remaining: handles.length }
             queue.push(p)
+            undurable++
             for (const h of handles) {
               let list = perShape.get(h)
               if (list === undefined) {
@@ -123,40 +169,41 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
               }
               list.push(p)
             }
-            // A transaction no shape received is durable as soon as everything before it is;
-            // the periodic tick acknowledges it.
-            if (handles.length === 0) advance()
+          },
+          trackPosition: (lsn) => {
+            if (lsn > acked) trackDurable(undefined, lsn)
           },
           durable: (handle, commitLsn) =>
-            Effect.suspend(() => {
+            Effect.sync(() => {
               const list = perShape.get(handle)
-              if (list === undefined) return Effect.void
+              if (list === undefined) return
               let n = 0
-              while (n < list.length && list[n]!.commitLsn <= commitLsn) {
-                list[n]!.remaining--
+              while (n < list.length && list[n]!.commitLsn! <= commitLsn) {
+                if (--list[n]!.remaining === 0) undurable--
                 n++
               }
-              if (n === 0) return Effect.void
+              if (n === 0) return
               if (n === list.length) perShape.delete(handle)
               else list.splice(0, n)
-              return afterProgress(advance())
+              advance()
             }),
           forget: (handle) =>
-            Effect.suspend(() => {
+            Effect.sync(() => {
               const list = perShape.get(handle)
-              if (list === undefined) return Effect.void
+              if (list === undefined) return
               perShape.delete(handle)
-              for (const p of list) p.remaining--
-              return afterProgress(advance())
+              for (const p of list) if (--p.remaining === 0) undurable--
+              advance()
             }),
-          inFlight: () => queue.length - head,
+          inFlight: () => undurable,
           awaitInFlightBelow: (limit) =>
             Effect.suspend(function loop(): Effect.Effect<void> {
-              if (queue.length - head < limit) return Effect.void
+              if (undurable < limit) return Effect.void
               return Effect.zipRight(Deferred.await(wake), Effect.suspend(loop))
             }),
           lastProcessedLsn: () => lastProcessed,
-          acknowledgedLsn: () => acked
+          acknowledgedLsn: () => acked,
+          sentLsn: () => sentAck
         })
       })
     )

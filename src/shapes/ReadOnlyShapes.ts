@@ -1,8 +1,8 @@
-import { SqlClient } from "@effect/sql"
 import { Context, Effect, Layer, Option } from "effect"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { type InvalidRequest, type PostgresError, RegistryError, type StorageError } from "../domain/errors.js"
 import { Inspector } from "../postgres/Inspector.js"
+import { ShapeDb } from "../storage/ShapeDb.js"
 import { openReader, type ShapeLogReader, type ShapeLogStorageOptions } from "../storage/ShapeLogStorage.js"
 import { resolveSpec, type ResolvedSpec, type ShapeSpec } from "./ShapeResolver.js"
 
@@ -19,26 +19,31 @@ export class ReadOnlyShapes extends Context.Tag("syncline/ReadOnlyShapes")<ReadO
   readonly identityOf: (handle: string) => Effect.Effect<Option.Option<string>, RegistryError>
   readonly reader: (handle: ShapeHandle) => Effect.Effect<ShapeLogReader, StorageError>
 }>() {
+  /** Over the registry of `storageDir`, read through a read-only connection of its own, and the logs of `storage`. */
   static readonly layer = (
-    storage: ShapeLogStorageOptions
-  ): Layer.Layer<ReadOnlyShapes, never, SqlClient.SqlClient | Inspector> =>
-    Layer.effect(
+    storage: ShapeLogStorageOptions,
+    storageDir: string
+  ): Layer.Layer<ReadOnlyShapes, never, Inspector> =>
+    Layer.scoped(
       ReadOnlyShapes,
       Effect.gen(function*() {
-        const sql = yield* SqlClient.SqlClient
+        const connection = yield* ShapeDb.reader(storageDir)
         const inspector = yield* Inspector
-        const fail = (operation: string) => (cause: unknown) => new RegistryError({ operation, cause })
+        const fail = (operation: string) => (cause: unknown) =>
+          cause instanceof RegistryError ? cause : new RegistryError({ operation, cause })
         return ReadOnlyShapes.of({
           resolve: (spec) => resolveSpec(inspector, spec),
           byIdentity: (identity) =>
-            sql<{ handle: string }>`SELECT handle FROM shapes
-              WHERE identity = ${identity} AND snapshot_complete = 1 AND removing = 0`.pipe(
+            Effect.flatMap(connection, (sql) =>
+              sql<{ handle: string }>`SELECT handle FROM shapes
+              WHERE identity = ${identity} AND snapshot_complete = 1 AND removing = 0`).pipe(
               Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), (r) => ShapeHandle(r.handle))),
               Effect.mapError(fail("byIdentity"))
             ),
           identityOf: (handle) =>
-            sql<{ identity: string }>`SELECT identity FROM shapes
-              WHERE handle = ${handle} AND snapshot_complete = 1 AND removing = 0`.pipe(
+            Effect.flatMap(connection, (sql) =>
+              sql<{ identity: string }>`SELECT identity FROM shapes
+              WHERE handle = ${handle} AND snapshot_complete = 1 AND removing = 0`).pipe(
               Effect.map((rows) => Option.map(Option.fromNullable(rows[0]), (r) => r.identity)),
               Effect.mapError(fail("identityOf"))
             ),

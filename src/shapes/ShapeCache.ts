@@ -1,6 +1,7 @@
-import { Cause, Context, Deferred, Effect, Either, Layer, Option, Queue } from "effect"
+import { Cause, Context, Deferred, Effect, Either, Layer, Option, Queue, Schedule } from "effect"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
+import type { TableRef } from "../domain/Table.js"
 import {
   InvalidRequest,
   type PostgresError,
@@ -38,8 +39,13 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
   readonly get: (handle: string) => Effect.Effect<Option.Option<Shape>, TableAbsent>
   /** The current shape of a definition, if any. */
   readonly find: (definition: ShapeDefinition) => Effect.Effect<Option.Option<Shape>, TableAbsent>
-  /** Removes a shape for an explicit cause (DELETE, truncate): registry mark, routing, consumer, storage, row. */
+  /**
+   * Removes a shape for an explicit cause (DELETE, truncate, an invalidation), with a log line saying why:
+   * registry mark, routing, consumer, storage, row. Idempotent.
+   */
   readonly remove: (handle: ShapeHandle, reason: string) => Effect.Effect<void, StorageError | RegistryError | TableAbsent>
+  /** Every shape served now, with its table. */
+  readonly list: Effect.Effect<ReadonlyArray<{ readonly handle: ShapeHandle; readonly table: TableRef }>>
 }>() {
   static readonly layer: Layer.Layer<
     ShapeCache,
@@ -88,11 +94,12 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           yield* status.delete(handle)
         }))
 
-      // Removals interrupted half way, and snapshots that never completed, are finished first.
+      // Removals decided but not finished (an interrupted removal, a shape invalidated at activation) and
+      // snapshots that never completed are finished first.
       for (const handle of yield* status.unfinished) {
         yield* storage.remove(handle)
         yield* status.delete(handle)
-        yield* Effect.logInfo(`removed shape ${handle} left unfinished by the previous run`)
+        yield* Effect.logInfo(`finished the removal of shape ${handle}`)
       }
 
       // Files no registered shape owns (a crash between creating a shape's directory and its row, or
@@ -137,6 +144,9 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         })
       }
 
+      // The ack waits for an invalidated shape's removal (its last transaction was not reported durable), so a
+      // removal that fails is tried again until it succeeds rather than left for the next start.
+      const retryRemoval = Schedule.exponential("100 millis").pipe(Schedule.either(Schedule.spaced("10 seconds")))
       yield* Queue.take(consumers.invalidations).pipe(
         Effect.flatMap(({ handle, reason }) =>
           Effect.gen(function*() {
@@ -144,7 +154,11 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             // The table may have changed: the next shape on it must see the catalog as it is now.
             const table = shapes.get(handle)?.table
             if (table !== undefined) yield* inspector.invalidate(table.oid)
-            yield* removeNow(handle).pipe(Effect.catchAll((e) => Effect.logWarning(`removal of shape ${handle} failed`, e)))
+            yield* removeNow(handle).pipe(
+              Effect.tapError((e) => Effect.logWarning(`removal of shape ${handle} failed; trying again`, e)),
+              Effect.retry({ schedule: retryRemoval, while: (e) => e._tag !== "TableAbsent" }),
+              Effect.catchAll(() => Effect.void)
+            )
           })
         ),
         Effect.forever,
@@ -153,7 +167,18 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
 
       const create = (spec: ResolvedSpec) =>
         Effect.gen(function*() {
-          yield* admin.addTable(spec.table)
+          // Shapes taken while the table was out of the publication (or without REPLICA IDENTITY FULL) may
+          // have missed changes: putting it back for this one invalidates them (DESIGN.md, invariant 8).
+          const before = [...shapes.values()].filter((s) => s.table.oid === spec.table.oid).map((s) => s.handle)
+          if (yield* admin.addTable(spec.table)) {
+            for (const handle of before) {
+              yield* Effect.logWarning(
+                `removing shape ${handle}: its table ${spec.table.schema}.${spec.table.name} was not in the publication ` +
+                  "with REPLICA IDENTITY FULL, so changes may have been missed"
+              )
+              yield* removeNow(handle)
+            }
+          }
           const record = yield* status.add(spec.definition)
           const shape = spec.build(record.handle)
           yield* consumers.register(shape, undefined)
@@ -218,7 +243,8 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             (record) => Option.flatMap(record, (r) => Option.fromNullable(shapes.get(r.handle)))
           ),
         remove: (handle, reason) =>
-          Effect.zipRight(Effect.logInfo(`removing shape ${handle}: ${reason}`), removeNow(handle))
+          Effect.zipRight(Effect.logInfo(`removing shape ${handle}: ${reason}`), removeNow(handle)),
+        list: Effect.sync(() => [...shapes.values()].map((s) => ({ handle: s.handle, table: s.table })))
       })
     })
   )

@@ -8,6 +8,11 @@ import { logWhenStopped } from "../domain/Lifecycle.js"
 
 /** What the snapshot of a shape saw: decides which replicated transactions it already contains. */
 export interface SnapshotMark {
+  /**
+   * The consumer has met a transaction whose xid is at or above `xmax`: nothing after it can be in the
+   * snapshot, so visibility is no longer tested. Undefined for marks written before this was recorded.
+   */
+  readonly pastSnapshot?: boolean | undefined
   readonly xmin: bigint
   readonly xmax: bigint
   readonly xip: ReadonlyArray<bigint>
@@ -34,12 +39,60 @@ interface Row {
 }
 
 const encodeMark = (m: SnapshotMark): string =>
-  JSON.stringify({ xmin: String(m.xmin), xmax: String(m.xmax), xip: m.xip.map(String), lsn: String(m.lsn), columns: m.columns })
+  JSON.stringify({
+    xmin: String(m.xmin),
+    xmax: String(m.xmax),
+    xip: m.xip.map(String),
+    lsn: String(m.lsn),
+    columns: m.columns,
+    pastSnapshot: m.pastSnapshot === true
+  })
 
 const decodeMark = (text: string): SnapshotMark => {
-  const o = JSON.parse(text) as { xmin: string; xmax: string; xip: Array<string>; lsn: string; columns: string }
-  return { xmin: BigInt(o.xmin), xmax: BigInt(o.xmax), xip: o.xip.map(BigInt), lsn: BigInt(o.lsn), columns: o.columns }
+  const o = JSON.parse(text) as {
+    xmin: string
+    xmax: string
+    xip: Array<string>
+    lsn: string
+    columns: string
+    pastSnapshot?: boolean
+  }
+  return {
+    xmin: BigInt(o.xmin),
+    xmax: BigInt(o.xmax),
+    xip: o.xip.map(BigInt),
+    lsn: BigInt(o.lsn),
+    columns: o.columns,
+    pastSnapshot: o.pastSnapshot
+  }
 }
+
+/**
+ * The registry as the activation checks see it, before it is loaded
+ * (DESIGN.md, invariant 8): which shapes exist, and marking some or all of
+ * them for removal in one statement. A marked shape is no longer found, and
+ * the boot clean-up of the shape cache finishes its removal, so the mark is
+ * the whole decision: it is durable before anything that depends on it.
+ */
+export const RegistryRows = {
+  /** Every shape not being removed: its handle and definition. */
+  list: (sql: SqlClient.SqlClient) =>
+    sql<{ handle: string; identity: string }>`SELECT handle, identity FROM shapes WHERE removing = 0`.pipe(
+      Effect.map((rows) =>
+        rows.map((r) => ({ handle: ShapeHandle(r.handle), definition: ShapeDefinition.fromIdentity(r.identity) }))
+      ),
+      Effect.mapError((cause) => new RegistryError({ operation: "list shapes", cause }))
+    ),
+  /** Marks the shapes (every one with `"all"`) for removal. */
+  markRemoving: (sql: SqlClient.SqlClient, handles: ReadonlyArray<ShapeHandle> | "all") =>
+    (handles === "all"
+      ? sql`UPDATE shapes SET removing = 1, identity = 'removing:' || handle WHERE removing = 0`
+      : sql`UPDATE shapes SET removing = 1, identity = 'removing:' || handle
+            WHERE removing = 0 AND ${sql.in("handle", handles)}`).pipe(
+        Effect.asVoid,
+        Effect.mapError((cause) => new RegistryError({ operation: "mark shapes for removal", cause }))
+      )
+} as const
 
 /**
  * The shape registry: every shape in memory (identity -> handle, handle ->
@@ -53,6 +106,8 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
   /** Registers a new shape with a fresh handle (its snapshot not complete yet). */
   readonly add: (definition: ShapeDefinition) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
   readonly markSnapshotComplete: (handle: ShapeHandle, mark: SnapshotMark) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
+  /** Records that the shape's consumer no longer tests visibility in its snapshot (`SnapshotMark.pastSnapshot`). */
+  readonly markPastSnapshot: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
   /** First step of a removal: durably marked, and no longer found. */
   readonly markRemoving: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
   /** Last step of a removal: the row goes. */
@@ -133,20 +188,34 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
               Effect.mapError(fail("markSnapshotComplete"))
             )
             if (row.length === 0) return yield* new RegistryError({ operation: "markSnapshotComplete: no such shape" })
-            yield* sql`UPDATE shapes SET snapshot_complete = 1, snapshot = ${encodeMark(mark)} WHERE handle = ${handle}`.pipe(
+            const snapshot: SnapshotMark = { ...mark, pastSnapshot: mark.pastSnapshot === true }
+            yield* sql`UPDATE shapes SET snapshot_complete = 1, snapshot = ${encodeMark(snapshot)} WHERE handle = ${handle}`.pipe(
               Effect.mapError(fail("markSnapshotComplete"))
             )
             const record: ShapeRecord = {
               handle,
               identity: row[0]!.identity,
               definition: ShapeDefinition.fromIdentity(row[0]!.identity),
-              snapshot: mark
+              snapshot
             }
             if (open) {
               byHandle.set(handle, record)
               byIdentity.set(record.identity, record)
             }
             return record
+          }),
+        markPastSnapshot: (handle) =>
+          Effect.gen(function*() {
+            yield* guard("markPastSnapshot", () => undefined)
+            const record = byHandle.get(handle)
+            if (record?.snapshot === undefined || record.snapshot.pastSnapshot === true) return
+            const snapshot: SnapshotMark = { ...record.snapshot, pastSnapshot: true }
+            yield* sql`UPDATE shapes SET snapshot = ${encodeMark(snapshot)} WHERE handle = ${handle}`.pipe(
+              Effect.mapError(fail("markPastSnapshot"))
+            )
+            const updated: ShapeRecord = { ...record, snapshot }
+            if (byHandle.get(handle) === record) byHandle.set(handle, updated)
+            if (byIdentity.get(record.identity) === record) byIdentity.set(record.identity, updated)
           }),
         markRemoving: (handle) =>
           Effect.gen(function*() {

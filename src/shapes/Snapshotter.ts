@@ -36,7 +36,8 @@ export class Snapshotter extends Context.Tag("syncline/Snapshotter")<Snapshotter
               xmax: info.xmax,
               xip: info.xip,
               lsn: info.lsn,
-              columns: columnSignature(shape.table.columns)
+              columns: columnSignature(shape.table.columns),
+              pastSnapshot: false
             }
             yield* log.appendSnapshot([snapshotEndMessage(mark)])
             yield* log.completeSnapshot

@@ -1,5 +1,5 @@
-import { Context, Deferred, Effect, Layer, Stream } from "effect"
-import type { PostgresError, ReplicationError, StorageError } from "../domain/errors.js"
+import { Cause, Context, Deferred, Effect, Layer, Stream } from "effect"
+import type { PostgresError, ReplicationError } from "../domain/errors.js"
 import { PgAdmin } from "../postgres/PgAdmin.js"
 import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
@@ -7,7 +7,11 @@ import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
 import { ConsumerSupervisor } from "../shapes/ConsumerSupervisor.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
-/** How many routed transactions may wait for durability before the pump stops reading the slot. */
+/**
+ * How many routed transactions may wait in consumers (not yet durable in every shape they went to) before
+ * the pump stops reading the slot. Transactions durable everywhere but behind a slow one cost no memory to
+ * speak of and do not count: one long snapshot does not stall every other shape.
+ */
 const MAX_IN_FLIGHT = 20_000
 
 /**
@@ -17,10 +21,10 @@ const MAX_IN_FLIGHT = 20_000
  */
 export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<ReplicationPump, {
   /**
-   * Fails when the replication stream or a consumer's log fails, or when the slot's advisory lock is lost
+   * Fails when the replication stream fails, on a defect in the pump or a consumer, or when the slot's advisory lock is lost
    * (another instance may then take the slot while this one writes); never succeeds.
    */
-  readonly failure: Effect.Effect<never, ReplicationError | StorageError | PostgresError>
+  readonly failure: Effect.Effect<never, ReplicationError | PostgresError>
 }>() {
   static readonly layer: Layer.Layer<
     ReplicationPump,
@@ -35,11 +39,12 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
       const consumers = yield* ConsumerSupervisor
       const tracker = yield* FlushTracker
       const admin = yield* PgAdmin
-      const failure = yield* Deferred.make<never, ReplicationError | StorageError>()
+      const failure = yield* Deferred.make<never, ReplicationError>()
 
-      yield* replication.transactions.pipe(
+      yield* replication.events.pipe(
         Stream.runForEach((txn) =>
           Effect.gen(function*() {
+            if (txn.kind === "position") return tracker.trackPosition(txn.lsn)
             if (tracker.inFlight() >= MAX_IN_FLIGHT) yield* tracker.awaitInFlightBelow(MAX_IN_FLIGHT)
             const deliveries = collector.route(txn)
             if (deliveries === undefined) return
@@ -47,7 +52,9 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
             for (const delivery of deliveries) yield* consumers.deliver(txn, delivery)
           })
         ),
-        Effect.catchAll((error) => Deferred.fail(failure, error)),
+        // A defect here (a bug) must stop the stack like a failure does: a pump that died quietly would leave
+        // the stack active and frozen.
+        Effect.catchAllCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : Deferred.failCause(failure, cause)),
         Effect.forkScoped
       )
       return ReplicationPump.of({

@@ -1,21 +1,22 @@
-import type { SqlClient } from "@effect/sql"
 import {
   Cause,
+  Clock,
   Context,
   Deferred,
   Duration,
   Effect,
+  Exit,
   FiberHandle,
   Layer,
   Option,
-  Schedule,
   Scope,
   Stream,
   SubscriptionRef
 } from "effect"
-import { PostgresError, StackNotReady } from "../domain/errors.js"
+import { PostgresError, ReplicationError, StackNotReady } from "../domain/errors.js"
 import type { Inspector } from "../postgres/Inspector.js"
 import type { PgAdmin } from "../postgres/PgAdmin.js"
+import { isConnectionError } from "../postgres/PgPool.js"
 import type { Snapshot } from "../postgres/Snapshot.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
 import type { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
@@ -37,7 +38,7 @@ const Status = {
 }
 
 /** What a stack stands on, built before the slot's lock is held. */
-export type Infrastructure = SqlClient.SqlClient | Inspector | PgAdmin | Snapshot
+export type Infrastructure = Inspector | PgAdmin | Snapshot
 
 /** The services of a read-only stack (waiting for the slot's lock). */
 export type ReadOnlyServices = ReadOnlyShapes | Infrastructure
@@ -72,23 +73,54 @@ export interface StackSupervisorService {
   readonly restart: Effect.Effect<void>
   /** Fails when the stack cannot start and retrying cannot help (e.g. `wal_level` is not logical). */
   readonly fatal: Effect.Effect<never, PostgresError>
+  /** True while no stack is active because the last attempt could not reach the database. */
+  readonly databaseUnreachable: () => boolean
 }
+
+/** How a supervisor waits between attempts to start a stack. */
+export interface RestartPolicy {
+  /** The wait after the first failure, doubled after each further one up to `maxDelay`. */
+  readonly firstDelay: Duration.DurationInput
+  readonly maxDelay: Duration.DurationInput
+  /** A stack that stayed active this long was healthy: the next failure waits `firstDelay` again. */
+  readonly healthyAfter: Duration.DurationInput
+}
+
+/**
+ * A dropped replication connection on a healthy server is back within a second; a server that is down is
+ * tried every 10 s at most, so it is found again soon after it returns.
+ */
+export const defaultRestartPolicy: RestartPolicy = {
+  firstDelay: "500 millis",
+  maxDelay: "10 seconds",
+  healthyAfter: "5 seconds"
+}
+
+/** The wait before attempt `failures + 1` (after `failures` failures in a row, at least one). */
+export const restartDelay = (policy: RestartPolicy, failures: number): Duration.Duration =>
+  Duration.min(Duration.times(Duration.decode(policy.firstDelay), 2 ** Math.min(failures - 1, 30)), Duration.decode(policy.maxDelay))
 
 /** Errors no retry can fix: the operator must change Postgres's configuration or the role. */
 const isFatal = (error: unknown): error is PostgresError =>
   error instanceof PostgresError && (error.reason === "WalLevel" || error.reason === "Permission")
 
-const backoff = Schedule.exponential("500 millis").pipe(Schedule.either(Schedule.spaced("30 seconds")))
+/** Whether a stack's failure says the database could not be reached (rather than a query or stream failing). */
+const unreachable = (error: unknown): boolean =>
+  (error instanceof PostgresError && error.reason === "Connection") ||
+  (error instanceof ReplicationError && error.reason === "Connection" && isConnectionError(error.cause))
 
 /** Builds the supervisor for a stack; the stack is started at once and closed with the caller's scope. */
 export const makeStackSupervisor = <E>(
-  stack: StackLayers<E>
+  stack: StackLayers<E>,
+  policy: RestartPolicy = defaultRestartPolicy
 ): Effect.Effect<StackSupervisorService, never, Scope.Scope> =>
   Effect.gen(function*() {
     const status = yield* SubscriptionRef.make<StackStatus>(Status.starting)
     let view: Option.Option<StackView> = Option.none()
     const running = yield* FiberHandle.make()
     const fatal = yield* Deferred.make<never, PostgresError>()
+    let activeSince: number | undefined
+    let lastFailureUnreachable = false
 
     const publish = (next: Option.Option<StackView>, s: StackStatus) =>
       Effect.suspend(() => {
@@ -108,6 +140,8 @@ export const makeStackSupervisor = <E>(
             scope
           )
           yield* publish(Option.some({ mode: "active", context: active }), Status.active)
+          activeSince = yield* Clock.currentTimeMillis
+          lastFailureUnreachable = false
           yield* Effect.logInfo("stack active")
           return yield* Effect.flatMap(ReplicationPump, (pump) => pump.failure).pipe(Effect.provide(active))
         }),
@@ -119,17 +153,28 @@ export const makeStackSupervisor = <E>(
         })
     )
 
-    const supervise = runOnce.pipe(
-      // A bug in a stack (a defect) must not end the supervision for good: the stack is rebuilt like after a failure.
-      Effect.catchAllDefect((defect) => Effect.fail(defect)),
-      Effect.tapErrorCause((cause) => {
+    // Each failure waits longer than the one before, unless the stack had been healthy in between: a crash
+    // loop backs off, a blip after hours of service is retried at once.
+    const supervise = Effect.gen(function*() {
+      let failures = 0
+      for (;;) {
+        activeSince = undefined
+        const exit = yield* Effect.exit(runOnce)
+        if (Exit.isSuccess(exit) || Cause.isInterruptedOnly(exit.cause)) return
+        const cause = exit.cause
         const failure = Cause.failureOption(cause)
-        return Option.isSome(failure) && isFatal(failure.value)
-          ? Deferred.fail(fatal, failure.value)
-          : Effect.logError("stack stopped; starting it again", cause)
-      }),
-      Effect.retry({ schedule: backoff, while: (error) => !isFatal(error) })
-    )
+        if (Option.isSome(failure) && isFatal(failure.value)) return yield* Deferred.fail(fatal, failure.value)
+        const now = yield* Clock.currentTimeMillis
+        if (activeSince !== undefined && now - activeSince >= Duration.toMillis(policy.healthyAfter)) failures = 0
+        failures++
+        // A bug in a stack (a defect) must not end the supervision for good: the stack is rebuilt like after a failure.
+        const error = Option.isSome(failure) ? failure.value : Cause.squash(cause)
+        lastFailureUnreachable = unreachable(error)
+        const delay = restartDelay(policy, failures)
+        yield* Effect.logError(`stack stopped; starting it again in ${Duration.format(delay)}`, cause)
+        yield* Effect.sleep(delay)
+      }
+    })
 
     const start = FiberHandle.run(running, supervise).pipe(Effect.asVoid)
     const stop = FiberHandle.clear(running)
@@ -159,12 +204,13 @@ export const makeStackSupervisor = <E>(
       active: (timeout) => waitFor((v) => (v.mode === "active" ? Option.some(v.context) : Option.none()), timeout),
       // Never half done: a caller that goes away mid-teardown must not leave the process without a stack.
       restart: Effect.uninterruptible(Effect.zipRight(stop, start)),
-      fatal: Deferred.await(fatal)
+      fatal: Deferred.await(fatal),
+      databaseUnreachable: () => lastFailureUnreachable && Option.isNone(view)
     }
   })
 
 /** The supervisor as a service: what the HTTP layer holds instead of a stack. */
 export class StackSupervisor extends Context.Tag("syncline/StackSupervisor")<StackSupervisor, StackSupervisorService>() {
-  static readonly layer = <E>(stack: StackLayers<E>): Layer.Layer<StackSupervisor> =>
-    Layer.scoped(StackSupervisor, makeStackSupervisor(stack))
+  static readonly layer = <E>(stack: StackLayers<E>, policy?: RestartPolicy): Layer.Layer<StackSupervisor> =>
+    Layer.scoped(StackSupervisor, makeStackSupervisor(stack, policy))
 }

@@ -1,15 +1,13 @@
 import { NodeContext } from "@effect/platform-node"
 import { SqlClient } from "@effect/sql"
 import { SqliteClient, SqliteMigrator } from "@effect/sql-sqlite-node"
-import { Effect, Layer } from "effect"
+import * as Reactivity from "@effect/experimental/Reactivity"
+import { Cause, Effect, ExecutionStrategy, Exit, Layer, Scope } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { logWhenStopped } from "../domain/Lifecycle.js"
+import { RegistryError } from "../domain/errors.js"
 
-/**
- * The SQLite database that makes the shape registry durable:
- * `<storage dir>/meta/shapes.sqlite`, migrated at open.
- */
 const migrations = SqliteMigrator.fromRecord({
   "0001_shapes": Effect.flatMap(SqlClient.SqlClient, (sql) =>
     Effect.all([
@@ -29,23 +27,107 @@ const migrations = SqliteMigrator.fromRecord({
   )
 })
 
+/** Where the registry of a storage dir lives. */
+export const registryFile = (storageDir: string): string => path.join(storageDir, "meta", "shapes.sqlite")
+
+const describeCause = (cause: Cause.Cause<unknown>): string => {
+  const error = Cause.squash(cause)
+  const message = error instanceof Error ? error.message : String(error)
+  return message.split("\n")[0] ?? message
+}
+
+/**
+ * Opens the file and runs `PRAGMA quick_check` on a throw-away connection:
+ * the reason it cannot be used, or undefined when it can (or does not exist yet).
+ */
+const probe = (filename: string): Effect.Effect<string | undefined> =>
+  Effect.scoped(
+    Effect.gen(function*() {
+      if (!fs.existsSync(filename)) return undefined
+      const sql = yield* SqliteClient.make({ filename }).pipe(Effect.provide(Reactivity.layer))
+      const rows = yield* sql<{ quick_check: string }>`PRAGMA quick_check`
+      const verdict = rows.map((r) => r.quick_check).join("; ")
+      return verdict === "ok" ? undefined : verdict
+    })
+  ).pipe(Effect.catchAllCause((cause) => Effect.succeed(describeCause(cause))))
+
+/**
+ * Moves a damaged registry aside (kept for inspection, never deleted), so a
+ * fresh one takes its place. Every shape is then unknown: their files are
+ * orphans that the shape cache removes, and clients re-sync with new handles.
+ */
+const setAside = (filename: string, reason: string): Effect.Effect<void> =>
+  Effect.gen(function*() {
+    const aside = `${filename}.damaged-${new Date().toISOString().replaceAll(":", "-")}`
+    yield* Effect.sync(() => {
+      fs.renameSync(filename, aside)
+      for (const suffix of ["-wal", "-shm"]) fs.rmSync(filename + suffix, { force: true })
+    })
+    yield* Effect.logError(
+      `the shape registry ${filename} is damaged (${reason}); moved it to ${path.basename(aside)} and started an ` +
+        "empty one: every shape will be created anew"
+    )
+  })
+
+/**
+ * The SQLite database that makes the shape registry durable,
+ * `<storage dir>/meta/shapes.sqlite`.
+ */
 export const ShapeDb = {
-  /** SQLite at `<storageDir>/meta/shapes.sqlite`, migrated; provides `SqlClient`. */
+  /**
+   * The registry opened for writing and migrated; provides `SqlClient`. Only
+   * the process that holds the slot's lock builds it (a rolling successor
+   * must not change what the running instance owns). A file that is not a
+   * database or fails its integrity check is set aside and replaced by an
+   * empty one, with one log line saying so.
+   */
   layer: (storageDir: string): Layer.Layer<SqlClient.SqlClient, unknown> => {
-    const dir = path.join(storageDir, "meta")
+    const filename = registryFile(storageDir)
     return SqliteMigrator.layer({ loader: migrations }).pipe(
       Layer.provideMerge(
         Layer.unwrapEffect(
-          Effect.sync(() => {
-            fs.mkdirSync(dir, { recursive: true })
+          Effect.gen(function*() {
+            yield* Effect.sync(() => fs.mkdirSync(path.dirname(filename), { recursive: true }))
+            const damaged = yield* probe(filename)
+            if (damaged !== undefined) yield* setAside(filename, damaged)
             // The marker is a dependency of the client, so it is released (and logs) after the database closed.
-            return SqliteClient.layer({ filename: path.join(dir, "shapes.sqlite") }).pipe(
-              Layer.provide(Layer.scopedDiscard(logWhenStopped("ShapeDb")))
-            )
+            return SqliteClient.layer({ filename }).pipe(Layer.provide(Layer.scopedDiscard(logWhenStopped("ShapeDb"))))
           })
         )
       ),
       Layer.provide(NodeContext.layer)
     )
-  }
+  },
+
+  /**
+   * A read-only connection to the registry for a process that does not own it
+   * (a rolling restart's read-only phase), opened on first use and again after
+   * a failed attempt: the owner may create the file later. Nothing is created,
+   * migrated or written. Closed with the scope.
+   */
+  reader: (storageDir: string): Effect.Effect<Effect.Effect<SqlClient.SqlClient, RegistryError>, never, Scope.Scope> =>
+    Effect.gen(function*() {
+      const filename = registryFile(storageDir)
+      const scope = yield* Effect.scope
+      let client: SqlClient.SqlClient | undefined
+      const lock = yield* Effect.makeSemaphore(1)
+      const connect = Effect.gen(function*() {
+        if (client !== undefined) return client
+        const attempt = yield* Scope.fork(scope, ExecutionStrategy.sequential)
+        const opened = yield* SqliteClient.make({ filename, readonly: true }).pipe(
+          Effect.tap((sql) => sql`SELECT 1 FROM shapes LIMIT 1`),
+          Effect.provide(Reactivity.layer),
+          Scope.extend(attempt),
+          Effect.catchAllCause((cause) =>
+            Effect.zipRight(
+              Scope.close(attempt, Exit.void),
+              Effect.fail(new RegistryError({ operation: `open ${filename} read-only: ${describeCause(cause)}` }))
+            )
+          )
+        )
+        client = opened
+        return opened
+      })
+      return lock.withPermits(1)(connect)
+    })
 } as const

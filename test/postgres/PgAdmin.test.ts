@@ -2,6 +2,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Exit, Fiber, Layer, Scope } from "effect"
 import pg from "pg"
 import { inject } from "vitest"
+import { Lsn } from "../../src/domain/Lsn.js"
 import { Inspector } from "../../src/postgres/Inspector.js"
 import { PgAdmin } from "../../src/postgres/PgAdmin.js"
 import { PgPool } from "../../src/postgres/PgPool.js"
@@ -44,16 +45,31 @@ layer(Live, { excludeTestServices: true })("PgAdmin", (it) => {
       expect(rows).toEqual([{ puballtables: false }])
     }))
 
-  it.effect("creates a persistent pgoutput slot once", () =>
+  it.effect("creates a persistent pgoutput slot once, reads its state and drops it", () =>
     Effect.gen(function*() {
       const admin = yield* PgAdmin
       yield* exec("SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1", [names.slotName])
-      expect(yield* admin.ensureSlot).toEqual({ created: true })
-      expect(yield* admin.ensureSlot).toEqual({ created: false })
-      const rows = yield* exec("SELECT plugin, slot_type, temporary FROM pg_replication_slots WHERE slot_name = $1", [names.slotName])
-      expect(rows).toEqual([{ plugin: "pgoutput", slot_type: "logical", temporary: false }])
+      expect(yield* admin.slotState).toEqual({ _tag: "Missing" })
+      yield* admin.createSlot
+      yield* admin.createSlot
+      const rows = yield* exec(
+        "SELECT plugin, slot_type, temporary, confirmed_flush_lsn::text AS flush FROM pg_replication_slots WHERE slot_name = $1",
+        [names.slotName]
+      )
+      expect(rows).toMatchObject([{ plugin: "pgoutput", slot_type: "logical", temporary: false }])
+      expect(yield* admin.slotState).toEqual({ _tag: "Usable", confirmedFlushLsn: Lsn.fromPg(String(rows[0]!["flush"])) })
       // A slot keeps WAL while it exists: do not leave it behind.
-      yield* exec("SELECT pg_drop_replication_slot($1)", [names.slotName])
+      yield* admin.dropSlot
+      yield* admin.dropSlot
+      expect(yield* admin.slotState).toEqual({ _tag: "Missing" })
+    }))
+
+  it.effect("identifies the system: its system identifier and timeline", () =>
+    Effect.gen(function*() {
+      const admin = yield* PgAdmin
+      const identity = yield* admin.identifySystem
+      const rows = yield* exec("SELECT system_identifier::text AS id, timeline_id FROM pg_control_system(), pg_control_checkpoint()")
+      expect(identity).toEqual({ systemId: rows[0]!["id"], timeline: rows[0]!["timeline_id"] })
     }))
 
   it.effect("adds tables with REPLICA IDENTITY FULL, idempotently and concurrently", () =>
@@ -97,8 +113,15 @@ layer(Live, { excludeTestServices: true })("PgAdmin", (it) => {
         CREATE TABLE pgadmin_three (id int PRIMARY KEY);
         ALTER PUBLICATION ${names.publicationName} ADD TABLE pgadmin_three;`)
       const three = yield* Effect.flatMap(Inspector, (i) => i.load({ schema: "public", name: "pgadmin_three" }))
-      yield* admin.addTable(three)
+      expect(yield* admin.publicationStates([three.oid])).toEqual(new Map([[three.oid, { published: true, replicaFull: false }]]))
+      expect(yield* admin.addTable(three)).toBe(true)
       expect(yield* exec("SELECT relreplident FROM pg_class WHERE oid = $1", [three.oid])).toEqual([{ relreplident: "f" }])
+      expect(yield* admin.publicationStates([three.oid])).toEqual(new Map([[three.oid, { published: true, replicaFull: true }]]))
+      // Nothing left to change.
+      expect(yield* admin.addTable(three)).toBe(false)
+      yield* exec(`ALTER PUBLICATION ${names.publicationName} DROP TABLE pgadmin_three`)
+      expect(yield* admin.publicationStates([three.oid, 1])).toEqual(new Map([[three.oid, { published: false, replicaFull: true }]]))
+      expect(yield* admin.addTable(three)).toBe(true)
     }))
 
   it.scoped("holds the slot's advisory lock for the scope and hands it over when released", () =>
@@ -197,7 +220,13 @@ layer(Live, { excludeTestServices: true })("PgAdmin", (it) => {
       expect(yield* admin.isLockHeld).toBe(false)
       // A later look at the lost lock fails at once.
       expect((yield* Effect.flip(admin.lockLost)).reason).toBe("Connection")
-      expect(yield* lockFreeFrom(observer, slot)).toBe(true)
+      // The terminated backend releases its locks as it exits, a moment after the client saw the connection end.
+      const freed = yield* lockFreeFrom(observer, slot).pipe(
+        Effect.tap((free) => (free ? Effect.void : Effect.sleep("50 millis"))),
+        Effect.repeat({ until: (free) => free }),
+        Effect.timeout("10 seconds")
+      )
+      expect(freed).toBe(true)
     }))
 })
 

@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Chunk, Effect, Exit, Queue, Scope, Stream } from "effect"
 import pg from "pg"
 import { inject } from "vitest"
-import type { Change, Transaction } from "../../src/domain/Change.js"
+import { type Change, isTransaction, type Transaction } from "../../src/domain/Change.js"
 import { Lsn } from "../../src/domain/Lsn.js"
 import { make } from "../../src/postgres/ReplicationConnection.js"
 
@@ -72,7 +72,7 @@ const open = (name: string, bufferSize?: number) =>
       Scope.extend(scope)
     )
     const received = yield* Queue.unbounded<Transaction>()
-    yield* Stream.runForEach(conn.transactions, (tx) => Queue.offer(received, tx)).pipe(
+    yield* Stream.runForEach(Stream.filter(conn.events, isTransaction), (tx) => Queue.offer(received, tx)).pipe(
       Effect.forkIn(scope)
     )
     const next = Queue.take(received).pipe(
@@ -231,7 +231,8 @@ describe("ReplicationConnection", () => {
       }))
       const scope = yield* Scope.make()
       const conn = yield* make({ ...options(name), bufferSize: 1 }).pipe(Scope.extend(scope))
-      const txs = yield* conn.transactions.pipe(
+      const txs = yield* conn.events.pipe(
+        Stream.filter(isTransaction),
         Stream.tap(() => Effect.sleep("2 millis")),
         Stream.take(total),
         Stream.runCollect,
@@ -250,7 +251,7 @@ describe("ReplicationConnection", () => {
       yield* setup(name, "id int PRIMARY KEY")
       const scope = yield* Scope.make()
       const conn = yield* make(options(name)).pipe(Scope.extend(scope))
-      const consumer = yield* Stream.runDrain(conn.transactions).pipe(Effect.either, Effect.fork)
+      const consumer = yield* Stream.runDrain(conn.events).pipe(Effect.either, Effect.fork)
       yield* waitForSlot(slot, (row) => row.active)
       yield* sql("SELECT pg_terminate_backend(active_pid) FROM pg_replication_slots WHERE slot_name = $1", [slot])
       const result = yield* consumer.await.pipe(Effect.flatten, Effect.timeout("30 seconds"))
@@ -261,6 +262,29 @@ describe("ReplicationConnection", () => {
         expect(result.left._tag).toBe("ReplicationError")
         expect(result.left.reason).toBe("Connection")
       }
+    }))
+
+  it.live("reports the WAL position of keepalives, past writes to tables outside the publication", () =>
+    Effect.gen(function*() {
+      const name = `${prefix}_keepalive`
+      yield* setup(name, "id int PRIMARY KEY")
+      yield* sql(`CREATE TABLE ${name}_other (id int)`)
+      const scope = yield* Scope.make()
+      const conn = yield* make(options(name)).pipe(Scope.extend(scope))
+      const positions = yield* Queue.unbounded<bigint>()
+      yield* Stream.runForEach(conn.events, (e) => (e.kind === "position" ? Queue.offer(positions, e.lsn) : Effect.void)).pipe(
+        Effect.forkIn(scope)
+      )
+      yield* sql(`INSERT INTO ${name}_other SELECT generate_series(1, 1000)`)
+      const written = Lsn.fromPg(String((yield* sql("SELECT pg_current_wal_lsn()::text AS lsn"))[0]!["lsn"]))
+      const reached = yield* Queue.take(positions).pipe(
+        Effect.repeat({ until: (lsn) => lsn >= written }),
+        Effect.timeout("20 seconds")
+      )
+      expect(reached).toBeGreaterThanOrEqual(written)
+      yield* Scope.close(scope, Exit.void)
+      yield* sql(`DROP TABLE ${name}_other`)
+      yield* teardown(name)
     }))
 
   it.live("fails with a Slot error when the slot does not exist", () =>

@@ -26,7 +26,7 @@ const def = (name: string, where?: string): ShapeDefinition => ({
   log: "full"
 })
 
-const mark: SnapshotMark = { xmin: 10n, xmax: 20n, xip: [12n, 15n], lsn: 123456n, columns: "id:23,title:25" }
+const mark: SnapshotMark = { xmin: 10n, xmax: 20n, xip: [12n, 15n], lsn: 123456n, columns: "id:23,title:25", pastSnapshot: false }
 
 const timestampOf = (handle: ShapeHandle) => Number(handle.split("-")[1])
 

@@ -256,7 +256,7 @@ describe("restart scenarios", () => {
       expect(insertedKeys(log.messages)).toEqual([`"public"."items"/"1"`, `"public"."items"/"2"`])
     }))
 
-  it.scoped("g: teardown runs pump -> consumers -> final ack -> replication -> lock -> SQLite", () =>
+  it.scoped("g: teardown runs pump -> consumers -> final ack -> replication -> SQLite -> lock", () =>
     Effect.gen(function*() {
       const db = makeDb()
       const dirs = yield* tempDirs
@@ -280,8 +280,8 @@ describe("restart scenarios", () => {
         `replication: ack ${t1.endLsn}`,
         `replication: ack ${t2.endLsn}`,
         "replication: closed",
-        "lock: released",
         "sqlite: closed",
+        "lock: released",
         "lock: acquired",
         "replication: connected"
       ])
@@ -316,10 +316,10 @@ describe("restart scenarios", () => {
         "FlushTracker",
         "ReplicationConnection",
         "ShapeStatus",
-        "slot lock",
-        "ShapeDb"
+        "ShapeDb",
+        "slot lock"
       ]
-      const firstStop = stopped.slice(0, stopped.indexOf("ShapeDb") + 1)
+      const firstStop = stopped.slice(0, stopped.indexOf("slot lock") + 1)
       expect(firstStop.filter((name) => chain.includes(name))).toEqual(chain)
       expect(firstStop.indexOf("ShapeLogStorage")).toBeGreaterThan(firstStop.indexOf("ConsumerSupervisor"))
       expect(firstStop.indexOf("ShapeLogStorage")).toBeLessThan(firstStop.indexOf("slot lock"))

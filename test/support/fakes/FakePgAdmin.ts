@@ -3,8 +3,9 @@ import { PgAdmin } from "../../../src/postgres/PgAdmin.js"
 import type { FakePostgres } from "./FakePostgres.js"
 
 /**
- * The administrative side of the fake database: publication and slot always
- * exist, tables need no set-up, and the slot's advisory lock is the fake's
+ * The administrative side of the fake database: the publication always holds
+ * every table, the slot is the fake's (dropped and created through it), and
+ * the slot's advisory lock is the fake's
  * shared lock, so a stack waits while "another process" (`db.lock(other)`)
  * holds it. Records `lock: acquired` / `lock: released` in `db.events`.
  */
@@ -17,8 +18,15 @@ export const FakePgAdmin = {
         slotName: "fake_slot",
         checkPrerequisites: Effect.void,
         ensurePublication: Effect.void,
-        ensureSlot: Effect.succeed({ created: false }),
-        addTable: () => Effect.void,
+        identifySystem: Effect.sync(() => ({ systemId: db.systemId, timeline: db.timeline })),
+        slotState: Effect.sync(() =>
+          db.slotExists ? { _tag: "Usable", confirmedFlushLsn: db.confirmedFlush } as const : { _tag: "Missing" } as const
+        ),
+        createSlot: Effect.sync(() => db.createSlot()),
+        dropSlot: Effect.sync(() => db.dropSlot()),
+        publicationStates: (oids) =>
+          Effect.succeed(new Map(oids.map((oid) => [oid, { published: true, replicaFull: true }] as const))),
+        addTable: () => Effect.succeed(false),
         acquireLock: Effect.acquireRelease(
           Effect.zipRight(db.lock(holder), Effect.sync(() => db.record("lock: acquired"))),
           () => Effect.zipRight(db.unlock(holder), Effect.sync(() => db.record("lock: released")))

@@ -1,5 +1,6 @@
-import { Deferred, Effect, Exit, FiberId, Stream } from "effect"
-import type { Change, Relation, Row, Transaction } from "../../../src/domain/Change.js"
+import { Clock, Deferred, Effect, Exit, FiberId, Stream } from "effect"
+import type { Change, Relation, ReplicationEvent, Row, Transaction } from "../../../src/domain/Change.js"
+import { ReplicationError } from "../../../src/domain/errors.js"
 import type { Lsn } from "../../../src/domain/Lsn.js"
 import type { ColumnInfo, TableInfo, TableRef } from "../../../src/domain/Table.js"
 import type { SnapshotInfo } from "../../../src/postgres/Snapshot.js"
@@ -44,12 +45,16 @@ interface FakeTable {
 const WAL_GAP = 0x100n
 const COMMIT_RECORD = 0x30n
 
+/** What the fake slot streams: transactions, keepalive positions, or a poison pill that makes the stream die. */
+type SlotEvent = ReplicationEvent | { readonly kind: "defect" }
+
 /**
  * An in-memory Postgres that outlives the stacks built on it: tables of text
- * rows, an xid counter, a WAL position, one logical slot and the slot's
- * advisory lock. The slot follows Postgres's rule on every (re)connection: it
- * sends, in commit order, every committed transaction whose commit LSN is at
- * or above `confirmed_flush_lsn`, then new commits as they happen.
+ * rows, an xid counter (with transactions that can stay in progress across a
+ * snapshot), a WAL position, one logical slot and the slot's advisory lock.
+ * The slot follows Postgres's rule on every (re)connection: it sends, in
+ * commit order, every committed transaction whose commit LSN is at or above
+ * `confirmed_flush_lsn`, then new commits as they happen.
  *
  * `events` records what the fakes see, in order (connections, acks, lock,
  * releases): teardown-order tests read it.
@@ -67,9 +72,21 @@ export class FakePostgres {
   }
   /** When true, acks are recorded but never reach `confirmedFlush` (as if the standby status was lost). */
   dropAcks = false
+  /** What `IDENTIFY_SYSTEM` reports. */
+  systemId = "7000000000000000001"
+  timeline = 1
+  /** Whether the slot exists (`dropSlot` / `createSlot`). */
+  slotExists = true
+  /** How many replication connection attempts still fail (as if the server were down). */
+  refuseConnections = 0
+  /** The clock time (ms) of every replication connection attempt. */
+  readonly connectionAttempts: Array<number> = []
 
   private readonly tables = new Map<string, FakeTable>()
   private readonly committed: Array<Transaction> = []
+  private readonly slotEvents: Array<SlotEvent> = []
+  private readonly inProgress = new Set<number>()
+  private broken = Deferred.unsafeMake<never, ReplicationError>(FiberId.none)
   private confirmed: Lsn = 0n
   private nextXid = 1000
   private wal: Lsn = 0x1000000n
@@ -128,7 +145,10 @@ export class FakePostgres {
    * `adjacent`, its commit LSN is the previous commit's end LSN, as Postgres
    * does when this transaction's data was written before the previous commit.
    */
-  commit(writes: ReadonlyArray<FakeWrite>, options: { readonly adjacent?: boolean } = {}): Effect.Effect<Transaction> {
+  commit(
+    writes: ReadonlyArray<FakeWrite>,
+    options: { readonly adjacent?: boolean; readonly xid?: number } = {}
+  ): Effect.Effect<Transaction> {
     return Effect.sync(() => {
       const changes: Array<Change> = []
       for (const w of writes) {
@@ -153,8 +173,14 @@ export class FakePostgres {
       const endLsn = commitLsn + COMMIT_RECORD
       this.wal = endLsn
       this.lastEnd = endLsn
+      let xid = this.nextXid++
+      if (options.xid !== undefined) {
+        if (!this.inProgress.delete(options.xid)) throw new Error(`xid ${options.xid} is not in progress`)
+        this.nextXid--
+        xid = options.xid
+      }
       const txn: Transaction = {
-        xid: this.nextXid++,
+        xid,
         commitLsn,
         endLsn,
         commitTime: 0n,
@@ -162,15 +188,76 @@ export class FakePostgres {
         relations: []
       }
       this.committed.push(txn)
+      this.slotEvents.push(txn)
       this.notify()
       return txn
     })
   }
 
+  /** Starts a transaction that stays in progress (in `xip` of snapshots) until `commit(…, { xid })`. */
+  begin(): number {
+    const xid = this.nextXid++
+    this.inProgress.add(xid)
+    return xid
+  }
+
+  /** Sends a keepalive carrying the WAL position after `bytes` more of WAL no shape's table wrote. */
+  keepalive(bytes = 0x1000n): Effect.Effect<Lsn> {
+    return Effect.sync(() => {
+      this.wal += bytes
+      this.slotEvents.push({ kind: "position", lsn: this.wal })
+      this.notify()
+      return this.wal
+    })
+  }
+
+  /** Puts a poison pill in the slot: the stream that reads it dies with a defect, as a bug would make it. */
+  poison(): Effect.Effect<void> {
+    return Effect.sync(() => {
+      this.slotEvents.push({ kind: "defect" })
+      this.notify()
+    })
+  }
+
+  /** Ends every open replication stream with a connection error, as a terminated walsender does. */
+  breakStreams(): Effect.Effect<void> {
+    return Effect.sync(() => {
+      const old = this.broken
+      this.broken = Deferred.unsafeMake<never, ReplicationError>(FiberId.none)
+      Deferred.unsafeDone(
+        old,
+        Exit.fail(new ReplicationError({ reason: "Connection", message: "terminating connection due to administrator command" }))
+      )
+    })
+  }
+
+  /** One replication connection attempt: recorded, and refused while `refuseConnections` is above zero. */
+  get connectReplication(): Effect.Effect<void, ReplicationError> {
+    return Effect.flatMap(Clock.currentTimeMillis, (now) => {
+      this.connectionAttempts.push(now)
+      if (this.refuseConnections <= 0) return Effect.void
+      this.refuseConnections--
+      return Effect.fail(new ReplicationError({ reason: "Connection", message: "connection refused" }))
+    })
+  }
+
+  /** Drops the slot: its position is gone. */
+  dropSlot(): void {
+    this.slotExists = false
+  }
+
+  /** Creates the slot anew: it starts at the current end of WAL. */
+  createSlot(): void {
+    if (this.slotExists) return
+    this.slotExists = true
+    this.confirmed = this.wal
+  }
+
   /** What `pg_current_snapshot()` and `pg_current_wal_lsn()` say now: every committed transaction is visible. */
   snapshotInfo(rows: number): SnapshotInfo {
     const next = BigInt(this.nextXid)
-    return { xmin: next, xmax: next, xip: [], lsn: this.wal, rows }
+    const xip = [...this.inProgress].sort((a, b) => a - b).map(BigInt)
+    return { xmin: xip[0] ?? next, xmax: next, xip, lsn: this.wal, rows }
   }
 
   /**
@@ -178,16 +265,20 @@ export class FakePostgres {
    * or above `confirmed_flush_lsn` when the stream starts, then live commits.
    * Nothing is sent while the slot is paused.
    */
-  stream(): Stream.Stream<Transaction> {
+  stream(): Stream.Stream<ReplicationEvent, ReplicationError> {
     return Stream.suspend(() => {
-      let i = this.committed.findIndex((t) => t.commitLsn >= this.confirmed)
-      if (i < 0) i = this.committed.length
       const self = this
-      const pull: Effect.Effect<Transaction> = Effect.suspend(function loop(): Effect.Effect<Transaction> {
-        if (!self.paused && i < self.committed.length) return Effect.succeed(self.committed[i++]!)
+      let i = this.slotEvents.findIndex((e) => e.kind === undefined && e.commitLsn >= this.confirmed)
+      if (i < 0) i = this.slotEvents.length
+      const pull: Effect.Effect<ReplicationEvent> = Effect.suspend(function loop(): Effect.Effect<ReplicationEvent> {
+        if (!self.paused && i < self.slotEvents.length) {
+          const event = self.slotEvents[i++]!
+          if (event.kind === "defect") return Effect.dieMessage("a defect in the replication stream")
+          return Effect.succeed(event)
+        }
         return Effect.flatMap(Deferred.await(self.changed), loop)
       })
-      return Stream.repeatEffect(pull)
+      return Stream.repeatEffect(pull).pipe(Stream.interruptWhen(Deferred.await(this.broken)))
     })
   }
 

@@ -1,29 +1,32 @@
 import { Effect, Layer, Stream } from "effect"
 import { logWhenStopped } from "../../../src/domain/Lifecycle.js"
 import type { Lsn } from "../../../src/domain/Lsn.js"
+import type { ReplicationError } from "../../../src/domain/errors.js"
 import { ReplicationConnection } from "../../../src/postgres/ReplicationConnection.js"
 import type { FakePostgres } from "./FakePostgres.js"
 
 /**
  * A replication connection on the fake slot: each build is a new connection
- * that resumes from the slot's `confirmed_flush_lsn`. Its acks go to the slot
+ * that resumes from the slot's `confirmed_flush_lsn` (or fails, while
+ * `db.refuseConnections` says so; `db.breakStreams` fails the open ones). Its acks go to the slot
  * (through `db.intercept.ack`, so a test can block or interrupt one mid-call),
  * and it records `replication: connected`, `replication: stream closed`,
  * `replication: ack <lsn>` and `replication: closed` in `db.events`.
  */
 export const FakeReplication = {
-  layer: (db: FakePostgres): Layer.Layer<ReplicationConnection> =>
+  layer: (db: FakePostgres): Layer.Layer<ReplicationConnection, ReplicationError> =>
     Layer.scoped(
       ReplicationConnection,
       Effect.gen(function*() {
         yield* logWhenStopped("ReplicationConnection")
+        yield* db.connectReplication
         yield* Effect.acquireRelease(
           Effect.sync(() => db.record("replication: connected")),
           () => Effect.sync(() => db.record("replication: closed"))
         )
         let acked: Lsn = 0n
         return ReplicationConnection.of({
-          transactions: db.stream().pipe(Stream.ensuring(Effect.sync(() => db.record("replication: stream closed")))),
+          events: db.stream().pipe(Stream.ensuring(Effect.sync(() => db.record("replication: stream closed")))),
           ack: (endLsn) =>
             db.intercept.ack.around(
               endLsn,
