@@ -87,8 +87,8 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
   readonly slotName: string
   /** Fails with "WalLevel" unless `wal_level = logical`, and "Permission" unless the role may replicate. */
   readonly checkPrerequisites: Effect.Effect<void, PostgresError>
-  /** Creates the (empty) publication if it does not exist. */
-  readonly ensurePublication: Effect.Effect<void, PostgresError>
+  /** Creates the (empty) publication if it does not exist; true when this call created it. */
+  readonly ensurePublication: Effect.Effect<boolean, PostgresError>
   /** The source's system identifier and timeline (`IDENTIFY_SYSTEM` on a replication connection of its own). */
   readonly identifySystem: Effect.Effect<SystemIdentity, PostgresError>
   /** Whether the slot exists, and whether it can still stream. */
@@ -160,9 +160,9 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
 
       const ensurePublication = Effect.gen(function*() {
         const found = yield* db.query("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", [publicationName])
-        if (found.length > 0) return
-        yield* ignoreDuplicate(db.query(`CREATE PUBLICATION ${quoteIdent(publicationName)}`), [])
-      }).pipe(Effect.asVoid, Effect.withSpan("PgAdmin.ensurePublication"))
+        if (found.length > 0) return false
+        return yield* ignoreDuplicate(Effect.as(db.query(`CREATE PUBLICATION ${quoteIdent(publicationName)}`), true), false)
+      }).pipe(Effect.withSpan("PgAdmin.ensurePublication"))
 
       const identifySystem = Effect.tryPromise({
         try: async () => {

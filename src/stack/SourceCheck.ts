@@ -26,8 +26,14 @@ const sourceGap = (
   admin: PgAdmin["Type"],
   identity: { readonly systemId: string; readonly timeline: number },
   stored: ReplicationPositions,
-  slot: Effect.Effect.Success<PgAdmin["Type"]["slotState"]>
+  slot: Effect.Effect.Success<PgAdmin["Type"]["slotState"]>,
+  publicationCreated: boolean
 ): string | undefined => {
+  // Decoding looks publications up as of each change's place in the WAL: a slot older than the publication
+  // fails on every change made before it, and nothing was published while it was gone.
+  if (publicationCreated && slot._tag !== "Missing") {
+    return `the publication ${admin.publicationName} did not exist (dropped?), so nothing was streamed while it was gone`
+  }
   if (stored.systemId !== undefined && stored.systemId !== identity.systemId) {
     return `the database is another one (system identifier ${identity.systemId}; the shapes came from ${stored.systemId})`
   }
@@ -55,7 +61,9 @@ const sourceGap = (
  * open, before the registry is loaded:
  *
  * - the slot: created now, invalidated, or acknowledged past what this
- *   storage acknowledged; and the database's system identifier and timeline.
+ *   storage acknowledged; the publication: created now (a slot older than it
+ *   cannot decode, and nothing was streamed while it was gone); and the
+ *   database's system identifier and timeline.
  *   Any of these means WAL nobody can replay: every shape is marked for
  *   removal (and the replication positions forgotten) before a new slot is
  *   created, so a crash in between cannot leave a shape over a hole.
@@ -74,13 +82,13 @@ export const SourceCheck = {
       const admin = yield* PgAdmin
       const sql = yield* SqlClient.SqlClient
 
-      yield* admin.ensurePublication
+      const publicationCreated = yield* admin.ensurePublication
       const identity = yield* admin.identifySystem
       const stored = yield* ReplicationState.read(sql)
       const shapes = yield* RegistryRows.list(sql)
       const slot = yield* admin.slotState
 
-      const gap = sourceGap(admin, identity, stored, slot)
+      const gap = sourceGap(admin, identity, stored, slot, publicationCreated)
       if (gap !== undefined) {
         if (shapes.length > 0) {
           yield* Effect.logWarning(`invalidating all ${shapes.length} shapes: ${gap}; clients re-sync with new handles`)
@@ -92,8 +100,11 @@ export const SourceCheck = {
           Effect.mapError((cause) => (cause instanceof RegistryError ? cause : new RegistryError({ operation: "invalidate", cause })))
         )
       }
-      if (slot._tag === "Invalidated") yield* admin.dropSlot
-      if (slot._tag !== "Usable") {
+      // A slot that cannot continue is replaced; one that is usable is kept (its position is where a new start
+      // begins anyway) unless it is older than the publication.
+      const replaceSlot = slot._tag === "Invalidated" || (slot._tag === "Usable" && publicationCreated)
+      if (replaceSlot) yield* admin.dropSlot
+      if (slot._tag === "Missing" || replaceSlot) {
         yield* admin.createSlot
         yield* Effect.logInfo(`created the replication slot ${admin.slotName}`)
       }

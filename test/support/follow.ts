@@ -1,0 +1,77 @@
+import { Shape, ShapeStream } from "@electric-sql/client"
+import type pg from "pg"
+
+/** A table of the fault tests: `id int PRIMARY KEY, v text`. */
+export interface FollowedRow {
+  readonly id: number
+  readonly v: string | null
+}
+
+/**
+ * A shape followed with the official client (`ShapeStream` and `Shape`, as
+ * an app uses them), with every response it got recorded: its status and the
+ * handle it named.
+ */
+export interface Follower {
+  readonly statuses: ReadonlyArray<number>
+  /** Every `electric-handle` the server answered with, in order, without repeats. */
+  readonly handles: ReadonlyArray<string>
+  readonly rows: () => ReadonlyArray<FollowedRow>
+  /** Waits (bounded) until the client holds exactly what `SELECT id, v FROM <table> [WHERE]` returns now. */
+  readonly equalsPostgres: (timeoutMs?: number) => Promise<void>
+  readonly stop: () => void
+}
+
+const sortRows = (rows: ReadonlyArray<FollowedRow>) => [...rows].sort((a, b) => a.id - b.id)
+
+/** Follows `table` (optionally with `where`) on the server at `baseUrl`; the client retries quickly. */
+export const follow = (
+  pool: pg.Pool,
+  baseUrl: string,
+  table: string,
+  options: { readonly where?: string; readonly secret?: string } = {}
+): Follower => {
+  const statuses: Array<number> = []
+  const handles: Array<string> = []
+  const recording = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
+    const res = await fetch(input, init)
+    statuses.push(res.status)
+    const handle = res.headers.get("electric-handle")
+    if (handle !== null && handles.at(-1) !== handle) handles.push(handle)
+    return res
+  }
+  const stream = new ShapeStream({
+    url: `${baseUrl}/v1/shape`,
+    params: {
+      table,
+      ...(options.where === undefined ? {} : { where: options.where }),
+      ...(options.secret === undefined ? {} : { secret: options.secret })
+    },
+    fetchClient: recording as typeof fetch,
+    backoffOptions: { initialDelay: 100, maxDelay: 1000, multiplier: 1.5 }
+  })
+  const shape = new Shape(stream as never)
+  const rows = () => sortRows(shape.currentRows as unknown as ReadonlyArray<FollowedRow>)
+  const query = `SELECT id, v FROM ${table}${options.where === undefined ? "" : ` WHERE ${options.where}`} ORDER BY id`
+  return {
+    statuses,
+    handles,
+    rows,
+    equalsPostgres: async (timeoutMs = 30_000) => {
+      const deadline = Date.now() + timeoutMs
+      let expected: ReadonlyArray<FollowedRow> = []
+      for (;;) {
+        expected = (await pool.query<FollowedRow>(query)).rows.map((r) => ({ id: r.id, v: r.v }))
+        if (JSON.stringify(rows()) === JSON.stringify(expected)) return
+        if (Date.now() > deadline) break
+        await new Promise((r) => setTimeout(r, 50))
+      }
+      throw new Error(
+        `the client never caught up with Postgres on ${table}:\n  client:   ${JSON.stringify(rows())}\n  postgres: ${
+          JSON.stringify(expected)
+        }\n  statuses: ${statuses.join(",")}`
+      )
+    },
+    stop: () => stream.unsubscribeAll()
+  }
+}
