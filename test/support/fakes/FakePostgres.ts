@@ -34,6 +34,7 @@ export type FakeWrite =
   | { readonly kind: "insert"; readonly table: string; readonly row: Row }
   | { readonly kind: "update"; readonly table: string; readonly row: Row }
   | { readonly kind: "delete"; readonly table: string; readonly key: string }
+  | { readonly kind: "truncate"; readonly table: string }
 
 interface FakeTable {
   readonly info: TableInfo
@@ -86,6 +87,8 @@ export class FakePostgres {
   private readonly committed: Array<Transaction> = []
   private readonly slotEvents: Array<SlotEvent> = []
   private readonly inProgress = new Set<number>()
+  private readonly hidden = new Map<number, Array<() => void>>()
+  private pausedAfter: Lsn | undefined
   private broken = Deferred.unsafeMake<never, ReplicationError>(FiberId.none)
   private confirmed: Lsn = 0n
   private nextXid = 1000
@@ -144,20 +147,30 @@ export class FakePostgres {
    * Commits `writes` as one transaction and appends it to the slot. With
    * `adjacent`, its commit LSN is the previous commit's end LSN, as Postgres
    * does when this transaction's data was written before the previous commit.
+   * With `xid`, it is that transaction (from `begin`); with `hidden` as well,
+   * its commit record is in the WAL but snapshots still see it in progress
+   * (a synchronous-replication wait) until `reveal`.
    */
   commit(
     writes: ReadonlyArray<FakeWrite>,
-    options: { readonly adjacent?: boolean; readonly xid?: number } = {}
+    options: { readonly adjacent?: boolean; readonly xid?: number; readonly hidden?: boolean } = {}
   ): Effect.Effect<Transaction> {
     return Effect.sync(() => {
       const changes: Array<Change> = []
+      // What the writes do to the rows snapshots see: at once, or when a hidden commit is revealed.
+      const apply: Array<() => void> = []
       for (const w of writes) {
         const t = this.table(w.table)
         const pk = t.info.pk[0]!
+        if (w.kind === "truncate") {
+          apply.push(() => t.rows.clear())
+          changes.push({ kind: "truncate", relations: [t.relation] })
+          continue
+        }
         if (w.kind === "delete") {
           const old = t.rows.get(w.key)
           if (old === undefined) throw new Error(`no row ${w.key} in ${w.table}`)
-          t.rows.delete(w.key)
+          apply.push(() => t.rows.delete(w.key))
           changes.push({ kind: "delete", relation: t.relation, old })
           continue
         }
@@ -165,9 +178,15 @@ export class FakePostgres {
         if (typeof key !== "string") throw new Error(`a ${w.kind} into ${w.table} needs a text ${pk}`)
         const old = t.rows.get(key)
         const row = { ...old, ...w.row }
-        t.rows.set(key, row)
+        apply.push(() => t.rows.set(key, row))
         if (w.kind === "insert") changes.push({ kind: "insert", relation: t.relation, new: row })
         else changes.push({ kind: "update", relation: t.relation, old, new: row })
+      }
+      if (options.hidden === true) {
+        if (options.xid === undefined) throw new Error("a hidden commit needs the xid of a transaction in progress")
+        this.hidden.set(options.xid, apply)
+      } else {
+        for (const f of apply) f()
       }
       const commitLsn = options.adjacent === true && this.lastEnd > 0n ? this.lastEnd : this.wal + WAL_GAP
       const endLsn = commitLsn + COMMIT_RECORD
@@ -175,7 +194,8 @@ export class FakePostgres {
       this.lastEnd = endLsn
       let xid = this.nextXid++
       if (options.xid !== undefined) {
-        if (!this.inProgress.delete(options.xid)) throw new Error(`xid ${options.xid} is not in progress`)
+        if (!this.inProgress.has(options.xid)) throw new Error(`xid ${options.xid} is not in progress`)
+        if (options.hidden !== true) this.inProgress.delete(options.xid)
         this.nextXid--
         xid = options.xid
       }
@@ -191,6 +211,17 @@ export class FakePostgres {
       this.slotEvents.push(txn)
       this.notify()
       return txn
+    })
+  }
+
+  /** A hidden commit becomes visible to snapshots. */
+  reveal(xid: number): Effect.Effect<void> {
+    return Effect.sync(() => {
+      const apply = this.hidden.get(xid)
+      if (apply === undefined) throw new Error(`xid ${xid} has no hidden commit`)
+      this.hidden.delete(xid)
+      this.inProgress.delete(xid)
+      for (const f of apply) f()
     })
   }
 
@@ -271,8 +302,12 @@ export class FakePostgres {
       let i = this.slotEvents.findIndex((e) => e.kind === undefined && e.commitLsn >= this.confirmed)
       if (i < 0) i = this.slotEvents.length
       const pull: Effect.Effect<ReplicationEvent> = Effect.suspend(function loop(): Effect.Effect<ReplicationEvent> {
-        if (!self.paused && i < self.slotEvents.length) {
-          const event = self.slotEvents[i++]!
+        const next = self.slotEvents[i]
+        const held = self.paused &&
+          (self.pausedAfter === undefined || next === undefined || next.kind !== undefined || next.commitLsn > self.pausedAfter)
+        if (!held && next !== undefined) {
+          i++
+          const event = next
           if (event.kind === "defect") return Effect.dieMessage("a defect in the replication stream")
           return Effect.succeed(event)
         }
@@ -305,10 +340,14 @@ export class FakePostgres {
     })
   }
 
-  /** Stops (or resumes) sending transactions on every connection. */
-  pause(paused: boolean): Effect.Effect<void> {
+  /**
+   * Stops (or resumes) sending transactions on every connection; with `after`, transactions with commit LSNs
+   * up to it are still sent.
+   */
+  pause(paused: boolean, options: { readonly after?: Lsn } = {}): Effect.Effect<void> {
     return Effect.sync(() => {
       this.paused = paused
+      this.pausedAfter = options.after
       this.notify()
     })
   }

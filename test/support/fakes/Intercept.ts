@@ -6,10 +6,10 @@ import { Deferred, Effect } from "effect"
  * then the fake's own behaviour. Later calls run normally.
  */
 export class Intercept<A> {
-  private pending: { readonly when: (a: A) => boolean; readonly run: (a: A) => Effect.Effect<void> } | undefined
+  private pending: { readonly when: (a: A) => boolean; readonly run: (a: A) => Effect.Effect<void, unknown> } | undefined
 
-  /** Arms the interception for the next matching call. */
-  next(run: (a: A) => Effect.Effect<void>, when: (a: A) => boolean = () => true): void {
+  /** Arms the interception for the next matching call; an effect that fails makes the call fail with its error. */
+  next(run: (a: A) => Effect.Effect<void, unknown>, when: (a: A) => boolean = () => true): void {
     this.pending = { when, run }
   }
 
@@ -24,7 +24,8 @@ export class Intercept<A> {
       const p = this.pending
       if (p === undefined || !p.when(a)) return body
       this.pending = undefined
-      return Effect.zipRight(p.run(a), body)
+      // A failure armed by the test is the call's failure, whatever its type: the fakes stand in for I/O.
+      return Effect.zipRight(p.run(a) as Effect.Effect<void, E>, body)
     })
   }
 }

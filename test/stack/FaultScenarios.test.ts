@@ -1,0 +1,171 @@
+import { SqlError } from "@effect/sql/SqlError"
+import { describe, expect, it } from "@effect/vitest"
+import { Duration, Effect, Logger, TestClock, TestServices } from "effect"
+import { defaultRestartPolicy, restartDelay } from "../../src/stack/StackSupervisor.js"
+import { FakePostgres, textTable } from "../support/fakes/FakePostgres.js"
+import { type Harness, insertedKeys, readToEnd, startServer, tempDirs } from "../support/fakes/TestHarness.js"
+
+/**
+ * Faults that are about ordering or time, on the in-memory Postgres (real SQLite and shape storage)
+ * with the TestClock: the snapshot filter, a defect in the pump, the restart backoff and its reset, a
+ * removal that fails, keepalive acknowledgements.
+ */
+
+const ITEMS = textTable(16401, "items", ["id", "title"])
+const OTHER = textTable(16402, "other", ["id", "v"])
+const QUERY = "table=items"
+
+const makeDb = () => new FakePostgres([ITEMS, OTHER])
+const insert = (id: string) => ({ kind: "insert", table: "items", row: { id, title: `row ${id}` } }) as const
+const key = (id: string) => `"public"."items"/"${id}"`
+
+/** Moves the test clock in small steps, letting the stack's real I/O run between them, until `check` holds. */
+const advanceUntil = (check: Effect.Effect<boolean>, step: Duration.DurationInput = "100 millis", limit = 2_000) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < limit; i++) {
+      if (yield* check) return
+      yield* TestClock.adjust(step)
+      yield* TestServices.provideLive(Effect.sleep("2 millis"))
+    }
+    return yield* Effect.dieMessage("the condition never held")
+  })
+
+const isActive = (h: Harness) => Effect.map(h.supervisor.status.get, (s) => s._tag === "Active")
+
+describe("the snapshot filter", () => {
+  it.scoped("tests visibility until the first xid at or above xmax: a visible transaction after an invisible one is skipped", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const h = yield* startServer(db, yield* tempDirs)
+      yield* db.pause(true)
+      // T_a's commit record is in the WAL before T_b's, but T_a is still in progress for snapshots (a
+      // synchronous-replication wait); T_b is visible.
+      const xa = db.begin()
+      yield* db.commit([insert("a")], { xid: xa, hidden: true })
+      const tb = yield* db.commit([insert("b")])
+      const created = yield* readToEnd(h, QUERY)
+      expect(insertedKeys(created.messages)).toEqual([key("b")])
+      yield* db.reveal(xa)
+      yield* db.pause(false)
+      yield* db.awaitConfirmed(tb.endLsn)
+      const tc = yield* db.commit([insert("c")])
+      yield* db.awaitConfirmed(tc.endLsn)
+
+      const all = yield* readToEnd(h, QUERY)
+      expect(insertedKeys(all.messages)).toEqual([key("b"), key("a"), key("c")])
+    }))
+
+  it.scoped("keeps testing across a restart until it met an xid at or above xmax", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const h = yield* startServer(db, yield* tempDirs)
+      yield* db.pause(true)
+      const xa = db.begin()
+      const ta = yield* db.commit([insert("a")], { xid: xa, hidden: true })
+      const tb = yield* db.commit([insert("b")])
+      const created = yield* readToEnd(h, QUERY)
+      expect(insertedKeys(created.messages)).toEqual([key("b")])
+      yield* db.reveal(xa)
+      // T_a reaches the log and is acknowledged; T_b arrives only after a restart.
+      yield* db.pause(true, { after: ta.commitLsn })
+      yield* db.awaitConfirmed(ta.endLsn)
+      yield* h.supervisor.restart
+      yield* h.active
+      yield* db.pause(false)
+      yield* db.awaitConfirmed(tb.endLsn)
+      const tc = yield* db.commit([insert("c")])
+      yield* db.awaitConfirmed(tc.endLsn)
+
+      const all = yield* readToEnd(h, QUERY)
+      expect(all.handle).toBe(created.handle)
+      expect(insertedKeys(all.messages)).toEqual([key("b"), key("a"), key("c")])
+
+      // Past the snapshot now, and recorded: a transaction far from xmax is not taken for a visible one.
+      yield* h.supervisor.restart
+      yield* h.active
+      const td = yield* db.commit([insert("d")])
+      yield* db.awaitConfirmed(td.endLsn)
+      const resumed = yield* readToEnd(h, QUERY, all)
+      expect(insertedKeys(resumed.messages)).toEqual([key("d")])
+    }))
+})
+
+describe("the replication pump", () => {
+  it.scoped("a defect in the pump restarts the stack instead of leaving it active and frozen", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const h = yield* startServer(db, yield* tempDirs)
+      const first = yield* readToEnd(h, QUERY)
+      yield* db.poison()
+      const t = yield* db.commit([insert("1")])
+      yield* advanceUntil(Effect.sync(() => db.confirmedFlush >= t.endLsn))
+      const after = yield* readToEnd(h, QUERY, first)
+      expect(after.handle).toBe(first.handle)
+      expect(insertedKeys(after.messages)).toEqual([key("1")])
+    }))
+
+  it.scoped("acknowledges a keepalive's position when nothing before it is pending", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const h = yield* startServer(db, yield* tempDirs)
+      yield* readToEnd(h, QUERY)
+      const position = yield* db.keepalive()
+      yield* db.awaitConfirmed(position)
+      expect(db.confirmedFlush).toBe(position)
+    }))
+})
+
+describe("the restart backoff", () => {
+  it("doubles from 0.5 s up to 10 s", () => {
+    const delays = Array.from({ length: 8 }, (_, i) => Duration.toMillis(restartDelay(defaultRestartPolicy, i + 1)))
+    expect(delays).toEqual([500, 1000, 2000, 4000, 8000, 10_000, 10_000, 10_000])
+  })
+
+  it.scoped("grows while starts fail, and starts over after a healthy run", () =>
+    Effect.gen(function*() {
+      const announced: Array<string> = []
+      const recorder = Logger.make(({ message }) => {
+        const text = Array.isArray(message) ? message.join(" ") : String(message)
+        const m = /starting it again in (.+)$/.exec(text)
+        if (m !== null) announced.push(m[1]!)
+      })
+      yield* Effect.gen(function*() {
+        const db = makeDb()
+        db.refuseConnections = 5
+        const h = yield* startServer(db, yield* tempDirs)
+        yield* advanceUntil(isActive(h))
+        expect(announced).toEqual(["500ms", "1s", "2s", "4s", "8s"])
+        expect(db.connectionAttempts).toHaveLength(6)
+        const times = db.connectionAttempts
+        expect(times.slice(1).map((t, i) => t - times[i]!)).toEqual([500, 1000, 2000, 4000, 8000])
+
+        // Healthy for longer than 5 s: a dropped stream is retried after 0.5 s again.
+        yield* TestClock.adjust("6 seconds")
+        yield* db.breakStreams()
+        yield* advanceUntil(Effect.zipWith(isActive(h), Effect.sync(() => db.connectionAttempts.length), (a, n) => a && n === 7))
+        // Dropped again at once: not healthy in between, so the wait grows.
+        yield* db.breakStreams()
+        yield* advanceUntil(Effect.zipWith(isActive(h), Effect.sync(() => db.connectionAttempts.length), (a, n) => a && n === 8))
+        expect(announced.slice(5)).toEqual(["500ms", "1s"])
+      }).pipe(Effect.provide(Logger.add(recorder)))
+    }))
+})
+
+describe("removals", () => {
+  it.scoped("a failed removal of an invalidated shape is retried, so the acknowledgement moves without a restart", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const h = yield* startServer(db, yield* tempDirs)
+      const first = yield* readToEnd(h, QUERY)
+      db.intercept.sql.next(
+        () => Effect.fail(new SqlError({ message: "disk I/O error" })),
+        (text) => text.startsWith("UPDATE shapes SET removing = 1")
+      )
+      const t = yield* db.commit([{ kind: "truncate", table: "items" }])
+      yield* advanceUntil(Effect.sync(() => db.confirmedFlush >= t.endLsn))
+      expect(db.events.filter((e) => e === "replication: connected")).toHaveLength(1)
+      const stale = yield* h.get(`/v1/shape?${QUERY}&offset=${first.offset}&handle=${first.handle}`)
+      expect(stale.status).toBe(409)
+      expect(stale.headers["electric-handle"]).not.toBe(first.handle)
+    }))
+})
