@@ -91,6 +91,20 @@ const unavailable = (origin: string | undefined, retryAfter: number, message: st
     jsonResponse(503, JSON.stringify({ message }), errorHeaders(origin, { "retry-after": String(retryAfter) }))
   )
 
+/** The protocol's answer while Postgres cannot be reached (`reference/protocol.md` §13). */
+const databaseUnreachable = (origin: string | undefined) =>
+  new Reply(
+    jsonResponse(
+      503,
+      JSON.stringify({ code: "database_unreachable", error: "Database is unreachable" }),
+      errorHeaders(origin, { "retry-after": "10" })
+    )
+  )
+
+/** No stack to serve from: because Postgres is unreachable, or because one is starting. */
+const notReady = (origin: string | undefined, supervisor: StackSupervisor["Type"]) => () =>
+  supervisor.databaseUnreachable() ? databaseUnreachable(origin) : unavailable(origin, 5, "The stack is starting")
+
 const mustRefetch = (origin: string | undefined, handle: string | undefined) =>
   new Reply(
     jsonResponse(409, mustRefetchBody, {
@@ -275,7 +289,8 @@ const resolvedOrReply = <A>(origin: string | undefined, resolve: Effect.Effect<A
   resolve.pipe(
     Effect.catchTags({
       InvalidRequest: (e) => Effect.fail(badRequest(origin, e)),
-      PostgresError: (e) => Effect.fail(unavailable(origin, 1, e.message))
+      PostgresError: (e) =>
+        Effect.fail(e.reason === "Connection" ? databaseUnreachable(origin) : unavailable(origin, 1, e.message))
     })
   )
 
@@ -296,7 +311,8 @@ const unavailableOnFailure = <A, R>(
   effect.pipe(
     Effect.catchTags({
       TableAbsent: () => Effect.fail(unavailable(origin, 5, "The stack is restarting")),
-      PostgresError: (e) => Effect.fail(unavailable(origin, 10, e.message)),
+      PostgresError: (e) =>
+        Effect.fail(e.reason === "Connection" ? databaseUnreachable(origin) : unavailable(origin, 10, e.message)),
       RegistryError: () => Effect.fail(unavailable(origin, 5, "The shape registry is unavailable")),
       StorageError: (e) =>
         Effect.fail(unavailable(origin, 5, e.reason === "Closed" ? "The stack is restarting" : "Shape storage is unavailable"))
@@ -445,10 +461,9 @@ const getShape = Effect.gen(function*() {
   }
   const shutdown = yield* ShutdownSignal
   const supervisor = yield* StackSupervisor
-  const notReady = () => unavailable(origin, 5, "The stack is starting")
-  const view = yield* supervisor.current(STACK_WAIT).pipe(Effect.mapError(notReady))
+  const view = yield* supervisor.current(STACK_WAIT).pipe(Effect.mapError(notReady(origin, supervisor)))
   const serveWhenActive = supervisor.active(STACK_WAIT).pipe(
-    Effect.mapError(notReady),
+    Effect.mapError(notReady(origin, supervisor)),
     Effect.flatMap((context) => Effect.provide(serveActive(parsed.right, headers, settings, shutdown), context))
   )
   return yield* view.mode === "active"
@@ -469,9 +484,7 @@ const deleteShape = Effect.gen(function*() {
   }
   const target = parsed.right
   const supervisor = yield* StackSupervisor
-  const context = yield* supervisor.active(STACK_WAIT).pipe(
-    Effect.mapError(() => unavailable(origin, 5, "The stack is starting"))
-  )
+  const context = yield* supervisor.active(STACK_WAIT).pipe(Effect.mapError(notReady(origin, supervisor)))
   return yield* Effect.provide(
     Effect.gen(function*() {
       const cache = yield* ShapeCache

@@ -93,7 +93,7 @@ export interface RestartPolicy {
 export const defaultRestartPolicy: RestartPolicy = {
   firstDelay: "500 millis",
   maxDelay: "10 seconds",
-  healthyAfter: "5 seconds"
+  healthyAfter: "3 seconds"
 }
 
 /** The wait before attempt `failures + 1` (after `failures` failures in a row, at least one). */
