@@ -1,5 +1,5 @@
 import { SqlClient } from "@effect/sql"
-import { Context, Deferred, Effect, Layer, Schedule } from "effect"
+import { Cause, Context, Deferred, Effect, Layer, Schedule } from "effect"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { RegistryError } from "../domain/errors.js"
@@ -134,16 +134,26 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
           ).pipe(Effect.zipRight(Effect.suspend(loop)))
         })
 
+        // Whatever goes wrong here (a full disk under SQLite, a bug), the sender goes on: a sender that died would
+        // hold the slot's position for the rest of the stack's life.
+        let failing = false
         const sender = Effect.gen(function*() {
           yield* ackWanted.await
           yield* ackWanted.close
           yield* sendAcks.pipe(
-            Effect.catchAll((error) =>
-              Effect.zipRight(
-                Effect.logWarning("could not persist the replication position; the acknowledgement waits", error),
-                Effect.delay(ackWanted.open, RETRY)
-              )
-            )
+            Effect.tap(() => {
+              if (!failing) return Effect.void
+              failing = false
+              return Effect.logInfo("the replication position is persisted and acknowledged again")
+            }),
+            Effect.catchAllCause((cause) => {
+              if (Cause.isInterruptedOnly(cause)) return Effect.failCause(cause)
+              const report = failing
+                ? Effect.void
+                : Effect.logWarning("could not persist the replication position; the acknowledgement waits", cause)
+              failing = true
+              return Effect.zipRight(report, Effect.delay(ackWanted.open, RETRY))
+            })
           )
         }).pipe(Effect.forever)
         // The final ack, when the stack stops: consumers are gone by now, so this is the last word. Registered

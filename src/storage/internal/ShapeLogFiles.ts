@@ -123,6 +123,7 @@ export class ShapeLogFiles {
       }
       const [log, index, chunks] = opened as [fs.FileHandle, fs.FileHandle, fs.FileHandle]
       const self = new ShapeLogFiles(handle, dir, threshold, log, index, chunks)
+      await checkSnapshotChunks(dir, handle, pointer.snapshotChunkBytes)
       await self.recover(pointer.logBytes, pointer.indexBytes, pointer.chunkIndexBytes, pointer.lastOffset)
       self.snapshotComplete = true
       self.snapshotChunkBytes = [...pointer.snapshotChunkBytes]
@@ -480,6 +481,27 @@ export class ShapeLogFiles {
         index: this.index
       }, from)
     })
+  }
+}
+
+/**
+ * Every snapshot chunk the pointer covers exists and holds at least the bytes it says: a damaged snapshot
+ * is found when the log is opened, not by the first client that reads from the start.
+ */
+const checkSnapshotChunks = async (dir: string, handle: string, sizes: ReadonlyArray<number>): Promise<void> => {
+  for (let n = 0; n < sizes.length; n++) {
+    let size: number
+    try {
+      size = (await fs.stat(path.join(dir, FileNames.snapshot(n)))).size
+    } catch (cause) {
+      if (!isErrno(cause, "ENOENT")) throw cause
+      // A chunk the pointer covers with no bytes may never have been written.
+      if (sizes[n] === 0) continue
+      throw new StorageError({ reason: "Corrupt", handle, message: `snapshot chunk ${n} is missing` })
+    }
+    if (size < sizes[n]!) {
+      throw new StorageError({ reason: "Corrupt", handle, message: `snapshot chunk ${n} is shorter than its commit pointer says` })
+    }
   }
 }
 
