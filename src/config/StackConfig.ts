@@ -19,6 +19,8 @@ export interface StackSettings {
   readonly replicationStreamId: string
   readonly enableIntegrationTesting: boolean
   readonly shutdownTimeoutMs: number
+  /** `SYNCLINE_SEND_TIMEOUT`: how long a connection may accept no bytes of a response before it is dropped. */
+  readonly sendTimeoutMs: number
 }
 
 /** Names derived from the replication stream id, as Electric names them. */
@@ -103,7 +105,8 @@ export const stackSettingsConfig: Config.Config<StackSettings> = Config.all({
     "1-40 characters of a-z, 0-9 and _"
   ),
   enableIntegrationTesting: boolean("ELECTRIC_ENABLE_INTEGRATION_TESTING", false),
-  shutdownTimeoutMs: integer("SYNCLINE_SHUTDOWN_TIMEOUT", 10_000, 0, 3_600_000, "a duration in milliseconds")
+  shutdownTimeoutMs: integer("SYNCLINE_SHUTDOWN_TIMEOUT", 10_000, 0, 3_600_000, "a duration in milliseconds"),
+  sendTimeoutMs: integer("SYNCLINE_SEND_TIMEOUT", 30_000, 1, 3_600_000, "a positive duration in milliseconds")
 }).pipe(
   Config.mapOrFail(({ insecure, secret, ...rest }) => {
     const hasSecret = Option.isSome(secret) && secret.value !== ""
@@ -167,6 +170,7 @@ export class StackConfig extends Context.Tag("syncline/StackConfig")<StackConfig
     replicationStreamId: "default",
     enableIntegrationTesting: false,
     shutdownTimeoutMs: 10_000,
+    sendTimeoutMs: 30_000,
     ...settings
   })
   static readonly layerWith = (settings: Partial<StackSettings>): Layer.Layer<StackConfig> =>
