@@ -1,3 +1,5 @@
+import type { HttpServerRequest } from "@effect/platform"
+import { NodeHttpServerRequest } from "@effect/platform-node"
 import * as http from "node:http"
 import { cacheControl, corsHeaders } from "./ResponseHeaders.js"
 
@@ -51,4 +53,15 @@ export const createServer = (options: NodeServerOptions = { sendTimeoutMs: 30_00
 function dropIfStalled(this: http.ServerResponse): void {
   const socket = this.socket
   if (socket !== null && this.headersSent && socket.writableLength > 0) socket.destroy()
+}
+
+/**
+ * Destroys the connection under a request whose response cannot be completed: once the headers (with
+ * `content-length`) are out, ending the response early would leave the client waiting, on a
+ * connection it would reuse, for bytes that never come.
+ */
+export const abortConnection = (request: HttpServerRequest.HttpServerRequest): void => {
+  // Only a Node request has a Node response; under another server the failed body ends the response as it can.
+  const response: http.ServerResponse | undefined = NodeHttpServerRequest.toServerResponse(request)
+  response?.destroy()
 }
