@@ -15,7 +15,10 @@ import { Stack } from "./Stack.js"
  * stop (the server depends on the supervisor, so it is released first).
  */
 export const Server = (settings: StackSettings, databaseUrl: string, options: { readonly host?: string } = {}) => {
-  const infrastructure = NodeHttpServer.layer(createServer, { port: settings.port, host: options.host ?? "0.0.0.0" }).pipe(
+  const infrastructure = NodeHttpServer.layer(
+    () => createServer({ sendTimeoutMs: settings.sendTimeoutMs }),
+    { port: settings.port, host: options.host ?? "0.0.0.0" }
+  ).pipe(
     Layer.provideMerge(StackSupervisor.layer(Stack(settings, databaseUrl))),
     Layer.provideMerge(ShutdownSignal.layer),
     Layer.provideMerge(StackConfig.layerWith(settings))

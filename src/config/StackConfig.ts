@@ -21,6 +21,8 @@ export interface StackSettings {
   readonly shutdownTimeoutMs: number
   /** How often the active stack checks that every table with shapes is still in the publication. */
   readonly publicationCheckIntervalMs: number
+  /** `SYNCLINE_SEND_TIMEOUT`: how long a connection may accept no bytes of a response before it is dropped. */
+  readonly sendTimeoutMs: number
 }
 
 /** Names derived from the replication stream id, as Electric names them. */
@@ -112,7 +114,8 @@ export const stackSettingsConfig: Config.Config<StackSettings> = Config.all({
     100,
     86_400_000,
     "a duration in milliseconds (at least 100)"
-  )
+  ),
+  sendTimeoutMs: integer("SYNCLINE_SEND_TIMEOUT", 30_000, 1, 3_600_000, "a positive duration in milliseconds")
 }).pipe(
   Config.mapOrFail(({ insecure, secret, ...rest }) => {
     const hasSecret = Option.isSome(secret) && secret.value !== ""
@@ -177,6 +180,7 @@ export class StackConfig extends Context.Tag("syncline/StackConfig")<StackConfig
     enableIntegrationTesting: false,
     shutdownTimeoutMs: 10_000,
     publicationCheckIntervalMs: 60_000,
+    sendTimeoutMs: 30_000,
     ...settings
   })
   static readonly layerWith = (settings: Partial<StackSettings>): Layer.Layer<StackConfig> =>

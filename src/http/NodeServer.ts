@@ -1,17 +1,33 @@
+import type { HttpServerRequest } from "@effect/platform"
+import { NodeHttpServerRequest } from "@effect/platform-node"
 import * as http from "node:http"
 import { cacheControl, corsHeaders } from "./ResponseHeaders.js"
 
+/** How the Node server treats its connections. */
+export interface NodeServerOptions {
+  /**
+   * `SYNCLINE_SEND_TIMEOUT`: a connection that has not accepted a byte for this many milliseconds while a
+   * response is being written to it is destroyed, releasing what the response held.
+   */
+  readonly sendTimeoutMs: number
+}
+
 /**
- * The Node server under the shape API. On shutdown the Effect server removes its request
- * handler before it closes the listener, and Node keeps reading requests from open keep-alive
- * connections until they close: a request that arrives then would get no answer at all, and
- * `server.close()` would wait for it until the client gives up. Such a request is answered 503
- * with `retry-after` (the client retries, against whichever server is up) and the connection is
- * closed.
+ * The Node server under the shape API.
+ *
+ * On shutdown the Effect server removes its request handler before it closes the listener, and
+ * Node keeps reading requests from open keep-alive connections until they close: a request that
+ * arrives then would get no answer at all, and `server.close()` would wait for it until the client
+ * gives up. Such a request is answered 503 with `retry-after` (the client retries, against
+ * whichever server is up) and the connection is closed.
+ *
+ * A client that stops reading would otherwise keep its connection, and whatever its response holds,
+ * for as long as it likes: see `NodeServerOptions.sendTimeoutMs`.
  */
-export const createServer = (): http.Server => {
+export const createServer = (options: NodeServerOptions = { sendTimeoutMs: 30_000 }): http.Server => {
   const server = http.createServer()
   server.on("request", (request: http.IncomingMessage, response: http.ServerResponse) => {
+    response.setTimeout(options.sendTimeoutMs, dropIfStalled)
     // Registered first, so any other listener is the API's handler, which answers the request.
     if (server.listenerCount("request") > 1) return
     const origin = request.headers.origin
@@ -25,4 +41,27 @@ export const createServer = (): http.Server => {
     response.end(JSON.stringify({ message: "The server is stopping" }))
   })
   return server
+}
+
+/**
+ * Runs when the socket under a response has seen no traffic for the send timeout. Node holds the
+ * timeout back while a write is still making progress, so bytes waiting here mean the client took
+ * none. A socket that is idle because nothing is being written — a held long-poll — is left alone:
+ * Node destroys a timed-out socket only when nothing listens for the timeout. Once the response has
+ * finished, Node's own keep-alive timeout replaces this one.
+ */
+function dropIfStalled(this: http.ServerResponse): void {
+  const socket = this.socket
+  if (socket !== null && this.headersSent && socket.writableLength > 0) socket.destroy()
+}
+
+/**
+ * Destroys the connection under a request whose response cannot be completed: once the headers (with
+ * `content-length`) are out, ending the response early would leave the client waiting, on a
+ * connection it would reuse, for bytes that never come.
+ */
+export const abortConnection = (request: HttpServerRequest.HttpServerRequest): void => {
+  // Only a Node request has a Node response; under another server the failed body ends the response as it can.
+  const response: http.ServerResponse | undefined = NodeHttpServerRequest.toServerResponse(request)
+  response?.destroy()
 }

@@ -1,5 +1,5 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Cause, Effect, Either, Option, Redacted } from "effect"
+import { Cause, Effect, Either, Option, Redacted, type Scope, Stream } from "effect"
 import { StackConfig, type StackSettings } from "../config/StackConfig.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
@@ -16,7 +16,7 @@ import type { Shape } from "../shapes/Shape.js"
 import { ShapeCache } from "../shapes/ShapeCache.js"
 import { ReadOnlyShapes } from "../shapes/ReadOnlyShapes.js"
 import { StackSupervisor } from "../stack/StackSupervisor.js"
-import { type LogRead, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
+import { type LogStream, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import {
   cacheControl,
   type CacheKind,
@@ -30,6 +30,7 @@ import {
   serverHeader,
   upToDateMessage
 } from "./ResponseHeaders.js"
+import { abortConnection } from "./NodeServer.js"
 import { ShutdownSignal } from "./ShutdownSignal.js"
 import {
   invalidRequestBody,
@@ -46,17 +47,35 @@ const STACK_WAIT = "5 seconds"
 const encoder = new TextEncoder()
 const OPEN = encoder.encode("[")
 const CLOSE = encoder.encode("]")
-const COMMA = encoder.encode(",")
 
-/** `[`, the stored lines, an optional trailing message, `]` — stored bytes are never re-encoded. */
-const arrayBody = (stored: Uint8Array, count: number, trailing: string | undefined): Uint8Array => {
-  const parts: Array<Uint8Array> = [OPEN, stored]
-  if (trailing !== undefined) {
-    if (count > 0) parts.push(COMMA)
-    parts.push(encoder.encode(trailing))
-  }
-  parts.push(CLOSE)
-  return Buffer.concat(parts)
+/**
+ * The response for a read: `[`, the stored lines, an optional trailing message,
+ * `]` — stored bytes are never re-encoded. A body that was read whole is sent
+ * as one buffer; a larger one is streamed, each piece read from disk only once
+ * the socket has taken the one before, so a slow reader holds about a piece.
+ */
+const arrayResponse = (
+  request: HttpServerRequest.HttpServerRequest,
+  read: LogStream,
+  trailing: string | undefined,
+  options: { readonly status: number; readonly contentType: string; readonly headers: HeaderRecord }
+): HttpServerResponse.HttpServerResponse => {
+  const close = trailing === undefined ? CLOSE : encoder.encode(`${read.length > 0 ? "," : ""}${trailing}]`)
+  if (read.bytes !== undefined) return HttpServerResponse.uint8Array(Buffer.concat([OPEN, read.bytes, close]), options)
+  const body = Stream.succeed(OPEN).pipe(
+    Stream.concat(read.pieces),
+    Stream.concat(Stream.succeed(close)),
+    // The headers, content-length included, are out: the only honest end left is to drop the connection.
+    Stream.catchAll((error) =>
+      Stream.execute(
+        Effect.zipRight(
+          Effect.logWarning("a response body failed after its headers were sent", error),
+          Effect.sync(() => abortConnection(request))
+        )
+      )
+    )
+  )
+  return HttpServerResponse.stream(body, { ...options, contentLength: OPEN.length + read.length + close.length })
 }
 
 const schemas = new WeakMap<Shape, string>()
@@ -127,7 +146,7 @@ interface LogSource {
   readonly handle: string
   readonly schema: () => string
   readonly latestOffset: Effect.Effect<LogOffset, StorageError>
-  readonly read: (from: LogOffset) => Effect.Effect<LogRead, StorageError>
+  readonly read: (from: LogOffset) => Effect.Effect<LogStream, StorageError, Scope.Scope>
   /** Completes once durable data past `after` exists (or the log closed). */
   readonly awaitDataAfter: (after: LogOffset) => Effect.Effect<void, StorageError>
   /** Whether the shape still exists; `undefined` when the stack it belongs to has stopped. */
@@ -152,7 +171,11 @@ const respond = (
   headers: Readonly<Record<string, string | undefined>>,
   settings: StackSettings,
   shutdown: ShutdownSignal["Type"]
-): Effect.Effect<HttpServerResponse.HttpServerResponse, Reply | StorageError> =>
+): Effect.Effect<
+  HttpServerResponse.HttpServerResponse,
+  Reply | StorageError,
+  Scope.Scope | HttpServerRequest.HttpServerRequest
+> =>
   Effect.gen(function*() {
     const origin = headers["origin"]
     const handle = source.handle
@@ -210,7 +233,7 @@ const respond = (
     }
 
     let read = yield* source.read(offset)
-    if (live && read.count === 0) {
+    if (live && read.length === 0) {
       const noChange = (extra: HeaderRecord) => {
         const lsn = offset.tx > 0n ? offset.tx : source.globalLsn()
         return jsonResponse(200, `[${upToDateMessage(lsn)}]`, {
@@ -270,7 +293,7 @@ const respond = (
       const global = source.globalLsn()
       trailing = upToDateMessage(live ? (chunkEnd > 0n ? chunkEnd : global) : chunkEnd > global ? chunkEnd : global)
     }
-    return HttpServerResponse.uint8Array(arrayBody(read.body, read.count, trailing), {
+    return arrayResponse(yield* HttpServerRequest.HttpServerRequest, read, trailing, {
       status: 200,
       contentType: JSON_TYPE,
       headers: responseHeaders
@@ -369,7 +392,7 @@ const serveActive = (
       handle: shape.handle,
       schema: () => schemaOf(shape),
       latestOffset: Effect.sync(() => log.latestOffset()),
-      read: log.read,
+      read: log.stream,
       awaitDataAfter: log.awaitDataAfter,
       exists: cache.get(shape.handle).pipe(
         Effect.map(Option.isSome),
@@ -391,7 +414,11 @@ const serveReadOnly = (
   headers: Readonly<Record<string, string | undefined>>,
   settings: StackSettings,
   shutdown: ShutdownSignal["Type"],
-  waitForActive: Effect.Effect<HttpServerResponse.HttpServerResponse, Reply>
+  waitForActive: Effect.Effect<
+    HttpServerResponse.HttpServerResponse,
+    Reply,
+    Scope.Scope | HttpServerRequest.HttpServerRequest
+  >
 ) =>
   Effect.gen(function*() {
     const origin = headers["origin"]
@@ -416,7 +443,7 @@ const serveReadOnly = (
       handle,
       schema: () => schemaOf(shape),
       latestOffset: reader.latestOffset,
-      read: reader.read,
+      read: reader.stream,
       awaitDataAfter: (after) =>
         Effect.gen(function*() {
           while (!LogOffset.gt(yield* reader.latestOffset, after)) yield* Effect.sleep(READ_ONLY_POLL)

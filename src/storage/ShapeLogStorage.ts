@@ -1,9 +1,10 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { Context, Deferred, Effect, Layer, type Scope } from "effect"
+import { Context, Deferred, Effect, Layer, Option, type Scope, Stream } from "effect"
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { StorageError } from "../domain/errors.js"
+import { bodyLength, type OpenedSpan, readPiece } from "./internal/committedRead.js"
 import { isErrno } from "./internal/files.js"
 import { ShapeLogReaderFiles } from "./internal/ShapeLogReader.js"
 import { ioError, ShapeLogFiles } from "./internal/ShapeLogFiles.js"
@@ -30,6 +31,27 @@ export interface LogRead {
 }
 
 /**
+ * A read whose body is served in pieces: the same bytes, offsets and end as
+ * the `LogRead` of the same call, bounded by the committed lengths when it was
+ * made. A body of at most one piece (`PIECE_BYTES`) is read at once; a larger
+ * one is read from disk only as its pieces are pulled, through a file
+ * descriptor the read holds until its scope closes.
+ */
+export interface LogStream {
+  /** Byte length of the body (stored lines joined by `,`); 0 when nothing was read. */
+  readonly length: number
+  /** The whole body, when it was small enough to read at once. */
+  readonly bytes: Uint8Array | undefined
+  /** The body in pieces of at most `PIECE_BYTES`; pulling it again reads it again. */
+  readonly pieces: Stream.Stream<Uint8Array, StorageError>
+  readonly nextOffset: LogOffset
+  readonly reachedEnd: boolean
+}
+
+/** The size of the pieces a `LogStream` yields, and the largest body it holds whole. */
+export { PIECE_BYTES } from "./internal/committedRead.js"
+
+/**
  * The storage of one shape: snapshot chunks, an append-only log, and a commit
  * pointer written (atomically) after the data is fsync'd.
  */
@@ -48,6 +70,11 @@ export interface ShapeLog {
   readonly latestOffset: () => LogOffset
   /** Reads after `from` (exclusive) to the end of the chunk that holds the next entry; only durable data. */
   readonly read: (from: LogOffset) => Effect.Effect<LogRead, StorageError>
+  /**
+   * `read`, with the body in pieces read as they are pulled. Its descriptor is the stream's own: a slow consumer
+   * never delays the log's removal or close, and a stream goes on after them.
+   */
+  readonly stream: (from: LogOffset) => Effect.Effect<LogStream, StorageError, Scope.Scope>
   /** Completes when durable data past `after` exists (or the log was removed). */
   readonly awaitDataAfter: (after: LogOffset) => Effect.Effect<void>
 }
@@ -69,6 +96,8 @@ export interface ShapeLogReader {
    * complete.
    */
   readonly read: (from: LogOffset) => Effect.Effect<LogRead, StorageError>
+  /** `read`, with the body in pieces read as they are pulled (see ShapeLog.stream); a stream outlives a removal. */
+  readonly stream: (from: LogOffset) => Effect.Effect<LogStream, StorageError, Scope.Scope>
 }
 
 /**
@@ -117,6 +146,34 @@ const closedError = (files: ShapeLogFiles) =>
     message: `the shape log is ${files.closed}`
   })
 
+/**
+ * Holds a prepared span's descriptor for the scope and reads its pieces on
+ * demand. `open` runs uninterruptibly, so a descriptor is never opened without
+ * its release registered.
+ */
+const streamOf = (handle: string, open: () => Promise<OpenedSpan>): Effect.Effect<LogStream, StorageError, Scope.Scope> =>
+  Effect.map(
+    Effect.acquireRelease(
+      attempt(handle, open),
+      (opened) => opened._tag === "Open" ? Effect.promise(() => opened.fh.close().catch(() => undefined)) : Effect.void
+    ),
+    (opened): LogStream => {
+      if (opened._tag === "Whole") {
+        const { body, nextOffset, reachedEnd } = opened.read
+        const pieces = body.length > 0 ? Stream.succeed(body) : Stream.empty
+        return { length: body.length, bytes: body, pieces, nextOffset, reachedEnd }
+      }
+      const { fh, span } = opened
+      const length = bodyLength(span)
+      const pieces = Stream.unfoldEffect(0, (at) =>
+        at >= length
+          ? Effect.succeed(Option.none())
+          : Effect.map(attempt(handle, () => readPiece(fh, span, at)), (piece) => Option.some([piece, at + piece.length] as const))
+      )
+      return { length, bytes: undefined, pieces, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd }
+    }
+  )
+
 const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
   const handle = ShapeHandle(files.handle)
   const awaitSnapshot = Effect.suspend(() =>
@@ -149,6 +206,13 @@ const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
         awaitSnapshot,
         Effect.suspend(() =>
           files.closed !== "open" ? Effect.fail(closedError(files)) : attempt(handle, () => files.read(from))
+        )
+      ),
+    stream: (from) =>
+      Effect.zipRight(
+        awaitSnapshot,
+        Effect.suspend(() =>
+          files.closed !== "open" ? Effect.fail(closedError(files)) : streamOf(handle, () => files.openSpan(from))
         )
       ),
     awaitDataAfter
@@ -276,7 +340,8 @@ export const make = (
  * Opens a read-only view of one shape's files under `options.directory`,
  * without creating, recovering or locking anything: safe beside the process
  * that owns and appends to them. Fails with reason "Removed" when the shape
- * has no directory. Holds no open files between calls, so it needs no scope.
+ * has no directory. Holds no open files between calls, so it needs no scope
+ * (a streamed read's descriptor belongs to the scope of that read).
  */
 export const openReader = (
   options: ShapeLogStorageOptions,
@@ -289,7 +354,9 @@ export const openReader = (
       Effect.withSpan("ShapeLogReader.latestOffset")
     ),
     read: (from) =>
-      attempt(handle, () => ShapeLogReaderFiles.read(dir, handle, from)).pipe(Effect.withSpan("ShapeLogReader.read"))
+      attempt(handle, () => ShapeLogReaderFiles.read(dir, handle, from)).pipe(Effect.withSpan("ShapeLogReader.read")),
+    stream: (from) =>
+      streamOf(handle, () => ShapeLogReaderFiles.openSpan(dir, handle, from)).pipe(Effect.withSpan("ShapeLogReader.stream"))
   }
   return attempt(handle, () => ShapeLogReaderFiles.check(dir, handle)).pipe(
     Effect.as(reader),

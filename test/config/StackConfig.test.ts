@@ -44,6 +44,7 @@ describe("stackSettingsConfig", () => {
       expect(s.replicationStreamId).toBe("default")
       expect(s.enableIntegrationTesting).toBe(false)
       expect(s.shutdownTimeoutMs).toBe(10_000)
+      expect(s.sendTimeoutMs).toBe(30_000)
       expect(Option.isNone(s.databaseUrl)).toBe(true)
       expect(Option.isNone(s.secret)).toBe(true)
       expect(publicationName(s)).toBe("electric_publication_default")
@@ -69,7 +70,8 @@ describe("stackSettingsConfig", () => {
         ELECTRIC_CACHE_STALE_AGE: "10",
         ELECTRIC_REPLICATION_STREAM_ID: "stack_2",
         ELECTRIC_ENABLE_INTEGRATION_TESTING: "true",
-        SYNCLINE_SHUTDOWN_TIMEOUT: "2500"
+        SYNCLINE_SHUTDOWN_TIMEOUT: "2500",
+        SYNCLINE_SEND_TIMEOUT: "750"
       })
       expect(redactedValue(s.databaseUrl)).toEqual(Option.some("postgresql://user:pw@db.example:5433/app?sslmode=disable"))
       expect(redactedValue(s.secret)).toEqual(Option.some("s3cret"))
@@ -82,6 +84,7 @@ describe("stackSettingsConfig", () => {
       expect(s.replicationStreamId).toBe("stack_2")
       expect(s.enableIntegrationTesting).toBe(true)
       expect(s.shutdownTimeoutMs).toBe(2500)
+      expect(s.sendTimeoutMs).toBe(750)
       expect(publicationName(s)).toBe("electric_publication_stack_2")
       expect(slotName(s)).toBe("electric_slot_stack_2")
     }))
@@ -122,6 +125,9 @@ describe("stackSettingsConfig", () => {
       )
       expect(yield* problem({ SYNCLINE_SHUTDOWN_TIMEOUT: "soon" })).toBe(
         `SYNCLINE_SHUTDOWN_TIMEOUT must be a duration in milliseconds, got "soon"`
+      )
+      expect(yield* problem({ SYNCLINE_SEND_TIMEOUT: "0" })).toBe(
+        `SYNCLINE_SEND_TIMEOUT must be a positive duration in milliseconds, got "0"`
       )
       expect(yield* problem({ DATABASE_URL: "mysql://localhost/db", ELECTRIC_INSECURE: "true" })).toBe(
         "DATABASE_URL must be a postgresql:// URL"

@@ -1,4 +1,5 @@
 import type * as http from "node:http"
+import * as net from "node:net"
 import type { AddressInfo } from "node:net"
 import { afterEach, describe, expect, it } from "vitest"
 import { createServer } from "../../src/http/NodeServer.js"
@@ -38,5 +39,39 @@ describe("NodeServer", () => {
     expect(res.headers.get("connection")).toBe("close")
     expect(res.headers.get("access-control-allow-origin")).toBe("*")
     expect(await res.json()).toEqual({ message: "The server is stopping" })
+  })
+
+  it("drops a connection that takes no bytes of a response for the send timeout, and leaves a held one alone", async () => {
+    const sendTimeoutMs = 300
+    server = createServer({ sendTimeoutMs })
+    // past what the kernel takes off a loopback socket, so that bytes stay waiting in the process
+    const body = Buffer.alloc(16 * 1024 * 1024, 0x78)
+    const sockets = new Map<string, net.Socket>()
+    server.on("request", (req: http.IncomingMessage, res: http.ServerResponse) => {
+      sockets.set(req.url!, req.socket)
+      if (req.url === "/big") res.end(body)
+      // held for several send timeouts with nothing written, as a long-poll is
+      else setTimeout(() => res.end("held"), 4 * sendTimeoutMs)
+    })
+    const base = await listen(server)
+    const held = fetch(`${base}/held`)
+    const { port } = new URL(base)
+    const stalled = net.connect(Number(port), "127.0.0.1")
+    stalled.pause()
+    stalled.on("error", () => undefined)
+    stalled.write("GET /big HTTP/1.1\r\nHost: 127.0.0.1\r\n\r\n")
+    try {
+      const deadline = Date.now() + 10_000
+      while (sockets.get("/big")?.destroyed !== true) {
+        if (Date.now() > deadline) throw new Error("the stalled connection was not dropped")
+        await new Promise((r) => setTimeout(r, 20))
+      }
+      const res = await held
+      expect(res.status).toBe(200)
+      expect(await res.text()).toBe("held")
+      expect(sockets.get("/held")!.destroyed).toBe(false)
+    } finally {
+      stalled.destroy()
+    }
   })
 })

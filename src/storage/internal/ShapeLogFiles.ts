@@ -18,7 +18,17 @@ import {
   writeAt,
   writePointer
 } from "./files.js"
-import { type CommitEnd, readCommittedLog, readSnapshotChunk, snapshotChunkAfter } from "./committedRead.js"
+import {
+  type CommitEnd,
+  type CommittedLog,
+  logSpan,
+  type OpenedSpan,
+  openSpan,
+  readCommittedLog,
+  readSnapshotChunk,
+  snapshotChunkAfter,
+  snapshotSpan
+} from "./committedRead.js"
 
 /** How many recent commit ends are remembered, so that a reader resuming at one needs no index search. */
 const RECENT_COMMITS = 32
@@ -469,18 +479,36 @@ export class ShapeLogFiles {
     return this.using(() => {
       const n = snapshotChunkAfter(from, this.snapshotChunkBytes.length)
       if (n !== undefined) return readSnapshotChunk(this.dir, n, this.snapshotChunkBytes[n]!)
-      return readCommittedLog({
-        handle: this.handle,
-        lines: this.lines,
-        logBytes: this.logBytes,
-        lastOffset: this.lastOffset,
-        closedChunks: this.closedChunks,
-        chunkCount: this.closedChunks.length,
-        recent: this.recent,
-        log: this.log,
-        index: this.index
-      }, from)
+      return readCommittedLog(this.committed(), from)
     })
+  }
+
+  /**
+   * Prepares a streamed read after `from` within the committed state, as `read`
+   * sees it now; the caller has waited for the snapshot to complete. A large
+   * body gets a descriptor of its own, so the stream neither keeps this log's
+   * handles busy nor stops when the log is closed or removed.
+   */
+  openSpan(from: LogOffset): Promise<OpenedSpan> {
+    return this.using(async () => {
+      const n = snapshotChunkAfter(from, this.snapshotChunkBytes.length)
+      if (n !== undefined) return openSpan(this.dir, snapshotSpan(n, this.snapshotChunkBytes[n]!))
+      return openSpan(this.dir, await logSpan(this.committed(), from), this.log)
+    })
+  }
+
+  private committed(): CommittedLog {
+    return {
+      handle: this.handle,
+      lines: this.lines,
+      logBytes: this.logBytes,
+      lastOffset: this.lastOffset,
+      closedChunks: this.closedChunks,
+      chunkCount: this.closedChunks.length,
+      recent: this.recent,
+      log: this.log,
+      index: this.index
+    }
   }
 }
 

@@ -48,20 +48,47 @@ export const snapshotChunkAfter = (from: LogOffset, chunkCount: number): number 
 }
 
 /**
- * Serves snapshot chunk `n` (its first `size` bytes). Snapshot chunk reads
- * never report `reachedEnd`: their next offset `0_n` lies below `0_inf`, so the
+ * The pieces a streamed read yields are at most this long, and a body of at
+ * most this many bytes is read whole instead: the bytes one streamed response
+ * holds stay in the order of a piece whatever the chunk size, while the small
+ * bodies of long-polls cost one read and no descriptor of their own.
+ */
+export const PIECE_BYTES = 64 * 1024
+
+/**
+ * The committed bytes a read serves: whole lines `[start, end)` of one file of
+ * the shape's directory, each ending in `\n`.
+ */
+export interface ReadSpan {
+  /** The file's name inside the shape's directory. */
+  readonly file: string
+  readonly start: number
+  readonly end: number
+  /** Lines in the span; undefined for a snapshot chunk, whose lines are only counted by reading them. */
+  readonly count: number | undefined
+  readonly nextOffset: LogOffset
+  readonly reachedEnd: boolean
+}
+
+/** The body's length: the span without its last newline. */
+export const bodyLength = (span: ReadSpan): number => (span.end > span.start ? span.end - span.start - 1 : 0)
+
+/**
+ * Snapshot chunk `n` (its first `size` bytes). Snapshot chunk reads never
+ * report `reachedEnd`: their next offset `0_n` lies below `0_inf`, so the
  * client always asks once more and meets the log.
  */
-export const readSnapshotChunk = async (dir: string, n: number, size: number): Promise<LogRead> => {
-  const nextOffset = LogOffset.make(0n, n)
-  if (size === 0) return { body: EMPTY, count: 0, nextOffset, reachedEnd: false }
-  const fh = await fs.open(path.join(dir, FileNames.snapshot(n)), "r")
-  let buf: Buffer
-  try {
-    buf = await readRange(fh, 0, size)
-  } finally {
-    await fh.close()
-  }
+export const snapshotSpan = (n: number, size: number): ReadSpan => ({
+  file: FileNames.snapshot(n),
+  start: 0,
+  end: size,
+  count: size === 0 ? 0 : undefined,
+  nextOffset: LogOffset.make(0n, n),
+  reachedEnd: false
+})
+
+/** Turns every newline of `buf` into a comma; returns how many there were. */
+const newlinesToCommas = (buf: Buffer): number => {
   let count = 0
   let i = buf.indexOf(NEWLINE)
   while (i !== -1) {
@@ -69,17 +96,79 @@ export const readSnapshotChunk = async (dir: string, n: number, size: number): P
     count++
     i = buf.indexOf(NEWLINE, i + 1)
   }
-  return { body: buf.subarray(0, size - 1), count, nextOffset, reachedEnd: false }
+  return count
+}
+
+/** Reads a whole span from `fh` as one body: its lines joined by `,`. */
+export const readSpan = async (fh: fs.FileHandle, span: ReadSpan): Promise<LogRead> => {
+  const { nextOffset, reachedEnd } = span
+  if (span.end === span.start) return { body: EMPTY, count: 0, nextOffset, reachedEnd }
+  const buf = await readRange(fh, span.start, span.end - span.start)
+  const lines = newlinesToCommas(buf)
+  return { body: buf.subarray(0, buf.length - 1), count: span.count ?? lines, nextOffset, reachedEnd }
 }
 
 /**
- * Reads the log after `from` (exclusive) to the end of the chunk that holds the
- * next entry, within the committed lengths only. The snapshot is complete.
+ * The piece of a span's body that starts `at` bytes into the body: at most
+ * `PIECE_BYTES`, newlines turned into commas. The span's last newline is not
+ * part of the body and is never read.
  */
-export const readCommittedLog = async (c: CommittedLog, from: LogOffset): Promise<LogRead> => {
+export const readPiece = async (fh: fs.FileHandle, span: ReadSpan, at: number): Promise<Buffer> => {
+  const buf = await readRange(fh, span.start + at, Math.min(PIECE_BYTES, bodyLength(span) - at))
+  newlinesToCommas(buf)
+  return buf
+}
+
+/** Reads a whole span from the named file, opened for this read only. */
+const readSpanOfFile = async (dir: string, span: ReadSpan): Promise<LogRead> => {
+  if (span.end === span.start) {
+    return { body: EMPTY, count: 0, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd }
+  }
+  const fh = await fs.open(path.join(dir, span.file), "r")
+  try {
+    return await readSpan(fh, span)
+  } finally {
+    await fh.close()
+  }
+}
+
+/** Serves snapshot chunk `n` (its first `size` bytes) whole. */
+export const readSnapshotChunk = (dir: string, n: number, size: number): Promise<LogRead> =>
+  readSpanOfFile(dir, snapshotSpan(n, size))
+
+/**
+ * A read prepared for streaming: a body of at most one piece is already read;
+ * a larger one has a read-only descriptor of its own on the span's file, so a
+ * slow consumer never keeps the owner's handles busy, and a removal (the
+ * directory renamed away) leaves the open file readable.
+ */
+export type OpenedSpan =
+  | { readonly _tag: "Whole"; readonly read: LogRead }
+  | { readonly _tag: "Open"; readonly span: ReadSpan; readonly fh: fs.FileHandle }
+
+/** Prepares `span` for streaming; a small body is read through `shared` when it is given (an open handle on the span's file). */
+export const openSpan = async (dir: string, span: ReadSpan, shared?: fs.FileHandle): Promise<OpenedSpan> => {
+  if (bodyLength(span) > PIECE_BYTES) return { _tag: "Open", span, fh: await fs.open(path.join(dir, span.file), "r") }
+  const read = shared === undefined ? await readSpanOfFile(dir, span) : await readSpan(shared, span)
+  return { _tag: "Whole", read }
+}
+
+/**
+ * Where a read of the log after `from` (exclusive) lies: to the end of the
+ * chunk that holds the next entry, within the committed lengths only. The
+ * snapshot is complete.
+ */
+export const logSpan = async (c: CommittedLog, from: LogOffset): Promise<ReadSpan> => {
   const last = c.lastOffset
   if (last === undefined || LogOffset.lte(last, from)) {
-    return { body: EMPTY, count: 0, nextOffset: LogOffset.max(from, last ?? LogOffset.lastBeforeReal), reachedEnd: true }
+    return {
+      file: FileNames.log,
+      start: c.logBytes,
+      end: c.logBytes,
+      count: 0,
+      nextOffset: LogOffset.max(from, last ?? LogOffset.lastBeforeReal),
+      reachedEnd: true
+    }
   }
 
   // the first chunk whose end lies past `from`; the open chunk when none does
@@ -114,20 +203,19 @@ export const readCommittedLog = async (c: CommittedLog, from: LogOffset): Promis
   } else {
     ;[startLine, startPos] = await search(c, chunkStartLine, endLine, chunkStartPos, from)
   }
-
-  const buf = await readRange(c.log, startPos, endPos - startPos)
-  let i = buf.indexOf(NEWLINE)
-  while (i !== -1) {
-    buf[i] = COMMA
-    i = buf.indexOf(NEWLINE, i + 1)
-  }
   return {
-    body: buf.subarray(0, buf.length - 1),
+    file: FileNames.log,
+    start: startPos,
+    end: endPos,
     count: endLine - startLine,
     nextOffset,
     reachedEnd: endLine === c.lines
   }
 }
+
+/** Reads the log after `from` (exclusive) whole; see `logSpan`. */
+export const readCommittedLog = async (c: CommittedLog, from: LogOffset): Promise<LogRead> =>
+  readSpan(c.log, await logSpan(c, from))
 
 /**
  * Finds the first line in `[lo, hi)` whose offset is above `from` (one
