@@ -3,12 +3,12 @@ import { Cause, Effect, Either, Option, Redacted, type Scope, Stream } from "eff
 import { StackConfig, type StackSettings } from "../config/StackConfig.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
-import type {
-  InvalidRequest,
-  PostgresError,
-  RegistryError,
+import {
+  type InvalidRequest,
+  type PostgresError,
+  type RegistryError,
   StorageError,
-  TableAbsent
+  type TableAbsent
 } from "../domain/errors.js"
 import { schemaHeader } from "../postgres/SchemaHeader.js"
 import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
@@ -380,8 +380,24 @@ const serveActive = (
     } else {
       shape = yield* cache.getOrCreate(resolved)
     }
+    // Files found damaged, or gone while the shape is still registered, invalidate the shape: it is removed
+    // (with a log line saying why) and the client re-syncs with a new handle, never served over a hole.
+    const handle = shape.handle
+    const invalidateIfDamaged = (e: StorageError): Effect.Effect<never, StorageError> =>
+      Effect.gen(function*() {
+        const damaged = e.reason === "Corrupt" ||
+          (e.reason === "Removed" && Option.isSome(yield* cache.get(handle).pipe(Effect.orElseSucceed(() => Option.none()))))
+        if (damaged) {
+          yield* cache.remove(handle, e.reason === "Corrupt" ? `its files are damaged (${e.message})` : "its files are missing")
+            .pipe(Effect.catchAll((cause) => Effect.logWarning(`removal of shape ${handle} failed`, cause)))
+        }
+        return yield* (damaged || e.reason === "Removed"
+          ? new StorageError({ reason: "Removed", handle, message: "the shape was removed" })
+          : e)
+      })
     // Removed between the lookup and the open: the definition has (or gets) a new shape.
-    const log = yield* storage.open(shape.handle).pipe(
+    const log = yield* storage.open(handle).pipe(
+      Effect.catchTag("StorageError", invalidateIfDamaged),
       Effect.catchTag("StorageError", (e): Effect.Effect<never, Reply | StorageError> =>
         e.reason === "Removed"
           ? Effect.flatMap(currentHandle, (current) => Effect.fail(mustRefetch(origin, current)))
@@ -389,10 +405,10 @@ const serveActive = (
       )
     )
     const source: LogSource = {
-      handle: shape.handle,
+      handle,
       schema: () => schemaOf(shape),
       latestOffset: Effect.sync(() => log.latestOffset()),
-      read: log.stream,
+      read: (from) => log.stream(from).pipe(Effect.catchTag("StorageError", invalidateIfDamaged)),
       awaitDataAfter: log.awaitDataAfter,
       exists: cache.get(shape.handle).pipe(
         Effect.map(Option.isSome),
@@ -442,7 +458,12 @@ const serveReadOnly = (
     const source: LogSource = {
       handle,
       schema: () => schemaOf(shape),
-      latestOffset: reader.latestOffset,
+      // The registry says this shape's snapshot is complete: a pointer that says otherwise (or is gone) is
+      // damage, which only the owner can repair. Until then the request is retried, never told "out of bounds".
+      latestOffset: Effect.flatMap(reader.latestOffset, (latest) =>
+        LogOffset.isBeforeAll(latest)
+          ? Effect.fail(new StorageError({ reason: "Corrupt", handle, message: "its commit pointer is missing" }))
+          : Effect.succeed(latest)),
       read: reader.stream,
       awaitDataAfter: (after) =>
         Effect.gen(function*() {

@@ -71,13 +71,19 @@ const handleOf = async (baseUrl: string, table: string, where: string) => {
 const shapeDir = (storageDir: string, handle: string) => path.join(storageDir, "shapes", handle)
 
 describe("damaged files", () => {
-  it("each kind of damaged shape file invalidates that shape alone; the stack goes on", { timeout: 120_000 }, async () => {
+  it("each kind of damaged shape file invalidates that shape alone, found by a request or a write; the stack goes on", {
+    timeout: 120_000
+  }, async () => {
     const stream = "dmg_files"
     streams.push(stream)
-    const table = "dmg_items"
-    await pool.query(`DROP TABLE IF EXISTS ${table}`)
-    await pool.query(`CREATE TABLE ${table} (id int PRIMARY KEY, v text)`)
-    await pool.query(`INSERT INTO ${table} SELECT i, 'row ' || i FROM generate_series(1, 40) i`)
+    // Shapes on `read` are only read after the restart: a request finds the damage. Those on `written` get a
+    // change at once: their consumers may find it first.
+    const tables = ["dmg_read", "dmg_written"] as const
+    for (const table of tables) {
+      await pool.query(`DROP TABLE IF EXISTS ${table}`)
+      await pool.query(`CREATE TABLE ${table} (id int PRIMARY KEY, v text)`)
+      await pool.query(`INSERT INTO ${table} SELECT i, 'row ' || i FROM generate_series(1, 40) i`)
+    }
     const port = await freePort()
     const storageDir = await tempDir(stream)
     dirs.push(storageDir)
@@ -89,7 +95,7 @@ describe("damaged files", () => {
       return child
     }
 
-    // One shape per kind of damage, and one left alone; each has snapshot rows and log entries.
+    // One shape per kind of damage and table, and one left alone per table; each has snapshot rows and log entries.
     const damages = {
       "log cut short": async (dir: string) => {
         const file = path.join(dir, "log.jsonl")
@@ -108,45 +114,48 @@ describe("damaged files", () => {
       "directory missing": (dir: string) => fs.rm(dir, { recursive: true })
     } as const
     const kinds = Object.keys(damages) as Array<keyof typeof damages>
-    const whereOf = (i: number) => `id > ${i}`
     let child = await start()
-    const damaged = kinds.map((kind, i) => ({ kind, where: whereOf(i), follower: followed(baseUrl, table, whereOf(i)) }))
-    const intact = followed(baseUrl, table, "id > 100")
+    const damaged = tables.flatMap((table) =>
+      kinds.map((kind, i) => ({ table, kind, where: `id > ${i}`, follower: followed(baseUrl, table, `id > ${i}`) }))
+    )
+    const intact = tables.map((table) => ({ table, follower: followed(baseUrl, table, "id > 100") }))
+    const all = [...damaged, ...intact]
+    const allEqual = async () => {
+      for (const { follower } of all) await follower.equalsPostgres()
+    }
     // Every shape has its snapshot before the changes, so that they land in the logs.
-    for (const d of damaged) await d.follower.equalsPostgres()
-    await intact.equalsPostgres()
-    await pool.query(`UPDATE ${table} SET v = v || ' changed' WHERE id % 3 = 0`)
-    await pool.query(`INSERT INTO ${table} SELECT i, 'new ' || i FROM generate_series(101, 110) i`)
-    for (const d of damaged) await d.follower.equalsPostgres()
-    await intact.equalsPostgres()
-    const handles = new Map<string, string>()
-    for (const d of damaged) handles.set(d.kind, await handleOf(baseUrl, table, d.where))
-    const intactHandle = intact.handles.at(-1)
+    await allEqual()
+    for (const table of tables) {
+      await pool.query(`UPDATE ${table} SET v = v || ' changed' WHERE id % 3 = 0`)
+      await pool.query(`INSERT INTO ${table} SELECT i, 'new ' || i FROM generate_series(101, 110) i`)
+    }
+    await allEqual()
+    const handles = new Map<(typeof damaged)[number], string>()
+    for (const d of damaged) handles.set(d, await handleOf(baseUrl, d.table, d.where))
+    const intactHandles = intact.map((i) => i.follower.handles.at(-1))
     child.kill("SIGTERM")
     await child.exited
 
     for (const d of damaged) {
-      const dir = shapeDir(storageDir, handles.get(d.kind)!)
+      const dir = shapeDir(storageDir, handles.get(d)!)
       expect((await fs.stat(path.join(dir, "log.jsonl"))).size).toBeGreaterThan(100)
       await damages[d.kind](dir)
     }
     child = await start()
-    // A write to their table reaches every shape's consumer first, while the clients are still away.
-    await pool.query(`UPDATE ${table} SET v = 'after' WHERE id IN (1, 2, 105)`)
-    for (const d of damaged) await d.follower.equalsPostgres()
-    await intact.equalsPostgres()
-    await pool.query(`UPDATE ${table} SET v = 'later' WHERE id IN (3, 106)`)
-    for (const d of damaged) await d.follower.equalsPostgres()
-    await intact.equalsPostgres()
+    await pool.query(`UPDATE dmg_written SET v = 'after' WHERE id IN (1, 2, 105)`)
+    await allEqual()
+    for (const table of tables) await pool.query(`UPDATE ${table} SET v = 'later' WHERE id IN (3, 106)`)
+    await allEqual()
 
     for (const d of damaged) {
-      expect({ kind: d.kind, handle: d.follower.handles.at(-1) }).not.toEqual({ kind: d.kind, handle: handles.get(d.kind) })
-      expect({ kind: d.kind, refetched: d.follower.statuses.includes(409) }).toEqual({ kind: d.kind, refetched: true })
+      const seen = { table: d.table, kind: d.kind, handle: d.follower.handles.at(-1), refetched: d.follower.statuses.includes(409) }
+      expect(seen).toEqual({ ...seen, refetched: true })
+      expect(seen.handle).not.toBe(handles.get(d))
     }
-    expect(intact.handles).toEqual([intactHandle])
-    expect(intact.statuses).not.toContain(409)
+    expect(intact.map((i) => i.follower.handles)).toEqual(intactHandles.map((h) => [h]))
+    for (const i of intact) expect(i.follower.statuses).not.toContain(409)
     const output = child.output()
-    for (const d of damaged) expect(output).toMatch(new RegExp(`removing shape ${handles.get(d.kind)}: its files are (damaged|missing)`))
+    for (const d of damaged) expect(output).toMatch(new RegExp(`removing shape ${handles.get(d)}: its files are (damaged|missing)`))
     expect(output).not.toContain("stack stopped")
     child.kill("SIGTERM")
     expect(await child.exited).toEqual({ code: 0, signal: null })

@@ -14,6 +14,8 @@ export interface FollowedRow {
  */
 export interface Follower {
   readonly statuses: ReadonlyArray<number>
+  /** The status and body of every response other than 200 and 304, with the URL asked. */
+  readonly failures: ReadonlyArray<string>
   /** Every `electric-handle` the server answered with, in order, without repeats. */
   readonly handles: ReadonlyArray<string>
   readonly rows: () => ReadonlyArray<FollowedRow>
@@ -32,10 +34,14 @@ export const follow = (
   options: { readonly where?: string; readonly secret?: string } = {}
 ): Follower => {
   const statuses: Array<number> = []
+  const failures: Array<string> = []
   const handles: Array<string> = []
   const recording = async (input: string | URL | Request, init?: RequestInit): Promise<Response> => {
     const res = await fetch(input, init)
     statuses.push(res.status)
+    if (res.status !== 200 && res.status !== 304) {
+      failures.push(`${res.status} ${await res.clone().text()} <- ${String(input instanceof Request ? input.url : input)}`)
+    }
     const handle = res.headers.get("electric-handle")
     if (handle !== null && handles.at(-1) !== handle) handles.push(handle)
     return res
@@ -55,6 +61,7 @@ export const follow = (
   const query = `SELECT id, v FROM ${table}${options.where === undefined ? "" : ` WHERE ${options.where}`} ORDER BY id`
   return {
     statuses,
+    failures,
     handles,
     rows,
     equalsPostgres: async (timeoutMs = 30_000) => {
@@ -69,7 +76,7 @@ export const follow = (
       throw new Error(
         `the client never caught up with Postgres on ${table}:\n  client:   ${JSON.stringify(rows())}\n  postgres: ${
           JSON.stringify(expected)
-        }\n  statuses: ${statuses.join(",")}`
+        }\n  statuses: ${statuses.join(",")}\n  failures: ${failures.join("\n    ")}`
       )
     },
     stop: () => stream.unsubscribeAll()

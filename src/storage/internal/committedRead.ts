@@ -3,7 +3,7 @@ import * as path from "node:path"
 import { LogOffset } from "../../domain/LogOffset.js"
 import { StorageError } from "../../domain/errors.js"
 import type { LogRead } from "../ShapeLogStorage.js"
-import { type ChunkEnd, FileNames, INDEX_RECORD_BYTES, readRange } from "./files.js"
+import { type ChunkEnd, FileNames, INDEX_RECORD_BYTES, isErrno, readRange } from "./files.js"
 
 /** Below this many candidate lines the index search reads them all in one go. */
 const SEARCH_BLOCK_LINES = 256
@@ -119,12 +119,38 @@ export const readPiece = async (fh: fs.FileHandle, span: ReadSpan, at: number): 
   return buf
 }
 
+/**
+ * Opens a span's file for reading, checking it still holds the span: a file
+ * that is missing or shorter than its commit pointer says is damage
+ * ("Corrupt"), found before any byte of a response is sent.
+ */
+const openSpanFile = async (dir: string, span: ReadSpan): Promise<fs.FileHandle> => {
+  const corrupt = (message: string) => new StorageError({ reason: "Corrupt", handle: path.basename(dir), message })
+  let fh: fs.FileHandle
+  try {
+    fh = await fs.open(path.join(dir, span.file), "r")
+  } catch (cause) {
+    if (isErrno(cause, "ENOENT") && (await directoryExists(dir))) throw corrupt(`${span.file} is missing`)
+    throw cause
+  }
+  try {
+    if ((await fh.stat()).size < span.end) throw corrupt(`${span.file} is shorter than its commit pointer says`)
+    return fh
+  } catch (cause) {
+    await fh.close().catch(() => undefined)
+    throw cause
+  }
+}
+
+const directoryExists = (dir: string): Promise<boolean> =>
+  fs.stat(dir).then((s) => s.isDirectory(), () => false)
+
 /** Reads a whole span from the named file, opened for this read only. */
 const readSpanOfFile = async (dir: string, span: ReadSpan): Promise<LogRead> => {
   if (span.end === span.start) {
     return { body: EMPTY, count: 0, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd }
   }
-  const fh = await fs.open(path.join(dir, span.file), "r")
+  const fh = await openSpanFile(dir, span)
   try {
     return await readSpan(fh, span)
   } finally {
@@ -148,7 +174,7 @@ export type OpenedSpan =
 
 /** Prepares `span` for streaming; a small body is read through `shared` when it is given (an open handle on the span's file). */
 export const openSpan = async (dir: string, span: ReadSpan, shared?: fs.FileHandle): Promise<OpenedSpan> => {
-  if (bodyLength(span) > PIECE_BYTES) return { _tag: "Open", span, fh: await fs.open(path.join(dir, span.file), "r") }
+  if (bodyLength(span) > PIECE_BYTES) return { _tag: "Open", span, fh: await openSpanFile(dir, span) }
   const read = shared === undefined ? await readSpanOfFile(dir, span) : await readSpan(shared, span)
   return { _tag: "Whole", read }
 }
