@@ -33,6 +33,7 @@ import {
 import { ShutdownSignal } from "./ShutdownSignal.js"
 import {
   invalidRequestBody,
+  parseAdminParams,
   parseDeleteParams,
   parseShapeParams,
   type ShapeDefinitionParams,
@@ -519,7 +520,12 @@ const optionsShape = Effect.map(HttpServerRequest.HttpServerRequest, (request) =
 
 /** `POST /v1/admin/restart`: closes the stack and builds a new one in this process (integration testing only). */
 const restartStack = Effect.gen(function*() {
+  const request = yield* HttpServerRequest.HttpServerRequest
   const settings = yield* StackConfig
+  const parsed = parseAdminParams(searchParams(request.url))
+  if (Either.isLeft(parsed)) {
+    return jsonResponse(400, invalidRequestBody(parsed.left), cacheControl({ _tag: "error" }))
+  }
   if (!settings.enableIntegrationTesting) {
     return jsonResponse(405, JSON.stringify({ message: "restart not allowed" }), cacheControl({ _tag: "nonGet" }))
   }
