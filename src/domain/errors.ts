@@ -40,7 +40,11 @@ export class InvalidWhere extends Schema.TaggedError<InvalidWhere>()("InvalidWhe
   message: Schema.String
 }) {}
 
-/** Postgres-side failures: connection, permissions, configuration. */
+/**
+ * Postgres-side failures: connection, permissions, configuration; a table
+ * that does not exist (`TableNotFound`) or whose changes never reach logical
+ * replication (`UnsupportedTable`).
+ */
 export class PostgresError extends Schema.TaggedError<PostgresError>()("PostgresError", {
   reason: Schema.Literal(
     "Connection",
@@ -48,7 +52,8 @@ export class PostgresError extends Schema.TaggedError<PostgresError>()("Postgres
     "WalLevel",
     "Permission",
     "Snapshot",
-    "TableNotFound"
+    "TableNotFound",
+    "UnsupportedTable"
   ),
   message: Schema.String,
   cause: Schema.optional(Schema.Defect)

@@ -1,5 +1,5 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Cause, Effect, Either, Option, Redacted, type Scope, Stream } from "effect"
+import { Cause, Effect, Either, Option, type Scope, Stream } from "effect"
 import { StackConfig, type StackSettings } from "../config/StackConfig.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
@@ -17,6 +17,7 @@ import { ShapeCache } from "../shapes/ShapeCache.js"
 import { ReadOnlyShapes } from "../shapes/ReadOnlyShapes.js"
 import { StackSupervisor } from "../stack/StackSupervisor.js"
 import { type LogStream, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
+import { isAuthorized } from "./ApiSecret.js"
 import {
   cacheControl,
   type CacheKind,
@@ -34,6 +35,7 @@ import { abortConnection } from "./NodeServer.js"
 import { ShutdownSignal } from "./ShutdownSignal.js"
 import {
   invalidRequestBody,
+  parseAdminParams,
   parseDeleteParams,
   parseShapeParams,
   type ShapeDefinitionParams,
@@ -132,9 +134,6 @@ const mustRefetch = (origin: string | undefined, handle: string | undefined) =>
       ...(handle === undefined ? {} : { "electric-handle": handle })
     })
   )
-
-const authorized = (settings: StackSettings, request: { readonly secret?: string }): boolean =>
-  Option.isNone(settings.secret) || request.secret === Redacted.value(settings.secret.value)
 
 const unauthorized = () =>
   jsonResponse(401, JSON.stringify({ message: "Unauthorized - Invalid API secret" }), {})
@@ -495,7 +494,7 @@ const getShape = Effect.gen(function*() {
   const origin = headers["origin"]
   const parsed = parseShapeParams(searchParams(request.url))
   if (Either.isLeft(parsed)) return yield* Effect.fail(badRequest(origin, parsed.left))
-  if (!authorized(settings, parsed.right)) return unauthorized()
+  if (!isAuthorized(settings.secret, parsed.right.secret)) return unauthorized()
   if (parsed.right.subset) {
     return yield* Effect.fail(
       new Reply(
@@ -526,7 +525,7 @@ const deleteShape = Effect.gen(function*() {
   const nonGet = { ...corsHeaders(origin, "shape"), ...cacheControl({ _tag: "nonGet" }) }
   const parsed = parseDeleteParams(searchParams(request.url))
   if (Either.isLeft(parsed)) return yield* Effect.fail(badRequest(origin, parsed.left))
-  if (!authorized(settings, parsed.right)) return unauthorized()
+  if (!isAuthorized(settings.secret, parsed.right.secret)) return unauthorized()
   if (!settings.enableIntegrationTesting) {
     return jsonResponse(405, JSON.stringify({ message: "DELETE not allowed" }), nonGet)
   }
@@ -580,7 +579,15 @@ const optionsShape = Effect.map(HttpServerRequest.HttpServerRequest, (request) =
 
 /** `POST /v1/admin/restart`: closes the stack and builds a new one in this process (integration testing only). */
 const restartStack = Effect.gen(function*() {
+  const request = yield* HttpServerRequest.HttpServerRequest
   const settings = yield* StackConfig
+  const parsed = parseAdminParams(searchParams(request.url))
+  if (Either.isLeft(parsed)) {
+    return jsonResponse(400, invalidRequestBody(parsed.left), cacheControl({ _tag: "error" }))
+  }
+  // Checked here rather than on the route: the router also sends `/V1/ADMIN/RESTART`, `/v1/admin//restart`
+  // and percent-encoded spellings to this handler.
+  if (!isAuthorized(settings.secret, parsed.right.secret)) return unauthorized()
   if (!settings.enableIntegrationTesting) {
     return jsonResponse(405, JSON.stringify({ message: "restart not allowed" }), cacheControl({ _tag: "nonGet" }))
   }
@@ -621,6 +628,8 @@ export const ShapeApi = HttpRouter.empty.pipe(
   HttpRouter.del("/v1/shape", finish(deleteShape)),
   HttpRouter.options("/v1/shape", optionsShape),
   HttpRouter.get("/v1/health", health),
+  // Explicit: the catch-all below would otherwise answer HEAD before the router falls back to GET.
+  HttpRouter.head("/v1/health", health),
   HttpRouter.post("/v1/admin/restart", restartStack),
   HttpRouter.get("/", Effect.succeed(HttpServerResponse.empty({ status: 200 }))),
   HttpRouter.all("*", Effect.succeed(HttpServerResponse.text("Not found", { status: 404 }))),

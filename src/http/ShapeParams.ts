@@ -43,6 +43,11 @@ export interface DeleteRequest {
   readonly secret?: string
 }
 
+/** A validated `POST /v1/admin/restart` request. */
+export interface AdminRequest {
+  readonly secret?: string
+}
+
 type Errors = Record<string, Array<string>>
 
 const addError = (errors: Errors, field: string, message: string): void => {
@@ -69,6 +74,33 @@ const PARAMS_KEY = /^params\[(.*)\]$/
 
 const invalidParamKey = (key: string): string => `parameter names must be positive integers, got: ${key}`
 
+const NUL = "\u0000"
+const NUL_IN_VALUE = "must not contain a NUL byte"
+const NUL_IN_NAME = "parameter names must not contain a NUL byte"
+const nulInParamValue = (key: string): string => `parameter values must not contain a NUL byte, got one for ${key}`
+
+/**
+ * The errors of every parameter with a NUL byte in its name or value, known
+ * to the protocol or not; `undefined` when there is none. libpg-query reads the where clause as a C string, so a NUL
+ * would silently end the clause (and a filter a proxy appended after it), and
+ * Postgres refuses NUL in any text, so one reaching it would look like an
+ * outage. Nothing holding a NUL is interpreted further.
+ */
+const nulErrors = (query: URLSearchParams): Errors | undefined => {
+  let errors: Errors | undefined
+  for (const [key, value] of query) {
+    const inName = key.includes(NUL)
+    if (!inName && !value.includes(NUL)) continue
+    errors ??= {}
+    const isParam = key.startsWith("params[")
+    const field = isParam ? "params" : key
+    if (inName) addError(errors, field, NUL_IN_NAME)
+    else if (isParam) addError(errors, field, nulInParamValue(PARAMS_KEY.exec(key)?.[1] ?? key))
+    else addError(errors, field, NUL_IN_VALUE)
+  }
+  return errors
+}
+
 const parseJsonParams = (text: string, params: Record<string, string>, errors: Errors): void => {
   let decoded: unknown
   try {
@@ -85,7 +117,9 @@ const parseJsonParams = (text: string, params: Record<string, string>, errors: E
     if (!POSITIVE_INTEGER.test(key)) {
       addError(errors, "params", invalidParamKey(key))
     } else if (typeof value === "string") {
-      params[key] = value
+      // A JSON escape (`\u0000`) gets past the check on the raw query.
+      if (value.includes(NUL)) addError(errors, "params", nulInParamValue(key))
+      else params[key] = value
     } else if (typeof value === "number" || typeof value === "boolean") {
       params[key] = String(value)
     } else {
@@ -176,9 +210,12 @@ const hasErrors = (errors: Errors): boolean => {
  * Validates the query string of `GET /v1/shape` (and of `POST`, whose shape
  * definition stays in the query) with Electric's rules and messages. Every
  * failing rule is reported, each under its parameter's name; unknown
- * parameters are ignored, as the client adds its own.
+ * parameters are ignored, as the client adds its own. A NUL byte in any
+ * parameter is refused before any other rule is checked.
  */
 export const parseShapeParams = (query: URLSearchParams): Either.Either<ShapeRequest, InvalidRequest> => {
+  const nul = nulErrors(query)
+  if (nul !== undefined) return Either.left(new InvalidRequest({ errors: nul }))
   const errors: Errors = {}
 
   let offset: LogOffset | "now" | undefined
@@ -227,9 +264,11 @@ export const parseShapeParams = (query: URLSearchParams): Either.Either<ShapeReq
 /**
  * Validates the query string of `DELETE /v1/shape`: with a `table`, the shape
  * definition is validated as for GET and a `handle` is optional; without
- * one, a `handle` alone is required.
+ * one, a `handle` alone is required. NUL bytes are refused as for GET.
  */
 export const parseDeleteParams = (query: URLSearchParams): Either.Either<DeleteRequest, InvalidRequest> => {
+  const nul = nulErrors(query)
+  if (nul !== undefined) return Either.left(new InvalidRequest({ errors: nul }))
   const errors: Errors = {}
   const handle = nonBlank(lastValue(query, "handle"))
   const secret = readSecret(query)
@@ -247,6 +286,17 @@ export const parseDeleteParams = (query: URLSearchParams): Either.Either<DeleteR
   const definition = parseDefinition(query, errors, params)
   if (definition === undefined || hasErrors(errors)) return Either.left(new InvalidRequest({ errors }))
   return Either.right({ ...common, definition })
+}
+
+/**
+ * Validates the query string of `POST /v1/admin/restart`, which reads only
+ * the secret; other parameters are ignored, but none may hold a NUL byte.
+ */
+export const parseAdminParams = (query: URLSearchParams): Either.Either<AdminRequest, InvalidRequest> => {
+  const nul = nulErrors(query)
+  if (nul !== undefined) return Either.left(new InvalidRequest({ errors: nul }))
+  const secret = readSecret(query)
+  return Either.right(secret !== undefined ? { secret } : {})
 }
 
 /** The 400 body for an `InvalidRequest`, as Electric writes it and the client's tests read it. */

@@ -4,7 +4,7 @@ import type { ColumnInfo, TableInfo, TableRef } from "../domain/Table.js"
 import { PgPool } from "./PgPool.js"
 
 const TABLE_SQL = `
-SELECT c.oid, n.nspname, c.relname
+SELECT c.oid, n.nspname, c.relname, c.relpersistence
   FROM pg_catalog.pg_class c
   JOIN pg_catalog.pg_namespace n ON n.oid = c.relnamespace
  WHERE n.nspname = $1 AND c.relname = $2 AND c.relkind IN ('r', 'p')`
@@ -65,6 +65,29 @@ export const tableNotFoundMessage = (ref: TableRef): string =>
 
 const cacheKey = (ref: TableRef): string => `${ref.schema}\u0000${ref.name}`
 
+const TEMPORARY_SCHEMA = /^pg_(toast_)?temp_[0-9]+$/
+const SYSTEM_SCHEMAS: ReadonlySet<string> = new Set(["pg_catalog", "information_schema", "pg_toast"])
+
+/**
+ * Why a table in this schema can never be synced, if it cannot: logical
+ * replication leaves system catalogs out, and temporary schemas hold only
+ * temporary tables, which are never written to the WAL.
+ */
+const schemaRefusal = (ref: TableRef): string | undefined => {
+  const kind = TEMPORARY_SCHEMA.test(ref.schema) ? "temporary" : SYSTEM_SCHEMAS.has(ref.schema) ? "system" : undefined
+  return kind === undefined
+    ? undefined
+    : `Table "${ref.schema}"."${ref.name}" is in the ${kind} schema "${ref.schema}", whose tables are never replicated`
+}
+
+/** Why a table with this `pg_class.relpersistence` can never be synced, if it cannot. */
+const persistenceRefusal = (ref: TableRef, relpersistence: string): string | undefined => {
+  const kind = relpersistence === "u" ? "unlogged" : relpersistence === "t" ? "temporary" : undefined
+  return kind === undefined
+    ? undefined
+    : `Table "${ref.schema}"."${ref.name}" is ${kind}: its changes are never written to the WAL, so they cannot be replicated`
+}
+
 const toColumn = (row: ColumnRow): ColumnInfo => ({
   name: row.name,
   attnum: row.attnum,
@@ -93,7 +116,11 @@ const pkOf = (columns: ReadonlyArray<ColumnInfo>): ReadonlyArray<string> => {
  * seen on the replication stream.
  */
 export class Inspector extends Context.Tag("syncline/Inspector")<Inspector, {
-  /** The table as it is now (or as last cached); `TableNotFound` for anything but an ordinary or partitioned table. */
+  /**
+   * The table as it is now (or as last cached); `TableNotFound` for anything
+   * but an ordinary or partitioned table, `UnsupportedTable` for one whose
+   * changes never reach logical replication (system, unlogged, temporary).
+   */
   readonly load: (ref: TableRef) => Effect.Effect<TableInfo, PostgresError>
   /** Forgets the cached table with this oid, or with this name. */
   readonly invalidate: (target: number | TableRef) => Effect.Effect<void>
@@ -104,13 +131,22 @@ export class Inspector extends Context.Tag("syncline/Inspector")<Inspector, {
     const cache = new Map<string, TableInfo>()
 
     const fetch = Effect.fn("Inspector.fetch")(function*(ref: TableRef) {
-      const tables = yield* pg.query<{ oid: number; nspname: string; relname: string }>(TABLE_SQL, [
-        ref.schema,
-        ref.name
-      ])
+      // Decided on the name alone, so TOAST tables, which the query below does not find, get the reason too.
+      const inSystemSchema = schemaRefusal(ref)
+      if (inSystemSchema !== undefined) {
+        return yield* new PostgresError({ reason: "UnsupportedTable", message: inSystemSchema })
+      }
+      const tables = yield* pg.query<{ oid: number; nspname: string; relname: string; relpersistence: string }>(
+        TABLE_SQL,
+        [ref.schema, ref.name]
+      )
       const table = tables[0]
       if (table === undefined) {
         return yield* new PostgresError({ reason: "TableNotFound", message: tableNotFoundMessage(ref) })
+      }
+      const notLogged = persistenceRefusal(ref, table.relpersistence)
+      if (notLogged !== undefined) {
+        return yield* new PostgresError({ reason: "UnsupportedTable", message: notLogged })
       }
       const rows = yield* pg.query<ColumnRow>(COLUMNS_SQL, [table.oid])
       // A table dropped between the two queries has no columns left.

@@ -123,8 +123,16 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         return Effect.gen(function*() {
           const table = yield* Effect.either(inspector.load(record.definition.table))
           if (Either.isLeft(table)) {
-            if (table.left.reason !== "TableNotFound") return yield* table.left
-            yield* Effect.logWarning(`shape ${record.handle}: table ${record.definition.table.name} is gone; removing it`)
+            const error = table.left
+            if (error.reason === "TableNotFound") {
+              yield* Effect.logWarning(`shape ${record.handle}: table ${record.definition.table.name} is gone; removing it`)
+            } else if (error.reason === "UnsupportedTable") {
+              // The table stopped being replicated while the service was down (made unlogged, say):
+              // no change will ever reach the shape again.
+              yield* Effect.logWarning(`shape ${record.handle}: ${error.message}; removing it`)
+            } else {
+              return yield* error
+            }
             yield* removeNow(record.handle)
             return undefined
           }

@@ -39,9 +39,9 @@ export const buildShape = (
 }
 
 /**
- * Checks a spec against the catalog: an unknown table, unknown columns, a
- * selection without the primary key or a bad where become `InvalidRequest`
- * naming the parameter.
+ * Checks a spec against the catalog: an unknown table, a table that is never
+ * replicated, unknown columns, a selection without the primary key or a bad
+ * where become `InvalidRequest` naming the parameter.
  */
 export const resolveSpec = (
   inspector: Inspector["Type"],
@@ -50,7 +50,7 @@ export const resolveSpec = (
   Effect.gen(function*() {
     const table = yield* inspector.load(spec.table).pipe(
       Effect.catchIf(
-        (e) => e.reason === "TableNotFound",
+        (e) => e.reason === "TableNotFound" || e.reason === "UnsupportedTable",
         (e) => Effect.fail(InvalidRequest.single("table", e.message))
       )
     )

@@ -128,8 +128,9 @@ export const SourceCheck = {
 /**
  * Finds the tables of `shapes` whose publication state leaves a gap and hands
  * each, with its shapes, to `invalidate` (which must invalidate them before
- * putting the table back). Tables that no longer exist are left to the
- * shape cache, which removes their shapes when it restores them.
+ * putting the table back). Tables that no longer exist, or can no longer be
+ * replicated, are left to the shape cache, which removes their shapes when it
+ * restores them.
  */
 export const checkPublication = <E>(
   shapes: ReadonlyArray<{ readonly handle: ShapeHandle; readonly table: TableRef }>,
@@ -153,7 +154,7 @@ export const checkPublication = <E>(
     for (const { handles, ref } of byTable.values()) {
       const loaded = yield* Effect.either(inspector.load(ref))
       if (Either.isLeft(loaded)) {
-        if (loaded.left.reason === "TableNotFound") continue
+        if (loaded.left.reason === "TableNotFound" || loaded.left.reason === "UnsupportedTable") continue
         return yield* loaded.left
       }
       tables.push({ table: loaded.right, handles })

@@ -35,6 +35,7 @@ export interface ParsedWhere {
 }
 
 const PREFIX = "SELECT 1 WHERE "
+const NUL = "\u0000"
 const ALLOWED_SELECT_KEYS = new Set(["targetList", "whereClause", "limitOption", "op"])
 const COMPARE_OPS: Record<string, CompareOp> = {
   "=": "=",
@@ -56,6 +57,12 @@ const TIME_TYPES: ReadonlySet<PgType> = new Set(["date", "timestamp", "timestamp
  * invalid or uses something the evaluator does not support.
  */
 export const parseWhereAst = (where: string, ctx: ParseContext): ParsedWhere => {
+  // libpg-query reads a C string: a NUL would end the clause there and drop whatever follows it.
+  // Postgres refuses NUL in text, so a parameter value holding one could never be sent to it either.
+  if (where.includes(NUL)) throw new WhereError("Invalid where clause: contains a NUL byte")
+  for (const [n, value] of Object.entries(ctx.params)) {
+    if (value.includes(NUL)) throw new WhereError(`Parameter $${n} contains a NUL byte`)
+  }
   const text = PREFIX + where
   let tree: { stmts?: ReadonlyArray<{ stmt?: Node }> }
   try {

@@ -45,7 +45,8 @@ export interface WhereClause {
  * Parses a `where` clause over `table`, substituting `params` (`"1"` for `$1`, …).
  * Fails with `InvalidWhere` for syntax errors (`At location N: <message>`, N
  * counted from the start of `SELECT 1 WHERE <where>`), unknown columns or
- * parameters, type errors, and constructs the evaluator does not support.
+ * parameters, type errors, constructs the evaluator does not support, and a
+ * NUL byte in the clause or in any parameter value.
  */
 export const parseWhere = (
   where: string,

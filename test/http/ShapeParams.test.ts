@@ -4,6 +4,7 @@ import { InvalidRequest } from "../../src/domain/errors.js"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import {
   invalidRequestBody,
+  parseAdminParams,
   parseDeleteParams,
   parseShapeParams,
   type ShapeRequest
@@ -388,6 +389,95 @@ describe("parseDeleteParams", () => {
       columns: ["Invalid zero-length delimited identifier"],
       replica: ["is invalid"]
     })
+  })
+})
+
+describe("NUL bytes", () => {
+  // libpg-query reads the where clause as a C string and Postgres refuses NUL in any text: a NUL
+  // anywhere would cut a value short or turn a bad request into a 503.
+  const VALUE = "must not contain a NUL byte"
+  const NAME = "parameter names must not contain a NUL byte"
+  const base = "offset=-1&table=t"
+
+  const paramValue = (n: string) => `parameter values must not contain a NUL byte, got one for ${n}`
+
+  it.each([
+    ["where, ending the clause early", `${base}&where=${encodeURIComponent("(true)\u0000) AND id = 5")}`, "where", VALUE],
+    ["where, hiding a disjunct", `${base}&where=${encodeURIComponent("id=1\u0000 OR 1=1")}`, "where", VALUE],
+    ["table", "offset=-1&table=t%00x", "table", VALUE],
+    ["columns", `${base}&columns=id%00`, "columns", VALUE],
+    ["offset", "table=t&offset=-1%00", "offset", VALUE],
+    ["handle", "table=t&offset=0_0&handle=h%00", "handle", VALUE],
+    ["live", "table=t&offset=0_0&handle=h&live=%00", "live", VALUE],
+    ["cursor", "table=t&offset=0_0&handle=h&live=true&cursor=1%00", "cursor", VALUE],
+    ["replica", `${base}&replica=full%00`, "replica", VALUE],
+    ["log", `${base}&log=%00full`, "log", VALUE],
+    ["secret", `${base}&secret=s%00`, "secret", VALUE],
+    ["api_secret", `${base}&api_secret=%00`, "api_secret", VALUE],
+    ["params[n]", `${base}&where=v%3D%241&params%5B1%5D=a%00b`, "params", paramValue("1")],
+    ["the params JSON text", `${base}&params=%7B%221%22%3A%22a%00%22%7D`, "params", VALUE],
+    ["an unknown parameter", `${base}&customParam=x%00`, "customParam", VALUE],
+    ["a subset parameter", `${base}&subset__where=x%00`, "subset__where", VALUE]
+  ])("in the value of %s names the parameter", (_, query, param, message) => {
+    expect(errorsOf(query)).toEqual({ [param]: [message] })
+  })
+
+  it.each([
+    ["an unknown parameter", `${base}&cus%00tom=1`, "cus\u0000tom"],
+    ["a known parameter", `${base}&where%00=true`, "where\u0000"],
+    ["params[n]", `${base}&params%5B1%00%5D=a`, "params"]
+  ])("in the name of %s names the parameter", (_, query, param) => {
+    expect(errorsOf(query)).toEqual({ [param]: [NAME] })
+  })
+
+  it("in a value decoded from the params JSON (an escape, not a raw byte) is refused under params", () => {
+    const json = encodeURIComponent(`{"1":"a\\u0000b"}`)
+    expect(errorsOf(`${base}&params=${json}`)).toEqual({ params: [paramValue("1")] })
+  })
+
+  it("is reported for every parameter that holds one, before any other rule is checked", () => {
+    expect(errorsOf("offset=x&table=a%00&where=%00&params%5B1%5D=%00&params%5B2%5D=%00")).toEqual({
+      table: [VALUE],
+      where: [VALUE],
+      params: [paramValue("1"), paramValue("2")]
+    })
+  })
+
+  it("is refused by DELETE, with or without a table", () => {
+    const deleteErrors = (query: string) => {
+      const result = parseDeleteParams(new URLSearchParams(query))
+      if (Either.isRight(result)) throw new Error(`expected errors, got ${JSON.stringify(result.right)}`)
+      return result.left.errors
+    }
+    expect(deleteErrors("handle=h%00")).toEqual({ handle: [VALUE] })
+    expect(deleteErrors("handle=h&x=%00")).toEqual({ x: [VALUE] })
+    expect(deleteErrors("table=t&where=id%3D1%00%20OR%201%3D1")).toEqual({ where: [VALUE] })
+    expect(deleteErrors("table=t&params%5B1%5D=%00")).toEqual({ params: [paramValue("1")] })
+  })
+
+  it("is refused by the admin endpoint", () => {
+    const adminErrors = (query: string) => {
+      const result = parseAdminParams(new URLSearchParams(query))
+      if (Either.isRight(result)) throw new Error(`expected errors, got ${JSON.stringify(result.right)}`)
+      return result.left.errors
+    }
+    expect(adminErrors("secret=s%00")).toEqual({ secret: [VALUE] })
+    expect(adminErrors("secret=s&other%00=1")).toEqual({ "other\u0000": [NAME] })
+  })
+})
+
+describe("parseAdminParams", () => {
+  const adminOk = (query: string) => {
+    const result = parseAdminParams(new URLSearchParams(query))
+    if (Either.isLeft(result)) throw new Error(`expected success, got ${JSON.stringify(result.left.errors)}`)
+    return result.right
+  }
+
+  it("reads the secret like a shape request, and ignores other parameters", () => {
+    expect(adminOk("")).toEqual({})
+    expect(adminOk("secret=a&x=1")).toEqual({ secret: "a" })
+    expect(adminOk("api_secret=b")).toEqual({ secret: "b" })
+    expect(adminOk("secret=a&api_secret=b")).toEqual({ secret: "a" })
   })
 })
 

@@ -1,5 +1,6 @@
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Layer } from "effect"
+import pg from "pg"
 import { inject } from "vitest"
 import { Inspector } from "../../src/postgres/Inspector.js"
 import { PgPool } from "../../src/postgres/PgPool.js"
@@ -8,6 +9,15 @@ const Db = PgPool.layer({ connectionString: inject("databaseUrl"), max: 4 })
 const Live = Layer.provideMerge(Inspector.layer, Db)
 
 const exec = (sql: string) => Effect.flatMap(PgPool, (pg) => pg.query(sql))
+
+/** What loading a table gives, as plain values: `[reason, message]` of a failure, or `["loaded", "schema.name"]`. */
+const outcome = (schema: string, name: string) =>
+  Effect.flatMap(Inspector, (i) => i.load({ schema, name })).pipe(
+    Effect.match({
+      onFailure: (e) => [e.reason, e.message],
+      onSuccess: (info) => ["loaded", `${info.schema}.${info.name}`]
+    })
+  )
 
 layer(Live, { excludeTestServices: true })("Inspector", (it) => {
   it.effect("reads columns, types and the primary key in key order, leaving out generated columns", () =>
@@ -93,6 +103,62 @@ layer(Live, { excludeTestServices: true })("Inspector", (it) => {
       const error = yield* Effect.flip(Effect.flatMap(Inspector, (i) => i.load({ schema: "public", name: "inspector_view" })))
       expect(error.reason).toBe("TableNotFound")
     }))
+
+  it.effect("refuses tables in system and temporary schemas, whether or not they exist", () =>
+    Effect.gen(function*() {
+      const system = (schema: string, name: string, kind: string) => [
+        "UnsupportedTable",
+        `Table "${schema}"."${name}" is in the ${kind} schema "${schema}", whose tables are never replicated`
+      ]
+      expect(yield* outcome("pg_catalog", "pg_authid")).toEqual(system("pg_catalog", "pg_authid", "system"))
+      expect(yield* outcome("information_schema", "sql_features")).toEqual(
+        system("information_schema", "sql_features", "system")
+      )
+      expect(yield* outcome("pg_toast", "pg_toast_1262")).toEqual(system("pg_toast", "pg_toast_1262", "system"))
+      expect(yield* outcome("pg_catalog", "no_such_table")).toEqual(system("pg_catalog", "no_such_table", "system"))
+      expect(yield* outcome("pg_temp_3", "t")).toEqual(system("pg_temp_3", "t", "temporary"))
+      expect(yield* outcome("pg_toast_temp_3", "t")).toEqual(system("pg_toast_temp_3", "t", "temporary"))
+      // Names that only look like system schemas are ordinary ones.
+      for (const schema of ["pg_temp_x", "Pg_catalog", "pg_catalog2", "information_schema_x"]) {
+        const [reason] = yield* outcome(schema, "t")
+        expect([schema, reason]).toEqual([schema, "TableNotFound"])
+      }
+    }))
+
+  it.effect("refuses an unlogged table, whose changes never reach the WAL", () =>
+    Effect.gen(function*() {
+      yield* exec(`DROP TABLE IF EXISTS inspector_unlogged; CREATE UNLOGGED TABLE inspector_unlogged (id int4 PRIMARY KEY);`)
+      expect(yield* outcome("public", "inspector_unlogged")).toEqual([
+        "UnsupportedTable",
+        `Table "public"."inspector_unlogged" is unlogged: its changes are never written to the WAL, so they cannot be replicated`
+      ])
+      // Once logged, the same table is served (the refusal was not cached).
+      yield* exec(`ALTER TABLE inspector_unlogged SET LOGGED`)
+      expect(yield* outcome("public", "inspector_unlogged")).toEqual(["loaded", "public.inspector_unlogged"])
+    }))
+
+  it.effect("refuses another session's temporary table, named by its temporary schema", () =>
+    Effect.acquireUseRelease(
+      Effect.promise(async () => {
+        const client = new pg.Client({ connectionString: inject("databaseUrl") })
+        await client.connect()
+        return client
+      }),
+      (client) =>
+        Effect.gen(function*() {
+          const schema = yield* Effect.promise(async () => {
+            await client.query(`CREATE TEMPORARY TABLE inspector_temp (id int4 PRIMARY KEY)`)
+            const { rows } = await client.query<{ schema: string }>(`SELECT pg_my_temp_schema()::regnamespace::text AS schema`)
+            return rows[0]!.schema
+          })
+          expect(schema).toMatch(/^pg_temp_\d+$/)
+          expect(yield* outcome(schema, "inspector_temp")).toEqual([
+            "UnsupportedTable",
+            `Table "${schema}"."inspector_temp" is in the temporary schema "${schema}", whose tables are never replicated`
+          ])
+        }),
+      (client) => Effect.promise(() => client.end())
+    ))
 
   it.effect("caches by name until invalidated by oid or by name", () =>
     Effect.gen(function*() {

@@ -55,6 +55,13 @@ describe("parseWhere errors", () => {
     expect(errorOf("id = $1 OR id = $3", { "1": "1" })).toBe("Parameter $3 has no value: params[3] is missing")
   })
 
+  it("refuses a NUL byte in the clause or in a parameter value, which the parser would read as the end of the text", () => {
+    expect(errorOf("(true)\u0000) AND id = 5")).toBe("Invalid where clause: contains a NUL byte")
+    expect(errorOf("id = 1\u0000 OR true")).toBe("Invalid where clause: contains a NUL byte")
+    expect(errorOf("name = $1", { "1": "a\u0000b" })).toBe("Parameter $1 contains a NUL byte")
+    expect(errorOf("id = 1", { "2": "\u0000" })).toBe("Parameter $2 contains a NUL byte")
+  })
+
   it("refuses what Postgres would refuse on types", () => {
     expect(errorOf("id = 'abc'")).toBe(`invalid input syntax for type integer: "abc"`)
     expect(errorOf("id = true")).toBe("operator does not exist: integer = boolean")
