@@ -1,9 +1,11 @@
 import { SqlError } from "@effect/sql/SqlError"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Logger, TestClock, TestServices } from "effect"
+import { Duration, Effect, Exit, Logger, Scope, TestClock, TestServices } from "effect"
+import * as fs from "node:fs"
+import * as path from "node:path"
 import { defaultRestartPolicy, restartDelay } from "../../src/stack/StackSupervisor.js"
 import { FakePostgres, textTable } from "../support/fakes/FakePostgres.js"
-import { type Harness, insertedKeys, readToEnd, startServer, tempDirs } from "../support/fakes/TestHarness.js"
+import { type Harness, insertedKeys, readToEnd, registryRows, startServer, tempDirs } from "../support/fakes/TestHarness.js"
 
 /**
  * Faults that are about ordering or time, on the in-memory Postgres (real SQLite and shape storage)
@@ -167,5 +169,55 @@ describe("removals", () => {
       const stale = yield* h.get(`/v1/shape?${QUERY}&offset=${first.offset}&handle=${first.handle}`)
       expect(stale.status).toBe(409)
       expect(stale.headers["electric-handle"]).not.toBe(first.handle)
+    }))
+})
+
+describe("the source's identity", () => {
+  it.scoped("a database with another system identifier, or on another timeline, invalidates every shape", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const dirs = yield* tempDirs
+      yield* db.commit([insert("1")])
+      const run = (change: () => void) =>
+        Effect.gen(function*() {
+          const scope = yield* Scope.make()
+          const before = yield* startServer(db, dirs).pipe(Scope.extend(scope))
+          const created = yield* readToEnd(before, QUERY)
+          yield* Scope.close(scope, Exit.void)
+          change()
+          const h = yield* startServer(db, dirs)
+          yield* h.active
+          const stale = yield* h.get(`/v1/shape?${QUERY}&offset=${created.offset}&handle=${created.handle}`)
+          expect(stale.status).toBe(409)
+          const fresh = yield* readToEnd(h, QUERY)
+          expect(fresh.handle).not.toBe(created.handle)
+          expect(stale.headers["electric-handle"]).toBe(fresh.handle)
+          expect(insertedKeys(fresh.messages)).toEqual([key("1")])
+        }).pipe(Effect.scoped)
+      // A database restored from another cluster's files, or another cluster on the same address.
+      yield* run(() => void (db.systemId = "7000000000000000002"))
+      // A point-in-time restore, or a promoted standby.
+      yield* run(() => void (db.timeline = 2))
+    }))
+})
+
+describe("a rolling start", () => {
+  it.scoped("neither creates nor migrates the registry before it holds the slot's lock", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const dirs = yield* tempDirs
+      const registry = path.join(dirs.storageDir, "meta", "shapes.sqlite")
+      yield* db.lock("other process")
+      const h = yield* startServer(db, dirs)
+      yield* h.supervisor.current("1 hour")
+      expect((yield* h.supervisor.status.get)._tag).toBe("ReadOnly")
+      const health = yield* h.get("/v1/health")
+      expect(JSON.parse(health.text)).toEqual({ status: "waiting" })
+      expect(fs.existsSync(registry)).toBe(false)
+
+      yield* db.unlock("other process")
+      yield* h.active
+      expect(fs.existsSync(registry)).toBe(true)
+      expect((yield* registryRows(dirs)).shapes).toEqual([])
     }))
 })
