@@ -63,7 +63,8 @@ export const makeStack = <E>(parts: StackParts<E>) => {
   // Everything shared with another instance (SQLite, its migrations, the files, the slot, the publication) is
   // touched only under the lock, and SQLite closes before the lock is released.
   const registryDb = parts.registryDb.pipe(Layer.provide(lock))
-  // Invariant 8: the slot, the database and the publication are checked before the registry is loaded.
+  // Invariant 8: the slot, the database and the publication are checked before the registry is loaded. The
+  // `source` edges order start-up only: what the check marks for removal, the registry must not load.
   const source = SourceCheck.layer.pipe(Layer.provide(registryDb))
   const registry = ShapeStatus.layer.pipe(Layer.provide(source), Layer.provide(registryDb))
   const storage = ShapeLogStorage.layer(parts.storage).pipe(Layer.provide(source))
@@ -90,6 +91,7 @@ export const makeStack = <E>(parts: StackParts<E>) => {
     Layer.provide(shapeCache),
     Layer.provide(Layer.mergeAll(replication, collector, consumers, tracker))
   )
+  // Invalidates through the shape cache, so it stops first.
   const watch = PublicationWatch.layer(parts.publicationCheckInterval).pipe(Layer.provide(shapeCache))
   return { readOnly, active: Layer.mergeAll(pump, watch, shapeCache, storage, collector, tracker) }
 }

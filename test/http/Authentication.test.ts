@@ -1,7 +1,7 @@
 import { Option, Redacted } from "effect"
 import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { dropReplication, type RunningSyncline, startSyncline, testPool } from "../support/syncline.js"
+import { dropReplication, itemsTable, type RawReply, send as sendTo, type RunningSyncline, startSyncline, testPool } from "../support/syncline.js"
 
 /**
  * `ELECTRIC_SECRET` on every endpoint that acts, under every spelling of its path that the
@@ -19,9 +19,7 @@ let pool: pg.Pool
 
 beforeAll(async () => {
   pool = testPool()
-  await pool.query(`DROP TABLE IF EXISTS ${TABLE}`)
-  await pool.query(`CREATE TABLE ${TABLE} (id int PRIMARY KEY, v text)`)
-  await pool.query(`INSERT INTO ${TABLE} VALUES (1, 'one')`)
+  await itemsTable(pool, TABLE, `VALUES (1, 'one')`)
   server = await startSyncline({
     streamId: STREAM,
     settings: { secret: Option.some(Redacted.make(SECRET)), enableIntegrationTesting: true }
@@ -34,16 +32,7 @@ afterAll(async () => {
   await pool.end()
 })
 
-interface Reply {
-  readonly status: number
-  readonly headers: Headers
-  readonly text: string
-}
-
-const send = async (method: string, path: string, query = ""): Promise<Reply> => {
-  const res = await fetch(`${server.baseUrl}${path}${query === "" ? "" : `?${query}`}`, { method })
-  return { status: res.status, headers: res.headers, text: await res.text() }
-}
+const send = (method: string, path: string, query = ""): Promise<RawReply> => sendTo(server.baseUrl, method, path, query)
 
 const UNAUTHORIZED = JSON.stringify({ message: "Unauthorized - Invalid API secret" })
 

@@ -1,6 +1,6 @@
 import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { dropReplication, type RunningSyncline, startSyncline, testPool } from "../support/syncline.js"
+import { dropReplication, itemsTable, type RawReply, send as sendTo, type RunningSyncline, startSyncline, testPool } from "../support/syncline.js"
 
 /**
  * A NUL byte in a query parameter, against the real server. libpg-query reads the where clause
@@ -18,9 +18,7 @@ let pool: pg.Pool
 
 beforeAll(async () => {
   pool = testPool()
-  await pool.query(`DROP TABLE IF EXISTS ${TABLE}`)
-  await pool.query(`CREATE TABLE ${TABLE} (id int PRIMARY KEY, v text)`)
-  await pool.query(`INSERT INTO ${TABLE} SELECT i, 'row ' || i FROM generate_series(1, 6) i`)
+  await itemsTable(pool, TABLE, `SELECT i, 'row ' || i FROM generate_series(1, 6) i`)
   server = await startSyncline({ streamId: STREAM })
 })
 
@@ -30,26 +28,17 @@ afterAll(async () => {
   await pool.end()
 })
 
-interface Reply {
-  readonly status: number
-  readonly headers: Headers
-  readonly text: string
-}
-
 /** `query` is sent as written, so `%00` reaches the server as a percent-encoded NUL. */
-const send = async (path: string, query: string, method = "GET"): Promise<Reply> => {
-  const res = await fetch(`${server.baseUrl}${path}?${query}`, { method })
-  return { status: res.status, headers: res.headers, text: await res.text() }
-}
+const send = (path: string, query: string, method = "GET"): Promise<RawReply> => sendTo(server.baseUrl, method, path, query)
 
 const shape = (query: string, method = "GET") => send("/v1/shape", query, method)
 
-const rowIds = (reply: Reply): Array<unknown> =>
+const rowIds = (reply: RawReply): Array<unknown> =>
   (JSON.parse(reply.text) as Array<{ key?: string; value?: { id: unknown } }>)
     .filter((m) => m.key !== undefined)
     .map((m) => m.value?.id)
 
-const expectRefused = (reply: Reply, errors: Record<string, Array<string>>) => {
+const expectRefused = (reply: RawReply, errors: Record<string, Array<string>>) => {
   expect({ status: reply.status, body: reply.text }).toEqual({
     status: 400,
     body: JSON.stringify({ message: "Invalid request", errors })

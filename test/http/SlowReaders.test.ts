@@ -9,7 +9,7 @@ import * as vm from "node:vm"
 import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { PIECE_BYTES } from "../../src/storage/ShapeLogStorage.js"
-import { dropReplication, type RunningSyncline, startSyncline, testPool } from "../support/syncline.js"
+import { dropReplication, itemsTable, type RunningSyncline, startSyncline, testPool } from "../support/syncline.js"
 
 /**
  * Clients that read slowly or not at all, against the real server: a large
@@ -41,9 +41,7 @@ let pool: pg.Pool
 
 beforeAll(async () => {
   pool = testPool()
-  await pool.query(`DROP TABLE IF EXISTS ${TABLE}`)
-  await pool.query(`CREATE TABLE ${TABLE} (id int PRIMARY KEY, v text)`)
-  await pool.query(`INSERT INTO ${TABLE} SELECT i, repeat('x', 1000) FROM generate_series(1, ${ROWS}) i`)
+  await itemsTable(pool, TABLE, `SELECT i, repeat('x', 1000) FROM generate_series(1, ${ROWS}) i`)
   server = await startSyncline({
     streamId: STREAM,
     settings: {

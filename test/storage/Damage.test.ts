@@ -13,7 +13,7 @@ import {
   stopAllChildren,
   waitHealthy
 } from "../support/process.js"
-import { dropReplication, tempDir, testPool } from "../support/syncline.js"
+import { dropReplication, itemsTable, tempDir, testPool } from "../support/syncline.js"
 import { createRequire } from "node:module"
 import { pathToFileURL } from "node:url"
 import { inject } from "vitest"
@@ -70,24 +70,27 @@ const handleOf = async (baseUrl: string, table: string, where: string) => {
 
 const shapeDir = (storageDir: string, handle: string) => path.join(storageDir, "shapes", handle)
 
+/** A stream id of its own, a storage dir and a port for one service, and its base URL. */
+const serviceSetup = async (stream: string) => {
+  streams.push(stream)
+  const port = await freePort()
+  const storageDir = await tempDir(stream)
+  dirs.push(storageDir)
+  return { port, storageDir, baseUrl: `http://127.0.0.1:${port}` }
+}
+
 describe("damaged files", () => {
   it("each kind of damaged shape file invalidates that shape alone, found by a request or a write; the stack goes on", {
     timeout: 120_000
   }, async () => {
     const stream = "dmg_files"
-    streams.push(stream)
     // Shapes on `read` are only read after the restart: a request finds the damage. Those on `written` get a
     // change at once: their consumers may find it first.
     const tables = ["dmg_read", "dmg_written"] as const
     for (const table of tables) {
-      await pool.query(`DROP TABLE IF EXISTS ${table}`)
-      await pool.query(`CREATE TABLE ${table} (id int PRIMARY KEY, v text)`)
-      await pool.query(`INSERT INTO ${table} SELECT i, 'row ' || i FROM generate_series(1, 40) i`)
+      await itemsTable(pool, table, `SELECT i, 'row ' || i FROM generate_series(1, 40) i`)
     }
-    const port = await freePort()
-    const storageDir = await tempDir(stream)
-    dirs.push(storageDir)
-    const baseUrl = `http://127.0.0.1:${port}`
+    const { baseUrl, port, storageDir } = await serviceSetup(stream)
     const start = async () => {
       const child = spawnSyncline({ env: env(stream, port, storageDir) })
       onTestFailed(() => console.error(child.output()))
@@ -163,15 +166,9 @@ describe("damaged files", () => {
 
   it("a damaged registry is set aside with one log line and rebuilt; every shape re-syncs", { timeout: 60_000 }, async () => {
     const stream = "dmg_registry"
-    streams.push(stream)
     const table = "dmg_registry_items"
-    await pool.query(`DROP TABLE IF EXISTS ${table}`)
-    await pool.query(`CREATE TABLE ${table} (id int PRIMARY KEY, v text)`)
-    await pool.query(`INSERT INTO ${table} SELECT i, 'row ' || i FROM generate_series(1, 10) i`)
-    const port = await freePort()
-    const storageDir = await tempDir(stream)
-    dirs.push(storageDir)
-    const baseUrl = `http://127.0.0.1:${port}`
+    await itemsTable(pool, table, `SELECT i, 'row ' || i FROM generate_series(1, 10) i`)
+    const { baseUrl, port, storageDir } = await serviceSetup(stream)
     let child = spawnSyncline({ env: env(stream, port, storageDir) })
     await waitHealthy(baseUrl, 60_000, child)
     const f = followed(baseUrl, table)
@@ -199,15 +196,9 @@ describe("damaged files", () => {
 describe("a full disk", () => {
   it("invalidates nothing and restarts nothing: writes wait, holding the ack, and catch up once there is room", { timeout: 120_000 }, async () => {
     const stream = "dmg_full"
-    streams.push(stream)
     const table = "dmg_full_items"
-    await pool.query(`DROP TABLE IF EXISTS ${table}`)
-    await pool.query(`CREATE TABLE ${table} (id int PRIMARY KEY, v text)`)
-    await pool.query(`INSERT INTO ${table} SELECT i, 'row ' || i FROM generate_series(1, 50) i`)
-    const port = await freePort()
-    const storageDir = await tempDir(stream)
-    dirs.push(storageDir)
-    const baseUrl = `http://127.0.0.1:${port}`
+    await itemsTable(pool, table, `SELECT i, 'row ' || i FROM generate_series(1, 50) i`)
+    const { baseUrl, port, storageDir } = await serviceSetup(stream)
     // The service in a mount namespace of its own, its storage dir a 4 MB tmpfs that only it sees; the test
     // reaches the files through /proc/<pid>/root.
     const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href

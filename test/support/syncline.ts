@@ -37,6 +37,29 @@ export const startSyncline = async (options: {
 /** A `pg` pool on the test database. */
 export const testPool = (): pg.Pool => new pg.Pool({ connectionString: inject("databaseUrl"), max: 4 })
 
+/**
+ * A fresh table `(id int PRIMARY KEY, v text)` (dropped first, in case a previous run left it) filled by
+ * `rows`, a query such as `SELECT i, 'row ' || i FROM generate_series(1, 5) i`.
+ */
+export const itemsTable = async (pool: pg.Pool, name: string, rows: string): Promise<void> => {
+  await pool.query(`DROP TABLE IF EXISTS ${name}`)
+  await pool.query(`CREATE TABLE ${name} (id int PRIMARY KEY, v text)`)
+  await pool.query(`INSERT INTO ${name} ${rows}`)
+}
+
+/** An HTTP response as a test reads it. */
+export interface RawReply {
+  readonly status: number
+  readonly headers: Headers
+  readonly text: string
+}
+
+/** One request to `baseUrl` + `path`, with `query` sent as written (so `%00` reaches the server as a NUL). */
+export const send = async (baseUrl: string, method: string, path: string, query = ""): Promise<RawReply> => {
+  const res = await fetch(`${baseUrl}${path}${query === "" ? "" : `?${query}`}`, { method })
+  return { status: res.status, headers: res.headers, text: await res.text() }
+}
+
 /** Drops the slot and publication a test stack created, once its connection is gone. */
 export const dropReplication = async (pool: pg.Pool, streamId: string): Promise<void> => {
   const slot = `electric_slot_${streamId}`
