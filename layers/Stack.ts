@@ -35,6 +35,8 @@ export interface StackParts<E> {
   readonly storage: ShapeLogStorageOptions
   /** How often the active stack checks that every table with shapes is still published. */
   readonly publicationCheckInterval: Duration.DurationInput
+  /** How many routed transactions consumers may hold before the pump waits; the pump's default when absent. */
+  readonly maxInFlight?: number
 }
 
 /**
@@ -87,7 +89,7 @@ export const makeStack = <E>(parts: StackParts<E>) => {
     Layer.provide(Layer.mergeAll(registry, storage, tracker))
   )
   // The pump starts after the shape cache has seeded the routing index, and stops before it.
-  const pump = ReplicationPump.layer.pipe(
+  const pump = ReplicationPump.layer(parts.maxInFlight).pipe(
     Layer.provide(shapeCache),
     Layer.provide(Layer.mergeAll(replication, collector, consumers, tracker))
   )

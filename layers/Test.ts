@@ -25,7 +25,7 @@ export interface TestDirs {
  * snapshot and the replication connection. `holder` names this process for
  * the advisory lock.
  */
-export const TestStack = (db: FakePostgres, dirs: TestDirs, holder = "syncline") =>
+export const TestStack = (db: FakePostgres, dirs: TestDirs, holder = "syncline", maxInFlight?: number) =>
   makeStack({
     infrastructure: Layer.mergeAll(
       FakeInspector.layer(db),
@@ -36,7 +36,8 @@ export const TestStack = (db: FakePostgres, dirs: TestDirs, holder = "syncline")
     replication: FakeReplication.layer(db),
     storageDir: dirs.storageDir,
     storage: { directory: path.join(dirs.storageDir, "shapes"), chunkBytesThreshold: 10_485_760 },
-    publicationCheckInterval: "1 minute"
+    publicationCheckInterval: "1 minute",
+    ...(maxInFlight === undefined ? {} : { maxInFlight })
   })
 
 /**
@@ -49,10 +50,10 @@ export const TestServer = (
   dirs: TestDirs,
   settings: Partial<StackSettings> = {},
   holder = "syncline",
-  policy?: RestartPolicy
+  options: { readonly policy?: RestartPolicy; readonly maxInFlight?: number } = {}
 ) => {
   const infrastructure = NodeHttpServer.layerTest.pipe(
-    Layer.provideMerge(StackSupervisor.layer(TestStack(db, dirs, holder), policy)),
+    Layer.provideMerge(StackSupervisor.layer(TestStack(db, dirs, holder, options.maxInFlight), options.policy)),
     Layer.provideMerge(ShutdownSignal.layer),
     Layer.provideMerge(
       StackConfig.layerWith({ storageDir: dirs.storageDir, enableIntegrationTesting: true, ...settings })

@@ -87,8 +87,10 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
   readonly slotName: string
   /** Fails with "WalLevel" unless `wal_level = logical`, and "Permission" unless the role may replicate. */
   readonly checkPrerequisites: Effect.Effect<void, PostgresError>
-  /** Creates the (empty) publication if it does not exist; true when this call created it. */
-  readonly ensurePublication: Effect.Effect<boolean, PostgresError>
+  /** Creates the (empty) publication if it does not exist. */
+  readonly ensurePublication: Effect.Effect<void, PostgresError>
+  /** The publication's oid, undefined when it does not exist: a publication dropped and created again has another. */
+  readonly publicationOid: Effect.Effect<number | undefined, PostgresError>
   /** The source's system identifier and timeline (`IDENTIFY_SYSTEM` on a replication connection of its own). */
   readonly identifySystem: Effect.Effect<SystemIdentity, PostgresError>
   /** Whether the slot exists, and whether it can still stream. */
@@ -158,17 +160,22 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
       const ignoreDuplicate = <A>(effect: Effect.Effect<A, PostgresError>, orElse: A) =>
         Effect.catchIf(effect, (e) => sqlState(e.cause) === DUPLICATE_OBJECT, () => Effect.succeed(orElse))
 
+      const publicationOid = Effect.map(
+        db.query<{ oid: number }>("SELECT oid FROM pg_catalog.pg_publication WHERE pubname = $1", [publicationName]),
+        (rows) => (rows[0] === undefined ? undefined : Number(rows[0].oid))
+      ).pipe(Effect.withSpan("PgAdmin.publicationOid"))
+
       const ensurePublication = Effect.gen(function*() {
-        const found = yield* db.query("SELECT 1 FROM pg_catalog.pg_publication WHERE pubname = $1", [publicationName])
-        if (found.length > 0) return false
-        return yield* ignoreDuplicate(Effect.as(db.query(`CREATE PUBLICATION ${quoteIdent(publicationName)}`), true), false)
-      }).pipe(Effect.withSpan("PgAdmin.ensurePublication"))
+        if ((yield* publicationOid) !== undefined) return
+        yield* ignoreDuplicate(db.query(`CREATE PUBLICATION ${quoteIdent(publicationName)}`), [])
+      }).pipe(Effect.asVoid, Effect.withSpan("PgAdmin.ensurePublication"))
 
       const identifySystem = Effect.tryPromise({
         try: async () => {
           const config: pg.ClientConfig & { replication: string } = {
             connectionString: db.connectionString,
-            replication: "database"
+            replication: "database",
+            connectionTimeoutMillis: 30_000
           }
           const client = new pg.Client(config)
           client.on("error", () => {})
@@ -314,6 +321,7 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
         slotName,
         checkPrerequisites,
         ensurePublication,
+        publicationOid,
         identifySystem,
         slotState,
         createSlot,

@@ -1,5 +1,5 @@
 import { SqlClient } from "@effect/sql"
-import { Cause, Context, Deferred, Effect, Layer, Schedule } from "effect"
+import { Cause, Context, Deferred, Effect, Layer } from "effect"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { RegistryError } from "../domain/errors.js"
@@ -16,6 +16,9 @@ interface Pending {
 
 /** How often the acknowledged position is retried when it could not be persisted or sent. */
 const RETRY = "1 second"
+
+/** The queue length below which completed entries are not folded together. */
+const COMPACT_MIN = 4096
 
 /**
  * Decides what Postgres may forget (DESIGN.md, invariant 3). Every routed
@@ -67,8 +70,9 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
         let sentAck: Lsn = 0n
 
         // `queue[head..]` are the transactions and positions not yet durable everywhere, in stream order.
-        const queue: Array<Pending> = []
+        let queue: Array<Pending> = []
         let head = 0
+        let compactAt = COMPACT_MIN
         let undurable = 0
         const perShape = new Map<ShapeHandle, Array<Pending>>()
         let wake = Deferred.unsafeMake<void>(undefined as never)
@@ -97,6 +101,33 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
         }
 
         /**
+         * Folds each run of entries durable everywhere into one (no shape's list refers to them any more), so
+         * that transactions behind one slow shape cost memory for the pending ones only. Amortised: it runs
+         * when the queue has doubled since the last time.
+         */
+        const compact = () => {
+          const kept: Array<Pending> = []
+          for (let i = head; i < queue.length; i++) {
+            const p = queue[i]!
+            const last = kept[kept.length - 1]
+            if (p.remaining === 0 && last !== undefined && last.remaining === 0) {
+              if (p.commitLsn !== undefined) last.commitLsn = p.commitLsn
+              if (p.endLsn > last.endLsn) last.endLsn = p.endLsn
+            } else {
+              kept.push(p)
+            }
+          }
+          queue = kept
+          head = 0
+          compactAt = Math.max(COMPACT_MIN, kept.length * 2)
+        }
+
+        const push = (p: Pending) => {
+          queue.push(p)
+          if (queue.length - head > compactAt) compact()
+        }
+
+        /**
          * Something no shape holds back: durable at once when nothing before it is pending, else merged
          * into the last entry when that one is complete too (a long run of such entries behind one slow
          * shape costs one entry, not one each).
@@ -113,7 +144,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
             if (endLsn > last.endLsn) last.endLsn = endLsn
             return
           }
-          queue.push({ commitLsn, endLsn, remaining: 0 })
+          push({ commitLsn, endLsn, remaining: 0 })
         }
 
         // Persisted, then sent: the registry never holds less than Postgres was told (invariant 8). One step,
@@ -162,14 +193,12 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
           sendAcks.pipe(Effect.catchAll((error) => Effect.logWarning("could not persist the final replication position", error)))
         )
         yield* Effect.forkScoped(sender)
-        // A sent ack can be cut by a dropped connection: the sender runs again regularly.
-        yield* ackWanted.open.pipe(Effect.repeat(Schedule.spaced(RETRY)), Effect.forkScoped)
 
         return FlushTracker.of({
           track: (commitLsn, endLsn, handles) => {
             if (handles.length === 0) return trackDurable(commitLsn, endLsn)
             const p: Pending = { commitLsn, endLsn, remaining: handles.length }
-            queue.push(p)
+            push(p)
             undurable++
             for (const h of handles) {
               let list = perShape.get(h)

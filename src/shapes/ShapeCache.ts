@@ -44,8 +44,12 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
    * registry mark, routing, consumer, storage, row. Idempotent.
    */
   readonly remove: (handle: ShapeHandle, reason: string) => Effect.Effect<void, StorageError | RegistryError | TableAbsent>
-  /** Every shape served now, with its table. */
-  readonly list: Effect.Effect<ReadonlyArray<{ readonly handle: ShapeHandle; readonly table: TableRef }>>
+  /** Fails when the removal of invalidated shapes hits a defect: the stack must restart (the ack waits for them). */
+  readonly failure: Effect.Effect<never>
+  /** Every shape served now, with its table (name and oid). */
+  readonly list: Effect.Effect<
+    ReadonlyArray<{ readonly handle: ShapeHandle; readonly table: TableRef; readonly tableOid: number }>
+  >
 }>() {
   static readonly layer: Layer.Layer<
     ShapeCache,
@@ -136,6 +140,12 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             yield* removeNow(record.handle)
             return undefined
           }
+          // A table of the same name created since is another table: the shape's rows are not its rows.
+          if (record.snapshot?.tableOid !== undefined && record.snapshot.tableOid !== table.right.oid) {
+            yield* Effect.logInfo(`removing shape ${record.handle}: its table was dropped and created again`)
+            yield* removeNow(record.handle)
+            return undefined
+          }
           // A table whose columns changed while the service was stopped no longer fits the shape's log.
           if (record.snapshot !== undefined && record.snapshot.columns !== columnSignature(table.right.columns)) {
             yield* Effect.logInfo(`removing shape ${record.handle}: its table's columns changed`)
@@ -155,6 +165,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
       // The ack waits for an invalidated shape's removal (its last transaction was not reported durable), so a
       // removal that fails is tried again until it succeeds rather than left for the next start.
       const retryRemoval = Schedule.exponential("100 millis").pipe(Schedule.either(Schedule.spaced("10 seconds")))
+      const failed = yield* Deferred.make<never>()
       yield* Queue.take(consumers.invalidations).pipe(
         Effect.flatMap(({ handle, reason }) =>
           Effect.gen(function*() {
@@ -170,6 +181,14 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           })
         ),
         Effect.forever,
+        Effect.catchAllCause((cause) =>
+          Cause.isInterruptedOnly(cause)
+            ? Effect.failCause(cause)
+            : Effect.zipRight(
+              Effect.logError("removing invalidated shapes failed; restarting the stack", cause),
+              Deferred.failCause(failed, cause)
+            )
+        ),
         Effect.forkScoped
       )
 
@@ -252,7 +271,10 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           ),
         remove: (handle, reason) =>
           Effect.zipRight(Effect.logInfo(`removing shape ${handle}: ${reason}`), removeNow(handle)),
-        list: Effect.sync(() => [...shapes.values()].map((s) => ({ handle: s.handle, table: s.table })))
+        failure: Deferred.await(failed),
+        list: Effect.sync(() =>
+          [...shapes.values()].map((s) => ({ handle: s.handle, table: s.table, tableOid: s.table.oid }))
+        )
       })
     })
   )

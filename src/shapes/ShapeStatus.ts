@@ -20,6 +20,8 @@ export interface SnapshotMark {
   readonly lsn: Lsn
   /** The columns (names and type oids) the snapshot read: a table that changed since no longer fits the log. */
   readonly columns: string
+  /** The oid of the table the snapshot read: a table of the same name created since is another table. Undefined for marks written before it was recorded. */
+  readonly tableOid?: number | undefined
 }
 
 /** One registered shape. */
@@ -45,7 +47,8 @@ const encodeMark = (m: SnapshotMark): string =>
     xip: m.xip.map(String),
     lsn: String(m.lsn),
     columns: m.columns,
-    pastSnapshot: m.pastSnapshot === true
+    pastSnapshot: m.pastSnapshot === true,
+    ...(m.tableOid === undefined ? {} : { tableOid: m.tableOid })
   })
 
 const decodeMark = (text: string): SnapshotMark => {
@@ -56,6 +59,7 @@ const decodeMark = (text: string): SnapshotMark => {
     lsn: string
     columns: string
     pastSnapshot?: boolean
+    tableOid?: number
   }
   return {
     xmin: BigInt(o.xmin),
@@ -63,7 +67,8 @@ const decodeMark = (text: string): SnapshotMark => {
     xip: o.xip.map(BigInt),
     lsn: BigInt(o.lsn),
     columns: o.columns,
-    pastSnapshot: o.pastSnapshot
+    pastSnapshot: o.pastSnapshot,
+    ...(o.tableOid === undefined ? {} : { tableOid: o.tableOid })
   }
 }
 
@@ -75,11 +80,16 @@ const decodeMark = (text: string): SnapshotMark => {
  * the whole decision: it is durable before anything that depends on it.
  */
 export const RegistryRows = {
-  /** Every shape not being removed: its handle and definition. */
+  /** Every shape not being removed: its handle, its table, and the oid of the table its snapshot read (if known). */
   list: (sql: SqlClient.SqlClient) =>
-    sql<{ handle: string; identity: string }>`SELECT handle, identity FROM shapes WHERE removing = 0`.pipe(
+    sql<{ handle: string; identity: string; snapshot: string | null }>`SELECT handle, identity, snapshot FROM shapes
+      WHERE removing = 0`.pipe(
       Effect.map((rows) =>
-        rows.map((r) => ({ handle: ShapeHandle(r.handle), definition: ShapeDefinition.fromIdentity(r.identity) }))
+        rows.map((r) => ({
+          handle: ShapeHandle(r.handle),
+          table: ShapeDefinition.fromIdentity(r.identity).table,
+          tableOid: r.snapshot === null ? undefined : decodeMark(r.snapshot).tableOid
+        }))
       ),
       Effect.mapError((cause) => new RegistryError({ operation: "list shapes", cause }))
     ),

@@ -1,16 +1,17 @@
-import { type Duration, Effect, Layer, Schedule } from "effect"
+import { Cause, type Duration, Effect, Layer, Schedule } from "effect"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 import { Inspector } from "../postgres/Inspector.js"
 import { PgAdmin } from "../postgres/PgAdmin.js"
 import { ShapeCache } from "../shapes/ShapeCache.js"
-import { checkPublication } from "./SourceCheck.js"
+import { checkTables } from "./SourceCheck.js"
 
 /**
- * Checks the publication while the stack is active, every `interval`
- * (DESIGN.md, invariant 8): every table with shapes in it must be published
- * with `REPLICA IDENTITY FULL`. A table found otherwise (an operator removed
- * it, or changed its replica identity) may have changed unseen: its shapes are
- * invalidated, then it is put back.
+ * Checks the tables with shapes while the stack is active, every `interval`
+ * (DESIGN.md, invariant 8): each must still be the table the shapes were
+ * taken from, published with `REPLICA IDENTITY FULL`. A table found otherwise
+ * (dropped, created again, taken out of the publication, its replica identity
+ * changed) may have changed unseen: its shapes are invalidated, then it is
+ * put back when it still exists.
  */
 export const PublicationWatch = {
   layer: (interval: Duration.DurationInput): Layer.Layer<never, never, ShapeCache | PgAdmin | Inspector> =>
@@ -21,15 +22,20 @@ export const PublicationWatch = {
         const admin = yield* PgAdmin
         const check = Effect.gen(function*() {
           const shapes = yield* cache.list
-          yield* checkPublication(shapes, (handles, table, why) =>
+          yield* checkTables(shapes, (handles, _table, why, putBack) =>
             Effect.gen(function*() {
               const reason = `its table ${why}, so changes may have been missed`
               for (const handle of handles) yield* cache.remove(handle, reason)
-              yield* admin.addTable(table)
+              if (putBack !== undefined) yield* admin.addTable(putBack)
             }))
         })
         yield* check.pipe(
-          Effect.catchAll((error) => Effect.logWarning("could not check the publication; trying again later", error)),
+          // A check that cannot run now (Postgres unreachable, even a bug) is tried again at the next one.
+          Effect.catchAllCause((cause) =>
+            Cause.isInterruptedOnly(cause)
+              ? Effect.failCause(cause)
+              : Effect.logWarning("could not check the publication; trying again later", cause)
+          ),
           Effect.repeat(Schedule.spaced(interval)),
           Effect.delay(interval),
           Effect.forkScoped

@@ -5,6 +5,7 @@ import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
 import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
 import { ConsumerSupervisor } from "../shapes/ConsumerSupervisor.js"
+import { ShapeCache } from "../shapes/ShapeCache.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
 /**
@@ -21,16 +22,18 @@ const MAX_IN_FLIGHT = 20_000
  */
 export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<ReplicationPump, {
   /**
-   * Fails when the replication stream fails, on a defect in the pump or a consumer, or when the slot's advisory lock is lost
-   * (another instance may then take the slot while this one writes); never succeeds.
+   * Fails when the replication stream fails, on a defect in the pump, a consumer or the shape cache's removals, or
+   * when the slot's advisory lock is lost (another instance may then take the slot while this one writes); never
+   * succeeds.
    */
   readonly failure: Effect.Effect<never, ReplicationError | PostgresError>
 }>() {
-  static readonly layer: Layer.Layer<
+  /** The pump; `maxInFlight` bounds what consumers may hold (tests make it small). */
+  static readonly layer = (maxInFlight = MAX_IN_FLIGHT): Layer.Layer<
     ReplicationPump,
     never,
-    ReplicationConnection | ShapeLogCollector | ConsumerSupervisor | FlushTracker | PgAdmin
-  > = Layer.scoped(
+    ReplicationConnection | ShapeLogCollector | ConsumerSupervisor | FlushTracker | PgAdmin | ShapeCache
+  > => Layer.scoped(
     ReplicationPump,
     Effect.gen(function*() {
       yield* logWhenStopped("ReplicationPump")
@@ -39,13 +42,14 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
       const consumers = yield* ConsumerSupervisor
       const tracker = yield* FlushTracker
       const admin = yield* PgAdmin
+      const cache = yield* ShapeCache
       const failure = yield* Deferred.make<never, ReplicationError>()
 
       yield* replication.events.pipe(
         Stream.runForEach((txn) =>
           Effect.gen(function*() {
             if (txn.kind === "position") return tracker.trackPosition(txn.lsn)
-            if (tracker.inFlight() >= MAX_IN_FLIGHT) yield* tracker.awaitInFlightBelow(MAX_IN_FLIGHT)
+            if (tracker.inFlight() >= maxInFlight) yield* tracker.awaitInFlightBelow(maxInFlight)
             const deliveries = collector.route(txn)
             if (deliveries === undefined) return
             tracker.track(txn.commitLsn, txn.endLsn, deliveries.map((d) => d.handle))
@@ -58,7 +62,11 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
         Effect.forkScoped
       )
       return ReplicationPump.of({
-        failure: Deferred.await(failure).pipe(Effect.raceFirst(consumers.failure), Effect.raceFirst(admin.lockLost))
+        failure: Deferred.await(failure).pipe(
+          Effect.raceFirst(consumers.failure),
+          Effect.raceFirst(cache.failure),
+          Effect.raceFirst(admin.lockLost)
+        )
       })
     })
   )

@@ -6,48 +6,50 @@ import type { TableInfo, TableRef } from "../domain/Table.js"
 import { type PostgresError, RegistryError } from "../domain/errors.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 import { Inspector } from "../postgres/Inspector.js"
-import { PgAdmin, type PublicationState } from "../postgres/PgAdmin.js"
+import { PgAdmin, type SlotState } from "../postgres/PgAdmin.js"
 import { RegistryRows } from "../shapes/ShapeStatus.js"
 import { type ReplicationPositions, ReplicationState } from "../storage/ReplicationState.js"
 
-/** Why a table's changes may have been missed while shapes on it existed; undefined when they were not. */
-export const publicationGap = (state: PublicationState | undefined): string | undefined => {
-  if (state === undefined) return undefined
-  if (!state.published) return "was not in the publication"
-  if (!state.replicaFull) return "had lost REPLICA IDENTITY FULL"
-  return undefined
+/** The source as the activation check finds it. */
+interface Found {
+  readonly systemId: string
+  readonly timeline: number
+  /** Undefined when the publication does not exist. */
+  readonly publicationOid: number | undefined
+  readonly slot: SlotState
 }
 
 /**
  * Whether the slot can continue the shapes in this storage (DESIGN.md,
- * invariant 8); the reason it cannot, or undefined.
+ * invariant 8); the reason it cannot, or undefined. Decided from what
+ * Postgres and the registry hold, never from what this activation did, so a
+ * crash half way through repeats the same decision.
  */
-const sourceGap = (
-  admin: PgAdmin["Type"],
-  identity: { readonly systemId: string; readonly timeline: number },
-  stored: ReplicationPositions,
-  slot: Effect.Effect.Success<PgAdmin["Type"]["slotState"]>,
-  publicationCreated: boolean
-): string | undefined => {
-  // Decoding looks publications up as of each change's place in the WAL: a slot older than the publication
+const sourceGap = (admin: PgAdmin["Type"], found: Found, stored: ReplicationPositions): string | undefined => {
+  if (stored.systemId !== undefined && stored.systemId !== found.systemId) {
+    return `the database is another one (system identifier ${found.systemId}; the shapes came from ${stored.systemId})`
+  }
+  if (stored.timeline !== undefined && stored.timeline !== found.timeline) {
+    return `the database was restored or failed over (timeline ${found.timeline}; the shapes came from timeline ${stored.timeline})`
+  }
+  // Decoding looks publications up as of each change's place in the WAL: a slot older than its publication
   // fails on every change made before it, and nothing was published while it was gone.
-  if (publicationCreated && slot._tag !== "Missing") {
-    return `the publication ${admin.publicationName} did not exist (dropped?), so nothing was streamed while it was gone`
+  if (found.publicationOid === undefined && found.slot._tag !== "Missing") {
+    return `the publication ${admin.publicationName} does not exist (dropped?), so nothing was streamed without it`
   }
-  if (stored.systemId !== undefined && stored.systemId !== identity.systemId) {
-    return `the database is another one (system identifier ${identity.systemId}; the shapes came from ${stored.systemId})`
+  if (
+    found.publicationOid !== undefined && stored.publicationOid !== undefined && found.publicationOid !== stored.publicationOid
+  ) {
+    return `the publication ${admin.publicationName} was dropped and created again, so nothing was streamed in between`
   }
-  if (stored.timeline !== undefined && stored.timeline !== identity.timeline) {
-    return `the database was restored or failed over (timeline ${identity.timeline}; the shapes came from timeline ${stored.timeline})`
-  }
-  switch (slot._tag) {
+  switch (found.slot._tag) {
     case "Missing":
       return `the replication slot ${admin.slotName} does not exist (dropped, or the database was replaced)`
     case "Invalidated":
-      return `the replication slot ${admin.slotName} was invalidated (${slot.reason}): the WAL it held is gone`
+      return `the replication slot ${admin.slotName} was invalidated (${found.slot.reason}): the WAL it held is gone`
     case "Usable":
-      if (stored.acknowledged !== undefined && slot.confirmedFlushLsn > stored.acknowledged) {
-        return `the slot was acknowledged up to ${Lsn.toPg(slot.confirmedFlushLsn)}, past ${
+      if (stored.acknowledged !== undefined && found.slot.confirmedFlushLsn > stored.acknowledged) {
+        return `the slot was acknowledged up to ${Lsn.toPg(found.slot.confirmedFlushLsn)}, past ${
           Lsn.toPg(stored.acknowledged)
         }, the last position this storage acknowledged (the storage is older than the slot)`
       }
@@ -60,17 +62,18 @@ const sourceGap = (
  * Runs at every activation, once the slot's lock is held and the registry is
  * open, before the registry is loaded:
  *
- * - the slot: created now, invalidated, or acknowledged past what this
- *   storage acknowledged; the publication: created now (a slot older than it
- *   cannot decode, and nothing was streamed while it was gone); and the
- *   database's system identifier and timeline.
- *   Any of these means WAL nobody can replay: every shape is marked for
- *   removal (and the replication positions forgotten) before a new slot is
- *   created, so a crash in between cannot leave a shape over a hole.
- * - the publication (created if missing): every table with shapes in it must
- *   be published with `REPLICA IDENTITY FULL`. A table found otherwise may
- *   have changed unseen: its shapes are marked for removal, then it is put
- *   back.
+ * - the slot (missing, invalidated, or acknowledged past what this storage
+ *   acknowledged), the publication (missing, or dropped and created again:
+ *   a slot older than it cannot decode) and the database (its system
+ *   identifier and timeline). Any of these means WAL nobody can replay: every
+ *   shape is marked for removal and the replication positions are forgotten,
+ *   then the slot is dropped, then the publication and a new slot are
+ *   created. Each step leaves something the next activation recognises, so a
+ *   crash at any point ends the same way.
+ * - every table with shapes in it: still the table the shapes were taken
+ *   from, and published with `REPLICA IDENTITY FULL`. A table found
+ *   otherwise may have changed unseen: its shapes are marked for removal,
+ *   then it is put back (unless it is gone).
  *
  * Marked shapes are no longer found; the shape cache finishes their removal,
  * and clients get a 409 with a new handle and a fresh snapshot.
@@ -82,17 +85,16 @@ export const SourceCheck = {
       const admin = yield* PgAdmin
       const sql = yield* SqlClient.SqlClient
 
-      const publicationCreated = yield* admin.ensurePublication
       const identity = yield* admin.identifySystem
+      const found: Found = { ...identity, publicationOid: yield* admin.publicationOid, slot: yield* admin.slotState }
       const stored = yield* ReplicationState.read(sql)
       const shapes = yield* RegistryRows.list(sql)
-      const slot = yield* admin.slotState
 
-      const gap = sourceGap(admin, identity, stored, slot, publicationCreated)
+      const gap = sourceGap(admin, found, stored)
       if (gap !== undefined) {
         if (shapes.length > 0) {
           yield* Effect.logWarning(`invalidating all ${shapes.length} shapes: ${gap}; clients re-sync with new handles`)
-        } else if (slot._tag !== "Missing") {
+        } else if (found.slot._tag !== "Missing") {
           yield* Effect.logInfo(`starting over: ${gap}`)
         }
         yield* Effect.zipRight(RegistryRows.markRemoving(sql, "all"), ReplicationState.clearPositions(sql)).pipe(
@@ -100,69 +102,103 @@ export const SourceCheck = {
           Effect.mapError((cause) => (cause instanceof RegistryError ? cause : new RegistryError({ operation: "invalidate", cause })))
         )
       }
-      // A slot that cannot continue is replaced; one that is usable is kept (its position is where a new start
-      // begins anyway) unless it is older than the publication.
-      const replaceSlot = slot._tag === "Invalidated" || (slot._tag === "Usable" && publicationCreated)
+      // A slot that cannot continue is replaced; a usable one is kept (where it stands is where a fresh start
+      // begins anyway) unless its publication is not the one it was decoding with.
+      const publicationReplaced = found.publicationOid === undefined ||
+        (stored.publicationOid !== undefined && found.publicationOid !== stored.publicationOid)
+      const replaceSlot = found.slot._tag === "Invalidated" || (found.slot._tag === "Usable" && publicationReplaced)
       if (replaceSlot) yield* admin.dropSlot
-      if (slot._tag === "Missing" || replaceSlot) {
+      if (found.publicationOid === undefined) yield* admin.ensurePublication
+      if (found.slot._tag === "Missing" || replaceSlot) {
         yield* admin.createSlot
         yield* Effect.logInfo(`created the replication slot ${admin.slotName}`)
       }
-      yield* ReplicationState.writeSource(sql, identity.systemId, identity.timeline)
+      const publicationOid = found.publicationOid ?? (yield* admin.publicationOid)
+      if (publicationOid !== undefined) yield* ReplicationState.writeSource(sql, { ...identity, publicationOid })
       if (gap !== undefined) return
 
-      const onTables = shapes.map((s) => ({ handle: s.handle, table: s.definition.table }))
-      yield* checkPublication(onTables, (handles, table, why) =>
+      yield* checkTables(shapes, (handles, table, why, putBack) =>
         Effect.gen(function*() {
           yield* Effect.logWarning(
             `invalidating ${handles.length} shape(s) on ${table.schema}.${table.name}: the table ${why} while they ` +
               "existed, so changes may have been missed"
           )
           yield* RegistryRows.markRemoving(sql, handles)
-          yield* admin.addTable(table)
+          if (putBack !== undefined) yield* admin.addTable(putBack)
         }))
     })
   )
 } as const
 
+/** Shapes on one table, as the table checks see them. */
+export interface ShapesOnTable {
+  readonly handle: ShapeHandle
+  readonly table: TableRef
+  /** The oid of the table the shape was taken from; undefined when not recorded. */
+  readonly tableOid: number | undefined
+}
+
 /**
- * Finds the tables of `shapes` whose publication state leaves a gap and hands
+ * Finds the tables of `shapes` whose changes may have been missed and hands
  * each, with its shapes, to `invalidate` (which must invalidate them before
- * putting the table back). Tables that no longer exist, or can no longer be
- * replicated, are left to the shape cache, which removes their shapes when it
- * restores them.
+ * putting the table back): a table dropped, or dropped and created again
+ * (another oid), or no longer replicated (unlogged), or out of the
+ * publication, or without `REPLICA IDENTITY FULL`. `putBack` is the table to
+ * put back into the publication, when there is one to put back. The catalog
+ * is read afresh, not from the inspector's cache.
  */
-export const checkPublication = <E>(
-  shapes: ReadonlyArray<{ readonly handle: ShapeHandle; readonly table: TableRef }>,
-  invalidate: (handles: ReadonlyArray<ShapeHandle>, table: TableInfo, why: string) => Effect.Effect<void, E>
+export const checkTables = <E>(
+  shapes: ReadonlyArray<ShapesOnTable>,
+  invalidate: (
+    handles: ReadonlyArray<ShapeHandle>,
+    table: TableRef,
+    why: string,
+    putBack: TableInfo | undefined
+  ) => Effect.Effect<void, E>
 ): Effect.Effect<void, E | PostgresError, PgAdmin | Inspector> =>
   Effect.gen(function*() {
     const admin = yield* PgAdmin
     const inspector = yield* Inspector
-    const byTable = new Map<string, { ref: TableRef; handles: Array<ShapeHandle> }>()
+    const byTable = new Map<string, { ref: TableRef; shapes: Array<ShapesOnTable> }>()
     for (const shape of shapes) {
-      const ref = shape.table
-      const key = JSON.stringify([ref.schema, ref.name])
+      const key = JSON.stringify([shape.table.schema, shape.table.name])
       let entry = byTable.get(key)
       if (entry === undefined) {
-        entry = { ref, handles: [] }
+        entry = { ref: shape.table, shapes: [] }
         byTable.set(key, entry)
       }
-      entry.handles.push(shape.handle)
+      entry.shapes.push(shape)
     }
-    const tables: Array<{ table: TableInfo; handles: Array<ShapeHandle> }> = []
-    for (const { handles, ref } of byTable.values()) {
+    const published: Array<{ table: TableInfo; handles: Array<ShapeHandle> }> = []
+    for (const { ref, shapes: onTable } of byTable.values()) {
+      yield* inspector.invalidate(ref)
       const loaded = yield* Effect.either(inspector.load(ref))
       if (Either.isLeft(loaded)) {
-        if (loaded.left.reason === "TableNotFound" || loaded.left.reason === "UnsupportedTable") continue
-        return yield* loaded.left
+        const reason = loaded.left.reason
+        if (reason !== "TableNotFound" && reason !== "UnsupportedTable") return yield* loaded.left
+        const why = reason === "TableNotFound" ? "was dropped" : "can no longer be replicated (unlogged?)"
+        yield* invalidate(onTable.map((s) => s.handle), ref, why, undefined)
+        continue
       }
-      tables.push({ table: loaded.right, handles })
+      const table = loaded.right
+      // Shapes of another table of the same name go; those of this one are checked against the publication.
+      const stale = onTable.filter((s) => s.tableOid !== undefined && s.tableOid !== table.oid)
+      if (stale.length > 0) yield* invalidate(stale.map((s) => s.handle), ref, "was dropped and created again", undefined)
+      const current = onTable.filter((s) => s.tableOid === undefined || s.tableOid === table.oid).map((s) => s.handle)
+      if (current.length > 0) published.push({ table, handles: current })
     }
-    if (tables.length === 0) return
-    const states = yield* admin.publicationStates(tables.map((t) => t.table.oid))
-    for (const { handles, table } of tables) {
+    if (published.length === 0) return
+    const states = yield* admin.publicationStates(published.map((t) => t.table.oid))
+    for (const { handles, table } of published) {
       const why = publicationGap(states.get(table.oid))
-      if (why !== undefined) yield* invalidate(handles, table, why)
+      if (why !== undefined) yield* invalidate(handles, table, why, table)
     }
   })
+
+/** Why a published table's changes may have been missed while shapes on it existed; undefined when they were not. */
+const publicationGap = (state: { readonly published: boolean; readonly replicaFull: boolean } | undefined): string | undefined => {
+  if (state === undefined) return "was dropped"
+  if (!state.published) return "was not in the publication"
+  if (!state.replicaFull) return "had lost REPLICA IDENTITY FULL"
+  return undefined
+}

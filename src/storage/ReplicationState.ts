@@ -17,13 +17,16 @@ export interface ReplicationPositions {
   /** The source's `system_identifier` and timeline when the shapes were last served from it. */
   readonly systemId: string | undefined
   readonly timeline: number | undefined
+  /** The oid of the publication the slot decoded with: one dropped and created again has another. */
+  readonly publicationOid: number | undefined
 }
 
 const KEYS = {
   lastProcessed: "last_processed_lsn",
   acknowledged: "acknowledged_lsn",
   systemId: "system_identifier",
-  timeline: "timeline"
+  timeline: "timeline",
+  publicationOid: "publication_oid"
 } as const
 
 const fail = (operation: string) => (cause: unknown) => new RegistryError({ operation, cause })
@@ -42,16 +45,20 @@ export const ReplicationState = {
       const v = get(key)
       return v === undefined ? undefined : BigInt(v)
     }
-    const timeline = get(KEYS.timeline)
+    const number = (key: string) => {
+      const v = get(key)
+      return v === undefined ? undefined : Number(v)
+    }
     return {
       lastProcessed: lsn(KEYS.lastProcessed),
       acknowledged: lsn(KEYS.acknowledged),
       systemId: get(KEYS.systemId),
-      timeline: timeline === undefined ? undefined : Number(timeline)
+      timeline: number(KEYS.timeline),
+      publicationOid: number(KEYS.publicationOid)
     } satisfies ReplicationPositions
   }),
 
-  /** Persists both positions in one transaction (durable when it returns). */
+  /** Persists both positions in one transaction. */
   writePositions: (sql: SqlClient.SqlClient, lastProcessed: Lsn, acknowledged: Lsn) =>
     Effect.zipRight(upsert(sql, KEYS.lastProcessed, String(lastProcessed)), upsert(sql, KEYS.acknowledged, String(acknowledged))).pipe(
       sql.withTransaction,
@@ -59,16 +66,14 @@ export const ReplicationState = {
       Effect.mapError(fail("write replication positions"))
     ),
 
-  writeLastProcessed: (sql: SqlClient.SqlClient, lastProcessed: Lsn) =>
-    upsert(sql, KEYS.lastProcessed, String(lastProcessed)).pipe(
-      Effect.asVoid,
-      Effect.mapError(fail("write last_processed_lsn"))
-    ),
-
-  writeSource: (sql: SqlClient.SqlClient, systemId: string, timeline: number) =>
-    Effect.zipRight(upsert(sql, KEYS.systemId, systemId), upsert(sql, KEYS.timeline, String(timeline))).pipe(
+  /** Records what the shapes are now served from: the database's identity and the publication's oid. */
+  writeSource: (sql: SqlClient.SqlClient, source: { readonly systemId: string; readonly timeline: number; readonly publicationOid: number }) =>
+    Effect.all([
+      upsert(sql, KEYS.systemId, source.systemId),
+      upsert(sql, KEYS.timeline, String(source.timeline)),
+      upsert(sql, KEYS.publicationOid, String(source.publicationOid))
+    ], { discard: true }).pipe(
       sql.withTransaction,
-      Effect.asVoid,
       Effect.mapError(fail("write the source identity"))
     ),
 

@@ -2,7 +2,7 @@ import { NodeContext } from "@effect/platform-node"
 import { SqlClient } from "@effect/sql"
 import { SqliteClient, SqliteMigrator } from "@effect/sql-sqlite-node"
 import * as Reactivity from "@effect/experimental/Reactivity"
-import { Cause, Effect, ExecutionStrategy, Exit, Layer, Scope } from "effect"
+import { Cause, Clock, Effect, ExecutionStrategy, Exit, Layer, Scope } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { logWhenStopped } from "../domain/Lifecycle.js"
@@ -36,11 +36,27 @@ const describeCause = (cause: Cause.Cause<unknown>): string => {
   return message.split("\n")[0] ?? message
 }
 
+/** The SQLite result code (`SQLITE_CORRUPT`, …) somewhere in a failure's chain of causes. */
+const sqliteCode = (cause: Cause.Cause<unknown>): string | undefined => {
+  let error: unknown = Cause.squash(cause)
+  for (let depth = 0; depth < 5 && typeof error === "object" && error !== null; depth++) {
+    const code = (error as { code?: unknown }).code
+    if (typeof code === "string" && code.startsWith("SQLITE_")) return code
+    error = (error as { cause?: unknown }).cause
+  }
+  return undefined
+}
+
+/** What SQLite says when a file is not a database, or its pages are broken. */
+const DAMAGE_CODES = /^SQLITE_(CORRUPT|NOTADB)/
+
 /**
- * Opens the file and runs `PRAGMA quick_check` on a throw-away connection:
- * the reason it cannot be used, or undefined when it can (or does not exist yet).
+ * Opens the file on a throw-away connection and runs `PRAGMA quick_check`:
+ * the damage found (not a database, broken pages), or undefined when it can be
+ * used (or does not exist yet). Any other failure (a full disk, permissions, a
+ * file busy) fails: the file may be fine, and the stack is started again.
  */
-const probe = (filename: string): Effect.Effect<string | undefined> =>
+const probe = (filename: string): Effect.Effect<string | undefined, RegistryError> =>
   Effect.scoped(
     Effect.gen(function*() {
       if (!fs.existsSync(filename)) return undefined
@@ -49,19 +65,29 @@ const probe = (filename: string): Effect.Effect<string | undefined> =>
       const verdict = rows.map((r) => r.quick_check).join("; ")
       return verdict === "ok" ? undefined : verdict
     })
-  ).pipe(Effect.catchAllCause((cause) => Effect.succeed(describeCause(cause))))
+  ).pipe(
+    Effect.catchAllCause((cause) =>
+      DAMAGE_CODES.test(sqliteCode(cause) ?? "")
+        ? Effect.succeed(describeCause(cause))
+        : Effect.fail(new RegistryError({ operation: `open ${filename}: ${describeCause(cause)}` }))
+    )
+  )
 
 /**
  * Moves a damaged registry aside (kept for inspection, never deleted), so a
  * fresh one takes its place. Every shape is then unknown: their files are
  * orphans that the shape cache removes, and clients re-sync with new handles.
  */
-const setAside = (filename: string, reason: string): Effect.Effect<void> =>
+const setAside = (filename: string, reason: string): Effect.Effect<void, RegistryError> =>
   Effect.gen(function*() {
-    const aside = `${filename}.damaged-${new Date().toISOString().replaceAll(":", "-")}`
-    yield* Effect.sync(() => {
-      fs.renameSync(filename, aside)
-      for (const suffix of ["-wal", "-shm"]) fs.rmSync(filename + suffix, { force: true })
+    const now = new Date(yield* Clock.currentTimeMillis)
+    const aside = `${filename}.damaged-${now.toISOString().replaceAll(":", "-")}`
+    yield* Effect.try({
+      try: () => {
+        fs.renameSync(filename, aside)
+        for (const suffix of ["-wal", "-shm"]) fs.rmSync(filename + suffix, { force: true })
+      },
+      catch: (cause) => new RegistryError({ operation: `move the damaged ${filename} aside`, cause })
     })
     yield* Effect.logError(
       `the shape registry ${filename} is damaged (${reason}); moved it to ${path.basename(aside)} and started an ` +
@@ -87,11 +113,20 @@ export const ShapeDb = {
       Layer.provideMerge(
         Layer.unwrapEffect(
           Effect.gen(function*() {
-            yield* Effect.sync(() => fs.mkdirSync(path.dirname(filename), { recursive: true }))
+            yield* Effect.try({
+              try: () => fs.mkdirSync(path.dirname(filename), { recursive: true }),
+              catch: (cause) => new RegistryError({ operation: `create ${path.dirname(filename)}`, cause })
+            })
             const damaged = yield* probe(filename)
             if (damaged !== undefined) yield* setAside(filename, damaged)
             // The marker is a dependency of the client, so it is released (and logs) after the database closed.
-            return SqliteClient.layer({ filename }).pipe(Layer.provide(Layer.scopedDiscard(logWhenStopped("ShapeDb"))))
+            const client = SqliteClient.layer({ filename }).pipe(Layer.provide(Layer.scopedDiscard(logWhenStopped("ShapeDb"))))
+            // Every commit fsync'd: the acknowledged position must be on disk before Postgres hears of it, or a
+            // power loss would leave the slot ahead of the registry and invalidate every shape for nothing.
+            const durable = Layer.effectDiscard(
+              Effect.flatMap(SqlClient.SqlClient, (sql) => sql`PRAGMA synchronous = FULL`)
+            )
+            return durable.pipe(Layer.provideMerge(client))
           })
         )
       ),

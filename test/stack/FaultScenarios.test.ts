@@ -1,11 +1,21 @@
 import { SqlError } from "@effect/sql/SqlError"
 import { describe, expect, it } from "@effect/vitest"
-import { Duration, Effect, Exit, Logger, Scope, TestClock, TestServices } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Fiber, Logger, Scope, TestClock, TestServices } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { defaultRestartPolicy, restartDelay } from "../../src/stack/StackSupervisor.js"
 import { FakePostgres, textTable } from "../support/fakes/FakePostgres.js"
-import { type Harness, insertedKeys, readToEnd, registryRows, startServer, tempDirs } from "../support/fakes/TestHarness.js"
+import { makeGate } from "../support/fakes/Intercept.js"
+import {
+  eventually,
+  type Harness,
+  insertedKeys,
+  readToEnd,
+  registryRows,
+  startServer,
+  tempDirs
+} from "../support/fakes/TestHarness.js"
+import { ShapeLogCollector } from "../../src/replication/ShapeLogCollector.js"
 
 /**
  * Faults that are about ordering or time, on the in-memory Postgres (real SQLite and shape storage)
@@ -114,6 +124,34 @@ describe("the replication pump", () => {
       const position = yield* db.keepalive()
       yield* db.awaitConfirmed(position)
       expect(db.confirmedFlush).toBe(position)
+    }))
+})
+
+describe("the in-flight window", () => {
+  it.scoped("one long snapshot holding a transaction does not stall the shapes of other tables", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const h = yield* startServer(db, yield* tempDirs, {}, "syncline", { maxInFlight: 10 })
+      const other = yield* readToEnd(h, "table=other")
+      // The snapshot of a new shape on items is held; a change to items waits in its consumer meanwhile.
+      const gate = yield* makeGate
+      db.intercept.snapshot.next(() => gate.hold, (table) => table.name === "items")
+      const creating = yield* Effect.fork(h.get(`/v1/shape?${QUERY}&offset=-1`))
+      yield* Deferred.await(gate.reached)
+      yield* db.commit([insert("held")])
+      let last = 0n
+      for (let i = 0; i < 30; i++) {
+        const t = yield* db.commit([{ kind: "insert", table: "other", row: { id: String(i), v: "x" } }])
+        last = t.commitLsn
+      }
+      // Thirty transactions past the window reach the other shape while the snapshot is still held.
+      const collector = Context.get(yield* h.active, ShapeLogCollector)
+      yield* eventually(Effect.sync(() => collector.lastRoutedLsn() >= last))
+      yield* eventually(Effect.map(readToEnd(h, "table=other", other), (after) => insertedKeys(after.messages).length === 30))
+
+      yield* Deferred.succeed(gate.release, undefined)
+      expect((yield* Fiber.join(creating)).status).toBe(200)
+      yield* db.awaitConfirmed(last)
     }))
 })
 

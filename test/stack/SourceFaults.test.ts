@@ -151,6 +151,61 @@ describe("the source is the same source, or the shapes go", () => {
     await server.stop()
   })
 
+  it("a publication dropped and created again while stopped: the slot, older than it, is replaced", async () => {
+    const s = await scenario("pub_recreated")
+    let server = await s.start()
+    const f = followed(s.baseUrl, s.table)
+    await f.equalsPostgres()
+    const first = f.handles.at(-1)
+
+    await server.stop()
+    await pool.query(`DROP PUBLICATION ${s.publication}`)
+    await change(s.table, "unpublished")
+    await pool.query(`CREATE PUBLICATION ${s.publication} FOR TABLE ${s.table}`)
+    server = await s.start()
+    await expectResynced(f, s.table, first)
+    await server.stop()
+  })
+
+  it("a publication dropped while the service runs: the stack restarts and every shape re-syncs", async () => {
+    const s = await scenario("pub_running")
+    const server = await s.start()
+    const f = followed(s.baseUrl, s.table)
+    await f.equalsPostgres()
+    const first = f.handles.at(-1)
+
+    await pool.query(`DROP PUBLICATION ${s.publication}`)
+    await change(s.table, "unpublished")
+    await expectResynced(f, s.table, first)
+    await server.stop()
+  })
+
+  it("a table dropped and created again, while running or while stopped, has its shapes invalidated", async () => {
+    const s = await scenario("recreated")
+    const recreate = async (round: string) => {
+      await pool.query(`DROP TABLE ${s.table}`)
+      await pool.query(`CREATE TABLE ${s.table} (id int PRIMARY KEY, v text)`)
+      await pool.query(`INSERT INTO ${s.table} SELECT i, '${round} ' || i FROM generate_series(3, 7) i`)
+    }
+    let server = await s.start({ publicationCheckIntervalMs: 500 })
+    const f = followed(s.baseUrl, s.table)
+    await f.equalsPostgres()
+    const handles = [f.handles.at(-1)]
+
+    await recreate("while running")
+    await f.equalsPostgres()
+    handles.push(f.handles.at(-1))
+    await server.stop()
+    await recreate("while stopped")
+    server = await s.start({ publicationCheckIntervalMs: 500 })
+    await f.equalsPostgres()
+    handles.push(f.handles.at(-1))
+    await change(s.table, "after")
+    await f.equalsPostgres()
+    expect(new Set(handles).size).toBe(3)
+    await server.stop()
+  })
+
   it("a table removed from the publication while stopped, or while running, has its shapes invalidated", async () => {
     const s = await scenario("pub_table")
     let server = await s.start({ publicationCheckIntervalMs: 500 })

@@ -10,7 +10,9 @@ export interface FollowedRow {
 /**
  * A shape followed with the official client (`ShapeStream` and `Shape`, as
  * an app uses them), with every response it got recorded: its status and the
- * handle it named.
+ * handle it named. Every message is also checked as a strict client would:
+ * an insert of a row already held, or an update or delete of a row not held,
+ * fails `equalsPostgres`.
  */
 export interface Follower {
   readonly statuses: ReadonlyArray<number>
@@ -56,6 +58,20 @@ export const follow = (
     fetchClient: recording as typeof fetch,
     backoffOptions: { initialDelay: 100, maxDelay: 1000, multiplier: 1.5 }
   })
+  // What a strict client would refuse: an insert of a row it holds, an update or delete of one it does not.
+  const held = new Set<string>()
+  const violations: Array<string> = []
+  stream.subscribe((messages) => {
+    for (const m of messages as ReadonlyArray<{ key?: string; headers: Record<string, unknown> }>) {
+      const op = m.headers["operation"]
+      if (m.headers["control"] === "must-refetch") held.clear()
+      if (m.key === undefined || typeof op !== "string") continue
+      if (op === "insert" && held.has(m.key)) violations.push(`duplicate insert of ${m.key}`)
+      if (op !== "insert" && !held.has(m.key)) violations.push(`${op} of ${m.key}, which the client does not hold`)
+      if (op === "delete") held.delete(m.key)
+      else held.add(m.key)
+    }
+  })
   const shape = new Shape(stream as never)
   const rows = () => sortRows(shape.currentRows as unknown as ReadonlyArray<FollowedRow>)
   const query = `SELECT id, v FROM ${table}${options.where === undefined ? "" : ` WHERE ${options.where}`} ORDER BY id`
@@ -69,10 +85,12 @@ export const follow = (
       let expected: ReadonlyArray<FollowedRow> = []
       for (;;) {
         expected = (await pool.query<FollowedRow>(query)).rows.map((r) => ({ id: r.id, v: r.v }))
+        if (violations.length > 0) break
         if (JSON.stringify(rows()) === JSON.stringify(expected)) return
         if (Date.now() > deadline) break
         await new Promise((r) => setTimeout(r, 50))
       }
+      if (violations.length > 0) throw new Error(`the client got messages it must refuse on ${table}: ${violations.join("; ")}`)
       throw new Error(
         `the client never caught up with Postgres on ${table}:\n  client:   ${JSON.stringify(rows())}\n  postgres: ${
           JSON.stringify(expected)

@@ -17,7 +17,8 @@ export const FakePgAdmin = {
         publicationName: "fake_publication",
         slotName: "fake_slot",
         checkPrerequisites: Effect.void,
-        ensurePublication: Effect.succeed(false),
+        ensurePublication: Effect.void,
+        publicationOid: Effect.succeed(16_000),
         identifySystem: Effect.sync(() => ({ systemId: db.systemId, timeline: db.timeline })),
         slotState: Effect.sync(() =>
           db.slotExists ? { _tag: "Usable", confirmedFlushLsn: db.confirmedFlush } as const : { _tag: "Missing" } as const

@@ -65,10 +65,14 @@ export class FakePostgres {
   readonly events: Array<string> = []
   /** Every ack the slot received (from every connection), in order. */
   readonly acks: Array<Lsn> = []
-  /** Interceptions tests arm: the next ack, the next catalog load, the next SQLite statement of the registry. */
+  /**
+   * Interceptions tests arm: the next ack, the next catalog load, the next snapshot, the next SQLite
+   * statement of the registry.
+   */
   readonly intercept = {
     ack: new Intercept<Lsn>(),
     load: new Intercept<TableRef>(),
+    snapshot: new Intercept<TableRef>(),
     sql: new Intercept<string>()
   }
   /** When true, acks are recorded but never reach `confirmedFlush` (as if the standby status was lost). */

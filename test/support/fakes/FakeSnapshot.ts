@@ -8,7 +8,8 @@ import type { FakePostgres } from "./FakePostgres.js"
  * Snapshots of the fake database: a table's current rows as the shape log's
  * insert messages, and visibility information in which every committed fake
  * transaction is visible (commits are atomic, so nothing is ever in progress).
- * Supports whole-table shapes and `changes_only` (`whereSql = "false"`).
+ * Supports whole-table shapes and `changes_only` (`whereSql = "false"`). Each
+ * snapshot passes through `db.intercept.snapshot`, so a test can hold one.
  */
 export const FakeSnapshot = {
   layer: (db: FakePostgres): Layer.Layer<Snapshot> =>
@@ -16,7 +17,7 @@ export const FakeSnapshot = {
       Snapshot,
       Snapshot.of({
         take: (table, options) =>
-          Effect.gen(function*() {
+          db.intercept.snapshot.around({ schema: table.schema, name: table.name }, Effect.gen(function*() {
             if (options.whereSql !== undefined && options.whereSql !== "false") {
               return yield* new PostgresError({ reason: "Snapshot", message: "the fake snapshot reads whole tables only" })
             }
@@ -30,7 +31,7 @@ export const FakeSnapshot = {
             const info = db.snapshotInfo(lines.length)
             if (lines.length > 0) yield* options.onLines(lines)
             return info
-          })
+          }))
       })
     )
 } as const

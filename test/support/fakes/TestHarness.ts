@@ -36,10 +36,11 @@ export const startServer = (
   db: FakePostgres,
   dirs: TestDirs,
   settings: Partial<StackSettings> = {},
-  holder = "syncline"
+  holder = "syncline",
+  options: { readonly maxInFlight?: number } = {}
 ): Effect.Effect<Harness, unknown, Scope.Scope> =>
   Effect.gen(function*() {
-    const context = yield* Layer.build(TestServer(db, dirs, settings, holder))
+    const context = yield* Layer.build(TestServer(db, dirs, settings, holder, options))
     const supervisor = Context.get(context, StackSupervisor)
     const client = Context.get(context, HttpClient.HttpClient)
     const get = (pathAndQuery: string) =>
