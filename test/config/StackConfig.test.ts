@@ -45,6 +45,7 @@ describe("stackSettingsConfig", () => {
       expect(s.enableIntegrationTesting).toBe(false)
       expect(s.shutdownTimeoutMs).toBe(10_000)
       expect(s.sendTimeoutMs).toBe(30_000)
+      expect(s.publicationCheckIntervalMs).toBe(60_000)
       expect(Option.isNone(s.databaseUrl)).toBe(true)
       expect(Option.isNone(s.secret)).toBe(true)
       expect(publicationName(s)).toBe("electric_publication_default")
@@ -71,7 +72,8 @@ describe("stackSettingsConfig", () => {
         ELECTRIC_REPLICATION_STREAM_ID: "stack_2",
         ELECTRIC_ENABLE_INTEGRATION_TESTING: "true",
         SYNCLINE_SHUTDOWN_TIMEOUT: "2500",
-        SYNCLINE_SEND_TIMEOUT: "750"
+        SYNCLINE_SEND_TIMEOUT: "750",
+        SYNCLINE_PUBLICATION_CHECK_INTERVAL: "5000"
       })
       expect(redactedValue(s.databaseUrl)).toEqual(Option.some("postgresql://user:pw@db.example:5433/app?sslmode=disable"))
       expect(redactedValue(s.secret)).toEqual(Option.some("s3cret"))
@@ -85,6 +87,7 @@ describe("stackSettingsConfig", () => {
       expect(s.enableIntegrationTesting).toBe(true)
       expect(s.shutdownTimeoutMs).toBe(2500)
       expect(s.sendTimeoutMs).toBe(750)
+      expect(s.publicationCheckIntervalMs).toBe(5000)
       expect(publicationName(s)).toBe("electric_publication_stack_2")
       expect(slotName(s)).toBe("electric_slot_stack_2")
     }))
@@ -128,6 +131,9 @@ describe("stackSettingsConfig", () => {
       )
       expect(yield* problem({ SYNCLINE_SEND_TIMEOUT: "0" })).toBe(
         `SYNCLINE_SEND_TIMEOUT must be a positive duration in milliseconds, got "0"`
+      )
+      expect(yield* problem({ SYNCLINE_PUBLICATION_CHECK_INTERVAL: "10" })).toBe(
+        `SYNCLINE_PUBLICATION_CHECK_INTERVAL must be a duration in milliseconds (at least 100), got "10"`
       )
       expect(yield* problem({ DATABASE_URL: "mysql://localhost/db", ELECTRIC_INSECURE: "true" })).toBe(
         "DATABASE_URL must be a postgresql:// URL"
