@@ -1,7 +1,6 @@
 import { Cause, Context, Deferred, Effect, FiberMap, Layer, Queue } from "effect"
 import type { Transaction } from "../domain/Change.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
-
 import { FlushTracker } from "../replication/FlushTracker.js"
 import type { Delivery } from "../replication/ShapeLogCollector.js"
 import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"

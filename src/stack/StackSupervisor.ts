@@ -98,7 +98,10 @@ export const defaultRestartPolicy: RestartPolicy = {
 
 /** The wait before attempt `failures + 1` (after `failures` failures in a row, at least one). */
 export const restartDelay = (policy: RestartPolicy, failures: number): Duration.Duration =>
-  Duration.min(Duration.times(Duration.decode(policy.firstDelay), 2 ** Math.min(failures - 1, 30)), Duration.decode(policy.maxDelay))
+  Duration.min(
+    Duration.times(Duration.decode(policy.firstDelay), 2 ** Math.min(failures - 1, 30)),
+    Duration.decode(policy.maxDelay)
+  )
 
 /** Errors no retry can fix: the operator must change Postgres's configuration or the role. */
 const isFatal = (error: unknown): error is PostgresError =>
