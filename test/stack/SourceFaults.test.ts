@@ -87,6 +87,24 @@ const change = async (table: string, round: string) => {
   await pool.query(`INSERT INTO ${table} SELECT max(id) + 10, '${round}' FROM ${table}`)
 }
 
+type Scenario = Awaited<ReturnType<typeof scenario>>
+type Settings = { readonly publicationCheckIntervalMs?: number }
+
+/** A service on the scenario, with the official client following its table up to date; `first` is its handle. */
+const following = async (s: Scenario, settings: Settings = {}) => {
+  const server = await s.start(settings)
+  const f = followed(s.baseUrl, s.table)
+  await f.equalsPostgres()
+  return { server, f, first: f.handles.at(-1) }
+}
+
+/** Stops the service, applies `fault` while it is down, and starts it again on the same storage and port. */
+const whileStopped = async (s: Scenario, server: RunningSyncline, fault: () => Promise<void>, settings: Settings = {}) => {
+  await server.stop()
+  await fault()
+  return s.start(settings)
+}
+
 /** After the fault: the client re-synced with a new handle, through a 409, and later changes reach it too. */
 const expectResynced = async (f: Follower, table: string, before: string | undefined) => {
   await f.equalsPostgres()
@@ -99,28 +117,18 @@ const expectResynced = async (f: Follower, table: string, before: string | undef
 describe("the source is the same source, or the shapes go", () => {
   it("a slot dropped while the service is stopped invalidates every shape: the client re-syncs and equals Postgres", async () => {
     const s = await scenario("slot_stopped")
-    let server = await s.start()
-    const f = followed(s.baseUrl, s.table)
-    await f.equalsPostgres()
-    await change(s.table, "before")
-    await f.equalsPostgres()
-    const first = f.handles.at(-1)
-
-    await server.stop()
-    await dropSlot(s.slot)
-    await change(s.table, "while-stopped")
-    server = await s.start()
+    const { f, first, server } = await following(s)
+    const restarted = await whileStopped(s, server, async () => {
+      await dropSlot(s.slot)
+      await change(s.table, "while-stopped")
+    })
     await expectResynced(f, s.table, first)
-    await server.stop()
+    await restarted.stop()
   })
 
   it("a slot dropped while the service runs invalidates every shape once the stream reconnects", async () => {
     const s = await scenario("slot_running")
-    const server = await s.start()
-    const f = followed(s.baseUrl, s.table)
-    await f.equalsPostgres()
-    const first = f.handles.at(-1)
-
+    const { f, first, server } = await following(s)
     await dropSlot(s.slot)
     await change(s.table, "slot-gone")
     await expectResynced(f, s.table, first)
@@ -129,51 +137,36 @@ describe("the source is the same source, or the shapes go", () => {
 
   it("a publication dropped while the service is stopped: the slot is replaced, its tables put back and their shapes re-synced", async () => {
     const s = await scenario("pub_stopped")
-    let server = await s.start()
-    const f = followed(s.baseUrl, s.table)
-    await f.equalsPostgres()
-    const first = f.handles.at(-1)
-
-    await server.stop()
-    await pool.query(`DROP PUBLICATION ${s.publication}`)
-    await change(s.table, "unpublished")
-    server = await s.start()
-    await f.equalsPostgres()
+    const { f, first, server } = await following(s)
+    const restarted = await whileStopped(s, server, async () => {
+      await pool.query(`DROP PUBLICATION ${s.publication}`)
+      await change(s.table, "unpublished")
+    })
     // The table is back in the publication: later changes reach the client too.
-    await change(s.table, "after")
-    await f.equalsPostgres()
-    expect(f.handles.at(-1)).not.toBe(first)
+    await expectResynced(f, s.table, first)
     const { rows } = await pool.query("SELECT 1 FROM pg_publication_tables WHERE pubname = $1 AND tablename = $2", [
       s.publication,
       s.table
     ])
     expect(rows).toHaveLength(1)
-    await server.stop()
+    await restarted.stop()
   })
 
   it("a publication dropped and created again while stopped: the slot, older than it, is replaced", async () => {
     const s = await scenario("pub_recreated")
-    let server = await s.start()
-    const f = followed(s.baseUrl, s.table)
-    await f.equalsPostgres()
-    const first = f.handles.at(-1)
-
-    await server.stop()
-    await pool.query(`DROP PUBLICATION ${s.publication}`)
-    await change(s.table, "unpublished")
-    await pool.query(`CREATE PUBLICATION ${s.publication} FOR TABLE ${s.table}`)
-    server = await s.start()
+    const { f, first, server } = await following(s)
+    const restarted = await whileStopped(s, server, async () => {
+      await pool.query(`DROP PUBLICATION ${s.publication}`)
+      await change(s.table, "unpublished")
+      await pool.query(`CREATE PUBLICATION ${s.publication} FOR TABLE ${s.table}`)
+    })
     await expectResynced(f, s.table, first)
-    await server.stop()
+    await restarted.stop()
   })
 
   it("a publication dropped while the service runs: the stack restarts and every shape re-syncs", async () => {
     const s = await scenario("pub_running")
-    const server = await s.start()
-    const f = followed(s.baseUrl, s.table)
-    await f.equalsPostgres()
-    const first = f.handles.at(-1)
-
+    const { f, first, server } = await following(s)
     await pool.query(`DROP PUBLICATION ${s.publication}`)
     await change(s.table, "unpublished")
     await expectResynced(f, s.table, first)
@@ -187,48 +180,34 @@ describe("the source is the same source, or the shapes go", () => {
       await pool.query(`CREATE TABLE ${s.table} (id int PRIMARY KEY, v text)`)
       await pool.query(`INSERT INTO ${s.table} SELECT i, '${round} ' || i FROM generate_series(3, 7) i`)
     }
-    let server = await s.start({ publicationCheckIntervalMs: 500 })
-    const f = followed(s.baseUrl, s.table)
-    await f.equalsPostgres()
-    const handles = [f.handles.at(-1)]
-
+    const checked = { publicationCheckIntervalMs: 500 }
+    const { f, first, server } = await following(s, checked)
     await recreate("while running")
     await f.equalsPostgres()
-    handles.push(f.handles.at(-1))
-    await server.stop()
-    await recreate("while stopped")
-    server = await s.start({ publicationCheckIntervalMs: 500 })
-    await f.equalsPostgres()
-    handles.push(f.handles.at(-1))
-    await change(s.table, "after")
-    await f.equalsPostgres()
-    expect(new Set(handles).size).toBe(3)
-    await server.stop()
+    const second = f.handles.at(-1)
+    const restarted = await whileStopped(s, server, () => recreate("while stopped"), checked)
+    await expectResynced(f, s.table, second)
+    expect(new Set([first, second, f.handles.at(-1)]).size).toBe(3)
+    await restarted.stop()
   })
 
   it("a table removed from the publication while stopped, or while running, has its shapes invalidated", async () => {
     const s = await scenario("pub_table")
-    let server = await s.start({ publicationCheckIntervalMs: 500 })
-    const f = followed(s.baseUrl, s.table)
+    const checked = { publicationCheckIntervalMs: 500 }
+    const { f, first, server } = await following(s, checked)
+    const restarted = await whileStopped(s, server, async () => {
+      await pool.query(`ALTER PUBLICATION ${s.publication} DROP TABLE ${s.table}`)
+      await change(s.table, "out-while-stopped")
+    }, checked)
     await f.equalsPostgres()
-    const handles = [f.handles.at(-1)]
-
-    await server.stop()
-    await pool.query(`ALTER PUBLICATION ${s.publication} DROP TABLE ${s.table}`)
-    await change(s.table, "out-while-stopped")
-    server = await s.start({ publicationCheckIntervalMs: 500 })
-    await f.equalsPostgres()
-    handles.push(f.handles.at(-1))
+    const second = f.handles.at(-1)
 
     // Running: taken out, written, and put back by the periodic check.
     await pool.query(`ALTER PUBLICATION ${s.publication} DROP TABLE ${s.table}`)
     await change(s.table, "out-while-running")
-    await f.equalsPostgres()
-    handles.push(f.handles.at(-1))
-    await change(s.table, "after")
-    await f.equalsPostgres()
-    expect(new Set(handles).size).toBe(3)
-    await server.stop()
+    await expectResynced(f, s.table, second)
+    expect(new Set([first, second, f.handles.at(-1)]).size).toBe(3)
+    await restarted.stop()
   })
 
   it("a table whose replica identity was changed has its shapes invalidated and gets REPLICA IDENTITY FULL back", async () => {
@@ -242,44 +221,33 @@ describe("the source is the same source, or the shapes go", () => {
 
     await pool.query(`ALTER TABLE ${s.table} REPLICA IDENTITY DEFAULT`)
     await pool.query(`UPDATE ${s.table} SET v = 'moved out' WHERE id = 1`)
-    for (let i = 0; i < 200; i++) {
-      const { rows } = await pool.query<{ relreplident: string }>("SELECT relreplident FROM pg_class WHERE relname = $1", [s.table])
-      if (rows[0]!.relreplident === "f") break
-      await new Promise((r) => setTimeout(r, 50))
-    }
+    const identity = async () =>
+      (await pool.query<{ relreplident: string }>("SELECT relreplident FROM pg_class WHERE relname = $1", [s.table]))
+        .rows[0]!.relreplident
+    for (let i = 0; i < 200 && (await identity()) !== "f"; i++) await new Promise((r) => setTimeout(r, 50))
     await f.equalsPostgres()
     expect(f.handles.at(-1)).not.toBe(first)
     await pool.query(`UPDATE ${s.table} SET v = 'moved out too' WHERE id = 2`)
     await f.equalsPostgres()
-    const { rows } = await pool.query<{ relreplident: string }>("SELECT relreplident FROM pg_class WHERE relname = $1", [s.table])
-    expect(rows[0]!.relreplident).toBe("f")
+    expect(await identity()).toBe("f")
     await server.stop()
   })
 
   it("a storage dir restored from an older copy than the slot invalidates every shape; a quiet restart does not", async () => {
     const s = await scenario("old_storage")
-    let server = await s.start()
-    const f = followed(s.baseUrl, s.table)
-    await f.equalsPostgres()
-    await server.stop()
+    const { f, first, server } = await following(s)
     const backup = `${s.storageDir}.backup`
-    await fs.cp(s.storageDir, backup, { recursive: true })
-
     // A quiet stop and start keeps the shape: the slot is not past what the storage acknowledged.
-    server = await s.start()
+    const quiet = await whileStopped(s, server, () => fs.cp(s.storageDir, backup, { recursive: true }))
     await change(s.table, "after-backup")
     await f.equalsPostgres()
-    const kept = f.handles.at(-1)
-    expect(f.handles).toHaveLength(1)
-    await server.stop()
+    expect(f.handles).toEqual([first])
 
-    await fs.rm(s.storageDir, { recursive: true, force: true })
-    await fs.rename(backup, s.storageDir)
-    server = await s.start()
-    await change(s.table, "after-restore")
-    await f.equalsPostgres()
-    expect(f.handles.at(-1)).not.toBe(kept)
-    expect(f.statuses).toContain(409)
-    await server.stop()
+    const restored = await whileStopped(s, quiet, async () => {
+      await fs.rm(s.storageDir, { recursive: true, force: true })
+      await fs.rename(backup, s.storageDir)
+    })
+    await expectResynced(f, s.table, first)
+    await restored.stop()
   })
 })
