@@ -382,17 +382,14 @@ const serveActive = (
     // Files found damaged, or gone while the shape is still registered, invalidate the shape: it is removed
     // (with a log line saying why) and the client re-syncs with a new handle, never served over a hole.
     const handle = shape.handle
+    const stillRegistered = Effect.map(cache.get(handle), Option.isSome).pipe(Effect.orElseSucceed(() => false))
     const invalidateIfDamaged = (e: StorageError): Effect.Effect<never, StorageError> =>
       Effect.gen(function*() {
-        const damaged = e.reason === "Corrupt" ||
-          (e.reason === "Removed" && Option.isSome(yield* cache.get(handle).pipe(Effect.orElseSucceed(() => Option.none()))))
-        if (damaged) {
-          yield* cache.remove(handle, e.reason === "Corrupt" ? `its files are damaged (${e.message})` : "its files are missing")
-            .pipe(Effect.catchAll((cause) => Effect.logWarning(`removal of shape ${handle} failed`, cause)))
-        }
-        return yield* (damaged || e.reason === "Removed"
-          ? new StorageError({ reason: "Removed", handle, message: "the shape was removed" })
-          : e)
+        const damaged = e.reason === "Corrupt" || (e.reason === "Removed" && (yield* stillRegistered))
+        if (!damaged) return yield* e
+        yield* cache.remove(handle, e.reason === "Corrupt" ? `its files are damaged (${e.message})` : "its files are missing")
+          .pipe(Effect.catchAll((cause) => Effect.logWarning(`removal of shape ${handle} failed`, cause)))
+        return yield* new StorageError({ reason: "Removed", handle, message: "the shape was removed" })
       })
     // Removed between the lookup and the open: the definition has (or gets) a new shape.
     const log = yield* storage.open(handle).pipe(

@@ -93,7 +93,11 @@ export const RegistryRows = {
       ),
       Effect.mapError((cause) => new RegistryError({ operation: "list shapes", cause }))
     ),
-  /** Marks the shapes (every one with `"all"`) for removal. */
+  /**
+   * Marks the shapes (every one with `"all"`) for removal. The identity is released with the mark, so the
+   * definition can get a new shape (a row whose identity is still taken would make that insert fail) while
+   * the old one's removal finishes.
+   */
   markRemoving: (sql: SqlClient.SqlClient, handles: ReadonlyArray<ShapeHandle> | "all") =>
     (handles === "all"
       ? sql`UPDATE shapes SET removing = 1, identity = 'removing:' || handle WHERE removing = 0`
@@ -230,11 +234,7 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
         markRemoving: (handle) =>
           Effect.gen(function*() {
             yield* guard("markRemoving", () => undefined)
-            // The identity is released with the mark, so the definition can get a new shape (a row whose
-            // identity is still taken would make that insert fail) while this one's removal finishes.
-            yield* sql`UPDATE shapes SET removing = 1, identity = ${"removing:" + handle} WHERE handle = ${handle}`.pipe(
-              Effect.mapError(fail("markRemoving"))
-            )
+            yield* RegistryRows.markRemoving(sql, [handle])
             const record = byHandle.get(handle)
             byHandle.delete(handle)
             if (record !== undefined && byIdentity.get(record.identity)?.handle === handle) byIdentity.delete(record.identity)
