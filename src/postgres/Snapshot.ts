@@ -2,6 +2,8 @@ import { Context, Effect, Exit, Layer } from "effect"
 import type pg from "pg"
 import { to as copyTo } from "pg-copy-streams"
 import { PostgresError } from "../domain/errors.js"
+import type { PgType } from "../where/Ast.js"
+import { quoteIdent } from "../where/Sql.js"
 import { Lsn } from "../domain/Lsn.js"
 import { rowKeyPart, rowKeyPrefix } from "../domain/RowKey.js"
 import type { ColumnInfo, TableInfo } from "../domain/Table.js"
@@ -19,6 +21,54 @@ export interface SnapshotInfo {
 }
 
 /** What to read and where the lines go. */
+/** Which rows `Snapshot.rows` reads, and the clause each is tested against. */
+export interface RowsRequest {
+  readonly table: TableInfo
+  readonly columns: ReadonlyArray<string>
+  /** The clause (canonical SQL, subqueries included) each row is tested against: `RowsResult.rows[i].included`. */
+  readonly whereSql: string
+  /**
+   * Only rows whose values in some filter's columns are among that filter's values (texts of `types`, one
+   * array per value); every row when undefined.
+   */
+  readonly filters: ReadonlyArray<RowsFilter> | undefined
+}
+
+export interface RowsFilter {
+  readonly columns: ReadonlyArray<string>
+  readonly types: ReadonlyArray<PgType>
+  readonly values: ReadonlyArray<ReadonlyArray<string>>
+}
+
+/** What `Snapshot.rows` returns: the rows, each with whether the clause holds for it, and the snapshot read. */
+export interface RowsResult {
+  readonly xmin: bigint
+  readonly xmax: bigint
+  readonly xip: ReadonlyArray<bigint>
+  readonly rows: ReadonlyArray<{ readonly row: Record<string, string | null>; readonly included: boolean }>
+}
+
+const INCLUDED = "syncline.included"
+
+/** The query of a `RowsRequest`, with its parameters. */
+export const rowsQuery = (request: RowsRequest): { readonly sql: string; readonly params: ReadonlyArray<unknown> } => {
+  const { table } = request
+  const select = `SELECT ${request.columns.map(quoteIdent).join(", ")}, (${request.whereSql}) IS TRUE AS ${
+    quoteIdent(INCLUDED)
+  } FROM ${quoteIdent(table.schema)}.${quoteIdent(table.name)}`
+  if (request.filters === undefined) return { sql: select, params: [] }
+  const params: Array<unknown> = []
+  const conditions = request.filters.map((f) => {
+    const arrays = f.columns.map((_, i) => {
+      params.push(f.values.map((v) => v[i]!))
+      return `$${params.length}::${f.types[i]!}[]`
+    })
+    if (f.columns.length === 1) return `${quoteIdent(f.columns[0]!)} = ANY(${arrays[0]})`
+    return `(${f.columns.map(quoteIdent).join(", ")}) IN (SELECT * FROM unnest(${arrays.join(", ")}))`
+  })
+  return { sql: `${select} WHERE ${conditions.length === 0 ? "false" : conditions.join(" OR ")}`, params }
+}
+
 export interface SnapshotOptions<E> {
   /** A boolean SQL expression over the table's columns, or `undefined` for every row. */
   readonly whereSql: string | undefined
@@ -432,6 +482,12 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
    * pool (or is closed, after a failure or interruption).
    */
   readonly take: <E>(table: TableInfo, options: SnapshotOptions<E>) => Effect.Effect<SnapshotInfo, PostgresError | E>
+  /**
+   * Rows of a table, every value in its text form (as COPY and pgoutput print it), each with whether a clause
+   * holds for it, read in a `REPEATABLE READ READ ONLY` transaction, with that transaction's snapshot: what a
+   * move of a subquery's values brings in or takes out.
+   */
+  readonly rows: (request: RowsRequest) => Effect.Effect<RowsResult, PostgresError>
 }>() {
   /** The service over `PgPool`. */
   static readonly make: Effect.Effect<Snapshot["Type"], never, PgPool> = Effect.gen(function*() {
@@ -480,7 +536,37 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
         return { ...snapshot, lsn, rows: reader.count } satisfies SnapshotInfo
       })
 
-    return { take }
+    const textTypes = { getTypeParser: () => (value: string) => value }
+    const rows = (request: RowsRequest): Effect.Effect<RowsResult, PostgresError> =>
+      Effect.acquireUseRelease(
+        Effect.tryPromise({ try: () => pool.connect(), catch: fail("Query connection") }).pipe(
+          Effect.tap((client) => Effect.sync(() => client.on("error", noop)))
+        ),
+        (client) =>
+          Effect.tryPromise({
+            try: async () => {
+              await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+              const snap = await client.query<{ snapshot: string }>("SELECT pg_current_snapshot()::text AS snapshot")
+              const { sql, params } = rowsQuery(request)
+              const result = await client.query<Record<string, string | null>>({ text: sql, values: [...params], types: textTypes })
+              await client.query("COMMIT")
+              const found = result.rows.map((row) => {
+                const included = row[INCLUDED] === "t"
+                delete row[INCLUDED]
+                return { row, included }
+              })
+              return { ...parsePgSnapshot(snap.rows[0]!.snapshot), rows: found }
+            },
+            catch: fail("Query")
+          }),
+        (client, exit) =>
+          Effect.sync(() => {
+            client.off("error", noop)
+            client.release(Exit.isSuccess(exit) ? undefined : true)
+          })
+      ).pipe(Effect.withSpan("Snapshot.rows"))
+
+    return { take, rows }
   })
 
   /** The service as a layer over `PgPool`. */

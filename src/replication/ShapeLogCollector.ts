@@ -15,6 +15,8 @@ export interface RoutedShape {
   readonly matches: ((row: Row) => boolean) | undefined
   /** The table's columns (names and type oids) the shape was built on: see `columnSignature`. */
   readonly columns: string
+  /** The shapes its subqueries read: whatever reaches one of them reaches this shape too. */
+  readonly dependencies?: ReadonlyArray<ShapeHandle> | undefined
 }
 
 /**
@@ -56,6 +58,12 @@ interface TableShapes {
  *
  * It also holds the replay boundary: transactions at or below the last commit
  * LSN known processed are dropped (DESIGN.md, invariant 2).
+ *
+ * A transaction that reaches a dependency shape (the shape of a subquery) also
+ * reaches every shape that reads it, at any depth, even with none of its own
+ * rows: the move of a value may move rows in or out of them. Deliveries come
+ * out dependencies first (layers by depth), so that each consumer is handed a
+ * transaction after the shapes it reads.
  */
 export interface Router {
   readonly addShape: (shape: RoutedShape) => void
@@ -72,8 +80,17 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
   const tables = new Map<number, TableShapes>()
   const shapeTable = new Map<
     ShapeHandle,
-    { oid: number; equality: { column: string; value: string } | undefined; columns: string }
+    {
+      oid: number
+      equality: { column: string; value: string } | undefined
+      columns: string
+      dependencies: ReadonlyArray<ShapeHandle>
+      depth: number
+    }
   >()
+  /** Who reads each dependency shape. */
+  const dependents = new Map<ShapeHandle, Set<ShapeHandle>>()
+  let layered = false
   let lastRouted = lastProcessed
 
   const tableFor = (oid: number): TableShapes => {
@@ -105,13 +122,27 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
     } else {
       t.scanned.set(shape.handle, shape.matches ?? (() => true))
     }
-    shapeTable.set(shape.handle, { oid: shape.tableOid, equality: eq, columns: shape.columns })
+    const dependencies = shape.dependencies ?? []
+    let depth = 0
+    for (const d of dependencies) {
+      depth = Math.max(depth, (shapeTable.get(d)?.depth ?? 0) + 1)
+      let set = dependents.get(d)
+      if (set === undefined) dependents.set(d, set = new Set())
+      set.add(shape.handle)
+    }
+    if (dependencies.length > 0) layered = true
+    shapeTable.set(shape.handle, { oid: shape.tableOid, equality: eq, columns: shape.columns, dependencies, depth })
   }
 
   const removeShape = (handle: ShapeHandle): void => {
     const entry = shapeTable.get(handle)
     if (entry === undefined) return
     shapeTable.delete(handle)
+    for (const d of entry.dependencies) {
+      const set = dependents.get(d)
+      set?.delete(handle)
+      if (set !== undefined && set.size === 0) dependents.delete(d)
+    }
     const t = tables.get(entry.oid)
     if (t === undefined) return
     t.all.delete(handle)
@@ -195,7 +226,21 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
           break
       }
     }
-    return [...deliveries.values()]
+    if (!layered || dependents.size === 0) return [...deliveries.values()]
+    // Whatever reaches a dependency reaches its readers; then dependencies first.
+    const pending = [...deliveries.keys()]
+    while (pending.length > 0) {
+      const h = pending.pop()!
+      const readers = dependents.get(h)
+      if (readers === undefined) continue
+      for (const r of readers) {
+        if (deliveries.has(r)) continue
+        deliveries.set(r, { handle: r, changes: [], invalidated: undefined })
+        pending.push(r)
+      }
+    }
+    const depthOf = (d: Delivery) => shapeTable.get(d.handle)?.depth ?? 0
+    return [...deliveries.values()].sort((a, b) => depthOf(a) - depthOf(b))
   }
 
   return {

@@ -1,18 +1,40 @@
-import { Chunk, Deferred, Duration, Effect, Either, Queue } from "effect"
+import { Chunk, Deferred, Duration, Effect, Either, Queue, Schedule } from "effect"
 import type { Transaction } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
+import { rowKey } from "../domain/RowKey.js"
+import type { Lsn } from "../domain/Lsn.js"
 import type { StorageError } from "../domain/errors.js"
+import type { Snapshot } from "../postgres/Snapshot.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
 import type { Delivery } from "../replication/ShapeLogCollector.js"
 import type { LogEntry, ShapeLog } from "../storage/ShapeLogStorage.js"
-import { finishTransaction, makeShapeEncoder, type PendingEntry, transactionHeaders } from "./LogItems.js"
+import { finishTransaction, makeShapeEncoder, type PendingEntry, type ShapeEncoder, transactionHeaders } from "./LogItems.js"
+import { type LoggedTransaction, type Materializer, MaterializerInvariant, parseLogLines } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
 import type { SnapshotMark } from "./ShapeStatus.js"
+import { type DependencyLink, heldKeys, readLog, SubqueryState } from "./Subqueries.js"
 
-/** One routed transaction waiting in a consumer's queue. */
+/** One routed transaction waiting in a consumer's queue, or a wake-up (`txn` undefined) to load its materializer. */
 export interface Work {
-  readonly txn: Transaction
-  readonly delivery: Delivery
+  readonly txn: Transaction | undefined
+  readonly delivery: Delivery | undefined
+  /** For a shape with subqueries: per dependency, the last transaction routed to it with this one. */
+  readonly needs?: ReadonlyArray<Lsn> | undefined
+}
+
+/** How a consumer takes part in subquery shapes: reading its dependencies, and being read. */
+export interface SubqueryRole {
+  /** The shapes its subqueries read (none for a plain shape). */
+  readonly links: ReadonlyArray<DependencyLink>
+  /** This shape's materializer when other shapes read it: loaded by the consumer, then fed what it writes. */
+  readonly own: () => Materializer | undefined
+  /** The materializer is loaded: dependents may read it. */
+  readonly loaded: (materializer: Materializer) => Effect.Effect<void>
+  /** The consumer has handled every transaction up to `lsn` routed to it. */
+  readonly handled: (lsn: Lsn) => void
+  /** Transactions at or below it will not come again: the commit LSN the stack started from. */
+  readonly replayFloor: Lsn
+  readonly rows: Snapshot["Type"]["rows"]
 }
 
 /** Why a consumer stopped on its own: its shape must be removed. */
@@ -78,9 +100,11 @@ export const runConsumer = (options: {
   readonly invalidate: (reason: string) => Effect.Effect<void>
   /** Records durably that the shape is past its snapshot; a failure is only logged (the test would run again). */
   readonly markPastSnapshot: Effect.Effect<void>
+  readonly subqueries?: SubqueryRole | undefined
 }): Effect.Effect<void> => {
   const { shape, queue, tracker } = options
-  const encoder = makeShapeEncoder(shape)
+  const role = options.subqueries
+  let encoder: ShapeEncoder = makeShapeEncoder(shape)
   const handle = shape.handle
   const tableOid = shape.table.oid
 
@@ -126,6 +150,17 @@ export const runConsumer = (options: {
       )
     })
 
+    /** The log's committed transactions; `Left` with the invalidation reason when its files cannot be read. */
+    const readOwnLog = (log: ShapeLog): Effect.Effect<Either.Either<Array<LoggedTransaction>, string>> =>
+      readLog(log).pipe(
+        Effect.map((t) => Either.right(t)),
+        Effect.catchAll((error) => {
+          if (error.reason === "Closed") return Effect.interrupt
+          const fatal = fatalFor(error)
+          return fatal !== undefined ? Effect.succeed(Either.left(fatal)) : Effect.zipRight(backOff(error), readOwnLog(log))
+        })
+      )
+
     const first = yield* currentLog
     if (Either.isLeft(first)) return yield* options.invalidate(first.left)
     // Marks recorded before `pastSnapshot` existed: a log with changes in it was past its snapshot.
@@ -133,14 +168,149 @@ export const runConsumer = (options: {
 
     const entries: Array<LogEntry> = []
     const pending: Array<PendingEntry> = []
+    /** The commit LSN of the last transaction taken in this run. */
+    let lastTaken = 0n
+    /** The xids of the last transactions written: a move's query must see them all. */
+    const recentXids: Array<number> = []
+
+    // A shape with subqueries reads its dependencies' materializers and decides by the rows it holds.
+    let sub: SubqueryState | undefined
+    if (role !== undefined && role.links.length > 0) {
+      const materializers = yield* Effect.either(Effect.forEach(role.links, (l) => l.materializer))
+      if (Either.isLeft(materializers)) return yield* options.invalidate(`the shape its subquery reads (${materializers.left.handle}) is gone`)
+      const logged = yield* readOwnLog(first.right)
+      if (Either.isLeft(logged)) return yield* options.invalidate(logged.left)
+      sub = new SubqueryState(shape, heldKeys(logged.right), role.links, materializers.right, role.rows)
+      encoder = makeShapeEncoder(shape, { held: sub.held, matches: sub.matches })
+    }
+
+    /** Loads this shape's own materializer when one is wanted and not loaded: at a batch boundary, all it handled is in the log. */
+    const loadOwn = (log: ShapeLog): Effect.Effect<string | undefined> =>
+      Effect.gen(function*() {
+        const own = role?.own()
+        if (own === undefined || own.loaded) return undefined
+        const logged = yield* readOwnLog(log)
+        if (Either.isLeft(logged)) return logged.left
+        try {
+          own.load(logged.right, lastTaken > role!.replayFloor ? lastTaken : role!.replayFloor)
+        } catch (error) {
+          if (error instanceof MaterializerInvariant) return `its rows contradict its log: ${error.message}`
+          throw error
+        }
+        own.loaded = true
+        yield* role!.loaded(own)
+        return undefined
+      })
+
+    /** Handles a transaction the log already holds or the snapshot already has: nothing is written. */
+    const skip = (txn: Transaction) => {
+      const own = role?.own()
+      if (own?.loaded === true) own.catchUp(txn.commitLsn)
+      sub?.handled(txn.commitLsn)
+      role?.handled(txn.commitLsn)
+    }
+
+    /** Feeds this shape's materializer the entries just written for a transaction; a contradiction is returned. */
+    const feedOwn = (lsn: Lsn, from: number): string | undefined => {
+      const own = role?.own()
+      if (own?.loaded !== true) return undefined
+      try {
+        if (from === entries.length) own.catchUp(lsn)
+        else {
+          const logged: Array<LoggedTransaction> = []
+          parseLogLines(entries.slice(from).map((e) => e.json), logged)
+          own.apply({ lsn, operations: logged.flatMap((t) => t.operations) })
+        }
+      } catch (error) {
+        if (error instanceof MaterializerInvariant) return `its subquery values broke an invariant: ${error.message}`
+        throw error
+      }
+      return undefined
+    }
+
+    /** Whether a transaction is skipped as already in the snapshot (testing until the first xid ≥ xmax). */
+    const inSnapshot = (txn: Transaction): boolean => {
+      if (pastSnapshot) return false
+      if (widenXid(txn.xid, mark) >= mark.xmax) {
+        pastSnapshot = true
+        passedSnapshot = true
+        return false
+      }
+      return visibleInSnapshot(txn.xid, mark)
+    }
+
+    const encodeChanges = (txn: Transaction, delivery: Delivery, txHeaders: string) => {
+      pending.length = 0
+      for (const i of delivery.changes) {
+        const change = txn.changes[i]!
+        if (change.kind !== "truncate" && change.relation.oid !== tableOid) continue
+        encoder.encode(change, txn.commitLsn, i * 2, txHeaders, pending)
+      }
+    }
+
+    /** The batch's entries for a shape that reads or is read through subqueries; a reason to invalidate, if any. */
+    const encodeLinked = (batch: ReadonlyArray<Work>, durableAt: LogOffset) =>
+      Effect.gen(function*() {
+        for (const { delivery, txn, needs } of batch) {
+          if (txn === undefined || delivery === undefined) continue
+          lastCommit = txn.commitLsn
+          lastTaken = txn.commitLsn
+          if (txn.commitLsn <= durableAt.tx || inSnapshot(txn)) {
+            skip(txn)
+            continue
+          }
+          const txHeaders = transactionHeaders(txn.xid, txn.commitLsn)
+          if (sub !== undefined) {
+            const ready = yield* Effect.either(sub.awaitDependencies(needs))
+            if (Either.isLeft(ready)) return `the shape its subquery reads (${ready.left.handle}) is gone`
+            sub.at = txn.commitLsn
+          }
+          if (sub === undefined) encodeChanges(txn, delivery, txHeaders)
+          else {
+            sub.begin(txn.xid)
+            pending.length = 0
+            for (const i of delivery.changes) {
+              const change = txn.changes[i]!
+              if (change.kind === "truncate" || change.relation.oid !== tableOid) continue
+              // A row a move wrote from a snapshot holding this transaction already has its change.
+              const row = change.kind === "delete" ? change.old : change.new
+              if (sub.written(rowKey(shape.table, row))) continue
+              if (change.kind === "update" && change.old !== undefined && sub.written(rowKey(shape.table, change.old))) continue
+              encoder.encode(change, txn.commitLsn, i * 2, txHeaders, pending)
+            }
+          }
+          if (sub !== undefined) {
+            recentXids.push(txn.xid)
+            if (recentXids.length > 64) recentXids.shift()
+            const moves = sub.movesAt(txn.commitLsn)
+            if (moves !== undefined) {
+              yield* sub.reconcile(moves, recentXids, encoder, txn.commitLsn, txn.changes.length * 2, txHeaders, pending).pipe(
+                Effect.tapError((e) => Effect.logWarning(`shape ${handle}: the query for a move of its subquery values failed; retrying`, e)),
+                Effect.retry({ schedule: Schedule.exponential(RETRY_FIRST).pipe(Schedule.union(Schedule.spaced(RETRY_MAX))) }),
+                Effect.orDie
+              )
+            }
+          }
+          const from = entries.length
+          finishTransaction(pending, entries)
+          const contradiction = feedOwn(txn.commitLsn, from)
+          if (contradiction !== undefined) return contradiction
+          sub?.handled(txn.commitLsn)
+          role?.handled(txn.commitLsn)
+        }
+        return undefined
+      })
+
+    let lastCommit = 0n
+    let passedSnapshot = false
 
     for (;;) {
       const batch = Chunk.toReadonlyArray(yield* Queue.takeBetween(queue, 1, 4096))
       // A truncate or a change of columns: nothing after it fits the shape, and its removal drops the rest.
-      const invalidated = batch.find(({ delivery }) => delivery.invalidated !== undefined)
-      if (invalidated !== undefined) return yield* options.invalidate(invalidated.delivery.invalidated!)
-      let lastCommit = 0n
-      let passedSnapshot = false
+      const invalidated = batch.find(({ delivery }) => delivery?.invalidated !== undefined)
+      if (invalidated !== undefined) return yield* options.invalidate(invalidated.delivery!.invalidated!)
+      lastCommit = 0n
+      passedSnapshot = false
       let durableAt: LogOffset | undefined
       entries.length = 0
 
@@ -149,26 +319,21 @@ export const runConsumer = (options: {
         if (Either.isLeft(opened)) return yield* options.invalidate(opened.left)
         const target = opened.right
         if (durableAt === undefined) {
+          const notLoaded = yield* loadOwn(target)
+          if (notLoaded !== undefined) return yield* options.invalidate(notLoaded)
           durableAt = target.latestOffset()
-          for (const { delivery, txn } of batch) {
-            lastCommit = txn.commitLsn
-            if (txn.commitLsn <= durableAt.tx) continue
-            if (!pastSnapshot) {
-              if (widenXid(txn.xid, mark) >= mark.xmax) {
-                pastSnapshot = true
-                passedSnapshot = true
-              } else if (visibleInSnapshot(txn.xid, mark)) {
-                continue
-              }
+          if (sub !== undefined || role?.own() !== undefined) {
+            const contradiction = yield* encodeLinked(batch, durableAt)
+            if (contradiction !== undefined) return yield* options.invalidate(contradiction)
+          } else {
+            for (const { delivery, txn } of batch) {
+              if (txn === undefined || delivery === undefined) continue
+              lastCommit = txn.commitLsn
+              if (txn.commitLsn <= durableAt.tx || inSnapshot(txn)) continue
+              encodeChanges(txn, delivery, transactionHeaders(txn.xid, txn.commitLsn))
+              finishTransaction(pending, entries)
             }
-            const txHeaders = transactionHeaders(txn.xid, txn.commitLsn)
-            pending.length = 0
-            for (const i of delivery.changes) {
-              const change = txn.changes[i]!
-              if (change.kind !== "truncate" && change.relation.oid !== tableOid) continue
-              encoder.encode(change, txn.commitLsn, i * 2, txHeaders, pending)
-            }
-            finishTransaction(pending, entries)
+            if (lastCommit > 0n) role?.handled(lastCommit)
           }
         }
         // One step, never cut by a stop: the stack closing waits for the batch to be durable.
@@ -187,7 +352,7 @@ export const runConsumer = (options: {
         failures = 0
       }
       if (passedSnapshot) yield* options.markPastSnapshot
-      yield* tracker.durable(handle, lastCommit)
+      if (lastCommit > 0n) yield* tracker.durable(handle, lastCommit)
     }
   })
 }

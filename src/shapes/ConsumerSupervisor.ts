@@ -1,12 +1,17 @@
 import { Cause, Context, Deferred, Effect, FiberMap, Layer, Queue } from "effect"
 import type { Transaction } from "../domain/Change.js"
+import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
+import { MaterializerGone } from "../domain/errors.js"
+import { Snapshot } from "../postgres/Snapshot.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
 import type { Delivery } from "../replication/ShapeLogCollector.js"
 import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { type Invalidation, runConsumer, type Work } from "./Consumer.js"
+import { Materializer } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
 import { type SnapshotMark, ShapeStatus } from "./ShapeStatus.js"
+import type { DependencyLink } from "./Subqueries.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
 interface Registered {
@@ -15,6 +20,14 @@ interface Registered {
   queue: Queue.Queue<Work> | undefined
   /** The consumer found the shape invalid; it is being removed. */
   invalidated: boolean
+  /** The commit LSN of the last transaction handed to its consumer. */
+  deliveredLsn: Lsn
+  /** The commit LSN up to which its consumer has handled what it was handed, and who waits for more. */
+  handledLsn: Lsn
+  waiters: Array<{ readonly lsn: Lsn; readonly done: Deferred.Deferred<void, MaterializerGone> }>
+  /** When other shapes read this one through a subquery: its materializer, and when it is loaded. */
+  materializer: Materializer | undefined
+  readonly ready: Deferred.Deferred<Materializer, MaterializerGone>
 }
 
 /**
@@ -24,6 +37,12 @@ interface Registered {
  * the batch it is writing first (the write is uninterruptible). A shape's
  * storage faults stay with the shape (`runConsumer`); only a defect (a bug)
  * restarts the stack.
+ *
+ * It also links subquery shapes to the shapes they read (DESIGN.md, "Subquery
+ * shapes"): each dependency shape gets a materializer, which its own consumer
+ * loads from its log and feeds; each transaction handed to a shape with
+ * subqueries carries, per dependency, the last transaction handed to that
+ * dependency, which its consumer waits to have handled before evaluating it.
  */
 export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor")<ConsumerSupervisor, {
   /** Makes a shape known; `snapshot` is given for restored shapes, later through `snapshotReady` for new ones. */
@@ -38,89 +57,183 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
   /** Fails when a consumer hits a defect: the stack must restart. */
   readonly failure: Effect.Effect<never>
 }>() {
-  static readonly layer: Layer.Layer<ConsumerSupervisor, never, FlushTracker | ShapeLogStorage | ShapeStatus> = Layer.scoped(
-    ConsumerSupervisor,
-    Effect.gen(function*() {
-      yield* logWhenStopped("ConsumerSupervisor")
-      const tracker = yield* FlushTracker
-      const storage = yield* ShapeLogStorage
-      const status = yield* ShapeStatus
-      const fibers = yield* FiberMap.make<ShapeHandle>()
-      const registered = new Map<ShapeHandle, Registered>()
-      const invalidations = yield* Queue.unbounded<Invalidation>()
-      const failed = yield* Deferred.make<never>()
+  static readonly layer: Layer.Layer<ConsumerSupervisor, never, FlushTracker | ShapeLogStorage | ShapeStatus | Snapshot> =
+    Layer.scoped(
+      ConsumerSupervisor,
+      Effect.gen(function*() {
+        yield* logWhenStopped("ConsumerSupervisor")
+        const tracker = yield* FlushTracker
+        const storage = yield* ShapeLogStorage
+        const status = yield* ShapeStatus
+        const snapshot = yield* Snapshot
+        const fibers = yield* FiberMap.make<ShapeHandle>()
+        const registered = new Map<ShapeHandle, Registered>()
+        const invalidations = yield* Queue.unbounded<Invalidation>()
+        const failed = yield* Deferred.make<never>()
+        // Transactions at or below it were handled before this stack started: the slot does not send them again.
+        const replayFloor = tracker.lastProcessedLsn()
+        let lastDelivered = replayFloor
 
-      const start = (reg: Registered): Effect.Effect<Queue.Queue<Work>> =>
-        Effect.gen(function*() {
-          const queue = yield* Queue.unbounded<Work>()
-          reg.queue = queue
-          const handle = reg.shape.handle
-          // The log is opened once the snapshot is written (`runConsumer` waits for it): a new shape's storage
-          // is created by its snapshot.
-          const consumer = runConsumer({
-            shape: reg.shape,
-            openLog: storage.open(handle),
-            queue,
-            snapshot: reg.snapshot,
-            tracker,
-            invalidate: (reason) =>
+        const handled = (reg: Registered, lsn: Lsn) => {
+          if (lsn > reg.handledLsn) reg.handledLsn = lsn
+          if (reg.waiters.length === 0) return
+          const still: Registered["waiters"] = []
+          for (const w of reg.waiters) {
+            if (w.lsn <= reg.handledLsn) Deferred.unsafeDone(w.done, Effect.void)
+            else still.push(w)
+          }
+          reg.waiters = still
+        }
+
+        const linkTo = (handle: ShapeHandle): DependencyLink => {
+          const gone = new MaterializerGone({ handle })
+          return {
+            handle,
+            materializer: Effect.suspend(() => {
+              const reg = registered.get(handle)
+              return reg === undefined ? Effect.fail(gone) : Deferred.await(reg.ready)
+            }),
+            awaitHandled: (lsn) =>
               Effect.suspend(() => {
-                // Work still routed to it is dropped, not acknowledged: the ack waits for the removal.
-                reg.invalidated = true
-                return Queue.offer(invalidations, { handle, reason })
-              }),
-            markPastSnapshot: status.markPastSnapshot(handle).pipe(
-              Effect.catchAll((e) => Effect.logWarning(`shape ${handle}: could not record that it is past its snapshot`, e))
-            )
-          }).pipe(
-            // A bug is a fault of the stack, not of the shape: the stack restarts and the shape, with what it
-            // already made durable, stays.
-            Effect.catchAllCause((cause) =>
-              Cause.isInterruptedOnly(cause)
-                ? Effect.failCause(cause)
-                : Effect.zipRight(
-                  Effect.logError(`consumer of shape ${handle} failed; restarting the stack`, cause),
-                  Deferred.failCause(failed, cause)
-                )
-            ),
-            Effect.ensuring(
-              Effect.sync(() => {
-                if (reg.queue === queue) reg.queue = undefined
+                const reg = registered.get(handle)
+                if (reg === undefined) return Effect.fail(gone)
+                if (lsn <= reg.handledLsn) return Effect.void
+                const done = Deferred.unsafeMake<void, MaterializerGone>(undefined as never)
+                reg.waiters.push({ lsn, done })
+                return Deferred.await(done)
               })
-            )
-          )
-          yield* FiberMap.run(fibers, handle, consumer)
-          return queue
-        })
+          }
+        }
 
-      return ConsumerSupervisor.of({
-        register: (shape, snapshot) =>
+        const start = (reg: Registered): Effect.Effect<Queue.Queue<Work>> =>
           Effect.gen(function*() {
-            const deferred = yield* Deferred.make<SnapshotMark>()
-            if (snapshot !== undefined) yield* Deferred.succeed(deferred, snapshot)
-            registered.set(shape.handle, { shape, snapshot: deferred, queue: undefined, invalidated: false })
-          }),
-        snapshotReady: (handle, mark) =>
-          Effect.suspend(() => {
-            const reg = registered.get(handle)
-            return reg === undefined ? Effect.void : Deferred.succeed(reg.snapshot, mark)
-          }),
-        deliver: (txn, delivery) =>
-          Effect.suspend(() => {
-            const reg = registered.get(delivery.handle)
-            if (reg === undefined) return tracker.forget(delivery.handle)
-            if (reg.invalidated) return Effect.void
-            if (reg.queue !== undefined) return Queue.offer(reg.queue, { txn, delivery })
-            return Effect.flatMap(start(reg), (queue) => Queue.offer(queue, { txn, delivery }))
-          }),
-        unregister: (handle) =>
-          Effect.suspend(() => {
-            registered.delete(handle)
-            return Effect.zipRight(FiberMap.remove(fibers, handle), tracker.forget(handle))
-          }),
-        invalidations,
-        failure: Deferred.await(failed)
+            const queue = yield* Queue.unbounded<Work>()
+            reg.queue = queue
+            const handle = reg.shape.handle
+            // The log is opened once the snapshot is written (`runConsumer` waits for it): a new shape's storage
+            // is created by its snapshot.
+            const consumer = runConsumer({
+              shape: reg.shape,
+              openLog: storage.open(handle),
+              queue,
+              snapshot: reg.snapshot,
+              tracker,
+              invalidate: (reason) =>
+                Effect.suspend(() => {
+                  // Work still routed to it is dropped, not acknowledged: the ack waits for the removal.
+                  reg.invalidated = true
+                  return Queue.offer(invalidations, { handle, reason })
+                }),
+              markPastSnapshot: status.markPastSnapshot(handle).pipe(
+                Effect.catchAll((e) => Effect.logWarning(`shape ${handle}: could not record that it is past its snapshot`, e))
+              ),
+              subqueries: {
+                links: reg.shape.dependencies.map(linkTo),
+                own: () => reg.materializer,
+                loaded: (m) => Deferred.succeed(reg.ready, m).pipe(Effect.asVoid),
+                handled: (lsn) => handled(reg, lsn),
+                replayFloor,
+                rows: snapshot.rows
+              }
+            }).pipe(
+              // A bug is a fault of the stack, not of the shape: the stack restarts and the shape, with what it
+              // already made durable, stays.
+              Effect.catchAllCause((cause) =>
+                Cause.isInterruptedOnly(cause)
+                  ? Effect.failCause(cause)
+                  : Effect.zipRight(
+                    Effect.logError(`consumer of shape ${handle} failed; restarting the stack`, cause),
+                    Deferred.failCause(failed, cause)
+                  )
+              ),
+              Effect.ensuring(
+                Effect.sync(() => {
+                  if (reg.queue === queue) reg.queue = undefined
+                })
+              )
+            )
+            yield* FiberMap.run(fibers, handle, consumer)
+            return queue
+          })
+
+        /** A shape is read through a subquery: it gets a materializer, which its consumer loads now. */
+        const readBy = (dependency: Registered, reader: Shape) =>
+          Effect.gen(function*() {
+            if (dependency.materializer === undefined) dependency.materializer = new Materializer(dependency.shape.handle)
+            const m = dependency.materializer
+            // From here on the reader may ask how the values were at any later commit: keep that history.
+            m.dependentAt(reader.handle, lastDelivered)
+            const where = reader.where!
+            for (const p of where.positions) {
+              if (reader.dependencies[p.node.dependency] !== dependency.shape.handle) continue
+              const select = where.dependencies[p.node.dependency]!.select
+              m.index({ columns: select.map((c) => c.name), types: select.map((c) => c.type), domains: p.node.domains })
+            }
+            if (m.loaded) return
+            // A wake-up: the consumer loads the materializer at its next batch boundary, when all it handled is durable.
+            const queue = dependency.queue ?? (yield* start(dependency))
+            yield* Queue.offer(queue, { txn: undefined, delivery: undefined })
+          })
+
+        return ConsumerSupervisor.of({
+          register: (shape, snapshot) =>
+            Effect.gen(function*() {
+              const deferred = yield* Deferred.make<SnapshotMark>()
+              if (snapshot !== undefined) yield* Deferred.succeed(deferred, snapshot)
+              const reg: Registered = {
+                shape,
+                snapshot: deferred,
+                queue: undefined,
+                invalidated: false,
+                deliveredLsn: 0n,
+                handledLsn: 0n,
+                waiters: [],
+                materializer: undefined,
+                ready: yield* Deferred.make<Materializer, MaterializerGone>()
+              }
+              registered.set(shape.handle, reg)
+              for (const d of new Set(shape.dependencies)) {
+                const dependency = registered.get(d)
+                if (dependency !== undefined) yield* readBy(dependency, shape)
+              }
+            }),
+          snapshotReady: (handle, mark) =>
+            Effect.suspend(() => {
+              const reg = registered.get(handle)
+              return reg === undefined ? Effect.void : Deferred.succeed(reg.snapshot, mark)
+            }),
+          deliver: (txn, delivery) =>
+            Effect.suspend(() => {
+              if (txn.commitLsn > lastDelivered) lastDelivered = txn.commitLsn
+              const reg = registered.get(delivery.handle)
+              if (reg === undefined) return tracker.forget(delivery.handle)
+              if (reg.invalidated) return Effect.void
+              reg.deliveredLsn = txn.commitLsn
+              const deps = reg.shape.dependencies
+              const work: Work = {
+                txn,
+                delivery,
+                needs: deps.length === 0 ? undefined : deps.map((d) => registered.get(d)?.deliveredLsn ?? 0n)
+              }
+              if (reg.queue !== undefined) return Queue.offer(reg.queue, work)
+              return Effect.flatMap(start(reg), (queue) => Queue.offer(queue, work))
+            }),
+          unregister: (handle) =>
+            Effect.suspend(() => {
+              const reg = registered.get(handle)
+              registered.delete(handle)
+              if (reg !== undefined) {
+                const gone = new MaterializerGone({ handle })
+                Deferred.unsafeDone(reg.ready, Effect.fail(gone))
+                for (const w of reg.waiters) Deferred.unsafeDone(w.done, Effect.fail(gone))
+                reg.waiters = []
+                for (const d of reg.shape.dependencies) registered.get(d)?.materializer?.dependentGone(handle)
+              }
+              return Effect.zipRight(FiberMap.remove(fibers, handle), tracker.forget(handle))
+            }),
+          invalidations,
+          failure: Deferred.await(failed)
+        })
       })
-    })
-  )
+    )
 }

@@ -18,6 +18,30 @@ export interface ShapeEncoder {
    * stepping by 2) to `out`. Returns false when the change does not concern the shape.
    */
   readonly encode: (change: Change, tx: bigint, op: number, txHeaders: string, out: Array<PendingEntry>) => boolean
+  /**
+   * Appends one row as a whole: an `insert`, an `update` carrying every selected column, or a `delete`. What a
+   * move of a subquery's values writes.
+   */
+  readonly row: (
+    operation: "insert" | "update" | "delete",
+    row: Row,
+    tx: bigint,
+    op: number,
+    txHeaders: string,
+    out: Array<PendingEntry>
+  ) => void
+}
+
+/**
+ * How a shape with subqueries decides what a change means: by the rows it
+ * holds (`held`, row keys) rather than by evaluating the old row, whose
+ * inclusion depended on the dependencies' values at some earlier commit. A
+ * change is thus never an insert of a row the shape holds, nor an update or
+ * delete of one it does not, whatever came before it.
+ */
+export interface HeldRows {
+  readonly held: Set<string>
+  readonly matches: (row: Row) => boolean
 }
 
 /** An entry whose `last` header is decided once the whole transaction is encoded. */
@@ -41,7 +65,7 @@ export const transactionHeaders = (xid: number, tx: bigint): string => `"txids":
 
 const jsonValue = (v: string | null | undefined): string => (v === null || v === undefined ? "null" : JSON.stringify(v))
 
-export const makeShapeEncoder = (shape: Shape): ShapeEncoder => {
+export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncoder => {
   const { table } = shape
   const relationJson = `[${JSON.stringify(table.schema)},${JSON.stringify(table.name)}]`
   const cols = shape.columns
@@ -151,5 +175,108 @@ export const makeShapeEncoder = (shape: Shape): ShapeEncoder => {
         return false
     }
   }
-  return { shape, encode }
+
+  const row = (
+    operation: "insert" | "update" | "delete",
+    r: Row,
+    tx: bigint,
+    op: number,
+    txHeaders: string,
+    out: Array<PendingEntry>
+  ): void => {
+    const value = operation === "delete" && !full ? pkValue(r) : fullValue(r)
+    out.push({ offset: LogOffset.make(tx, op), open: line(rowKey(table, r), value, undefined, operation, "", txHeaders, op) })
+  }
+
+  if (heldRows === undefined) return { shape, encode, row }
+  const { held } = heldRows
+  const inShape = heldRows.matches
+
+  // An update of a held row that still belongs: the changed columns, as `encode` writes them (for a clause with
+  // subqueries, `matches` holds every row, so `encode` writes it as an update).
+  const updateHeld = (change: Change & { readonly kind: "update" }, tx: bigint, op: number, txHeaders: string, out: Array<PendingEntry>) => {
+    if (change.old === undefined) row("update", change.new, tx, op, txHeaders, out)
+    else encode(change, tx, op, txHeaders, out)
+  }
+
+  const encodeHeld = (change: Change, tx: bigint, op: number, txHeaders: string, out: Array<PendingEntry>): boolean => {
+    const before = out.length
+    switch (change.kind) {
+      case "insert": {
+        const key = rowKey(table, change.new)
+        const belongs = inShape(change.new)
+        if (held.has(key)) {
+          if (belongs) row("update", change.new, tx, op, txHeaders, out)
+          else {
+            row("delete", change.new, tx, op, txHeaders, out)
+            held.delete(key)
+          }
+        } else if (belongs) {
+          row("insert", change.new, tx, op, txHeaders, out)
+          held.add(key)
+        }
+        break
+      }
+      case "delete": {
+        const key = rowKey(table, change.old)
+        if (held.delete(key)) row("delete", change.old, tx, op, txHeaders, out)
+        break
+      }
+      case "update": {
+        const newRow = change.new
+        const newKey = rowKey(table, newRow)
+        const oldKey = change.old === undefined ? newKey : rowKey(table, change.old)
+        const belongs = inShape(newRow)
+        const wasHeld = held.has(oldKey)
+        if (oldKey !== newKey) {
+          if (wasHeld) {
+            out.push({
+              offset: LogOffset.make(tx, op),
+              open: line(
+                oldKey,
+                full ? fullValue(change.old!) : pkValue(change.old!),
+                undefined,
+                "delete",
+                belongs ? `,"key_change_to":${JSON.stringify(newKey)}` : "",
+                txHeaders,
+                op
+              )
+            })
+            held.delete(oldKey)
+          }
+          if (belongs) {
+            if (held.has(newKey)) row("update", newRow, tx, op + 1, txHeaders, out)
+            else {
+              out.push({
+                offset: LogOffset.make(tx, op + 1),
+                open: line(
+                  newKey,
+                  fullValue(newRow),
+                  undefined,
+                  "insert",
+                  wasHeld ? `,"key_change_from":${JSON.stringify(oldKey)}` : "",
+                  txHeaders,
+                  op + 1
+                )
+              })
+              held.add(newKey)
+            }
+          }
+        } else if (wasHeld && belongs) {
+          updateHeld(change, tx, op, txHeaders, out)
+        } else if (wasHeld) {
+          row("delete", change.old ?? newRow, tx, op, txHeaders, out)
+          held.delete(oldKey)
+        } else if (belongs) {
+          row("insert", newRow, tx, op, txHeaders, out)
+          held.add(newKey)
+        }
+        break
+      }
+      case "truncate":
+        break
+    }
+    return out.length > before
+  }
+  return { shape, encode: encodeHeld, row }
 }

@@ -14,6 +14,8 @@ export interface Shape {
   readonly where: WhereClause | undefined
   /** Selected columns in table (attnum) order. */
   readonly columns: ReadonlyArray<string>
+  /** The dependency shapes of its subqueries, in `where.dependencies` order. */
+  readonly dependencies: ReadonlyArray<ShapeHandle>
 }
 
 /** The selected columns of a definition in table order (every column when none were given). */

@@ -16,7 +16,7 @@ import { columnSignature, ShapeLogCollector } from "../replication/ShapeLogColle
 import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { ConsumerSupervisor } from "./ConsumerSupervisor.js"
 import type { Shape } from "./Shape.js"
-import { buildShape, resolveSpec, type ResolvedSpec, type ShapeSpec } from "./ShapeResolver.js"
+import { buildShape, loadSubqueryTables, resolveSpec, type ResolvedSpec, type ShapeSpec } from "./ShapeResolver.js"
 
 export type { ResolvedSpec, ShapeSpec } from "./ShapeResolver.js"
 import { type ShapeRecord, ShapeStatus } from "./ShapeStatus.js"
@@ -83,19 +83,44 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           tableOid: shape.table.oid,
           equality: shape.where?.equalities[0],
           matches: shape.where?.matches,
-          columns: columnSignature(shape.table.columns)
+          columns: columnSignature(shape.table.columns),
+          dependencies: shape.dependencies
         })
 
+      const dependentsOf = (handle: ShapeHandle): ReadonlyArray<ShapeHandle> => {
+        const out: Array<ShapeHandle> = []
+        for (const s of shapes.values()) if (s.dependencies.includes(handle)) out.push(s.handle)
+        return out
+      }
+
       // One operation, never split by an interruption: mark, unroute, stop, delete files, delete the row last.
-      // A crash half way leaves the row marked, and the next boot finishes it.
-      const removeNow = (handle: ShapeHandle) =>
+      // A crash half way leaves the row marked, and the next boot finishes it. The shapes that read this one
+      // through a subquery go first; a dependency no shape reads any more goes after it.
+      const removeNow = (handle: ShapeHandle): Effect.Effect<void, StorageError | RegistryError | TableAbsent> =>
+        Effect.suspend(() => removeWith(handle, new Set()))
+      const removeWith = (handle: ShapeHandle, removing: Set<ShapeHandle>): Effect.Effect<
+        void,
+        StorageError | RegistryError | TableAbsent
+      > =>
         Effect.uninterruptible(Effect.gen(function*() {
+          if (removing.has(handle)) return
+          removing.add(handle)
+          for (const dependent of dependentsOf(handle)) {
+            yield* Effect.logInfo(`removing shape ${dependent}: its subquery's shape ${handle} is removed`)
+            yield* removeWith(dependent, removing)
+          }
+          const dependencies = shapes.get(handle)?.dependencies ?? []
           yield* status.markRemoving(handle)
           shapes.delete(handle)
           collector.removeShape(handle)
           yield* consumers.unregister(handle)
           yield* storage.remove(handle)
           yield* status.delete(handle)
+          for (const dependency of dependencies) {
+            if (!shapes.has(dependency) || dependentsOf(dependency).length > 0) continue
+            yield* Effect.logInfo(`removing shape ${dependency}: no shape reads it through a subquery any more`)
+            yield* removeWith(dependency, removing)
+          }
         }))
 
       // Removals decided but not finished (an interrupted removal, a shape invalidated at activation) and
@@ -115,12 +140,21 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         yield* Effect.logInfo(`removed the files of shape ${handle}, which is not registered`)
       }
 
-      for (const record of yield* status.all) {
-        const restored = yield* restore(record)
-        if (restored === undefined) continue
-        shapes.set(record.handle, restored)
-        route(restored)
-        yield* consumers.register(restored, record.snapshot)
+      // Dependencies first: a shape is restored once every shape its subqueries read is, and removed when one is not.
+      let waiting = [...(yield* status.all)]
+      const decided = new Set<ShapeHandle>()
+      while (waiting.length > 0) {
+        const ready = waiting.filter((r) => r.dependencies.every((d) => decided.has(d) || !waiting.some((w) => w.handle === d)))
+        const next = ready.length > 0 ? ready : [waiting[0]!]
+        for (const record of next) {
+          decided.add(record.handle)
+          const restored = yield* restore(record)
+          if (restored === undefined) continue
+          shapes.set(record.handle, restored)
+          route(restored)
+          yield* consumers.register(restored, record.snapshot)
+        }
+        waiting = waiting.filter((r) => !decided.has(r.handle))
       }
 
       function restore(record: ShapeRecord) {
@@ -152,13 +186,32 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             yield* removeNow(record.handle)
             return undefined
           }
-          const built = buildShape(table.right, record.definition, {})
+          const tables = yield* Effect.either(loadSubqueryTables(inspector, record.definition.where))
+          if (Either.isLeft(tables)) {
+            if (tables.left._tag === "PostgresError") return yield* tables.left
+            yield* Effect.logWarning(`shape ${record.handle}: ${tables.left.message}; removing it`)
+            yield* removeNow(record.handle)
+            return undefined
+          }
+          const built = buildShape(table.right, record.definition, {}, tables.right)
           if (Either.isLeft(built)) {
             yield* Effect.logWarning(`shape ${record.handle}: ${built.left.message}; removing it`)
             yield* removeNow(record.handle)
             return undefined
           }
-          return built.right(record.handle)
+          // Each subquery must still read the shape registered for it.
+          const wanted = built.right.dependencies
+          const mismatch = wanted.length !== record.dependencies.length || wanted.some((dep, i) => {
+            const restored = shapes.get(record.dependencies[i]!)
+            return restored === undefined ||
+              ShapeDefinition.identity(restored.definition) !== ShapeDefinition.identity(dep.definition)
+          })
+          if (mismatch) {
+            yield* Effect.logWarning(`removing shape ${record.handle}: a shape its subqueries read is gone`)
+            yield* removeNow(record.handle)
+            return undefined
+          }
+          return built.right.build(record.handle, record.dependencies)
         })
       }
 
@@ -206,8 +259,11 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
               yield* removeNow(handle)
             }
           }
-          const record = yield* status.add(spec.definition)
-          const shape = spec.build(record.handle)
+          // The shapes its subqueries read exist (their snapshots written) before it is registered.
+          const dependencies: Array<ShapeHandle> = []
+          for (const dependency of spec.dependencies) dependencies.push((yield* getOrCreate(dependency)).handle)
+          const record = yield* status.add(spec.definition, dependencies)
+          const shape = spec.build(record.handle, dependencies)
           yield* consumers.register(shape, undefined)
           route(shape)
           const mark = yield* Effect.flatMap(storage.create(record.handle), (log) => snapshotter.run(shape, log)).pipe(
@@ -234,10 +290,8 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         })
       )
 
-      return ShapeCache.of({
-        resolve: (spec) => resolveSpec(inspector, spec),
-        getOrCreate: (spec) =>
-          Effect.gen(function*() {
+      function getOrCreate(spec: ResolvedSpec): Effect.Effect<Shape, CreateError> {
+        return Effect.gen(function*() {
             const identity = ShapeDefinition.identity(spec.definition)
             const existing = yield* status.byIdentity(identity)
             if (Option.isSome(existing)) {
@@ -259,7 +313,12 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
               )
             }
             return yield* Deferred.await(inFlight)
-          }),
+        })
+      }
+
+      return ShapeCache.of({
+        resolve: (spec) => resolveSpec(inspector, spec),
+        getOrCreate,
         get: (handle) =>
           Effect.map(status.get(handle), (record) =>
             Option.flatMap(record, (r) => Option.fromNullable(shapes.get(r.handle)))

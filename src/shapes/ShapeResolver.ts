@@ -4,7 +4,8 @@ import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { TableInfo, TableRef } from "../domain/Table.js"
 import { InvalidRequest, type InvalidWhere, type PostgresError } from "../domain/errors.js"
 import type { Inspector } from "../postgres/Inspector.js"
-import { parseWhere } from "../where/WhereClause.js"
+import type { TableName } from "../where/Parser.js"
+import { type DependencyClause, parseWhere, subqueryTablesOf, type WhereClause } from "../where/WhereClause.js"
 import { selectedColumns, type Shape } from "./Shape.js"
 
 /** A shape request's definition parameters, before they are checked against the catalog. */
@@ -21,22 +22,78 @@ export interface ShapeSpec {
 export interface ResolvedSpec {
   readonly definition: ShapeDefinition
   readonly table: TableInfo
-  readonly build: (handle: ShapeHandle) => Shape
+  /** The shape under a handle, with the handles of its dependency shapes (`dependencies` order). */
+  readonly build: (handle: ShapeHandle, dependencies?: ReadonlyArray<ShapeHandle>) => Shape
+  /** The dependency shapes its subqueries read, one per distinct subquery. */
+  readonly dependencies: ReadonlyArray<ResolvedSpec>
 }
+
+/** A table lookup for the subqueries of a clause (see `loadSubqueryTables`). */
+export type TableLookup = (name: TableName) => TableInfo | undefined
 
 /** Compiles a definition against its table; the where is parsed with `params` substituted. */
 export const buildShape = (
   table: TableInfo,
   definition: ShapeDefinition,
-  params: Readonly<Record<string, string>>
-): Either.Either<(handle: ShapeHandle) => Shape, InvalidWhere> => {
-  const where = definition.where === undefined ? undefined : parseWhere(definition.where, params, table)
+  params: Readonly<Record<string, string>>,
+  tables?: TableLookup
+): Either.Either<ResolvedSpec, InvalidWhere> => {
+  const where = definition.where === undefined ? undefined : parseWhere(definition.where, params, table, tables)
   if (where !== undefined && Either.isLeft(where)) return Either.left(where.left)
-  const clause = where === undefined ? undefined : where.right
+  return Either.right(specOf(table, definition, where === undefined ? undefined : where.right))
+}
+
+const specOf = (table: TableInfo, definition: ShapeDefinition, clause: WhereClause | undefined): ResolvedSpec => {
   const canonical: ShapeDefinition = clause === undefined ? definition : { ...definition, where: clause.sql }
   const columns = selectedColumns(table, definition.columns)
-  return Either.right((handle: ShapeHandle): Shape => ({ handle, definition: canonical, table, where: clause, columns }))
+  return {
+    definition: canonical,
+    table,
+    build: (handle, dependencies = []): Shape => ({ handle, definition: canonical, table, where: clause, columns, dependencies }),
+    dependencies: (clause?.dependencies ?? []).map(dependencySpec)
+  }
 }
+
+/**
+ * The shape a subquery reads: its table and clause, the selected columns plus the primary key, every column in
+ * its updates (`replica=full`), so that its materializer always knows each row's values.
+ */
+const dependencySpec = (d: DependencyClause): ResolvedSpec => {
+  const columns = [...new Set([...d.select.map((c) => c.name), ...d.table.pk])].sort()
+  return specOf(d.table, {
+    table: { schema: d.table.schema, name: d.table.name },
+    where: d.where?.sql,
+    columns,
+    replica: "full",
+    log: "full"
+  }, d.where)
+}
+
+/**
+ * Loads the tables a clause's subqueries read. A table that does not exist or cannot be replicated is an
+ * `InvalidRequest` naming `where`.
+ */
+export const loadSubqueryTables = (
+  inspector: Inspector["Type"],
+  where: string | undefined
+): Effect.Effect<TableLookup, InvalidRequest | PostgresError> =>
+  Effect.gen(function*() {
+    const names = where === undefined ? [] : subqueryTablesOf(where)
+    const loaded = new Map<string, TableInfo>()
+    for (const name of names) {
+      const ref = { schema: name.schema ?? "public", name: name.name }
+      const table = yield* inspector.load(ref).pipe(
+        Effect.map((t): TableInfo | undefined => t),
+        Effect.catchIf((e) => e.reason === "TableNotFound", () => Effect.succeed(undefined)),
+        Effect.catchIf(
+          (e) => e.reason === "UnsupportedTable",
+          (e) => Effect.fail(InvalidRequest.single("where", `subquery: ${e.message}`))
+        )
+      )
+      if (table !== undefined) loaded.set(JSON.stringify([ref.schema, ref.name]), table)
+    }
+    return (name: TableName) => loaded.get(JSON.stringify([name.schema ?? "public", name.name]))
+  })
 
 /**
  * Checks a spec against the catalog: an unknown table, a table that is never
@@ -82,8 +139,11 @@ export const resolveSpec = (
       replica: spec.replica,
       log: spec.log
     }
-    const built = buildShape(table, definition, spec.params)
+    const tables = yield* loadSubqueryTables(inspector, spec.where)
+    const built = buildShape(table, definition, spec.params, tables)
     if (Either.isLeft(built)) return yield* InvalidRequest.single("where", built.left.message)
-    const probe = built.right("" as ShapeHandle)
-    return { definition: probe.definition, table, build: built.right }
+    if (built.right.dependencies.length > 0 && spec.log === "changes_only") {
+      return yield* InvalidRequest.single("log", "log=changes_only is not supported for a shape with subqueries")
+    }
+    return built.right
   })

@@ -30,6 +30,8 @@ export interface ShapeRecord {
   readonly identity: string
   readonly definition: ShapeDefinition
   readonly snapshot: SnapshotMark | undefined
+  /** The dependency shapes its subqueries read, in order. */
+  readonly dependencies: ReadonlyArray<ShapeHandle>
 }
 
 interface Row {
@@ -117,8 +119,11 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
   readonly byIdentity: (identity: string) => Effect.Effect<Option.Option<ShapeRecord>, TableAbsent>
   readonly get: (handle: string) => Effect.Effect<Option.Option<ShapeRecord>, TableAbsent>
   readonly all: Effect.Effect<ReadonlyArray<ShapeRecord>, TableAbsent>
-  /** Registers a new shape with a fresh handle (its snapshot not complete yet). */
-  readonly add: (definition: ShapeDefinition) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
+  /** Registers a new shape with a fresh handle (its snapshot not complete yet), and the shapes its subqueries read. */
+  readonly add: (
+    definition: ShapeDefinition,
+    dependencies?: ReadonlyArray<ShapeHandle>
+  ) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
   readonly markSnapshotComplete: (handle: ShapeHandle, mark: SnapshotMark) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
   /** Records that the shape's consumer no longer tests visibility in its snapshot (`SnapshotMark.pastSnapshot`). */
   readonly markPastSnapshot: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
@@ -139,6 +144,14 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
       const rows = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing FROM shapes`.pipe(
         Effect.mapError(fail("load"))
       )
+      const edges = yield* sql<{ handle: string; position: number; dependency: string }>`SELECT handle, position, dependency
+        FROM shape_dependencies ORDER BY handle, position`.pipe(Effect.mapError(fail("load")))
+      const dependenciesOf = new Map<string, Array<ShapeHandle>>()
+      for (const e of edges) {
+        let list = dependenciesOf.get(e.handle)
+        if (list === undefined) dependenciesOf.set(e.handle, list = [])
+        list[e.position] = ShapeHandle(e.dependency)
+      }
       const byHandle = new Map<string, ShapeRecord>()
       const byIdentity = new Map<string, ShapeRecord>()
       let lastMicros = 0
@@ -150,7 +163,8 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
           handle: ShapeHandle(r.handle),
           identity: r.identity,
           definition: ShapeDefinition.fromIdentity(r.identity),
-          snapshot: decodeMark(r.snapshot)
+          snapshot: decodeMark(r.snapshot),
+          dependencies: dependenciesOf.get(r.handle) ?? []
         }
         byHandle.set(record.handle, record)
         byIdentity.set(record.identity, record)
@@ -178,18 +192,23 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
         byIdentity: (identity) => guard("byIdentity", () => Option.fromNullable(byIdentity.get(identity))),
         get: (handle) => guard("get", () => Option.fromNullable(byHandle.get(handle))),
         all: guard("all", () => [...byHandle.values()]),
-        add: (definition) =>
+        add: (definition, dependencies = []) =>
           Effect.gen(function*() {
             yield* guard("add", () => undefined)
             const identity = ShapeDefinition.identity(definition)
             const existing = byIdentity.get(identity)
             if (existing !== undefined) return existing
-            const record: ShapeRecord = { handle: nextHandle(definition), identity, definition, snapshot: undefined }
+            const record: ShapeRecord = { handle: nextHandle(definition), identity, definition, snapshot: undefined, dependencies }
             // A row from an earlier incarnation whose snapshot never completed gives way to the new one.
-            yield* sql`DELETE FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0`.pipe(
+            yield* sql`DELETE FROM shape_dependencies WHERE handle IN
+                (SELECT handle FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0)`.pipe(
+              Effect.zipRight(sql`DELETE FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0`),
               Effect.zipRight(
                 sql`INSERT INTO shapes (handle, identity, created_at) VALUES (${record.handle}, ${identity}, ${Date.now()})`
               ),
+              Effect.zipRight(Effect.forEach(dependencies, (dependency, position) =>
+                sql`INSERT INTO shape_dependencies (handle, position, dependency)
+                  VALUES (${record.handle}, ${position}, ${dependency})`, { discard: true })),
               sql.withTransaction,
               Effect.mapError(fail("add"))
             )
@@ -206,11 +225,14 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
             yield* sql`UPDATE shapes SET snapshot_complete = 1, snapshot = ${encodeMark(snapshot)} WHERE handle = ${handle}`.pipe(
               Effect.mapError(fail("markSnapshotComplete"))
             )
+            const deps = yield* sql<{ dependency: string }>`SELECT dependency FROM shape_dependencies
+              WHERE handle = ${handle} ORDER BY position`.pipe(Effect.mapError(fail("markSnapshotComplete")))
             const record: ShapeRecord = {
               handle,
               identity: row[0]!.identity,
               definition: ShapeDefinition.fromIdentity(row[0]!.identity),
-              snapshot
+              snapshot,
+              dependencies: deps.map((d) => ShapeHandle(d.dependency))
             }
             if (open) {
               byHandle.set(handle, record)
@@ -240,7 +262,12 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
             if (record !== undefined && byIdentity.get(record.identity)?.handle === handle) byIdentity.delete(record.identity)
           }),
         delete: (handle) =>
-          sql`DELETE FROM shapes WHERE handle = ${handle}`.pipe(Effect.asVoid, Effect.mapError(fail("delete"))),
+          sql`DELETE FROM shape_dependencies WHERE handle = ${handle}`.pipe(
+            Effect.zipRight(sql`DELETE FROM shapes WHERE handle = ${handle}`),
+            sql.withTransaction,
+            Effect.asVoid,
+            Effect.mapError(fail("delete"))
+          ),
         unfinished: sql<{ handle: string }>`SELECT handle FROM shapes WHERE removing = 1 OR snapshot_complete = 0`.pipe(
           Effect.map((rs) => rs.map((r) => ShapeHandle(r.handle))),
           Effect.mapError(fail("unfinished"))

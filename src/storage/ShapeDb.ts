@@ -24,7 +24,15 @@ const migrations = SqliteMigrator.fromRecord({
         value TEXT NOT NULL
       ) STRICT`
     ], { discard: true })
-  )
+  ),
+  // The dependency graph of subquery shapes: which shape each `IN (SELECT …)` of a shape reads.
+  "0002_shape_dependencies": Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql`CREATE TABLE shape_dependencies (
+      handle TEXT NOT NULL,
+      position INTEGER NOT NULL,
+      dependency TEXT NOT NULL,
+      PRIMARY KEY (handle, position)
+    ) STRICT`)
 })
 
 /** Where the registry of a storage dir lives. */

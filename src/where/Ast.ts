@@ -156,7 +156,22 @@ export interface Between {
 }
 
 /**
+ * `(args) IN (SELECT …)`: whether the row's values are among the rows of a
+ * dependency shape (`x NOT IN (SELECT …)` is `Not` of this). Each outer column
+ * is compared with the subquery's column at the same place, in `domains[i]`.
+ */
+export interface InSubquery {
+  readonly _tag: "InSubquery"
+  readonly args: ReadonlyArray<Column>
+  readonly domains: ReadonlyArray<Domain>
+  /** The index of the subquery among the clause's dependencies. */
+  readonly dependency: number
+  /** The canonical SQL of the subquery, `SELECT "c" FROM "s"."t" WHERE …`: what Postgres evaluates. */
+  readonly subquerySql: string
+}
+
+/**
  * A boolean expression. A bare boolean column or constant is a `Value` of
  * type `bool` used as a predicate.
  */
-export type Expr = Compare | Distinct | And | Or | Not | IsNull | BoolTest | In | Like | Between | Value
+export type Expr = Compare | Distinct | And | Or | Not | IsNull | BoolTest | In | Like | Between | InSubquery | Value

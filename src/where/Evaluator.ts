@@ -1,5 +1,5 @@
 import type { Row } from "../domain/Change.js"
-import type { Column, CompareOp, Const, Domain, Expr, In, Value } from "./Ast.js"
+import type { Column, CompareOp, Const, Domain, Expr, In, InSubquery, PgType, Value } from "./Ast.js"
 import { compileLike } from "./Like.js"
 import { comparator, converter, type DomainValue, identityEquality } from "./Values.js"
 
@@ -14,8 +14,44 @@ export type Predicate = (row: Row) => boolean | null
 type Getter = (row: Row) => DomainValue | null
 type Test = (a: DomainValue, b: DomainValue) => boolean
 
-/** Compiles a boolean expression into a three-valued predicate over rows. */
-export const compile = (expr: Expr): Predicate => {
+/**
+ * What a clause with subqueries reads of its dependencies: the value sets of
+ * the dependency shapes, as of the transaction being evaluated. `key` is
+ * `subqueryKey` of the row's values.
+ */
+export interface SubqueryViews {
+  readonly has: (node: InSubquery, key: string) => boolean
+  readonly hasNull: (node: InSubquery) => boolean
+  readonly isEmpty: (node: InSubquery) => boolean
+}
+
+/**
+ * The key under which a value is found in a dependency's set: its value in
+ * the comparison domain, so that values Postgres finds equal (`1.0` and `1`,
+ * `'a '` and `'a'` as `character(n)`) share a key. Parts of a row of values
+ * are joined by NUL, which no Postgres text holds.
+ */
+export const valueKey = (domain: Domain, type: PgType, text: string): string => {
+  const v = converter(domain, type)(text)
+  return v === null ? text : String(v)
+}
+
+/** `valueKey` of each of a row's values, joined by NUL: the key of a row of values in a dependency's set. */
+export const valuesKey = (
+  domains: ReadonlyArray<Domain>,
+  types: ReadonlyArray<PgType>,
+  texts: ReadonlyArray<string>
+): string => {
+  let key = valueKey(domains[0]!, types[0]!, texts[0]!)
+  for (let i = 1; i < texts.length; i++) key += "\u0000" + valueKey(domains[i]!, types[i]!, texts[i]!)
+  return key
+}
+
+/** Compiles a boolean expression into a three-valued predicate over rows; `views` answers its subqueries. */
+export const compile = (expr: Expr, views?: SubqueryViews): Predicate => compileExpr(expr, views)
+
+const compileExpr = (expr: Expr, views: SubqueryViews | undefined): Predicate => {
+  const compile = (e: Expr) => compileExpr(e, views)
   switch (expr._tag) {
     case "Column": {
       const name = expr.name
@@ -45,7 +81,9 @@ export const compile = (expr: Expr): Predicate => {
       }
     }
     case "IsNull":
-      return compileIsNull(expr.arg, expr.negated)
+      return compileIsNull(expr.arg, expr.negated, views)
+    case "InSubquery":
+      return compileInSubquery(expr, views)
     case "BoolTest": {
       const p = compile(expr.arg)
       const want = expr.test === "true" ? true : expr.test === "false" ? false : null
@@ -243,7 +281,7 @@ const compileOr = (preds: ReadonlyArray<Predicate>): Predicate => {
   }
 }
 
-const compileIsNull = (arg: Expr | Value, negated: boolean): Predicate => {
+const compileIsNull = (arg: Expr | Value, negated: boolean, views: SubqueryViews | undefined): Predicate => {
   if (arg._tag === "Column") {
     const name = arg.name
     return (row) => (row[name] === null) !== negated
@@ -252,8 +290,35 @@ const compileIsNull = (arg: Expr | Value, negated: boolean): Predicate => {
     const value = (arg.text === null) !== negated
     return () => value
   }
-  const p = compile(arg)
+  const p = compileExpr(arg, views)
   return (row) => (p(row) === null) !== negated
+}
+
+/**
+ * `(args) IN (SELECT …)` as Postgres evaluates it: TRUE when the values are in
+ * the set; else NULL when a value is NULL (FALSE if the set is empty) or the
+ * set holds a NULL; else FALSE. Rows of several values never meet a NULL (the
+ * parser refuses nullable columns there).
+ */
+const compileInSubquery = (node: InSubquery, views: SubqueryViews | undefined): Predicate => {
+  if (views === undefined) throw new Error("a clause with subqueries is evaluated against its dependencies' views")
+  const names = node.args.map((a) => a.name)
+  const keyers = node.args.map((a, i) => converter(node.domains[i]!, a.type))
+  const single = names.length === 1
+  const keyOf = (text: string, i: number): string => {
+    const v = keyers[i]!(text)
+    return v === null ? text : String(v)
+  }
+  return (row) => {
+    let key = ""
+    for (let i = 0; i < names.length; i++) {
+      const text = row[names[i]!]
+      if (text == null) return views.isEmpty(node) ? false : null
+      key = single ? keyOf(text, 0) : i === 0 ? keyOf(text, 0) : key + "\u0000" + keyOf(text, i)
+    }
+    if (views.has(node, key)) return true
+    return views.hasNull(node) ? null : false
+  }
 }
 
 const compileIn = (expr: In): Predicate => {

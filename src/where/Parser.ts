@@ -1,10 +1,11 @@
 import { loadModule, type Node, parseSync, type TypeName } from "libpg-query"
 import type { ColumnInfo, TableInfo } from "../domain/Table.js"
-import type { Column, CompareOp, Const, Domain, Expr, PgType, Value } from "./Ast.js"
+import type { Column, CompareOp, Const, Domain, Expr, InSubquery, PgType, Value } from "./Ast.js"
 import { supportedTypes } from "./Ast.js"
 import { formatDateTime, parseDateTime, type TimeKind } from "./DateTime.js"
 import { compileLike, PatternError } from "./Like.js"
 import { domainOf, selectCommonType } from "./Resolution.js"
+import { quoteIdent, renderSql } from "./Sql.js"
 import { displayType, fitsInt, formatFloat, InputError, inputValue, normalizeNumeric, trimSpaces } from "./Values.js"
 
 // The parser is Postgres's own, compiled to WASM; loading it is asynchronous
@@ -22,17 +23,41 @@ interface Unknown {
 
 type Typed = Expr | Unknown
 
+/** A table named in a subquery's FROM, as written (`schema` undefined when unqualified). */
+export interface TableName {
+  readonly schema: string | undefined
+  readonly name: string
+}
+
 /** What the parser needs besides the text: the table (for column types) and the `$n` values. */
 export interface ParseContext {
   readonly table: TableInfo
   readonly params: Readonly<Record<string, string>>
+  /** The tables subqueries read, loaded beforehand (see `subqueryTables`); undefined refuses every subquery. */
+  readonly tables?: ((name: TableName) => TableInfo | undefined) | undefined
 }
 
 /** The typed tree of a clause, plus the columns it reads in order of first use. */
 export interface ParsedWhere {
   readonly expr: Expr
   readonly columns: ReadonlyArray<string>
+  /** One per distinct subquery, in order of first use; `InSubquery.dependency` indexes it. */
+  readonly dependencies: ReadonlyArray<ParsedDependency>
 }
+
+/** A subquery `SELECT cols FROM table [WHERE …]`: what a dependency shape is made of. */
+export interface ParsedDependency {
+  readonly table: TableInfo
+  /** The selected columns, in the order written. */
+  readonly select: ReadonlyArray<Column>
+  /** The subquery's own clause, over its table, with its own subqueries. */
+  readonly where: ParsedWhere | undefined
+  /** Canonical SQL of the whole subquery. */
+  readonly sql: string
+}
+
+/** How deep subqueries may nest. */
+const MAX_DEPTH = 8
 
 const PREFIX = "SELECT 1 WHERE "
 const NUL = "\u0000"
@@ -63,6 +88,13 @@ export const parseWhereAst = (where: string, ctx: ParseContext): ParsedWhere => 
   for (const [n, value] of Object.entries(ctx.params)) {
     if (value.includes(NUL)) throw new WhereError(`Parameter $${n} contains a NUL byte`)
   }
+  const whereClause = parseClause(where)
+  const resolver = new Resolver(ctx, 0)
+  const expr = resolver.predicate(resolver.typeNode(whereClause), "WHERE")
+  return { expr, columns: resolver.used, dependencies: resolver.dependencies }
+}
+
+const parseClause = (where: string): Node => {
   const text = PREFIX + where
   let tree: { stmts?: ReadonlyArray<{ stmt?: Node }> }
   try {
@@ -80,17 +112,146 @@ export const parseWhereAst = (where: string, ctx: ParseContext): ParsedWhere => 
   if (extra !== undefined || select.op !== "SETOP_NONE" || select.whereClause === undefined) {
     throw new WhereError("Invalid where clause: expected one boolean expression")
   }
-  const resolver = new Resolver(ctx)
-  const expr = resolver.predicate(resolver.typeNode(select.whereClause), "WHERE")
-  return { expr, columns: resolver.used }
+  return select.whereClause
 }
+
+/**
+ * The tables the clause's subqueries read (at any depth), for loading before
+ * `parseWhereAst`. Throws `WhereError` when the clause does not parse.
+ */
+export const subqueryTables = (where: string): ReadonlyArray<TableName> => {
+  if (where.includes(NUL)) throw new WhereError("Invalid where clause: contains a NUL byte")
+  const found = new Map<string, TableName>()
+  const visit = (value: unknown): void => {
+    if (Array.isArray(value)) {
+      for (const v of value) visit(v)
+      return
+    }
+    if (typeof value !== "object" || value === null) return
+    for (const [k, v] of Object.entries(value)) {
+      if (k === "RangeVar" && typeof v === "object" && v !== null) {
+        const r = v as { schemaname?: string; relname?: string }
+        if (r.relname !== undefined) found.set(JSON.stringify([r.schemaname, r.relname]), { schema: r.schemaname, name: r.relname })
+      } else {
+        visit(v)
+      }
+    }
+  }
+  visit(parseClause(where))
+  return [...found.values()]
+}
+
+const SUBSELECT_KEYS = new Set(["targetList", "fromClause", "whereClause", "limitOption", "op"])
 
 class Resolver {
   readonly used: Array<string> = []
+  readonly dependencies: Array<ParsedDependency> = []
   private readonly byName: Map<string, ColumnInfo>
 
-  constructor(private readonly ctx: ParseContext) {
+  constructor(private readonly ctx: ParseContext, private readonly depth: number) {
     this.byName = new Map(ctx.table.columns.map((c) => [c.name, c]))
+  }
+
+  /** `(cols) IN (SELECT …)`: the subquery becomes a dependency, compared column by column. */
+  private subLink(link: {
+    readonly subLinkType?: string
+    readonly testexpr?: Node
+    readonly operName?: ReadonlyArray<Node>
+    readonly subselect?: Node
+  }): InSubquery {
+    const kind = link.subLinkType ?? ""
+    const operator = (link.operName ?? []).map(stringOf)
+    if (kind !== "ANY_SUBLINK" || (operator.length > 0 && operator[operator.length - 1] !== "=")) {
+      const what = kind === "EXISTS_SUBLINK"
+        ? "EXISTS (SELECT …)"
+        : kind === "ALL_SUBLINK"
+        ? "ALL (SELECT …)"
+        : kind === "ANY_SUBLINK"
+        ? `${operator.join(".")} ANY (SELECT …)`
+        : "a subquery used as a value"
+      throw new WhereError(
+        `Unsupported expression: ${what}; only x IN (SELECT …) and x NOT IN (SELECT …) can be kept up to date`
+      )
+    }
+    if (this.depth + 1 > MAX_DEPTH) throw new WhereError(`Unsupported expression: subqueries nested more than ${MAX_DEPTH} deep`)
+    const test = link.testexpr
+    const leftNodes = test !== undefined && "RowExpr" in test ? (test.RowExpr.args ?? []) : test === undefined ? [] : [test]
+    const args = leftNodes.map((n) => {
+      if (!("ColumnRef" in n)) {
+        throw new WhereError("Unsupported expression: the left side of IN (SELECT …) must be a column or a row of columns")
+      }
+      return this.column(n.ColumnRef.fields ?? [])
+    })
+    const sub = link.subselect
+    if (sub === undefined || !("SelectStmt" in sub)) throw new WhereError("Unsupported expression: subquery")
+    const select = sub.SelectStmt
+    const extra = Object.keys(select).find((k) => !SUBSELECT_KEYS.has(k))
+    if (extra !== undefined || select.op !== "SETOP_NONE") {
+      throw new WhereError(
+        "Unsupported expression: a subquery may only be SELECT columns FROM one table [WHERE …]" +
+          (extra === undefined ? "" : ` (found ${extra})`)
+      )
+    }
+    const from = select.fromClause ?? []
+    const range = from.length === 1 && "RangeVar" in from[0]! ? from[0]!.RangeVar : undefined
+    if (range === undefined || range.relname === undefined) {
+      throw new WhereError("Unsupported expression: a subquery must read exactly one table (no joins, no nested SELECT in FROM)")
+    }
+    if (range.alias !== undefined) throw new WhereError("Unsupported expression: a table alias in a subquery")
+    if (range.inh === false) throw new WhereError("Unsupported expression: ONLY in a subquery")
+    const table = this.ctx.tables?.({ schema: range.schemaname, name: range.relname })
+    if (table === undefined) {
+      throw new WhereError(`Unknown table "${range.schemaname === undefined ? "" : range.schemaname + "."}${range.relname}" in subquery`)
+    }
+    const inner = new Resolver({ table, params: this.ctx.params, tables: this.ctx.tables }, this.depth + 1)
+    const targets = select.targetList ?? []
+    const selected = targets.map((t) => {
+      const target = "ResTarget" in t ? t.ResTarget : undefined
+      const value = target?.val
+      if (value === undefined || !("ColumnRef" in value)) {
+        throw new WhereError("Unsupported expression: a subquery must select plain columns of its table")
+      }
+      return inner.column(value.ColumnRef.fields ?? [])
+    })
+    if (selected.length !== args.length) {
+      throw new WhereError(`subquery has too ${selected.length > args.length ? "many" : "few"} columns`)
+    }
+    const innerWhere = select.whereClause === undefined
+      ? undefined
+      : (() => {
+        const expr = inner.predicate(inner.typeNode(select.whereClause), "WHERE")
+        return { expr, columns: inner.used, dependencies: inner.dependencies }
+      })()
+    const domains = args.map((arg, i) => {
+      const column = selected[i]!
+      const domain = domainOf(arg.type, column.type)
+      if (domain === undefined) {
+        throw new WhereError(`operator does not exist: ${displayType(arg.type)} = ${displayType(column.type)}`)
+      }
+      return domain
+    })
+    if (args.length > 1) {
+      const nullable = [
+        ...args.filter((a) => this.byName.get(a.name)?.notNull !== true).map((a) => `"${a.name}"`),
+        ...selected.filter((c) => table.columns.find((t) => t.name === c.name)?.notNull !== true).map((c) =>
+          `"${table.name}"."${c.name}"`
+        )
+      ]
+      if (nullable.length > 0) {
+        throw new WhereError(
+          `Unsupported expression: (…) IN (SELECT …) over nullable columns (${nullable.join(", ")}); ` +
+            "a row of columns can only be compared when none of them can be NULL"
+        )
+      }
+    }
+    const sql = `SELECT ${selected.map((c) => quoteIdent(c.name)).join(", ")} FROM ${quoteIdent(table.schema)}.${quoteIdent(table.name)}` +
+      (innerWhere === undefined ? "" : ` WHERE ${renderSql(innerWhere.expr)}`)
+    let dependency = this.dependencies.findIndex((d) => d.sql === sql)
+    if (dependency === -1) {
+      dependency = this.dependencies.length
+      this.dependencies.push({ table, select: selected, where: innerWhere, sql })
+    }
+    return { _tag: "InSubquery", args, domains, dependency, subquerySql: sql }
   }
 
   typeNode(node: Node): Typed {
@@ -130,6 +291,7 @@ class Resolver {
       const names = (node.FuncCall.funcname ?? []).map(stringOf)
       throw new WhereError(`Unsupported function: ${names.filter((n) => n !== "pg_catalog").join(".")}`)
     }
+    if ("SubLink" in node) return this.subLink(node.SubLink)
     if ("CollateClause" in node) throw new WhereError("Unsupported expression: COLLATE")
     throw new WhereError(`Unsupported expression: ${Object.keys(node)[0] ?? "unknown"}`)
   }

@@ -51,6 +51,10 @@ const render = (e: Expr): string => {
       const escape = e.escape === "\\" ? "" : ` ESCAPE ${quoteString(e.escape)}`
       return `(${value(e.arg, undefined)} ${op} ${pattern}${escape})`
     }
+    case "InSubquery": {
+      const left = e.args.length === 1 ? quoteIdent(e.args[0]!.name) : `(${e.args.map((a) => quoteIdent(a.name)).join(", ")})`
+      return `(${left} IN (${e.subquerySql}))`
+    }
     case "Between": {
       const op = `${e.negated ? "NOT " : ""}BETWEEN${e.symmetric ? " SYMMETRIC" : ""}`
       return `(${value(e.arg, e.low)} ${op} ${value(e.low, e.arg)} AND ${value(e.high, e.arg)})`

@@ -2,9 +2,9 @@ import { Either } from "effect"
 import type { Row } from "../domain/Change.js"
 import { InvalidWhere } from "../domain/errors.js"
 import type { TableInfo } from "../domain/Table.js"
-import type { Expr } from "./Ast.js"
-import { compile } from "./Evaluator.js"
-import { parseWhereAst, WhereError } from "./Parser.js"
+import type { Column, Expr, InSubquery } from "./Ast.js"
+import { compile, type SubqueryViews } from "./Evaluator.js"
+import { type ParsedWhere, parseWhereAst, subqueryTables, type TableName, WhereError } from "./Parser.js"
 import { renderSql } from "./Sql.js"
 import { trimSpaces } from "./Values.js"
 
@@ -37,8 +37,38 @@ export interface WhereClause {
    * the routing index.
    */
   readonly equalities: ReadonlyArray<{ readonly column: string; readonly value: string }>
-  /** True iff the clause evaluates to TRUE for the row (FALSE and NULL give false). Never throws. */
+  /**
+   * True iff the clause evaluates to TRUE for the row (FALSE and NULL give false). Never throws. For a clause
+   * with subqueries it is true for every row (routing cannot know the views): use `bind`.
+   */
   readonly matches: (row: Row) => boolean
+  /** One per distinct subquery (`InSubquery.dependency` indexes it): the dependency shapes. */
+  readonly dependencies: ReadonlyArray<DependencyClause>
+  /** Every `IN (SELECT …)` of the clause, with how it reacts to NULLs. */
+  readonly positions: ReadonlyArray<SubqueryPosition>
+  /** `matches`, with the subqueries answered by `views`. */
+  readonly bind: (views: SubqueryViews) => (row: Row) => boolean
+}
+
+/** A subquery of a clause: a dependency shape's table, its selected columns and its own clause. */
+export interface DependencyClause {
+  readonly table: TableInfo
+  /** The selected columns, in the order written. */
+  readonly select: ReadonlyArray<Column>
+  readonly where: WhereClause | undefined
+  /** Canonical SQL of the subquery. */
+  readonly sql: string
+}
+
+/** One `IN (SELECT …)` in a clause. */
+export interface SubqueryPosition {
+  readonly node: InSubquery
+  /**
+   * Whether a NULL entering or leaving the subquery's values, or the set becoming empty or not, can change the
+   * clause's result for rows whose values did not move: the position sits under a NOT, an IS test or a
+   * comparison of truth values. Elsewhere NULL and FALSE both leave a row out.
+   */
+  readonly nullSensitive: boolean
 }
 
 /**
@@ -51,20 +81,74 @@ export interface WhereClause {
 export const parseWhere = (
   where: string,
   params: Readonly<Record<string, string>>,
-  table: TableInfo
+  table: TableInfo,
+  tables?: (name: TableName) => TableInfo | undefined
 ): Either.Either<WhereClause, InvalidWhere> => {
   try {
-    const { expr, columns } = parseWhereAst(where, { table, params })
-    const predicate = compile(expr)
-    return Either.right({
-      sql: renderSql(expr),
-      columns,
-      equalities: equalitiesOf(expr),
-      matches: (row) => predicate(row) === true
-    })
+    return Either.right(toClause(parseWhereAst(where, { table, params, tables })))
   } catch (error) {
     if (error instanceof WhereError) return Either.left(new InvalidWhere({ message: error.message }))
     throw error
+  }
+}
+
+/** The tables a clause's subqueries read, to load before `parseWhere`; a clause that does not parse names none. */
+export const subqueryTablesOf = (where: string): ReadonlyArray<TableName> => {
+  try {
+    return subqueryTables(where)
+  } catch (error) {
+    if (error instanceof WhereError) return []
+    throw error
+  }
+}
+
+const toClause = (parsed: ParsedWhere): WhereClause => {
+  const { expr, columns } = parsed
+  const dependencies = parsed.dependencies.map((d): DependencyClause => ({
+    table: d.table,
+    select: d.select,
+    where: d.where === undefined ? undefined : toClause(d.where),
+    sql: d.sql
+  }))
+  const positions: Array<SubqueryPosition> = []
+  collectPositions(expr, false, positions)
+  if (dependencies.length === 0) {
+    const predicate = compile(expr)
+    const matches = (row: Row) => predicate(row) === true
+    return { sql: renderSql(expr), columns, equalities: equalitiesOf(expr), matches, dependencies, positions, bind: () => matches }
+  }
+  return {
+    sql: renderSql(expr),
+    columns,
+    equalities: equalitiesOf(expr),
+    matches: () => true,
+    dependencies,
+    positions,
+    bind: (views) => {
+      const predicate = compile(expr, views)
+      return (row) => predicate(row) === true
+    }
+  }
+}
+
+const collectPositions = (e: Expr, sensitive: boolean, out: Array<SubqueryPosition>): void => {
+  switch (e._tag) {
+    case "InSubquery":
+      out.push({ node: e, nullSensitive: sensitive })
+      return
+    case "And":
+    case "Or":
+      for (const a of e.args) collectPositions(a, sensitive, out)
+      return
+    case "Not":
+    case "BoolTest":
+      collectPositions(e.arg, true, out)
+      return
+    case "IsNull":
+      if (e.arg._tag !== "Column" && e.arg._tag !== "Const") collectPositions(e.arg, true, out)
+      return
+    default:
+      return
   }
 }
 

@@ -40,6 +40,7 @@ const makeShape = (options: {
     definition,
     table,
     where,
+    dependencies: [],
     columns: selectedColumns(table, options.columns)
   }
 }

@@ -31,7 +31,8 @@ export const FakeSnapshot = {
             const info = db.snapshotInfo(lines.length)
             if (lines.length > 0) yield* options.onLines(lines)
             return info
-          }))
+          })),
+        rows: () => Effect.fail(new PostgresError({ reason: "Query", message: "the fake database answers no queries" }))
       })
     )
 } as const

@@ -1,0 +1,241 @@
+import { Effect } from "effect"
+import type { Row } from "../domain/Change.js"
+import { LogOffset } from "../domain/LogOffset.js"
+import type { Lsn } from "../domain/Lsn.js"
+import { rowKey } from "../domain/RowKey.js"
+import type { ShapeHandle } from "../domain/ShapeHandle.js"
+import type { MaterializerGone, PostgresError, StorageError } from "../domain/errors.js"
+import type { RowsRequest, Snapshot } from "../postgres/Snapshot.js"
+import type { ShapeLog } from "../storage/ShapeLogStorage.js"
+import type { InSubquery } from "../where/Ast.js"
+import type { SubqueryViews } from "../where/Evaluator.js"
+import type { SubqueryPosition } from "../where/WhereClause.js"
+import type { PendingEntry, ShapeEncoder } from "./LogItems.js"
+import { type LoggedTransaction, type Materializer, type Moves, parseLogBody, type ValueIndex } from "./Materializer.js"
+import type { Shape } from "./Shape.js"
+
+/** What the consumer of a shape with subqueries reaches of one of its dependency shapes. */
+export interface DependencyLink {
+  readonly handle: ShapeHandle
+  /** The dependency's materializer, once its consumer has loaded it. */
+  readonly materializer: Effect.Effect<Materializer, MaterializerGone>
+  /** Waits until the dependency's consumer has handled every transaction up to `lsn` routed to it. */
+  readonly awaitHandled: (lsn: Lsn) => Effect.Effect<void, MaterializerGone>
+}
+
+/** Every committed transaction of a shape's log (snapshot rows first, at LSN 0), read chunk by chunk, each once. */
+export const readLog = (log: ShapeLog): Effect.Effect<Array<LoggedTransaction>, StorageError> =>
+  Effect.gen(function*() {
+    const out: Array<LoggedTransaction> = []
+    const decoder = new TextDecoder()
+    let from = LogOffset.beforeAll
+    for (;;) {
+      const read = yield* log.read(from)
+      parseLogBody(decoder.decode(read.body), out)
+      if (read.reachedEnd || LogOffset.equals(read.nextOffset, from)) return out
+      from = read.nextOffset
+    }
+  })
+
+/** The row keys a shape holds after the transactions of its log. */
+export const heldKeys = (transactions: ReadonlyArray<LoggedTransaction>): Set<string> => {
+  const held = new Set<string>()
+  for (const t of transactions) {
+    for (const op of t.operations) {
+      if (op.operation === "delete") held.delete(op.key)
+      else held.add(op.key)
+    }
+  }
+  return held
+}
+
+/** The moves one transaction made in the values a shape's subqueries read. */
+export interface ShapeMoves {
+  /** Per position whose set gained or lost values: those values (the dependency's texts). */
+  readonly partial: ReadonlyArray<{ readonly position: SubqueryPosition; readonly values: ReadonlyArray<ReadonlyArray<string>> }>
+  /** A NULL or the emptiness of a set changed where that matters for rows whose values did not move. */
+  readonly full: boolean
+}
+
+/**
+ * The state of the consumer of a shape with subqueries: the rows it holds
+ * (rebuilt from its own log), its view of each dependency at the commit being
+ * handled, and the queries that bring rows in and out when a dependency's
+ * values move.
+ *
+ * A move is applied by asking Postgres for the rows whose values moved, with
+ * the shape's whole clause (real subqueries) evaluated in one snapshot that
+ * holds the moving transaction: each such row is written as it is in that
+ * snapshot (insert, update or delete, by whether the shape holds it). Later
+ * changes of those rows by transactions the snapshot already holds are
+ * skipped (the rows were written with them); every other change is applied as
+ * it comes, by the rows held. No row is ever inserted twice or deleted
+ * unheld, and the shape equals Postgres once the stream has passed the
+ * snapshot.
+ */
+export class SubqueryState {
+  /** The commit LSN whose views the clause reads. */
+  at: Lsn = 0n
+  readonly matches: (row: Row) => boolean
+  private readonly indexes: ReadonlyArray<ValueIndex>
+  private readonly byNode: Map<InSubquery, ValueIndex>
+  /** Rows written as a move's snapshot had them, until no later transaction can be in that snapshot. */
+  private reconciled: Array<{ readonly snapshot: SnapshotRange; readonly keys: Set<string> }> = []
+  /** The reconciliations whose snapshot holds the transaction being encoded. */
+  private holding: Array<Set<string>> = []
+
+  constructor(
+    readonly shape: Shape,
+    readonly held: Set<string>,
+    private readonly links: ReadonlyArray<DependencyLink>,
+    private readonly materializers: ReadonlyArray<Materializer>,
+    private readonly rows: Snapshot["Type"]["rows"]
+  ) {
+    const where = shape.where!
+    this.byNode = new Map()
+    this.indexes = where.positions.map((p) => {
+      const dependency = where.dependencies[p.node.dependency]!
+      const index = materializers[p.node.dependency]!.index({
+        columns: dependency.select.map((c) => c.name),
+        types: dependency.select.map((c) => c.type),
+        domains: p.node.domains
+      })
+      this.byNode.set(p.node, index)
+      return index
+    })
+    const views: SubqueryViews = {
+      has: (node, key) => this.byNode.get(node)!.has(key, this.at),
+      hasNull: (node) => this.byNode.get(node)!.hasNull(this.at),
+      isEmpty: (node) => this.byNode.get(node)!.isEmpty(this.at)
+    }
+    this.matches = where.bind(views)
+  }
+
+  /** Waits until each dependency has handled what was routed to it with the transaction (`needs`, per dependency). */
+  awaitDependencies(needs: ReadonlyArray<Lsn> | undefined): Effect.Effect<void, MaterializerGone> {
+    if (needs === undefined) return Effect.void
+    return Effect.forEach(this.links, (link, i) => link.awaitHandled(needs[i] ?? 0n), { discard: true })
+  }
+
+  /** Starts a transaction: which rows written by earlier moves already hold its changes. */
+  begin(xid: number): void {
+    if (this.reconciled.length === 0) return
+    this.holding = []
+    this.reconciled = this.reconciled.filter((r) => {
+      if (widen(xid, r.snapshot) >= r.snapshot.xmax) return false
+      if (visible(xid, r.snapshot)) this.holding.push(r.keys)
+      return true
+    })
+  }
+
+  /** Whether a change of the row `key` in the current transaction is already in what a move wrote. */
+  written(key: string): boolean {
+    for (const keys of this.holding) if (keys.has(key)) return true
+    return false
+  }
+
+  /** Tells the dependencies this shape has handled everything up to `lsn`: their history below it can go. */
+  handled(lsn: Lsn): void {
+    for (const m of this.materializers) m.dependentAt(this.shape.handle, lsn)
+  }
+
+  /** What the transaction at `lsn` moved, if anything. */
+  movesAt(lsn: Lsn): ShapeMoves | undefined {
+    const where = this.shape.where!
+    let partial: Array<{ position: SubqueryPosition; values: ReadonlyArray<ReadonlyArray<string>> }> | undefined
+    let full = false
+    where.positions.forEach((position, i) => {
+      const moves: Moves | undefined = this.indexes[i]!.movesAt.get(lsn)
+      if (moves === undefined) return
+      if (moves.entered.length > 0 || moves.left.length > 0) {
+        ;(partial ??= []).push({ position, values: [...moves.entered, ...moves.left] })
+      }
+      if (position.nullSensitive && (moves.nullChanged || moves.emptyChanged)) full = true
+    })
+    return partial === undefined && !full ? undefined : { partial: partial ?? [], full }
+  }
+
+  /**
+   * Applies the moves of the transaction just encoded: queries the rows they concern and writes each as the
+   * query's snapshot has it, after the transaction's own entries (`op` onward). The snapshot must hold every
+   * transaction handled so far (`xids`, the transaction's among them); if one is not visible yet, it asks again.
+   */
+  reconcile(
+    moves: ShapeMoves,
+    xids: ReadonlyArray<number>,
+    encoder: ShapeEncoder,
+    tx: Lsn,
+    op: number,
+    txHeaders: string,
+    out: Array<PendingEntry>
+  ): Effect.Effect<void, PostgresError> {
+    const self = this
+    return Effect.gen(function*() {
+      const request = self.request(moves)
+      let result = yield* self.rows(request)
+      while (!xids.every((xid) => visible(xid, result))) {
+        yield* Effect.sleep("20 millis")
+        result = yield* self.rows(request)
+      }
+      const keys = new Set<string>()
+      self.reconciled.push({ snapshot: result, keys })
+      for (const { row: r, included } of result.rows) {
+        const key = rowKey(self.shape.table, r)
+        keys.add(key)
+        if (self.held.has(key)) {
+          if (included) encoder.row("update", r, tx, op, txHeaders, out)
+          else {
+            encoder.row("delete", r, tx, op, txHeaders, out)
+            self.held.delete(key)
+          }
+        } else if (included) {
+          encoder.row("insert", r, tx, op, txHeaders, out)
+          self.held.add(key)
+        } else {
+          continue
+        }
+        op += 2
+      }
+    })
+  }
+
+  private request(moves: ShapeMoves): RowsRequest {
+    const { shape } = this
+    const where = shape.where!
+    return {
+      table: shape.table,
+      columns: shape.columns,
+      whereSql: where.sql,
+      filters: moves.full ? undefined : moves.partial.map(({ position, values }) => {
+        const node = position.node
+        const dependency = where.dependencies[node.dependency]!
+        return { columns: node.args.map((a) => a.name), types: dependency.select.map((c) => c.type), values }
+      })
+    }
+  }
+}
+
+const TWO_32 = 1n << 32n
+const TWO_31 = 1n << 31n
+
+interface SnapshotRange {
+  readonly xmin: bigint
+  readonly xmax: bigint
+  readonly xip: ReadonlyArray<bigint>
+}
+
+/** A 32-bit xid widened with the epoch of the snapshot's xmax. */
+const widen = (xid: number, snapshot: SnapshotRange): bigint => {
+  let full = (snapshot.xmax & ~(TWO_32 - 1n)) | BigInt(xid >>> 0)
+  if (full - snapshot.xmax > TWO_31) full -= TWO_32
+  else if (snapshot.xmax - full > TWO_31) full += TWO_32
+  return full
+}
+
+/** Whether a snapshot holds the transaction of a 32-bit xid. */
+const visible = (xid: number, snapshot: SnapshotRange) => {
+  const full = widen(xid, snapshot)
+  if (full < snapshot.xmin) return true
+  if (full >= snapshot.xmax) return false
+  return !snapshot.xip.includes(full)
+}
