@@ -545,7 +545,8 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
         (client) =>
           Effect.tryPromise({
             try: async () => {
-              await client.query("BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY")
+              // The display settings make each value the text the log holds for it.
+              await client.query(`BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; ${displaySettingsSql("local")}`)
               const snap = await client.query<{ snapshot: string }>("SELECT pg_current_snapshot()::text AS snapshot")
               const { sql, params } = rowsQuery(request)
               const result = await client.query<Record<string, string | null>>({ text: sql, values: [...params], types: textTypes })

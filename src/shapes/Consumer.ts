@@ -273,9 +273,11 @@ export const runConsumer = (options: {
               const change = txn.changes[i]!
               if (change.kind === "truncate" || change.relation.oid !== tableOid) continue
               // A row a move wrote from a snapshot holding this transaction already has its change.
-              const row = change.kind === "delete" ? change.old : change.new
-              if (sub.written(rowKey(shape.table, row))) continue
-              if (change.kind === "update" && change.old !== undefined && sub.written(rowKey(shape.table, change.old))) continue
+              if (sub.holding) {
+                const row = change.kind === "delete" ? change.old : change.new
+                if (sub.written(rowKey(shape.table, row))) continue
+                if (change.kind === "update" && change.old !== undefined && sub.written(rowKey(shape.table, change.old))) continue
+              }
               encoder.encode(change, txn.commitLsn, i * 2, txHeaders, pending)
             }
           }
@@ -329,6 +331,7 @@ export const runConsumer = (options: {
             for (const { delivery, txn } of batch) {
               if (txn === undefined || delivery === undefined) continue
               lastCommit = txn.commitLsn
+              lastTaken = txn.commitLsn
               if (txn.commitLsn <= durableAt.tx || inSnapshot(txn)) continue
               encodeChanges(txn, delivery, transactionHeaders(txn.xid, txn.commitLsn))
               finishTransaction(pending, entries)

@@ -82,7 +82,7 @@ export class SubqueryState {
   /** Rows written as a move's snapshot had them, until no later transaction can be in that snapshot. */
   private reconciled: Array<{ readonly snapshot: SnapshotRange; readonly keys: Set<string> }> = []
   /** The reconciliations whose snapshot holds the transaction being encoded. */
-  private holding: Array<Set<string>> = []
+  private holdingKeys: Array<Set<string>> = []
 
   constructor(
     readonly shape: Shape,
@@ -119,18 +119,26 @@ export class SubqueryState {
 
   /** Starts a transaction: which rows written by earlier moves already hold its changes. */
   begin(xid: number): void {
-    if (this.reconciled.length === 0) return
-    this.holding = []
+    if (this.reconciled.length === 0) {
+      this.holdingKeys = []
+      return
+    }
+    this.holdingKeys = []
     this.reconciled = this.reconciled.filter((r) => {
       if (widen(xid, r.snapshot) >= r.snapshot.xmax) return false
-      if (visible(xid, r.snapshot)) this.holding.push(r.keys)
+      if (visible(xid, r.snapshot)) this.holdingKeys.push(r.keys)
       return true
     })
   }
 
+  /** Whether some rows written by a move already hold the current transaction's changes. */
+  get holding(): boolean {
+    return this.holdingKeys.length > 0
+  }
+
   /** Whether a change of the row `key` in the current transaction is already in what a move wrote. */
   written(key: string): boolean {
-    for (const keys of this.holding) if (keys.has(key)) return true
+    for (const keys of this.holdingKeys) if (keys.has(key)) return true
     return false
   }
 

@@ -30,6 +30,8 @@ export interface ShapeSpec {
   readonly where?: string
   /** Selected columns; all of them when absent. */
   readonly columns?: ReadonlyArray<string>
+  /** Values of the clause's `$1`, `$2`, … (sent as `params[n]`). */
+  readonly params?: ReadonlyArray<string>
 }
 
 /**
@@ -80,6 +82,7 @@ export class OracleClient {
       const params = new URLSearchParams({ table: this.table, offset: this.offset })
       if (this.spec.where !== undefined) params.set("where", this.spec.where)
       if (this.spec.columns !== undefined) params.set("columns", this.spec.columns.join(","))
+      for (const [i, value] of (this.spec.params ?? []).entries()) params.set(`params[${i + 1}]`, value)
       if (this.handle !== undefined) params.set("handle", this.handle)
       if (this.live) {
         params.set("live", "true")

@@ -66,13 +66,14 @@ export class FakePostgres {
   /** Every ack the slot received (from every connection), in order. */
   readonly acks: Array<Lsn> = []
   /**
-   * Interceptions tests arm: the next ack, the next catalog load, the next snapshot, the next SQLite
-   * statement of the registry.
+   * Interceptions tests arm: the next ack, the next catalog load, the next snapshot, the next query of
+   * rows (`Snapshot.rows`, keyed by its table), the next SQLite statement of the registry.
    */
   readonly intercept = {
     ack: new Intercept<Lsn>(),
     load: new Intercept<TableRef>(),
     snapshot: new Intercept<TableRef>(),
+    rows: new Intercept<TableRef>(),
     sql: new Intercept<string>()
   }
   /** When true, acks are recorded but never reach `confirmedFlush` (as if the standby status was lost). */
