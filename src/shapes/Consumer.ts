@@ -272,11 +272,21 @@ export const runConsumer = (options: {
             for (const i of delivery.changes) {
               const change = txn.changes[i]!
               if (change.kind === "truncate" || change.relation.oid !== tableOid) continue
-              // A row a move wrote from a snapshot holding this transaction already has its change.
+              // A row a move wrote from a snapshot holding this transaction already has its change. An update that
+              // changes the key has two rows: the side the move did not write is still applied.
               if (sub.holding) {
-                const row = change.kind === "delete" ? change.old : change.new
-                if (sub.written(rowKey(shape.table, row))) continue
-                if (change.kind === "update" && change.old !== undefined && sub.written(rowKey(shape.table, change.old))) continue
+                if (change.kind !== "update" || change.old === undefined) {
+                  if (sub.written(rowKey(shape.table, change.kind === "delete" ? change.old : change.new))) continue
+                } else {
+                  const oldWritten = sub.written(rowKey(shape.table, change.old))
+                  const newWritten = sub.written(rowKey(shape.table, change.new))
+                  if (oldWritten && newWritten) continue
+                  if (oldWritten || newWritten) {
+                    if (!oldWritten) encoder.encode({ kind: "delete", relation: change.relation, old: change.old }, txn.commitLsn, i * 2, txHeaders, pending)
+                    if (!newWritten) encoder.encode({ kind: "insert", relation: change.relation, new: change.new }, txn.commitLsn, i * 2 + 1, txHeaders, pending)
+                    continue
+                  }
+                }
               }
               encoder.encode(change, txn.commitLsn, i * 2, txHeaders, pending)
             }
