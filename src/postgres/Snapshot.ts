@@ -45,15 +45,27 @@ export interface RowsResult {
   readonly xmin: bigint
   readonly xmax: bigint
   readonly xip: ReadonlyArray<bigint>
-  readonly rows: ReadonlyArray<{ readonly row: Record<string, string | null>; readonly included: boolean }>
+  /** Each row's key (as the log writes it), its selected values (as a snapshot writes them), and the clause's truth. */
+  readonly rows: ReadonlyArray<{ readonly key: string; readonly row: Record<string, string | null>; readonly included: boolean }>
 }
 
 const INCLUDED = "syncline.included"
 
-/** The query of a `RowsRequest`, with its parameters. */
+/**
+ * The query of a `RowsRequest`, with its parameters. Values are read as a
+ * snapshot reads them (`::text` where that differs from the output text), and
+ * each key column once more as its output text, for the row's key.
+ */
 export const rowsQuery = (request: RowsRequest): { readonly sql: string; readonly params: ReadonlyArray<unknown> } => {
   const { table } = request
-  const select = `SELECT ${request.columns.map(quoteIdent).join(", ")}, (${request.whereSql}) IS TRUE AS ${
+  const byName = new Map(table.columns.map((c) => [c.name, c]))
+  const fields = request.columns.map((name) => {
+    const column = byName.get(name)
+    const cast = column !== undefined && column.dims === 0 && CAST_TO_TEXT.has(column.baseTypeName)
+    return `${quoteIdent(name)}${cast ? "::text" : ""} AS ${quoteIdent(name)}`
+  })
+  const keys = table.pk.map((name, i) => `${quoteIdent(name)} AS ${quoteIdent(`syncline.key.${i}`)}`)
+  const select = `SELECT ${[...fields, ...keys].join(", ")}, (${request.whereSql}) IS TRUE AS ${
     quoteIdent(INCLUDED)
   } FROM ${quoteIdent(table.schema)}.${quoteIdent(table.name)}`
   if (request.filters === undefined) return { sql: select, params: [] }
@@ -551,10 +563,13 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
               const { sql, params } = rowsQuery(request)
               const result = await client.query<Record<string, string | null>>({ text: sql, values: [...params], types: textTypes })
               await client.query("COMMIT")
-              const found = result.rows.map((row) => {
-                const included = row[INCLUDED] === "t"
-                delete row[INCLUDED]
-                return { row, included }
+              const prefix = rowKeyPrefix(request.table)
+              const found = result.rows.map((fields) => {
+                let key = prefix
+                const row: Record<string, string | null> = {}
+                for (const name of request.columns) row[name] = fields[name] ?? null
+                for (let i = 0; i < request.table.pk.length; i++) key += rowKeyPart(fields[`syncline.key.${i}`])
+                return { key, row, included: fields[INCLUDED] === "t" }
               })
               return { ...parsePgSnapshot(snap.rows[0]!.snapshot), rows: found }
             },

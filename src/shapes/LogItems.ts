@@ -24,6 +24,7 @@ export interface ShapeEncoder {
    */
   readonly row: (
     operation: "insert" | "update" | "delete",
+    key: string,
     row: Row,
     tx: bigint,
     op: number,
@@ -178,6 +179,7 @@ export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncode
 
   const row = (
     operation: "insert" | "update" | "delete",
+    key: string,
     r: Row,
     tx: bigint,
     op: number,
@@ -185,8 +187,10 @@ export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncode
     out: Array<PendingEntry>
   ): void => {
     const value = operation === "delete" && !full ? pkValue(r) : fullValue(r)
-    out.push({ offset: LogOffset.make(tx, op), open: line(rowKey(table, r), value, undefined, operation, "", txHeaders, op) })
+    out.push({ offset: LogOffset.make(tx, op), open: line(key, value, undefined, operation, "", txHeaders, op) })
   }
+  const rowOf = (operation: "insert" | "update" | "delete", r: Row, tx: bigint, op: number, txHeaders: string, out: Array<PendingEntry>) =>
+    row(operation, rowKey(table, r), r, tx, op, txHeaders, out)
 
   if (heldRows === undefined) return { shape, encode, row }
   const { held } = heldRows
@@ -195,7 +199,7 @@ export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncode
   // An update of a held row that still belongs: the changed columns, as `encode` writes them (for a clause with
   // subqueries, `matches` holds every row, so `encode` writes it as an update).
   const updateHeld = (change: Change & { readonly kind: "update" }, tx: bigint, op: number, txHeaders: string, out: Array<PendingEntry>) => {
-    if (change.old === undefined) row("update", change.new, tx, op, txHeaders, out)
+    if (change.old === undefined) rowOf("update", change.new, tx, op, txHeaders, out)
     else encode(change, tx, op, txHeaders, out)
   }
 
@@ -206,20 +210,20 @@ export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncode
         const key = rowKey(table, change.new)
         const belongs = inShape(change.new)
         if (held.has(key)) {
-          if (belongs) row("update", change.new, tx, op, txHeaders, out)
+          if (belongs) rowOf("update", change.new, tx, op, txHeaders, out)
           else {
-            row("delete", change.new, tx, op, txHeaders, out)
+            rowOf("delete", change.new, tx, op, txHeaders, out)
             held.delete(key)
           }
         } else if (belongs) {
-          row("insert", change.new, tx, op, txHeaders, out)
+          rowOf("insert", change.new, tx, op, txHeaders, out)
           held.add(key)
         }
         break
       }
       case "delete": {
         const key = rowKey(table, change.old)
-        if (held.delete(key)) row("delete", change.old, tx, op, txHeaders, out)
+        if (held.delete(key)) rowOf("delete", change.old, tx, op, txHeaders, out)
         break
       }
       case "update": {
@@ -245,7 +249,7 @@ export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncode
             held.delete(oldKey)
           }
           if (belongs) {
-            if (held.has(newKey)) row("update", newRow, tx, op + 1, txHeaders, out)
+            if (held.has(newKey)) rowOf("update", newRow, tx, op + 1, txHeaders, out)
             else {
               out.push({
                 offset: LogOffset.make(tx, op + 1),
@@ -265,10 +269,10 @@ export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncode
         } else if (wasHeld && belongs) {
           updateHeld(change, tx, op, txHeaders, out)
         } else if (wasHeld) {
-          row("delete", change.old ?? newRow, tx, op, txHeaders, out)
+          rowOf("delete", change.old ?? newRow, tx, op, txHeaders, out)
           held.delete(oldKey)
         } else if (belongs) {
-          row("insert", newRow, tx, op, txHeaders, out)
+          rowOf("insert", newRow, tx, op, txHeaders, out)
           held.add(newKey)
         }
         break

@@ -2,7 +2,6 @@ import { Effect } from "effect"
 import type { Row } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import type { Lsn } from "../domain/Lsn.js"
-import { rowKey } from "../domain/RowKey.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { MaterializerGone, PostgresError, StorageError } from "../domain/errors.js"
 import type { RowsRequest, Snapshot } from "../postgres/Snapshot.js"
@@ -187,17 +186,16 @@ export class SubqueryState {
       }
       const keys = new Set<string>()
       self.reconciled.push({ snapshot: result, keys })
-      for (const { row: r, included } of result.rows) {
-        const key = rowKey(self.shape.table, r)
+      for (const { key, row: r, included } of result.rows) {
         keys.add(key)
         if (self.held.has(key)) {
-          if (included) encoder.row("update", r, tx, op, txHeaders, out)
+          if (included) encoder.row("update", key, r, tx, op, txHeaders, out)
           else {
-            encoder.row("delete", r, tx, op, txHeaders, out)
+            encoder.row("delete", key, r, tx, op, txHeaders, out)
             self.held.delete(key)
           }
         } else if (included) {
-          encoder.row("insert", r, tx, op, txHeaders, out)
+          encoder.row("insert", key, r, tx, op, txHeaders, out)
           self.held.add(key)
         } else {
           continue
