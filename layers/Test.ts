@@ -25,7 +25,13 @@ export interface TestDirs {
  * snapshot and the replication connection. `holder` names this process for
  * the advisory lock.
  */
-export const TestStack = (db: FakePostgres, dirs: TestDirs, holder = "syncline", maxInFlight?: number) =>
+export const TestStack = (
+  db: FakePostgres,
+  dirs: TestDirs,
+  holder = "syncline",
+  maxInFlight?: number,
+  chunkBytesThreshold = 10_485_760
+) =>
   makeStack({
     infrastructure: Layer.mergeAll(
       FakeInspector.layer(db),
@@ -35,7 +41,7 @@ export const TestStack = (db: FakePostgres, dirs: TestDirs, holder = "syncline",
     registryDb: RecordedShapeDb.layer(db, dirs.storageDir),
     replication: FakeReplication.layer(db),
     storageDir: dirs.storageDir,
-    storage: { directory: path.join(dirs.storageDir, "shapes"), chunkBytesThreshold: 10_485_760 },
+    storage: { directory: path.join(dirs.storageDir, "shapes"), chunkBytesThreshold },
     publicationCheckInterval: "1 minute",
     ...(maxInFlight === undefined ? {} : { maxInFlight })
   })
@@ -50,10 +56,16 @@ export const TestServer = (
   dirs: TestDirs,
   settings: Partial<StackSettings> = {},
   holder = "syncline",
-  options: { readonly policy?: RestartPolicy; readonly maxInFlight?: number } = {}
+  options: {
+    readonly policy?: RestartPolicy
+    readonly maxInFlight?: number
+    /** Where shape log chunks close; a tiny one gives every shape a log of many chunks. */
+    readonly chunkBytesThreshold?: number
+  } = {}
 ) => {
+  const stack = TestStack(db, dirs, holder, options.maxInFlight, options.chunkBytesThreshold)
   const infrastructure = NodeHttpServer.layerTest.pipe(
-    Layer.provideMerge(StackSupervisor.layer(TestStack(db, dirs, holder, options.maxInFlight), options.policy)),
+    Layer.provideMerge(StackSupervisor.layer(stack, options.policy)),
     Layer.provideMerge(ShutdownSignal.layer),
     Layer.provideMerge(
       StackConfig.layerWith({ storageDir: dirs.storageDir, enableIntegrationTesting: true, ...settings })

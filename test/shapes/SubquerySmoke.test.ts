@@ -68,3 +68,53 @@ describe("subquery shapes", () => {
     stream.unsubscribeAll()
   })
 })
+
+describe("subquery shapes across a graceful restart", () => {
+  it("keep their handle and follow changes made while stopped", async () => {
+    const where = "project_id IN (SELECT id FROM sq_projects WHERE active AND org_id IN (SELECT id FROM sq_orgs WHERE paid))"
+    const url = (base: string, q: Record<string, string>) => `${base}/v1/shape?${new URLSearchParams({ table: "sq_issues", where, ...q })}`
+    const rows = new Map<string, unknown>()
+    let handle = ""
+    let offset = "-1"
+    const pull = async (base: string) => {
+      for (;;) {
+        const res = await fetch(url(base, handle === "" ? { offset } : { offset, handle }))
+        expect(res.status).toBe(200)
+        handle = res.headers.get("electric-handle")!
+        offset = res.headers.get("electric-offset")!
+        const body = (await res.json()) as Array<{ key?: string; value?: unknown; headers: Record<string, string> }>
+        for (const m of body) {
+          if (m.key === undefined) continue
+          if (m.headers.operation === "insert") {
+            expect(rows.has(m.key), `duplicate insert of ${m.key}`).toBe(false)
+            rows.set(m.key, m.value)
+          } else {
+            expect(rows.has(m.key), `${m.headers.operation} of unknown ${m.key}`).toBe(true)
+            if (m.headers.operation === "delete") rows.delete(m.key)
+          }
+        }
+        if (body.some((m) => m.headers.control === "up-to-date")) return
+      }
+    }
+    const expected = async () => (await pool.query(`SELECT id FROM sq_issues WHERE ${where} ORDER BY id`)).rows.map((r) => `"public"."sq_issues"/"${r.id}"`)
+    await pull(server.baseUrl)
+    expect([...rows.keys()].sort()).toEqual((await expected()).sort())
+    const first = handle
+    const dir = server.settings.storageDir
+    await server.stop()
+    await pool.query(`UPDATE sq_orgs SET paid = NOT paid WHERE id = 2`)
+    await pool.query(`UPDATE sq_projects SET active = NOT active WHERE id IN (3, 4, 6)`)
+    server = await startSyncline({ streamId: STREAM, storageDir: dir })
+    await pool.query(`UPDATE sq_issues SET project_id = 6 WHERE id < 20`)
+    await pool.query(`UPDATE sq_orgs SET paid = NOT paid WHERE id = 3`)
+    const want = (await expected()).sort()
+    const deadline = Date.now() + 15_000
+    while (Date.now() < deadline) {
+      await pull(server.baseUrl)
+      if (JSON.stringify([...rows.keys()].sort()) === JSON.stringify(want)) break
+      await new Promise((r) => setTimeout(r, 100))
+    }
+    expect(handle).toBe(first)
+    expect([...rows.keys()].sort()).toEqual(want)
+  })
+})

@@ -14,7 +14,8 @@ import type { FakePostgres } from "./FakePostgres.js"
  * shape's `where` as the shape log's insert messages, and visibility
  * information in which every committed fake transaction is visible. `rows`
  * answers a move's query (`RowsRequest`): the rows among the moved values,
- * each with whether the clause holds for it now.
+ * each with its key, its selected values and whether the clause holds for it
+ * now.
  *
  * A `where` is parsed with the project's own parser against the fake catalog
  * and evaluated over the fake rows; its subqueries are answered by value sets
@@ -49,7 +50,7 @@ export const FakeSnapshot = {
             const found = db.rows(request.table.name).filter(among).map((row) => {
               const picked: Record<string, string | null> = {}
               for (const c of request.columns) picked[c] = row[c] ?? null
-              return { row: picked, included: holds(row) }
+              return { key: rowKey(request.table, row), row: picked, included: holds(row) }
             })
             const { xmin, xmax, xip } = db.snapshotInfo(found.length)
             return { xmin, xmax, xip, rows: found }

@@ -1,23 +1,14 @@
-import { HttpClient, HttpServer } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import { HttpClient } from "@effect/platform"
 import { SqlClient } from "@effect/sql"
 import { Context, Effect, HashSet, Layer, Option, type Scope, TestServices } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { makeStack } from "../../../layers/Stack.js"
 import { type TestDirs, TestServer } from "../../../layers/Test.js"
-import { StackConfig, type StackSettings } from "../../../src/config/StackConfig.js"
-import { ShapeApi } from "../../../src/http/ShapeApi.js"
-import { ShutdownSignal } from "../../../src/http/ShutdownSignal.js"
+import type { StackSettings } from "../../../src/config/StackConfig.js"
 import { type StackServices, StackSupervisor, type StackSupervisorService } from "../../../src/stack/StackSupervisor.js"
 import { ShapeDb } from "../../../src/storage/ShapeDb.js"
-import { FakeInspector } from "./FakeInspector.js"
-import { FakePgAdmin } from "./FakePgAdmin.js"
 import type { FakePostgres } from "./FakePostgres.js"
-import { FakeReplication } from "./FakeReplication.js"
-import { FakeSnapshot } from "./FakeSnapshot.js"
-import { RecordedShapeDb } from "./RecordedShapeDb.js"
 
 /** A response as a test reads it. */
 export interface Reply {
@@ -40,34 +31,6 @@ export const tempDirs: Effect.Effect<TestDirs, never, Scope.Scope> = Effect.acqu
   (dirs) => Effect.sync(() => fs.rmSync(dirs.storageDir, { recursive: true, force: true }))
 )
 
-/**
- * `TestServer` with shape logs whose snapshot and log chunks close at `chunkBytesThreshold` bytes: a tiny
- * threshold gives every shape a log of many chunks. (`layers/Test.ts` fixes the threshold at the default.)
- */
-const ChunkedTestServer = (
-  db: FakePostgres,
-  dirs: TestDirs,
-  settings: Partial<StackSettings>,
-  holder: string,
-  options: { readonly maxInFlight?: number | undefined; readonly chunkBytesThreshold: number }
-) => {
-  const stack = makeStack({
-    infrastructure: Layer.mergeAll(FakeInspector.layer(db), FakePgAdmin.layer(db, holder), FakeSnapshot.layer(db)),
-    registryDb: RecordedShapeDb.layer(db, dirs.storageDir),
-    replication: FakeReplication.layer(db),
-    storageDir: dirs.storageDir,
-    storage: { directory: path.join(dirs.storageDir, "shapes"), chunkBytesThreshold: options.chunkBytesThreshold },
-    publicationCheckInterval: "1 minute",
-    ...(options.maxInFlight === undefined ? {} : { maxInFlight: options.maxInFlight })
-  })
-  const infrastructure = NodeHttpServer.layerTest.pipe(
-    Layer.provideMerge(StackSupervisor.layer(stack)),
-    Layer.provideMerge(ShutdownSignal.layer),
-    Layer.provideMerge(StackConfig.layerWith({ storageDir: dirs.storageDir, enableIntegrationTesting: true, ...settings }))
-  )
-  return Layer.merge(HttpServer.serve(ShapeApi), ShutdownSignal.drain).pipe(Layer.provideMerge(infrastructure))
-}
-
 /** Starts `TestServer` in the current scope; with `chunkBytesThreshold`, shape logs chunk at that size. */
 export const startServer = (
   db: FakePostgres,
@@ -77,11 +40,7 @@ export const startServer = (
   options: { readonly maxInFlight?: number; readonly chunkBytesThreshold?: number } = {}
 ): Effect.Effect<Harness, unknown, Scope.Scope> =>
   Effect.gen(function*() {
-    const { chunkBytesThreshold, maxInFlight } = options
-    const layer = chunkBytesThreshold === undefined
-      ? TestServer(db, dirs, settings, holder, { ...(maxInFlight === undefined ? {} : { maxInFlight }) })
-      : ChunkedTestServer(db, dirs, settings, holder, { maxInFlight, chunkBytesThreshold })
-    const context = yield* Layer.build(layer)
+    const context = yield* Layer.build(TestServer(db, dirs, settings, holder, options))
     const supervisor = Context.get(context, StackSupervisor)
     const client = Context.get(context, HttpClient.HttpClient)
     const get = (pathAndQuery: string) =>

@@ -1,0 +1,347 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Deferred, Effect, TestServices } from "effect"
+import type { Row } from "../../src/domain/Change.js"
+import type { Lsn } from "../../src/domain/Lsn.js"
+import { FakePostgres, type FakeWrite, textTable } from "../support/fakes/FakePostgres.js"
+import { makeGate } from "../support/fakes/Intercept.js"
+import { type Harness, registryRows, startServer, tempDirs } from "../support/fakes/TestHarness.js"
+
+/**
+ * The restart bugs the reference system had with subquery shapes
+ * (reference/architecture.md §8.3: bugs 1, 2B, 4, 5 and 6), each provoked on
+ * a stack over the in-memory Postgres (real SQLite and shape storage) with the
+ * TestClock: arrange shapes whose subqueries read other shapes, restart the
+ * stack at the moment the bug needed, and check what a client sees — the same
+ * handles, no 409, no insert of a row it holds nor update or delete of a row it
+ * does not, and the rows the fake database has.
+ */
+
+const ORGS = textTable(16421, "orgs", ["id", "paid"])
+const PROJECTS = textTable(16422, "projects", ["id", "org_id", "active"])
+const ISSUES = textTable(16423, "issues", ["id", "project_id", "title"])
+
+const makeDb = () => new FakePostgres([ORGS, PROJECTS, ISSUES])
+
+/** Every line of a log in a chunk of its own: logs of many snapshot and log chunks. */
+const CHUNK_BYTES = 64
+
+const shapeQuery = (table: string, where: string, extra = "") => `table=${table}&where=${encodeURIComponent(where)}${extra}`
+
+/** Issues of active projects; the shape its subquery makes is the active projects' ids. */
+const ACTIVE = shapeQuery("issues", "project_id IN (SELECT id FROM projects WHERE active = 'yes')")
+const ACTIVE_PROJECTS = shapeQuery("projects", "active = 'yes'", "&columns=id&replica=full")
+/** Issues of projects of paying orgs: a subquery whose shape has a subquery of its own. */
+const PAID = shapeQuery("issues", "project_id IN (SELECT id FROM projects WHERE org_id IN (SELECT id FROM orgs WHERE paid = 'yes'))")
+const PAID_PROJECTS = shapeQuery("projects", "org_id IN (SELECT id FROM orgs WHERE paid = 'yes')", "&columns=id&replica=full")
+const PAID_ORGS = shapeQuery("orgs", "paid = 'yes'", "&columns=id&replica=full")
+
+const activeIssues = (db: FakePostgres): ReadonlyArray<Row> => {
+  const active = new Set(db.rows("projects").filter((p) => p.active === "yes").map((p) => p.id))
+  return db.rows("issues").filter((i) => active.has(i.project_id))
+}
+
+const paidIssues = (db: FakePostgres): ReadonlyArray<Row> => {
+  const paid = new Set(db.rows("orgs").filter((o) => o.paid === "yes").map((o) => o.id))
+  const projects = new Set(db.rows("projects").filter((p) => paid.has(p.org_id)).map((p) => p.id))
+  return db.rows("issues").filter((i) => projects.has(i.project_id))
+}
+
+const project = (id: string, active: string, org = "o1"): FakeWrite => ({ kind: "insert", table: "projects", row: { id, org_id: org, active } })
+const issue = (id: string, projectId: string): FakeWrite => ({ kind: "insert", table: "issues", row: { id, project_id: projectId, title: `issue ${id}` } })
+const setActive = (id: string, active: string): FakeWrite => ({ kind: "update", table: "projects", row: { id, active } })
+const setPaid = (id: string, paid: string): FakeWrite => ({ kind: "update", table: "orgs", row: { id, paid } })
+
+/** Projects `p1…pN` (the first `active` of them active, odd ones of org o1, even of o2), two issues each. */
+const seed = (db: FakePostgres, projects: number, active: number) =>
+  db.commit([
+    { kind: "insert", table: "orgs", row: { id: "o1", paid: "yes" } },
+    { kind: "insert", table: "orgs", row: { id: "o2", paid: "no" } },
+    ...Array.from({ length: projects }, (_, i) => project(`p${i + 1}`, i < active ? "yes" : "no", i % 2 === 0 ? "o1" : "o2")),
+    ...Array.from({ length: projects }, (_, i) => [issue(`i${i + 1}a`, `p${i + 1}`), issue(`i${i + 1}b`, `p${i + 1}`)]).flat()
+  ])
+
+/**
+ * A client following one shape as the protocol has it: from `-1`, then from
+ * each offset the server gave, with its handle. It applies every message to
+ * its rows and records what a strict client refuses: an insert of a row it
+ * holds, an update or delete of a row it does not.
+ */
+interface Client {
+  readonly query: string
+  handle: string | undefined
+  offset: string
+  readonly rows: Map<string, Record<string, unknown>>
+  readonly violations: Array<string>
+}
+
+const client = (query: string): Client => ({ query, handle: undefined, offset: "-1", rows: new Map(), violations: [] })
+
+interface Message {
+  readonly key?: string
+  readonly value?: Record<string, unknown>
+  readonly headers: { readonly operation?: string }
+}
+
+const apply = (c: Client, m: Message) => {
+  const key = m.key!
+  const held = c.rows.get(key)
+  switch (m.headers.operation) {
+    case "insert":
+      if (held !== undefined) c.violations.push(`insert of ${key}, which it holds`)
+      c.rows.set(key, { ...m.value })
+      return
+    case "update":
+      if (held === undefined) c.violations.push(`update of ${key}, which it does not hold`)
+      c.rows.set(key, { ...held, ...m.value })
+      return
+    case "delete":
+      if (held === undefined) c.violations.push(`delete of ${key}, which it does not hold`)
+      c.rows.delete(key)
+      return
+  }
+}
+
+/** Reads the shape until the server says it is up to date; any answer but 200 with the client's handle fails. */
+const follow = (h: Harness, c: Client) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 1000; i++) {
+      const res = yield* h.get(`/v1/shape?${c.query}&offset=${c.offset}${c.handle === undefined ? "" : `&handle=${c.handle}`}`)
+      if (res.status !== 200) return yield* Effect.dieMessage(`${c.query} at ${c.offset} (${c.handle}): ${res.status} ${res.text}`)
+      const handle = res.headers["electric-handle"]!
+      if (c.handle !== undefined && handle !== c.handle) return yield* Effect.dieMessage(`handle ${c.handle} became ${handle}`)
+      c.handle = handle
+      for (const m of JSON.parse(res.text) as Array<Message>) if (m.headers.operation !== undefined) apply(c, m)
+      c.offset = res.headers["electric-offset"]!
+      if (res.headers["electric-up-to-date"] !== undefined) return c
+    }
+    return yield* Effect.dieMessage(`${c.query} never got up to date`)
+  })
+
+const projectKey = (id: string) => `"public"."projects"/"${id}"`
+const keyOf = (row: Row) => `"public"."issues"/"${row.id}"`
+const sorted = (entries: Iterable<readonly [string, unknown]>) => [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
+
+/**
+ * The shape as `c` follows it, and as a new client reading it from the start sees it: both strict, both at the
+ * same handle, both holding exactly `expected`.
+ */
+const check = (h: Harness, c: Client, expected: ReadonlyArray<Row>, when: string) =>
+  Effect.gen(function*() {
+    const want = sorted(expected.map((r) => [keyOf(r), { ...r }] as const))
+    yield* follow(h, c)
+    expect(c.violations, `${when}: the client's log`).toEqual([])
+    expect(sorted(c.rows), `${when}: the client's rows`).toEqual(want)
+    const fresh = yield* follow(h, client(c.query))
+    expect(fresh.handle, `${when}: a new client's handle`).toBe(c.handle)
+    expect(fresh.violations, `${when}: the whole log`).toEqual([])
+    expect(sorted(fresh.rows), `${when}: a new client's rows`).toEqual(want)
+  })
+
+/** Waits (in real time, bounded) until the slot's position reaches `lsn`: every shape the transaction reached has it. */
+const settled = (db: FakePostgres, lsn: Lsn) =>
+  TestServices.provideLive(
+    Effect.timeoutFail(db.awaitConfirmed(lsn), {
+      duration: "5 seconds",
+      onTimeout: () => new Error(`the slot was never acknowledged up to ${lsn}: a consumer is stuck`)
+    })
+  ).pipe(Effect.orDie)
+
+const commit = (db: FakePostgres, writes: ReadonlyArray<FakeWrite>) =>
+  Effect.flatMap(db.commit(writes), (t) => Effect.as(settled(db, t.endLsn), t))
+
+/** Polls (in real time, bounded) until `check` holds. */
+const within = (what: string, check: Effect.Effect<boolean>) =>
+  Effect.gen(function*() {
+    for (let i = 0; i < 2_500; i++) {
+      if (yield* check) return
+      yield* TestServices.provideLive(Effect.sleep("2 millis"))
+    }
+    return yield* Effect.dieMessage(`${what} never happened`)
+  })
+
+/**
+ * Commits `writes` with the next move query on `table` held (a reader's `Snapshot.rows`): returns the
+ * transaction once that reader is inside the query, which stays held until the test ends.
+ */
+const commitHoldingMove = (db: FakePostgres, table: string, writes: ReadonlyArray<FakeWrite>) =>
+  Effect.gen(function*() {
+    const gate = yield* makeGate
+    yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
+    db.intercept.rows.next(() => gate.hold, (t) => t.name === table)
+    const t = yield* db.commit(writes)
+    yield* Deferred.await(gate.reached)
+    return t
+  })
+
+const restart = (h: Harness) => Effect.zipRight(h.supervisor.restart, h.active)
+
+/** The registry holds exactly these shapes, none of them being removed. */
+const registryHolds = (dirs: { readonly storageDir: string }, handles: ReadonlyArray<string | undefined>) =>
+  Effect.map(registryRows(dirs), ({ shapes }) => {
+    expect(sorted(shapes.map((s) => [s.handle, s.removing] as const))).toEqual(sorted(handles.map((h) => [h!, 0] as const)))
+  })
+
+describe("subquery shapes across restarts", () => {
+  it.scoped("bug 1: a dependency's materializer is rebuilt from every chunk of its log, not the first", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const dirs = yield* tempDirs
+      yield* seed(db, 8, 6)
+      const h = yield* startServer(db, dirs, {}, "syncline", { chunkBytesThreshold: CHUNK_BYTES })
+      const issues = client(ACTIVE)
+      yield* check(h, issues, activeIssues(db), "created")
+      const projects = yield* follow(h, client(ACTIVE_PROJECTS))
+      // Rows of the dependency's log chunks past the first, in its snapshot and in its log.
+      yield* commit(db, [setActive("p7", "yes")])
+      yield* commit(db, [setActive("p1", "no")])
+      yield* check(h, issues, activeIssues(db), "before the restart")
+
+      yield* restart(h)
+      // Each leaves the dependency's values only if its materializer holds the row: p6 from the last snapshot
+      // chunk, p7 from the log; p1 comes back.
+      yield* commit(db, [setActive("p6", "no")])
+      yield* commit(db, [setActive("p7", "no")])
+      yield* commit(db, [setActive("p1", "yes")])
+      yield* check(h, issues, activeIssues(db), "after the restart")
+      expect((yield* follow(h, projects)).violations).toEqual([])
+      yield* registryHolds(dirs, [issues.handle, projects.handle])
+    }))
+
+  it.scoped("bug 1b: a shape whose dependency alone changes follows it after a restart", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const dirs = yield* tempDirs
+      yield* seed(db, 4, 2)
+      const h = yield* startServer(db, dirs)
+      const issues = client(ACTIVE)
+      yield* check(h, issues, activeIssues(db), "created")
+      const projects = yield* follow(h, client(ACTIVE_PROJECTS))
+
+      yield* restart(h)
+      // A change of its own table, while nothing has reached its dependency since the restart.
+      yield* commit(db, [issue("i9", "p1")])
+      yield* check(h, issues, activeIssues(db), "after the restart, its own table's change")
+      // Changes of its dependency only: rows move in, then out.
+      yield* commit(db, [setActive("p3", "yes")])
+      yield* check(h, issues, activeIssues(db), "after the restart, a move in")
+      yield* commit(db, [setActive("p1", "no")])
+      yield* check(h, issues, activeIssues(db), "after the restart, a move out")
+      yield* registryHolds(dirs, [issues.handle, projects.handle])
+    }))
+
+  it.scoped("bug 2B: a crash between a dependency's write and its reader's leaves both at the reader's position", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const dirs = yield* tempDirs
+      yield* seed(db, 4, 2)
+      const h = yield* startServer(db, dirs)
+      const issues = client(ACTIVE)
+      yield* check(h, issues, activeIssues(db), "created")
+      const projects = yield* follow(h, client(ACTIVE_PROJECTS))
+
+      // As after a crash, the slot will send again what both shapes already hold.
+      db.dropAcks = true
+      const before = yield* db.commit([setActive("p4", "yes"), issue("i9", "p4")])
+      yield* db.awaitAck(before.endLsn)
+      // The reader's query for the move is held: its dependency writes the transaction, the reader does not.
+      const moving = yield* commitHoldingMove(db, "issues", [setActive("p3", "yes")])
+      yield* within("the dependency's write of the move", Effect.map(follow(h, projects), (c) => c.rows.has(projectKey("p3"))))
+      yield* follow(h, issues)
+      expect(issues.offset.startsWith(`${moving.commitLsn}_`)).toBe(false)
+
+      yield* restart(h)
+      db.dropAcks = false
+      yield* settled(db, moving.endLsn)
+      yield* check(h, issues, activeIssues(db), "after the restart, the held move")
+      yield* commit(db, [setActive("p3", "no")])
+      yield* check(h, issues, activeIssues(db), "after the restart, the move back")
+      expect((yield* follow(h, projects)).violations).toEqual([])
+      yield* registryHolds(dirs, [issues.handle, projects.handle])
+    }))
+
+  it.scoped("bug 4: a dependency's log of many chunks is read once per entry, however often the stack restarts", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const dirs = yield* tempDirs
+      yield* seed(db, 3, 1)
+      const h = yield* startServer(db, dirs, {}, "syncline", { chunkBytesThreshold: CHUNK_BYTES })
+      const issues = client(ACTIVE)
+      yield* check(h, issues, activeIssues(db), "created")
+      const projects = yield* follow(h, client(ACTIVE_PROJECTS))
+      // The dependency's log: many transactions, each line in a chunk of its own.
+      for (let i = 4; i <= 9; i++) yield* commit(db, [project(`p${i}`, "yes"), issue(`i${i}a`, `p${i}`)])
+      yield* commit(db, [setActive("p2", "yes")])
+      yield* commit(db, [setActive("p5", "no")])
+      yield* check(h, issues, activeIssues(db), "before the restarts")
+
+      yield* restart(h)
+      yield* commit(db, [setActive("p9", "no")])
+      yield* commit(db, [project("p10", "yes"), issue("i10a", "p10")])
+      yield* check(h, issues, activeIssues(db), "after the first restart")
+
+      // This time the dependency's log ends past the reader's: its last entry waits for the slot to send it again.
+      const moving = yield* commitHoldingMove(db, "issues", [setActive("p10", "no")])
+      yield* within("the dependency's write of the move", Effect.map(follow(h, projects), (c) => !c.rows.has(projectKey("p10"))))
+      yield* restart(h)
+      yield* settled(db, moving.endLsn)
+      yield* commit(db, [setActive("p5", "yes")])
+      yield* check(h, issues, activeIssues(db), "after the second restart")
+      expect((yield* follow(h, projects)).violations).toEqual([])
+      yield* registryHolds(dirs, [issues.handle, projects.handle])
+    }))
+
+  it.scoped("bug 5: a move its dependency takes in before its reader starts after a restart still reaches the reader", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const dirs = yield* tempDirs
+      yield* seed(db, 10, 6)
+      const h = yield* startServer(db, dirs, {}, "syncline", { chunkBytesThreshold: CHUNK_BYTES })
+      const issues = client(ACTIVE)
+      yield* check(h, issues, activeIssues(db), "created")
+      const projects = yield* follow(h, client(ACTIVE_PROJECTS))
+
+      // Nothing reaches the reader between the restart and the move: its consumer starts with the move, reading
+      // a log of many chunks, while its dependency's consumer (woken at start) takes the move in at once.
+      yield* restart(h)
+      yield* commit(db, [setActive("p8", "yes")])
+      yield* check(h, issues, activeIssues(db), "after the restart, a move in")
+      yield* commit(db, [setActive("p2", "no")])
+      yield* check(h, issues, activeIssues(db), "after the restart, a move out")
+      yield* registryHolds(dirs, [issues.handle, projects.handle])
+    }))
+
+  it.scoped("bug 6: a restart while a shape waits for its dependency removes neither", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const dirs = yield* tempDirs
+      yield* seed(db, 4, 4)
+      const h = yield* startServer(db, dirs)
+      const issues = client(PAID)
+      yield* check(h, issues, paidIssues(db), "created")
+      const projects = yield* follow(h, client(PAID_PROJECTS))
+      const orgs = yield* follow(h, client(PAID_ORGS))
+      // Every consumer is running.
+      yield* commit(db, [issue("i9", "p1")])
+      yield* check(h, issues, paidIssues(db), "before the restart")
+
+      // The middle shape's query for the move is held, so the outer shape, whose own rows change in the same
+      // transaction, waits for it.
+      const moving = yield* commitHoldingMove(db, "projects", [
+        setPaid("o2", "yes"),
+        { kind: "update", table: "issues", row: { id: "i1a", title: "renamed" } },
+        issue("i10", "p2")
+      ])
+      // The outer consumer, running and idle, got the transaction with the middle one and goes to its wait
+      // without any I/O: a moment of real time puts it there.
+      yield* TestServices.provideLive(Effect.sleep("20 millis"))
+
+      yield* restart(h)
+      yield* settled(db, moving.endLsn)
+      yield* check(h, issues, paidIssues(db), "after the restart, the held move")
+      yield* commit(db, [setPaid("o1", "no")])
+      yield* check(h, issues, paidIssues(db), "after the restart, a move out")
+      expect((yield* follow(h, projects)).violations).toEqual([])
+      expect((yield* follow(h, orgs)).violations).toEqual([])
+      yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
+    }))
+})
