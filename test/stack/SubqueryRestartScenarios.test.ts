@@ -181,16 +181,26 @@ const registryHolds = (dirs: { readonly storageDir: string }, handles: ReadonlyA
     expect(sorted(shapes.map((s) => [s.handle, s.removing] as const))).toEqual(sorted(handles.map((h) => [h!, 0] as const)))
   })
 
+/**
+ * The `seed` data, a server (its logs chunked at `CHUNK_BYTES` when `chunked`), the shape of active projects'
+ * issues read from the start, and a client of its dependency's rows.
+ */
+const started = (projects: number, active: number, chunked: boolean) =>
+  Effect.gen(function*() {
+    const db = makeDb()
+    const dirs = yield* tempDirs
+    yield* seed(db, projects, active)
+    const h = yield* startServer(db, dirs, {}, "syncline", chunked ? { chunkBytesThreshold: CHUNK_BYTES } : {})
+    const issues = client(ACTIVE)
+    yield* check(h, issues, activeIssues(db), "created")
+    const projectsClient = yield* follow(h, client(ACTIVE_PROJECTS))
+    return { db, dirs, h, issues, projects: projectsClient }
+  })
+
 describe("subquery shapes across restarts", () => {
   it.scoped("bug 1: a dependency's materializer is rebuilt from every chunk of its log, not the first", () =>
     Effect.gen(function*() {
-      const db = makeDb()
-      const dirs = yield* tempDirs
-      yield* seed(db, 8, 6)
-      const h = yield* startServer(db, dirs, {}, "syncline", { chunkBytesThreshold: CHUNK_BYTES })
-      const issues = client(ACTIVE)
-      yield* check(h, issues, activeIssues(db), "created")
-      const projects = yield* follow(h, client(ACTIVE_PROJECTS))
+      const { db, dirs, h, issues, projects } = yield* started(8, 6, true)
       // Rows of the dependency's log chunks past the first, in its snapshot and in its log.
       yield* commit(db, [setActive("p7", "yes")])
       yield* commit(db, [setActive("p1", "no")])
@@ -209,13 +219,7 @@ describe("subquery shapes across restarts", () => {
 
   it.scoped("bug 1b: a shape whose dependency alone changes follows it after a restart", () =>
     Effect.gen(function*() {
-      const db = makeDb()
-      const dirs = yield* tempDirs
-      yield* seed(db, 4, 2)
-      const h = yield* startServer(db, dirs)
-      const issues = client(ACTIVE)
-      yield* check(h, issues, activeIssues(db), "created")
-      const projects = yield* follow(h, client(ACTIVE_PROJECTS))
+      const { db, dirs, h, issues, projects } = yield* started(4, 2, false)
 
       yield* restart(h)
       // A change of its own table, while nothing has reached its dependency since the restart.
@@ -231,13 +235,7 @@ describe("subquery shapes across restarts", () => {
 
   it.scoped("bug 2B: a crash between a dependency's write and its reader's leaves both at the reader's position", () =>
     Effect.gen(function*() {
-      const db = makeDb()
-      const dirs = yield* tempDirs
-      yield* seed(db, 4, 2)
-      const h = yield* startServer(db, dirs)
-      const issues = client(ACTIVE)
-      yield* check(h, issues, activeIssues(db), "created")
-      const projects = yield* follow(h, client(ACTIVE_PROJECTS))
+      const { db, dirs, h, issues, projects } = yield* started(4, 2, false)
 
       // As after a crash, the slot will send again what both shapes already hold.
       db.dropAcks = true
@@ -261,13 +259,7 @@ describe("subquery shapes across restarts", () => {
 
   it.scoped("bug 4: a dependency's log of many chunks is read once per entry, however often the stack restarts", () =>
     Effect.gen(function*() {
-      const db = makeDb()
-      const dirs = yield* tempDirs
-      yield* seed(db, 3, 1)
-      const h = yield* startServer(db, dirs, {}, "syncline", { chunkBytesThreshold: CHUNK_BYTES })
-      const issues = client(ACTIVE)
-      yield* check(h, issues, activeIssues(db), "created")
-      const projects = yield* follow(h, client(ACTIVE_PROJECTS))
+      const { db, dirs, h, issues, projects } = yield* started(3, 1, true)
       // The dependency's log: many transactions, each line in a chunk of its own.
       for (let i = 4; i <= 9; i++) yield* commit(db, [project(`p${i}`, "yes"), issue(`i${i}a`, `p${i}`)])
       yield* commit(db, [setActive("p2", "yes")])
@@ -292,13 +284,7 @@ describe("subquery shapes across restarts", () => {
 
   it.scoped("bug 5: a move its dependency takes in before its reader starts after a restart still reaches the reader", () =>
     Effect.gen(function*() {
-      const db = makeDb()
-      const dirs = yield* tempDirs
-      yield* seed(db, 10, 6)
-      const h = yield* startServer(db, dirs, {}, "syncline", { chunkBytesThreshold: CHUNK_BYTES })
-      const issues = client(ACTIVE)
-      yield* check(h, issues, activeIssues(db), "created")
-      const projects = yield* follow(h, client(ACTIVE_PROJECTS))
+      const { db, dirs, h, issues, projects } = yield* started(10, 6, true)
 
       // Nothing reaches the reader between the restart and the move: its consumer starts with the move, reading
       // a log of many chunks, while its dependency's consumer (woken at start) takes the move in at once.
