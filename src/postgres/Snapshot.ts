@@ -32,6 +32,8 @@ export interface RowsRequest {
    * array per value); every row when undefined.
    */
   readonly filters: ReadonlyArray<RowsFilter> | undefined
+  /** Besides, only rows for which this condition holds (SQL), when given. */
+  readonly condition?: string | undefined
 }
 
 export interface RowsFilter {
@@ -68,17 +70,21 @@ export const rowsQuery = (request: RowsRequest): { readonly sql: string; readonl
   const select = `SELECT ${[...fields, ...keys].join(", ")}, (${request.whereSql}) IS TRUE AS ${
     quoteIdent(INCLUDED)
   } FROM ${quoteIdent(table.schema)}.${quoteIdent(table.name)}`
-  if (request.filters === undefined) return { sql: select, params: [] }
   const params: Array<unknown> = []
-  const conditions = request.filters.map((f) => {
-    const arrays = f.columns.map((_, i) => {
-      params.push(f.values.map((v) => v[i]!))
-      return `$${params.length}::${f.types[i]!}[]`
+  const where: Array<string> = []
+  if (request.filters !== undefined) {
+    const conditions = request.filters.map((f) => {
+      const arrays = f.columns.map((_, i) => {
+        params.push(f.values.map((v) => v[i]!))
+        return `$${params.length}::${f.types[i]!}[]`
+      })
+      if (f.columns.length === 1) return `${quoteIdent(f.columns[0]!)} = ANY(${arrays[0]})`
+      return `(${f.columns.map(quoteIdent).join(", ")}) IN (SELECT * FROM unnest(${arrays.join(", ")}))`
     })
-    if (f.columns.length === 1) return `${quoteIdent(f.columns[0]!)} = ANY(${arrays[0]})`
-    return `(${f.columns.map(quoteIdent).join(", ")}) IN (SELECT * FROM unnest(${arrays.join(", ")}))`
-  })
-  return { sql: `${select} WHERE ${conditions.length === 0 ? "false" : conditions.join(" OR ")}`, params }
+    where.push(conditions.length === 0 ? "false" : `(${conditions.join(" OR ")})`)
+  }
+  if (request.condition !== undefined) where.push(`(${request.condition})`)
+  return { sql: where.length === 0 ? select : `${select} WHERE ${where.join(" AND ")}`, params }
 }
 
 export interface SnapshotOptions<E> {

@@ -178,9 +178,10 @@ export const runConsumer = (options: {
     if (role !== undefined && role.links.length > 0) {
       const materializers = yield* Effect.either(Effect.forEach(role.links, (l) => l.materializer))
       if (Either.isLeft(materializers)) return yield* options.invalidate(`the shape its subquery reads (${materializers.left.handle}) is gone`)
-      const logged = yield* readOwnLog(first.right)
-      if (Either.isLeft(logged)) return yield* options.invalidate(logged.left)
-      sub = new SubqueryState(shape, heldKeys(logged.right), role.links, materializers.right, role.rows)
+      // Only the keys are kept: the parsed log would stay reachable from this generator for the consumer's life.
+      const held = yield* Effect.map(readOwnLog(first.right), Either.map(heldKeys))
+      if (Either.isLeft(held)) return yield* options.invalidate(held.left)
+      sub = new SubqueryState(shape, held.right, role.links, materializers.right, role.rows)
       encoder = makeShapeEncoder(shape, { held: sub.held, matches: sub.matches })
     }
 

@@ -212,6 +212,9 @@ export class SubqueryState {
       table: shape.table,
       columns: shape.columns,
       whereSql: where.sql,
+      // A row failing a condition without subqueries is out. If the shape holds it, a transaction after the move
+      // changed it, and that change, applied as it comes, takes it out.
+      condition: where.plainConditionsSql,
       filters: moves.full ? undefined : moves.partial.map(({ position, values }) => {
         const node = position.node
         const dependency = where.dependencies[node.dependency]!

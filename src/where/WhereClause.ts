@@ -48,6 +48,11 @@ export interface WhereClause {
   readonly positions: ReadonlyArray<SubqueryPosition>
   /** `matches`, with the subqueries answered by `views`. */
   readonly bind: (views: SubqueryViews) => (row: Row) => boolean
+  /**
+   * For a clause with subqueries: the SQL of its top-level AND-ed conditions that hold no subquery (a row failing
+   * one is out whatever the subqueries say), or undefined when there is none.
+   */
+  readonly plainConditionsSql: string | undefined
 }
 
 /** A subquery of a clause: a dependency shape's table, its selected columns and its own clause. */
@@ -115,8 +120,18 @@ const toClause = (parsed: ParsedWhere): WhereClause => {
   if (dependencies.length === 0) {
     const predicate = compile(expr)
     const matches = (row: Row) => predicate(row) === true
-    return { sql: renderSql(expr), columns, equalities: equalitiesOf(expr), matches, dependencies, positions, bind: () => matches }
+    return {
+      sql: renderSql(expr),
+      columns,
+      equalities: equalitiesOf(expr),
+      matches,
+      dependencies,
+      positions,
+      bind: () => matches,
+      plainConditionsSql: undefined
+    }
   }
+  const plain = (expr._tag === "And" ? expr.args : [expr]).filter((e) => !hasSubquery(e))
   return {
     sql: renderSql(expr),
     columns,
@@ -127,7 +142,25 @@ const toClause = (parsed: ParsedWhere): WhereClause => {
     bind: (views) => {
       const predicate = compile(expr, views)
       return (row) => predicate(row) === true
-    }
+    },
+    plainConditionsSql: plain.length === 0 ? undefined : renderSql(plain.length === 1 ? plain[0]! : { _tag: "And", args: plain })
+  }
+}
+
+const hasSubquery = (e: Expr): boolean => {
+  switch (e._tag) {
+    case "InSubquery":
+      return true
+    case "And":
+    case "Or":
+      return e.args.some(hasSubquery)
+    case "Not":
+    case "BoolTest":
+      return hasSubquery(e.arg)
+    case "IsNull":
+      return e.arg._tag !== "Column" && e.arg._tag !== "Const" && hasSubquery(e.arg)
+    default:
+      return false
   }
 }
 
