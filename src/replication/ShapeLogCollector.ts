@@ -227,8 +227,11 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
       }
     }
     if (!layered || dependents.size === 0) return [...deliveries.values()]
-    // Whatever reaches a dependency reaches its readers; then dependencies first.
-    const pending = [...deliveries.keys()]
+    // Whatever reaches a dependency reaches its readers; then dependencies first. A transaction that reaches no
+    // dependency needs neither.
+    const pending: Array<ShapeHandle> = []
+    for (const h of deliveries.keys()) if (dependents.has(h)) pending.push(h)
+    if (pending.length === 0) return [...deliveries.values()]
     while (pending.length > 0) {
       const h = pending.pop()!
       const readers = dependents.get(h)

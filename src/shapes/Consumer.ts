@@ -3,7 +3,7 @@ import type { Transaction } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { rowKey } from "../domain/RowKey.js"
 import type { Lsn } from "../domain/Lsn.js"
-import type { StorageError } from "../domain/errors.js"
+import type { PostgresError, StorageError } from "../domain/errors.js"
 import type { Snapshot } from "../postgres/Snapshot.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
 import type { Delivery } from "../replication/ShapeLogCollector.js"
@@ -64,6 +64,15 @@ export const visibleInSnapshot = (xid: number, mark: SnapshotMark): boolean => {
   if (full < mark.xmin) return true
   if (full >= mark.xmax) return false
   return !mark.xip.includes(full)
+}
+
+/**
+ * Whether Postgres refused a query for good (SQLSTATE classes 42, syntax or access rule violations such as a column
+ * dropped since; 22, data exceptions; 0A, feature not supported), as opposed to being unreachable or busy.
+ */
+const refused = (error: PostgresError): boolean => {
+  const code = (error.cause as { readonly code?: unknown } | undefined)?.code
+  return typeof code === "string" && /^(42|22|0A)/.test(code)
 }
 
 /** The first wait after a failed write, doubled up to the last one while writes keep failing. */
@@ -208,8 +217,9 @@ export const runConsumer = (options: {
       const own = role?.own()
       if (own?.loaded === true) own.catchUp(txn.commitLsn)
       sub?.handled(txn.commitLsn)
-      role?.handled(txn.commitLsn)
     }
+    /** Some transaction was applied since the start: a later one in the snapshot may still move rows. */
+    let applied = false
 
     /** Feeds this shape's materializer the entries just written for a transaction; a contradiction is returned. */
     const feedOwn = (lsn: Lsn, from: number): string | undefined => {
@@ -256,10 +266,15 @@ export const runConsumer = (options: {
           if (txn === undefined || delivery === undefined) continue
           lastCommit = txn.commitLsn
           lastTaken = txn.commitLsn
-          if (txn.commitLsn <= durableAt.tx || inSnapshot(txn)) {
+          const replayed = txn.commitLsn <= durableAt.tx
+          // A transaction the snapshot holds has its changes there; its moves too, unless one the snapshot does not
+          // hold came first in the WAL (mixed synchronous_commit) and was evaluated with the values before them.
+          const held = !replayed && inSnapshot(txn)
+          if (replayed || (held && !(sub !== undefined && applied))) {
             skip(txn)
             continue
           }
+          if (!held) applied = true
           const txHeaders = transactionHeaders(txn.xid, txn.commitLsn)
           if (sub !== undefined) {
             const ready = yield* Effect.either(sub.awaitDependencies(needs))
@@ -270,7 +285,7 @@ export const runConsumer = (options: {
           else {
             sub.begin(txn.xid)
             pending.length = 0
-            for (const i of delivery.changes) {
+            for (const i of held ? [] : delivery.changes) {
               const change = txn.changes[i]!
               if (change.kind === "truncate" || change.relation.oid !== tableOid) continue
               // A row a move wrote from a snapshot holding this transaction already has its change. An update that
@@ -297,11 +312,19 @@ export const runConsumer = (options: {
             if (recentXids.length > 64) recentXids.shift()
             const moves = sub.movesAt(txn.commitLsn)
             if (moves !== undefined) {
-              yield* sub.reconcile(moves, recentXids, encoder, txn.commitLsn, txn.changes.length * 2, txHeaders, pending).pipe(
-                Effect.tapError((e) => Effect.logWarning(`shape ${handle}: the query for a move of its subquery values failed; retrying`, e)),
-                Effect.retry({ schedule: Schedule.exponential(RETRY_FIRST).pipe(Schedule.union(Schedule.spaced(RETRY_MAX))) }),
-                Effect.orDie
+              // Postgres unreachable or busy: retried, the acknowledgement waits. A query Postgres refuses (a column
+              // dropped or retyped since) will never succeed: the shape goes.
+              const moved = yield* sub.reconcile(moves, recentXids, encoder, txn.commitLsn, txn.changes.length * 2, txHeaders, pending).pipe(
+                Effect.tapError((e) =>
+                  refused(e) ? Effect.void : Effect.logWarning(`shape ${handle}: the query for a move of its subquery values failed; retrying`, e)
+                ),
+                Effect.retry({
+                  schedule: Schedule.exponential(RETRY_FIRST).pipe(Schedule.union(Schedule.spaced(RETRY_MAX))),
+                  while: (e) => !refused(e)
+                }),
+                Effect.either
               )
+              if (Either.isLeft(moved)) return `the query for a move of its subquery values was refused: ${moved.left.message}`
             }
           }
           const from = entries.length
@@ -309,7 +332,6 @@ export const runConsumer = (options: {
           const contradiction = feedOwn(txn.commitLsn, from)
           if (contradiction !== undefined) return contradiction
           sub?.handled(txn.commitLsn)
-          role?.handled(txn.commitLsn)
         }
         return undefined
       })
@@ -347,7 +369,6 @@ export const runConsumer = (options: {
               encodeChanges(txn, delivery, transactionHeaders(txn.xid, txn.commitLsn))
               finishTransaction(pending, entries)
             }
-            if (lastCommit > 0n) role?.handled(lastCommit)
           }
         }
         // One step, never cut by a stop: the stack closing waits for the batch to be durable.
@@ -366,7 +387,12 @@ export const runConsumer = (options: {
         failures = 0
       }
       if (passedSnapshot) yield* options.markPastSnapshot
-      if (lastCommit > 0n) yield* tracker.durable(handle, lastCommit)
+      if (lastCommit > 0n) {
+        yield* tracker.durable(handle, lastCommit)
+        // Only now may readers go past these transactions: a shape is durable no later than the shapes that read
+        // it, so after a crash none of them holds a move its dependency would write differently.
+        role?.handled(lastCommit)
+      }
     }
   })
 }

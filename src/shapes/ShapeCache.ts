@@ -92,6 +92,14 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         for (const s of shapes.values()) if (s.dependencies.includes(handle)) out.push(s.handle)
         return out
       }
+      /** Shapes a client asked for itself; the others exist for other shapes' subqueries. */
+      const requested = new Set<ShapeHandle>()
+      /** Per dependency, the shapes being created that will read it. */
+      const readersCreating = new Map<ShapeHandle, number>()
+      /** A shape made only for subqueries that no shape reads, or is about to read, any more. */
+      const unread = (handle: ShapeHandle): boolean =>
+        shapes.has(handle) && !requested.has(handle) && dependentsOf(handle).length === 0 &&
+        (readersCreating.get(handle) ?? 0) === 0
 
       // One operation, never split by an interruption: mark, unroute, stop, delete files, delete the row last.
       // A crash half way leaves the row marked, and the next boot finishes it. The shapes that read this one
@@ -112,12 +120,13 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           const dependencies = shapes.get(handle)?.dependencies ?? []
           yield* status.markRemoving(handle)
           shapes.delete(handle)
+          requested.delete(handle)
           collector.removeShape(handle)
           yield* consumers.unregister(handle)
           yield* storage.remove(handle)
           yield* status.delete(handle)
           for (const dependency of dependencies) {
-            if (!shapes.has(dependency) || dependentsOf(dependency).length > 0) continue
+            if (!unread(dependency)) continue
             yield* Effect.logInfo(`removing shape ${dependency}: no shape reads it through a subquery any more`)
             yield* removeWith(dependency, removing)
           }
@@ -150,11 +159,18 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           decided.add(record.handle)
           const restored = yield* restore(record)
           if (restored === undefined) continue
+          if (record.requested) requested.add(record.handle)
           shapes.set(record.handle, restored)
           route(restored)
           yield* consumers.register(restored, record.snapshot)
         }
         waiting = waiting.filter((r) => !decided.has(r.handle))
+      }
+      // A shape made for subqueries whose last reader went while its own removal did not finish (a crash between
+      // the two, or a reader whose snapshot never completed).
+      for (let orphan = [...shapes.keys()].find(unread); orphan !== undefined; orphan = [...shapes.keys()].find(unread)) {
+        yield* Effect.logInfo(`removing shape ${orphan}: no shape reads it through a subquery any more`)
+        yield* removeNow(orphan)
       }
 
       function restore(record: ShapeRecord) {
@@ -245,7 +261,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         Effect.forkScoped
       )
 
-      const create = (spec: ResolvedSpec) =>
+      const create = (spec: ResolvedSpec, asked: boolean) =>
         Effect.gen(function*() {
           // Shapes taken while the table was out of the publication (or without REPLICA IDENTITY FULL) may
           // have missed changes: putting it back for this one invalidates them (DESIGN.md, invariant 8).
@@ -259,10 +275,25 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
               yield* removeNow(handle)
             }
           }
-          // The shapes its subqueries read exist (their snapshots written) before it is registered.
+          // The shapes its subqueries read exist (their snapshots written) before it is registered, and are not
+          // removed as unread while it is being created.
           const dependencies: Array<ShapeHandle> = []
-          for (const dependency of spec.dependencies) dependencies.push((yield* getOrCreate(dependency)).handle)
-          const record = yield* status.add(spec.definition, dependencies)
+          const release = Effect.sync(() => {
+            for (const d of dependencies) readersCreating.set(d, (readersCreating.get(d) ?? 1) - 1)
+          })
+          return yield* Effect.gen(function*() {
+            for (const dependency of spec.dependencies) {
+              const handle = (yield* obtain(dependency, false)).handle
+              dependencies.push(handle)
+              readersCreating.set(handle, (readersCreating.get(handle) ?? 0) + 1)
+            }
+            return yield* register(spec, asked, dependencies)
+          }).pipe(Effect.ensuring(release))
+        })
+
+      const register = (spec: ResolvedSpec, asked: boolean, dependencies: ReadonlyArray<ShapeHandle>) =>
+        Effect.gen(function*() {
+          const record = yield* status.add(spec.definition, dependencies, asked)
           const shape = spec.build(record.handle, dependencies)
           yield* consumers.register(shape, undefined)
           route(shape)
@@ -275,6 +306,14 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
                 : removeNow(record.handle).pipe(Effect.catchAll((e) => Effect.logWarning("clean-up failed", e)))
             )
           )
+          // A shape its subqueries read was removed meanwhile (truncated, say): this one cannot follow it.
+          const gone = dependencies.find((d) => !shapes.has(d))
+          if (gone !== undefined) {
+            yield* Effect.logInfo(`removing shape ${record.handle}: its subquery's shape ${gone} was removed while it was created`)
+            yield* removeNow(record.handle)
+            return yield* new TableAbsent({ operation: "getOrCreate: a subquery's shape was removed meanwhile" })
+          }
+          if (asked) requested.add(record.handle)
           shapes.set(record.handle, shape)
           yield* consumers.snapshotReady(record.handle, mark)
           yield* Effect.logInfo(`created shape ${record.handle} on ${spec.table.schema}.${spec.table.name}`)
@@ -290,20 +329,30 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         })
       )
 
-      function getOrCreate(spec: ResolvedSpec): Effect.Effect<Shape, CreateError> {
+      /** A client asked for a shape: it is kept when the last shape reading it through a subquery goes. */
+      const markAsked = (shape: Shape) =>
+        requested.has(shape.handle) || !shapes.has(shape.handle)
+          ? Effect.succeed(shape)
+          : Effect.as(
+            Effect.tap(status.markRequested(shape.handle), () => Effect.sync(() => requested.add(shape.handle))),
+            shape
+          )
+
+      /** The shape of a spec, created if needed; `asked` when a client asked for it, not a subquery. */
+      function obtain(spec: ResolvedSpec, asked: boolean): Effect.Effect<Shape, CreateError> {
         return Effect.gen(function*() {
             const identity = ShapeDefinition.identity(spec.definition)
             const existing = yield* status.byIdentity(identity)
             if (Option.isSome(existing)) {
               const shape = shapes.get(existing.value.handle)
-              if (shape !== undefined) return shape
+              if (shape !== undefined) return asked ? yield* markAsked(shape) : shape
             }
             let inFlight = creating.get(identity)
             if (inFlight === undefined) {
               const deferred = yield* Deferred.make<Shape, CreateError>()
               creating.set(identity, deferred)
               inFlight = deferred
-              yield* create(spec).pipe(
+              yield* create(spec, asked).pipe(
                 Effect.tapErrorCause((cause) => Effect.logWarning("shape creation failed", cause)),
                 Effect.exit,
                 Effect.flatMap((exit) =>
@@ -312,13 +361,14 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
                 Effect.forkIn(cacheScope)
               )
             }
-            return yield* Deferred.await(inFlight)
+            const shape = yield* Deferred.await(inFlight)
+            return asked ? yield* markAsked(shape) : shape
         })
       }
 
       return ShapeCache.of({
         resolve: (spec) => resolveSpec(inspector, spec),
-        getOrCreate,
+        getOrCreate: (spec) => obtain(spec, true),
         get: (handle) =>
           Effect.map(status.get(handle), (record) =>
             Option.flatMap(record, (r) => Option.fromNullable(shapes.get(r.handle)))

@@ -32,6 +32,8 @@ export interface ShapeRecord {
   readonly snapshot: SnapshotMark | undefined
   /** The dependency shapes its subqueries read, in order. */
   readonly dependencies: ReadonlyArray<ShapeHandle>
+  /** A client asked for this shape itself; false for a shape made only for other shapes' subqueries. */
+  readonly requested: boolean
 }
 
 interface Row {
@@ -40,6 +42,7 @@ interface Row {
   readonly snapshot_complete: number
   readonly snapshot: string | null
   readonly removing: number
+  readonly requested: number
 }
 
 const encodeMark = (m: SnapshotMark): string =>
@@ -122,8 +125,11 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
   /** Registers a new shape with a fresh handle (its snapshot not complete yet), and the shapes its subqueries read. */
   readonly add: (
     definition: ShapeDefinition,
-    dependencies?: ReadonlyArray<ShapeHandle>
+    dependencies?: ReadonlyArray<ShapeHandle>,
+    requested?: boolean
   ) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
+  /** Records that a client asked for the shape itself (it was made for a subquery). */
+  readonly markRequested: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
   readonly markSnapshotComplete: (handle: ShapeHandle, mark: SnapshotMark) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
   /** Records that the shape's consumer no longer tests visibility in its snapshot (`SnapshotMark.pastSnapshot`). */
   readonly markPastSnapshot: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
@@ -141,7 +147,7 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
       const sql = yield* SqlClient.SqlClient
       const fail = (operation: string) => (cause: unknown) => new RegistryError({ operation, cause })
 
-      const rows = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing FROM shapes`.pipe(
+      const rows = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing, requested FROM shapes`.pipe(
         Effect.mapError(fail("load"))
       )
       const edges = yield* sql<{ handle: string; position: number; dependency: string }>`SELECT handle, position, dependency
@@ -164,7 +170,8 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
           identity: r.identity,
           definition: ShapeDefinition.fromIdentity(r.identity),
           snapshot: decodeMark(r.snapshot),
-          dependencies: dependenciesOf.get(r.handle) ?? []
+          dependencies: dependenciesOf.get(r.handle) ?? [],
+          requested: r.requested !== 0
         }
         byHandle.set(record.handle, record)
         byIdentity.set(record.identity, record)
@@ -192,19 +199,27 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
         byIdentity: (identity) => guard("byIdentity", () => Option.fromNullable(byIdentity.get(identity))),
         get: (handle) => guard("get", () => Option.fromNullable(byHandle.get(handle))),
         all: guard("all", () => [...byHandle.values()]),
-        add: (definition, dependencies = []) =>
+        add: (definition, dependencies = [], requested = true) =>
           Effect.gen(function*() {
             yield* guard("add", () => undefined)
             const identity = ShapeDefinition.identity(definition)
             const existing = byIdentity.get(identity)
             if (existing !== undefined) return existing
-            const record: ShapeRecord = { handle: nextHandle(definition), identity, definition, snapshot: undefined, dependencies }
+            const record: ShapeRecord = {
+              handle: nextHandle(definition),
+              identity,
+              definition,
+              snapshot: undefined,
+              dependencies,
+              requested
+            }
             // A row from an earlier incarnation whose snapshot never completed gives way to the new one.
             yield* sql`DELETE FROM shape_dependencies WHERE handle IN
                 (SELECT handle FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0)`.pipe(
               Effect.zipRight(sql`DELETE FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0`),
               Effect.zipRight(
-                sql`INSERT INTO shapes (handle, identity, created_at) VALUES (${record.handle}, ${identity}, ${Date.now()})`
+                sql`INSERT INTO shapes (handle, identity, created_at, requested)
+                  VALUES (${record.handle}, ${identity}, ${Date.now()}, ${requested ? 1 : 0})`
               ),
               Effect.zipRight(Effect.forEach(dependencies, (dependency, position) =>
                 sql`INSERT INTO shape_dependencies (handle, position, dependency)
@@ -217,7 +232,8 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
         markSnapshotComplete: (handle, mark) =>
           Effect.gen(function*() {
             yield* guard("markSnapshotComplete", () => undefined)
-            const row = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing FROM shapes WHERE handle = ${handle}`.pipe(
+            const row = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing, requested
+              FROM shapes WHERE handle = ${handle}`.pipe(
               Effect.mapError(fail("markSnapshotComplete"))
             )
             if (row.length === 0) return yield* new RegistryError({ operation: "markSnapshotComplete: no such shape" })
@@ -232,7 +248,8 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
               identity: row[0]!.identity,
               definition: ShapeDefinition.fromIdentity(row[0]!.identity),
               snapshot,
-              dependencies: deps.map((d) => ShapeHandle(d.dependency))
+              dependencies: deps.map((d) => ShapeHandle(d.dependency)),
+              requested: row[0]!.requested !== 0
             }
             if (open) {
               byHandle.set(handle, record)
@@ -250,6 +267,16 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
               Effect.mapError(fail("markPastSnapshot"))
             )
             const updated: ShapeRecord = { ...record, snapshot }
+            if (byHandle.get(handle) === record) byHandle.set(handle, updated)
+            if (byIdentity.get(record.identity) === record) byIdentity.set(record.identity, updated)
+          }),
+        markRequested: (handle) =>
+          Effect.gen(function*() {
+            yield* guard("markRequested", () => undefined)
+            const record = byHandle.get(handle)
+            if (record === undefined || record.requested) return
+            yield* sql`UPDATE shapes SET requested = 1 WHERE handle = ${handle}`.pipe(Effect.mapError(fail("markRequested")))
+            const updated: ShapeRecord = { ...record, requested: true }
             if (byHandle.get(handle) === record) byHandle.set(handle, updated)
             if (byIdentity.get(record.identity) === record) byIdentity.set(record.identity, updated)
           }),

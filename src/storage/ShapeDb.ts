@@ -25,14 +25,18 @@ const migrations = SqliteMigrator.fromRecord({
       ) STRICT`
     ], { discard: true })
   ),
-  // The dependency graph of subquery shapes: which shape each `IN (SELECT …)` of a shape reads.
+  // The dependency graph of subquery shapes: which shape each `IN (SELECT …)` of a shape reads; and whether a
+  // client asked for a shape itself (a shape made only for a subquery goes with its last reader).
   "0002_shape_dependencies": Effect.flatMap(SqlClient.SqlClient, (sql) =>
-    sql`CREATE TABLE shape_dependencies (
-      handle TEXT NOT NULL,
-      position INTEGER NOT NULL,
-      dependency TEXT NOT NULL,
-      PRIMARY KEY (handle, position)
-    ) STRICT`)
+    Effect.all([
+      sql`CREATE TABLE shape_dependencies (
+        handle TEXT NOT NULL,
+        position INTEGER NOT NULL,
+        dependency TEXT NOT NULL,
+        PRIMARY KEY (handle, position)
+      ) STRICT`,
+      sql`ALTER TABLE shapes ADD COLUMN requested INTEGER NOT NULL DEFAULT 1`
+    ], { discard: true }))
 })
 
 /** Where the registry of a storage dir lives. */
