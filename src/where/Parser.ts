@@ -143,6 +143,23 @@ export const subqueryTables = (where: string): ReadonlyArray<TableName> => {
 
 const SUBSELECT_KEYS = new Set(["targetList", "fromClause", "whereClause", "limitOption", "op"])
 
+/** What the parts of a SELECT the parser names are called in SQL. */
+const CLAUSE_NAMES: Readonly<Record<string, string>> = {
+  distinctClause: "DISTINCT",
+  groupClause: "GROUP BY",
+  havingClause: "HAVING",
+  windowClause: "WINDOW",
+  sortClause: "ORDER BY",
+  limitCount: "LIMIT",
+  limitOffset: "OFFSET",
+  lockingClause: "FOR UPDATE / FOR SHARE",
+  withClause: "WITH",
+  valuesLists: "VALUES",
+  intoClause: "INTO",
+  larg: "UNION, INTERSECT or EXCEPT",
+  rarg: "UNION, INTERSECT or EXCEPT"
+}
+
 class Resolver {
   readonly used: Array<string> = []
   readonly dependencies: Array<ParsedDependency> = []
@@ -187,10 +204,8 @@ class Resolver {
     const select = sub.SelectStmt
     const extra = Object.keys(select).find((k) => !SUBSELECT_KEYS.has(k))
     if (extra !== undefined || select.op !== "SETOP_NONE") {
-      throw new WhereError(
-        "Unsupported expression: a subquery may only be SELECT columns FROM one table [WHERE …]" +
-          (extra === undefined ? "" : ` (found ${extra})`)
-      )
+      const found = select.op !== "SETOP_NONE" ? "UNION, INTERSECT or EXCEPT" : (CLAUSE_NAMES[extra!] ?? extra)
+      throw new WhereError(`Unsupported expression: a subquery may only be SELECT columns FROM one table [WHERE …] (found ${found})`)
     }
     const from = select.fromClause ?? []
     const range = from.length === 1 && "RangeVar" in from[0]! ? from[0]!.RangeVar : undefined
@@ -198,7 +213,8 @@ class Resolver {
       throw new WhereError("Unsupported expression: a subquery must read exactly one table (no joins, no nested SELECT in FROM)")
     }
     if (range.alias !== undefined) throw new WhereError("Unsupported expression: a table alias in a subquery")
-    if (range.inh === false) throw new WhereError("Unsupported expression: ONLY in a subquery")
+    // The parser leaves `inh` out for `FROM ONLY t`.
+    if (range.inh !== true) throw new WhereError("Unsupported expression: ONLY in a subquery")
     const table = this.ctx.tables?.({ schema: range.schemaname, name: range.relname })
     if (table === undefined) {
       throw new WhereError(`Unknown table "${range.schemaname === undefined ? "" : range.schemaname + "."}${range.relname}" in subquery`)
