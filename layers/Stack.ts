@@ -21,6 +21,7 @@ import { SourceCheck } from "../src/stack/SourceCheck.js"
 import type { Infrastructure } from "../src/stack/StackSupervisor.js"
 import { ShapeDb } from "../src/storage/ShapeDb.js"
 import { ShapeLogStorage, type ShapeLogStorageOptions } from "../src/storage/ShapeLogStorage.js"
+import type { StorageError } from "../src/domain/errors.js"
 
 /** What a stack is made of: Postgres and files in production, fakes in `layers/Test.ts`. */
 export interface StackParts<E> {
@@ -33,6 +34,8 @@ export interface StackParts<E> {
   /** The storage dir: the read-only phase reads its registry through a read-only connection. */
   readonly storageDir: string
   readonly storage: ShapeLogStorageOptions
+  /** The shape log storage over `storage`; `ShapeLogStorage.layer` when absent (tests wrap it to hold a write). */
+  readonly storageLayer?: ((options: ShapeLogStorageOptions) => Layer.Layer<ShapeLogStorage, StorageError>) | undefined
   /** How often the active stack checks that every table with shapes is still published. */
   readonly publicationCheckInterval: Duration.DurationInput
   /** How many routed transactions consumers may hold before the pump waits; the pump's default when absent. */
@@ -69,7 +72,7 @@ export const makeStack = <E>(parts: StackParts<E>) => {
   // `source` edges order start-up only: what the check marks for removal, the registry must not load.
   const source = SourceCheck.layer.pipe(Layer.provide(registryDb))
   const registry = ShapeStatus.layer.pipe(Layer.provide(source), Layer.provide(registryDb))
-  const storage = ShapeLogStorage.layer(parts.storage).pipe(Layer.provide(source))
+  const storage = (parts.storageLayer ?? ShapeLogStorage.layer)(parts.storage).pipe(Layer.provide(source))
   // The connection closes before the registry: an edge that orders teardown (and starts it after the lock).
   const replication = parts.replication.pipe(Layer.provide(registry))
   const tracker = FlushTracker.layer.pipe(Layer.provide(replication), Layer.provide(registryDb))

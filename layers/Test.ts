@@ -1,11 +1,13 @@
 import { HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Layer } from "effect"
+import { Effect, Layer } from "effect"
 import * as path from "node:path"
 import { StackConfig, type StackSettings } from "../src/config/StackConfig.js"
 import { ShapeApi } from "../src/http/ShapeApi.js"
 import { ShutdownSignal } from "../src/http/ShutdownSignal.js"
+import type { StorageError } from "../src/domain/errors.js"
 import { type RestartPolicy, StackSupervisor } from "../src/stack/StackSupervisor.js"
+import { type ShapeLog, ShapeLogStorage } from "../src/storage/ShapeLogStorage.js"
 import { FakeInspector } from "../test/support/fakes/FakeInspector.js"
 import { FakePgAdmin } from "../test/support/fakes/FakePgAdmin.js"
 import type { FakePostgres } from "../test/support/fakes/FakePostgres.js"
@@ -13,6 +15,20 @@ import { FakeReplication } from "../test/support/fakes/FakeReplication.js"
 import { FakeSnapshot } from "../test/support/fakes/FakeSnapshot.js"
 import { RecordedShapeDb } from "../test/support/fakes/RecordedShapeDb.js"
 import { makeStack } from "./Stack.js"
+
+/** Real file storage whose log commits pass through `db.intercept.commit`, so a test can hold one shape's write. */
+const interceptedStorage = (db: FakePostgres, storage: Layer.Layer<ShapeLogStorage, StorageError>) =>
+  Layer.effect(
+    ShapeLogStorage,
+    Effect.map(ShapeLogStorage, (inner) => {
+      const wrap = (log: ShapeLog): ShapeLog => ({ ...log, commit: db.intercept.commit.around(log.handle, log.commit) })
+      return ShapeLogStorage.of({
+        ...inner,
+        create: (handle) => Effect.map(inner.create(handle), wrap),
+        open: (handle) => Effect.map(inner.open(handle), wrap)
+      })
+    })
+  ).pipe(Layer.provide(storage))
 
 /** Where a test stack keeps its durable state: SQLite and shape logs, real files that outlive each stack. */
 export interface TestDirs {
@@ -42,6 +58,7 @@ export const TestStack = (
     replication: FakeReplication.layer(db),
     storageDir: dirs.storageDir,
     storage: { directory: path.join(dirs.storageDir, "shapes"), chunkBytesThreshold },
+    storageLayer: (options) => interceptedStorage(db, ShapeLogStorage.layer(options)),
     publicationCheckInterval: "1 minute",
     ...(maxInFlight === undefined ? {} : { maxInFlight })
   })

@@ -1,10 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, TestServices } from "effect"
 import type { Row } from "../../src/domain/Change.js"
+import { StorageError } from "../../src/domain/errors.js"
+import { LogOffset } from "../../src/domain/LogOffset.js"
 import type { Lsn } from "../../src/domain/Lsn.js"
 import { FakePostgres, type FakeWrite, textTable } from "../support/fakes/FakePostgres.js"
 import { makeGate } from "../support/fakes/Intercept.js"
-import { type Harness, registryRows, startServer, tempDirs } from "../support/fakes/TestHarness.js"
+import { type Harness, readToEnd, registryRows, startServer, tempDirs, untilInterrupted } from "../support/fakes/TestHarness.js"
 
 /**
  * The restart bugs the reference system had with subquery shapes
@@ -118,6 +120,7 @@ const follow = (h: Harness, c: Client) =>
   })
 
 const projectKey = (id: string) => `"public"."projects"/"${id}"`
+const orgKey = (id: string) => `"public"."orgs"/"${id}"`
 const keyOf = (row: Row) => `"public"."issues"/"${row.id}"`
 const sorted = (entries: Iterable<readonly [string, unknown]>) => [...entries].sort(([a], [b]) => (a < b ? -1 : a > b ? 1 : 0))
 
@@ -135,6 +138,19 @@ const check = (h: Harness, c: Client, expected: ReadonlyArray<Row>, when: string
     expect(fresh.handle, `${when}: a new client's handle`).toBe(c.handle)
     expect(fresh.violations, `${when}: the whole log`).toEqual([])
     expect(sorted(fresh.rows), `${when}: a new client's rows`).toEqual(want)
+  })
+
+/** As `check`, for a shape of ids: both clients hold exactly the rows of `keys`. */
+const checkKeys = (h: Harness, c: Client, keys: ReadonlyArray<string>, when: string) =>
+  Effect.gen(function*() {
+    const want = [...keys].sort()
+    yield* follow(h, c)
+    expect(c.violations, `${when}: the client's log`).toEqual([])
+    expect([...c.rows.keys()].sort(), `${when}: the client's rows`).toEqual(want)
+    const fresh = yield* follow(h, client(c.query))
+    expect(fresh.handle, `${when}: a new client's handle`).toBe(c.handle)
+    expect(fresh.violations, `${when}: the whole log`).toEqual([])
+    expect([...fresh.rows.keys()].sort(), `${when}: a new client's rows`).toEqual(want)
   })
 
 /** Waits (in real time, bounded) until the slot's position reaches `lsn`: every shape the transaction reached has it. */
@@ -168,6 +184,24 @@ const commitHoldingMove = (db: FakePostgres, table: string, writes: ReadonlyArra
     const gate = yield* makeGate
     yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
     db.intercept.rows.next(() => gate.hold, (t) => t.name === table)
+    const t = yield* db.commit(writes)
+    yield* Deferred.await(gate.reached)
+    return t
+  })
+
+/**
+ * Commits `writes` with the next commit (fsync and pointer) of shape `handle`'s log held: returns the transaction
+ * once that shape's consumer is inside the commit. The commit never completes: when the stack stops, it fails as
+ * the storage of a stopped stack does, so the batch is lost as a crash loses it.
+ */
+const commitHoldingWrite = (db: FakePostgres, handle: string, writes: ReadonlyArray<FakeWrite>) =>
+  Effect.gen(function*() {
+    const gate = yield* makeGate
+    const lost = new StorageError({ reason: "Closed", handle, message: "the stack stopped before the batch was durable" })
+    db.intercept.commit.next(
+      () => Effect.zipRight(Deferred.succeed(gate.reached, undefined), Effect.zipRight(untilInterrupted, Effect.fail(lost))),
+      (h) => h === handle
+    )
     const t = yield* db.commit(writes)
     yield* Deferred.await(gate.reached)
     return t
@@ -328,6 +362,58 @@ describe("subquery shapes across restarts", () => {
       yield* check(h, issues, paidIssues(db), "after the restart, a move out")
       expect((yield* follow(h, projects)).violations).toEqual([])
       expect((yield* follow(h, orgs)).violations).toEqual([])
+      yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
+    }))
+
+  it.scoped("a reader evaluates a move only once its dependency's write of it is durable: a crash between them loses no row", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const dirs = yield* tempDirs
+      yield* seed(db, 4, 4)
+      // An unpaid org whose project will join a paying org.
+      yield* db.commit([
+        { kind: "insert", table: "orgs", row: { id: "o3", paid: "no" } },
+        project("p5", "yes", "o3"),
+        issue("i5a", "p5"),
+        issue("i5b", "p5")
+      ])
+      const h = yield* startServer(db, dirs)
+      const issues = client(PAID)
+      yield* check(h, issues, paidIssues(db), "created")
+      const projects = yield* follow(h, client(PAID_PROJECTS))
+      const orgs = yield* follow(h, client(PAID_ORGS))
+      // Every consumer is running.
+      yield* commit(db, [issue("i9", "p1")])
+      yield* check(h, issues, paidIssues(db), "before the move")
+      const before = sorted(issues.rows)
+
+      // As after a crash, the slot will send both transactions again.
+      db.dropAcks = true
+      // The middle shape writes the move (o2's projects come in) and is held in its commit: the move is not durable.
+      const paying = yield* commitHoldingWrite(db, projects.handle!, [setPaid("o2", "yes")])
+      // A later transaction brings p5 into the now paying org; a query of the move run from now on holds it.
+      const joining = yield* db.commit([{ kind: "update", table: "projects", row: { id: "p5", org_id: "o2" } }])
+      // Time for the outer shape to evaluate the move, were it let through before the middle shape's commit.
+      yield* TestServices.provideLive(Effect.sleep("20 millis"))
+      yield* follow(h, issues)
+      expect(LogOffset.parse(issues.offset)!.tx < paying.commitLsn, "the outer shape's log while the move is not durable").toBe(true)
+      expect(sorted(issues.rows), "the outer shape's rows while the move is not durable").toEqual(before)
+
+      // The middle shape's write of the move is lost with the stack; it queries the move again, from a snapshot
+      // that holds the later transaction too.
+      yield* restart(h)
+      db.dropAcks = false
+      yield* settled(db, joining.endLsn)
+      yield* check(h, issues, paidIssues(db), "after the restart")
+      const paidOrgs = db.rows("orgs").filter((o) => o.paid === "yes").map((o) => o.id as string)
+      const paidProjects = db.rows("projects").filter((p) => paidOrgs.includes(p.org_id as string)).map((p) => p.id as string)
+      yield* checkKeys(h, projects, paidProjects.map(projectKey), "after the restart, the middle shape")
+      yield* checkKeys(h, orgs, paidOrgs.map(orgKey), "after the restart, the inner shape")
+      // The crash did lose the middle shape's write: it wrote the move again, p5 coming in with it.
+      const middle = yield* readToEnd(h, PAID_PROJECTS)
+      expect(middle.messages.filter((m) => m.key === projectKey("p5")).map((m) => [m.headers.operation, m.headers.lsn])).toEqual([
+        ["insert", `${paying.commitLsn}`]
+      ])
       yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
     }))
 })

@@ -67,14 +67,17 @@ export class FakePostgres {
   readonly acks: Array<Lsn> = []
   /**
    * Interceptions tests arm: the next ack, the next catalog load, the next snapshot, the next query of
-   * rows (`Snapshot.rows`, keyed by its table), the next SQLite statement of the registry.
+   * rows (`Snapshot.rows`, keyed by its table), the next SQLite statement of the registry, the next commit of a
+   * shape log.
    */
   readonly intercept = {
     ack: new Intercept<Lsn>(),
     load: new Intercept<TableRef>(),
     snapshot: new Intercept<TableRef>(),
     rows: new Intercept<TableRef>(),
-    sql: new Intercept<string>()
+    sql: new Intercept<string>(),
+    /** The next commit of a shape log (keyed by its handle): what makes a batch durable. */
+    commit: new Intercept<string>()
   }
   /** When true, acks are recorded but never reach `confirmedFlush` (as if the standby status was lost). */
   dropAcks = false
