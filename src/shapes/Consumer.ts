@@ -30,8 +30,8 @@ export interface SubqueryRole {
   readonly own: () => Materializer | undefined
   /** The materializer is loaded: dependents may read it. */
   readonly loaded: (materializer: Materializer) => Effect.Effect<void>
-  /** The consumer has handled every transaction up to `lsn` routed to it. */
-  readonly handled: (lsn: Lsn) => void
+  /** Every transaction up to `lsn` routed to the shape is durable in its log (or needed nothing written). */
+  readonly durable: (lsn: Lsn) => void
   /** Transactions at or below it will not come again: the commit LSN the stack started from. */
   readonly replayFloor: Lsn
   readonly rows: Snapshot["Type"]["rows"]
@@ -391,7 +391,7 @@ export const runConsumer = (options: {
         yield* tracker.durable(handle, lastCommit)
         // Only now may readers go past these transactions: a shape is durable no later than the shapes that read
         // it, so after a crash none of them holds a move its dependency would write differently.
-        role?.handled(lastCommit)
+        role?.durable(lastCommit)
       }
     }
   })

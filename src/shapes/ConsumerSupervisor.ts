@@ -22,8 +22,8 @@ interface Registered {
   invalidated: boolean
   /** The commit LSN of the last transaction handed to its consumer. */
   deliveredLsn: Lsn
-  /** The commit LSN up to which its consumer has handled what it was handed, and who waits for more. */
-  handledLsn: Lsn
+  /** The commit LSN up to which its consumer has made durable what it was handed, and who waits for more. */
+  durableLsn: Lsn
   waiters: Array<{ readonly lsn: Lsn; readonly done: Deferred.Deferred<void, MaterializerGone> }>
   /** When other shapes read this one through a subquery: its materializer, and when it is loaded. */
   materializer: Materializer | undefined
@@ -42,7 +42,7 @@ interface Registered {
  * shapes"): each dependency shape gets a materializer, which its own consumer
  * loads from its log and feeds; each transaction handed to a shape with
  * subqueries carries, per dependency, the last transaction handed to that
- * dependency, which its consumer waits to have handled before evaluating it.
+ * dependency, which its consumer waits to be durable there before evaluating it.
  */
 export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor")<ConsumerSupervisor, {
   /** Makes a shape known; `snapshot` is given for restored shapes, later through `snapshotReady` for new ones. */
@@ -74,12 +74,12 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
         const replayFloor = tracker.lastProcessedLsn()
         let lastDelivered = replayFloor
 
-        const handled = (reg: Registered, lsn: Lsn) => {
-          if (lsn > reg.handledLsn) reg.handledLsn = lsn
+        const durable = (reg: Registered, lsn: Lsn) => {
+          if (lsn > reg.durableLsn) reg.durableLsn = lsn
           if (reg.waiters.length === 0) return
           const still: Registered["waiters"] = []
           for (const w of reg.waiters) {
-            if (w.lsn <= reg.handledLsn) Deferred.unsafeDone(w.done, Effect.void)
+            if (w.lsn <= reg.durableLsn) Deferred.unsafeDone(w.done, Effect.void)
             else still.push(w)
           }
           reg.waiters = still
@@ -93,11 +93,11 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
               const reg = registered.get(handle)
               return reg === undefined ? Effect.fail(gone) : Deferred.await(reg.ready)
             }),
-            awaitHandled: (lsn) =>
+            awaitDurable: (lsn) =>
               Effect.suspend(() => {
                 const reg = registered.get(handle)
                 if (reg === undefined) return Effect.fail(gone)
-                if (lsn <= reg.handledLsn) return Effect.void
+                if (lsn <= reg.durableLsn) return Effect.void
                 const done = Deferred.unsafeMake<void, MaterializerGone>(undefined as never)
                 reg.waiters.push({ lsn, done })
                 return Deferred.await(done)
@@ -131,7 +131,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
                 links: reg.shape.dependencies.map(linkTo),
                 own: () => reg.materializer,
                 loaded: (m) => Deferred.succeed(reg.ready, m).pipe(Effect.asVoid),
-                handled: (lsn) => handled(reg, lsn),
+                durable: (lsn) => durable(reg, lsn),
                 replayFloor,
                 rows: snapshot.rows
               }
@@ -186,7 +186,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
                 queue: undefined,
                 invalidated: false,
                 deliveredLsn: 0n,
-                handledLsn: 0n,
+                durableLsn: 0n,
                 waiters: [],
                 materializer: undefined,
                 ready: yield* Deferred.make<Materializer, MaterializerGone>()

@@ -153,7 +153,8 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
       let waiting = [...(yield* status.all)]
       const decided = new Set<ShapeHandle>()
       while (waiting.length > 0) {
-        const ready = waiting.filter((r) => r.dependencies.every((d) => decided.has(d) || !waiting.some((w) => w.handle === d)))
+        const pending = new Set(waiting.map((r) => r.handle))
+        const ready = waiting.filter((r) => r.dependencies.every((d) => decided.has(d) || !pending.has(d)))
         const next = ready.length > 0 ? ready : [waiting[0]!]
         for (const record of next) {
           decided.add(record.handle)
@@ -341,28 +342,28 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
       /** The shape of a spec, created if needed; `asked` when a client asked for it, not a subquery. */
       function obtain(spec: ResolvedSpec, asked: boolean): Effect.Effect<Shape, CreateError> {
         return Effect.gen(function*() {
-            const identity = ShapeDefinition.identity(spec.definition)
-            const existing = yield* status.byIdentity(identity)
-            if (Option.isSome(existing)) {
-              const shape = shapes.get(existing.value.handle)
-              if (shape !== undefined) return asked ? yield* markAsked(shape) : shape
-            }
-            let inFlight = creating.get(identity)
-            if (inFlight === undefined) {
-              const deferred = yield* Deferred.make<Shape, CreateError>()
-              creating.set(identity, deferred)
-              inFlight = deferred
-              yield* create(spec, asked).pipe(
-                Effect.tapErrorCause((cause) => Effect.logWarning("shape creation failed", cause)),
-                Effect.exit,
-                Effect.flatMap((exit) =>
-                  Effect.zipRight(Effect.sync(() => creating.delete(identity)), Deferred.done(deferred, exit))
-                ),
-                Effect.forkIn(cacheScope)
-              )
-            }
-            const shape = yield* Deferred.await(inFlight)
-            return asked ? yield* markAsked(shape) : shape
+          const identity = ShapeDefinition.identity(spec.definition)
+          const existing = yield* status.byIdentity(identity)
+          if (Option.isSome(existing)) {
+            const shape = shapes.get(existing.value.handle)
+            if (shape !== undefined) return asked ? yield* markAsked(shape) : shape
+          }
+          let inFlight = creating.get(identity)
+          if (inFlight === undefined) {
+            const deferred = yield* Deferred.make<Shape, CreateError>()
+            creating.set(identity, deferred)
+            inFlight = deferred
+            yield* create(spec, asked).pipe(
+              Effect.tapErrorCause((cause) => Effect.logWarning("shape creation failed", cause)),
+              Effect.exit,
+              Effect.flatMap((exit) =>
+                Effect.zipRight(Effect.sync(() => creating.delete(identity)), Deferred.done(deferred, exit))
+              ),
+              Effect.forkIn(cacheScope)
+            )
+          }
+          const shape = yield* Deferred.await(inFlight)
+          return asked ? yield* markAsked(shape) : shape
         })
       }
 

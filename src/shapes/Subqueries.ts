@@ -18,8 +18,8 @@ export interface DependencyLink {
   readonly handle: ShapeHandle
   /** The dependency's materializer, once its consumer has loaded it. */
   readonly materializer: Effect.Effect<Materializer, MaterializerGone>
-  /** Waits until the dependency's consumer has handled every transaction up to `lsn` routed to it. */
-  readonly awaitHandled: (lsn: Lsn) => Effect.Effect<void, MaterializerGone>
+  /** Waits until every transaction up to `lsn` routed to the dependency is durable in its log. */
+  readonly awaitDurable: (lsn: Lsn) => Effect.Effect<void, MaterializerGone>
 }
 
 /** Every committed transaction of a shape's log (snapshot rows first, at LSN 0), read chunk by chunk, each once. */
@@ -110,10 +110,10 @@ export class SubqueryState {
     this.matches = where.bind(views)
   }
 
-  /** Waits until each dependency has handled what was routed to it with the transaction (`needs`, per dependency). */
+  /** Waits until each dependency has made durable what was routed to it with the transaction (`needs`, per dependency). */
   awaitDependencies(needs: ReadonlyArray<Lsn> | undefined): Effect.Effect<void, MaterializerGone> {
     if (needs === undefined) return Effect.void
-    return Effect.forEach(this.links, (link, i) => link.awaitHandled(needs[i] ?? 0n), { discard: true })
+    return Effect.forEach(this.links, (link, i) => link.awaitDurable(needs[i] ?? 0n), { discard: true })
   }
 
   /** Starts a transaction: which rows written by earlier moves already hold its changes. */
