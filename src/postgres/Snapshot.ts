@@ -20,7 +20,6 @@ export interface SnapshotInfo {
   readonly rows: number
 }
 
-/** What to read and where the lines go. */
 /** Which rows `Snapshot.rows` reads, and the clause each is tested against. */
 export interface RowsRequest {
   readonly table: TableInfo
@@ -87,6 +86,7 @@ export const rowsQuery = (request: RowsRequest): { readonly sql: string; readonl
   return { sql: where.length === 0 ? select : `${select} WHERE ${where.join(" AND ")}`, params }
 }
 
+/** What to read and where the lines go. */
 export interface SnapshotOptions<E> {
   /** A boolean SQL expression over the table's columns, or `undefined` for every row. */
   readonly whereSql: string | undefined

@@ -90,7 +90,6 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
   >()
   /** Who reads each dependency shape. */
   const dependents = new Map<ShapeHandle, Set<ShapeHandle>>()
-  let layered = false
   let lastRouted = lastProcessed
 
   const tableFor = (oid: number): TableShapes => {
@@ -130,7 +129,6 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
       if (set === undefined) dependents.set(d, set = new Set())
       set.add(shape.handle)
     }
-    if (dependencies.length > 0) layered = true
     shapeTable.set(shape.handle, { oid: shape.tableOid, equality: eq, columns: shape.columns, dependencies, depth })
   }
 
@@ -226,7 +224,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
           break
       }
     }
-    if (!layered || dependents.size === 0) return [...deliveries.values()]
+    if (dependents.size === 0) return [...deliveries.values()]
     // Whatever reaches a dependency reaches its readers; then dependencies first. A transaction that reaches no
     // dependency needs neither.
     const pending: Array<ShapeHandle> = []
