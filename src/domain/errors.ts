@@ -10,6 +10,15 @@ export class MaterializerGone extends Schema.TaggedError<MaterializerGone>()("Ma
   handle: Schema.String
 }) {}
 
+/**
+ * A dependency shape's log said something its materializer cannot hold: an insert of a row it holds, an update
+ * or delete of one it does not. Never skipped: the shape and the shapes that read it are invalidated.
+ */
+export class MaterializerInvariant extends Schema.TaggedError<MaterializerInvariant>()("MaterializerInvariant", {
+  handle: Schema.String,
+  message: Schema.String
+}) {}
+
 /** A call reached a registry whose scope has closed, or whose table is not loaded yet. */
 export class TableAbsent extends Schema.TaggedError<TableAbsent>()("TableAbsent", {
   operation: Schema.String

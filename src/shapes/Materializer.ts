@@ -1,3 +1,4 @@
+import { MaterializerInvariant } from "../domain/errors.js"
 import type { Lsn } from "../domain/Lsn.js"
 import type { Domain, PgType } from "../where/Ast.js"
 import { valuesKey } from "../where/Evaluator.js"
@@ -203,15 +204,15 @@ const stateAt = (toggles: ReadonlyArray<Toggle>, at: Lsn): boolean => {
   return state
 }
 
-/** A dependency's log said something its materializer cannot hold: the dependency and its dependents go. */
-export class MaterializerInvariant extends Error {}
+export { MaterializerInvariant }
 
 /**
  * The current rows of one dependency shape, reduced to what its dependents
  * compare (DESIGN.md, "Subquery shapes"), built from the shape's own log and
  * then fed, in commit order, every transaction its consumer writes. Strict: an
  * insert of a key it holds, or an update or delete of a key it does not,
- * throws `MaterializerInvariant` — never skipped.
+ * throws `MaterializerInvariant`, which its consumer turns into the shape's
+ * invalidation — never skipped.
  *
  * After a restart, log entries past the replay point (what the slot will send
  * again) are kept aside and applied when their transaction comes again (the
@@ -289,19 +290,19 @@ export class Materializer {
       const before = this.rows.get(op.key)
       switch (op.operation) {
         case "insert":
-          if (before !== undefined) throw new MaterializerInvariant(`insert of row ${op.key}, which it already holds`)
+          if (before !== undefined) throw new MaterializerInvariant({ handle: this.handle, message: `insert of row ${op.key}, which it already holds` })
           this.rows.set(op.key, op.value ?? {})
           indexes.forEach((ix, i) => perIndex[i]!.push([undefined, ix.valuesOf(op.value ?? {})]))
           break
         case "update": {
-          if (before === undefined) throw new MaterializerInvariant(`update of row ${op.key}, which it does not hold`)
+          if (before === undefined) throw new MaterializerInvariant({ handle: this.handle, message: `update of row ${op.key}, which it does not hold` })
           const after = { ...before, ...op.value }
           this.rows.set(op.key, after)
           indexes.forEach((ix, i) => perIndex[i]!.push([ix.valuesOf(before), ix.valuesOf(after)]))
           break
         }
         case "delete":
-          if (before === undefined) throw new MaterializerInvariant(`delete of row ${op.key}, which it does not hold`)
+          if (before === undefined) throw new MaterializerInvariant({ handle: this.handle, message: `delete of row ${op.key}, which it does not hold` })
           this.rows.delete(op.key)
           indexes.forEach((ix, i) => perIndex[i]!.push([ix.valuesOf(before), undefined]))
           break
