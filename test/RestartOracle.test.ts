@@ -1,7 +1,8 @@
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFailed } from "vitest"
 import { OracleClient, prng, type Row, type ShapeSpec, sleep } from "./support/oracle.js"
-import { type ChildService, cleanEnv, freePort, spawnSyncline, stopAllChildren } from "./support/process.js"
+import { cleanEnv, freePort, spawnSyncline, stopAllChildren } from "./support/process.js"
+import { type Instance, restartService, waitStatus } from "./support/restarts.js"
 import { dropReplication, tempDir, testPool } from "./support/syncline.js"
 
 /**
@@ -52,11 +53,6 @@ const SHAPES: ReadonlyArray<ShapeSpec> = [
 ]
 
 type Kind = "graceful" | "kill9" | "admin" | "rolling"
-
-interface Instance {
-  readonly child: ChildService
-  readonly baseUrl: string
-}
 
 interface Image {
   readonly xid: string
@@ -119,20 +115,6 @@ const spawnInstance = async (): Promise<Instance> => {
   const instance = { child, baseUrl: `http://127.0.0.1:${port}` }
   instances.push(instance)
   return instance
-}
-
-/** Polls `/v1/health` until it reports `status` (bounded); fails early if the process exits. */
-const waitStatus = async (instance: Instance, status: "active" | "waiting", timeoutMs = 60_000): Promise<void> => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    if (!instance.child.isRunning()) throw new Error(`${instance.baseUrl} exited before it was ${status}`)
-    const body = await fetch(`${instance.baseUrl}/v1/health`, { signal: AbortSignal.timeout(2_000) })
-      .then((r) => r.json() as Promise<{ status?: string }>)
-      .catch(() => undefined)
-    if (body?.status === status) return
-    if (Date.now() > deadline) throw new Error(`${instance.baseUrl} was not ${status} within ${timeoutMs} ms`)
-    await sleep(100)
-  }
 }
 
 const waitFor = async (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> => {
@@ -300,31 +282,11 @@ describe("restart-aware oracle", () => {
       expect(failures).toEqual([])
       const started = Date.now()
       switch (kind) {
-        case "graceful": {
-          current.child.kill("SIGTERM")
-          expect(await current.child.exited).toEqual({ code: 0, signal: null })
-          current = await spawnInstance()
-          switchTo(current)
-          await waitStatus(current, "active")
+        case "graceful":
+        case "admin":
+        case "rolling":
+          current = await restartService(kind, current, spawnInstance, switchTo)
           break
-        }
-        case "admin": {
-          const res = await fetch(`${server.url}/v1/admin/restart`, { method: "POST" })
-          expect(res.status).toBeLessThan(300)
-          await res.body?.cancel()
-          await waitStatus(current, "active")
-          break
-        }
-        case "rolling": {
-          const next = await spawnInstance()
-          await waitStatus(next, "waiting")
-          switchTo(next)
-          current.child.kill("SIGTERM")
-          expect(await current.child.exited).toEqual({ code: 0, signal: null })
-          await waitStatus(next, "active")
-          current = next
-          break
-        }
         case "kill9": {
           current.child.kill("SIGKILL")
           await current.child.exited

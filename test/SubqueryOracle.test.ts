@@ -1,7 +1,8 @@
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFailed } from "vitest"
 import { OracleClient, prng, sleep } from "./support/oracle.js"
-import { type ChildService, cleanEnv, freePort, spawnSyncline, stopAllChildren } from "./support/process.js"
+import { cleanEnv, freePort, spawnSyncline, stopAllChildren } from "./support/process.js"
+import { type Instance, restartService, waitStatus } from "./support/restarts.js"
 import {
   postgresRows,
   postgresTextRows,
@@ -104,11 +105,6 @@ const SHAPES: ReadonlyArray<SubqueryShape> = [
 ]
 
 type Kind = "graceful" | "kill9" | "admin" | "rolling"
-
-interface Instance {
-  readonly child: ChildService
-  readonly baseUrl: string
-}
 
 let pool: pg.Pool
 let writer: pg.Client
@@ -389,20 +385,6 @@ const switchTo = (instance: Instance) => {
   server = { url: instance.baseUrl, generation: server.generation + 1 }
 }
 
-/** Polls `/v1/health` until it reports `status` (bounded); fails early if the process exits. */
-const waitStatus = async (instance: Instance, status: "active" | "waiting", timeoutMs = 60_000): Promise<void> => {
-  const deadline = Date.now() + timeoutMs
-  for (;;) {
-    if (!instance.child.isRunning()) throw new Error(`${instance.baseUrl} exited before it was ${status}`)
-    const body = await fetch(`${instance.baseUrl}/v1/health`, { signal: AbortSignal.timeout(2_000) })
-      .then((r) => r.json() as Promise<{ status?: string }>)
-      .catch(() => undefined)
-    if (body?.status === status) return
-    if (Date.now() > deadline) throw new Error(`${instance.baseUrl} was not ${status} within ${timeoutMs} ms`)
-    await sleep(100)
-  }
-}
-
 const waitFor = async (what: string, check: () => boolean | Promise<boolean>, timeoutMs = 30_000): Promise<void> => {
   const deadline = Date.now() + timeoutMs
   while (!(await check())) {
@@ -415,31 +397,11 @@ const waitFor = async (what: string, check: () => boolean | Promise<boolean>, ti
 
 const restart = async (kind: Kind): Promise<void> => {
   switch (kind) {
-    case "graceful": {
-      current.child.kill("SIGTERM")
-      expect(await current.child.exited).toEqual({ code: 0, signal: null })
-      current = await spawnInstance()
-      switchTo(current)
-      await waitStatus(current, "active")
+    case "graceful":
+    case "admin":
+    case "rolling":
+      current = await restartService(kind, current, spawnInstance, switchTo)
       return
-    }
-    case "admin": {
-      const res = await fetch(`${server.url}/v1/admin/restart`, { method: "POST" })
-      expect(res.status).toBeLessThan(300)
-      await res.body?.cancel()
-      await waitStatus(current, "active")
-      return
-    }
-    case "rolling": {
-      const next = await spawnInstance()
-      await waitStatus(next, "waiting")
-      switchTo(next)
-      current.child.kill("SIGTERM")
-      expect(await current.child.exited).toEqual({ code: 0, signal: null })
-      await waitStatus(next, "active")
-      current = next
-      return
-    }
     case "kill9": {
       current.child.kill("SIGKILL")
       await current.child.exited
