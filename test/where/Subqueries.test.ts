@@ -3,11 +3,12 @@ import { Either } from "effect"
 import type pg from "pg"
 import type { Row } from "../../src/domain/Change.js"
 import { InvalidWhere } from "../../src/domain/errors.js"
-import type { ColumnInfo, TableInfo } from "../../src/domain/Table.js"
+import type { TableInfo } from "../../src/domain/Table.js"
 import { Materializer } from "../../src/shapes/Materializer.js"
 import { buildShape } from "../../src/shapes/ShapeResolver.js"
 import type { InSubquery } from "../../src/where/Ast.js"
 import { compile, type SubqueryViews } from "../../src/where/Evaluator.js"
+import { tableInfo } from "./table.js"
 import { parseWhereAst, type TableName } from "../../src/where/Parser.js"
 import { parseWhere, type WhereClause } from "../../src/where/WhereClause.js"
 import { testPool } from "../support/syncline.js"
@@ -16,30 +17,7 @@ import { testPool } from "../support/syncline.js"
 // whether the evaluator, answering subqueries from materialized dependency rows, agrees with Postgres
 // on every three-valued corner (NULLs in the set, NULL on the left, an empty set, types compared across).
 
-/** A column: `[name, typname, notNull?]`; the first column of a table is its primary key. */
-type Col = readonly [string, string, boolean?]
-
-const tableOf = (name: string, columns: ReadonlyArray<Col>, schema = "public"): TableInfo => ({
-  oid: 1,
-  schema,
-  name,
-  pk: [columns[0]![0]],
-  columns: columns.map(([column, typeName, notNull], i): ColumnInfo => ({
-    name: column,
-    attnum: i + 1,
-    typeName,
-    typeOid: 0,
-    elementTypeOid: 0,
-    typeKind: "b",
-    baseTypeName: typeName,
-    dims: 0,
-    typeMod: -1,
-    notNull: i === 0 || notNull === true,
-    pkIndex: i === 0 ? 0 : undefined
-  }))
-})
-
-const issues = tableOf("issues", [
+const issues = tableInfo("issues", [
   ["id", "int4"],
   ["project_id", "int4"],
   ["parent_id", "int4"],
@@ -48,7 +26,7 @@ const issues = tableOf("issues", [
   ["a", "int4", true],
   ["b", "text", true]
 ])
-const projects = tableOf("projects", [
+const projects = tableInfo("projects", [
   ["id", "int4"],
   ["org_id", "int4"],
   ["active", "bool"],
@@ -56,9 +34,9 @@ const projects = tableOf("projects", [
   ["x", "int4", true],
   ["y", "varchar", true]
 ])
-const orgs = tableOf("orgs", [["id", "int4"], ["region_id", "int4"], ["paid", "bool"]])
-const regions = tableOf("regions", [["id", "int4"], ["open", "bool"]])
-const elsewhere = tableOf("projects", [["id", "int4"]], "other")
+const orgs = tableInfo("orgs", [["id", "int4"], ["region_id", "int4"], ["paid", "bool"]])
+const regions = tableInfo("regions", [["id", "int4"], ["open", "bool"]])
+const elsewhere = tableInfo("projects", [["id", "int4"]], "other")
 
 const catalog = [issues, projects, orgs, regions, elsewhere]
 const lookup = (name: TableName): TableInfo | undefined =>
@@ -424,10 +402,10 @@ const TEMPLATES: ReadonlyArray<(x: string, s: string, other: string) => string> 
   (x, s, other) => `NOT (${x} IN ${s} AND ${x} NOT IN ${other})`
 ]
 
-const SQO_TABLE = tableOf("sqo", SQO.map(([name, type]) => [name, type] as const), "pg_temp")
-const SQI_TABLE = tableOf("sqi", SQI.map(([name, type]) => [name, type] as const), "pg_temp")
-const SQM_OUTER = tableOf("sqmo", [["id", "int4"], ["a", "numeric", true], ["b", "varchar", true]], "pg_temp")
-const SQM_INNER = tableOf("sqmi", [["id", "int4"], ["g", "int4", true], ["a", "int4", true], ["b", "text", true]], "pg_temp")
+const SQO_TABLE = tableInfo("sqo", SQO.map(([name, type]) => [name, type] as const), "pg_temp")
+const SQI_TABLE = tableInfo("sqi", SQI.map(([name, type]) => [name, type] as const), "pg_temp")
+const SQM_OUTER = tableInfo("sqmo", [["id", "int4"], ["a", "numeric", true], ["b", "varchar", true]], "pg_temp")
+const SQM_INNER = tableInfo("sqmi", [["id", "int4"], ["g", "int4", true], ["a", "int4", true], ["b", "text", true]], "pg_temp")
 const tempTables = [SQO_TABLE, SQI_TABLE, SQM_OUTER, SQM_INNER]
 const tempLookup = (name: TableName): TableInfo | undefined =>
   name.schema === undefined || name.schema === "pg_temp" ? tempTables.find((t) => t.name === name.name) : undefined

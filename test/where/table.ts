@@ -1,12 +1,19 @@
 import type { ColumnInfo, TableInfo } from "../../src/domain/Table.js"
 
-/** Builds the `TableInfo` of a test table from `[name, typname]` pairs; the first column is the primary key. */
-export const tableInfo = (name: string, columns: ReadonlyArray<readonly [string, string]>): TableInfo => ({
+/**
+ * Builds the `TableInfo` of a test table from `[name, typname, notNull?]` triples; the first column is the primary
+ * key (and not null).
+ */
+export const tableInfo = (
+  name: string,
+  columns: ReadonlyArray<readonly [string, string, boolean?]>,
+  schema = "public"
+): TableInfo => ({
   oid: 1,
-  schema: "public",
+  schema,
   name,
   pk: [columns[0]![0]],
-  columns: columns.map(([column, typeName], i): ColumnInfo => ({
+  columns: columns.map(([column, typeName, notNull], i): ColumnInfo => ({
     name: column,
     attnum: i + 1,
     typeName,
@@ -16,7 +23,7 @@ export const tableInfo = (name: string, columns: ReadonlyArray<readonly [string,
     baseTypeName: typeName,
     dims: 0,
     typeMod: -1,
-    notNull: i === 0,
+    notNull: i === 0 || notNull === true,
     pkIndex: i === 0 ? 0 : undefined
   }))
 })
