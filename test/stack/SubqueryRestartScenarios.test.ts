@@ -1,7 +1,7 @@
 import { describe, expect, it } from "@effect/vitest"
 import { Deferred, Effect, TestServices } from "effect"
 import type { Row } from "../../src/domain/Change.js"
-import { StorageError } from "../../src/domain/errors.js"
+import { PostgresError, StorageError } from "../../src/domain/errors.js"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import type { Lsn } from "../../src/domain/Lsn.js"
 import { FakePostgres, type FakeWrite, textTable } from "../support/fakes/FakePostgres.js"
@@ -415,5 +415,22 @@ describe("subquery shapes across restarts", () => {
         ["insert", `${paying.commitLsn}`]
       ])
       yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
+    }))
+})
+
+describe("subquery shapes and a move query Postgres refuses", () => {
+  it.scoped("invalidates the reader (a 409 and a new shape) instead of retrying for ever; the slot moves on", () =>
+    Effect.gen(function*() {
+      const { db, h, issues } = yield* started(4, 2, false)
+      // As after a column the query names was dropped: Postgres refuses it, and always will.
+      db.intercept.rows.next(
+        () => Effect.fail(new PostgresError({ reason: "Query", message: "column \"title\" does not exist", cause: { code: "42703" } })),
+        (t) => t.name === "issues"
+      )
+      yield* commit(db, [setActive("p3", "yes")])
+      const stale = yield* h.get(`/v1/shape?${issues.query}&offset=${issues.offset}&handle=${issues.handle}`)
+      expect(stale.status).toBe(409)
+      expect(stale.headers["electric-handle"]).not.toBe(issues.handle)
+      yield* check(h, client(ACTIVE), activeIssues(db), "the new shape")
     }))
 })
