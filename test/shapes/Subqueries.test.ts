@@ -3,7 +3,12 @@ import type pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { dropReplication, type RunningSyncline, startSyncline, testPool } from "../support/syncline.js"
 
-const STREAM = "subq_smoke"
+/**
+ * Subquery shapes followed with the official client while projects, orgs and issues change (each step must give
+ * exactly what Postgres holds), and one followed across a graceful restart with changes made while it was down.
+ */
+
+const STREAM = "subq_shapes"
 let server: RunningSyncline
 let pool: pg.Pool
 
