@@ -13,6 +13,7 @@ import { type LoggedTransaction, type Materializer, MaterializerInvariant, parse
 import type { Shape } from "./Shape.js"
 import type { SnapshotMark } from "./ShapeStatus.js"
 import { type DependencyLink, heldKeys, readLog, SubqueryState } from "./Subqueries.js"
+import { visibleInSnapshot, widenXid } from "./Visibility.js"
 
 /** One routed transaction waiting in a consumer's queue, or a wake-up (`txn` undefined) to load its materializer. */
 export interface Work {
@@ -43,28 +44,7 @@ export interface Invalidation {
   readonly reason: string
 }
 
-const TWO_32 = 1n << 32n
-const TWO_31 = 1n << 31n
-
-/**
- * The 64-bit xid of a Begin's 32-bit one: widened with the epoch of the
- * snapshot's xmax, choosing the value nearest to xmax (xids in flight are
- * never 2^31 apart).
- */
-export const widenXid = (xid: number, mark: SnapshotMark): bigint => {
-  let full = (mark.xmax & ~(TWO_32 - 1n)) | BigInt(xid >>> 0)
-  if (full - mark.xmax > TWO_31) full -= TWO_32
-  else if (mark.xmax - full > TWO_31) full += TWO_32
-  return full
-}
-
-/** Whether the snapshot already contains transaction `xid` (32-bit, as Begin carries it). */
-export const visibleInSnapshot = (xid: number, mark: SnapshotMark): boolean => {
-  const full = widenXid(xid, mark)
-  if (full < mark.xmin) return true
-  if (full >= mark.xmax) return false
-  return !mark.xip.includes(full)
-}
+export { visibleInSnapshot, widenXid } from "./Visibility.js"
 
 /**
  * Whether Postgres refused a query for good (SQLSTATE classes 42, syntax or access rule violations such as a column

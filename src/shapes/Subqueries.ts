@@ -12,6 +12,7 @@ import type { SubqueryPosition } from "../where/WhereClause.js"
 import type { PendingEntry, ShapeEncoder } from "./LogItems.js"
 import { type LoggedTransaction, type Materializer, type Moves, parseLogBody, type ValueIndex } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
+import { type SnapshotRange, visibleInSnapshot, widenXid } from "./Visibility.js"
 
 /** What the consumer of a shape with subqueries reaches of one of its dependency shapes. */
 export interface DependencyLink {
@@ -124,8 +125,8 @@ export class SubqueryState {
     }
     this.holdingKeys = []
     this.reconciled = this.reconciled.filter((r) => {
-      if (widen(xid, r.snapshot) >= r.snapshot.xmax) return false
-      if (visible(xid, r.snapshot)) this.holdingKeys.push(r.keys)
+      if (widenXid(xid, r.snapshot) >= r.snapshot.xmax) return false
+      if (visibleInSnapshot(xid, r.snapshot)) this.holdingKeys.push(r.keys)
       return true
     })
   }
@@ -180,7 +181,7 @@ export class SubqueryState {
     return Effect.gen(function*() {
       const request = self.request(moves)
       let result = yield* self.rows(request)
-      while (!xids.every((xid) => visible(xid, result))) {
+      while (!xids.every((xid) => visibleInSnapshot(xid, result))) {
         yield* Effect.sleep("20 millis")
         result = yield* self.rows(request)
       }
@@ -222,29 +223,4 @@ export class SubqueryState {
       })
     }
   }
-}
-
-const TWO_32 = 1n << 32n
-const TWO_31 = 1n << 31n
-
-interface SnapshotRange {
-  readonly xmin: bigint
-  readonly xmax: bigint
-  readonly xip: ReadonlyArray<bigint>
-}
-
-/** A 32-bit xid widened with the epoch of the snapshot's xmax. */
-const widen = (xid: number, snapshot: SnapshotRange): bigint => {
-  let full = (snapshot.xmax & ~(TWO_32 - 1n)) | BigInt(xid >>> 0)
-  if (full - snapshot.xmax > TWO_31) full -= TWO_32
-  else if (snapshot.xmax - full > TWO_31) full += TWO_32
-  return full
-}
-
-/** Whether a snapshot holds the transaction of a 32-bit xid. */
-const visible = (xid: number, snapshot: SnapshotRange) => {
-  const full = widen(xid, snapshot)
-  if (full < snapshot.xmin) return true
-  if (full >= snapshot.xmax) return false
-  return !snapshot.xip.includes(full)
 }
