@@ -23,6 +23,10 @@ export interface StackSettings {
   readonly publicationCheckIntervalMs: number
   /** `SYNCLINE_SEND_TIMEOUT`: how long a connection may accept no bytes of a response before it is dropped. */
   readonly sendTimeoutMs: number
+  /** `SYNCLINE_SSE_TIMEOUT`: how long the server holds a live SSE stream before it ends it (the client reconnects). */
+  readonly sseTimeoutMs: number
+  /** `SYNCLINE_SSE_KEEPALIVE`: the quiet time after which an SSE stream gets a `: keep-alive` comment. */
+  readonly sseKeepAliveMs: number
 }
 
 /** Names derived from the replication stream id, as Electric names them. */
@@ -115,7 +119,9 @@ export const stackSettingsConfig: Config.Config<StackSettings> = Config.all({
     86_400_000,
     "a duration in milliseconds (at least 100)"
   ),
-  sendTimeoutMs: integer("SYNCLINE_SEND_TIMEOUT", 30_000, 1, 3_600_000, "a positive duration in milliseconds")
+  sendTimeoutMs: integer("SYNCLINE_SEND_TIMEOUT", 30_000, 1, 3_600_000, "a positive duration in milliseconds"),
+  sseTimeoutMs: integer("SYNCLINE_SSE_TIMEOUT", 60_000, 1000, 3_600_000, "a duration in milliseconds (at least 1000)"),
+  sseKeepAliveMs: integer("SYNCLINE_SSE_KEEPALIVE", 21_000, 100, 3_600_000, "a duration in milliseconds (at least 100)")
 }).pipe(
   Config.mapOrFail(({ insecure, secret, ...rest }) => {
     const hasSecret = Option.isSome(secret) && secret.value !== ""
@@ -181,6 +187,8 @@ export class StackConfig extends Context.Tag("syncline/StackConfig")<StackConfig
     shutdownTimeoutMs: 10_000,
     publicationCheckIntervalMs: 60_000,
     sendTimeoutMs: 30_000,
+    sseTimeoutMs: 60_000,
+    sseKeepAliveMs: 21_000,
     ...settings
   })
   static readonly layerWith = (settings: Partial<StackSettings>): Layer.Layer<StackConfig> =>

@@ -90,6 +90,8 @@ export const etag = (
 }
 
 const stripQuotes = (value: string): string => {
+  // A weak validator (`W/"…"`, as a compressing proxy sends it) names the same response for a GET.
+  if (value.startsWith("W/")) value = value.slice(2)
   let start = 0
   let end = value.length
   while (start < end && value.charCodeAt(start) === 34) start++
@@ -114,14 +116,26 @@ const EXPOSED_HEADERS =
 /**
  * The CORS headers of every response on a route: the request's origin is
  * echoed when there is exactly one (Node joins repeated headers with commas,
- * and an origin never contains one), else `*`.
+ * and an origin never contains one), else `*`. An echoed origin comes with
+ * `Vary: Origin`, so that a shared cache never hands one site's answer to
+ * another.
  */
-export const corsHeaders = (originHeader: string | undefined, route: "shape" | "other"): HeaderRecord => ({
-  "access-control-allow-origin":
-    originHeader === undefined || originHeader.length === 0 || originHeader.includes(",") ? "*" : originHeader,
-  "access-control-expose-headers": EXPOSED_HEADERS,
-  "access-control-allow-methods": route === "shape" ? "GET, POST, HEAD, DELETE, OPTIONS" : "GET, HEAD"
-})
+export const corsHeaders = (originHeader: string | undefined, route: "shape" | "other"): HeaderRecord => {
+  const methods = route === "shape" ? "GET, POST, HEAD, DELETE, OPTIONS" : "GET, HEAD"
+  if (originHeader === undefined || originHeader.length === 0 || originHeader.includes(",")) {
+    return {
+      "access-control-allow-origin": "*",
+      "access-control-expose-headers": EXPOSED_HEADERS,
+      "access-control-allow-methods": methods
+    }
+  }
+  return {
+    "access-control-allow-origin": originHeader,
+    "access-control-expose-headers": EXPOSED_HEADERS,
+    "access-control-allow-methods": methods,
+    vary: "origin"
+  }
+}
 
 const ALLOWED_REQUEST_HEADERS: ReadonlySet<string> = new Set(["if-none-match", "traceparent"])
 

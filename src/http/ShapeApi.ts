@@ -1,22 +1,37 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Cause, Effect, Either, Option, type Scope, Stream } from "effect"
+import { Cause, Clock, Effect, Either, Option, Queue, type Scope, Stream } from "effect"
 import { StackConfig, type StackSettings } from "../config/StackConfig.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import {
-  type InvalidRequest,
+  InvalidRequest,
   type PostgresError,
   type RegistryError,
   StorageError,
   type TableAbsent
 } from "../domain/errors.js"
+import { randomInt } from "node:crypto"
+import { Inspector } from "../postgres/Inspector.js"
+import { refused } from "../postgres/PgPool.js"
 import { schemaHeader } from "../postgres/SchemaHeader.js"
-import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
+import { Snapshot } from "../postgres/Snapshot.js"
+import { FlushTracker } from "../replication/FlushTracker.js"
 import type { Shape } from "../shapes/Shape.js"
 import { ShapeCache } from "../shapes/ShapeCache.js"
+import { loadSubqueryTables } from "../shapes/ShapeResolver.js"
 import { ReadOnlyShapes } from "../shapes/ReadOnlyShapes.js"
 import { StackSupervisor } from "../stack/StackSupervisor.js"
-import { type LogStream, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
+import { type BodyFormat, type LogStream, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
+import { parseOrderBy } from "../where/OrderBy.js"
+import { parseWhere } from "../where/WhereClause.js"
+import {
+  eventsOfPiece,
+  isResumeOffset,
+  KEEP_ALIVE,
+  LAST_EVENT_END,
+  resumeLsn,
+  upToDateEvent
+} from "./EventStream.js"
 import { isAuthorized } from "./ApiSecret.js"
 import {
   cacheControl,
@@ -39,7 +54,8 @@ import {
   parseDeleteParams,
   parseShapeParams,
   type ShapeDefinitionParams,
-  type ShapeRequest
+  type ShapeRequest,
+  type SubsetParams
 } from "./ShapeParams.js"
 
 const JSON_TYPE = "application/json; charset=utf-8"
@@ -145,19 +161,110 @@ interface LogSource {
   readonly handle: string
   readonly schema: () => string
   readonly latestOffset: Effect.Effect<LogOffset, StorageError>
-  readonly read: (from: LogOffset) => Effect.Effect<LogStream, StorageError, Scope.Scope>
+  readonly read: (from: LogOffset, format?: BodyFormat) => Effect.Effect<LogStream, StorageError, Scope.Scope>
   /** Completes once durable data past `after` exists (or the log closed). */
   readonly awaitDataAfter: (after: LogOffset) => Effect.Effect<void, StorageError>
   /** Whether the shape still exists; `undefined` when the stack it belongs to has stopped. */
   readonly exists: Effect.Effect<boolean | undefined>
   /** The definition's current handle, for a 409 after the shape went away. */
   readonly currentHandle: Effect.Effect<string | undefined, Reply>
-  /** The last commit LSN the stack has seen (0 when it does not know). */
+  /**
+   * The commit LSN up to which every transaction is durable in every shape's log (0 when it is not known): an
+   * up-to-date never reports more, so a client that compares it with a subset snapshot's `database_lsn` has
+   * received every change below it.
+   */
   readonly globalLsn: () => bigint
 }
 
 /** How often a read-only stack looks at the files for data another process committed. */
 const READ_ONLY_POLL = "250 millis"
+
+/** How an SSE stream's wait for data ends. */
+type SseWait = "data" | "keepAlive" | "lifetime" | "shutdown"
+
+/**
+ * The events of a live SSE response from `start`: whatever the log holds past
+ * it, then each batch of new changes as it becomes durable, every batch ending
+ * with an up-to-date (sent at transaction boundaries only, since a read ends at
+ * a commit) whose LSN the client resumes from (`resumeLsn`). A quiet stream
+ * gets a keep-alive comment; the stream ends after its lifetime, when the
+ * shape goes away (the client's reconnect gets the 409), and when the server
+ * or the stack stops — then with an up-to-date, so the client resumes where it
+ * was. Events wait in a short queue: a slow reader holds back the reads.
+ */
+const eventStream = (
+  source: LogSource,
+  start: LogOffset,
+  settings: StackSettings,
+  shutdown: ShutdownSignal["Type"]
+): Stream.Stream<Uint8Array> =>
+  Stream.unwrapScoped(Effect.gen(function*() {
+    const out = yield* Queue.bounded<Option.Option<Uint8Array>>(8)
+    let lastWrite = yield* Clock.currentTimeMillis
+    const emit = (bytes: Uint8Array) =>
+      Effect.zipRight(Queue.offer(out, Option.some(bytes)), Effect.map(Clock.currentTimeMillis, (now) => {
+        lastWrite = now
+      }))
+    let since = start
+
+    /** Reads once after `since`: the events sent, and whether the read reached the end of the log. */
+    const readOnce = Effect.scoped(Effect.gen(function*() {
+      const read = yield* source.read(since, "lines")
+      if (read.length > 0) {
+        let first = true
+        yield* Stream.runForEach(read.pieces, (piece) => {
+          const events = eventsOfPiece(piece, first)
+          first = false
+          return emit(events)
+        })
+        yield* emit(LAST_EVENT_END)
+      }
+      since = LogOffset.max(since, read.nextOffset)
+      return { sent: read.length > 0, reachedEnd: read.reachedEnd }
+    }))
+
+    const upToDate = Effect.suspend(() => emit(upToDateEvent(resumeLsn(since))))
+
+    const run = Effect.gen(function*() {
+      const deadline = lastWrite + settings.sseTimeoutMs
+      for (;;) {
+        let sent = false
+        for (;;) {
+          const step = yield* readOnce
+          sent ||= step.sent
+          if (step.reachedEnd) break
+        }
+        if (sent) yield* upToDate
+        for (;;) {
+          const now = yield* Clock.currentTimeMillis
+          const waits: ReadonlyArray<Effect.Effect<SseWait>> = [
+            source.awaitDataAfter(since).pipe(Effect.as("data" as const), Effect.orElseSucceed(() => "data" as const)),
+            Effect.as(Effect.sleep(Math.max(0, lastWrite + settings.sseKeepAliveMs - now)), "keepAlive" as const),
+            Effect.as(Effect.sleep(Math.max(0, deadline - now)), "lifetime" as const),
+            Effect.as(shutdown.await, "shutdown" as const)
+          ]
+          const outcome = yield* Effect.raceAll(waits)
+          if (outcome === "data") break
+          if (outcome === "lifetime") return
+          if (outcome === "shutdown") return yield* upToDate
+          yield* emit(KEEP_ALIVE)
+        }
+      }
+    }).pipe(
+      Effect.catchAll((e) => {
+        // Its stack stopping closed the log: the client resumes, from where it is, on the next stack.
+        if (e.reason === "Closed") return upToDate
+        // Removed: the shape is gone and the client's reconnect learns its new handle.
+        if (e.reason === "Removed") return Effect.void
+        return Effect.logWarning("an SSE stream ended on a storage failure", e)
+      })
+    )
+    yield* Effect.forkScoped(Effect.zipRight(run, Queue.offer(out, Option.none())))
+    return Stream.fromQueue(out).pipe(
+      Stream.takeWhile(Option.isSome),
+      Stream.map((o) => o.value)
+    )
+  }))
 
 /**
  * Answers a `GET /v1/shape` from a log source: reads after the offset, and
@@ -207,18 +314,20 @@ const respond = (
       ? { _tag: "live" }
       : { _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }
 
-    // An offset past the end of the log is only legal if the log catches up with it soon.
-    if (LogOffset.isReal(offset) && LogOffset.gt(offset, yield* source.latestOffset)) {
+    // An offset past the end of the log is only legal if the log catches up with it soon; the offset an SSE
+    // client resumes at after the last entry is in bounds.
+    const pastEnd = (latest: LogOffset) => LogOffset.gt(offset, latest) && !isResumeOffset(offset, latest)
+    if (LogOffset.isReal(offset) && pastEnd(yield* source.latestOffset)) {
       const deadline = Math.max(1, Math.floor(settings.longPollTimeoutMs / 2))
       const waitUntilReached: Effect.Effect<void, StorageError> = Effect.gen(function*() {
         let latest = yield* source.latestOffset
-        while (LogOffset.gt(offset, latest)) {
+        while (pastEnd(latest)) {
           yield* source.awaitDataAfter(latest)
           latest = yield* source.latestOffset
         }
       })
       yield* waitUntilReached.pipe(Effect.timeoutOption(deadline))
-      if (LogOffset.gt(offset, yield* source.latestOffset)) {
+      if (pastEnd(yield* source.latestOffset)) {
         return yield* Effect.fail(
           new Reply(
             jsonResponse(
@@ -229,6 +338,21 @@ const respond = (
           )
         )
       }
+    }
+
+    if (request.sse) {
+      return HttpServerResponse.stream(eventStream(source, offset, settings, shutdown), {
+        status: 200,
+        contentType: "text/event-stream",
+        headers: {
+          ...baseHeaders,
+          ...cacheControl({ _tag: "liveSse", sseTimeoutMs: settings.sseTimeoutMs }),
+          "electric-offset": LogOffset.format(offset),
+          // A buffering proxy (nginx) would hold the events back until the stream ends.
+          "x-accel-buffering": "no",
+          connection: "keep-alive"
+        }
+      })
     }
 
     let read = yield* source.read(offset)
@@ -341,18 +465,19 @@ const unavailableOnFailure = <A, R>(
     })
   )
 
-/** Serves a request from the active stack: the shape is found or created. */
-const serveActive = (
+/**
+ * The shape a request to the active stack names, found or created, with its
+ * log as a `LogSource`: a stale handle is a 409 with the current one.
+ */
+const activeShape = (
   request: ShapeRequest,
-  headers: Readonly<Record<string, string | undefined>>,
-  settings: StackSettings,
-  shutdown: ShutdownSignal["Type"]
+  headers: Readonly<Record<string, string | undefined>>
 ) =>
   Effect.gen(function*() {
     const origin = headers["origin"]
     const cache = yield* ShapeCache
     const storage = yield* ShapeLogStorage
-    const collector = yield* ShapeLogCollector
+    const tracker = yield* FlushTracker
 
     const resolved = yield* resolvedOrReply(origin, cache.resolve(specOf(request)))
     const identity = ShapeDefinition.identity(resolved.definition)
@@ -411,9 +536,147 @@ const serveActive = (
         Effect.orElseSucceed(() => undefined)
       ),
       currentHandle,
-      globalLsn: () => collector.lastRoutedLsn()
+      globalLsn: () => tracker.lastProcessedLsn()
     }
-    return yield* respond(source, request, headers, settings, shutdown)
+    return { shape, log, source }
+  })
+
+/** Serves a request from the active stack: the shape is found or created. */
+const serveActive = (
+  request: ShapeRequest,
+  headers: Readonly<Record<string, string | undefined>>,
+  settings: StackSettings,
+  shutdown: ShutdownSignal["Type"]
+) =>
+  Effect.flatMap(activeShape(request, headers), ({ source }) => respond(source, request, headers, settings, shutdown)).pipe(
+    (effect) => unavailableOnFailure(headers["origin"], effect)
+  )
+
+/** The largest POST body read: a subset is a clause and its parameters. */
+const MAX_BODY_BYTES = 1024 * 1024
+
+class BodyTooLarge {
+  readonly _tag = "BodyTooLarge"
+}
+
+/** A POST body as a JSON object; anything else is the client's error. */
+const readJsonBody = (request: HttpServerRequest.HttpServerRequest, origin: string | undefined) =>
+  Effect.gen(function*() {
+    const declared = Number(request.headers["content-length"] ?? "0")
+    const tooLarge = new Reply(
+      jsonResponse(413, JSON.stringify({ message: "Request body too large", errors: { body: ["is larger than 1 MiB"] } }), errorHeaders(origin))
+    )
+    if (declared > MAX_BODY_BYTES) return yield* Effect.fail(tooLarge)
+    let size = 0
+    const chunks: Array<Uint8Array> = []
+    yield* Stream.runForEach(request.stream, (chunk) => {
+      size += chunk.length
+      if (size > MAX_BODY_BYTES) return Effect.fail(new BodyTooLarge())
+      chunks.push(chunk)
+      return Effect.void
+    }).pipe(
+      Effect.catchTags({
+        BodyTooLarge: () => Effect.fail(tooLarge),
+        RequestError: () =>
+          Effect.fail(badRequest(origin, InvalidRequest.single("body", "the request body could not be read")))
+      })
+    )
+    const text = Buffer.concat(chunks).toString("utf8")
+    if (text.trim() === "") return {}
+    let decoded: unknown
+    try {
+      decoded = JSON.parse(text)
+    } catch (error) {
+      return yield* Effect.fail(
+        badRequest(origin, InvalidRequest.single("body", `Invalid JSON in request body: ${(error as Error).message}`))
+      )
+    }
+    if (decoded === null || typeof decoded !== "object" || Array.isArray(decoded)) {
+      return yield* Effect.fail(badRequest(origin, InvalidRequest.single("body", "Request body must be a JSON object")))
+    }
+    return decoded as Record<string, unknown>
+  })
+
+/**
+ * Answers a subset snapshot request (protocol.md §8.7): the rows of the shape
+ * that the subset's clause also selects, ordered and paged as asked, read in
+ * one Postgres snapshot, with that snapshot's `xmin`/`xmax`/`xip_list` and the
+ * WAL insert position in it (`database_lsn`). The subset's clause goes
+ * through the shape clauses' parser (subqueries included) and is rendered
+ * anew, and its order through `parseOrderBy`: no client text reaches SQL.
+ *
+ * `electric-offset` is the request's own offset when it has one: the client
+ * takes it as its position, and any change the rows already hold that comes
+ * after it is one the client drops by the snapshot's visibility. From `-1` or
+ * `now` it is the log's end, read before the snapshot is taken, so every
+ * change the snapshot misses lies after it.
+ */
+const serveSubset = (
+  request: ShapeRequest,
+  subset: SubsetParams,
+  headers: Readonly<Record<string, string | undefined>>
+) =>
+  Effect.gen(function*() {
+    const origin = headers["origin"]
+    const { shape, log } = yield* activeShape(request, headers)
+    // A new shape answers once its own snapshot is complete, so that its log's end is known.
+    yield* log.awaitDataAfter(LogOffset.beforeAll)
+    const latest = log.latestOffset()
+    if (LogOffset.isBeforeAll(latest)) {
+      return yield* Effect.fail(unavailable(origin, 1, "The shape is being removed"))
+    }
+    const subsetError = (field: string, message: string) => badRequest(origin, InvalidRequest.single(field, message))
+
+    let subsetSql: string | undefined
+    if (subset.where !== undefined) {
+      const tables = yield* loadSubqueryTables(yield* Inspector, subset.where).pipe(
+        Effect.catchTag("InvalidRequest", (e) => Effect.fail(subsetError("subset__where", e.errors["where"]?.[0] ?? "is invalid")))
+      )
+      const clause = parseWhere(subset.where, subset.params, shape.table, tables)
+      if (Either.isLeft(clause)) return yield* Effect.fail(subsetError("subset__where", clause.left.message))
+      subsetSql = clause.right.sql
+    }
+    let orderBySql: string | undefined
+    if (subset.orderBy !== undefined) {
+      const order = parseOrderBy(subset.orderBy, shape.table)
+      if (Either.isLeft(order)) return yield* Effect.fail(subsetError("subset__order_by", order.left))
+      orderBySql = order.right
+    }
+    const shapeSql = shape.where?.sql
+    const whereSql = shapeSql === undefined
+      ? subsetSql
+      : subsetSql === undefined
+      ? shapeSql
+      : `(${shapeSql}) AND (${subsetSql})`
+    const mark = randomInt(1, 2 ** 31)
+    const snapshot = yield* Snapshot
+    const result = yield* snapshot.subset({
+      table: shape.table,
+      columns: shape.columns,
+      whereSql,
+      orderBySql,
+      limit: subset.limit,
+      offset: subset.offset,
+      mark
+    }).pipe(
+      Effect.catchIf(refused, (e) => Effect.fail(subsetError("subset__where", `Postgres refused the subset query: ${e.message}`)))
+    )
+    const metadata = `{"xmin":"${result.xmin}","xmax":"${result.xmax}","xip_list":[${
+      result.xip.map((x) => `"${x}"`).join(",")
+    }],"snapshot_mark":${mark},"database_lsn":"${result.lsn}"}`
+    const position = request.offset !== "now" && !LogOffset.isBeforeAll(request.offset) ? request.offset : latest
+    return HttpServerResponse.text(`{"metadata":${metadata},"data":[${result.lines.join(",")}]}`, {
+      status: 200,
+      contentType: JSON_TYPE,
+      headers: {
+        ...corsHeaders(origin, "shape"),
+        ...cacheControl({ _tag: "subset" }),
+        "electric-snapshot": "true",
+        "electric-handle": shape.handle,
+        "electric-schema": schemaOf(shape),
+        "electric-offset": LogOffset.format(position)
+      }
+    })
   }).pipe((effect) => unavailableOnFailure(headers["origin"], effect))
 
 /**
@@ -484,27 +747,31 @@ const finish = <R>(response: Effect.Effect<HttpServerResponse.HttpServerResponse
     Effect.map(HttpServerResponse.setHeader(serverHeader[0], serverHeader[1]))
   )
 
-const getShape = Effect.gen(function*() {
+/**
+ * `GET /v1/shape`, and `POST /v1/shape` (a subset snapshot whose subset is in
+ * the JSON body, the shape definition and position staying in the query).
+ */
+const serveShape = (method: "GET" | "POST") => Effect.gen(function*() {
   const request = yield* HttpServerRequest.HttpServerRequest
   const settings = yield* StackConfig
   const headers = requestHeaders(request)
   const origin = headers["origin"]
-  const parsed = parseShapeParams(searchParams(request.url))
+  const query = searchParams(request.url)
+  // The secret is checked before the body is read: an unauthorized client never has it parsed.
+  const early = parseAdminParams(query)
+  if (Either.isRight(early) && !isAuthorized(settings.secret, early.right.secret)) return unauthorized()
+  const body = method === "POST" ? yield* readJsonBody(request, origin) : undefined
+  const parsed = parseShapeParams(query, body)
   if (Either.isLeft(parsed)) return yield* Effect.fail(badRequest(origin, parsed.left))
   if (!isAuthorized(settings.secret, parsed.right.secret)) return unauthorized()
-  if (parsed.right.subset) {
-    return yield* Effect.fail(
-      new Reply(
-        jsonResponse(
-          400,
-          JSON.stringify({ message: "Invalid request", errors: { subset: ["subset snapshots are not supported yet"] } }),
-          errorHeaders(origin)
-        )
-      )
-    )
+  const supervisor = yield* StackSupervisor
+  const subset = parsed.right.subset
+  if (subset !== undefined) {
+    // A subset is read from Postgres: only the stack that owns the slot answers, once it is active.
+    const context = yield* supervisor.active(STACK_WAIT).pipe(Effect.mapError(notReady(origin, supervisor)))
+    return yield* Effect.provide(serveSubset(parsed.right, subset, headers), context)
   }
   const shutdown = yield* ShutdownSignal
-  const supervisor = yield* StackSupervisor
   const view = yield* supervisor.current(STACK_WAIT).pipe(Effect.mapError(notReady(origin, supervisor)))
   const serveWhenActive = supervisor.active(STACK_WAIT).pipe(
     Effect.mapError(notReady(origin, supervisor)),
@@ -620,8 +887,9 @@ const internalError = (cause: Cause.Cause<unknown>) =>
  * app (`HttpRouter.mount`). It needs `StackConfig` and `StackSupervisor`.
  */
 export const ShapeApi = HttpRouter.empty.pipe(
-  HttpRouter.get("/v1/shape", finish(getShape)),
-  HttpRouter.head("/v1/shape", finish(getShape)),
+  HttpRouter.get("/v1/shape", finish(serveShape("GET"))),
+  HttpRouter.head("/v1/shape", finish(serveShape("GET"))),
+  HttpRouter.post("/v1/shape", finish(serveShape("POST"))),
   HttpRouter.del("/v1/shape", finish(deleteShape)),
   HttpRouter.options("/v1/shape", optionsShape),
   HttpRouter.get("/v1/health", health),

@@ -19,9 +19,23 @@ export interface ShapeDefinitionParams {
 }
 
 /**
- * A validated `GET /v1/shape` request. `handle` is absent when `offset` is
- * `-1` or `now` (the client sends a stale one there as a cache buster);
- * `subset` is set when any `subset__*` parameter was sent.
+ * The subset of a subset snapshot request, as the client wrote it: `where` and
+ * `orderBy` still raw text (checked against the table later), `params` keyed
+ * by placeholder number.
+ */
+export interface SubsetParams {
+  readonly where?: string
+  readonly params: Readonly<Record<string, string>>
+  readonly orderBy?: string
+  readonly limit?: number
+  readonly offset?: number
+}
+
+/**
+ * A validated `GET /v1/shape` request (or `POST`, whose JSON body adds to the
+ * subset). `handle` is absent when `offset` is `-1` or `now` (the client sends
+ * a stale one there as a cache buster); `subset` is set when any `subset__*`
+ * parameter was sent, or a subset key in the body.
  */
 export interface ShapeRequest extends ShapeDefinitionParams {
   readonly offset: LogOffset | "now"
@@ -30,7 +44,7 @@ export interface ShapeRequest extends ShapeDefinitionParams {
   readonly sse: boolean
   readonly cursor?: string
   readonly secret?: string
-  readonly subset: boolean
+  readonly subset: SubsetParams | undefined
 }
 
 /**
@@ -101,29 +115,46 @@ const nulErrors = (query: URLSearchParams): Errors | undefined => {
   return errors
 }
 
-const parseJsonParams = (text: string, params: Record<string, string>, errors: Errors): void => {
+const parseJsonParams = (text: string, params: Record<string, string>, errors: Errors, field = "params"): void => {
   let decoded: unknown
   try {
     decoded = JSON.parse(text)
   } catch {
-    addError(errors, "params", "params must be valid JSON")
+    addError(errors, field, `${field} must be valid JSON`)
     return
   }
-  if (decoded === null || typeof decoded !== "object" || Array.isArray(decoded)) {
-    addError(errors, "params", "params must be a JSON object")
+  readParamsObject(decoded, params, errors, field, field !== "params")
+}
+
+/**
+ * Reads decoded JSON params: an object keyed by placeholder number, or (for a
+ * subset, which the client may send as a list) an array for `$1`, `$2`, ….
+ */
+const readParamsObject = (
+  decoded: unknown,
+  params: Record<string, string>,
+  errors: Errors,
+  field: string,
+  allowArray: boolean
+): void => {
+  if (decoded === null || typeof decoded !== "object" || (Array.isArray(decoded) && !allowArray)) {
+    addError(errors, field, `${field} must be a JSON object`)
     return
   }
-  for (const [key, value] of Object.entries(decoded)) {
+  const entries = Array.isArray(decoded)
+    ? decoded.map((value, i) => [String(i + 1), value] as const)
+    : Object.entries(decoded)
+  for (const [key, value] of entries) {
     if (!POSITIVE_INTEGER.test(key)) {
-      addError(errors, "params", invalidParamKey(key))
+      addError(errors, field, invalidParamKey(key))
     } else if (typeof value === "string") {
       // A JSON escape (`\u0000`) gets past the check on the raw query.
-      if (value.includes(NUL)) addError(errors, "params", nulInParamValue(key))
+      if (value.includes(NUL)) addError(errors, field, nulInParamValue(key))
       else params[key] = value
     } else if (typeof value === "number" || typeof value === "boolean") {
       params[key] = String(value)
     } else {
-      addError(errors, "params", `parameter values must be strings, got: ${JSON.stringify(value)} for ${key}`)
+      addError(errors, field, `parameter values must be strings, got: ${JSON.stringify(value)} for ${key}`)
     }
   }
 }
@@ -140,7 +171,7 @@ const scanKeys = (query: URLSearchParams, errors: Errors): Scan => {
   const json = nonBlank(lastValue(query, "params"))
   if (json !== undefined) parseJsonParams(json, params, errors)
   for (const [key, value] of query) {
-    if (key.startsWith("subset__")) {
+    if (key.startsWith(SUBSET_PREFIX)) {
       subset = true
       continue
     }
@@ -198,6 +229,124 @@ const parseDefinition = (
   }
 }
 
+const SUBSET_PREFIX = "subset__"
+
+/** The keys a subset may have, in the query (`subset__<key>`) or a POST body; the `_expr` forms are ignored. */
+const SUBSET_KEYS: ReadonlySet<string> = new Set(["where", "params", "order_by", "limit", "offset", "where_expr", "order_by_expr"])
+
+/** A POST body's subset: its keys at the top level, or under `subset`. */
+const bodySubset = (body: Readonly<Record<string, unknown>>, errors: Errors): Record<string, unknown> => {
+  const found: Record<string, unknown> = {}
+  for (const [key, value] of Object.entries(body)) {
+    if (key === "subset" && value !== null && typeof value === "object" && !Array.isArray(value)) {
+      for (const [inner, v] of Object.entries(value)) {
+        if (SUBSET_KEYS.has(inner)) found[inner] = v
+        else addError(errors, "body", `unknown subset key: ${inner}`)
+      }
+    } else if (SUBSET_KEYS.has(key)) {
+      found[key] = value
+    } else {
+      // A shape definition or position sent here would be a different request than the one answered: refused.
+      addError(errors, "body", `only a subset (where, params, order_by, limit, offset) may be sent in the body, got: ${key}`)
+    }
+  }
+  return found
+}
+
+const integerValue = (value: unknown): number | undefined => {
+  if (typeof value === "number") return Number.isSafeInteger(value) ? value : undefined
+  if (typeof value === "string" && /^\s*[+-]?\d+\s*$/.test(value)) {
+    const n = Number(value)
+    return Number.isSafeInteger(n) ? n : undefined
+  }
+  return undefined
+}
+
+/**
+ * The subset of a request: `subset__*` query parameters, overridden by the
+ * body's subset keys. Rules and messages follow Electric's; each error names
+ * the `subset__*` parameter.
+ */
+const parseSubset = (
+  query: URLSearchParams,
+  body: Readonly<Record<string, unknown>> | undefined,
+  errors: Errors
+): SubsetParams | undefined => {
+  const raw: Record<string, unknown> = {}
+  let present = false
+  for (const key of query.keys()) {
+    if (!key.startsWith(SUBSET_PREFIX)) continue
+    present = true
+    const name = key.slice(SUBSET_PREFIX.length)
+    if (SUBSET_KEYS.has(name)) raw[name] = lastValue(query, key)
+  }
+  if (body !== undefined) {
+    const fromBody = bodySubset(body, errors)
+    for (const [key, value] of Object.entries(fromBody)) {
+      present = true
+      raw[key] = value
+    }
+  }
+  if (!present) return undefined
+
+  const text = (name: string): string | undefined => {
+    const value = raw[name]
+    if (value === undefined || value === null) return undefined
+    if (typeof value !== "string") {
+      addError(errors, `${SUBSET_PREFIX}${name}`, "must be a string")
+      return undefined
+    }
+    return nonBlank(value)
+  }
+  const count = (name: string, min: number): number | undefined => {
+    const value = raw[name]
+    if (value === undefined || value === null || value === "") return undefined
+    const n = integerValue(value)
+    if (n === undefined) addError(errors, `${SUBSET_PREFIX}${name}`, "is invalid")
+    else if (n < min) {
+      addError(errors, `${SUBSET_PREFIX}${name}`, min === 1 ? "must be greater than 0" : "must be greater than or equal to 0")
+    } else return n
+    return undefined
+  }
+
+  const params: Record<string, string> = {}
+  const field = `${SUBSET_PREFIX}params`
+  const rawParams = raw["params"]
+  if (typeof rawParams === "string") {
+    if (nonBlank(rawParams) !== undefined) parseJsonParams(rawParams, params, errors, field)
+  } else if (rawParams !== undefined && rawParams !== null) {
+    readParamsObject(rawParams, params, errors, field, true)
+  }
+  const where = text("where")
+  const orderBy = text("order_by")
+  const limit = count("limit", 1)
+  const offset = count("offset", 0)
+  if ((raw["limit"] !== undefined || raw["offset"] !== undefined) && orderBy === undefined) {
+    addError(errors, `${SUBSET_PREFIX}order_by`, "order_by is required when limit or offset is present")
+  }
+  return {
+    ...(where !== undefined ? { where } : {}),
+    params,
+    ...(orderBy !== undefined ? { orderBy } : {}),
+    ...(limit !== undefined ? { limit } : {}),
+    ...(offset !== undefined ? { offset } : {})
+  }
+}
+
+/**
+ * Parameters of the protocol this server does not implement: refused, so a
+ * client never gets an answer to a different question than it asked.
+ */
+const unsupportedParams = (query: URLSearchParams, errors: Errors): void => {
+  if (nonBlank(lastValue(query, "queryable_columns")) !== undefined) {
+    addError(errors, "queryable_columns", "is not supported by this server")
+  }
+  const compaction = nonBlank(lastValue(query, "experimental_compaction"))
+  if (compaction !== undefined && compaction !== "false" && compaction !== "0") {
+    addError(errors, "experimental_compaction", "log compaction is not supported by this server")
+  }
+}
+
 const readSecret = (query: URLSearchParams): string | undefined =>
   nonBlank(lastValue(query, "secret")) ?? nonBlank(lastValue(query, "api_secret"))
 
@@ -208,12 +357,16 @@ const hasErrors = (errors: Errors): boolean => {
 
 /**
  * Validates the query string of `GET /v1/shape` (and of `POST`, whose shape
- * definition stays in the query) with Electric's rules and messages. Every
- * failing rule is reported, each under its parameter's name; unknown
- * parameters are ignored, as the client adds its own. A NUL byte in any
- * parameter is refused before any other rule is checked.
+ * definition stays in the query and whose JSON `body` holds the subset) with
+ * Electric's rules and messages. Every failing rule is reported, each under
+ * its parameter's name; unknown parameters are ignored, as the client adds its
+ * own, and protocol parameters this server does not implement are refused. A
+ * NUL byte in any query parameter is refused before any other rule is checked.
  */
-export const parseShapeParams = (query: URLSearchParams): Either.Either<ShapeRequest, InvalidRequest> => {
+export const parseShapeParams = (
+  query: URLSearchParams,
+  body?: Readonly<Record<string, unknown>>
+): Either.Either<ShapeRequest, InvalidRequest> => {
   const nul = nulErrors(query)
   if (nul !== undefined) return Either.left(new InvalidRequest({ errors: nul }))
   const errors: Errors = {}
@@ -241,8 +394,14 @@ export const parseShapeParams = (query: URLSearchParams): Either.Either<ShapeReq
   const sse = flag(query.has("live_sse") ? lastValue(query, "live_sse") : lastValue(query, "experimental_live_sse"))
   if (sse && !live) addError(errors, "live_sse", "can't be true unless live is also true")
 
-  const { params, subset } = scanKeys(query, errors)
+  const { params } = scanKeys(query, errors)
   const definition = parseDefinition(query, errors, params)
+  const subset = parseSubset(query, body, errors)
+  if (subset !== undefined && live) addError(errors, "live", "can't be true for a subset snapshot")
+  if (body !== undefined && subset === undefined) {
+    addError(errors, "body", "a POST request must carry a subset (where, params, order_by, limit or offset)")
+  }
+  unsupportedParams(query, errors)
 
   if (definition === undefined || offset === undefined || hasErrors(errors)) {
     return Either.left(new InvalidRequest({ errors }))

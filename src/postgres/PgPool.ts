@@ -139,3 +139,12 @@ export class PgPool extends Context.Tag("syncline/PgPool")<PgPool, {
     Effect.map(PgPool, ({ pool }) => PgClient.layerFromPool({ acquire: Effect.succeed(pool) }))
   )
 }
+
+/**
+ * Whether Postgres refused a query for good (SQLSTATE classes 42, syntax or access rule violations such as a column
+ * dropped since; 22, data exceptions; 0A, feature not supported), as opposed to being unreachable or busy.
+ */
+export const refused = (error: PostgresError): boolean => {
+  const code = (error.cause as { readonly code?: unknown } | undefined)?.code
+  return typeof code === "string" && /^(42|22|0A)/.test(code)
+}

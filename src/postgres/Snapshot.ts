@@ -132,7 +132,12 @@ export interface SnapshotPlan {
  * together in `renderRow`, which is several times faster than building them
  * with `to_json` in SQL and uses the very key function of the replication path.
  */
-export const snapshotPlan = (table: TableInfo, columns: ReadonlyArray<string>, whereSql: string | undefined): SnapshotPlan => {
+export const snapshotPlan = (
+  table: TableInfo,
+  columns: ReadonlyArray<string>,
+  whereSql: string | undefined,
+  subset?: SubsetShape
+): SnapshotPlan => {
   const byName = new Map(table.columns.map((c) => [c.name, c]))
   const select: Array<string> = []
   const fieldOf = new Map<string, number>()
@@ -158,17 +163,52 @@ export const snapshotPlan = (table: TableInfo, columns: ReadonlyArray<string>, w
   const keyFields = table.pk.map((name) => field(ident(columnOf(name).name)))
   const valuePrefixes = columns.map((name, i) => `${i === 0 ? ",\"value\":{" : ","}${JSON.stringify(name)}:`)
   const relation = JSON.stringify([table.schema, table.name])
+  const order = subset?.orderBySql === undefined ? "" : ` ORDER BY ${subset.orderBySql}`
+  const limit = subset?.limit === undefined ? "" : ` LIMIT ${subset.limit}`
+  const offset = subset?.offset === undefined ? "" : ` OFFSET ${subset.offset}`
+  const mark = subset === undefined ? "" : `,"snapshot_mark":${subset.mark}`
   return {
     sql: `COPY (SELECT ${select.join(", ")} FROM ${ident(table.schema)}.${ident(table.name)}${
       whereSql === undefined ? "" : ` WHERE (${whereSql})`
-    }) TO STDOUT`,
+    }${order}${limit}${offset}) TO STDOUT`,
     fieldCount: select.length,
     keyFields,
     valueFields,
     valuePrefixes,
-    tail: `${columns.length === 0 ? ",\"value\":{" : ""}},"headers":{"operation":"insert","relation":${relation}}}`,
+    tail: `${columns.length === 0 ? ",\"value\":{" : ""}},"headers":{"operation":"insert","relation":${relation}${mark}}}`,
     keyPrefix: rowKeyPrefix(table)
   }
+}
+
+/**
+ * What makes a read a subset snapshot: an order (SQL `parseOrderBy` wrote),
+ * a page, and the mark every row's headers carry.
+ */
+export interface SubsetShape {
+  readonly orderBySql: string | undefined
+  readonly limit: number | undefined
+  readonly offset: number | undefined
+  readonly mark: number
+}
+
+/** A subset snapshot to read: the table's `columns` of the rows matching `whereSql` (shape and subset together). */
+export interface SubsetRequest extends SubsetShape {
+  readonly table: TableInfo
+  readonly columns: ReadonlyArray<string>
+  readonly whereSql: string | undefined
+}
+
+/** A subset snapshot: its rows as insert messages, and the snapshot and WAL position they were read at. */
+export interface SubsetResult {
+  readonly xmin: bigint
+  readonly xmax: bigint
+  readonly xip: ReadonlyArray<bigint>
+  /**
+   * `pg_current_wal_insert_lsn()` inside the snapshot: past the commit record of every transaction the snapshot
+   * sees, so a change at or above it is one the rows do not hold.
+   */
+  readonly lsn: Lsn
+  readonly lines: ReadonlyArray<string>
 }
 
 const COPY_ESCAPE = /\\(.)/gs
@@ -506,34 +546,70 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
    * move of a subquery's values brings in or takes out.
    */
   readonly rows: (request: RowsRequest) => Effect.Effect<RowsResult, PostgresError>
+  /**
+   * A subset snapshot (the protocol's `subset__*` requests): the rows a shape's clause and a subset's clause
+   * both select, ordered and paged as asked, read in a `REPEATABLE READ READ ONLY` transaction whose snapshot
+   * is returned with them.
+   */
+  readonly subset: (request: SubsetRequest) => Effect.Effect<SubsetResult, PostgresError>
 }>() {
   /** The service over `PgPool`. */
   static readonly make: Effect.Effect<Snapshot["Type"], never, PgPool> = Effect.gen(function*() {
     const { pool, connectionString } = yield* PgPool
     const fail = (operation: string) => (cause: unknown) => toPostgresError(cause, operation, connectionString, "Snapshot")
 
-    const take = <E>(table: TableInfo, options: SnapshotOptions<E>): Effect.Effect<SnapshotInfo, PostgresError | E> =>
+    const withConnection = <A, E>(
+      span: string,
+      table: TableInfo,
+      use: (client: pg.PoolClient) => Effect.Effect<A, E>
+    ): Effect.Effect<A, PostgresError | E> =>
       Effect.acquireUseRelease(
         Effect.tryPromise({ try: () => pool.connect(), catch: fail("Snapshot connection") }).pipe(
           Effect.tap((client) => Effect.sync(() => client.on("error", noop)))
         ),
-        (client) => run(client, table, options),
+        use,
         (client, exit) =>
           Effect.sync(() => {
             client.off("error", noop)
             // Closing the connection is the one way to end a transaction that may be mid-COPY.
             client.release(Exit.isSuccess(exit) ? undefined : true)
           })
-      ).pipe(Effect.withSpan("Snapshot.take", { attributes: { table: `${table.schema}.${table.name}` } }))
+      ).pipe(Effect.withSpan(span, { attributes: { table: `${table.schema}.${table.name}` } }))
 
-    const run = <E>(client: pg.PoolClient, table: TableInfo, options: SnapshotOptions<E>) =>
+    const take = <E>(table: TableInfo, options: SnapshotOptions<E>): Effect.Effect<SnapshotInfo, PostgresError | E> =>
+      withConnection("Snapshot.take", table, (client) =>
+        Effect.flatMap(
+          Effect.try({ try: () => snapshotPlan(table, options.columns, options.whereSql), catch: fail("Snapshot query") }),
+          (plan) => run(client, plan, "pg_current_wal_lsn()", options.onLines)
+        ))
+
+    const subset = (request: SubsetRequest): Effect.Effect<SubsetResult, PostgresError> =>
+      withConnection("Snapshot.subset", request.table, (client) =>
+        Effect.gen(function*() {
+          const plan = yield* Effect.try({
+            try: () => snapshotPlan(request.table, request.columns, request.whereSql, request),
+            catch: fail("Subset query")
+          })
+          const lines: Array<string> = []
+          const info = yield* run(client, plan, "pg_current_wal_insert_lsn()", (batch) =>
+            Effect.sync(() => {
+              for (const line of batch) lines.push(line)
+            }))
+          return { xmin: info.xmin, xmax: info.xmax, xip: info.xip, lsn: info.lsn, lines }
+        }))
+
+    const run = <E>(
+      client: pg.PoolClient,
+      plan: SnapshotPlan,
+      lsnFunction: string,
+      onLines: (lines: ReadonlyArray<string>) => Effect.Effect<void, E>
+    ) =>
       Effect.gen(function*() {
-        const plan = yield* Effect.try({ try: () => snapshotPlan(table, options.columns, options.whereSql), catch: fail("Snapshot query") })
         const results = yield* Effect.tryPromise({
           try: () =>
             client.query(
               "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; " +
-                "SELECT pg_current_snapshot()::text AS snapshot, pg_current_wal_lsn()::text AS lsn; " +
+                `SELECT pg_current_snapshot()::text AS snapshot, ${lsnFunction}::text AS lsn; ` +
                 displaySettingsSql("local")
             ) as unknown as Promise<ReadonlyArray<pg.QueryResult<{ snapshot: string; lsn: string }>>>,
           catch: fail("Snapshot start")
@@ -548,7 +624,7 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
         for (;;) {
           const lines = yield* next
           if (lines === undefined) break
-          yield* options.onLines(lines)
+          yield* onLines(lines)
         }
         yield* Effect.tryPromise({ try: () => client.query("COMMIT"), catch: fail("Snapshot commit") })
         return { ...snapshot, lsn, rows: reader.count } satisfies SnapshotInfo
@@ -588,7 +664,7 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
           })
       ).pipe(Effect.withSpan("Snapshot.rows"))
 
-    return { take, rows }
+    return { take, subset, rows }
   })
 
   /** The service as a layer over `PgPool`. */

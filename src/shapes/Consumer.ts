@@ -3,7 +3,8 @@ import type { Transaction } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { rowKey } from "../domain/RowKey.js"
 import type { Lsn } from "../domain/Lsn.js"
-import type { PostgresError, StorageError } from "../domain/errors.js"
+import type { StorageError } from "../domain/errors.js"
+import { refused } from "../postgres/PgPool.js"
 import type { Snapshot } from "../postgres/Snapshot.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
 import type { Delivery } from "../replication/ShapeLogCollector.js"
@@ -45,15 +46,6 @@ export interface Invalidation {
 }
 
 export { visibleInSnapshot, widenXid } from "./Visibility.js"
-
-/**
- * Whether Postgres refused a query for good (SQLSTATE classes 42, syntax or access rule violations such as a column
- * dropped since; 22, data exceptions; 0A, feature not supported), as opposed to being unreachable or busy.
- */
-const refused = (error: PostgresError): boolean => {
-  const code = (error.cause as { readonly code?: unknown } | undefined)?.code
-  return typeof code === "string" && /^(42|22|0A)/.test(code)
-}
 
 /** The first wait after a failed write, doubled up to the last one while writes keep failing. */
 const RETRY_FIRST = Duration.millis(100)

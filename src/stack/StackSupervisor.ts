@@ -52,9 +52,12 @@ export interface StackLayers<E> {
   readonly active: Layer.Layer<StackServices | ReplicationPump, E, Infrastructure>
 }
 
+/** What a request to an active stack can use: its services and what the stack stands on. */
+export type ActiveServices = StackServices | Infrastructure
+
 /** The current stack as a request sees it. */
 export type StackView =
-  | { readonly mode: "active"; readonly context: Context.Context<StackServices> }
+  | { readonly mode: "active"; readonly context: Context.Context<ActiveServices> }
   | { readonly mode: "readOnly"; readonly context: Context.Context<ReadOnlyShapes> }
 
 /**
@@ -68,7 +71,7 @@ export interface StackSupervisorService {
   /** The stack, read-only or active; waits up to `timeout` for one, then fails with `StackNotReady`. */
   readonly current: (timeout: Duration.DurationInput) => Effect.Effect<StackView, StackNotReady>
   /** The active stack; waits up to `timeout` for it, then fails with `StackNotReady`. */
-  readonly active: (timeout: Duration.DurationInput) => Effect.Effect<Context.Context<StackServices>, StackNotReady>
+  readonly active: (timeout: Duration.DurationInput) => Effect.Effect<Context.Context<ActiveServices>, StackNotReady>
   /** Closes the current stack (teardown in layer order) and builds a new one. */
   readonly restart: Effect.Effect<void>
   /** Fails when the stack cannot start and retrying cannot help (e.g. `wal_level` is not logical). */
@@ -142,7 +145,10 @@ export const makeStackSupervisor = <E>(
             stack.active.pipe(Layer.provide(Layer.succeedContext(readOnly))),
             scope
           )
-          yield* publish(Option.some({ mode: "active", context: active }), Status.active)
+          yield* publish(
+            Option.some({ mode: "active", context: Context.merge(readOnly, active) }),
+            Status.active
+          )
           activeSince = yield* Clock.currentTimeMillis
           lastFailureUnreachable = false
           yield* Effect.logInfo("stack active")

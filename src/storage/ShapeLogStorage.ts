@@ -4,7 +4,7 @@ import { Context, Deferred, Effect, Layer, Option, type Scope, Stream } from "ef
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { StorageError } from "../domain/errors.js"
-import { bodyLength, type OpenedSpan, readPiece } from "./internal/committedRead.js"
+import { type BodyFormat, bodyLength, type OpenedSpan, readPiece } from "./internal/committedRead.js"
 import { isErrno } from "./internal/files.js"
 import { ShapeLogReaderFiles } from "./internal/ShapeLogReader.js"
 import { ioError, ShapeLogFiles } from "./internal/ShapeLogFiles.js"
@@ -50,6 +50,7 @@ export interface LogStream {
 
 /** The size of the pieces a `LogStream` yields, and the largest body it holds whole. */
 export { PIECE_BYTES } from "./internal/committedRead.js"
+export type { BodyFormat } from "./internal/committedRead.js"
 
 /**
  * The storage of one shape: snapshot chunks, an append-only log, and a commit
@@ -71,10 +72,11 @@ export interface ShapeLog {
   /** Reads after `from` (exclusive) to the end of the chunk that holds the next entry; only durable data. */
   readonly read: (from: LogOffset) => Effect.Effect<LogRead, StorageError>
   /**
-   * `read`, with the body in pieces read as they are pulled. Its descriptor is the stream's own: a slow consumer
-   * never delays the log's removal or close, and a stream goes on after them.
+   * `read`, with the body in pieces read as they are pulled, its lines joined as `format` says (`array` when
+   * not given). Its descriptor is the stream's own: a slow consumer never delays the log's removal or close, and a
+   * stream goes on after them.
    */
-  readonly stream: (from: LogOffset) => Effect.Effect<LogStream, StorageError, Scope.Scope>
+  readonly stream: (from: LogOffset, format?: BodyFormat) => Effect.Effect<LogStream, StorageError, Scope.Scope>
   /** Completes when durable data past `after` exists (or the log was removed). */
   readonly awaitDataAfter: (after: LogOffset) => Effect.Effect<void>
 }
@@ -97,7 +99,7 @@ export interface ShapeLogReader {
    */
   readonly read: (from: LogOffset) => Effect.Effect<LogRead, StorageError>
   /** `read`, with the body in pieces read as they are pulled (see ShapeLog.stream); a stream outlives a removal. */
-  readonly stream: (from: LogOffset) => Effect.Effect<LogStream, StorageError, Scope.Scope>
+  readonly stream: (from: LogOffset, format?: BodyFormat) => Effect.Effect<LogStream, StorageError, Scope.Scope>
 }
 
 /**
@@ -151,7 +153,11 @@ const closedError = (files: ShapeLogFiles) =>
  * demand. `open` runs uninterruptibly, so a descriptor is never opened without
  * its release registered.
  */
-const streamOf = (handle: string, open: () => Promise<OpenedSpan>): Effect.Effect<LogStream, StorageError, Scope.Scope> =>
+const streamOf = (
+  handle: string,
+  format: BodyFormat,
+  open: () => Promise<OpenedSpan>
+): Effect.Effect<LogStream, StorageError, Scope.Scope> =>
   Effect.map(
     Effect.acquireRelease(
       attempt(handle, open),
@@ -168,7 +174,7 @@ const streamOf = (handle: string, open: () => Promise<OpenedSpan>): Effect.Effec
       const pieces = Stream.unfoldEffect(0, (at) =>
         at >= length
           ? Effect.succeed(Option.none())
-          : Effect.map(attempt(handle, () => readPiece(fh, span, at)), (piece) => Option.some([piece, at + piece.length] as const))
+          : Effect.map(attempt(handle, () => readPiece(fh, span, at, format)), (piece) => Option.some([piece, at + piece.length] as const))
       )
       return { length, bytes: undefined, pieces, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd }
     }
@@ -208,11 +214,13 @@ const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
           files.closed !== "open" ? Effect.fail(closedError(files)) : attempt(handle, () => files.read(from))
         )
       ),
-    stream: (from) =>
+    stream: (from, format = "array") =>
       Effect.zipRight(
         awaitSnapshot,
         Effect.suspend(() =>
-          files.closed !== "open" ? Effect.fail(closedError(files)) : streamOf(handle, () => files.openSpan(from))
+          files.closed !== "open"
+            ? Effect.fail(closedError(files))
+            : streamOf(handle, format, () => files.openSpan(from, format))
         )
       ),
     awaitDataAfter
@@ -355,8 +363,10 @@ export const openReader = (
     ),
     read: (from) =>
       attempt(handle, () => ShapeLogReaderFiles.read(dir, handle, from)).pipe(Effect.withSpan("ShapeLogReader.read")),
-    stream: (from) =>
-      streamOf(handle, () => ShapeLogReaderFiles.openSpan(dir, handle, from)).pipe(Effect.withSpan("ShapeLogReader.stream"))
+    stream: (from, format = "array") =>
+      streamOf(handle, format, () => ShapeLogReaderFiles.openSpan(dir, handle, from, format)).pipe(
+        Effect.withSpan("ShapeLogReader.stream")
+      )
   }
   return attempt(handle, () => ShapeLogReaderFiles.check(dir, handle)).pipe(
     Effect.as(reader),

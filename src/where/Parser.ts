@@ -6,7 +6,16 @@ import { formatDateTime, parseDateTime, type TimeKind } from "./DateTime.js"
 import { compileLike, PatternError } from "./Like.js"
 import { domainOf, selectCommonType } from "./Resolution.js"
 import { quoteIdent, renderSql } from "./Sql.js"
-import { displayType, fitsInt, formatFloat, InputError, inputValue, normalizeNumeric, trimSpaces } from "./Values.js"
+import {
+  displayType,
+  fitsInt,
+  formatFloat,
+  InputError,
+  inputValue,
+  normalizeNumeric,
+  parseArrayLiteral,
+  trimSpaces
+} from "./Values.js"
 
 // The parser is Postgres's own, compiled to WASM; loading it is asynchronous
 // once, so the module waits for it and `parseWhereAst` can stay synchronous.
@@ -385,14 +394,15 @@ class Resolver {
         return { _tag: "Distinct", negated: e.kind === "AEXPR_NOT_DISTINCT", left, right, domain }
       }
       case "AEXPR_IN":
-        return this.inList(op === "<>", e.lexpr!, listItems(e.rexpr!))
+        return this.inList(op === "<>", e.lexpr!, listItems(e.rexpr!).map((n) => this.operand(this.typeNode(n))))
       case "AEXPR_BETWEEN":
       case "AEXPR_NOT_BETWEEN":
       case "AEXPR_BETWEEN_SYM":
       case "AEXPR_NOT_BETWEEN_SYM":
         return this.between(e.kind, e.lexpr!, listItems(e.rexpr!))
       case "AEXPR_OP_ANY":
-        throw new WhereError(`Unsupported expression: ${op} ANY`)
+        if (op !== "=") throw new WhereError(`Unsupported expression: ${op} ANY`)
+        return this.anyOf(e.lexpr!, e.rexpr!)
       case "AEXPR_OP_ALL":
         throw new WhereError(`Unsupported expression: ${op} ALL`)
       case "AEXPR_NULLIF":
@@ -455,9 +465,30 @@ class Resolver {
     throw new WhereError(`operator does not exist: text ~~ ${displayType(v.type)}`)
   }
 
-  private inList(negated: boolean, lexpr: Node, items: ReadonlyArray<Node>): Expr {
+  /**
+   * `x = ANY(<array>)`, the array an `ARRAY[…]`, or a literal or `$n` in
+   * Postgres's array syntax (`{1,2,NULL}`): the same test as `x IN (…)` over
+   * its elements, an empty array being false.
+   */
+  private anyOf(lexpr: Node, rexpr: Node): Expr {
+    let items: ReadonlyArray<Value | Unknown>
+    if ("A_ArrayExpr" in rexpr) {
+      items = (rexpr.A_ArrayExpr.elements ?? []).map((n) => this.operand(this.typeNode(n)))
+    } else {
+      const array = this.operand(this.typeNode(rexpr))
+      if (array._tag !== "Unknown") throw new WhereError("Unsupported expression: = ANY over a value that is not an array")
+      if (array.text === null) return { _tag: "Const", type: "bool", text: null }
+      items = arrayElements(array.text).map((text): Unknown => ({ _tag: "Unknown", text }))
+    }
+    if (items.length === 0) {
+      this.operand(this.typeNode(lexpr))
+      return { _tag: "Const", type: "bool", text: "false" }
+    }
+    return this.inList(false, lexpr, items)
+  }
+
+  private inList(negated: boolean, lexpr: Node, typedItems: ReadonlyArray<Value | Unknown>): Expr {
     const arg = this.operand(this.typeNode(lexpr))
-    const typedItems = items.map((item) => this.operand(this.typeNode(item)))
     // As Postgres does, constants (two or more) are coerced to the common type
     // of the list and the left side, columns are compared one by one.
     const constants = typedItems.filter((i) => i._tag !== "Column")
@@ -499,6 +530,15 @@ class Resolver {
       lowDomain,
       highDomain
     }
+  }
+}
+
+const arrayElements = (text: string): Array<string | null> => {
+  try {
+    return parseArrayLiteral(text)
+  } catch (error) {
+    if (error instanceof InputError) throw new WhereError(error.message)
+    throw error
   }
 }
 

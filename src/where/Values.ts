@@ -412,3 +412,91 @@ export const comparator = (domain: Domain): ((a: never, b: never) => number) => 
 
 /** Whether `===` is equality in a domain (every domain but float, where `NaN = NaN`). */
 export const identityEquality = (domain: Domain): boolean => domain !== "float"
+
+const isArraySpace = (c: string): boolean => c === " " || c === "\t" || c === "\n" || c === "\r" || c === "\v" || c === "\f"
+
+/**
+ * The elements of a one-dimensional array literal in Postgres's syntax
+ * (`{1,"a b",NULL}`): quoted elements keep their text, unquoted ones lose the
+ * spaces around them and `NULL` is SQL NULL; a backslash takes the next
+ * character as it is. Throws `InputError` where `array_in` would reject the
+ * text, and for more than one dimension.
+ */
+export const parseArrayLiteral = (text: string): Array<string | null> => {
+  const malformed = (detail: string) => new InputError(`malformed array literal: "${text}" (${detail})`)
+  let i = 0
+  while (i < text.length && isArraySpace(text[i]!)) i++
+  if (text[i] !== "{") throw malformed(text[i] === "[" ? "dimension decorations are not supported" : "array value must start with \"{\"")
+  i++
+  const items: Array<string | null> = []
+  let expectElement = true
+  for (;;) {
+    while (i < text.length && isArraySpace(text[i]!)) i++
+    if (i >= text.length) throw malformed("unexpected end of input")
+    const c = text[i]!
+    if (c === "}" && items.length === 0 && expectElement) {
+      i++
+      break
+    }
+    if (!expectElement) {
+      if (c === ",") {
+        expectElement = true
+        i++
+        continue
+      }
+      if (c === "}") {
+        i++
+        break
+      }
+      throw malformed("unexpected character after an element")
+    }
+    if (c === "{") throw new InputError("multidimensional arrays are not supported")
+    if (c === "," || c === "}") throw malformed("unexpected delimiter")
+    if (c === "\"") {
+      let value = ""
+      i++
+      for (;;) {
+        if (i >= text.length) throw malformed("unterminated quoted element")
+        const q = text[i]!
+        if (q === "\\") {
+          if (i + 1 >= text.length) throw malformed("unexpected end of input")
+          value += text[i + 1]
+          i += 2
+        } else if (q === "\"") {
+          i++
+          break
+        } else {
+          value += q
+          i++
+        }
+      }
+      items.push(value)
+    } else {
+      let value = ""
+      let escaped = false
+      let trailing = 0
+      while (i < text.length) {
+        const u = text[i]!
+        if (u === "," || u === "}") break
+        if (u === "{" || u === "\"") throw malformed("unexpected character in an unquoted element")
+        if (u === "\\") {
+          if (i + 1 >= text.length) throw malformed("unexpected end of input")
+          value += text[i + 1]
+          escaped = true
+          trailing = 0
+          i += 2
+          continue
+        }
+        value += u
+        trailing = isArraySpace(u) ? trailing + 1 : 0
+        i++
+      }
+      value = value.slice(0, value.length - trailing)
+      items.push(!escaped && value.toUpperCase() === "NULL" ? null : value)
+    }
+    expectElement = false
+  }
+  while (i < text.length && isArraySpace(text[i]!)) i++
+  if (i < text.length) throw malformed("junk after closing right brace")
+  return items
+}

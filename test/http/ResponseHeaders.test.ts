@@ -101,6 +101,8 @@ describe("ifNoneMatchMatches", () => {
     [` "h:0_0:5_2" `, true],
     [`"other", "h:0_0:5_2"`, true],
     [`"other",h:0_0:5_2`, true],
+    [`W/"h:0_0:5_2"`, true],
+    [`"other", W/"h:0_0:5_2"`, true],
     [`"other"`, false],
     [`"h:0_0:5_20"`, false],
     [``, false]
@@ -121,7 +123,8 @@ describe("corsHeaders", () => {
     expect(corsHeaders("https://app.example", "shape")).toEqual({
       "access-control-allow-origin": "https://app.example",
       "access-control-expose-headers": expose,
-      "access-control-allow-methods": "GET, POST, HEAD, DELETE, OPTIONS"
+      "access-control-allow-methods": "GET, POST, HEAD, DELETE, OPTIONS",
+      vary: "origin"
     })
   })
 
@@ -129,13 +132,15 @@ describe("corsHeaders", () => {
     expect(corsHeaders(undefined, "shape")["access-control-allow-origin"]).toBe("*")
     expect(corsHeaders("", "shape")["access-control-allow-origin"]).toBe("*")
     expect(corsHeaders("https://a.example, https://b.example", "shape")["access-control-allow-origin"]).toBe("*")
+    expect(corsHeaders(undefined, "shape")["vary"]).toBeUndefined()
   })
 
   it("allows only GET and HEAD on other routes", () => {
     expect(corsHeaders("https://app.example", "other")).toEqual({
       "access-control-allow-origin": "https://app.example",
       "access-control-expose-headers": expose,
-      "access-control-allow-methods": "GET, HEAD"
+      "access-control-allow-methods": "GET, HEAD",
+      vary: "origin"
     })
   })
 })

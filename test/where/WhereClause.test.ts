@@ -38,7 +38,8 @@ describe("parseWhere errors", () => {
       "Unsupported expression: a subquery must read exactly one table (no joins, no nested SELECT in FROM)"
     )
     expect(errorOf("spot IS NULL")).toBe("Unsupported type: point")
-    expect(errorOf("id = ANY('{1,2}')")).toBe("Unsupported expression: = ANY")
+    expect(errorOf("id <> ANY('{1,2}')")).toBe("Unsupported expression: <> ANY")
+    expect(errorOf("id = ANY('{{1},{2}}')")).toBe("multidimensional arrays are not supported")
     expect(errorOf("name SIMILAR TO 'a'")).toBe("Unsupported expression: SIMILAR TO")
     expect(errorOf("name = 'a' COLLATE \"C\"")).toBe("Unsupported expression: COLLATE")
     expect(errorOf("'1'::interval IS NULL")).toBe("Unsupported type: interval")

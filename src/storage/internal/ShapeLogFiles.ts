@@ -23,6 +23,7 @@ import {
   type CommittedLog,
   logSpan,
   type OpenedSpan,
+  type BodyFormat,
   openSpan,
   readCommittedLog,
   readSnapshotChunk,
@@ -489,11 +490,11 @@ export class ShapeLogFiles {
    * body gets a descriptor of its own, so the stream neither keeps this log's
    * handles busy nor stops when the log is closed or removed.
    */
-  openSpan(from: LogOffset): Promise<OpenedSpan> {
+  openSpan(from: LogOffset, format: BodyFormat): Promise<OpenedSpan> {
     return this.using(async () => {
       const n = snapshotChunkAfter(from, this.snapshotChunkBytes.length)
-      if (n !== undefined) return openSpan(this.dir, snapshotSpan(n, this.snapshotChunkBytes[n]!))
-      return openSpan(this.dir, await logSpan(this.committed(), from), this.log)
+      if (n !== undefined) return openSpan(this.dir, snapshotSpan(n, this.snapshotChunkBytes[n]!), undefined, format)
+      return openSpan(this.dir, await logSpan(this.committed(), from), this.log, format)
     })
   }
 

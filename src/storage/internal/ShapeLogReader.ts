@@ -7,6 +7,7 @@ import {
   type CommittedLog,
   logSpan,
   type OpenedSpan,
+  type BodyFormat,
   openSpan,
   readCommittedLog,
   readSnapshotChunk,
@@ -49,11 +50,11 @@ export const ShapeLogReaderFiles = {
    * Prepares a streamed read after `from`, bounded by the pointer read at the
    * start of the call; a large body keeps a descriptor of its own open.
    */
-  openSpan(dir: string, handle: string, from: LogOffset): Promise<OpenedSpan> {
+  openSpan(dir: string, handle: string, from: LogOffset, format: BodyFormat): Promise<OpenedSpan> {
     return withPointer(dir, handle, async (pointer) => {
       const n = snapshotChunkAfter(from, pointer.snapshotChunkBytes.length)
-      if (n !== undefined) return openSpan(dir, snapshotSpan(n, pointer.snapshotChunkBytes[n]!))
-      return withLogFiles(dir, handle, pointer, async (c) => openSpan(dir, await logSpan(c, from), c.log))
+      if (n !== undefined) return openSpan(dir, snapshotSpan(n, pointer.snapshotChunkBytes[n]!), undefined, format)
+      return withLogFiles(dir, handle, pointer, async (c) => openSpan(dir, await logSpan(c, from), c.log, format))
     })
   }
 } as const

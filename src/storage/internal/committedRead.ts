@@ -87,6 +87,23 @@ export const snapshotSpan = (n: number, size: number): ReadSpan => ({
   reachedEnd: false
 })
 
+/**
+ * How a read joins its lines: `array` with commas, to be served inside `[` `]`
+ * (long-polls and catch-up); `lines` with newlines, one message per line (SSE
+ * events).
+ */
+export type BodyFormat = "array" | "lines"
+
+/** Counts the newlines of `buf`, turning each into a comma for the `array` format. */
+const joinLines = (buf: Buffer, format: BodyFormat): number => {
+  if (format === "lines") {
+    let lines = 0
+    for (let i = buf.indexOf(NEWLINE); i !== -1; i = buf.indexOf(NEWLINE, i + 1)) lines++
+    return lines
+  }
+  return newlinesToCommas(buf)
+}
+
 /** Turns every newline of `buf` into a comma; returns how many there were. */
 const newlinesToCommas = (buf: Buffer): number => {
   let count = 0
@@ -99,23 +116,28 @@ const newlinesToCommas = (buf: Buffer): number => {
   return count
 }
 
-/** Reads a whole span from `fh` as one body: its lines joined by `,`. */
-export const readSpan = async (fh: fs.FileHandle, span: ReadSpan): Promise<LogRead> => {
+/** Reads a whole span from `fh` as one body: its lines joined as `format` says. */
+export const readSpan = async (fh: fs.FileHandle, span: ReadSpan, format: BodyFormat = "array"): Promise<LogRead> => {
   const { nextOffset, reachedEnd } = span
   if (span.end === span.start) return { body: EMPTY, count: 0, nextOffset, reachedEnd }
   const buf = await readRange(fh, span.start, span.end - span.start)
-  const lines = newlinesToCommas(buf)
+  const lines = joinLines(buf, format)
   return { body: buf.subarray(0, buf.length - 1), count: span.count ?? lines, nextOffset, reachedEnd }
 }
 
 /**
  * The piece of a span's body that starts `at` bytes into the body: at most
- * `PIECE_BYTES`, newlines turned into commas. The span's last newline is not
- * part of the body and is never read.
+ * `PIECE_BYTES`, its lines joined as `format` says. The span's last newline is
+ * not part of the body and is never read.
  */
-export const readPiece = async (fh: fs.FileHandle, span: ReadSpan, at: number): Promise<Buffer> => {
+export const readPiece = async (
+  fh: fs.FileHandle,
+  span: ReadSpan,
+  at: number,
+  format: BodyFormat = "array"
+): Promise<Buffer> => {
   const buf = await readRange(fh, span.start + at, Math.min(PIECE_BYTES, bodyLength(span) - at))
-  newlinesToCommas(buf)
+  if (format === "array") newlinesToCommas(buf)
   return buf
 }
 
@@ -146,13 +168,13 @@ const directoryExists = (dir: string): Promise<boolean> =>
   fs.stat(dir).then((s) => s.isDirectory(), () => false)
 
 /** Reads a whole span from the named file, opened for this read only. */
-const readSpanOfFile = async (dir: string, span: ReadSpan): Promise<LogRead> => {
+const readSpanOfFile = async (dir: string, span: ReadSpan, format: BodyFormat = "array"): Promise<LogRead> => {
   if (span.end === span.start) {
     return { body: EMPTY, count: 0, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd }
   }
   const fh = await openSpanFile(dir, span)
   try {
-    return await readSpan(fh, span)
+    return await readSpan(fh, span, format)
   } finally {
     await fh.close()
   }
@@ -172,10 +194,18 @@ export type OpenedSpan =
   | { readonly _tag: "Whole"; readonly read: LogRead }
   | { readonly _tag: "Open"; readonly span: ReadSpan; readonly fh: fs.FileHandle }
 
-/** Prepares `span` for streaming; a small body is read through `shared` when it is given (an open handle on the span's file). */
-export const openSpan = async (dir: string, span: ReadSpan, shared?: fs.FileHandle): Promise<OpenedSpan> => {
+/**
+ * Prepares `span` for streaming in `format`; a small body is read through `shared` when it is given (an open
+ * handle on the span's file).
+ */
+export const openSpan = async (
+  dir: string,
+  span: ReadSpan,
+  shared: fs.FileHandle | undefined,
+  format: BodyFormat
+): Promise<OpenedSpan> => {
   if (bodyLength(span) > PIECE_BYTES) return { _tag: "Open", span, fh: await openSpanFile(dir, span) }
-  const read = shared === undefined ? await readSpanOfFile(dir, span) : await readSpan(shared, span)
+  const read = shared === undefined ? await readSpanOfFile(dir, span, format) : await readSpan(shared, span, format)
   return { _tag: "Whole", read }
 }
 

@@ -21,7 +21,9 @@ import type { FakePostgres } from "./FakePostgres.js"
  * and evaluated over the fake rows; its subqueries are answered by value sets
  * computed from the fake rows of each dependency (recursively), keyed as the
  * materializer keys them. `take` passes through `db.intercept.snapshot` and
- * `rows` through `db.intercept.rows`, so a test can hold either.
+ * `rows` through `db.intercept.rows`, so a test can hold either. `subset`
+ * filters and pages the rows in their stored order; it refuses an order, which
+ * only Postgres can follow.
  */
 export const FakeSnapshot = {
   layer: (db: FakePostgres): Layer.Layer<Snapshot> =>
@@ -54,7 +56,28 @@ export const FakeSnapshot = {
             })
             const { xmin, xmax, xip } = db.snapshotInfo(found.length)
             return { xmin, xmax, xip, rows: found }
-          }))
+          })),
+        subset: (request) =>
+          Effect.gen(function*() {
+            if (request.orderBySql !== undefined) {
+              return yield* new PostgresError({ reason: "Query", message: "the fake database cannot order a subset" })
+            }
+            const holds = yield* predicateOf(db, request.table, request.whereSql, "Query")
+            const start = request.offset ?? 0
+            const picked = db.rows(request.table.name).filter(holds).slice(start, request.limit === undefined ? undefined : start + request.limit)
+            const relation = [request.table.schema, request.table.name]
+            const lines = picked.map((row) => {
+              const value: Record<string, string | null> = {}
+              for (const c of request.columns) value[c] = row[c] ?? null
+              return JSON.stringify({
+                key: rowKey(request.table, row),
+                value,
+                headers: { operation: "insert", relation, snapshot_mark: request.mark }
+              })
+            })
+            const { xmin, xmax, xip, lsn } = db.snapshotInfo(lines.length)
+            return { xmin, xmax, xip, lsn, lines }
+          })
       })
     )
 } as const

@@ -6,7 +6,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { type TestDirs, TestServer } from "../../../layers/Test.js"
 import type { StackSettings } from "../../../src/config/StackConfig.js"
-import { type StackServices, StackSupervisor, type StackSupervisorService } from "../../../src/stack/StackSupervisor.js"
+import { type ActiveServices, StackSupervisor, type StackSupervisorService } from "../../../src/stack/StackSupervisor.js"
 import { ShapeDb } from "../../../src/storage/ShapeDb.js"
 import type { FakePostgres } from "./FakePostgres.js"
 
@@ -22,7 +22,7 @@ export interface Harness {
   readonly supervisor: StackSupervisorService
   readonly get: (pathAndQuery: string) => Effect.Effect<Reply>
   /** The active stack's services (waits for it). */
-  readonly active: Effect.Effect<Context.Context<StackServices>>
+  readonly active: Effect.Effect<Context.Context<ActiveServices>>
 }
 
 /** A storage dir removed when the scope closes. */
