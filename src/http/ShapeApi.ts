@@ -190,7 +190,8 @@ type SseWait = "data" | "keepAlive" | "lifetime" | "shutdown"
  * gets a keep-alive comment; the stream ends after its lifetime, when the
  * shape goes away (the client's reconnect gets the 409), and when the server
  * or the stack stops — then with an up-to-date, so the client resumes where it
- * was. Events wait in a short queue: a slow reader holds back the reads.
+ * was. Events wait in a queue of two pieces: a slow reader holds back the
+ * reads.
  */
 const eventStream = (
   source: LogSource,
@@ -199,7 +200,7 @@ const eventStream = (
   shutdown: ShutdownSignal["Type"]
 ): Stream.Stream<Uint8Array> =>
   Stream.unwrapScoped(Effect.gen(function*() {
-    const out = yield* Queue.bounded<Option.Option<Uint8Array>>(8)
+    const out = yield* Queue.bounded<Option.Option<Uint8Array>>(2)
     let lastWrite = yield* Clock.currentTimeMillis
     const emit = (bytes: Uint8Array) =>
       Effect.zipRight(Queue.offer(out, Option.some(bytes)), Effect.map(Clock.currentTimeMillis, (now) => {
@@ -259,7 +260,9 @@ const eventStream = (
         return Effect.logWarning("an SSE stream ended on a storage failure", e)
       })
     )
-    yield* Effect.forkScoped(Effect.zipRight(run, Queue.offer(out, Option.none())))
+    const failed = (cause: Cause.Cause<never>) =>
+      Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : Effect.logError("an SSE stream failed", cause)
+    yield* Effect.forkScoped(run.pipe(Effect.catchAllCause(failed), Effect.zipRight(Queue.offer(out, Option.none()))))
     return Stream.fromQueue(out).pipe(
       Stream.takeWhile(Option.isSome),
       Stream.map((o) => o.value)
