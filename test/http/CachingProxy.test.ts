@@ -5,7 +5,7 @@ import { type CachingProxy, type ProxyLogEntry, startCachingProxy } from "../sup
 import { dropReplication, itemsTable, type RunningSyncline, startSyncline, testPool } from "../support/syncline.js"
 
 const STREAM = "caching_proxy"
-const TABLES = ["cproxy_catchup", "cproxy_etag", "cproxy_live", "cproxy_refetch"] as const
+const TABLES = ["cproxy_catchup", "cproxy_etag", "cproxy_live", "cproxy_refetch", "cproxy_sse"] as const
 let server: RunningSyncline
 let proxy: CachingProxy
 let pool: pg.Pool
@@ -14,7 +14,8 @@ beforeAll(async () => {
   pool = testPool()
   for (const table of TABLES) await itemsTable(pool, table, `SELECT i, 'row ' || i FROM generate_series(1, 20) i`)
   // Catch-up responses stay fresh for the whole file, so a second request is a HIT however slow the machine.
-  server = await startSyncline({ streamId: STREAM, settings: { cacheMaxAge: 60 } })
+  // A short SSE keep-alive: nginx notices a client gone from an SSE stream at its next write.
+  server = await startSyncline({ streamId: STREAM, settings: { cacheMaxAge: 60, sseKeepAliveMs: 500 } })
   proxy = await startCachingProxy(server.baseUrl)
 }, 600_000) // the first run on a machine may install nginx
 
@@ -213,6 +214,56 @@ describe("nginx configured as README.md shows, in front of the service", () => {
     const cacheStatuses = replies.map((r) => r.headers.get("x-cache")).sort()
     expect(cacheStatuses).toEqual([...Array<string>(clients - 1).fill("HIT"), "MISS"])
     await expectServiceRequests(livePath, clients, 1)
+  })
+
+  it("passes an SSE stream through unbuffered and uncached: each change arrives while the stream is open", async () => {
+    const table = "cproxy_sse"
+    const initial = await viaProxy(shapePath({ log: "full", offset: "-1", table }))
+    const handle = initial.headers.get("electric-handle")!
+    const caughtUp = await viaProxy(shapePath({ handle, log: "full", offset: initial.headers.get("electric-offset")!, table }))
+    const ssePath = shapePath({
+      cursor: "",
+      experimental_live_sse: "true",
+      handle,
+      live: "true",
+      live_sse: "true",
+      log: "full",
+      offset: caughtUp.headers.get("electric-offset")!,
+      table
+    })
+    const readers = [0, 1].map(async () => {
+      const controller = new AbortController()
+      const res = await fetch(`${proxy.baseUrl}${ssePath}`, { headers: { accept: "text/event-stream" }, signal: controller.signal })
+      return { res, controller, reader: res.body!.getReader(), text: "" }
+    })
+    const streams = await Promise.all(readers)
+    try {
+      for (const { res } of streams) {
+        expect(res.status).toBe(200)
+        expect(res.headers.get("content-type")).toContain("text/event-stream")
+        expect(res.headers.get("x-cache")).toBeNull()
+      }
+      const decoder = new TextDecoder()
+      for (const id of [21, 22]) {
+        await pool.query(`INSERT INTO ${table} VALUES (${id}, 'streamed')`)
+        // Both streams (the second would wait behind a cache lock) get the event before the server ends them.
+        for (const stream of streams) {
+          while (!stream.text.includes(`"${rowKey(table, id).replace(/"/g, '\\"')}"`)) {
+            const chunk = await stream.reader.read()
+            expect(chunk.done, `the stream ended before row ${id} arrived: ${stream.text}`).toBe(false)
+            stream.text += decoder.decode(chunk.value, { stream: true })
+          }
+        }
+      }
+      for (const stream of streams) expect(stream.text).toMatch(/"control":"up-to-date"/)
+      // Both streams are still open (nginx logs a request once its response has ended): the events were not
+      // held back until the end.
+      expect((await proxy.log()).filter((e) => e.uri === ssePath)).toHaveLength(0)
+    } finally {
+      for (const stream of streams) stream.controller.abort()
+    }
+    // Not stored: both reached the service.
+    await expectServiceRequests(ssePath, 2, 2)
   })
 
   it("a client behind the cache reaches the new handle after the shape is deleted and ends equal to Postgres", async () => {
