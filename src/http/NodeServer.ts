@@ -65,3 +65,14 @@ export const abortConnection = (request: HttpServerRequest.HttpServerRequest): v
   const response: http.ServerResponse | undefined = NodeHttpServerRequest.toServerResponse(request)
   response?.destroy()
 }
+
+/**
+ * Closes the connection under a request once its response has been sent whole, instead of keeping it for the
+ * next request: for a stream that a stopping server ends, whose headers promised keep-alive long before.
+ */
+export const closeConnectionOnFinish = (request: HttpServerRequest.HttpServerRequest): void => {
+  const response: http.ServerResponse | undefined = NodeHttpServerRequest.toServerResponse(request)
+  const socket = response?.socket
+  if (response === undefined || socket == null) return
+  response.once("finish", () => socket.end())
+}

@@ -46,7 +46,7 @@ import {
   serverHeader,
   upToDateMessage
 } from "./ResponseHeaders.js"
-import { abortConnection } from "./NodeServer.js"
+import { abortConnection, closeConnectionOnFinish } from "./NodeServer.js"
 import { ShutdownSignal } from "./ShutdownSignal.js"
 import {
   invalidRequestBody,
@@ -197,7 +197,8 @@ const eventStream = (
   source: LogSource,
   start: LogOffset,
   settings: StackSettings,
-  shutdown: ShutdownSignal["Type"]
+  shutdown: ShutdownSignal["Type"],
+  closeOnFinish: () => void
 ): Stream.Stream<Uint8Array> =>
   Stream.unwrapScoped(Effect.gen(function*() {
     const out = yield* Queue.bounded<Option.Option<Uint8Array>>(2)
@@ -227,6 +228,8 @@ const eventStream = (
     const upToDate = Effect.suspend(() => emit(upToDateEvent(resumeLsn(since))))
 
     const run = Effect.gen(function*() {
+      // An empty first piece sends the headers now: the client learns its handle and cursor before any event.
+      yield* Queue.offer(out, Option.some(new Uint8Array(0)))
       const deadline = lastWrite + settings.sseTimeoutMs
       for (;;) {
         let sent = false
@@ -247,7 +250,11 @@ const eventStream = (
           const outcome = yield* Effect.raceAll(waits)
           if (outcome === "data") break
           if (outcome === "lifetime") return
-          if (outcome === "shutdown") return yield* upToDate
+          if (outcome === "shutdown") {
+            // The server waits for its connections: this one closes once its last event is out.
+            yield* Effect.sync(closeOnFinish)
+            return yield* upToDate
+          }
           yield* emit(KEEP_ALIVE)
         }
       }
@@ -344,7 +351,9 @@ const respond = (
     }
 
     if (request.sse) {
-      return HttpServerResponse.stream(eventStream(source, offset, settings, shutdown), {
+      const httpRequest = yield* HttpServerRequest.HttpServerRequest
+      const closeOnFinish = () => closeConnectionOnFinish(httpRequest)
+      return HttpServerResponse.stream(eventStream(source, offset, settings, shutdown, closeOnFinish), {
         status: 200,
         contentType: "text/event-stream",
         headers: {
@@ -532,7 +541,7 @@ const activeShape = (
       handle,
       schema: () => schemaOf(shape),
       latestOffset: Effect.sync(() => log.latestOffset()),
-      read: (from) => log.stream(from).pipe(Effect.catchTag("StorageError", invalidateIfDamaged)),
+      read: (from, format) => log.stream(from, format).pipe(Effect.catchTag("StorageError", invalidateIfDamaged)),
       awaitDataAfter: log.awaitDataAfter,
       exists: cache.get(shape.handle).pipe(
         Effect.map(Option.isSome),
