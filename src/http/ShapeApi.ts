@@ -581,10 +581,12 @@ const readJsonBody = (request: HttpServerRequest.HttpServerRequest, origin: stri
     if (declared > MAX_BODY_BYTES) return yield* Effect.fail(tooLarge)
     let size = 0
     const chunks: Array<Uint8Array> = []
+    // Past the limit the body is read on and dropped, so that the 413 reaches a client still sending it; a body
+    // that goes on much longer is cut off with its connection.
     yield* Stream.runForEach(request.stream, (chunk) => {
       size += chunk.length
-      if (size > MAX_BODY_BYTES) return Effect.fail(new BodyTooLarge())
-      chunks.push(chunk)
+      if (size > MAX_BODY_BYTES * 16) return Effect.fail(new BodyTooLarge())
+      if (size <= MAX_BODY_BYTES) chunks.push(chunk)
       return Effect.void
     }).pipe(
       Effect.catchTags({
@@ -593,6 +595,7 @@ const readJsonBody = (request: HttpServerRequest.HttpServerRequest, origin: stri
           Effect.fail(badRequest(origin, InvalidRequest.single("body", "the request body could not be read")))
       })
     )
+    if (size > MAX_BODY_BYTES) return yield* Effect.fail(tooLarge)
     const text = Buffer.concat(chunks).toString("utf8")
     if (text.trim() === "") return {}
     let decoded: unknown
@@ -638,13 +641,20 @@ const serveSubset = (
       return yield* Effect.fail(unavailable(origin, 1, "The shape is being removed"))
     }
     const subsetError = (field: string, message: string) => badRequest(origin, InvalidRequest.single(field, message))
+    // The client's position must be one the log has reached: it is what the client continues from.
+    if (
+      request.offset !== "now" && LogOffset.isReal(request.offset) && LogOffset.gt(request.offset, latest) &&
+      !isResumeOffset(request.offset, latest)
+    ) {
+      return yield* Effect.fail(subsetError("offset", "out of bounds for this shape"))
+    }
 
     let subsetSql: string | undefined
     if (subset.where !== undefined) {
       const tables = yield* loadSubqueryTables(yield* Inspector, subset.where).pipe(
         Effect.catchTag("InvalidRequest", (e) => Effect.fail(subsetError("subset__where", e.errors["where"]?.[0] ?? "is invalid")))
       )
-      const clause = parseWhere(subset.where, subset.params, shape.table, tables)
+      const clause = parseWhere(subset.where, subset.params, shape.table, tables, "subset__params")
       if (Either.isLeft(clause)) return yield* Effect.fail(subsetError("subset__where", clause.left.message))
       subsetSql = clause.right.sql
     }
@@ -671,7 +681,8 @@ const serveSubset = (
       offset: subset.offset,
       mark
     }).pipe(
-      Effect.catchIf(refused, (e) => Effect.fail(subsetError("subset__where", `Postgres refused the subset query: ${e.message}`)))
+      // Which of where and order_by Postgres refused (an operator, a type) is only in its message.
+      Effect.catchIf(refused, (e) => Effect.fail(subsetError("subset", `Postgres refused the subset query: ${e.message}`)))
     )
     const metadata = `{"xmin":"${result.xmin}","xmax":"${result.xmax}","xip_list":[${
       result.xip.map((x) => `"${x}"`).join(",")

@@ -321,7 +321,8 @@ const parseSubset = (
   const orderBy = text("order_by")
   const limit = count("limit", 1)
   const offset = count("offset", 0)
-  if ((raw["limit"] !== undefined || raw["offset"] !== undefined) && orderBy === undefined) {
+  const given = (name: string) => raw[name] !== undefined && raw[name] !== null && raw[name] !== ""
+  if ((given("limit") || given("offset")) && orderBy === undefined) {
     addError(errors, `${SUBSET_PREFIX}order_by`, "order_by is required when limit or offset is present")
   }
   return {

@@ -6,6 +6,9 @@ import { quoteIdent } from "./Sql.js"
 await loadModule()
 
 const PREFIX = "SELECT 1 ORDER BY "
+
+/** Built-in types without a default ordering (Postgres: "could not identify an ordering operator"). */
+const UNORDERED_TYPES: ReadonlySet<string> = new Set(["json", "xml", "point", "lseg", "box", "path", "polygon", "line", "circle"])
 const NUL = "\u0000"
 
 const DIRECTIONS: Readonly<Record<string, string>> = {
@@ -61,6 +64,10 @@ export const parseOrderBy = (orderBy: string, table: TableInfo): Either.Either<s
     const qualified = names.length === 1 || (names.length === 2 && names[0] === table.name) ||
       (names.length === 3 && names[0] === table.schema && names[1] === table.name)
     if (!qualified || !columns.has(name)) return Either.left(`Unknown column "${names.join(".")}"`)
+    const column = table.columns.find((c) => c.name === name)!
+    if (UNORDERED_TYPES.has(column.baseTypeName)) {
+      return Either.left(`column "${name}" cannot be ordered by: type ${column.baseTypeName} has no ordering`)
+    }
     const direction = DIRECTIONS[sort.sortby_dir ?? "SORTBY_DEFAULT"]
     const nulls = NULLS[sort.sortby_nulls ?? "SORTBY_NULLS_DEFAULT"]
     if (direction === undefined || nulls === undefined) return Either.left("unsupported sort direction")

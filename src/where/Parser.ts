@@ -44,6 +44,8 @@ export interface ParseContext {
   readonly params: Readonly<Record<string, string>>
   /** The tables subqueries read, loaded beforehand (see `subqueryTables`); undefined refuses every subquery. */
   readonly tables?: ((name: TableName) => TableInfo | undefined) | undefined
+  /** How the request names the parameters, for messages (`params`, or `subset__params` for a subset). */
+  readonly paramsName?: string | undefined
 }
 
 /** The typed tree of a clause, plus the columns it reads in order of first use. */
@@ -351,7 +353,9 @@ class Resolver {
 
   private param(n: number): Unknown {
     const value = this.ctx.params[String(n)]
-    if (value === undefined) throw new WhereError(`Parameter $${n} has no value: params[${n}] is missing`)
+    if (value === undefined) {
+      throw new WhereError(`Parameter $${n} has no value: ${this.ctx.paramsName ?? "params"}[${n}] is missing`)
+    }
     return { _tag: "Unknown", text: value }
   }
 
@@ -471,20 +475,39 @@ class Resolver {
    * its elements, an empty array being false.
    */
   private anyOf(lexpr: Node, rexpr: Node): Expr {
-    let items: ReadonlyArray<Value | Unknown>
-    if ("A_ArrayExpr" in rexpr) {
-      items = (rexpr.A_ArrayExpr.elements ?? []).map((n) => this.operand(this.typeNode(n)))
-    } else {
-      const array = this.operand(this.typeNode(rexpr))
-      if (array._tag !== "Unknown") throw new WhereError("Unsupported expression: = ANY over a value that is not an array")
-      if (array.text === null) return { _tag: "Const", type: "bool", text: null }
-      items = arrayElements(array.text).map((text): Unknown => ({ _tag: "Unknown", text }))
-    }
+    if ("A_ArrayExpr" in rexpr) return this.anyOfArray(lexpr, rexpr.A_ArrayExpr.elements ?? [])
+    // An untyped literal or parameter takes the array type of the left side, as Postgres infers it.
+    const array = this.operand(this.typeNode(rexpr))
+    if (array._tag !== "Unknown") throw new WhereError("Unsupported expression: = ANY over a value that is not an array")
+    if (array.text === null) return { _tag: "Const", type: "bool", text: null }
+    const items = arrayElements(array.text).map((text): Unknown => ({ _tag: "Unknown", text }))
     if (items.length === 0) {
       this.operand(this.typeNode(lexpr))
       return { _tag: "Const", type: "bool", text: "false" }
     }
     return this.inList(false, lexpr, items)
+  }
+
+  /**
+   * `x = ANY(ARRAY[…])`: as in Postgres, the array's type comes from its
+   * elements alone (untyped literals and NULL make it `text[]`), and `x` is
+   * compared with each element of that type.
+   */
+  private anyOfArray(lexpr: Node, elements: ReadonlyArray<Node>): Expr {
+    const arg = this.operand(this.typeNode(lexpr))
+    if (elements.length === 0) throw new WhereError("cannot determine type of empty array")
+    const typed = elements.map((n) => this.operand(this.typeNode(n)))
+    const known = typed.flatMap((e) => (e._tag === "Unknown" ? [] : [e.type]))
+    const type = known.length === 0 ? "text" : selectCommonType(known)
+    if (type === undefined) throw new WhereError(`ARRAY types ${known.map(displayType).join(" and ")} cannot be matched`)
+    const left = arg._tag === "Unknown" ? coerce(arg, type) : arg
+    const items = typed.map((e) => {
+      // A column element is compared as it is; constants take the array's type first.
+      const element = e._tag === "Unknown" ? coerce(e, type) : e._tag === "Const" ? castConst(e, type) : e
+      const [, value, domain] = resolvePair(left, element, "=")
+      return { value, domain }
+    })
+    return { _tag: "In", negated: false, arg: left, items }
   }
 
   private inList(negated: boolean, lexpr: Node, typedItems: ReadonlyArray<Value | Unknown>): Expr {

@@ -87,10 +87,11 @@ export const parseWhere = (
   where: string,
   params: Readonly<Record<string, string>>,
   table: TableInfo,
-  tables?: (name: TableName) => TableInfo | undefined
+  tables?: (name: TableName) => TableInfo | undefined,
+  paramsName?: string
 ): Either.Either<WhereClause, InvalidWhere> => {
   try {
-    return Either.right(toClause(parseWhereAst(where, { table, params, tables })))
+    return Either.right(toClause(parseWhereAst(where, { table, params, tables, paramsName })))
   } catch (error) {
     if (error instanceof WhereError) return Either.left(new InvalidWhere({ message: error.message }))
     throw error

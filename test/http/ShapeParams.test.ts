@@ -315,6 +315,195 @@ describe("parseShapeParams", () => {
     it("is absent without subset__ keys", () => {
       expect(ok("offset=-1&table=t&subset=1&xsubset__where=1").subset).toBeUndefined()
     })
+
+    const q = (params: Record<string, string>) => `offset=-1&table=t&${new URLSearchParams(params)}`
+
+    it("reads every subset__ parameter, keeping the clauses as text", () => {
+      const req = ok(
+        q({
+          subset__where: "id > $1 AND v = $2",
+          subset__params: `{"1":"5","2":"it's"}`,
+          subset__order_by: "id DESC NULLS LAST",
+          subset__limit: "10",
+          subset__offset: "0"
+        })
+      )
+      expect(req.subset).toEqual({
+        where: "id > $1 AND v = $2",
+        params: { "1": "5", "2": "it's" },
+        orderBy: "id DESC NULLS LAST",
+        limit: 10,
+        offset: 0
+      })
+    })
+
+    it("keeps the shape's params and the subset's apart", () => {
+      const req = ok(`${q({ where: "id = $1", subset__where: "v = $1", subset__params: `{"1":"b"}` })}&params%5B1%5D=a`)
+      expect(req.params).toEqual({ "1": "a" })
+      expect(req.subset?.params).toEqual({ "1": "b" })
+    })
+
+    it("reads params as a JSON array for $1..$n, numbers and booleans as text", () => {
+      expect(ok(q({ subset__params: `["x", 5, true, "{1,2}"]` })).subset?.params).toEqual({
+        "1": "x",
+        "2": "5",
+        "3": "true",
+        "4": "{1,2}"
+      })
+      expect(ok(q({ subset__params: `{"2": 2.5, "10": "y"}` })).subset?.params).toEqual({ "2": "2.5", "10": "y" })
+    })
+
+    it("leaves out blank values and the _expr forms, and reads the last of repeated values", () => {
+      expect(ok(q({ subset__where: " ", subset__params: "", subset__order_by: "" })).subset).toEqual({ params: {} })
+      expect(ok(q({ subset__where_expr: `{"type":"ref","column":"id"}`, subset__order_by_expr: "[]" })).subset).toEqual({
+        params: {}
+      })
+      expect(ok("offset=-1&table=t&subset__where=a&subset__where=b").subset?.where).toBe("b")
+    })
+
+    it("takes a blank limit or offset for none, which needs no order_by", () => {
+      expect(ok(q({ subset__where: "true", subset__limit: "", subset__offset: "" })).subset).toEqual({ where: "true", params: {} })
+      const body = parseShapeParams(new URLSearchParams("offset=-1&table=t"), { where: "true", limit: null, offset: null })
+      expect(Either.isRight(body) && body.right.subset).toEqual({ where: "true", params: {} })
+    })
+
+    it.each([
+      [{ subset__limit: "0", subset__order_by: "id" }, { subset__limit: ["must be greater than 0"] }],
+      [{ subset__limit: "-3", subset__order_by: "id" }, { subset__limit: ["must be greater than 0"] }],
+      [{ subset__limit: "abc", subset__order_by: "id" }, { subset__limit: ["is invalid"] }],
+      [{ subset__limit: "1.5", subset__order_by: "id" }, { subset__limit: ["is invalid"] }],
+      [{ subset__limit: "99999999999999999999", subset__order_by: "id" }, { subset__limit: ["is invalid"] }],
+      [{ subset__offset: "-1", subset__order_by: "id" }, { subset__offset: ["must be greater than or equal to 0"] }],
+      [{ subset__offset: "x", subset__order_by: "id" }, { subset__offset: ["is invalid"] }],
+      [{ subset__limit: "5" }, { subset__order_by: ["order_by is required when limit or offset is present"] }],
+      [{ subset__offset: "5", subset__where: "true" }, { subset__order_by: ["order_by is required when limit or offset is present"] }],
+      [{ subset__params: "{" }, { subset__params: ["subset__params must be valid JSON"] }],
+      [{ subset__params: `"x"` }, { subset__params: ["subset__params must be a JSON object"] }],
+      [{ subset__params: `{"0":"x"}` }, { subset__params: ["parameter names must be positive integers, got: 0"] }],
+      [{ subset__params: `{"1":null}` }, { subset__params: ["parameter values must be strings, got: null for 1"] }],
+      [{ subset__params: `["a\\u0000"]` }, { subset__params: ["parameter values must not contain a NUL byte, got one for 1"] }]
+    ])("refuses %j", (params, errors) => {
+      expect(errorsOf(q(params))).toEqual(errors)
+    })
+
+    it("accepts limit and offset with spaces or a sign, as integers", () => {
+      expect(ok(q({ subset__limit: " 7 ", subset__offset: "+2", subset__order_by: "id" })).subset).toMatchObject({ limit: 7, offset: 2 })
+    })
+
+    it("reports every subset error at once", () => {
+      expect(errorsOf(q({ subset__limit: "0", subset__offset: "-1", subset__params: "[", table: "a.b.c" }))).toEqual({
+        table: ["Invalid relation identifier, too many delimiters: a.b.c"],
+        subset__params: ["subset__params must be valid JSON"],
+        subset__limit: ["must be greater than 0"],
+        subset__offset: ["must be greater than or equal to 0"],
+        subset__order_by: ["order_by is required when limit or offset is present"]
+      })
+    })
+
+    it("refuses live with a subset", () => {
+      expect(errorsOf("offset=0_0&handle=h&table=t&live=true&subset__where=x")).toEqual({
+        live: ["can't be true for a subset snapshot"]
+      })
+      expect(errorsOf("offset=-1&table=t&live=true&subset__where=x")).toEqual({
+        live: ["can't be true when offset == -1", "can't be true for a subset snapshot"]
+      })
+      expect(ok("offset=0_0&handle=h&table=t&live=false&subset__where=x").subset?.where).toBe("x")
+    })
+  })
+
+  describe("POST body", () => {
+    const withBody = (query: string, body: Record<string, unknown>) => parseShapeParams(new URLSearchParams(query), body)
+    const okBody = (query: string, body: Record<string, unknown>): ShapeRequest => {
+      const result = withBody(query, body)
+      if (Either.isLeft(result)) throw new Error(`expected success, got ${JSON.stringify(result.left.errors)}`)
+      return result.right
+    }
+    const bodyErrors = (query: string, body: Record<string, unknown>) => {
+      const result = withBody(query, body)
+      if (Either.isRight(result)) throw new Error(`expected errors, got ${JSON.stringify(result.right)}`)
+      return result.left.errors
+    }
+    const base = "offset=-1&table=t"
+    const onlySubset = "only a subset (where, params, order_by, limit, offset) may be sent in the body, got: "
+
+    it("reads the subset at the top level or under `subset`, with params as an object or an array", () => {
+      const subset = { where: "id = $1", params: { "1": 7 }, order_by: "id", limit: 3, offset: 1 }
+      const expected = { where: "id = $1", params: { "1": "7" }, orderBy: "id", limit: 3, offset: 1 }
+      expect(okBody(base, subset).subset).toEqual(expected)
+      expect(okBody(base, { subset }).subset).toEqual(expected)
+      expect(okBody(base, { ...subset, params: [7] }).subset).toEqual(expected)
+      expect(okBody(base, { ...subset, params: `{"1":"7"}` }).subset).toEqual(expected)
+      expect(okBody(base, { ...subset, limit: "3", offset: "1" }).subset).toEqual(expected)
+    })
+
+    it("overrides the query's subset key by key", () => {
+      const query = `${base}&subset__where=a&subset__order_by=id&subset__limit=1&subset__params=%5B%22q%22%5D`
+      expect(okBody(query, { where: "b", params: ["r"] }).subset).toEqual({ where: "b", params: { "1": "r" }, orderBy: "id", limit: 1 })
+      expect(okBody(query, {}).subset).toEqual({ where: "a", params: { "1": "q" }, orderBy: "id", limit: 1 })
+    })
+
+    it("leaves the shape definition and position to the query", () => {
+      const req = okBody(`${base}&where=x%20%3E%201&params%5B1%5D=s`, { where: "y = $1", params: ["b"] })
+      expect(req.where).toBe("x > 1")
+      expect(req.params).toEqual({ "1": "s" })
+      expect(req.subset).toEqual({ where: "y = $1", params: { "1": "b" } })
+    })
+
+    it("treats null values as absent, and ignores the _expr forms", () => {
+      expect(okBody(base, { where: null, params: null, order_by: null, where_expr: { x: 1 }, order_by_expr: [] }).subset).toEqual({
+        params: {}
+      })
+    })
+
+    it("must carry a subset, in the body or the query", () => {
+      expect(bodyErrors(base, {})).toEqual({
+        body: ["a POST request must carry a subset (where, params, order_by, limit or offset)"]
+      })
+      expect(okBody(`${base}&subset__where=x`, {}).subset).toEqual({ where: "x", params: {} })
+    })
+
+    it.each([
+      [{ table: "other", where: "x" }, [`${onlySubset}table`]],
+      [{ where: "x", offset_: 1 }, [`${onlySubset}offset_`]],
+      [{ subset: "where x" }, [`${onlySubset}subset`, "a POST request must carry a subset (where, params, order_by, limit or offset)"]],
+      [{ subset: { where: "x", handle: "h" } }, ["unknown subset key: handle"]]
+    ])("refuses keys that are not the subset's: %j", (body, messages) => {
+      expect(bodyErrors(base, body)).toEqual({ body: messages })
+    })
+
+    it.each([
+      [{ where: 5 }, { subset__where: ["must be a string"] }],
+      [{ order_by: ["id"] }, { subset__order_by: ["must be a string"] }],
+      [{ limit: 1.5, order_by: "id" }, { subset__limit: ["is invalid"] }],
+      [{ limit: true, order_by: "id" }, { subset__limit: ["is invalid"] }],
+      [{ limit: 0, order_by: "id" }, { subset__limit: ["must be greater than 0"] }],
+      [{ offset: -1, order_by: "id" }, { subset__offset: ["must be greater than or equal to 0"] }],
+      [{ limit: 2 }, { subset__order_by: ["order_by is required when limit or offset is present"] }],
+      [{ params: { a: "1" } }, { subset__params: ["parameter names must be positive integers, got: a"] }],
+      [{ params: ["ok", ["nested"]] }, { subset__params: [`parameter values must be strings, got: ["nested"] for 2`] }],
+      [{ params: { "1": "a\u0000" } }, { subset__params: ["parameter values must not contain a NUL byte, got one for 1"] }],
+      [{ params: 5 }, { subset__params: ["subset__params must be a JSON object"] }]
+    ])("validates %j like the query form", (body, errors) => {
+      expect(bodyErrors(base, body)).toEqual(errors)
+    })
+  })
+
+  describe("parameters this server does not implement", () => {
+    it("refuses queryable_columns and experimental_compaction, naming them", () => {
+      expect(errorsOf("offset=-1&table=t&queryable_columns=id,v")).toEqual({ queryable_columns: ["is not supported by this server"] })
+      expect(errorsOf("offset=-1&table=t&experimental_compaction=true")).toEqual({
+        experimental_compaction: ["log compaction is not supported by this server"]
+      })
+      expect(errorsOf("offset=-1&table=t&experimental_compaction=1")).toEqual({
+        experimental_compaction: ["log compaction is not supported by this server"]
+      })
+    })
+
+    it("accepts them blank or off, and ignores parameters it does not know", () => {
+      expect(ok("offset=-1&table=t&queryable_columns=&experimental_compaction=false").table.name).toBe("t")
+      expect(ok("offset=-1&table=t&experimental_compaction=").table.name).toBe("t")
+      expect(ok("offset=-1&table=t&experimental_compaction=0&whatever=1&subset=2").subset).toBeUndefined()
+    })
   })
 
   it("reads the last of repeated values", () => {

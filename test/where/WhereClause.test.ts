@@ -236,3 +236,63 @@ describe("WhereClause.matches", () => {
     )
   })
 })
+
+describe("parseWhere = ANY", () => {
+  const row = (values: Record<string, string | null | undefined>): Row => values
+
+  it("renders an array parameter or literal as the IN list of its elements, typed by the column", () => {
+    expect(parse(`id = ANY($1)`, { "1": "{1,2}" }).sql).toBe(`("id" IN (1, 2))`)
+    expect(parse(`id = ANY($1)`, { "1": "{1,2}" }).sql).toBe(parse("id IN (1, 2)").sql)
+    expect(parse(`name = ANY($1)`, { "1": `{"a b",it's,NULL,"NULL",""}` }).sql).toBe(
+      `("name" IN ('a b', 'it''s', NULL, 'NULL', ''))`
+    )
+    expect(parse(`price = ANY('{1.50, 2}')`).sql).toBe(`("price" IN (1.5, '2'::numeric))`)
+    expect(parse(`day = ANY($1)`, { "1": "{2024-01-02}" }).sql).toBe(`("day" IN ('2024-01-02'::date))`)
+    expect(parse(`id = SOME($1)`, { "1": "{7}" }).sql).toBe(`("id" IN (7))`)
+    expect(parse(`id = ANY(ARRAY[1, 2])`).sql).toBe(`("id" IN (1, 2))`)
+  })
+
+  it("is false over an empty array and unknown over NULL", () => {
+    expect(parse(`id = ANY($1)`, { "1": "{}" }).sql).toBe("false")
+    expect(parse(`NOT (id = ANY('{ }'))`).sql).toBe("(NOT false)")
+    expect(parse(`id = ANY(NULL)`).sql).toBe("NULL")
+    expect(parse(`id = ANY($1)`, { "1": "{}" }).matches(row({ id: null }))).toBe(false)
+    expect(parse(`NOT (id = ANY($1))`, { "1": "{}" }).matches(row({ id: null }))).toBe(true)
+  })
+
+  it("follows three-valued logic over NULL elements", () => {
+    const params = { "1": "{1,NULL}" }
+    expect(parse("id = ANY($1)", params).matches(row({ id: "1" }))).toBe(true)
+    expect(parse("id = ANY($1)", params).matches(row({ id: "2" }))).toBe(false)
+    expect(parse("NOT (id = ANY($1))", params).matches(row({ id: "2" }))).toBe(false)
+    expect(parse("(id = ANY($1)) IS UNKNOWN", params).matches(row({ id: "2" }))).toBe(true)
+    expect(parse("(id = ANY($1)) IS UNKNOWN", params).matches(row({ id: "1" }))).toBe(false)
+    expect(parse(`name = ANY('{"NULL"}')`).matches(row({ name: "NULL" }))).toBe(true)
+    expect(parse(`name = ANY('{NULL}')`).matches(row({ name: "NULL" }))).toBe(false)
+  })
+
+  it("compares elements as values of the column's type", () => {
+    expect(parse("code = ANY($1)", { "1": "{ab}" }).matches(row({ code: "ab  " }))).toBe(true)
+    expect(parse("big = ANY($1)", { "1": "{9007199254740993}" }).matches(row({ big: "9007199254740992" }))).toBe(false)
+    expect(parse("ratio = ANY($1)", { "1": "{NaN}" }).matches(row({ ratio: "NaN" }))).toBe(true)
+    expect(parse("ref = ANY($1)", { "1": "{A0EEBC99-9C0B-4EF8-BB6D-6BB9BD380A11}" }).matches(
+      row({ ref: "a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11" })
+    )).toBe(true)
+    expect(parse("done = ANY($1)", { "1": "{yes}" }).matches(row({ done: "t" }))).toBe(true)
+  })
+
+  it("refuses what Postgres refuses, and the forms it does not support", () => {
+    expect(errorOf("id = ANY($1)", { "1": "{1,x}" })).toBe(`invalid input syntax for type integer: "x"`)
+    expect(errorOf("id = ANY($1)", { "1": "{3000000000}" })).toBe(`value "3000000000" is out of range for type integer`)
+    expect(errorOf("id = ANY($1)", { "1": "1,2" })).toBe(`malformed array literal: "1,2" (array value must start with "{")`)
+    expect(errorOf("id = ANY('{1,')")).toBe(`malformed array literal: "{1," (unexpected end of input)`)
+    expect(errorOf("id = ANY($1)", { "1": "{{1},{2}}" })).toBe("multidimensional arrays are not supported")
+    expect(errorOf("id = ANY(id)")).toBe("Unsupported expression: = ANY over a value that is not an array")
+    expect(errorOf("id = ANY(5)")).toBe("Unsupported expression: = ANY over a value that is not an array")
+    expect(errorOf("id = ALL($1)", { "1": "{1}" })).toBe("Unsupported expression: = ALL")
+    expect(errorOf("id < ANY($1)", { "1": "{1}" })).toBe("Unsupported expression: < ANY")
+    expect(errorOf("id = ANY($1)")).toBe("Parameter $1 has no value: params[1] is missing")
+    expect(errorOf("id = ANY($1)", { "1": "{1,\u0000}" })).toBe("Parameter $1 contains a NUL byte")
+    expect(errorOf("id = ANY($1::int[])", { "1": "{1}" })).toMatch(/^Unsupported type/)
+  })
+})

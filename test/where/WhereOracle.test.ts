@@ -266,11 +266,22 @@ const distinct = column.chain((col) =>
   fc.tuple(fc.boolean(), literal(col)).map(([not, lit]) => `${col} IS ${not ? "NOT " : ""}DISTINCT FROM ${lit}`)
 )
 
+// `= ANY` over an array in Postgres's array syntax, as a parameter or a literal: Postgres reads its elements as
+// values of the column's type, NULL (unquoted) as SQL NULL.
+const arrayText = (items: ReadonlyArray<string | null>): string =>
+  `{${items.map((v) => (v === null ? "NULL" : `"${v.replace(/[\\"]/g, "\\$&")}"`)).join(",")}}`
+const anyOf = column.chain((col) =>
+  fc
+    .tuple(fc.array(fc.option(pick(POOLS[col as Exclude<Col, "id">]), { nil: null, freq: 5 }), { maxLength: 4 }), fc.boolean())
+    .map(([items, asParam]) => `${col} = ANY(${asParam ? param(arrayText(items)) : quote(arrayText(items))})`)
+)
+
 const atom = fc.oneof(
   { weight: 6, arbitrary: comparison },
   { weight: 1, arbitrary: badComparison },
   { weight: 2, arbitrary: columnComparison },
   { weight: 2, arbitrary: inList },
+  { weight: 2, arbitrary: anyOf },
   { weight: 2, arbitrary: between },
   { weight: 2, arbitrary: like },
   { weight: 1, arbitrary: likeEscape },
