@@ -149,6 +149,42 @@ const expectNoRefusedRequests = (streamErrors: ReadonlyArray<unknown>) => {
   expect(streamErrors).toEqual([])
 }
 
+/** The changes both tests make while the first server runs: rows moving in and out of the live queries. */
+const liveChanges = async (table: string): Promise<void> => {
+  await pool.query(`UPDATE ${table} SET priority = 5 WHERE id = 1`) // moves in
+  await pool.query(`UPDATE ${table} SET done = true WHERE id = 4`) // moves out
+  await pool.query(`UPDATE ${table} SET title = 'renamed' WHERE id = 5`) // stays in, changes
+  await pool.query(`DELETE FROM ${table} WHERE id IN (11, 2)`)
+  await transaction(
+    `UPDATE ${table} SET priority = 1 WHERE id = 17`,
+    `UPDATE ${table} SET done = false, priority = 4 WHERE id = 3`,
+    `INSERT INTO ${table} VALUES (43, 'in a transaction', false, 3)`,
+    `DELETE FROM ${table} WHERE id = 23`,
+    `UPDATE ${table} SET priority = NULL WHERE id = 29`
+  )
+}
+
+/** Written while no server runs: the next one reads them from the slot. */
+const changesWhileDown = (table: string, priority: number): Promise<void> =>
+  transaction(
+    `UPDATE ${table} SET priority = 3 WHERE id = 7`,
+    `UPDATE ${table} SET done = true WHERE id = 41`,
+    `INSERT INTO ${table} VALUES (44, 'while down', false, ${priority})`
+  )
+
+const changesAfterRestart = async (table: string): Promise<void> => {
+  await pool.query(`UPDATE ${table} SET done = false WHERE id = 42`)
+  await pool.query(`DELETE FROM ${table} WHERE id = 5`)
+}
+
+const changesAfterInProcessRestart = async (table: string): Promise<void> => {
+  await transaction(
+    `UPDATE ${table} SET priority = priority + 2 WHERE id BETWEEN 30 AND 40`,
+    `DELETE FROM ${table} WHERE id = 1`
+  )
+  await pool.query(`INSERT INTO ${table} VALUES (45, 'after the stack restart', false, 9)`)
+}
+
 describe("TanStack DB electric collections", () => {
   it("eager: a live query with a where equals the same SELECT through live changes and restarts", async () => {
     const TABLE = "tsdb_eager_todos"
@@ -175,38 +211,16 @@ describe("TanStack DB electric collections", () => {
       expect(open.size).toBeGreaterThan(0)
 
       await pool.query(`INSERT INTO ${TABLE} VALUES (41, 'new urgent', false, 5), (42, 'new done', true, 5)`)
-      await pool.query(`UPDATE ${TABLE} SET priority = 5 WHERE id = 1`) // moves in
-      await pool.query(`UPDATE ${TABLE} SET done = true WHERE id = 4`) // moves out
-      await pool.query(`UPDATE ${TABLE} SET title = 'renamed' WHERE id = 5`) // stays in, changes
-      await pool.query(`DELETE FROM ${TABLE} WHERE id IN (11, 2)`)
-      await transaction(
-        `UPDATE ${TABLE} SET priority = 1 WHERE id = 17`,
-        `UPDATE ${TABLE} SET done = false, priority = 4 WHERE id = 3`,
-        `INSERT INTO ${TABLE} VALUES (43, 'in a transaction', false, 3)`,
-        `DELETE FROM ${TABLE} WHERE id = 23`,
-        `UPDATE ${TABLE} SET priority = NULL WHERE id = 29`
-      )
+      await liveChanges(TABLE)
       await bothMatch("live changes")
 
-      await restartOnNewPort(async () => {
-        // Written while no server runs: the new one reads them from the slot.
-        await transaction(
-          `UPDATE ${TABLE} SET priority = 3 WHERE id = 7`,
-          `UPDATE ${TABLE} SET done = true WHERE id = 41`,
-          `INSERT INTO ${TABLE} VALUES (44, 'while down', false, 4)`
-        )
-      })
+      await restartOnNewPort(() => changesWhileDown(TABLE, 4))
       await bothMatch("changes made while the server was down")
-      await pool.query(`UPDATE ${TABLE} SET done = false WHERE id = 42`)
-      await pool.query(`DELETE FROM ${TABLE} WHERE id = 5`)
+      await changesAfterRestart(TABLE)
       await bothMatch("changes after the restart on a new port")
 
       await restartInProcess()
-      await transaction(
-        `UPDATE ${TABLE} SET priority = priority + 2 WHERE id BETWEEN 30 AND 40`,
-        `DELETE FROM ${TABLE} WHERE id = 1`
-      )
-      await pool.query(`INSERT INTO ${TABLE} VALUES (45, 'after the stack restart', false, 9)`)
+      await changesAfterInProcessRestart(TABLE)
       await bothMatch("changes after the in-process restart")
       expectNoRefusedRequests(streamErrors)
     } finally {
@@ -267,18 +281,9 @@ describe("TanStack DB electric collections", () => {
 
       await pool.query(`INSERT INTO ${TABLE} VALUES (41, 'new urgent', false, 5), (42, 'new done', true, 5)`)
       await pool.query(`INSERT INTO ${TABLE} VALUES (46, 'outside', false, 1)`)
-      await pool.query(`UPDATE ${TABLE} SET priority = 5 WHERE id = 1`) // moves in, never loaded before
-      await pool.query(`UPDATE ${TABLE} SET done = true WHERE id = 4`) // moves out
-      await pool.query(`UPDATE ${TABLE} SET title = 'renamed' WHERE id = 5`) // stays in, changes
       await pool.query(`UPDATE ${TABLE} SET title = 'renamed outside' WHERE id = 13`) // outside, stays outside
-      await pool.query(`DELETE FROM ${TABLE} WHERE id IN (11, 2)`)
-      await transaction(
-        `UPDATE ${TABLE} SET priority = 1 WHERE id = 17`,
-        `UPDATE ${TABLE} SET done = false, priority = 4 WHERE id = 3`,
-        `INSERT INTO ${TABLE} VALUES (43, 'in a transaction', false, 3)`,
-        `DELETE FROM ${TABLE} WHERE id = 23`,
-        `UPDATE ${TABLE} SET priority = NULL WHERE id = 29`
-      )
+      // Row 1 moves in without ever having been loaded.
+      await liveChanges(TABLE)
       await bothMatch("live changes")
       // The top three lose their first rows: the query loads the next ones from the server.
       await pool.query(
@@ -287,16 +292,9 @@ describe("TanStack DB electric collections", () => {
       )
       await bothMatch("the top three refilled")
 
-      await restartOnNewPort(async () => {
-        await transaction(
-          `UPDATE ${TABLE} SET priority = 3 WHERE id = 7`,
-          `UPDATE ${TABLE} SET done = true WHERE id = 41`,
-          `INSERT INTO ${TABLE} VALUES (44, 'while down', false, 8)`
-        )
-      })
+      await restartOnNewPort(() => changesWhileDown(TABLE, 8))
       await bothMatch("changes made while the server was down")
-      await pool.query(`UPDATE ${TABLE} SET done = false WHERE id = 42`)
-      await pool.query(`DELETE FROM ${TABLE} WHERE id = 5`)
+      await changesAfterRestart(TABLE)
       await bothMatch("changes after the restart on a new port")
       // A query started now loads rows never loaded before, from the new server.
       await finished.preload()
@@ -304,11 +302,7 @@ describe("TanStack DB electric collections", () => {
       await converges("a subset loaded after the restart", finishedRows, finishedInPg, [todos, finished])
 
       await restartInProcess()
-      await transaction(
-        `UPDATE ${TABLE} SET priority = priority + 2 WHERE id BETWEEN 30 AND 40`,
-        `DELETE FROM ${TABLE} WHERE id = 1`
-      )
-      await pool.query(`INSERT INTO ${TABLE} VALUES (45, 'after the stack restart', false, 9)`)
+      await changesAfterInProcessRestart(TABLE)
       await bothMatch("changes after the in-process restart")
       await converges("that subset after the in-process restart", finishedRows, finishedInPg, [todos, finished])
       await firstRows.preload()

@@ -4,6 +4,7 @@ import * as path from "node:path"
 import type {} from "vitest"
 import type { TestProject } from "vitest/node"
 import { startEmbeddedPostgres, stopOrphanedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
+import { processAlive } from "./process.js"
 
 declare module "vitest" {
   export interface ProvidedContext {
@@ -12,15 +13,6 @@ declare module "vitest" {
 }
 
 const PREFIX = "syncline-test-"
-
-const processAlive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM"
-  }
-}
 
 /**
  * A run interrupted before its teardown leaves its Postgres and directory behind. Each run

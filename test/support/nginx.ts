@@ -2,7 +2,7 @@ import { execFile } from "node:child_process"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
-import { cleanEnv, freePort, REPO_ROOT, spawnCommand } from "./process.js"
+import { cleanEnv, freePort, processAlive, REPO_ROOT, spawnCommand } from "./process.js"
 import { tempDir } from "./syncline.js"
 
 /**
@@ -61,15 +61,6 @@ const findNginx = async (): Promise<string | undefined> => {
     if ((await run(candidate, ["-v"])).ok) return candidate
   }
   return undefined
-}
-
-const processAlive = (pid: number): boolean => {
-  try {
-    process.kill(pid, 0)
-    return true
-  } catch (error) {
-    return (error as NodeJS.ErrnoException).code === "EPERM"
-  }
 }
 
 /**

@@ -8,6 +8,16 @@ import { fileURLToPath, pathToFileURL } from "node:url"
 /** The repository root: where `main.ts` and `package.json` live. */
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 
+/** Whether a process with this pid exists (one owned by another user counts). */
+export const processAlive = (pid: number): boolean => {
+  try {
+    process.kill(pid, 0)
+    return true
+  } catch (error) {
+    return (error as NodeJS.ErrnoException).code === "EPERM"
+  }
+}
+
 /** A service (or `npm`) running as a child process in its own process group. */
 export interface ChildService {
   readonly pid: number
