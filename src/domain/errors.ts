@@ -19,6 +19,11 @@ export class MaterializerInvariant extends Schema.TaggedError<MaterializerInvari
   message: Schema.String
 }) {}
 
+/** A subset snapshot whose rows pass the size one response may hold; the client asks for it in pages. */
+export class SubsetTooLarge extends Schema.TaggedError<SubsetTooLarge>()("SubsetTooLarge", {
+  maxBytes: Schema.Number
+}) {}
+
 /** A call reached a registry whose scope has closed, or whose table is not loaded yet. */
 export class TableAbsent extends Schema.TaggedError<TableAbsent>()("TableAbsent", {
   operation: Schema.String

@@ -137,7 +137,8 @@ export const corsHeaders = (originHeader: string | undefined, route: "shape" | "
   }
 }
 
-const ALLOWED_REQUEST_HEADERS: ReadonlySet<string> = new Set(["if-none-match", "traceparent"])
+// `content-type`: a subset sent as a JSON body makes the browser ask first.
+const ALLOWED_REQUEST_HEADERS: ReadonlySet<string> = new Set(["if-none-match", "traceparent", "content-type"])
 
 /**
  * The extra headers of the `OPTIONS /v1/shape` 204: a day-long preflight

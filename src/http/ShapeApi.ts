@@ -1,11 +1,11 @@
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
-import { Cause, Clock, Effect, Either, Option, Queue, type Scope, Stream } from "effect"
+import { Cause, Effect, Either, Option, type Scope, Stream } from "effect"
 import { StackConfig, type StackSettings } from "../config/StackConfig.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import {
   InvalidRequest,
-  type PostgresError,
+  PostgresError,
   type RegistryError,
   StorageError,
   type TableAbsent
@@ -24,14 +24,7 @@ import { StackSupervisor } from "../stack/StackSupervisor.js"
 import { type BodyFormat, type LogStream, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { parseOrderBy } from "../where/OrderBy.js"
 import { parseWhere } from "../where/WhereClause.js"
-import {
-  eventsOfPiece,
-  isResumeOffset,
-  KEEP_ALIVE,
-  LAST_EVENT_END,
-  resumeLsn,
-  upToDateEvent
-} from "./EventStream.js"
+import { eventStream, isResumeOffset } from "./EventStream.js"
 import { isAuthorized } from "./ApiSecret.js"
 import {
   cacheControl,
@@ -179,103 +172,6 @@ interface LogSource {
 /** How often a read-only stack looks at the files for data another process committed. */
 const READ_ONLY_POLL = "250 millis"
 
-/** How an SSE stream's wait for data ends. */
-type SseWait = "data" | "keepAlive" | "lifetime" | "shutdown"
-
-/**
- * The events of a live SSE response from `start`: whatever the log holds past
- * it, then each batch of new changes as it becomes durable, every batch ending
- * with an up-to-date (sent at transaction boundaries only, since a read ends at
- * a commit) whose LSN the client resumes from (`resumeLsn`). A quiet stream
- * gets a keep-alive comment; the stream ends after its lifetime, when the
- * shape goes away (the client's reconnect gets the 409), and when the server
- * or the stack stops — then with an up-to-date, so the client resumes where it
- * was. Events wait in a queue of two pieces: a slow reader holds back the
- * reads.
- */
-const eventStream = (
-  source: LogSource,
-  start: LogOffset,
-  settings: StackSettings,
-  shutdown: ShutdownSignal["Type"],
-  closeOnFinish: () => void
-): Stream.Stream<Uint8Array> =>
-  Stream.unwrapScoped(Effect.gen(function*() {
-    const out = yield* Queue.bounded<Option.Option<Uint8Array>>(2)
-    let lastWrite = yield* Clock.currentTimeMillis
-    const emit = (bytes: Uint8Array) =>
-      Effect.zipRight(Queue.offer(out, Option.some(bytes)), Effect.map(Clock.currentTimeMillis, (now) => {
-        lastWrite = now
-      }))
-    let since = start
-
-    /** Reads once after `since`: the events sent, and whether the read reached the end of the log. */
-    const readOnce = Effect.scoped(Effect.gen(function*() {
-      const read = yield* source.read(since, "lines")
-      if (read.length > 0) {
-        let first = true
-        yield* Stream.runForEach(read.pieces, (piece) => {
-          const events = eventsOfPiece(piece, first)
-          first = false
-          return emit(events)
-        })
-        yield* emit(LAST_EVENT_END)
-      }
-      since = LogOffset.max(since, read.nextOffset)
-      return { sent: read.length > 0, reachedEnd: read.reachedEnd }
-    }))
-
-    const upToDate = Effect.suspend(() => emit(upToDateEvent(resumeLsn(since))))
-
-    const run = Effect.gen(function*() {
-      // An empty first piece sends the headers now: the client learns its handle and cursor before any event.
-      yield* Queue.offer(out, Option.some(new Uint8Array(0)))
-      const deadline = lastWrite + settings.sseTimeoutMs
-      for (;;) {
-        let sent = false
-        for (;;) {
-          const step = yield* readOnce
-          sent ||= step.sent
-          if (step.reachedEnd) break
-        }
-        if (sent) yield* upToDate
-        for (;;) {
-          const now = yield* Clock.currentTimeMillis
-          const waits: ReadonlyArray<Effect.Effect<SseWait>> = [
-            source.awaitDataAfter(since).pipe(Effect.as("data" as const), Effect.orElseSucceed(() => "data" as const)),
-            Effect.as(Effect.sleep(Math.max(0, lastWrite + settings.sseKeepAliveMs - now)), "keepAlive" as const),
-            Effect.as(Effect.sleep(Math.max(0, deadline - now)), "lifetime" as const),
-            Effect.as(shutdown.await, "shutdown" as const)
-          ]
-          const outcome = yield* Effect.raceAll(waits)
-          if (outcome === "data") break
-          if (outcome === "lifetime") return
-          if (outcome === "shutdown") {
-            // The server waits for its connections: this one closes once its last event is out.
-            yield* Effect.sync(closeOnFinish)
-            return yield* upToDate
-          }
-          yield* emit(KEEP_ALIVE)
-        }
-      }
-    }).pipe(
-      Effect.catchAll((e) => {
-        // Its stack stopping closed the log: the client resumes, from where it is, on the next stack.
-        if (e.reason === "Closed") return upToDate
-        // Removed: the shape is gone and the client's reconnect learns its new handle.
-        if (e.reason === "Removed") return Effect.void
-        return Effect.logWarning("an SSE stream ended on a storage failure", e)
-      })
-    )
-    const failed = (cause: Cause.Cause<never>) =>
-      Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : Effect.logError("an SSE stream failed", cause)
-    yield* Effect.forkScoped(run.pipe(Effect.catchAllCause(failed), Effect.zipRight(Queue.offer(out, Option.none()))))
-    return Stream.fromQueue(out).pipe(
-      Stream.takeWhile(Option.isSome),
-      Stream.map((o) => o.value)
-    )
-  }))
-
 /**
  * Answers a `GET /v1/shape` from a log source: reads after the offset, and
  * when live and caught up holds the request until data, the long-poll
@@ -303,8 +199,9 @@ const respond = (
     }
 
     if (request.offset === "now") {
-      const latest = yield* source.latestOffset
+      // Taken before the log's end: whatever is durable below it is in the log read after it.
       const lsn = source.globalLsn()
+      const latest = yield* source.latestOffset
       return jsonResponse(200, `[${upToDateMessage(lsn > latest.tx ? lsn : latest.tx)}]`, {
         ...baseHeaders,
         ...cacheControl({ _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }),
@@ -352,25 +249,34 @@ const respond = (
 
     if (request.sse) {
       const httpRequest = yield* HttpServerRequest.HttpServerRequest
+      const sseHeaders: HeaderRecord = {
+        ...baseHeaders,
+        ...cacheControl({ _tag: "liveSse", sseTimeoutMs: settings.sseTimeoutMs }),
+        "electric-offset": LogOffset.format(offset),
+        // A buffering proxy (nginx) would hold the events back until the stream ends.
+        "x-accel-buffering": "no",
+        connection: "keep-alive"
+      }
+      // HEAD: the headers of the stream, which is never run.
+      if (httpRequest.method === "HEAD") {
+        return HttpServerResponse.empty({ status: 200, headers: { ...sseHeaders, "content-type": "text/event-stream" } })
+      }
       const closeOnFinish = () => closeConnectionOnFinish(httpRequest)
       return HttpServerResponse.stream(eventStream(source, offset, settings, shutdown, closeOnFinish), {
         status: 200,
         contentType: "text/event-stream",
-        headers: {
-          ...baseHeaders,
-          ...cacheControl({ _tag: "liveSse", sseTimeoutMs: settings.sseTimeoutMs }),
-          "electric-offset": LogOffset.format(offset),
-          // A buffering proxy (nginx) would hold the events back until the stream ends.
-          "x-accel-buffering": "no",
-          connection: "keep-alive"
-        }
+        headers: sseHeaders
       })
     }
 
+    // Each up-to-date reports the durable LSN taken before the read it ends: every change below it is in the read
+    // (or was before it), never one the client has yet to get.
+    let global = source.globalLsn()
     let read = yield* source.read(offset)
     if (live && read.length === 0) {
+      const readGlobal = global
       const noChange = (extra: HeaderRecord) => {
-        const lsn = offset.tx > 0n ? offset.tx : source.globalLsn()
+        const lsn = offset.tx > 0n ? offset.tx : readGlobal
         return jsonResponse(200, `[${upToDateMessage(lsn)}]`, {
           ...baseHeaders,
           ...cacheControl(cacheKind),
@@ -399,6 +305,7 @@ const respond = (
       if (exists === undefined) return noChange({})
       if (!exists) return yield* Effect.fail(mustRefetch(origin, yield* source.currentHandle))
       if (outcome === "timeout") return noChange({})
+      global = source.globalLsn()
       const again = yield* Effect.either(source.read(offset))
       if (Either.isLeft(again)) {
         if (again.left.reason === "Closed") return noChange({})
@@ -425,7 +332,6 @@ const respond = (
     let trailing: string | undefined
     if (upToDate) {
       const chunkEnd = read.nextOffset.tx > 0n ? read.nextOffset.tx : 0n
-      const global = source.globalLsn()
       trailing = upToDateMessage(live ? (chunkEnd > 0n ? chunkEnd : global) : chunkEnd > global ? chunkEnd : global)
     }
     return arrayResponse(yield* HttpServerRequest.HttpServerRequest, read, trailing, {
@@ -564,6 +470,9 @@ const serveActive = (
     (effect) => unavailableOnFailure(headers["origin"], effect)
   )
 
+/** The most bytes of rows one subset response holds (it is built in memory). */
+const MAX_SUBSET_BYTES = 64 * 1024 * 1024
+
 /** The largest POST body read: a subset is a clause and its parameters. */
 const MAX_BODY_BYTES = 1024 * 1024
 
@@ -629,13 +538,18 @@ const readJsonBody = (request: HttpServerRequest.HttpServerRequest, origin: stri
 const serveSubset = (
   request: ShapeRequest,
   subset: SubsetParams,
-  headers: Readonly<Record<string, string | undefined>>
+  headers: Readonly<Record<string, string | undefined>>,
+  settings: StackSettings
 ) =>
   Effect.gen(function*() {
     const origin = headers["origin"]
     const { shape, log } = yield* activeShape(request, headers)
-    // A new shape answers once its own snapshot is complete, so that its log's end is known.
-    yield* log.awaitDataAfter(LogOffset.beforeAll)
+    // A new shape answers once its own snapshot is complete, so that its log's end is known; a long one is
+    // waited for as long as a long-poll, then the client retries.
+    const snapshotted = yield* log.awaitDataAfter(LogOffset.beforeAll).pipe(
+      Effect.timeoutTo({ duration: settings.longPollTimeoutMs, onSuccess: () => true, onTimeout: () => false })
+    )
+    if (!snapshotted) return yield* Effect.fail(unavailable(origin, 1, "The shape's snapshot is still being taken"))
     const latest = log.latestOffset()
     if (LogOffset.isBeforeAll(latest)) {
       return yield* Effect.fail(unavailable(origin, 1, "The shape is being removed"))
@@ -679,10 +593,16 @@ const serveSubset = (
       orderBySql,
       limit: subset.limit,
       offset: subset.offset,
-      mark
+      mark,
+      maxBytes: MAX_SUBSET_BYTES
     }).pipe(
+      Effect.catchTag("SubsetTooLarge", () =>
+        Effect.fail(subsetError("subset__limit", "the subset is larger than 64 MiB: ask for it in pages (order_by, limit, offset)"))),
       // Which of where and order_by Postgres refused (an operator, a type) is only in its message.
-      Effect.catchIf(refused, (e) => Effect.fail(subsetError("subset", `Postgres refused the subset query: ${e.message}`)))
+      Effect.catchIf(
+        (e): e is PostgresError => e instanceof PostgresError && refused(e),
+        (e) => Effect.fail(subsetError("subset", `Postgres refused the subset query: ${e.message}`))
+      )
     )
     const metadata = `{"xmin":"${result.xmin}","xmax":"${result.xmax}","xip_list":[${
       result.xip.map((x) => `"${x}"`).join(",")
@@ -792,7 +712,7 @@ const serveShape = (method: "GET" | "POST") => Effect.gen(function*() {
   if (subset !== undefined) {
     // A subset is read from Postgres: only the stack that owns the slot answers, once it is active.
     const context = yield* supervisor.active(STACK_WAIT).pipe(Effect.mapError(notReady(origin, supervisor)))
-    return yield* Effect.provide(serveSubset(parsed.right, subset, headers), context)
+    return yield* Effect.provide(serveSubset(parsed.right, subset, headers, settings), context)
   }
   const shutdown = yield* ShutdownSignal
   const view = yield* supervisor.current(STACK_WAIT).pipe(Effect.mapError(notReady(origin, supervisor)))

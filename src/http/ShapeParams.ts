@@ -115,7 +115,13 @@ const nulErrors = (query: URLSearchParams): Errors | undefined => {
   return errors
 }
 
-const parseJsonParams = (text: string, params: Record<string, string>, errors: Errors, field = "params"): void => {
+const parseJsonParams = (
+  text: string,
+  params: Record<string, string>,
+  errors: Errors,
+  field: string,
+  allowArray: boolean
+): void => {
   let decoded: unknown
   try {
     decoded = JSON.parse(text)
@@ -123,7 +129,7 @@ const parseJsonParams = (text: string, params: Record<string, string>, errors: E
     addError(errors, field, `${field} must be valid JSON`)
     return
   }
-  readParamsObject(decoded, params, errors, field, field !== "params")
+  readParamsObject(decoded, params, errors, field, allowArray)
 }
 
 /**
@@ -159,29 +165,19 @@ const readParamsObject = (
   }
 }
 
-interface Scan {
-  readonly params: Record<string, string>
-  readonly subset: boolean
-}
-
-/** One pass over every key: `params[N]` entries and the `subset__*` marker. */
-const scanKeys = (query: URLSearchParams, errors: Errors): Scan => {
+/** The shape's params: `params` as JSON, and the `params[N]` entries, which win. */
+const scanParams = (query: URLSearchParams, errors: Errors): Record<string, string> => {
   const params: Record<string, string> = {}
-  let subset = false
   const json = nonBlank(lastValue(query, "params"))
-  if (json !== undefined) parseJsonParams(json, params, errors)
+  if (json !== undefined) parseJsonParams(json, params, errors, "params", false)
   for (const [key, value] of query) {
-    if (key.startsWith(SUBSET_PREFIX)) {
-      subset = true
-      continue
-    }
     if (!key.startsWith("params[")) continue
     const m = PARAMS_KEY.exec(key)
     const n = m === null ? key : m[1]!
     if (m === null || !POSITIVE_INTEGER.test(n)) addError(errors, "params", invalidParamKey(n))
     else params[n] = value
   }
-  return { params, subset }
+  return params
 }
 
 const parseDefinition = (
@@ -313,7 +309,7 @@ const parseSubset = (
   const field = `${SUBSET_PREFIX}params`
   const rawParams = raw["params"]
   if (typeof rawParams === "string") {
-    if (nonBlank(rawParams) !== undefined) parseJsonParams(rawParams, params, errors, field)
+    if (nonBlank(rawParams) !== undefined) parseJsonParams(rawParams, params, errors, field, true)
   } else if (rawParams !== undefined && rawParams !== null) {
     readParamsObject(rawParams, params, errors, field, true)
   }
@@ -395,8 +391,7 @@ export const parseShapeParams = (
   const sse = flag(query.has("live_sse") ? lastValue(query, "live_sse") : lastValue(query, "experimental_live_sse"))
   if (sse && !live) addError(errors, "live_sse", "can't be true unless live is also true")
 
-  const { params } = scanKeys(query, errors)
-  const definition = parseDefinition(query, errors, params)
+  const definition = parseDefinition(query, errors, scanParams(query, errors))
   const subset = parseSubset(query, body, errors)
   if (subset !== undefined && live) addError(errors, "live", "can't be true for a subset snapshot")
   if (body !== undefined && subset === undefined) {
@@ -442,8 +437,7 @@ export const parseDeleteParams = (query: URLSearchParams): Either.Either<DeleteR
     }
     return Either.right(common)
   }
-  const { params } = scanKeys(query, errors)
-  const definition = parseDefinition(query, errors, params)
+  const definition = parseDefinition(query, errors, scanParams(query, errors))
   if (definition === undefined || hasErrors(errors)) return Either.left(new InvalidRequest({ errors }))
   return Either.right({ ...common, definition })
 }

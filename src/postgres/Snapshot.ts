@@ -1,7 +1,7 @@
 import { Context, Effect, Exit, Layer } from "effect"
 import type pg from "pg"
 import { to as copyTo } from "pg-copy-streams"
-import { PostgresError } from "../domain/errors.js"
+import { PostgresError, SubsetTooLarge } from "../domain/errors.js"
 import type { PgType } from "../where/Ast.js"
 import { quoteIdent } from "../where/Sql.js"
 import { Lsn } from "../domain/Lsn.js"
@@ -196,6 +196,8 @@ export interface SubsetRequest extends SubsetShape {
   readonly table: TableInfo
   readonly columns: ReadonlyArray<string>
   readonly whereSql: string | undefined
+  /** The most bytes of rows the result may hold: a larger one fails with `SubsetTooLarge`. */
+  readonly maxBytes: number
 }
 
 /** A subset snapshot: its rows as insert messages, and the snapshot and WAL position they were read at. */
@@ -551,7 +553,7 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
    * both select, ordered and paged as asked, read in a `REPEATABLE READ READ ONLY` transaction whose snapshot
    * is returned with them.
    */
-  readonly subset: (request: SubsetRequest) => Effect.Effect<SubsetResult, PostgresError>
+  readonly subset: (request: SubsetRequest) => Effect.Effect<SubsetResult, PostgresError | SubsetTooLarge>
 }>() {
   /** The service over `PgPool`. */
   static readonly make: Effect.Effect<Snapshot["Type"], never, PgPool> = Effect.gen(function*() {
@@ -580,10 +582,10 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
       withConnection("Snapshot.take", table, (client) =>
         Effect.flatMap(
           Effect.try({ try: () => snapshotPlan(table, options.columns, options.whereSql), catch: fail("Snapshot query") }),
-          (plan) => run(client, plan, "pg_current_wal_lsn()", options.onLines)
+          (plan) => run(client, plan, "write", options.onLines)
         ))
 
-    const subset = (request: SubsetRequest): Effect.Effect<SubsetResult, PostgresError> =>
+    const subset = (request: SubsetRequest): Effect.Effect<SubsetResult, PostgresError | SubsetTooLarge> =>
       withConnection("Snapshot.subset", request.table, (client) =>
         Effect.gen(function*() {
           const plan = yield* Effect.try({
@@ -591,9 +593,15 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
             catch: fail("Subset query")
           })
           const lines: Array<string> = []
-          const info = yield* run(client, plan, "pg_current_wal_insert_lsn()", (batch) =>
-            Effect.sync(() => {
-              for (const line of batch) lines.push(line)
+          let bytes = 0
+          // Past the cap the query is abandoned (its connection closed), not read to the end.
+          const info = yield* run(client, plan, "insert", (batch) =>
+            Effect.suspend(() => {
+              for (const line of batch) {
+                bytes += line.length + 1
+                lines.push(line)
+              }
+              return bytes > request.maxBytes ? Effect.fail(new SubsetTooLarge({ maxBytes: request.maxBytes })) : Effect.void
             }))
           return { xmin: info.xmin, xmax: info.xmax, xip: info.xip, lsn: info.lsn, lines }
         }))
@@ -601,7 +609,7 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
     const run = <E>(
       client: pg.PoolClient,
       plan: SnapshotPlan,
-      lsnFunction: string,
+      lsnPosition: "write" | "insert",
       onLines: (lines: ReadonlyArray<string>) => Effect.Effect<void, E>
     ) =>
       Effect.gen(function*() {
@@ -609,7 +617,9 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
           try: () =>
             client.query(
               "BEGIN ISOLATION LEVEL REPEATABLE READ READ ONLY; " +
-                `SELECT pg_current_snapshot()::text AS snapshot, ${lsnFunction}::text AS lsn; ` +
+                `SELECT pg_current_snapshot()::text AS snapshot, ${
+                  lsnPosition === "insert" ? "pg_current_wal_insert_lsn()" : "pg_current_wal_lsn()"
+                }::text AS lsn; ` +
                 displaySettingsSql("local")
             ) as unknown as Promise<ReadonlyArray<pg.QueryResult<{ snapshot: string; lsn: string }>>>,
           catch: fail("Snapshot start")

@@ -1,13 +1,18 @@
+import { Effect, Stream } from "effect"
 import { describe, expect, it } from "vitest"
+import { StorageError } from "../../src/domain/errors.js"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import {
+  type EventLog,
   eventsOfPiece,
+  eventStream,
+  EVENT_END,
   isResumeOffset,
   KEEP_ALIVE,
-  LAST_EVENT_END,
   resumeLsn,
   upToDateEvent
 } from "../../src/http/EventStream.js"
+import type { LogStream } from "../../src/storage/ShapeLogStorage.js"
 
 /**
  * The bytes of an SSE response: a log read comes in pieces cut wherever the
@@ -18,7 +23,7 @@ const text = (bytes: Uint8Array) => Buffer.from(bytes).toString("utf8")
 
 /** The events of a read whose pieces are `pieces`, as the server writes them. */
 const eventsOf = (pieces: ReadonlyArray<Uint8Array>): string =>
-  text(Buffer.concat([...pieces.map((p, i) => eventsOfPiece(p, i === 0)), LAST_EVENT_END]))
+  text(Buffer.concat([...pieces.map((p, i) => eventsOfPiece(p, i === 0)), EVENT_END]))
 
 /** `body` cut at every position in `cuts` (ascending). */
 const cut = (body: Uint8Array, cuts: ReadonlyArray<number>): Array<Uint8Array> => {
@@ -148,5 +153,72 @@ describe("resumeLsn and isResumeOffset", () => {
       expect(LogOffset.gte(resume, last)).toBe(true)
       expect(LogOffset.lt(resume, at(last.tx + 2n, 0))).toBe(true)
     }
+  })
+})
+
+/** A read of `lines` (joined by newlines, as the `lines` format stores them) ending at `next`. */
+const linesRead = (lines: ReadonlyArray<string>, next: LogOffset, reachedEnd: boolean): LogStream => {
+  const bytes = Buffer.from(lines.join("\n"))
+  return {
+    length: bytes.length,
+    bytes,
+    pieces: bytes.length > 0 ? Stream.succeed(bytes) : Stream.empty,
+    nextOffset: next,
+    reachedEnd
+  }
+}
+
+/** A log whose reads are `reads` in turn (each a read or a failure), with data always waiting. */
+const scriptedLog = (reads: ReadonlyArray<LogStream | StorageError>): EventLog => {
+  let i = 0
+  return {
+    read: () =>
+      Effect.suspend(() => {
+        const next = reads[Math.min(i++, reads.length - 1)]!
+        return next instanceof StorageError ? Effect.fail(next) : Effect.succeed(next)
+      }),
+    awaitDataAfter: () => Effect.void
+  }
+}
+
+const noShutdown = { await: Effect.never, trigger: Effect.void }
+const closed = new StorageError({ reason: "Closed", handle: "h", message: "the shape log is closed" })
+const L = 1000n
+
+const streamText = (log: EventLog, settings = { sseTimeoutMs: 60_000, sseKeepAliveMs: 60_000 }) =>
+  Effect.runPromise(
+    Stream.runCollect(eventStream(log, LogOffset.make(L - 500n, 0), settings, noShutdown, () => {})).pipe(
+      Effect.map((chunks) => text(Buffer.concat([...chunks])))
+    )
+  )
+
+describe("eventStream", () => {
+  it("a stack stopping in the middle of a catch-up ends the stream without an up-to-date: the client drops the partial batch", async () => {
+    // A chunk ends inside transaction L (at L_2 of L_0..L_4): the rest of L was never sent.
+    const body = await streamText(scriptedLog([linesRead(["{\"a\":0}", "{\"a\":2}"], LogOffset.make(L, 2), false), closed]))
+    expect(body).toBe(`data: {"a":0}\n\ndata: {"a":2}\n\n`)
+  })
+
+  it("a stack stopping at the end of a batch ends the stream with an up-to-date at the resume LSN", async () => {
+    const body = await streamText(scriptedLog([linesRead(["{\"a\":0}", "{\"a\":2}"], LogOffset.make(L, 2), true), closed]))
+    const upToDate = text(upToDateEvent(L + 1n))
+    expect(body).toBe(`data: {"a":0}\n\ndata: {"a":2}\n\n${upToDate}${upToDate}`)
+  })
+
+  it("a removed shape ends the stream without an up-to-date", async () => {
+    const removed = new StorageError({ reason: "Removed", handle: "h", message: "the shape log is removed" })
+    const body = await streamText(scriptedLog([linesRead(["{\"a\":0}"], LogOffset.make(L, 0), false), removed]))
+    expect(body).toBe(`data: {"a":0}\n\n`)
+  })
+
+  it("ends after its lifetime even when data is always waiting, at the end of a batch", async () => {
+    let tx = L
+    const log: EventLog = {
+      read: () => Effect.sync(() => linesRead([`{"tx":${++tx}}`], LogOffset.make(tx, 0), true)),
+      awaitDataAfter: () => Effect.void
+    }
+    const body = await streamText(log, { sseTimeoutMs: 200, sseKeepAliveMs: 60_000 })
+    expect(body.length).toBeGreaterThan(0)
+    expect(body.endsWith(text(upToDateEvent(tx)))).toBe(true)
   })
 })

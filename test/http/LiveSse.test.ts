@@ -18,6 +18,8 @@ import { dropReplication, itemsTable, type RunningSyncline, startSyncline, tempD
 const STREAM = "live_sse"
 /** A server of its own for the graceful stop, so the other tests keep theirs. */
 const STREAM_STOP = "live_sse_stop"
+/** A server whose streams outlive the test: only a removal can end them. */
+const STREAM_REMOVAL = "live_sse_removal"
 /** The service as a child process, for the restarts (kill -9 among them). */
 const STREAM_CHILD = "live_sse_child"
 
@@ -39,7 +41,7 @@ beforeAll(async () => {
 afterAll(async () => {
   await stopAllChildren()
   await server?.stop()
-  for (const stream of [STREAM, STREAM_STOP, STREAM_CHILD]) await dropReplication(pool, stream)
+  for (const stream of [STREAM, STREAM_STOP, STREAM_REMOVAL, STREAM_CHILD]) await dropReplication(pool, stream)
   await pool.end()
   for (const dir of storageDirs) await fs.rm(dir, { recursive: true, force: true })
 })
@@ -356,6 +358,18 @@ describe("live SSE on the wire", () => {
     expect(Object.keys((JSON.parse(body) as { errors: Record<string, unknown> }).errors)).toContain("live_sse")
   })
 
+  it("HEAD answers the stream's headers and no stream", async () => {
+    const table = "sse_head"
+    await itemsTable(pool, table, `SELECT i, 'row ' || i FROM generate_series(1, 3) i`)
+    const { handle, offset } = await catchUp(server.baseUrl, table)
+    const res = await fetch(sseUrl(server.baseUrl, table, handle, offset), { method: "HEAD" })
+    expect(res.status).toBe(200)
+    expect(res.headers.get("content-type")).toMatch(/^text\/event-stream/)
+    expect(res.headers.get("electric-handle")).toBe(handle)
+    expect(res.headers.get("electric-offset")).toBe(offset)
+    expect(await res.text()).toBe("")
+  })
+
   it("a stack restart (POST /v1/admin/restart) ends a held stream with an up-to-date, and the reconnect carries on", async () => {
     const table = "sse_admin_restart"
     await itemsTable(pool, table, `SELECT i, 'row ' || i FROM generate_series(1, 3) i`)
@@ -397,6 +411,18 @@ describe("live SSE on the wire", () => {
   it("a removed shape ends the stream without an up-to-date, and the reconnect gets a 409", async () => {
     const table = "sse_removed"
     await itemsTable(pool, table, `SELECT i, 'row ' || i FROM generate_series(1, 3) i`)
+    const storageDir = await tempDir(STREAM_REMOVAL)
+    storageDirs.push(storageDir)
+    // Streams live a minute and keep-alives come rarely here: the stream can only end by the removal.
+    const server = await startSyncline({ streamId: STREAM_REMOVAL, storageDir, settings: { sseKeepAliveMs: 60_000 } })
+    try {
+      await removalEndsStream(server, table)
+    } finally {
+      await server.stop()
+    }
+  })
+
+  const removalEndsStream = async (server: RunningSyncline, table: string) => {
     const { handle, offset } = await catchUp(server.baseUrl, table)
     const stream = await RawEventStream.open(sseUrl(server.baseUrl, table, handle, offset))
     let resume: string
@@ -421,7 +447,7 @@ describe("live SSE on the wire", () => {
     const current = again.headers.get("electric-handle")
     expect(current).not.toBeNull()
     expect(current).not.toBe(handle)
-  })
+  }
 
   it("a graceful stop of the server ends a held stream with an up-to-date; the next server takes the reconnect", async () => {
     const table = "sse_stop"
@@ -447,7 +473,7 @@ describe("live SSE on the wire", () => {
         // The server waits for open requests before it closes: the stream has to end for the stop to finish.
         const stopping = first.stop()
         stopped = true
-        await stream.awaitEnd(5_000)
+        await stream.awaitEnd(30_000)
         await stopping
         const last = stream.events.at(-1)!
         expect(last.kind === "data" && isUpToDate(last.message), `the stream ends with an up-to-date: ${stream.raw}`).toBe(true)

@@ -1,6 +1,6 @@
 import { Effect, Either, Layer } from "effect"
 import type { Row } from "../../../src/domain/Change.js"
-import { PostgresError } from "../../../src/domain/errors.js"
+import { PostgresError, SubsetTooLarge } from "../../../src/domain/errors.js"
 import { rowKey } from "../../../src/domain/RowKey.js"
 import type { TableInfo } from "../../../src/domain/Table.js"
 import { type RowsFilter, Snapshot } from "../../../src/postgres/Snapshot.js"
@@ -75,6 +75,8 @@ export const FakeSnapshot = {
                 headers: { operation: "insert", relation, snapshot_mark: request.mark }
               })
             })
+            const bytes = lines.reduce((n, line) => n + line.length + 1, 0)
+            if (bytes > request.maxBytes) return yield* new SubsetTooLarge({ maxBytes: request.maxBytes })
             const { xmin, xmax, xip, lsn } = db.snapshotInfo(lines.length)
             return { xmin, xmax, xip, lsn, lines }
           })
