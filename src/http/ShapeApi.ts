@@ -1,3 +1,4 @@
+import { randomInt } from "node:crypto"
 import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Cause, Effect, Either, Option, type Scope, Stream } from "effect"
 import { StackConfig, type StackSettings } from "../config/StackConfig.js"
@@ -10,7 +11,6 @@ import {
   StorageError,
   type TableAbsent
 } from "../domain/errors.js"
-import { randomInt } from "node:crypto"
 import { Inspector } from "../postgres/Inspector.js"
 import { refused } from "../postgres/PgPool.js"
 import { schemaHeader } from "../postgres/SchemaHeader.js"

@@ -142,6 +142,38 @@ describe("streamed reads", () => {
       expect(heldWhole).toBeGreaterThanOrEqual(4)
     }))
 
+  it.scoped("in the lines format, join the same messages with newlines instead of commas, whole or in pieces", () =>
+    Effect.gen(function*() {
+      const options = { directory: yield* tempDir, chunkBytesThreshold: THRESHOLD }
+      const { storage } = yield* storageAt(options)
+      const handle = ShapeHandle("stream-lines")
+      const log = yield* storage.create(handle)
+      const entries = yield* fillShape(log)
+      const reader = yield* openReader(options, handle)
+
+      let inPieces = 0
+      for (const from of probes(entries)) {
+        for (const source of [log, reader]) {
+          const array = yield* source.stream(from)
+          const lines = yield* source.stream(from, "lines")
+          const arrayBody = concat(yield* collect(array)).toString("utf8")
+          const linePieces = yield* collect(lines)
+          if (linePieces.length > 1) inPieces++
+          const linesBody = concat(linePieces).toString("utf8")
+          expect({ length: lines.length, nextOffset: fmt(lines.nextOffset), reachedEnd: lines.reachedEnd }).toEqual({
+            length: array.length,
+            nextOffset: fmt(array.nextOffset),
+            reachedEnd: array.reachedEnd
+          })
+          // Each line is one whole message; joined by commas they are the array body.
+          const messages = linesBody === "" ? [] : linesBody.split("\n")
+          for (const m of messages) expect(() => JSON.parse(m)).not.toThrow()
+          expect(messages.join(",")).toBe(arrayBody)
+        }
+      }
+      expect(inPieces).toBeGreaterThanOrEqual(10)
+    }))
+
   it.scoped("never see bytes committed after the read was made", () =>
     Effect.gen(function*() {
       const options = { directory: yield* tempDir, chunkBytesThreshold: 100 * PIECE_BYTES }
