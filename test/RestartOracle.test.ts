@@ -1,7 +1,7 @@
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFailed } from "vitest"
 import { OracleClient, prng, type Row, type ShapeSpec, sleep } from "./support/oracle.js"
-import { cleanEnv, freePort, spawnSyncline, stopAllChildren } from "./support/process.js"
+import { freePort, serviceEnv, spawnSyncline, stopAllChildren } from "./support/process.js"
 import { type Instance, restartService, waitStatus } from "./support/restarts.js"
 import { dropReplication, tempDir, testPool } from "./support/syncline.js"
 
@@ -101,15 +101,12 @@ afterAll(async () => {
 const spawnInstance = async (): Promise<Instance> => {
   const port = await freePort()
   const child = spawnSyncline({
-    env: cleanEnv({
-      DATABASE_URL: inject("databaseUrl"),
-      ELECTRIC_INSECURE: "true",
-      ELECTRIC_PORT: String(port),
-      ELECTRIC_STORAGE_DIR: storageDir,
-      ELECTRIC_REPLICATION_STREAM_ID: STREAM,
-      ELECTRIC_LONG_POLL_TIMEOUT: String(LONG_POLL_MS),
-      ELECTRIC_ENABLE_INTEGRATION_TESTING: "true",
-      SYNCLINE_SHUTDOWN_TIMEOUT: "15000"
+    env: serviceEnv({
+      databaseUrl: inject("databaseUrl"),
+      port,
+      storageDir,
+      streamId: STREAM,
+      extra: { ELECTRIC_LONG_POLL_TIMEOUT: String(LONG_POLL_MS), SYNCLINE_SHUTDOWN_TIMEOUT: "15000" }
     })
   })
   const instance = { child, baseUrl: `http://127.0.0.1:${port}` }

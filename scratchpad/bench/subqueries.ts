@@ -7,7 +7,7 @@ import { pathToFileURL } from "node:url"
 import pg from "pg"
 import { startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
 import { registryFile } from "../../src/storage/ShapeDb.js"
-import { type ChildService, cleanEnv, freePort, REPO_ROOT, spawnCommand, waitHealthy } from "../../test/support/process.js"
+import { type ChildService, freePort, REPO_ROOT, serviceEnv, spawnCommand, waitHealthy } from "../../test/support/process.js"
 
 /*
  * Subquery shapes against plain shapes, in one run of a service child process:
@@ -327,15 +327,12 @@ const main = async () => {
         path.join(REPO_ROOT, "main.ts")
       ],
       {
-        env: cleanEnv({
-          DATABASE_URL: postgres.url,
-          ELECTRIC_INSECURE: "true",
-          ELECTRIC_PORT: String(port),
-          ELECTRIC_STORAGE_DIR: storageDir,
-          ELECTRIC_REPLICATION_STREAM_ID: STREAM,
-          ELECTRIC_LONG_POLL_TIMEOUT: String(LONG_POLL_MS),
-          ELECTRIC_ENABLE_INTEGRATION_TESTING: "true",
-          BENCH_MEMORY_FILE: memoryFile
+        env: serviceEnv({
+          databaseUrl: postgres.url,
+          port,
+          storageDir,
+          streamId: STREAM,
+          extra: { ELECTRIC_LONG_POLL_TIMEOUT: String(LONG_POLL_MS), BENCH_MEMORY_FILE: memoryFile }
         })
       }
     )

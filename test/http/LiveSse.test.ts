@@ -5,7 +5,7 @@ import { afterAll, beforeAll, describe, expect, inject, it } from "vitest"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import { resumeLsn } from "../../src/http/EventStream.js"
 import { prng, sleep } from "../support/oracle.js"
-import { type ChildService, cleanEnv, freePort, spawnSyncline, stopAllChildren } from "../support/process.js"
+import { type ChildService, freePort, serviceEnv, spawnSyncline, stopAllChildren } from "../support/process.js"
 import { type Instance, restartService, waitStatus } from "../support/restarts.js"
 import { dropReplication, itemsTable, type RunningSyncline, startSyncline, tempDir, testPool } from "../support/syncline.js"
 
@@ -165,6 +165,20 @@ class RawEventStream {
   async awaitEnd(timeoutMs = 15_000): Promise<void> {
     await Promise.race([this.closed, sleep(timeoutMs)])
     expect(this.endedByServer, `the server ended the stream within ${timeoutMs} ms`).toBe(true)
+  }
+
+  /**
+   * The stream, ended by a stop, closed with a second up-to-date that resumes where the first (after the one
+   * batch of changes) did; returns that resume offset.
+   */
+  expectEndedWithResumingUpToDate(): string {
+    const last = this.events.at(-1)!
+    expect(last.kind === "data" && isUpToDate(last.message), `the stream ends with an up-to-date: ${this.raw}`).toBe(true)
+    expect(this.upToDates.length).toBe(2)
+    const resume = resumeOffsetOf(this.upToDates[1]!)
+    expect(resume).toBe(resumeOffsetOf(this.upToDates[0]!))
+    this.expectWellFormed()
+    return resume
   }
 
   /** Every byte was an event: `data: <one line of JSON>\n\n` or `: keep-alive\n\n`. */
@@ -384,12 +398,7 @@ describe("live SSE on the wire", () => {
       await restart.body?.cancel()
       expect(restart.status).toBeLessThan(300)
       await stream.awaitEnd()
-      const last = stream.events.at(-1)!
-      expect(last.kind === "data" && isUpToDate(last.message), `the stream ends with an up-to-date: ${stream.raw}`).toBe(true)
-      expect(stream.upToDates.length).toBe(2)
-      resume = resumeOffsetOf(stream.upToDates[1]!)
-      expect(resume).toBe(resumeOffsetOf(stream.upToDates[0]!))
-      stream.expectWellFormed()
+      resume = stream.expectEndedWithResumingUpToDate()
     } finally {
       stream.close()
     }
@@ -475,12 +484,7 @@ describe("live SSE on the wire", () => {
         stopped = true
         await stream.awaitEnd(30_000)
         await stopping
-        const last = stream.events.at(-1)!
-        expect(last.kind === "data" && isUpToDate(last.message), `the stream ends with an up-to-date: ${stream.raw}`).toBe(true)
-        expect(stream.upToDates.length).toBe(2)
-        resume = resumeOffsetOf(stream.upToDates[1]!)
-        expect(resume).toBe(resumeOffsetOf(stream.upToDates[0]!))
-        stream.expectWellFormed()
+        resume = stream.expectEndedWithResumingUpToDate()
       } finally {
         stream.close()
       }
@@ -755,16 +759,16 @@ describe("the official client over live SSE across restarts of the service", () 
     const spawn = async (port: number): Promise<Instance> => {
       const baseUrl = `http://127.0.0.1:${port}`
       const child: ChildService = spawnSyncline({
-        env: cleanEnv({
-          DATABASE_URL: inject("databaseUrl"),
-          ELECTRIC_PORT: String(port),
-          ELECTRIC_STORAGE_DIR: storageDir,
-          ELECTRIC_REPLICATION_STREAM_ID: STREAM_CHILD,
-          ELECTRIC_INSECURE: "true",
-          ELECTRIC_ENABLE_INTEGRATION_TESTING: "true",
-          ELECTRIC_LONG_POLL_TIMEOUT: "2000",
-          SYNCLINE_SSE_TIMEOUT: String(SSE_TIMEOUT_MS),
-          SYNCLINE_SSE_KEEPALIVE: String(SSE_KEEPALIVE_MS)
+        env: serviceEnv({
+          databaseUrl: inject("databaseUrl"),
+          port,
+          storageDir,
+          streamId: STREAM_CHILD,
+          extra: {
+            ELECTRIC_LONG_POLL_TIMEOUT: "2000",
+            SYNCLINE_SSE_TIMEOUT: String(SSE_TIMEOUT_MS),
+            SYNCLINE_SSE_KEEPALIVE: String(SSE_KEEPALIVE_MS)
+          }
         })
       })
       // Not waited for here: a rolling restart's new process waits read-only (202) until the old one stops.

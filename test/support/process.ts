@@ -86,6 +86,27 @@ export const cleanEnv = (extra: Readonly<Record<string, string>> = {}): Record<s
 }
 
 /**
+ * The environment of a service process under test: this database, port, storage directory and
+ * replication stream, no secret, `DELETE` and the restart endpoint enabled, plus `extra`.
+ */
+export const serviceEnv = (options: {
+  readonly databaseUrl: string
+  readonly port: number
+  readonly storageDir: string
+  readonly streamId: string
+  readonly extra?: Readonly<Record<string, string>>
+}): Record<string, string> =>
+  cleanEnv({
+    DATABASE_URL: options.databaseUrl,
+    ELECTRIC_INSECURE: "true",
+    ELECTRIC_PORT: String(options.port),
+    ELECTRIC_STORAGE_DIR: options.storageDir,
+    ELECTRIC_REPLICATION_STREAM_ID: options.streamId,
+    ELECTRIC_ENABLE_INTEGRATION_TESTING: "true",
+    ...options.extra
+  })
+
+/**
  * Spawns `command args` detached (its own process group, so a signal reaches every process it
  * starts) with stdout and stderr captured.
  */
