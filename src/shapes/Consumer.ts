@@ -3,7 +3,7 @@ import type { Transaction } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { rowKey } from "../domain/RowKey.js"
 import type { Lsn } from "../domain/Lsn.js"
-import type { StorageError } from "../domain/errors.js"
+import { type RegistryError, StorageError, type TableAbsent } from "../domain/errors.js"
 import { refused } from "../postgres/PgPool.js"
 import type { Snapshot } from "../postgres/Snapshot.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
@@ -12,8 +12,8 @@ import type { LogEntry, ShapeLog } from "../storage/ShapeLogStorage.js"
 import { finishTransaction, makeShapeEncoder, type PendingEntry, type ShapeEncoder, transactionHeaders } from "./LogItems.js"
 import { type LoggedTransaction, type Materializer, MaterializerInvariant, parseLogLines } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
-import type { SnapshotMark } from "./ShapeStatus.js"
-import { type DependencyLink, heldKeys, readLog, SubqueryState } from "./Subqueries.js"
+import type { RecordedMove, SnapshotMark } from "./ShapeStatus.js"
+import { type DependencyLink, heldKeys, readLog, restoredMoves, SubqueryState } from "./Subqueries.js"
 import { visibleInSnapshot, widenXid } from "./Visibility.js"
 
 /** One routed transaction waiting in a consumer's queue, or a wake-up (`txn` undefined) to load its materializer. */
@@ -37,6 +37,12 @@ export interface SubqueryRole {
   /** Transactions at or below it will not come again: the commit LSN the stack started from. */
   readonly replayFloor: Lsn
   readonly rows: Snapshot["Type"]["rows"]
+  /** The registry's record of the shape's moves (`RecordedMove`). */
+  readonly moves: {
+    readonly load: Effect.Effect<ReadonlyArray<RecordedMove>, RegistryError | TableAbsent>
+    readonly record: (moves: ReadonlyArray<RecordedMove>) => Effect.Effect<void, RegistryError | TableAbsent>
+    readonly forget: (lsns: ReadonlyArray<Lsn>) => Effect.Effect<void, RegistryError | TableAbsent>
+  }
 }
 
 /** Why a consumer stopped on its own: its shape must be removed. */
@@ -113,6 +119,37 @@ export const runConsumer = (options: {
         yield* Effect.sleep(wait)
       })
 
+    /** A registry read the consumer cannot go on without: retried while the registry fails, a stop while it is closed. */
+    const registry = <A>(read: Effect.Effect<A, RegistryError | TableAbsent>): Effect.Effect<A> =>
+      read.pipe(
+        Effect.tapError((e) => e._tag === "RegistryError" ? Effect.logWarning(`shape ${handle}: cannot read the registry; retrying`, e) : Effect.void),
+        Effect.retry({ schedule: Schedule.exponential(RETRY_FIRST).pipe(Schedule.union(Schedule.spaced(RETRY_MAX))), while: (e) => e._tag === "RegistryError" }),
+        Effect.catchTag("TableAbsent", () => Effect.interrupt),
+        // The schedule never ends: a registry error cannot remain.
+        Effect.orDie
+      )
+
+    /** Records moves before the log commit that holds their rows; a failure fails the write, which is retried. */
+    const recordMoves = (moves: ReadonlyArray<RecordedMove>): Effect.Effect<void, StorageError> =>
+      role!.moves.record(moves).pipe(
+        Effect.mapError((e) =>
+          new StorageError({
+            reason: e._tag === "TableAbsent" ? "Closed" : "Io",
+            handle,
+            message: `the registry could not record the moves of its subqueries (${e._tag})`,
+            cause: e
+          })
+        )
+      )
+
+    /** Forgets moves that no longer matter; one left behind only costs a row (it holds back no transaction). */
+    const forgetMoves = (lsns: ReadonlyArray<Lsn>): Effect.Effect<void> =>
+      role!.moves.forget(lsns).pipe(
+        Effect.catchAll((e) =>
+          e._tag === "TableAbsent" ? Effect.void : Effect.logWarning(`shape ${handle}: could not forget moves of its subqueries`, e)
+        )
+      )
+
     /** The log, opened if needed; `Left` with the invalidation reason when the files cannot be used. */
     const currentLog: Effect.Effect<Either.Either<ShapeLog, string>> = Effect.suspend(function attempt(): Effect.Effect<
       Either.Either<ShapeLog, string>
@@ -159,10 +196,18 @@ export const runConsumer = (options: {
     if (role !== undefined && role.links.length > 0) {
       const materializers = yield* Effect.either(Effect.forEach(role.links, (l) => l.materializer))
       if (Either.isLeft(materializers)) return yield* options.invalidate(`the shape its subquery reads (${materializers.left.handle}) is gone`)
+      const recorded = yield* registry(role.moves.load)
       // Only the keys are kept: the parsed log would stay reachable from this generator for the consumer's life.
-      const held = yield* Effect.map(readOwnLog(first.right), Either.map(heldKeys))
-      if (Either.isLeft(held)) return yield* options.invalidate(held.left)
-      sub = new SubqueryState(shape, held.right, role.links, materializers.right, role.rows)
+      const durableLsn = first.right.latestOffset().tx
+      const restored = yield* Effect.map(
+        readOwnLog(first.right),
+        Either.map((logged) => ({ held: heldKeys(logged), moves: restoredMoves(logged, recorded, durableLsn) }))
+      )
+      if (Either.isLeft(restored)) return yield* options.invalidate(restored.left)
+      // A move recorded past the log's end lost its rows with a crash: its transaction comes again.
+      const lost = recorded.filter((m) => m.lsn > durableLsn).map((m) => m.lsn)
+      if (lost.length > 0) yield* forgetMoves(lost)
+      sub = new SubqueryState(shape, restored.right.held, role.links, materializers.right, role.rows, restored.right.moves)
       encoder = makeShapeEncoder(shape, { held: sub.held, matches: sub.matches })
     }
 
@@ -343,9 +388,12 @@ export const runConsumer = (options: {
             }
           }
         }
-        // One step, never cut by a stop: the stack closing waits for the batch to be durable.
+        // One step, never cut by a stop: the stack closing waits for the batch to be durable. The moves whose
+        // rows it holds are recorded first: a log holding such rows always has their record.
+        const moves = sub?.unrecordedMoves ?? []
+        const write = Effect.zipRight(target.append(entries), target.commit)
         const written = yield* Effect.uninterruptible(
-          entries.length === 0 ? Effect.void : Effect.zipRight(target.append(entries), target.commit)
+          entries.length === 0 ? Effect.void : moves.length === 0 ? write : Effect.zipRight(recordMoves(moves), write)
         ).pipe(Effect.either)
         if (Either.isRight(written)) break
         const error = written.left
@@ -357,6 +405,11 @@ export const runConsumer = (options: {
       if (failures > 0) {
         yield* Effect.logInfo(`shape ${handle}: its log is written again after ${failures} failed attempt(s)`)
         failures = 0
+      }
+      if (sub !== undefined) {
+        sub.movesRecorded()
+        const obsolete = sub.takeObsolete()
+        if (obsolete.length > 0) yield* forgetMoves(obsolete)
       }
       if (passedSnapshot) yield* options.markPastSnapshot
       if (lastCommit > 0n) {

@@ -133,7 +133,12 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
                 loaded: (m) => Deferred.succeed(reg.ready, m).pipe(Effect.asVoid),
                 durable: (lsn) => durable(reg, lsn),
                 replayFloor,
-                rows: snapshot.rows
+                rows: snapshot.rows,
+                moves: {
+                  load: status.moves(handle),
+                  record: (moves) => status.recordMoves(handle, moves),
+                  forget: (lsns) => status.forgetMoves(handle, lsns)
+                }
               }
             }).pipe(
               // A bug is a fault of the stack, not of the shape: the stack restarts and the shape, with what it

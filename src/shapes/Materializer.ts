@@ -11,6 +11,8 @@ import { valuesKey } from "../where/Evaluator.js"
 export interface LogOperation {
   readonly operation: "insert" | "update" | "delete"
   readonly key: string
+  /** Its place in its transaction (`op_position`; 0 for snapshot rows). */
+  readonly op: number
   readonly value: Readonly<Record<string, string | null>> | undefined
 }
 
@@ -38,7 +40,7 @@ export const parseLogBody = (body: string, into: Array<LoggedTransaction>): void
 interface Message {
   readonly key?: string
   readonly value?: Record<string, string | null>
-  readonly headers: { readonly operation?: "insert" | "update" | "delete"; readonly lsn?: string }
+  readonly headers: { readonly operation?: "insert" | "update" | "delete"; readonly lsn?: string; readonly op_position?: number }
 }
 
 const addMessage = (m: Message, into: Array<LoggedTransaction>): void => {
@@ -50,7 +52,7 @@ const addMessage = (m: Message, into: Array<LoggedTransaction>): void => {
     last = { lsn, operations: [] }
     into.push(last)
   }
-  ;(last.operations as Array<LogOperation>).push({ operation, key: m.key, value: m.value })
+  ;(last.operations as Array<LogOperation>).push({ operation, key: m.key, value: m.value, op: m.headers.op_position ?? 0 })
 }
 
 /** Which values of a dependency's rows an `IN (SELECT …)` compares, and how. */

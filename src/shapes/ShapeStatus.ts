@@ -6,6 +6,18 @@ import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { RegistryError, TableAbsent } from "../domain/errors.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
+/**
+ * A move of a subquery shape's values, applied by writing rows as a snapshot
+ * had them (`SubqueryState.reconcile`): the commit LSN of the transaction it
+ * was written at, the op position of its first row, and the snapshot, which
+ * may hold transactions after that one.
+ */
+export interface RecordedMove {
+  readonly lsn: Lsn
+  readonly op: number
+  readonly snapshot: { readonly xmin: bigint; readonly xmax: bigint; readonly xip: ReadonlyArray<bigint> }
+}
+
 /** What the snapshot of a shape saw: decides which replicated transactions it already contains. */
 export interface SnapshotMark {
   /**
@@ -137,6 +149,12 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
   readonly markRemoving: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
   /** Last step of a removal: the row goes. */
   readonly delete: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
+  /** The moves recorded for a shape and not yet forgotten, in commit order. */
+  readonly moves: (handle: ShapeHandle) => Effect.Effect<ReadonlyArray<RecordedMove>, RegistryError | TableAbsent>
+  /** Records moves durably: before the log commit that holds their rows. */
+  readonly recordMoves: (handle: ShapeHandle, moves: ReadonlyArray<RecordedMove>) => Effect.Effect<void, RegistryError | TableAbsent>
+  /** Forgets the moves at these commit LSNs: no transaction still to come can be in their snapshots. */
+  readonly forgetMoves: (handle: ShapeHandle, lsns: ReadonlyArray<Lsn>) => Effect.Effect<void, RegistryError | TableAbsent>
   /** Rows left by interrupted removals or snapshots that never completed (boot clean-up). */
   readonly unfinished: Effect.Effect<ReadonlyArray<ShapeHandle>, RegistryError>
 }>() {
@@ -214,8 +232,10 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
               requested
             }
             // A row from an earlier incarnation whose snapshot never completed gives way to the new one.
-            yield* sql`DELETE FROM shape_dependencies WHERE handle IN
+            yield* sql`DELETE FROM shape_moves WHERE handle IN
                 (SELECT handle FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0)`.pipe(
+              Effect.zipRight(sql`DELETE FROM shape_dependencies WHERE handle IN
+                (SELECT handle FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0)`),
               Effect.zipRight(sql`DELETE FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0`),
               Effect.zipRight(
                 sql`INSERT INTO shapes (handle, identity, created_at, requested)
@@ -288,8 +308,43 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
             byHandle.delete(handle)
             if (record !== undefined && byIdentity.get(record.identity)?.handle === handle) byIdentity.delete(record.identity)
           }),
+        moves: (handle) =>
+          Effect.zipRight(
+            guard("moves", () => undefined),
+            sql<{ lsn: string; op: number; snapshot: string }>`SELECT lsn, op, snapshot FROM shape_moves WHERE handle = ${handle}`.pipe(
+              Effect.map((rows) =>
+                rows.map((r) => {
+                  const snapshot = JSON.parse(r.snapshot) as { xmin: string; xmax: string; xip: Array<string> }
+                  return {
+                    lsn: BigInt(r.lsn),
+                    op: r.op,
+                    snapshot: { xmin: BigInt(snapshot.xmin), xmax: BigInt(snapshot.xmax), xip: snapshot.xip.map(BigInt) }
+                  }
+                }).sort((a, b) => (a.lsn < b.lsn ? -1 : a.lsn > b.lsn ? 1 : 0))
+              ),
+              Effect.mapError(fail("moves"))
+            )
+          ),
+        recordMoves: (handle, moves) =>
+          Effect.zipRight(
+            guard("recordMoves", () => undefined),
+            Effect.forEach(moves, (m) => {
+              const snapshot = JSON.stringify({ xmin: String(m.snapshot.xmin), xmax: String(m.snapshot.xmax), xip: m.snapshot.xip.map(String) })
+              return sql`INSERT OR REPLACE INTO shape_moves (handle, lsn, op, snapshot)
+                VALUES (${handle}, ${String(m.lsn)}, ${m.op}, ${snapshot})`
+            }, { discard: true }).pipe(sql.withTransaction, Effect.mapError(fail("recordMoves")))
+          ),
+        forgetMoves: (handle, lsns) =>
+          Effect.zipRight(
+            guard("forgetMoves", () => undefined),
+            sql`DELETE FROM shape_moves WHERE handle = ${handle} AND ${sql.in("lsn", lsns.map(String))}`.pipe(
+              Effect.asVoid,
+              Effect.mapError(fail("forgetMoves"))
+            )
+          ),
         delete: (handle) =>
-          sql`DELETE FROM shape_dependencies WHERE handle = ${handle}`.pipe(
+          sql`DELETE FROM shape_moves WHERE handle = ${handle}`.pipe(
+            Effect.zipRight(sql`DELETE FROM shape_dependencies WHERE handle = ${handle}`),
             Effect.zipRight(sql`DELETE FROM shapes WHERE handle = ${handle}`),
             sql.withTransaction,
             Effect.asVoid,

@@ -12,7 +12,8 @@ import type { SubqueryPosition } from "../where/WhereClause.js"
 import type { PendingEntry, ShapeEncoder } from "./LogItems.js"
 import { type LoggedTransaction, type Materializer, type Moves, parseLogBody, type ValueIndex } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
-import { type SnapshotRange, visibleInSnapshot, widenXid } from "./Visibility.js"
+import type { RecordedMove } from "./ShapeStatus.js"
+import { visibleInSnapshot, widenXid } from "./Visibility.js"
 
 /** What the consumer of a shape with subqueries reaches of one of its dependency shapes. */
 export interface DependencyLink {
@@ -36,6 +37,29 @@ export const readLog = (log: ShapeLog): Effect.Effect<Array<LoggedTransaction>, 
       from = read.nextOffset
     }
   })
+
+/** A move whose rows were written from a snapshot that may hold later transactions, and the keys of those rows. */
+export interface ReconciledMove extends RecordedMove {
+  readonly keys: Set<string>
+}
+
+/**
+ * The recorded moves whose rows are in the log (at or below `durableLsn`), each with the keys of the rows it
+ * wrote: those of its transaction from its first op position on.
+ */
+export const restoredMoves = (
+  transactions: ReadonlyArray<LoggedTransaction>,
+  moves: ReadonlyArray<RecordedMove>,
+  durableLsn: Lsn
+): Array<ReconciledMove> => {
+  const kept = moves.filter((m) => m.lsn <= durableLsn)
+  if (kept.length === 0) return []
+  const byLsn = new Map(transactions.map((t) => [t.lsn, t]))
+  return kept.map((m) => ({
+    ...m,
+    keys: new Set((byLsn.get(m.lsn)?.operations ?? []).filter((o) => o.op >= m.op).map((o) => o.key))
+  }))
+}
 
 /** The row keys a shape holds after the transactions of its log. */
 export const heldKeys = (transactions: ReadonlyArray<LoggedTransaction>): Set<string> => {
@@ -79,8 +103,16 @@ export class SubqueryState {
   readonly matches: (row: Row) => boolean
   private readonly indexes: ReadonlyArray<ValueIndex>
   private readonly byNode: Map<InSubquery, ValueIndex>
-  /** Rows written as a move's snapshot had them, until no later transaction can be in that snapshot. */
-  private reconciled: Array<{ readonly snapshot: SnapshotRange; readonly keys: Set<string> }> = []
+  /**
+   * Rows written as a move's snapshot had them, until no later transaction can be in that snapshot. They are
+   * recorded with the log, so that after a restart the transactions such a snapshot holds are still not
+   * applied again to those rows.
+   */
+  private reconciled: Array<ReconciledMove>
+  /** Moves written in this batch, to record before its log commit. */
+  private unrecorded: Array<RecordedMove> = []
+  /** Moves no transaction still to come can be in: forgotten once the batch that showed it is durable. */
+  private obsolete: Array<Lsn> = []
   /** The reconciliations whose snapshot holds the transaction being encoded. */
   private holdingKeys: Array<Set<string>> = []
 
@@ -89,8 +121,10 @@ export class SubqueryState {
     readonly held: Set<string>,
     private readonly links: ReadonlyArray<DependencyLink>,
     private readonly materializers: ReadonlyArray<Materializer>,
-    private readonly rows: Snapshot["Type"]["rows"]
+    private readonly rows: Snapshot["Type"]["rows"],
+    restored: ReadonlyArray<ReconciledMove> = []
   ) {
+    this.reconciled = [...restored]
     const where = shape.where!
     this.byNode = new Map()
     this.indexes = where.positions.map((p) => {
@@ -125,10 +159,29 @@ export class SubqueryState {
     }
     this.holdingKeys = []
     this.reconciled = this.reconciled.filter((r) => {
-      if (widenXid(xid, r.snapshot) >= r.snapshot.xmax) return false
+      if (widenXid(xid, r.snapshot) >= r.snapshot.xmax) {
+        this.obsolete.push(r.lsn)
+        return false
+      }
       if (visibleInSnapshot(xid, r.snapshot)) this.holdingKeys.push(r.keys)
       return true
     })
+  }
+
+  /** The moves written since the last `movesRecorded`: recorded before the log commit that holds their rows. */
+  get unrecordedMoves(): ReadonlyArray<RecordedMove> {
+    return this.unrecorded
+  }
+
+  movesRecorded(): void {
+    this.unrecorded = []
+  }
+
+  /** The moves that no longer matter, once; forgotten after the batch that showed it is durable. */
+  takeObsolete(): ReadonlyArray<Lsn> {
+    const taken = this.obsolete
+    this.obsolete = []
+    return taken
   }
 
   /** Whether some rows written by a move already hold the current transaction's changes. */
@@ -186,7 +239,9 @@ export class SubqueryState {
         result = yield* self.rows(request)
       }
       const keys = new Set<string>()
-      self.reconciled.push({ snapshot: result, keys })
+      const snapshot = { xmin: result.xmin, xmax: result.xmax, xip: result.xip }
+      const first = op
+      self.reconciled.push({ lsn: tx, op: first, snapshot, keys })
       for (const { key, row: r, included } of result.rows) {
         keys.add(key)
         if (self.held.has(key)) {
@@ -203,6 +258,7 @@ export class SubqueryState {
         }
         op += 2
       }
+      if (op > first) self.unrecorded.push({ lsn: tx, op: first, snapshot })
     })
   }
 

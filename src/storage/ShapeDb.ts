@@ -36,7 +36,17 @@ const migrations = SqliteMigrator.fromRecord({
         PRIMARY KEY (handle, position)
       ) STRICT`,
       sql`ALTER TABLE shapes ADD COLUMN requested INTEGER NOT NULL DEFAULT 1`
-    ], { discard: true }))
+    ], { discard: true })),
+  // The moves of a subquery shape whose rows were written from a snapshot that may hold later transactions
+  // (`SubqueryState`): kept until no later transaction can be in that snapshot.
+  "0003_shape_moves": Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    sql`CREATE TABLE shape_moves (
+      handle TEXT NOT NULL,
+      lsn TEXT NOT NULL,
+      op INTEGER NOT NULL,
+      snapshot TEXT NOT NULL,
+      PRIMARY KEY (handle, lsn)
+    ) STRICT`)
 })
 
 /** Where the registry of a storage dir lives. */

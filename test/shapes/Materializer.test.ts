@@ -35,10 +35,14 @@ const lineOf = (operation: LogOperation["operation"], key: string, value: Values
 const entriesOf = (lsn: Lsn, operations: ReadonlyArray<LogOperation>): Array<LogEntry> =>
   operations.map((o, i) => ({ offset: LogOffset.make(lsn, i * 2), json: lineOf(o.operation, o.key, o.value ?? {}, lsn, i * 2) }))
 
-const insert = (key: string, value: Values): LogOperation => ({ operation: "insert", key, value })
-const update = (key: string, value: Values): LogOperation => ({ operation: "update", key, value })
-const remove = (key: string, value: Values = {}): LogOperation => ({ operation: "delete", key, value })
-const txn = (lsn: Lsn, ...operations: ReadonlyArray<LogOperation>): LoggedTransaction => ({ lsn, operations })
+const insert = (key: string, value: Values): LogOperation => ({ operation: "insert", key, value, op: 0 })
+const update = (key: string, value: Values): LogOperation => ({ operation: "update", key, value, op: 0 })
+const remove = (key: string, value: Values = {}): LogOperation => ({ operation: "delete", key, value, op: 0 })
+/** A transaction as read from the log: its operations at op positions stepping by 2 (snapshot rows, at 0, have none). */
+const txn = (lsn: Lsn, ...operations: ReadonlyArray<LogOperation>): LoggedTransaction => ({
+  lsn,
+  operations: operations.map((o, i) => ({ ...o, op: lsn === 0n ? 0 : i * 2 }))
+})
 
 const BY_ORG: IndexSpec = { columns: ["org_id"], types: ["int4"], domains: ["int4"] }
 

@@ -136,6 +136,28 @@ describe("ShapeStatus", () => {
       expect(timestampOf(next.handle)).toBeGreaterThan(latest)
     }))
 
+  it.scoped("keeps a shape's recorded moves across instances until they are forgotten or the shape is deleted", () =>
+    Effect.gen(function*() {
+      const dir = freshDir()
+      const scope = yield* Scope.make()
+      const first = yield* Scope.extend(openStatus(dir), scope)
+      const a = yield* first.add(def("items"))
+      const b = yield* first.add(def("orders"))
+      const move = (lsn: bigint, op: number, xip: ReadonlyArray<bigint>) => ({ lsn, op, snapshot: { xmin: 90n, xmax: 100n, xip } })
+      // Out of commit order, and a number of digits that text order would sort wrongly.
+      yield* first.recordMoves(a.handle, [move(1000n, 4, [95n]), move(999n, 2, [])])
+      yield* first.recordMoves(b.handle, [move(5n, 0, [91n, 97n])])
+      yield* Scope.close(scope, Exit.void)
+
+      const second = yield* openStatus(dir)
+      expect(yield* second.moves(a.handle)).toEqual([move(999n, 2, []), move(1000n, 4, [95n])])
+      yield* second.forgetMoves(a.handle, [999n])
+      expect(yield* second.moves(a.handle)).toEqual([move(1000n, 4, [95n])])
+      yield* second.delete(a.handle)
+      expect(yield* second.moves(a.handle)).toEqual([])
+      expect(yield* second.moves(b.handle)).toEqual([move(5n, 0, [91n, 97n])])
+    }))
+
   it.scoped("never reuses a handle, even within the same millisecond", () =>
     Effect.gen(function*() {
       const status = yield* openStatus(freshDir())

@@ -365,6 +365,42 @@ describe("subquery shapes across restarts", () => {
       yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
     }))
 
+  it.scoped("the rows a move wrote hold the later transactions its query saw, also when those reach the shape after a restart", () =>
+    Effect.gen(function*() {
+      const { db, dirs, h, issues, projects } = yield* started(4, 2, false)
+      const title = (id: string, text: string): FakeWrite => ({ kind: "update", table: "issues", row: { id, title: text } })
+
+      // The shape's query for a move (p3 activated) waits while two more transactions commit: it will see both.
+      const gate = yield* makeGate
+      yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
+      db.intercept.rows.next(() => gate.hold, (t) => t.name === "issues")
+      const moving = yield* db.commit([setActive("p3", "yes")])
+      yield* Deferred.await(gate.reached)
+      // The first also changes a row of the dependency, whose write of it is lost as a crash loses it: the shape
+      // waits for that write, so neither transaction reaches it before the restart.
+      yield* commitHoldingWrite(db, projects.handle!, [
+        { kind: "insert", table: "issues", row: { id: "i3c", project_id: "p3", title: "new" } },
+        title("i3a", "one"),
+        project("p9", "yes")
+      ])
+      const last = yield* db.commit([title("i3a", "two")])
+      yield* Deferred.succeed(gate.release, undefined)
+      yield* within("the move's rows", Effect.map(follow(h, issues), (c) => c.rows.has(keyOf({ id: "i3c" }))))
+      expect(issues.rows.get(keyOf({ id: "i3a" }))?.["title"], "the moved row as the query saw it").toBe("two")
+
+      // After the restart the slot sends them again; the rows the move wrote already hold them.
+      yield* restart(h)
+      yield* settled(db, last.endLsn)
+      yield* check(h, issues, activeIssues(db), "after the restart")
+      const log = yield* readToEnd(h, ACTIVE)
+      const changesOf = (id: string) =>
+        log.messages.filter((m) => m.key === keyOf({ id })).map((m) => [m.headers.operation, m.headers["lsn"], m.value?.["title"]])
+      expect(changesOf("i3a")).toEqual([["insert", `${moving.commitLsn}`, "two"]])
+      expect(changesOf("i3c")).toEqual([["insert", `${moving.commitLsn}`, "new"]])
+      expect((yield* follow(h, projects)).violations).toEqual([])
+      yield* registryHolds(dirs, [issues.handle, projects.handle])
+    }))
+
   it.scoped("a reader evaluates a move only once its dependency's write of it is durable: a crash between them loses no row", () =>
     Effect.gen(function*() {
       const db = makeDb()

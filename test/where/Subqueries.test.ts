@@ -427,7 +427,7 @@ const evaluate = (
     const m = new Materializer(`dependency-${d}`)
     const operations = inner
       .filter((r) => selects(r) === true)
-      .map((r) => ({ operation: "insert" as const, key: r["id"]!, value: r as Record<string, string | null> }))
+      .map((r) => ({ operation: "insert" as const, key: r["id"]!, value: r as Record<string, string | null>, op: 0 }))
     m.load(operations.length === 0 ? [] : [{ lsn: 0n, operations }], 0n)
     return m
   })
