@@ -498,7 +498,7 @@ beforeAll(async () => {
   await waitStatus(current, "active")
   for (const s of SHAPES) {
     followers.push(new StrictFollower(s, () => server))
-    raws.push(new OracleClient({ label: s.label, where: s.where, ...(s.params === undefined ? {} : { params: s.params }) }, s.table, LONG_POLL_MS, rawFailures))
+    raws.push(new OracleClient({ label: s.label, ...(s.where === undefined ? {} : { where: s.where }), ...(s.params === undefined ? {} : { params: s.params }) }, s.table, LONG_POLL_MS, rawFailures))
   }
   for (const c of raws) void c.run(() => server)
   await waitFor("the initial sync of every shape", () => followers.every((f) => f.upToDate) && raws.every((c) => c.live), 60_000)

@@ -32,6 +32,24 @@ export interface ShapeSpec {
   readonly columns?: ReadonlyArray<string>
   /** Values of the clause's `$1`, `$2`, … (sent as `params[n]`). */
   readonly params?: ReadonlyArray<string>
+  readonly replica?: "default" | "full"
+  readonly log?: "full" | "changes_only"
+}
+
+export interface OracleClientOptions {
+  /**
+   * Whether an update or delete of a row the client does not hold is allowed (a `changes_only`
+   * log holds changes of rows that existed before it started); never, when absent.
+   */
+  readonly unknownAllowed?: (key: string) => boolean
+  /** Called when the first 200 arrives, before its messages are applied. */
+  readonly onStart?: () => void
+  /**
+   * How `v` (bumped by every write) must move in the updates of a held row: by one (the default),
+   * or never back. A shape with subqueries also sends a held row as its move-in query reads it,
+   * which can be ahead of the change being applied, so its updates may skip versions.
+   */
+  readonly versions?: "stepByOne" | "neverBack"
 }
 
 /**
@@ -52,6 +70,8 @@ export class OracleClient {
   upToDateGeneration = -1
   requests = 0
   retries = 0
+  /** Change messages applied. */
+  changes = 0
   stopped = false
   private lastLog: { lsn: bigint; op: bigint } | undefined
   private readonly abort = new AbortController()
@@ -60,7 +80,8 @@ export class OracleClient {
     readonly spec: ShapeSpec,
     private readonly table: string,
     private readonly longPollMs: number,
-    private readonly failures: Array<string>
+    private readonly failures: Array<string>,
+    private readonly options: OracleClientOptions = {}
   ) {}
 
   private fail(what: string): void {
@@ -83,6 +104,8 @@ export class OracleClient {
       if (this.spec.where !== undefined) params.set("where", this.spec.where)
       if (this.spec.columns !== undefined) params.set("columns", this.spec.columns.join(","))
       for (const [i, value] of (this.spec.params ?? []).entries()) params.set(`params[${i + 1}]`, value)
+      if (this.spec.replica !== undefined) params.set("replica", this.spec.replica)
+      if (this.spec.log !== undefined) params.set("log", this.spec.log)
       if (this.handle !== undefined) params.set("handle", this.handle)
       if (this.live) {
         params.set("live", "true")
@@ -132,6 +155,7 @@ export class OracleClient {
       this.fail(`GET ${params}: handle changed from ${this.handle} to ${handle}`)
       return
     }
+    if (this.handle === undefined) this.options.onStart?.()
     let messages: Array<Message>
     try {
       messages = JSON.parse(text) as Array<Message>
@@ -182,6 +206,8 @@ export class OracleClient {
       for (const xid of (m.headers["txids"] as Array<number> | undefined) ?? []) this.xids.set(String(xid), lsn as string)
     }
     const existing = this.rows.get(key)
+    this.changes++
+    if (op !== "insert" && existing === undefined && this.options.unknownAllowed?.(key) === true) return true
     switch (op) {
       case "insert":
         if (existing !== undefined) {
@@ -197,8 +223,9 @@ export class OracleClient {
         }
         // Every write bumps `v` by one, so an update that skips a version means a lost change.
         const v = m.value["v"]
-        if (v !== undefined && Number(v) !== Number(existing["v"]) + 1) {
-          this.fail(`update of ${key} to v=${v} after v=${existing["v"]}: a change was lost or replayed`)
+        const held = Number(existing["v"])
+        if (v !== undefined && (this.options.versions === "neverBack" ? Number(v) < held : Number(v) !== held + 1)) {
+          this.fail(`update of ${key} to v=${v} after v=${existing["v"]}: a change was lost or replayed: ${JSON.stringify(m)}`)
           return false
         }
         this.rows.set(key, { ...existing, ...m.value })

@@ -17,11 +17,15 @@ export interface ServerRef {
 export interface SubqueryShape {
   readonly label: string
   readonly table: string
-  readonly where: string
+  /** Absent for a shape of the whole table. */
+  readonly where?: string
   readonly params?: ReadonlyArray<string>
   readonly columns: ReadonlyArray<string>
   /** Which of `columns` are booleans (compared by value in text form, see `textByValue`). */
   readonly booleans: ReadonlyArray<string>
+  /** The `columns` parameter, when the shape selects some columns only. */
+  readonly selected?: ReadonlyArray<string>
+  readonly replica?: "default" | "full"
 }
 
 /** A row as a list of its column values in `SubqueryShape.columns` order, as the client parses them. */
@@ -40,6 +44,8 @@ export class StrictFollower {
   handle: string | undefined
   requests = 0
   retries = 0
+  /** Change messages received. */
+  changes = 0
   readonly failures: Array<string> = []
   private readonly held = new Set<string>()
   private readonly stream: ShapeStream
@@ -85,8 +91,10 @@ export class StrictFollower {
       url: `${server().url}/v1/shape`,
       params: {
         table: spec.table,
-        where: spec.where,
-        ...(spec.params === undefined ? {} : { params: [...spec.params] })
+        ...(spec.where === undefined ? {} : { where: spec.where }),
+        ...(spec.params === undefined ? {} : { params: [...spec.params] }),
+        ...(spec.selected === undefined ? {} : { columns: [...spec.selected] }),
+        ...(spec.replica === undefined ? {} : { replica: spec.replica })
       },
       signal: this.abort.signal,
       fetchClient: fetching as typeof fetch,
@@ -103,6 +111,7 @@ export class StrictFollower {
         }
         const op = m.headers["operation"]
         if (m.key === undefined || typeof op !== "string") continue
+        this.changes++
         if (op === "insert" && this.held.has(m.key)) this.fail(`duplicate insert of ${m.key}: ${JSON.stringify(m)}`)
         if (op !== "insert" && !this.held.has(m.key)) this.fail(`${op} of ${m.key}, which the client does not hold: ${JSON.stringify(m)}`)
         if (op === "delete") this.held.delete(m.key)
@@ -130,6 +139,11 @@ export class StrictFollower {
     return this.stream.isUpToDate
   }
 
+  /** The rows the app sees, as the client parsed them, in no particular order. */
+  values(): ReadonlyArray<Record<string, unknown>> {
+    return this.shape.currentRows as unknown as ReadonlyArray<Record<string, unknown>>
+  }
+
   /** The rows the app sees, ordered by `id`, each as its column values. */
   rows(): ReadonlyArray<Tuple> {
     return toTuples(this.spec, this.shape.currentRows as unknown as ReadonlyArray<Record<string, unknown>>)
@@ -148,7 +162,7 @@ const toTuples = (spec: SubqueryShape, rows: ReadonlyArray<Record<string, unknow
 /** The shape's query on Postgres, each row as its column values (`pg` parses int4, bool and text as the client does). */
 export const postgresRows = async (pool: pg.Pool, spec: SubqueryShape): Promise<ReadonlyArray<Tuple>> => {
   const { rows } = await pool.query<Array<unknown>>({
-    text: `SELECT ${spec.columns.join(", ")} FROM ${spec.table} WHERE ${spec.where} ORDER BY id`,
+    text: `SELECT ${spec.columns.join(", ")} FROM ${spec.table} WHERE ${spec.where ?? "true"} ORDER BY id`,
     values: spec.params === undefined ? [] : [...spec.params],
     rowMode: "array"
   })
@@ -175,7 +189,7 @@ export const textByValue = (spec: SubqueryShape, row: Row): Row => {
 /** The shape's query on Postgres with every value in its text form (see `textByValue`), as a raw-HTTP client holds them. */
 export const postgresTextRows = async (pool: pg.Pool, spec: SubqueryShape): Promise<Array<Row>> => {
   const { rows } = await pool.query<Row>({
-    text: `SELECT ${spec.columns.map((c) => `${c}::text AS ${c}`).join(", ")} FROM ${spec.table} WHERE ${spec.where} ORDER BY ${spec.table}.id`,
+    text: `SELECT ${spec.columns.map((c) => `${c}::text AS ${c}`).join(", ")} FROM ${spec.table} WHERE ${spec.where ?? "true"} ORDER BY ${spec.table}.id`,
     values: spec.params === undefined ? [] : [...spec.params]
   })
   return rows.map((r) => textByValue(spec, r))
