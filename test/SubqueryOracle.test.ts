@@ -1,6 +1,6 @@
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, inject, it, onTestFailed } from "vitest"
-import { OracleClient, prng, sleep } from "./support/oracle.js"
+import { envInt, OracleClient, prng, sleep } from "./support/oracle.js"
 import { freePort, serviceEnv, spawnSyncline, stopAllChildren } from "./support/process.js"
 import { type Instance, restartService, waitStatus } from "./support/restarts.js"
 import {
@@ -29,10 +29,6 @@ import { dropReplication, tempDir, testPool } from "./support/syncline.js"
  * printed, so a failing run can be replayed).
  */
 
-const envInt = (name: string, fallback: number): number => {
-  const value = process.env[name]
-  return value === undefined || value === "" ? fallback : Number.parseInt(value, 10)
-}
 
 const STREAM = "subquery_oracle"
 const LONG_POLL_MS = 1_000

@@ -3,7 +3,7 @@ import type { Transaction } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { rowKey } from "../domain/RowKey.js"
 import type { Lsn } from "../domain/Lsn.js"
-import { type RegistryError, StorageError, type TableAbsent } from "../domain/errors.js"
+import type { RegistryError, StorageError, TableAbsent } from "../domain/errors.js"
 import { refused } from "../postgres/PgPool.js"
 import type { Snapshot } from "../postgres/Snapshot.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
@@ -119,27 +119,16 @@ export const runConsumer = (options: {
         yield* Effect.sleep(wait)
       })
 
-    /** A registry read the consumer cannot go on without: retried while the registry fails, a stop while it is closed. */
-    const registry = <A>(read: Effect.Effect<A, RegistryError | TableAbsent>): Effect.Effect<A> =>
-      read.pipe(
-        Effect.tapError((e) => e._tag === "RegistryError" ? Effect.logWarning(`shape ${handle}: cannot read the registry; retrying`, e) : Effect.void),
+    /** A registry call the consumer cannot go on without: retried while the registry fails, a stop once it is closed. */
+    const registry = <A>(call: Effect.Effect<A, RegistryError | TableAbsent>): Effect.Effect<A> =>
+      call.pipe(
+        Effect.tapError((e) =>
+          e._tag === "RegistryError" ? Effect.logWarning(`shape ${handle}: the registry failed; retrying, its acknowledgement waits`, e) : Effect.void
+        ),
         Effect.retry({ schedule: Schedule.exponential(RETRY_FIRST).pipe(Schedule.union(Schedule.spaced(RETRY_MAX))), while: (e) => e._tag === "RegistryError" }),
         Effect.catchTag("TableAbsent", () => Effect.interrupt),
         // The schedule never ends: a registry error cannot remain.
         Effect.orDie
-      )
-
-    /** Records moves before the log commit that holds their rows; a failure fails the write, which is retried. */
-    const recordMoves = (moves: ReadonlyArray<RecordedMove>): Effect.Effect<void, StorageError> =>
-      role!.moves.record(moves).pipe(
-        Effect.mapError((e) =>
-          new StorageError({
-            reason: e._tag === "TableAbsent" ? "Closed" : "Io",
-            handle,
-            message: `the registry could not record the moves of its subqueries (${e._tag})`,
-            cause: e
-          })
-        )
       )
 
     /** Forgets moves that no longer matter; one left behind only costs a row (it holds back no transaction). */
@@ -364,6 +353,8 @@ export const runConsumer = (options: {
       lastCommit = 0n
       passedSnapshot = false
       let durableAt: LogOffset | undefined
+      /** The commit LSN of the log's last transaction once the batch is durable. */
+      let logEnd: Lsn = 0n
       entries.length = 0
 
       for (;;) {
@@ -388,14 +379,20 @@ export const runConsumer = (options: {
             }
           }
         }
-        // One step, never cut by a stop: the stack closing waits for the batch to be durable. The moves whose
-        // rows it holds are recorded first: a log holding such rows always has their record.
-        const moves = sub?.unrecordedMoves ?? []
-        const write = Effect.zipRight(target.append(entries), target.commit)
+        // The moves whose rows the batch holds are recorded first: a log holding such rows always has their
+        // record. A record whose rows a crash then loses is forgotten at the next start.
+        if (sub !== undefined && sub.unrecordedMoves.length > 0) {
+          yield* registry(role!.moves.record(sub.unrecordedMoves))
+          sub.movesRecorded()
+        }
+        // One step, never cut by a stop: the stack closing waits for the batch to be durable.
         const written = yield* Effect.uninterruptible(
-          entries.length === 0 ? Effect.void : moves.length === 0 ? write : Effect.zipRight(recordMoves(moves), write)
+          entries.length === 0 ? Effect.void : Effect.zipRight(target.append(entries), target.commit)
         ).pipe(Effect.either)
-        if (Either.isRight(written)) break
+        if (Either.isRight(written)) {
+          logEnd = target.latestOffset().tx
+          break
+        }
         const error = written.left
         if (error.reason === "Closed") return yield* Effect.interrupt
         const fatal = fatalFor(error)
@@ -407,8 +404,7 @@ export const runConsumer = (options: {
         failures = 0
       }
       if (sub !== undefined) {
-        sub.movesRecorded()
-        const obsolete = sub.takeObsolete()
+        const obsolete = sub.takeObsolete(logEnd)
         if (obsolete.length > 0) yield* forgetMoves(obsolete)
       }
       if (passedSnapshot) yield* options.markPastSnapshot

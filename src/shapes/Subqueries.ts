@@ -45,7 +45,9 @@ export interface ReconciledMove extends RecordedMove {
 
 /**
  * The recorded moves whose rows are in the log (at or below `durableLsn`), each with the keys of the rows it
- * wrote: those of its transaction from its first op position on.
+ * wrote: those of its transaction from its first op position on. A move also skips, while it runs, the later
+ * changes of rows its query returned out of the shape and did not write; after a restart those changes are
+ * applied as they come, which can take such a row in and out again but never writes a row twice.
  */
 export const restoredMoves = (
   transactions: ReadonlyArray<LoggedTransaction>,
@@ -111,8 +113,12 @@ export class SubqueryState {
   private reconciled: Array<ReconciledMove>
   /** Moves written in this batch, to record before its log commit. */
   private unrecorded: Array<RecordedMove> = []
-  /** Moves no transaction still to come can be in: forgotten once the batch that showed it is durable. */
-  private obsolete: Array<Lsn> = []
+  /**
+   * Moves no transaction still to come can be in (`lsn`), since the transaction at `until` could not be. A
+   * restart sends again every transaction past the log's end, so each is forgotten only once the log has
+   * reached `until`: until then a transaction its snapshot holds may still come again.
+   */
+  private obsolete: Array<{ readonly lsn: Lsn; readonly until: Lsn }> = []
   /** The reconciliations whose snapshot holds the transaction being encoded. */
   private holdingKeys: Array<Set<string>> = []
 
@@ -160,7 +166,7 @@ export class SubqueryState {
     this.holdingKeys = []
     this.reconciled = this.reconciled.filter((r) => {
       if (widenXid(xid, r.snapshot) >= r.snapshot.xmax) {
-        this.obsolete.push(r.lsn)
+        this.obsolete.push({ lsn: r.lsn, until: this.at })
         return false
       }
       if (visibleInSnapshot(xid, r.snapshot)) this.holdingKeys.push(r.keys)
@@ -173,14 +179,16 @@ export class SubqueryState {
     return this.unrecorded
   }
 
+  /** The moves written so far are recorded. */
   movesRecorded(): void {
     this.unrecorded = []
   }
 
-  /** The moves that no longer matter, once; forgotten after the batch that showed it is durable. */
-  takeObsolete(): ReadonlyArray<Lsn> {
-    const taken = this.obsolete
-    this.obsolete = []
+  /** The moves that no longer matter with the log durable up to `durableLsn`, each once. */
+  takeObsolete(durableLsn: Lsn): ReadonlyArray<Lsn> {
+    if (this.obsolete.length === 0) return []
+    const taken = this.obsolete.filter((o) => o.until <= durableLsn).map((o) => o.lsn)
+    if (taken.length > 0) this.obsolete = this.obsolete.filter((o) => o.until > durableLsn)
     return taken
   }
 

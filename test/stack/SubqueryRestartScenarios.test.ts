@@ -401,6 +401,38 @@ describe("subquery shapes across restarts", () => {
       yield* registryHolds(dirs, [issues.handle, projects.handle])
     }))
 
+  it.scoped("a move is forgotten only once its shape's log is past a transaction its snapshot could not hold", () =>
+    Effect.gen(function*() {
+      const { db, dirs, h, issues, projects } = yield* started(4, 2, false)
+      const title = (id: string, text: string): FakeWrite => ({ kind: "update", table: "issues", row: { id, title: text } })
+      const all = yield* follow(h, client("table=issues"))
+
+      // The move's query sees the two transactions after it; they change only rows it writes.
+      const gate = yield* makeGate
+      yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
+      db.intercept.rows.next(() => gate.hold, (t) => t.name === "issues")
+      const moving = yield* db.commit([setActive("p3", "yes")])
+      yield* Deferred.await(gate.reached)
+      // Another shape's write of the first is lost as a crash loses it, so the slot will send both again.
+      yield* commitHoldingWrite(db, all.handle!, [title("i3a", "one")])
+      yield* db.commit([title("i3a", "two")])
+      yield* Deferred.succeed(gate.release, undefined)
+      yield* within("the move's rows", Effect.map(follow(h, issues), (c) => c.rows.get(keyOf({ id: "i3a" }))?.["title"] === "two"))
+      // A transaction the move's snapshot cannot hold, which writes nothing to the shape: its log stays at the move.
+      const after = yield* db.commit([issue("i20", "p4")])
+      yield* TestServices.provideLive(Effect.sleep("50 millis"))
+
+      yield* restart(h)
+      yield* settled(db, after.endLsn)
+      yield* check(h, issues, activeIssues(db), "after the restart")
+      const log = yield* readToEnd(h, ACTIVE)
+      const changesOf = (id: string) =>
+        log.messages.filter((m) => m.key === keyOf({ id })).map((m) => [m.headers.operation, m.headers["lsn"], m.value?.["title"]])
+      expect(changesOf("i3a")).toEqual([["insert", `${moving.commitLsn}`, "two"]])
+      expect((yield* follow(h, projects)).violations).toEqual([])
+      yield* registryHolds(dirs, [issues.handle, projects.handle, all.handle])
+    }))
+
   it.scoped("a reader evaluates a move only once its dependency's write of it is durable: a crash between them loses no row", () =>
     Effect.gen(function*() {
       const db = makeDb()

@@ -17,6 +17,15 @@ export const prng = (seed: number): (() => number) => {
 
 export const sleep = (ms: number): Promise<void> => new Promise((r) => setTimeout(r, ms))
 
+/** An integer setting of an oracle run from the environment, `fallback` when unset. */
+export const envInt = (name: string, fallback: number): number => {
+  const value = process.env[name]
+  if (value === undefined || value === "") return fallback
+  const parsed = Number.parseInt(value, 10)
+  if (!Number.isSafeInteger(parsed)) throw new Error(`${name} must be an integer, got ${value}`)
+  return parsed
+}
+
 export type Row = Record<string, string | null>
 
 interface Message {

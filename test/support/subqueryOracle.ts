@@ -26,6 +26,11 @@ export interface SubqueryShape {
   /** The `columns` parameter, when the shape selects some columns only. */
   readonly selected?: ReadonlyArray<string>
   readonly replica?: "default" | "full"
+  /**
+   * How a column `v` bumped by every write must move in the updates of a row (see `OracleClient`): by one,
+   * or never back; not checked when absent.
+   */
+  readonly versions?: "stepByOne" | "neverBack"
 }
 
 /** A row as a list of its column values in `SubqueryShape.columns` order, as the client parses them. */
@@ -103,8 +108,9 @@ export class StrictFollower {
         if (!this.stopped) this.fail(`the stream failed: ${String(error)}`)
       }
     })
+    const versions = new Map<string, number>()
     this.stream.subscribe((messages) => {
-      for (const m of messages as ReadonlyArray<{ key?: string; headers: Record<string, unknown> }>) {
+      for (const m of messages as ReadonlyArray<{ key?: string; value?: Record<string, unknown>; headers: Record<string, unknown> }>) {
         if (m.headers["control"] === "must-refetch") {
           this.fail("must-refetch")
           this.held.clear()
@@ -116,6 +122,15 @@ export class StrictFollower {
         if (op !== "insert" && !this.held.has(m.key)) this.fail(`${op} of ${m.key}, which the client does not hold: ${JSON.stringify(m)}`)
         if (op === "delete") this.held.delete(m.key)
         else this.held.add(m.key)
+        const v = m.value?.["v"]
+        if (op === "delete") versions.delete(m.key)
+        else if (typeof v === "number" && spec.versions !== undefined) {
+          const held = versions.get(m.key)
+          if (op === "update" && held !== undefined && (spec.versions === "neverBack" ? v < held : v !== held + 1)) {
+            this.fail(`update of ${m.key} to v=${v} after v=${held}: a change was lost or applied twice: ${JSON.stringify(m)}`)
+          }
+          versions.set(m.key, v)
+        }
       }
     })
     this.shape = new Shape(this.stream as never)
