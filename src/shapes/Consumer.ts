@@ -56,6 +56,7 @@ export { visibleInSnapshot, widenXid } from "./Visibility.js"
 /** The first wait after a failed write, doubled up to the last one while writes keep failing. */
 const RETRY_FIRST = Duration.millis(100)
 const RETRY_MAX = Duration.seconds(10)
+const RETRY = Schedule.exponential(RETRY_FIRST).pipe(Schedule.union(Schedule.spaced(RETRY_MAX)))
 
 /**
  * The loop that owns one shape's log: takes routed transactions in order,
@@ -119,17 +120,21 @@ export const runConsumer = (options: {
         yield* Effect.sleep(wait)
       })
 
-    /** A registry call the consumer cannot go on without: retried while the registry fails, a stop once it is closed. */
-    const registry = <A>(call: Effect.Effect<A, RegistryError | TableAbsent>): Effect.Effect<A> =>
-      call.pipe(
+    /** Runs a registry call the consumer cannot go on without: retried while the registry fails, a stop once it is closed. */
+    const persistently = <A>(call: Effect.Effect<A, RegistryError | TableAbsent>): Effect.Effect<A> => {
+      let attempts = 0
+      return call.pipe(
         Effect.tapError((e) =>
-          e._tag === "RegistryError" ? Effect.logWarning(`shape ${handle}: the registry failed; retrying, its acknowledgement waits`, e) : Effect.void
+          e._tag === "RegistryError" && attempts++ === 0
+            ? Effect.logWarning(`shape ${handle}: the registry failed; retrying, its acknowledgement waits`, e)
+            : Effect.void
         ),
-        Effect.retry({ schedule: Schedule.exponential(RETRY_FIRST).pipe(Schedule.union(Schedule.spaced(RETRY_MAX))), while: (e) => e._tag === "RegistryError" }),
+        Effect.retry({ schedule: RETRY, while: (e) => e._tag === "RegistryError" }),
         Effect.catchTag("TableAbsent", () => Effect.interrupt),
         // The schedule never ends: a registry error cannot remain.
         Effect.orDie
       )
+    }
 
     /** Forgets moves that no longer matter; one left behind only costs a row (it holds back no transaction). */
     const forgetMoves = (lsns: ReadonlyArray<Lsn>): Effect.Effect<void> =>
@@ -185,9 +190,9 @@ export const runConsumer = (options: {
     if (role !== undefined && role.links.length > 0) {
       const materializers = yield* Effect.either(Effect.forEach(role.links, (l) => l.materializer))
       if (Either.isLeft(materializers)) return yield* options.invalidate(`the shape its subquery reads (${materializers.left.handle}) is gone`)
-      const recorded = yield* registry(role.moves.load)
-      // Only the keys are kept: the parsed log would stay reachable from this generator for the consumer's life.
+      const recorded = yield* persistently(role.moves.load)
       const durableLsn = first.right.latestOffset().tx
+      // Only keys are kept: the parsed log would stay reachable from this generator for the consumer's life.
       const restored = yield* Effect.map(
         readOwnLog(first.right),
         Either.map((logged) => ({ held: heldKeys(logged), moves: restoredMoves(logged, recorded, durableLsn) }))
@@ -324,10 +329,7 @@ export const runConsumer = (options: {
                 Effect.tapError((e) =>
                   refused(e) ? Effect.void : Effect.logWarning(`shape ${handle}: the query for a move of its subquery values failed; retrying`, e)
                 ),
-                Effect.retry({
-                  schedule: Schedule.exponential(RETRY_FIRST).pipe(Schedule.union(Schedule.spaced(RETRY_MAX))),
-                  while: (e) => !refused(e)
-                }),
+                Effect.retry({ schedule: RETRY, while: (e) => !refused(e) }),
                 Effect.either
               )
               if (Either.isLeft(moved)) return `the query for a move of its subquery values was refused: ${moved.left.message}`
@@ -382,7 +384,7 @@ export const runConsumer = (options: {
         // The moves whose rows the batch holds are recorded first: a log holding such rows always has their
         // record. A record whose rows a crash then loses is forgotten at the next start.
         if (sub !== undefined && sub.unrecordedMoves.length > 0) {
-          yield* registry(role!.moves.record(sub.unrecordedMoves))
+          yield* persistently(role!.moves.record(sub.unrecordedMoves))
           sub.movesRecorded()
         }
         // One step, never cut by a stop: the stack closing waits for the batch to be durable.
@@ -403,16 +405,17 @@ export const runConsumer = (options: {
         yield* Effect.logInfo(`shape ${handle}: its log is written again after ${failures} failed attempt(s)`)
         failures = 0
       }
-      if (sub !== undefined) {
-        const obsolete = sub.takeObsolete(logEnd)
-        if (obsolete.length > 0) yield* forgetMoves(obsolete)
-      }
       if (passedSnapshot) yield* options.markPastSnapshot
       if (lastCommit > 0n) {
         yield* tracker.durable(handle, lastCommit)
         // Only now may readers go past these transactions: a shape is durable no later than the shapes that read
         // it, so after a crash none of them holds a move its dependency would write differently.
         role?.durable(lastCommit)
+      }
+      // After the acknowledgement: a record left behind costs a row and holds nothing back.
+      if (sub !== undefined) {
+        const obsolete = sub.takeObsolete(logEnd)
+        if (obsolete.length > 0) yield* forgetMoves(obsolete)
       }
     }
   })

@@ -16,7 +16,7 @@ export interface LogOperation {
   readonly value: Readonly<Record<string, string | null>> | undefined
 }
 
-/** The operations of one transaction of a dependency's log, at its commit LSN (snapshot rows at 0). */
+/** The operations of one transaction of a shape's log, at its commit LSN (snapshot rows at 0). */
 export interface LoggedTransaction {
   readonly lsn: Lsn
   readonly operations: ReadonlyArray<LogOperation>

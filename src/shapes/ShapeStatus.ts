@@ -153,7 +153,7 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
   readonly moves: (handle: ShapeHandle) => Effect.Effect<ReadonlyArray<RecordedMove>, RegistryError | TableAbsent>
   /** Records moves durably: before the log commit that holds their rows. */
   readonly recordMoves: (handle: ShapeHandle, moves: ReadonlyArray<RecordedMove>) => Effect.Effect<void, RegistryError | TableAbsent>
-  /** Forgets the moves at these commit LSNs: no transaction still to come can be in their snapshots. */
+  /** Forgets the moves at these commit LSNs. */
   readonly forgetMoves: (handle: ShapeHandle, lsns: ReadonlyArray<Lsn>) => Effect.Effect<void, RegistryError | TableAbsent>
   /** Rows left by interrupted removals or snapshots that never completed (boot clean-up). */
   readonly unfinished: Effect.Effect<ReadonlyArray<ShapeHandle>, RegistryError>

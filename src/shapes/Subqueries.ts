@@ -41,6 +41,8 @@ export const readLog = (log: ShapeLog): Effect.Effect<Array<LoggedTransaction>, 
 /** A move whose rows were written from a snapshot that may hold later transactions, and the keys of those rows. */
 export interface ReconciledMove extends RecordedMove {
   readonly keys: Set<string>
+  /** Whether the registry has it (it wrote rows): only then is there a record to forget. */
+  readonly recorded: boolean
 }
 
 /**
@@ -59,7 +61,8 @@ export const restoredMoves = (
   const byLsn = new Map(transactions.map((t) => [t.lsn, t]))
   return kept.map((m) => ({
     ...m,
-    keys: new Set((byLsn.get(m.lsn)?.operations ?? []).filter((o) => o.op >= m.op).map((o) => o.key))
+    keys: new Set((byLsn.get(m.lsn)?.operations ?? []).filter((o) => o.op >= m.op).map((o) => o.key)),
+    recorded: true
   }))
 }
 
@@ -166,7 +169,7 @@ export class SubqueryState {
     this.holdingKeys = []
     this.reconciled = this.reconciled.filter((r) => {
       if (widenXid(xid, r.snapshot) >= r.snapshot.xmax) {
-        this.obsolete.push({ lsn: r.lsn, until: this.at })
+        if (r.recorded) this.obsolete.push({ lsn: r.lsn, until: this.at })
         return false
       }
       if (visibleInSnapshot(xid, r.snapshot)) this.holdingKeys.push(r.keys)
@@ -184,11 +187,11 @@ export class SubqueryState {
     this.unrecorded = []
   }
 
-  /** The moves that no longer matter with the log durable up to `durableLsn`, each once. */
-  takeObsolete(durableLsn: Lsn): ReadonlyArray<Lsn> {
+  /** The recorded moves that no longer matter with the log's last transaction at `logEnd`, each once. */
+  takeObsolete(logEnd: Lsn): ReadonlyArray<Lsn> {
     if (this.obsolete.length === 0) return []
-    const taken = this.obsolete.filter((o) => o.until <= durableLsn).map((o) => o.lsn)
-    if (taken.length > 0) this.obsolete = this.obsolete.filter((o) => o.until > durableLsn)
+    const taken = this.obsolete.filter((o) => o.until <= logEnd).map((o) => o.lsn)
+    if (taken.length > 0) this.obsolete = this.obsolete.filter((o) => o.until > logEnd)
     return taken
   }
 
@@ -249,7 +252,6 @@ export class SubqueryState {
       const keys = new Set<string>()
       const snapshot = { xmin: result.xmin, xmax: result.xmax, xip: result.xip }
       const first = op
-      self.reconciled.push({ lsn: tx, op: first, snapshot, keys })
       for (const { key, row: r, included } of result.rows) {
         keys.add(key)
         if (self.held.has(key)) {
@@ -266,6 +268,9 @@ export class SubqueryState {
         }
         op += 2
       }
+      // A query that returned no row holds back nothing; one whose rows were all out and not held is kept in
+      // memory only, its skips being an economy (see `restoredMoves`).
+      if (keys.size > 0) self.reconciled.push({ lsn: tx, op: first, snapshot, keys, recorded: op > first })
       if (op > first) self.unrecorded.push({ lsn: tx, op: first, snapshot })
     })
   }

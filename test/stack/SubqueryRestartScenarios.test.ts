@@ -418,9 +418,13 @@ describe("subquery shapes across restarts", () => {
       yield* db.commit([title("i3a", "two")])
       yield* Deferred.succeed(gate.release, undefined)
       yield* within("the move's rows", Effect.map(follow(h, issues), (c) => c.rows.get(keyOf({ id: "i3a" }))?.["title"] === "two"))
-      // A transaction the move's snapshot cannot hold, which writes nothing to the shape: its log stays at the move.
-      const after = yield* db.commit([issue("i20", "p4")])
-      yield* TestServices.provideLive(Effect.sleep("50 millis"))
+      // A transaction the move's snapshot cannot hold, which writes nothing to the shape (a new active project
+      // without issues: its move finds no row), so the shape's log stays at the first move. Its move's query
+      // shows the shape has taken it.
+      const taken = yield* Deferred.make<void>()
+      db.intercept.rows.next(() => Deferred.succeed(taken, undefined), (t) => t.name === "issues")
+      const after = yield* db.commit([project("p9", "yes")])
+      yield* Deferred.await(taken)
 
       yield* restart(h)
       yield* settled(db, after.endLsn)
