@@ -6,7 +6,15 @@ import { LogOffset } from "../../src/domain/LogOffset.js"
 import type { Lsn } from "../../src/domain/Lsn.js"
 import { FakePostgres, type FakeWrite, textTable } from "../support/fakes/FakePostgres.js"
 import { makeGate } from "../support/fakes/Intercept.js"
-import { type Harness, readToEnd, registryRows, startServer, tempDirs, untilInterrupted } from "../support/fakes/TestHarness.js"
+import {
+  type Harness,
+  type Message as HarnessMessage,
+  readToEnd,
+  registryRows,
+  startServer,
+  tempDirs,
+  untilInterrupted
+} from "../support/fakes/TestHarness.js"
 
 /**
  * The restart bugs the reference system had with subquery shapes
@@ -209,6 +217,10 @@ const commitHoldingWrite = (db: FakePostgres, handle: string, writes: ReadonlyAr
 
 const restart = (h: Harness) => Effect.zipRight(h.supervisor.restart, h.active)
 
+/** What a log says of issue `id`, in order: each message's operation, commit LSN and title. */
+const issueChanges = (messages: ReadonlyArray<HarnessMessage>, id: string) =>
+  messages.filter((m) => m.key === keyOf({ id })).map((m) => [m.headers.operation, m.headers["lsn"], m.value?.["title"]])
+
 /** The registry holds exactly these shapes, none of them being removed. */
 const registryHolds = (dirs: { readonly storageDir: string }, handles: ReadonlyArray<string | undefined>) =>
   Effect.map(registryRows(dirs), ({ shapes }) => {
@@ -393,10 +405,8 @@ describe("subquery shapes across restarts", () => {
       yield* settled(db, last.endLsn)
       yield* check(h, issues, activeIssues(db), "after the restart")
       const log = yield* readToEnd(h, ACTIVE)
-      const changesOf = (id: string) =>
-        log.messages.filter((m) => m.key === keyOf({ id })).map((m) => [m.headers.operation, m.headers["lsn"], m.value?.["title"]])
-      expect(changesOf("i3a")).toEqual([["insert", `${moving.commitLsn}`, "two"]])
-      expect(changesOf("i3c")).toEqual([["insert", `${moving.commitLsn}`, "new"]])
+      expect(issueChanges(log.messages, "i3a")).toEqual([["insert", `${moving.commitLsn}`, "two"]])
+      expect(issueChanges(log.messages, "i3c")).toEqual([["insert", `${moving.commitLsn}`, "new"]])
       expect((yield* follow(h, projects)).violations).toEqual([])
       yield* registryHolds(dirs, [issues.handle, projects.handle])
     }))
@@ -430,9 +440,7 @@ describe("subquery shapes across restarts", () => {
       yield* settled(db, after.endLsn)
       yield* check(h, issues, activeIssues(db), "after the restart")
       const log = yield* readToEnd(h, ACTIVE)
-      const changesOf = (id: string) =>
-        log.messages.filter((m) => m.key === keyOf({ id })).map((m) => [m.headers.operation, m.headers["lsn"], m.value?.["title"]])
-      expect(changesOf("i3a")).toEqual([["insert", `${moving.commitLsn}`, "two"]])
+      expect(issueChanges(log.messages, "i3a")).toEqual([["insert", `${moving.commitLsn}`, "two"]])
       expect((yield* follow(h, projects)).violations).toEqual([])
       yield* registryHolds(dirs, [issues.handle, projects.handle, all.handle])
     }))
