@@ -270,20 +270,6 @@ export const condArb = (schema: Schema, table: TableSpec, levels: number, depth:
     )
   })
 
-export const hasSubquery = (cond: Cond): boolean => {
-  switch (cond._tag) {
-    case "Subquery":
-      return true
-    case "And":
-    case "Or":
-      return cond.args.some(hasSubquery)
-    case "Not":
-      return hasSubquery(cond.arg)
-    default:
-      return false
-  }
-}
-
 /** How deep subqueries nest in `cond` (0 without any). */
 export const subqueryDepth = (cond: Cond | undefined): number => {
   if (cond === undefined) return 0
