@@ -10,7 +10,7 @@ import { ReplicationConnection } from "../../src/postgres/ReplicationConnection.
 import { FlushTracker } from "../../src/replication/FlushTracker.js"
 import { ShapeDb } from "../../src/storage/ShapeDb.js"
 import { ReplicationState } from "../../src/storage/ReplicationState.js"
-import { eventually } from "../support/fakes/TestHarness.js"
+import { eventually } from "../../src/testing/TestHarness.js"
 
 const root = fs.mkdtempSync(path.join(os.tmpdir(), "syncline-flush-tracker-"))
 afterAll(() => fs.rmSync(root, { recursive: true, force: true }))

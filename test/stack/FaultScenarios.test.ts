@@ -4,8 +4,8 @@ import { Context, Deferred, Duration, Effect, Exit, Fiber, Logger, Scope, TestCl
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { defaultRestartPolicy, restartDelay } from "../../src/stack/StackSupervisor.js"
-import { FakePostgres, textTable } from "../support/fakes/FakePostgres.js"
-import { makeGate } from "../support/fakes/Intercept.js"
+import { FakePostgres, textTable } from "../../src/testing/FakePostgres.js"
+import { makeGate } from "../../src/testing/Intercept.js"
 import {
   eventually,
   type Harness,
@@ -14,7 +14,7 @@ import {
   registryRows,
   startServer,
   tempDirs
-} from "../support/fakes/TestHarness.js"
+} from "../../src/testing/TestHarness.js"
 import { ShapeLogCollector } from "../../src/replication/ShapeLogCollector.js"
 
 /**

@@ -6,8 +6,8 @@ import { ShapeStatus } from "../../src/shapes/ShapeStatus.js"
 import { ShapeDb } from "../../src/storage/ShapeDb.js"
 import type { TableAbsent } from "../../src/domain/errors.js"
 import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
-import { makeGate } from "../support/fakes/Intercept.js"
-import { FakePostgres, textTable } from "../support/fakes/FakePostgres.js"
+import { makeGate } from "../../src/testing/Intercept.js"
+import { FakePostgres, textTable } from "../../src/testing/FakePostgres.js"
 import {
   eventually,
   type Harness,
@@ -18,7 +18,7 @@ import {
   startServer,
   tempDirs,
   untilInterrupted
-} from "../support/fakes/TestHarness.js"
+} from "../../src/testing/TestHarness.js"
 
 /**
  * The restart invariants of DESIGN.md on a stack over the in-memory Postgres

@@ -4,8 +4,8 @@ import type { Row } from "../../src/domain/Change.js"
 import { PostgresError, StorageError } from "../../src/domain/errors.js"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import type { Lsn } from "../../src/domain/Lsn.js"
-import { FakePostgres, type FakeWrite, textTable } from "../support/fakes/FakePostgres.js"
-import { makeGate } from "../support/fakes/Intercept.js"
+import { FakePostgres, type FakeWrite, textTable } from "../../src/testing/FakePostgres.js"
+import { makeGate } from "../../src/testing/Intercept.js"
 import {
   type Harness,
   type Message as HarnessMessage,
@@ -14,7 +14,7 @@ import {
   startServer,
   tempDirs,
   untilInterrupted
-} from "../support/fakes/TestHarness.js"
+} from "../../src/testing/TestHarness.js"
 
 /**
  * The restart bugs the reference system had with subquery shapes

@@ -1,9 +1,9 @@
 import { Clock, Deferred, Effect, Exit, FiberId, Stream } from "effect"
-import type { Change, Relation, ReplicationEvent, Row, Transaction } from "../../../src/domain/Change.js"
-import { ReplicationError } from "../../../src/domain/errors.js"
-import type { Lsn } from "../../../src/domain/Lsn.js"
-import type { ColumnInfo, TableInfo, TableRef } from "../../../src/domain/Table.js"
-import type { SnapshotInfo } from "../../../src/postgres/Snapshot.js"
+import type { Change, Relation, ReplicationEvent, Row, Transaction } from "../domain/Change.js"
+import { ReplicationError } from "../domain/errors.js"
+import type { Lsn } from "../domain/Lsn.js"
+import type { ColumnInfo, TableInfo, TableRef } from "../domain/Table.js"
+import type { SnapshotInfo } from "../postgres/Snapshot.js"
 import { Intercept } from "./Intercept.js"
 
 const TEXT_OID = 25

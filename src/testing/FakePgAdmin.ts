@@ -1,5 +1,5 @@
 import { Effect, Layer } from "effect"
-import { PgAdmin } from "../../../src/postgres/PgAdmin.js"
+import { PgAdmin } from "../postgres/PgAdmin.js"
 import type { FakePostgres } from "./FakePostgres.js"
 
 /**

@@ -4,10 +4,10 @@ import { Context, Effect, HashSet, Layer, Option, type Scope, TestServices } fro
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { type TestDirs, TestServer } from "../../../layers/Test.js"
-import type { StackSettings } from "../../../src/config/StackConfig.js"
-import { type ActiveServices, StackSupervisor, type StackSupervisorService } from "../../../src/stack/StackSupervisor.js"
-import { ShapeDb } from "../../../src/storage/ShapeDb.js"
+import { type TestDirs, TestServer } from "../../layers/Test.js"
+import type { StackSettings } from "../config/StackConfig.js"
+import { type ActiveServices, StackSupervisor, type StackSupervisorService } from "../stack/StackSupervisor.js"
+import { ShapeDb } from "../storage/ShapeDb.js"
 import type { FakePostgres } from "./FakePostgres.js"
 
 /** A response as a test reads it. */

@@ -1,8 +1,8 @@
 import { Effect, Layer, Stream } from "effect"
-import { logWhenStopped } from "../../../src/domain/Lifecycle.js"
-import type { Lsn } from "../../../src/domain/Lsn.js"
-import type { ReplicationError } from "../../../src/domain/errors.js"
-import { ReplicationConnection } from "../../../src/postgres/ReplicationConnection.js"
+import { logWhenStopped } from "../domain/Lifecycle.js"
+import type { Lsn } from "../domain/Lsn.js"
+import type { ReplicationError } from "../domain/errors.js"
+import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
 import type { FakePostgres } from "./FakePostgres.js"
 
 /**

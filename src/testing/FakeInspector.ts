@@ -1,5 +1,5 @@
 import { Effect, Layer } from "effect"
-import { Inspector } from "../../../src/postgres/Inspector.js"
+import { Inspector } from "../postgres/Inspector.js"
 import type { FakePostgres } from "./FakePostgres.js"
 
 /**

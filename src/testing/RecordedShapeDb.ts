@@ -1,6 +1,6 @@
 import { SqlClient } from "@effect/sql"
 import { Context, Effect, Layer } from "effect"
-import { ShapeDb } from "../../../src/storage/ShapeDb.js"
+import { ShapeDb } from "../storage/ShapeDb.js"
 import type { FakePostgres } from "./FakePostgres.js"
 
 /**
