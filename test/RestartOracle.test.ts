@@ -567,6 +567,18 @@ const postgresViews = async (shapes: ReadonlyArray<GeneratedShape>): Promise<Map
   }
 }
 
+/** The shape as a new raw client reads it from -1 to up-to-date (bounded), as `Follower.view` gives rows. */
+const readFromStart = async (shape: GeneratedShape): Promise<Array<Tuple> | undefined> => {
+  const reader = new Follower({ ...shape, checker: "raw" })
+  try {
+    const deadline = Date.now() + 15_000
+    while (!reader.upToDate && reader.allFailures.length === 0 && Date.now() < deadline) await sleep(100)
+    return reader.upToDate ? reader.view() : undefined
+  } finally {
+    reader.stop()
+  }
+}
+
 /** What a follower holds that Postgres does not, and the other way round, by row id. */
 const difference = (held: ReadonlyArray<Tuple>, expected: ReadonlyArray<Tuple>) => {
   const byKey = (rows: ReadonlyArray<Tuple>) => new Map(rows.map((r) => [String(r[0]), r]))
@@ -595,6 +607,14 @@ const expectConverged = async (when: string): Promise<void> => {
   const expected = (f: Follower) => f.expected(views.get(f.shape.label)!, sent.get(f))
   const agrees = (f: Follower) => f.upToDate && asJson(f.view()) === asJson(expected(f))
   await waitFor(`every shape to equal Postgres ${when}`, () => active.every(agrees), CONVERGE_MS).catch(() => undefined)
+  // For a follower that does not agree: whether the server's log is wrong, or only this follower's view of it.
+  for (const f of active.filter((f) => !agrees(f) && f.shape.log === "full")) {
+    const fresh = await readFromStart(f.shape)
+    journal.push(
+      `${f.shape.label} disagrees ${when}: its follower is ${f.upToDate ? "" : "not "}up to date at handle ${f.handle}; ` +
+        `a read from -1 now ${fresh === undefined ? "did not reach up-to-date" : `differs by ${asJson(difference(fresh, expected(f)))}`}`
+    )
+  }
   expect(clientFailures(), when).toEqual([])
   for (const f of active) {
     const label = `${f.shape.label} (${f.shape.table} WHERE ${f.shape.where ?? "true"} ${asJson(f.shape.params)})`
