@@ -21,7 +21,7 @@ import {
 } from "./support/oracleGenerator.js"
 import { freePort, serviceEnv, spawnSyncline, stopAllChildren } from "./support/process.js"
 import { type Instance, restartService, waitStatus } from "./support/restarts.js"
-import { type ServerRef, StrictFollower } from "./support/subqueryOracle.js"
+import { asJson, difference, NO_DIFFERENCE, sameRows, type ServerRef, StrictFollower, type Tuple } from "./support/subqueryOracle.js"
 import { dropReplication, tempDir, testPool } from "./support/syncline.js"
 
 /**
@@ -257,8 +257,6 @@ const runTransaction = async (client: pg.Client, writer: number, mutations: Read
 
 // Followers -----------------------------------------------------------------------------------
 
-type Tuple = ReadonlyArray<unknown>
-
 const columnsOf = (shape: GeneratedShape): ReadonlyArray<string> =>
   shape.columns ?? tableSpec(shape.table).columns.map((c) => c.name)
 
@@ -364,7 +362,6 @@ class Follower {
 
 const byId = (a: Tuple, b: Tuple): number => Number(a[0]) - Number(b[0])
 
-const asJson = (value: unknown): string => JSON.stringify(value, (_, v: unknown) => (typeof v === "bigint" ? `${v}n` : v))
 
 // The run -------------------------------------------------------------------------------------
 
@@ -579,21 +576,7 @@ const readFromStart = async (shape: GeneratedShape): Promise<Array<Tuple> | unde
   }
 }
 
-/** What a follower holds that Postgres does not, and the other way round, by row id. */
-const difference = (held: ReadonlyArray<Tuple>, expected: ReadonlyArray<Tuple>) => {
-  const byKey = (rows: ReadonlyArray<Tuple>) => new Map(rows.map((r) => [String(r[0]), r]))
-  const [h, e] = [byKey(held), byKey(expected)]
-  return {
-    extra: asJson([...h.values()].filter((r) => !e.has(String(r[0])))),
-    missing: asJson([...e.values()].filter((r) => !h.has(String(r[0])))),
-    differing: asJson(
-      [...h.values()].filter((r) => e.has(String(r[0])) && asJson(r) !== asJson(e.get(String(r[0]))))
-        .map((r) => ({ held: r, postgres: e.get(String(r[0])) }))
-    )
-  }
-}
 
-const NO_DIFFERENCE = { extra: "[]", missing: "[]", differing: "[]" }
 
 /**
  * With the writers idle: waits (bounded) until every follower holds what its shape's query
@@ -605,7 +588,7 @@ const expectConverged = async (when: string): Promise<void> => {
   const sent = new Map<Follower, ReadonlyMap<string, boolean>>()
   for (const f of active) if (f.shape.log === "changes_only" && f.startSeq !== undefined) sent.set(f, await sentAfterStart(f.shape, f.startSeq))
   const expected = (f: Follower) => f.expected(views.get(f.shape.label)!, sent.get(f))
-  const agrees = (f: Follower) => f.upToDate && asJson(f.view()) === asJson(expected(f))
+  const agrees = (f: Follower) => f.upToDate && sameRows(f.view(), expected(f))
   await waitFor(`every shape to equal Postgres ${when}`, () => active.every(agrees), CONVERGE_MS).catch(() => undefined)
   // For a follower that does not agree: whether the server's log is wrong, or only this follower's view of it.
   for (const f of active.filter((f) => !agrees(f) && f.shape.log === "full")) {

@@ -4,13 +4,15 @@ import { envInt, OracleClient, prng, sleep } from "./support/oracle.js"
 import { freePort, serviceEnv, spawnSyncline, stopAllChildren } from "./support/process.js"
 import { type Instance, restartService, waitStatus } from "./support/restarts.js"
 import {
+  difference,
+  NO_DIFFERENCE,
   postgresRows,
   postgresTextRows,
   type ServerRef,
+  sameRows,
   StrictFollower,
   type SubqueryShape,
-  textByValue,
-  type Tuple
+  textByValue
 } from "./support/subqueryOracle.js"
 import { dropReplication, tempDir, testPool } from "./support/syncline.js"
 
@@ -407,21 +409,6 @@ const restart = async (kind: Kind): Promise<void> => {
 }
 
 // Checks ---------------------------------------------------------------------------------------
-
-const NO_DIFFERENCE = { extra: [], missing: [], differing: [] }
-
-/** What a client holds that Postgres does not, and the other way round, by row id: a readable failure. */
-const difference = (held: ReadonlyArray<Tuple>, expected: ReadonlyArray<Tuple>) => {
-  const byId = (rows: ReadonlyArray<Tuple>) => new Map(rows.map((r) => [r[0], r]))
-  const [h, e] = [byId(held), byId(expected)]
-  return {
-    extra: [...h.values()].filter((r) => !e.has(r[0])),
-    missing: [...e.values()].filter((r) => !h.has(r[0])),
-    differing: [...h.values()].filter((r) => e.has(r[0]) && !sameRows(r, e.get(r[0])!)).map((r) => ({ held: r, postgres: e.get(r[0]) }))
-  }
-}
-
-const sameRows = (a: ReadonlyArray<unknown>, b: ReadonlyArray<unknown>) => JSON.stringify(a) === JSON.stringify(b)
 
 /** What the raw client of shape `i` holds, in the text form `postgresTextRows` gives. */
 const rawRows = (i: number) => raws[i]!.sortedRows().map((r) => textByValue(SHAPES[i]!, r))

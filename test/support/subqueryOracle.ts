@@ -36,6 +36,25 @@ export interface SubqueryShape {
 /** A row as a list of its column values in `SubqueryShape.columns` order, as the client parses them. */
 export type Tuple = ReadonlyArray<unknown>
 
+/** JSON with bigints written as `<digits>n`, so that rows as the client parses them compare and print. */
+export const asJson = (value: unknown): string => JSON.stringify(value, (_, v: unknown) => (typeof v === "bigint" ? `${v}n` : v))
+
+/** Whether two rows, or two lists of rows, hold the same values. */
+export const sameRows = (a: unknown, b: unknown): boolean => asJson(a) === asJson(b)
+
+export const NO_DIFFERENCE = { extra: [], missing: [], differing: [] }
+
+/** What a client holds that Postgres does not, and the other way round, by row id (the first value): a readable failure. */
+export const difference = (held: ReadonlyArray<Tuple>, expected: ReadonlyArray<Tuple>) => {
+  const byId = (rows: ReadonlyArray<Tuple>) => new Map(rows.map((r) => [String(r[0]), r]))
+  const [h, e] = [byId(held), byId(expected)]
+  return {
+    extra: [...h.entries()].filter(([id]) => !e.has(id)).map(([, r]) => r),
+    missing: [...e.entries()].filter(([id]) => !h.has(id)).map(([, r]) => r),
+    differing: [...h.entries()].filter(([id, r]) => e.has(id) && !sameRows(r, e.get(id))).map(([id, r]) => ({ held: r, postgres: e.get(id) }))
+  }
+}
+
 /**
  * A shape followed with `ShapeStream` + `Shape` (as an app uses them) through a fetch that sends
  * each request to the current server. What a strict client refuses is recorded in `failures`:
