@@ -1,5 +1,5 @@
 import { Chunk, Deferred, Duration, Effect, Either, Queue, Schedule } from "effect"
-import type { Transaction } from "../domain/Change.js"
+import type { Change, Row, Transaction } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { rowKey } from "../domain/RowKey.js"
 import type { Lsn } from "../domain/Lsn.js"
@@ -53,6 +53,55 @@ export interface Invalidation {
 
 export { visibleInSnapshot, widenXid } from "./Visibility.js"
 
+const NOTHING_WRITTEN = { old: false, new: false } as const
+
+/**
+ * Which sides of a change of the shape's own rows a move already wrote, from a snapshot holding the change's
+ * transaction (an insert has only a new side, a delete an old one; an update without its old row counts as one
+ * row). For each side written, the row before and after the change goes to `ahead`: the values Postgres moved
+ * with this transaction, which the shapes reading this one must see move here.
+ */
+const writtenAhead = (
+  sub: SubqueryState,
+  change: Exclude<Change, { readonly kind: "truncate" }>,
+  ahead: Array<readonly [Row | undefined, Row | undefined]>
+): { readonly old: boolean; readonly new: boolean } => {
+  const table = sub.shape.table
+  switch (change.kind) {
+    case "insert": {
+      if (!sub.written(rowKey(table, change.new))) return NOTHING_WRITTEN
+      ahead.push([undefined, change.new])
+      return { old: true, new: true }
+    }
+    case "delete": {
+      if (!sub.written(rowKey(table, change.old))) return NOTHING_WRITTEN
+      ahead.push([change.old, undefined])
+      return { old: true, new: true }
+    }
+    case "update": {
+      const old = change.old
+      // Unchanged TOASTed values are absent from the new row.
+      const after = old === undefined ? change.new : { ...old, ...definedValues(change.new) }
+      if (old === undefined) {
+        if (!sub.written(rowKey(table, change.new))) return NOTHING_WRITTEN
+        ahead.push([undefined, after])
+        return { old: true, new: true }
+      }
+      const written = { old: sub.written(rowKey(table, old)), new: sub.written(rowKey(table, change.new)) }
+      if (written.old && written.new) ahead.push([old, after])
+      else if (written.old) ahead.push([old, undefined])
+      else if (written.new) ahead.push([undefined, after])
+      return written
+    }
+  }
+}
+
+const definedValues = (row: Row): Row => {
+  const out: Row = {}
+  for (const column in row) if (row[column] !== undefined) out[column] = row[column]
+  return out
+}
+
 /** The first wait after a failed write, doubled up to the last one while writes keep failing. */
 const RETRY_FIRST = Duration.millis(100)
 const RETRY_MAX = Duration.seconds(10)
@@ -68,8 +117,10 @@ const RETRY = Schedule.exponential(RETRY_FIRST).pipe(Schedule.union(Schedule.spa
  * Snapshot visibility is tested for every transaction until the first whose
  * xid is at or above the snapshot's xmax (DESIGN.md, "Shape creation"): a
  * transaction in progress at snapshot time can commit earlier in the WAL than
- * one the snapshot holds. That point is recorded (`pastSnapshot`), so a
- * restart neither tests again nor stops testing early.
+ * one the snapshot holds. That point is recorded (its commit LSN,
+ * `pastSnapshotAt`): after a restart, the transactions from it on are not
+ * tested, and those before it that come again are tested again (the snapshot
+ * may hold them while the log shows nothing of them).
  *
  * Faults stay with the shape. Files found damaged (or gone) invalidate it; a
  * write that fails (a full disk) is retried with backoff on the log reopened,
@@ -86,8 +137,8 @@ export const runConsumer = (options: {
   readonly snapshot: Deferred.Deferred<SnapshotMark>
   readonly tracker: FlushTracker["Type"]
   readonly invalidate: (reason: string) => Effect.Effect<void>
-  /** Records durably that the shape is past its snapshot; a failure is only logged (the test would run again). */
-  readonly markPastSnapshot: Effect.Effect<void>
+  /** Records durably where the shape passed its snapshot; a failure is only logged (the test would run again). */
+  readonly markPastSnapshot: (at: Lsn) => Effect.Effect<void>
   readonly subqueries?: SubqueryRole | undefined
 }): Effect.Effect<void> => {
   const { shape, queue, tracker } = options
@@ -175,8 +226,8 @@ export const runConsumer = (options: {
 
     const first = yield* currentLog
     if (Either.isLeft(first)) return yield* options.invalidate(first.left)
-    // Marks recorded before `pastSnapshot` existed: a log with changes in it was past its snapshot.
-    let pastSnapshot = mark.pastSnapshot ?? LogOffset.isReal(first.right.latestOffset())
+    /** The commit LSN from which transactions are past the snapshot, once met (`SnapshotMark.pastSnapshotAt`). */
+    let pastSnapshotAt = mark.pastSnapshotAt
 
     const entries: Array<LogEntry> = []
     const pending: Array<PendingEntry> = []
@@ -224,9 +275,24 @@ export const runConsumer = (options: {
       })
 
     /** Handles a transaction the log already holds or the snapshot already has: nothing is written. */
-    const skip = (txn: Transaction) => {
+    const skip = (txn: Transaction, delivery: Delivery | undefined) => {
       const own = role?.own()
-      if (own?.loaded === true) own.catchUp(txn.commitLsn)
+      if (own?.loaded === true) {
+        own.catchUp(txn.commitLsn)
+        // Sent again after a restart: the shapes reading this one are told again what moved ahead of its log.
+        if (sub !== undefined && delivery !== undefined) {
+          sub.at = txn.commitLsn
+          sub.begin(txn.xid)
+          if (sub.holding) {
+            const ahead: Array<readonly [Row | undefined, Row | undefined]> = []
+            for (const i of delivery.changes) {
+              const change = txn.changes[i]!
+              if (change.kind !== "truncate" && change.relation.oid === tableOid) writtenAhead(sub, change, ahead)
+            }
+            if (ahead.length > 0) own.touch(txn.commitLsn, ahead)
+          }
+        }
+      }
       sub?.handled(txn.commitLsn)
     }
     /** Some transaction was applied since the start: a later one in the snapshot may still move rows. */
@@ -252,10 +318,12 @@ export const runConsumer = (options: {
 
     /** Whether a transaction is skipped as already in the snapshot (testing until the first xid ≥ xmax). */
     const inSnapshot = (txn: Transaction): boolean => {
-      if (pastSnapshot) return false
+      if (pastSnapshotAt !== undefined && txn.commitLsn >= pastSnapshotAt) return false
       if (widenXid(txn.xid, mark) >= mark.xmax) {
-        pastSnapshot = true
-        passedSnapshot = true
+        if (pastSnapshotAt === undefined) {
+          pastSnapshotAt = txn.commitLsn
+          passedSnapshot = true
+        }
         return false
       }
       return visibleInSnapshot(txn.xid, mark)
@@ -282,7 +350,7 @@ export const runConsumer = (options: {
           // hold came first in the WAL (mixed synchronous_commit) and was evaluated with the values before them.
           const held = !replayed && inSnapshot(txn)
           if (replayed || (held && !(sub !== undefined && applied))) {
-            skip(txn)
+            skip(txn, replayed ? delivery : undefined)
             continue
           }
           if (!held) applied = true
@@ -292,6 +360,7 @@ export const runConsumer = (options: {
             if (Either.isLeft(ready)) return `the shape its subquery reads (${ready.left.handle}) is gone`
             sub.at = txn.commitLsn
           }
+          ahead.length = 0
           if (sub === undefined) encodeChanges(txn, delivery, txHeaders)
           else {
             sub.begin(txn.xid)
@@ -301,19 +370,12 @@ export const runConsumer = (options: {
               if (change.kind === "truncate" || change.relation.oid !== tableOid) continue
               // A row a move wrote from a snapshot holding this transaction already has its change. An update that
               // changes the key has two rows: the side the move did not write is still applied.
-              if (sub.holding) {
-                if (change.kind !== "update" || change.old === undefined) {
-                  if (sub.written(rowKey(shape.table, change.kind === "delete" ? change.old : change.new))) continue
-                } else {
-                  const oldWritten = sub.written(rowKey(shape.table, change.old))
-                  const newWritten = sub.written(rowKey(shape.table, change.new))
-                  if (oldWritten && newWritten) continue
-                  if (oldWritten || newWritten) {
-                    if (!oldWritten) encoder.encode({ kind: "delete", relation: change.relation, old: change.old }, txn.commitLsn, i * 2, txHeaders, pending)
-                    if (!newWritten) encoder.encode({ kind: "insert", relation: change.relation, new: change.new }, txn.commitLsn, i * 2 + 1, txHeaders, pending)
-                    continue
-                  }
-                }
+              const written = sub.holding ? writtenAhead(sub, change, ahead) : NOTHING_WRITTEN
+              if (written.old && written.new) continue
+              if (change.kind === "update" && change.old !== undefined && (written.old || written.new)) {
+                if (!written.old) encoder.encode({ kind: "delete", relation: change.relation, old: change.old }, txn.commitLsn, i * 2, txHeaders, pending)
+                if (!written.new) encoder.encode({ kind: "insert", relation: change.relation, new: change.new }, txn.commitLsn, i * 2 + 1, txHeaders, pending)
+                continue
               }
               encoder.encode(change, txn.commitLsn, i * 2, txHeaders, pending)
             }
@@ -339,6 +401,10 @@ export const runConsumer = (options: {
           finishTransaction(pending, entries)
           const contradiction = feedOwn(txn.commitLsn, from)
           if (contradiction !== undefined) return contradiction
+          if (ahead.length > 0) {
+            const own = role?.own()
+            if (own?.loaded === true) own.touch(txn.commitLsn, ahead)
+          }
           sub?.handled(txn.commitLsn)
         }
         return undefined
@@ -346,6 +412,8 @@ export const runConsumer = (options: {
 
     let lastCommit = 0n
     let passedSnapshot = false
+    /** The rows of the transaction being encoded that moves wrote ahead of it (`writtenAhead`). */
+    const ahead: Array<readonly [Row | undefined, Row | undefined]> = []
 
     for (;;) {
       const batch = Chunk.toReadonlyArray(yield* Queue.takeBetween(queue, 1, 4096))
@@ -405,7 +473,7 @@ export const runConsumer = (options: {
         yield* Effect.logInfo(`shape ${handle}: its log is written again after ${failures} failed attempt(s)`)
         failures = 0
       }
-      if (passedSnapshot) yield* options.markPastSnapshot
+      if (passedSnapshot && pastSnapshotAt !== undefined) yield* options.markPastSnapshot(pastSnapshotAt)
       if (lastCommit > 0n) {
         yield* tracker.durable(handle, lastCommit)
         // Only now may readers go past these transactions: a shape is durable no later than the shapes that read

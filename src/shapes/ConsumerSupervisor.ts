@@ -124,7 +124,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
                   reg.invalidated = true
                   return Queue.offer(invalidations, { handle, reason })
                 }),
-              markPastSnapshot: status.markPastSnapshot(handle).pipe(
+              markPastSnapshot: (at) => status.markPastSnapshot(handle, at).pipe(
                 Effect.catchAll((e) => Effect.logWarning(`shape ${handle}: could not record that it is past its snapshot`, e))
               ),
               subqueries: {

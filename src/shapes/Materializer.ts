@@ -1,3 +1,4 @@
+import type { Row } from "../domain/Change.js"
 import { MaterializerInvariant } from "../domain/errors.js"
 import type { Lsn } from "../domain/Lsn.js"
 import type { Domain, PgType } from "../where/Ast.js"
@@ -72,6 +73,11 @@ export interface Moves {
   /** Values that entered, as the dependency's texts (one per compared column). */
   readonly entered: ReadonlyArray<ReadonlyArray<string>>
   readonly left: ReadonlyArray<ReadonlyArray<string>>
+  /**
+   * Values whose presence Postgres changed with the transaction though the rows do not show it here: a move wrote
+   * those rows earlier, as a later snapshot had them (`Materializer.touch`).
+   */
+  readonly touched: ReadonlyArray<ReadonlyArray<string>>
   /** The set started or stopped holding a NULL. */
   readonly nullChanged: boolean
   /** The set became empty or stopped being empty. */
@@ -102,7 +108,7 @@ class ValueIndex {
 
   constructor(readonly spec: IndexSpec) {}
 
-  valuesOf(row: Readonly<Record<string, string | null>>): RowValues {
+  valuesOf(row: Readonly<Record<string, string | null | undefined>>): RowValues {
     const out: Array<string> = []
     for (const c of this.spec.columns) {
       const v = row[c]
@@ -165,9 +171,53 @@ class ValueIndex {
       if (nullChanged) this.nullHistory.push({ lsn, present: isNull })
       if (emptyChanged) this.emptyHistory.push({ lsn, present: isEmpty })
       if (entered.length > 0 || left.length > 0 || nullChanged || emptyChanged) {
-        this.movesAt.set(lsn, { entered, left, nullChanged, emptyChanged })
+        this.movesAt.set(lsn, { entered, left, touched: [], nullChanged, emptyChanged })
       }
     }
+  }
+
+  /**
+   * Records as moved at `lsn` the values of rows Postgres changed then (before and after, per row) that the set
+   * already holds as changed. A NULL among them counts as a change of the set's NULL; and the set may have become
+   * empty or not with them when it holds nothing else.
+   */
+  touch(lsn: Lsn, changes: ReadonlyArray<readonly [RowValues | undefined, RowValues | undefined]>) {
+    const touched: Array<ReadonlyArray<string>> = []
+    const keys = new Set<string>()
+    let nullTouched = false
+    const add = (values: RowValues | undefined) => {
+      if (values === undefined) return
+      if (values === null) {
+        nullTouched = true
+        return
+      }
+      const key = this.keyOf(values)
+      if (keys.has(key)) return
+      keys.add(key)
+      touched.push(values)
+    }
+    // Even a change that leaves the compared values as they were can take its row in or out of the shape.
+    for (const [before, after] of changes) {
+      add(before)
+      add(after)
+    }
+    if (touched.length === 0 && !nullTouched) return
+    let onlyThese = this.nulls === 0 || nullTouched
+    if (onlyThese) {
+      for (const key of this.counts.keys()) {
+        if (keys.has(key)) continue
+        onlyThese = false
+        break
+      }
+    }
+    const seen = this.movesAt.get(lsn)
+    this.movesAt.set(lsn, {
+      entered: seen?.entered ?? [],
+      left: seen?.left ?? [],
+      touched: [...(seen?.touched ?? []), ...touched],
+      nullChanged: (seen?.nullChanged ?? false) || nullTouched,
+      emptyChanged: (seen?.emptyChanged ?? false) || onlyThese
+    })
   }
 
   /** Forgets history no dependent can ask about any more: every dependent is past `floor`. */
@@ -270,6 +320,20 @@ export class Materializer {
   apply(t: LoggedTransaction): void {
     this.catchUp(t.lsn - 1n)
     this.applyLogged(t, true)
+  }
+
+  /**
+   * Tells the dependents that rows Postgres changed at `lsn` (each change's row before and after) moved there,
+   * though the log has them changed already: a move wrote them earlier, from a snapshot holding this transaction.
+   * A reader whose snapshot holds that move but not this transaction would otherwise never see them move.
+   */
+  touch(lsn: Lsn, changes: ReadonlyArray<readonly [Row | undefined, Row | undefined]>): void {
+    for (const ix of this.indexes.values()) {
+      ix.touch(lsn, changes.map(([before, after]) => [
+        before === undefined ? undefined : ix.valuesOf(before),
+        after === undefined ? undefined : ix.valuesOf(after)
+      ] as const))
+    }
   }
 
   /** Records that a dependent has handled everything up to `lsn` (or registers it there). */

@@ -21,10 +21,12 @@ export interface RecordedMove {
 /** What the snapshot of a shape saw: decides which replicated transactions it already contains. */
 export interface SnapshotMark {
   /**
-   * The consumer has met a transaction whose xid is at or above `xmax`: nothing after it can be in the
-   * snapshot, so visibility is no longer tested. Undefined for marks written before this was recorded.
+   * The commit LSN of the first transaction the consumer met whose xid is at or above `xmax`: nothing from it on
+   * can be in the snapshot, so visibility is no longer tested there. A transaction before it that comes again
+   * after a restart is tested again: it may be one the snapshot holds, and the log shows nothing of it. Undefined
+   * until met (and for marks that recorded only that it was met: testing again is exact, only slower).
    */
-  readonly pastSnapshot?: boolean | undefined
+  readonly pastSnapshotAt?: Lsn | undefined
   readonly xmin: bigint
   readonly xmax: bigint
   readonly xip: ReadonlyArray<bigint>
@@ -64,7 +66,7 @@ const encodeMark = (m: SnapshotMark): string =>
     xip: m.xip.map(String),
     lsn: String(m.lsn),
     columns: m.columns,
-    pastSnapshot: m.pastSnapshot === true,
+    ...(m.pastSnapshotAt === undefined ? {} : { pastSnapshotAt: String(m.pastSnapshotAt) }),
     ...(m.tableOid === undefined ? {} : { tableOid: m.tableOid })
   })
 
@@ -75,7 +77,7 @@ const decodeMark = (text: string): SnapshotMark => {
     xip: Array<string>
     lsn: string
     columns: string
-    pastSnapshot?: boolean
+    pastSnapshotAt?: string
     tableOid?: number
   }
   return {
@@ -84,7 +86,7 @@ const decodeMark = (text: string): SnapshotMark => {
     xip: o.xip.map(BigInt),
     lsn: BigInt(o.lsn),
     columns: o.columns,
-    pastSnapshot: o.pastSnapshot,
+    ...(o.pastSnapshotAt === undefined ? {} : { pastSnapshotAt: BigInt(o.pastSnapshotAt) }),
     ...(o.tableOid === undefined ? {} : { tableOid: o.tableOid })
   }
 }
@@ -143,8 +145,8 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
   /** Records that a client asked for the shape itself (it was made for a subquery). */
   readonly markRequested: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
   readonly markSnapshotComplete: (handle: ShapeHandle, mark: SnapshotMark) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
-  /** Records that the shape's consumer no longer tests visibility in its snapshot (`SnapshotMark.pastSnapshot`). */
-  readonly markPastSnapshot: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
+  /** Records where the shape's consumer stopped testing visibility in its snapshot (`SnapshotMark.pastSnapshotAt`). */
+  readonly markPastSnapshot: (handle: ShapeHandle, at: Lsn) => Effect.Effect<void, RegistryError | TableAbsent>
   /** First step of a removal: durably marked, and no longer found. */
   readonly markRemoving: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
   /** Last step of a removal: the row goes. */
@@ -257,8 +259,7 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
               Effect.mapError(fail("markSnapshotComplete"))
             )
             if (row.length === 0) return yield* new RegistryError({ operation: "markSnapshotComplete: no such shape" })
-            const snapshot: SnapshotMark = { ...mark, pastSnapshot: mark.pastSnapshot === true }
-            yield* sql`UPDATE shapes SET snapshot_complete = 1, snapshot = ${encodeMark(snapshot)} WHERE handle = ${handle}`.pipe(
+            yield* sql`UPDATE shapes SET snapshot_complete = 1, snapshot = ${encodeMark(mark)} WHERE handle = ${handle}`.pipe(
               Effect.mapError(fail("markSnapshotComplete"))
             )
             const deps = yield* sql<{ dependency: string }>`SELECT dependency FROM shape_dependencies
@@ -267,7 +268,7 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
               handle,
               identity: row[0]!.identity,
               definition: ShapeDefinition.fromIdentity(row[0]!.identity),
-              snapshot,
+              snapshot: mark,
               dependencies: deps.map((d) => ShapeHandle(d.dependency)),
               requested: row[0]!.requested !== 0
             }
@@ -277,12 +278,12 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
             }
             return record
           }),
-        markPastSnapshot: (handle) =>
+        markPastSnapshot: (handle, at) =>
           Effect.gen(function*() {
             yield* guard("markPastSnapshot", () => undefined)
             const record = byHandle.get(handle)
-            if (record?.snapshot === undefined || record.snapshot.pastSnapshot === true) return
-            const snapshot: SnapshotMark = { ...record.snapshot, pastSnapshot: true }
+            if (record?.snapshot === undefined || record.snapshot.pastSnapshotAt !== undefined) return
+            const snapshot: SnapshotMark = { ...record.snapshot, pastSnapshotAt: at }
             yield* sql`UPDATE shapes SET snapshot = ${encodeMark(snapshot)} WHERE handle = ${handle}`.pipe(
               Effect.mapError(fail("markPastSnapshot"))
             )

@@ -37,7 +37,6 @@ export class Snapshotter extends Context.Tag("syncline/Snapshotter")<Snapshotter
               xip: info.xip,
               lsn: info.lsn,
               columns: columnSignature(shape.table.columns),
-              pastSnapshot: false,
               tableOid: shape.table.oid
             }
             yield* log.appendSnapshot([snapshotEndMessage(mark)])

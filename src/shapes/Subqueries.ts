@@ -160,14 +160,13 @@ export class SubqueryState {
     return Effect.forEach(this.links, (link, i) => link.awaitDurable(needs[i] ?? 0n), { discard: true })
   }
 
-  /** Starts a transaction: which rows written by earlier moves already hold its changes. */
+  /** Starts the transaction at `at`: which rows written by earlier moves already hold its changes. */
   begin(xid: number): void {
-    if (this.reconciled.length === 0) {
-      this.holdingKeys = []
-      return
-    }
     this.holdingKeys = []
+    if (this.reconciled.length === 0) return
     this.reconciled = this.reconciled.filter((r) => {
+      // A transaction the slot sends again after a restart can come before moves restored from the log.
+      if (r.lsn >= this.at) return true
       if (widenXid(xid, r.snapshot) >= r.snapshot.xmax) {
         if (r.recorded) this.obsolete.push({ lsn: r.lsn, until: this.at })
         return false
@@ -219,8 +218,8 @@ export class SubqueryState {
     where.positions.forEach((position, i) => {
       const moves: Moves | undefined = this.indexes[i]!.movesAt.get(lsn)
       if (moves === undefined) return
-      if (moves.entered.length > 0 || moves.left.length > 0) {
-        ;(partial ??= []).push({ position, values: [...moves.entered, ...moves.left] })
+      if (moves.entered.length > 0 || moves.left.length > 0 || moves.touched.length > 0) {
+        ;(partial ??= []).push({ position, values: [...moves.entered, ...moves.left, ...moves.touched] })
       }
       if (position.nullSensitive && (moves.nullChanged || moves.emptyChanged)) full = true
     })

@@ -95,16 +95,28 @@ export const untilInterrupted: Effect.Effect<void> = eventually(
   Effect.descriptorWith((d) => Effect.succeed(HashSet.size(d.interruptors) > 0))
 )
 
-/** The registry's rows, read through a connection of its own. */
-export const registryRows = (dirs: TestDirs) =>
+/** Reads the registry through a connection of its own. */
+const readRegistry = <A>(dirs: TestDirs, read: (sql: SqlClient.SqlClient) => Effect.Effect<A, unknown>) =>
   Effect.scoped(
+    Effect.flatMap(Layer.build(ShapeDb.layer(dirs.storageDir)), (context) => read(Context.get(context, SqlClient.SqlClient)))
+  ).pipe(Effect.orDie)
+
+/** The registry's rows. */
+export const registryRows = (dirs: TestDirs) =>
+  readRegistry(dirs, (sql) =>
     Effect.gen(function*() {
-      const sql = Context.get(yield* Layer.build(ShapeDb.layer(dirs.storageDir)), SqlClient.SqlClient)
       const shapes = yield* sql<{ handle: string; removing: number }>`SELECT handle, removing FROM shapes`
       const state = yield* sql<{ value: string }>`SELECT value FROM replication_state WHERE key = 'last_processed_lsn'`
       return { shapes, lastProcessed: Option.map(Option.fromNullable(state[0]), (r) => BigInt(r.value)) }
-    })
-  ).pipe(Effect.orDie)
+    }))
+
+/** The snapshot mark the registry holds for a shape, as stored (JSON); none before its snapshot is complete. */
+export const storedMark = (dirs: TestDirs, handle: string) =>
+  readRegistry(dirs, (sql) =>
+    Effect.map(
+      sql<{ snapshot: string | null }>`SELECT snapshot FROM shapes WHERE handle = ${handle}`,
+      (rows) => Option.map(Option.fromNullable(rows[0]?.snapshot), (text) => JSON.parse(text) as Record<string, unknown>)
+    ))
 
 /** Whether a shape has files on disk. */
 export const hasFiles = (dirs: TestDirs, handle: string): boolean =>

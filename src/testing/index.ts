@@ -21,6 +21,7 @@ export {
   registryRows,
   type Reply,
   startServer,
+  storedMark,
   tempDirs,
   untilInterrupted
 } from "./TestHarness.js"

@@ -252,16 +252,16 @@ describe("Materializer: transactions past the replay point", () => {
     expect(index.has(key("3"), 200n)).toBe(true)
     expect(index.has(key("1"), 200n)).toBe(false)
     expect(index.has(key("1"), 100n)).toBe(true)
-    expect(index.movesAt.get(200n)).toEqual({ entered: [["3"]], left: [["1"]], nullChanged: false, emptyChanged: false })
+    expect(index.movesAt.get(200n)).toEqual({ entered: [["3"]], left: [["1"]], touched: [], nullChanged: false, emptyChanged: false })
     expect(index.has(key("2"), 200n)).toBe(true)
 
     // A new transaction written past them: the ones kept aside before it come first.
     m.apply(txn(500n, insert("d", { id: "d", org_id: null })))
     expect(m.position).toBe(500n)
     expect(m.size).toBe(3)
-    expect(index.movesAt.get(300n)).toEqual({ entered: [], left: [["2"]], nullChanged: false, emptyChanged: false })
-    expect(index.movesAt.get(400n)).toEqual({ entered: [["4"]], left: [], nullChanged: false, emptyChanged: false })
-    expect(index.movesAt.get(500n)).toEqual({ entered: [], left: [], nullChanged: true, emptyChanged: false })
+    expect(index.movesAt.get(300n)).toEqual({ entered: [], left: [["2"]], touched: [], nullChanged: false, emptyChanged: false })
+    expect(index.movesAt.get(400n)).toEqual({ entered: [["4"]], left: [], touched: [], nullChanged: false, emptyChanged: false })
+    expect(index.movesAt.get(500n)).toEqual({ entered: [], left: [], touched: [], nullChanged: true, emptyChanged: false })
     expect(index.has(key("2"), 250n)).toBe(true)
     expect(index.has(key("2"), 300n)).toBe(false)
     expect(index.hasNull(450n)).toBe(false)
@@ -333,13 +333,13 @@ describe("Materializer: moves per transaction", () => {
       return index.movesAt.get(t.lsn)
     }
     expect(movesOf(txn(10n, insert("p1", { org_id: "1" }))))
-      .toEqual({ entered: [["1"]], left: [], nullChanged: false, emptyChanged: true })
+      .toEqual({ entered: [["1"]], left: [], touched: [], nullChanged: false, emptyChanged: true })
     // 1 is already in: only 2 enters.
     expect(movesOf(txn(20n, insert("p2", { org_id: "1" }), insert("p3", { org_id: "2" }))))
-      .toEqual({ entered: [["2"]], left: [], nullChanged: false, emptyChanged: false })
+      .toEqual({ entered: [["2"]], left: [], touched: [], nullChanged: false, emptyChanged: false })
     // One of two rows with 1 moves to 3: 3 enters and 1 stays; the other row goes: 1 leaves.
-    expect(movesOf(txn(30n, update("p1", { org_id: "3" })))).toEqual({ entered: [["3"]], left: [], nullChanged: false, emptyChanged: false })
-    expect(movesOf(txn(40n, remove("p2")))).toEqual({ entered: [], left: [["1"]], nullChanged: false, emptyChanged: false })
+    expect(movesOf(txn(30n, update("p1", { org_id: "3" })))).toEqual({ entered: [["3"]], left: [], touched: [], nullChanged: false, emptyChanged: false })
+    expect(movesOf(txn(40n, remove("p2")))).toEqual({ entered: [], left: [["1"]], touched: [], nullChanged: false, emptyChanged: false })
     // In and out within one transaction: no move.
     expect(movesOf(txn(50n, insert("p4", { org_id: "5" }), remove("p4")))).toBeUndefined()
     expect(movesOf(txn(60n, update("p3", { org_id: "4" }), update("p3", { org_id: "2" })))).toBeUndefined()
@@ -348,17 +348,17 @@ describe("Materializer: moves per transaction", () => {
     expect(movesOf(txn(70n, update("p3", { name: "renamed" })))).toBeUndefined()
     expect(index.counts.get(valueKey("int4", "int4", "2"))).toBe(1)
     // A NULL enters, and another; one leaves by becoming a value already present, then the last one goes.
-    expect(movesOf(txn(80n, insert("n1", { org_id: null })))).toEqual({ entered: [], left: [], nullChanged: true, emptyChanged: false })
+    expect(movesOf(txn(80n, insert("n1", { org_id: null })))).toEqual({ entered: [], left: [], touched: [], nullChanged: true, emptyChanged: false })
     expect(movesOf(txn(85n, insert("n2", { org_id: null })))).toBeUndefined()
     expect(movesOf(txn(90n, update("n1", { org_id: "2" })))).toBeUndefined()
-    expect(movesOf(txn(95n, remove("n2")))).toEqual({ entered: [], left: [], nullChanged: true, emptyChanged: false })
+    expect(movesOf(txn(95n, remove("n2")))).toEqual({ entered: [], left: [], touched: [], nullChanged: true, emptyChanged: false })
     // Everything leaves: the set becomes empty.
     expect(movesOf(txn(100n, remove("p1"), remove("p3"), remove("p5"), remove("n1"))))
-      .toEqual({ entered: [], left: [["3"], ["2"]], nullChanged: false, emptyChanged: true })
+      .toEqual({ entered: [], left: [["3"], ["2"]], touched: [], nullChanged: false, emptyChanged: true })
     expect(index.isEmpty(100n)).toBe(true)
     expect(index.isEmpty(99n)).toBe(false)
     // Only a NULL: not empty, holds a NULL.
-    expect(movesOf(txn(110n, insert("n3", { org_id: null })))).toEqual({ entered: [], left: [], nullChanged: true, emptyChanged: true })
+    expect(movesOf(txn(110n, insert("n3", { org_id: null })))).toEqual({ entered: [], left: [], touched: [], nullChanged: true, emptyChanged: true })
   })
 
   it("keys values as the comparison domain does: equal numerics are one value", () => {
@@ -373,7 +373,7 @@ describe("Materializer: moves per transaction", () => {
     m.apply(txn(20n, remove("a")))
     expect(index.movesAt.get(20n)).toBeUndefined()
     m.apply(txn(30n, update("c", { n: "2.000" })))
-    expect(index.movesAt.get(30n)).toEqual({ entered: [], left: [["1.00"]], nullChanged: false, emptyChanged: false })
+    expect(index.movesAt.get(30n)).toEqual({ entered: [], left: [["1.00"]], touched: [], nullChanged: false, emptyChanged: false })
     expect(index.has(key("1"), 30n)).toBe(false)
     expect(index.has(key("2.0"), 30n)).toBe(true)
   })
@@ -386,9 +386,56 @@ describe("Materializer: moves per transaction", () => {
     expect(m.index({ columns: ["x"], types: ["int4"], domains: ["numeric"] })).toBe(single)
     m.apply(txn(10n, insert("b", { x: "1", y: "b" })))
     expect(single.movesAt.get(10n)).toBeUndefined()
-    expect(pair.movesAt.get(10n)).toEqual({ entered: [["1", "b"]], left: [], nullChanged: false, emptyChanged: false })
+    expect(pair.movesAt.get(10n)).toEqual({ entered: [["1", "b"]], left: [], touched: [], nullChanged: false, emptyChanged: false })
     expect(pair.counts.size).toBe(2)
     expect(single.counts.size).toBe(1)
+  })
+})
+
+describe("Materializer: rows a move wrote ahead of a transaction", () => {
+  const row = (id: string, org: string | null) => ({ id, org_id: org, name: `project ${id}` })
+
+  it("reports the values of both sides of each change as moved at that transaction, without changing the set", () => {
+    const m = new Materializer("dep")
+    m.load([txn(0n, insert("p1", { org_id: "1" }), insert("p2", { org_id: "2" }), insert("p4", { org_id: "4" }))], 0n)
+    const index = m.index(BY_ORG)
+    const counts = [...index.counts.entries()]
+    // Rows the log already shows changed: a new key, a row whose compared value stayed, a row gone.
+    m.touch(10n, [[undefined, row("p3", "3")], [row("p1", "1"), row("p1", "1")], [row("p2", "2"), undefined]])
+    expect(index.movesAt.get(10n)).toEqual({ entered: [], left: [], touched: [["3"], ["1"], ["2"]], nullChanged: false, emptyChanged: false })
+    expect([...index.counts.entries()]).toEqual(counts)
+    expect(index.has(valueKey("int4", "int4", "3"), 10n)).toBe(false)
+  })
+
+  it("adds to the moves the transaction's own rows made", () => {
+    const m = new Materializer("dep")
+    m.load([txn(0n, insert("p1", { org_id: "1" }))], 0n)
+    const index = m.index(BY_ORG)
+    m.apply(txn(10n, insert("p2", { org_id: "2" })))
+    m.touch(10n, [[row("p3", "3"), row("p3", "4")]])
+    expect(index.movesAt.get(10n)).toEqual({ entered: [["2"]], left: [], touched: [["3"], ["4"]], nullChanged: false, emptyChanged: false })
+  })
+
+  it("counts a NULL among them as a change of the set's NULL, and a set holding nothing else as maybe emptied", () => {
+    const m = new Materializer("dep")
+    m.load([txn(0n, insert("p1", { org_id: "1" }))], 0n)
+    const index = m.index(BY_ORG)
+    m.touch(10n, [[row("p2", null), undefined]])
+    expect(index.movesAt.get(10n)).toEqual({ entered: [], left: [], touched: [], nullChanged: true, emptyChanged: false })
+    // Only 1 is in the set: with 1 touched, Postgres may have emptied it or filled it at this transaction.
+    m.touch(20n, [[row("p1", "1"), row("p1", "1")]])
+    expect(index.movesAt.get(20n)).toEqual({ entered: [], left: [], touched: [["1"]], nullChanged: false, emptyChanged: true })
+    m.apply(txn(30n, remove("p1")))
+    m.touch(40n, [[undefined, row("p9", "9")]])
+    expect(index.movesAt.get(40n)?.emptyChanged).toBe(true)
+  })
+
+  it("reports nothing for no rows", () => {
+    const m = new Materializer("dep")
+    m.load([], 0n)
+    const index = m.index(BY_ORG)
+    m.touch(10n, [])
+    expect(index.movesAt.has(10n)).toBe(false)
   })
 })
 

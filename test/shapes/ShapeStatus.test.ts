@@ -26,7 +26,7 @@ const def = (name: string, where?: string): ShapeDefinition => ({
   log: "full"
 })
 
-const mark: SnapshotMark = { xmin: 10n, xmax: 20n, xip: [12n, 15n], lsn: 123456n, columns: "id:23,title:25", pastSnapshot: false }
+const mark: SnapshotMark = { xmin: 10n, xmax: 20n, xip: [12n, 15n], lsn: 123456n, columns: "id:23,title:25" }
 
 const timestampOf = (handle: ShapeHandle) => Number(handle.split("-")[1])
 
@@ -134,6 +134,25 @@ describe("ShapeStatus", () => {
       const next = yield* after.add(def("next"))
       const latest = Math.max(...[kept, incomplete, removing].map((r) => timestampOf(r.handle)))
       expect(timestampOf(next.handle)).toBeGreaterThan(latest)
+    }))
+
+  it.scoped("records where a shape passed its snapshot once, and keeps it across instances", () =>
+    Effect.gen(function*() {
+      const dir = freshDir()
+      const scope = yield* Scope.make()
+      const first = yield* Scope.extend(openStatus(dir), scope)
+      const record = yield* first.markSnapshotComplete((yield* first.add(def("items"))).handle, mark)
+      expect(record.snapshot?.pastSnapshotAt).toBeUndefined()
+      // A number of digits that a lossy round trip would not keep.
+      yield* first.markPastSnapshot(record.handle, 12_345_678_901_234_567n)
+      // The first transaction met past it is the point: a later one does not move it.
+      yield* first.markPastSnapshot(record.handle, 12_345_678_901_234_999n)
+      const passed = { ...record, snapshot: { ...mark, pastSnapshotAt: 12_345_678_901_234_567n } }
+      expect(yield* first.get(record.handle)).toEqual(Option.some(passed))
+      yield* Scope.close(scope, Exit.void)
+
+      const second = yield* openStatus(dir)
+      expect(yield* second.get(record.handle)).toEqual(Option.some(passed))
     }))
 
   it.scoped("keeps a shape's recorded moves across instances until they are forgotten or the shape is deleted", () =>

@@ -1,8 +1,9 @@
 import { SqlError } from "@effect/sql/SqlError"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Exit, Fiber, Logger, Scope, TestClock, TestServices } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Fiber, Logger, Option, Scope, TestClock, TestServices } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
+import { StorageError } from "../../src/domain/errors.js"
 import { defaultRestartPolicy, restartDelay } from "../../src/stack/StackSupervisor.js"
 import { FakePostgres, textTable } from "../../src/testing/FakePostgres.js"
 import { makeGate } from "../../src/testing/Intercept.js"
@@ -13,7 +14,9 @@ import {
   readToEnd,
   registryRows,
   startServer,
-  tempDirs
+  storedMark,
+  tempDirs,
+  untilInterrupted
 } from "../../src/testing/TestHarness.js"
 import { ShapeLogCollector } from "../../src/replication/ShapeLogCollector.js"
 
@@ -99,6 +102,45 @@ describe("the snapshot filter", () => {
       yield* db.awaitConfirmed(td.endLsn)
       const resumed = yield* readToEnd(h, QUERY, all)
       expect(insertedKeys(resumed.messages)).toEqual([key("d")])
+    }))
+})
+
+describe("the snapshot filter across a restart that sends again what it holds", () => {
+  it.scoped("a transaction the snapshot holds is skipped again, also once a later one passed it without writing anything", () =>
+    Effect.gen(function*() {
+      const db = makeDb()
+      const dirs = yield* tempDirs
+      const h = yield* startServer(db, dirs)
+      const other = yield* readToEnd(h, "table=other")
+      // Another shape's write is held and lost with the stack, as a crash loses it: the slot sends everything
+      // after it again.
+      const reached = yield* Deferred.make<void>()
+      const lost = new StorageError({ reason: "Closed", handle: other.handle, message: "the stack stopped before the batch was durable" })
+      db.intercept.commit.next(
+        () => Effect.zipRight(Deferred.succeed(reached, undefined), Effect.zipRight(untilInterrupted, Effect.fail(lost))),
+        (handle) => handle === other.handle
+      )
+      yield* db.commit([{ kind: "insert", table: "other", row: { id: "o1", v: "1" } }])
+      yield* Deferred.await(reached)
+
+      // The new shape's snapshot holds T1, which reaches its consumer after it: skipped, nothing written.
+      yield* db.pause(true)
+      yield* db.commit([insert("a")])
+      const ids = "table=items&columns=id"
+      const created = yield* readToEnd(h, ids)
+      yield* db.pause(false)
+      // T2 is past the snapshot and changes no column the shape has: still nothing written, and the consumer records
+      // that it is past its snapshot.
+      yield* db.commit([{ kind: "update", table: "items", row: { id: "a", title: "renamed" } }])
+      yield* eventually(Effect.map(storedMark(dirs, created.handle), (mark) => Option.isSome(mark) && mark.value["pastSnapshotAt"] !== undefined))
+
+      yield* h.supervisor.restart
+      yield* h.active
+      const t3 = yield* db.commit([insert("b")])
+      yield* db.awaitConfirmed(t3.endLsn)
+      const all = yield* readToEnd(h, ids)
+      expect(all.handle).toBe(created.handle)
+      expect(insertedKeys(all.messages)).toEqual([key("a"), key("b")])
     }))
 })
 

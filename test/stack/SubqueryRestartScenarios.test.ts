@@ -498,6 +498,107 @@ describe("subquery shapes across restarts", () => {
     }))
 })
 
+/**
+ * A dependency whose move's query ran late writes rows as later transactions left them, at the move's commit: its
+ * readers see those rows move there, before their transactions. A reader whose snapshot holds the move but not a
+ * later transaction must still see that transaction move the row.
+ */
+describe("a reader and the rows its dependency's move wrote ahead", () => {
+  /**
+   * Orgs o1 (paying) and o2, o3 (not); p5 of o3 and p6 of o2, with an issue each; the shapes of paying orgs'
+   * projects, and of those orgs, followed; then o3 starts paying, with the middle shape's query for that move
+   * held. Returns the transaction.
+   */
+  const arranged = Effect.gen(function*() {
+    const db = makeDb()
+    const dirs = yield* tempDirs
+    yield* seed(db, 4, 4)
+    yield* db.commit([
+      { kind: "insert", table: "orgs", row: { id: "o3", paid: "no" } },
+      project("p5", "yes", "o3"),
+      project("p6", "yes", "o2"),
+      issue("i5a", "p5"),
+      issue("i6a", "p6")
+    ])
+    const h = yield* startServer(db, dirs)
+    const projects = yield* follow(h, client(PAID_PROJECTS))
+    const orgs = yield* follow(h, client(PAID_ORGS))
+    // Every consumer is running.
+    yield* commit(db, [issue("i9", "p1")])
+    const gate = yield* makeGate
+    yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
+    db.intercept.rows.next(() => gate.hold, (t) => t.name === "projects")
+    const paying = yield* db.commit([setPaid("o3", "yes")])
+    yield* Deferred.await(gate.reached)
+    return { db, dirs, h, projects, orgs, paying, release: Deferred.succeed(gate.release, undefined) }
+  })
+
+  /** p6 joins the paying o3: a transaction the held query will see when it runs. */
+  const joins: ReadonlyArray<FakeWrite> = [{ kind: "update", table: "projects", row: { id: "p6", org_id: "o3" } }]
+
+  it.scoped("a reader created while the move's query waits sees a later transaction bring a row in", () =>
+    Effect.gen(function*() {
+      const { db, dirs, h, projects, orgs, release } = yield* arranged
+      // The reader's snapshot holds the move (o3 pays: i5a is in) and not the transaction after it.
+      const issues = client(PAID)
+      yield* check(h, issues, paidIssues(db), "created")
+      const joining = yield* db.commit(joins)
+      yield* release
+      yield* settled(db, joining.endLsn)
+      yield* check(h, issues, paidIssues(db), "after p6 joined o3")
+      expect(issues.rows.has(keyOf({ id: "i6a" }))).toBe(true)
+      expect((yield* follow(h, projects)).violations).toEqual([])
+      expect((yield* follow(h, orgs)).violations).toEqual([])
+      yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
+    }))
+
+  it.scoped("a move lost with a restart is queried again after a later transaction: the reader still sees it bring the row in", () =>
+    Effect.gen(function*() {
+      const { db, dirs, h, projects, orgs } = yield* arranged
+      const issues = client(PAID)
+      yield* check(h, issues, paidIssues(db), "created")
+      const joining = yield* db.commit(joins)
+      // The held query goes with the stack; the next one runs once p6 has joined o3.
+      yield* restart(h)
+      yield* settled(db, joining.endLsn)
+      yield* check(h, issues, paidIssues(db), "after the restart")
+      expect(issues.rows.has(keyOf({ id: "i6a" }))).toBe(true)
+      expect((yield* follow(h, projects)).violations).toEqual([])
+      expect((yield* follow(h, orgs)).violations).toEqual([])
+      yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
+    }))
+
+  it.scoped("a reader whose move for such a row is lost with a restart is told again when the transaction comes again", () =>
+    Effect.gen(function*() {
+      const { db, dirs, h, projects, orgs, release } = yield* arranged
+      const issues = client(PAID)
+      yield* check(h, issues, paidIssues(db), "created")
+      // The reader's query for p6's move is held: the middle shape makes the transaction durable, the reader does
+      // not, and the slot will send it again.
+      const gate = yield* makeGate
+      yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
+      db.intercept.rows.next(() => gate.hold, (t) => t.name === "issues")
+      // With a row it writes too, the middle shape's log holds the transaction: after the restart it is one its
+      // log already has.
+      const joining = yield* db.commit([...joins, project("p7", "yes", "o1")])
+      yield* release
+      yield* TestServices.provideLive(
+        Effect.timeoutFail(Deferred.await(gate.reached), {
+          duration: "5 seconds",
+          onTimeout: () => new Error("the reader never queried the rows of p6")
+        })
+      ).pipe(Effect.orDie)
+
+      yield* restart(h)
+      yield* settled(db, joining.endLsn)
+      yield* check(h, issues, paidIssues(db), "after the restart")
+      expect(issues.rows.has(keyOf({ id: "i6a" }))).toBe(true)
+      expect((yield* follow(h, projects)).violations).toEqual([])
+      expect((yield* follow(h, orgs)).violations).toEqual([])
+      yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
+    }))
+})
+
 describe("subquery shapes and a move query Postgres refuses", () => {
   it.scoped("invalidates the reader (a 409 and a new shape) instead of retrying for ever; the slot moves on", () =>
     Effect.gen(function*() {
