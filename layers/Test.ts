@@ -15,6 +15,7 @@ import { FakeReplication } from "../src/testing/FakeReplication.js"
 import { FakeSnapshot } from "../src/testing/FakeSnapshot.js"
 import { RecordedShapeDb } from "../src/testing/RecordedShapeDb.js"
 import { makeStack } from "./Stack.js"
+import type { SynclineServices } from "./Syncline.js"
 
 /** Real file storage whose log commits pass through `db.intercept.commit`, so a test can hold one shape's write. */
 const interceptedStorage = (db: FakePostgres, storage: Layer.Layer<ShapeLogStorage, StorageError>) =>
@@ -64,11 +65,11 @@ export const TestStack = (
   })
 
 /**
- * The HTTP API on a test stack, as `layers/Server.ts` wires it: a test server
- * on port 0 with an `HttpClient` aimed at it, the stack supervisor, the
- * shutdown signal and the settings. Request handlers share the test's clock.
+ * `Syncline` on a test stack: what `ShapeApi` needs (`SynclineServices`) over
+ * the in-memory Postgres, in place of `Syncline.layer` under a host app's
+ * routes, or under `TestServer`.
  */
-export const TestServer = (
+export const TestSyncline = (
   db: FakePostgres,
   dirs: TestDirs,
   settings: Partial<StackSettings> = {},
@@ -79,14 +80,27 @@ export const TestServer = (
     /** Where shape log chunks close; a tiny one gives every shape a log of many chunks. */
     readonly chunkBytesThreshold?: number
   } = {}
-) => {
-  const stack = TestStack(db, dirs, holder, options.maxInFlight, options.chunkBytesThreshold)
-  const infrastructure = NodeHttpServer.layerTest.pipe(
-    Layer.provideMerge(StackSupervisor.layer(stack, options.policy)),
+): Layer.Layer<SynclineServices> =>
+  StackSupervisor.layer(TestStack(db, dirs, holder, options.maxInFlight, options.chunkBytesThreshold), options.policy).pipe(
     Layer.provideMerge(ShutdownSignal.layer),
     Layer.provideMerge(
       StackConfig.layerWith({ storageDir: dirs.storageDir, enableIntegrationTesting: true, ...settings })
     )
   )
-  return Layer.merge(HttpServer.serve(ShapeApi), ShutdownSignal.drain).pipe(Layer.provideMerge(infrastructure))
-}
+
+/**
+ * The HTTP API on a test stack, as `layers/Server.ts` wires it: a test server
+ * on port 0 with an `HttpClient` aimed at it, the stack supervisor, the
+ * shutdown signal and the settings. Request handlers share the test's clock.
+ */
+export const TestServer = (
+  db: FakePostgres,
+  dirs: TestDirs,
+  settings: Partial<StackSettings> = {},
+  holder = "syncline",
+  options: Parameters<typeof TestSyncline>[4] = {}
+) =>
+  Layer.merge(HttpServer.serve(ShapeApi), ShutdownSignal.drain).pipe(
+    Layer.provideMerge(NodeHttpServer.layerTest),
+    Layer.provideMerge(TestSyncline(db, dirs, settings, holder, options))
+  )

@@ -31,6 +31,7 @@ describe("the package's entry points", () => {
       "Main",
       "Server",
       "Stack",
+      "Syncline",
       "ShapeApi",
       "ShutdownSignal",
       "StackSupervisor",
@@ -43,6 +44,9 @@ describe("the package's entry points", () => {
       "TestStack",
       "TestServer",
       "startServer",
+      "startApp",
+      "TestSyncline",
+      "advanceUntil",
       "readToEnd",
       "makeGate",
       "tempDirs"
@@ -56,13 +60,18 @@ describe("the package's entry points", () => {
         path.join(dir, "host.ts"),
         [
           `import { Effect, Layer } from "effect"`,
-          `import { Main, ShapeApi, StackSupervisor, type StackSettings } from "syncline"`,
-          `import { FakePostgres, type Harness, startServer, tempDirs } from "syncline/testing"`,
+          `import { HttpRouter, HttpServer } from "@effect/platform"`,
+          `import { Main, ShapeApi, StackSupervisor, type StackSettings, Syncline } from "syncline"`,
+          `import { FakePostgres, type Harness, startApp, startServer, tempDirs } from "syncline/testing"`,
           `export const app = (settings: StackSettings) => Layer.launch(Main(settings))`,
           `export const router: typeof ShapeApi = ShapeApi`,
           `export const status = Effect.flatMap(StackSupervisor, (s) => s.status)`,
           `export const harness = (db: FakePostgres): Effect.Effect<Harness, unknown, never> =>`,
-          `  Effect.scoped(Effect.flatMap(tempDirs, (dirs) => startServer(db, dirs)))`
+          `  Effect.scoped(Effect.flatMap(tempDirs, (dirs) => startServer(db, dirs)))`,
+          `export const hosted = Layer.merge(HttpServer.serve(HttpRouter.mount(HttpRouter.empty, "/sync", ShapeApi)), Syncline.drain)`,
+          `export const hostedHarness = (db: FakePostgres): Effect.Effect<Harness, unknown, never> =>`,
+          `  Effect.scoped(Effect.flatMap(tempDirs, (dirs) => startApp(hosted, db, dirs, { mount: "/sync" })))`,
+          `export const withStack = hosted.pipe(Layer.provide(Syncline.layer))`
         ].join("\n")
       )
       await fs.writeFile(

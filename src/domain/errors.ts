@@ -55,9 +55,11 @@ export class InvalidWhere extends Schema.TaggedError<InvalidWhere>()("InvalidWhe
 }) {}
 
 /**
- * Postgres-side failures: connection, permissions, configuration; a table
- * that does not exist (`TableNotFound`) or whose changes never reach logical
- * replication (`UnsupportedTable`).
+ * Postgres-side failures: connection, permissions, configuration; a slot of
+ * the same name that another database of the cluster owns (`SlotTaken`: slot
+ * names are cluster-wide, so two sources need two replication stream ids); a
+ * table that does not exist (`TableNotFound`) or whose changes never reach
+ * logical replication (`UnsupportedTable`).
  */
 export class PostgresError extends Schema.TaggedError<PostgresError>()("PostgresError", {
   reason: Schema.Literal(
@@ -65,6 +67,7 @@ export class PostgresError extends Schema.TaggedError<PostgresError>()("Postgres
     "Query",
     "WalLevel",
     "Permission",
+    "SlotTaken",
     "Snapshot",
     "TableNotFound",
     "UnsupportedTable"

@@ -65,7 +65,8 @@ SELECT c.oid, c.relreplident AS replident,
  WHERE c.oid = ANY($1::oid[])`
 
 // Read as JSON so that columns of newer servers (invalidation_reason, 17) are seen where they exist.
-const SLOT_SQL = "SELECT to_jsonb(s) AS slot FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1"
+const SLOT_SQL =
+  "SELECT to_jsonb(s) AS slot, current_database() AS here FROM pg_catalog.pg_replication_slots s WHERE s.slot_name = $1"
 
 /** Why a slot can no longer stream, from its `pg_replication_slots` row; undefined when it can. */
 const invalidation = (slot: Record<string, unknown>): string | undefined => {
@@ -93,9 +94,9 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
   readonly publicationOid: Effect.Effect<number | undefined, PostgresError>
   /** The source's system identifier and timeline (`IDENTIFY_SYSTEM` on a replication connection of its own). */
   readonly identifySystem: Effect.Effect<SystemIdentity, PostgresError>
-  /** Whether the slot exists, and whether it can still stream. */
+  /** Whether the slot exists, and whether it can still stream; fails with "SlotTaken" if another database has it. */
   readonly slotState: Effect.Effect<SlotState, PostgresError>
-  /** Creates the persistent pgoutput slot (nothing if it exists). */
+  /** Creates the persistent pgoutput slot (nothing if it exists); fails with "SlotTaken" if another database has it. */
   readonly createSlot: Effect.Effect<void, PostgresError>
   /** Drops the slot (nothing if it is gone), waiting a while for a walsender that still holds it to end. */
   readonly dropSlot: Effect.Effect<void, PostgresError>
@@ -193,19 +194,29 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
       }).pipe(Effect.withSpan("PgAdmin.identifySystem"))
 
       const slotState = Effect.gen(function*() {
-        const rows = yield* db.query<{ slot: Record<string, unknown> }>(SLOT_SQL, [slotName])
+        const rows = yield* db.query<{ slot: Record<string, unknown>; here: string }>(SLOT_SQL, [slotName])
         const slot = rows[0]?.slot
         if (slot === undefined) return { _tag: "Missing" } as const
+        const owner = slot["database"]
+        if (owner !== rows[0]!.here) {
+          return yield* new PostgresError({
+            reason: "SlotTaken",
+            message: `The replication slot ${slotName} belongs to database "${String(owner)}" of this Postgres cluster, ` +
+              `not to "${rows[0]!.here}": slot names are shared by the whole cluster, so each source needs its own ` +
+              "ELECTRIC_REPLICATION_STREAM_ID"
+          })
+        }
         const reason = invalidation(slot)
         if (reason !== undefined) return { _tag: "Invalidated", reason } as const
         const confirmed = slot["confirmed_flush_lsn"]
         return { _tag: "Usable", confirmedFlushLsn: typeof confirmed === "string" ? Lsn.fromPg(confirmed) : 0n } as const
       }).pipe(Effect.withSpan("PgAdmin.slotState"))
 
+      // A slot of that name created meanwhile may be another database's: the state says whose it is.
       const createSlot = ignoreDuplicate(
         Effect.asVoid(db.query("SELECT pg_create_logical_replication_slot($1, 'pgoutput')", [slotName])),
         undefined
-      ).pipe(Effect.withSpan("PgAdmin.createSlot"))
+      ).pipe(Effect.zipLeft(slotState), Effect.withSpan("PgAdmin.createSlot"))
 
       const dropSlot = Effect.gen(function*() {
         for (let attempt = 1;; attempt++) {

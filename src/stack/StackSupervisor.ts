@@ -106,9 +106,10 @@ export const restartDelay = (policy: RestartPolicy, failures: number): Duration.
     Duration.decode(policy.maxDelay)
   )
 
-/** Errors no retry can fix: the operator must change Postgres's configuration or the role. */
+/** Errors no retry can fix: the operator must change Postgres's configuration, the role, or the stream id. */
 const isFatal = (error: unknown): error is PostgresError =>
-  error instanceof PostgresError && (error.reason === "WalLevel" || error.reason === "Permission")
+  error instanceof PostgresError &&
+  (error.reason === "WalLevel" || error.reason === "Permission" || error.reason === "SlotTaken")
 
 /** Whether a stack's failure says the database could not be reached (rather than a query or stream failing). */
 const unreachable = (error: unknown): boolean =>

@@ -1,10 +1,12 @@
-import { HttpClient } from "@effect/platform"
+import { HttpClient, type HttpServer, type HttpServerError } from "@effect/platform"
+import { NodeHttpServer } from "@effect/platform-node"
 import { SqlClient } from "@effect/sql"
-import { Context, Effect, HashSet, Layer, Option, type Scope, TestServices } from "effect"
+import { Context, type Duration, Effect, HashSet, Layer, Option, type Scope, TestClock, TestServices } from "effect"
 import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
-import { type TestDirs, TestServer } from "../../layers/Test.js"
+import type { SynclineServices } from "../../layers/Syncline.js"
+import { type TestDirs, TestServer, TestSyncline } from "../../layers/Test.js"
 import type { StackSettings } from "../config/StackConfig.js"
 import { type ActiveServices, StackSupervisor, type StackSupervisorService } from "../stack/StackSupervisor.js"
 import { ShapeDb } from "../storage/ShapeDb.js"
@@ -21,6 +23,8 @@ export interface Reply {
 export interface Harness {
   readonly supervisor: StackSupervisorService
   readonly get: (pathAndQuery: string) => Effect.Effect<Reply>
+  /** Where the server answers the shape API: `/v1/shape`, under the path a host app mounts it at. */
+  readonly shapePath: string
   /** The active stack's services (waits for it). */
   readonly active: Effect.Effect<Context.Context<ActiveServices>>
 }
@@ -39,17 +43,48 @@ export const startServer = (
   holder = "syncline",
   options: { readonly maxInFlight?: number; readonly chunkBytesThreshold?: number } = {}
 ): Effect.Effect<Harness, unknown, Scope.Scope> =>
+  Effect.map(Layer.build(TestServer(db, dirs, settings, holder, options)), (context) => harnessOf(context, "/v1/shape"))
+
+/**
+ * Starts a host app's serving layer — its router with `ShapeApi` mounted at `mount`, and `Syncline.drain` beside
+ * it — on a test server (port 0, an `HttpClient` aimed at it, the test's clock) over `TestSyncline`, in the
+ * current scope.
+ */
+export const startApp = <E>(
+  app: Layer.Layer<never, E, SynclineServices | HttpServer.HttpServer>,
+  db: FakePostgres,
+  dirs: TestDirs,
+  options: { readonly mount?: string; readonly settings?: Partial<StackSettings> } = {}
+): Effect.Effect<Harness, E | HttpServerError.ServeError, Scope.Scope> =>
+  Effect.map(
+    Layer.build(app.pipe(Layer.provideMerge(NodeHttpServer.layerTest), Layer.provideMerge(TestSyncline(db, dirs, options.settings)))),
+    (context) => harnessOf(context, `${options.mount ?? ""}/v1/shape`)
+  )
+
+const harnessOf = (context: Context.Context<StackSupervisor | HttpClient.HttpClient>, shapePath: string): Harness => {
+  const supervisor = Context.get(context, StackSupervisor)
+  const client = Context.get(context, HttpClient.HttpClient)
+  const get = (pathAndQuery: string) =>
+    Effect.gen(function*() {
+      const res = yield* client.get(pathAndQuery)
+      const text = yield* res.text
+      return { status: res.status, headers: res.headers as Readonly<Record<string, string>>, text }
+    }).pipe(Effect.orDie)
+  return { supervisor, get, shapePath, active: supervisor.active("1 hour").pipe(Effect.orDie) }
+}
+
+/**
+ * Moves the test clock in small steps, letting the stack's real I/O (files, SQLite) run between them, until
+ * `check` holds: for what happens after a wait in the stack's own time, such as a restart's backoff.
+ */
+export const advanceUntil = (check: Effect.Effect<boolean>, step: Duration.DurationInput = "100 millis", limit = 2_000) =>
   Effect.gen(function*() {
-    const context = yield* Layer.build(TestServer(db, dirs, settings, holder, options))
-    const supervisor = Context.get(context, StackSupervisor)
-    const client = Context.get(context, HttpClient.HttpClient)
-    const get = (pathAndQuery: string) =>
-      Effect.gen(function*() {
-        const res = yield* client.get(pathAndQuery)
-        const text = yield* res.text
-        return { status: res.status, headers: res.headers as Readonly<Record<string, string>>, text }
-      }).pipe(Effect.orDie)
-    return { supervisor, get, active: supervisor.active("1 hour").pipe(Effect.orDie) }
+    for (let i = 0; i < limit; i++) {
+      if (yield* check) return
+      yield* TestClock.adjust(step)
+      yield* TestServices.provideLive(Effect.sleep("2 millis"))
+    }
+    return yield* Effect.dieMessage("the condition never held")
   })
 
 /** One message of a shape response. */
@@ -70,7 +105,7 @@ export const readToEnd = (
     let handle = from.handle
     const messages: Array<Message> = []
     for (let i = 0; i < 100; i++) {
-      const res = yield* h.get(`/v1/shape?${query}&offset=${offset}${handle === undefined ? "" : `&handle=${handle}`}`)
+      const res = yield* h.get(`${h.shapePath}?${query}&offset=${offset}${handle === undefined ? "" : `&handle=${handle}`}`)
       if (res.status !== 200) return yield* Effect.dieMessage(`expected 200, got ${res.status}: ${res.text}`)
       messages.push(...(JSON.parse(res.text) as Array<Message>))
       offset = res.headers["electric-offset"]!

@@ -3,7 +3,7 @@
  * project's own `TestClock` restart scenarios run on, the stack and server
  * wired over them, and the harness that drives a server from a test.
  */
-export { TestServer, TestStack, type TestDirs } from "../../layers/Test.js"
+export { TestServer, TestStack, TestSyncline, type TestDirs } from "../../layers/Test.js"
 export { FakeInspector } from "./FakeInspector.js"
 export { FakePgAdmin } from "./FakePgAdmin.js"
 export { FakePostgres, type FakeWrite, textTable } from "./FakePostgres.js"
@@ -12,6 +12,7 @@ export { FakeSnapshot } from "./FakeSnapshot.js"
 export { type Gate, Intercept, makeGate } from "./Intercept.js"
 export { RecordedShapeDb } from "./RecordedShapeDb.js"
 export {
+  advanceUntil,
   eventually,
   type Harness,
   hasFiles,
@@ -20,6 +21,7 @@ export {
   readToEnd,
   registryRows,
   type Reply,
+  startApp,
   startServer,
   storedMark,
   tempDirs,

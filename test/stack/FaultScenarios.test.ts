@@ -1,6 +1,6 @@
 import { SqlError } from "@effect/sql/SqlError"
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Deferred, Duration, Effect, Exit, Fiber, Logger, Option, Scope, TestClock, TestServices } from "effect"
+import { Context, Deferred, Duration, Effect, Exit, Fiber, Logger, Option, Scope, TestClock } from "effect"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { StorageError } from "../../src/domain/errors.js"
@@ -8,6 +8,7 @@ import { defaultRestartPolicy, restartDelay } from "../../src/stack/StackSupervi
 import { FakePostgres, textTable } from "../../src/testing/FakePostgres.js"
 import { makeGate } from "../../src/testing/Intercept.js"
 import {
+  advanceUntil,
   eventually,
   type Harness,
   insertedKeys,
@@ -33,17 +34,6 @@ const QUERY = "table=items"
 const makeDb = () => new FakePostgres([ITEMS, OTHER])
 const insert = (id: string) => ({ kind: "insert", table: "items", row: { id, title: `row ${id}` } }) as const
 const key = (id: string) => `"public"."items"/"${id}"`
-
-/** Moves the test clock in small steps, letting the stack's real I/O run between them, until `check` holds. */
-const advanceUntil = (check: Effect.Effect<boolean>, step: Duration.DurationInput = "100 millis", limit = 2_000) =>
-  Effect.gen(function*() {
-    for (let i = 0; i < limit; i++) {
-      if (yield* check) return
-      yield* TestClock.adjust(step)
-      yield* TestServices.provideLive(Effect.sleep("2 millis"))
-    }
-    return yield* Effect.dieMessage("the condition never held")
-  })
 
 const isActive = (h: Harness) => Effect.map(h.supervisor.status.get, (s) => s._tag === "Active")
 
