@@ -58,8 +58,9 @@ const NOTHING_WRITTEN = { old: false, new: false } as const
 /**
  * Which sides of a change of the shape's own rows a move already wrote, from a snapshot holding the change's
  * transaction (an insert has only a new side, a delete an old one; an update without its old row counts as one
- * row). For each side written, the row before and after the change goes to `ahead`: the values Postgres moved
- * with this transaction, which the shapes reading this one must see move here.
+ * row). For each side written, the change goes to `ahead` as the shape's row before and after it (each side only
+ * if the shape's clause holds for it at this commit): what Postgres moved in the shape with this transaction, which
+ * the shapes reading this one must see move here.
  */
 const writtenAhead = (
   sub: SubqueryState,
@@ -67,15 +68,16 @@ const writtenAhead = (
   ahead: Array<readonly [Row | undefined, Row | undefined]>
 ): { readonly old: boolean; readonly new: boolean } => {
   const table = sub.shape.table
+  const inShape = (row: Row | undefined) => (row !== undefined && sub.matches(row) ? row : undefined)
   switch (change.kind) {
     case "insert": {
       if (!sub.written(rowKey(table, change.new))) return NOTHING_WRITTEN
-      ahead.push([undefined, change.new])
+      ahead.push([undefined, inShape(change.new)])
       return { old: true, new: true }
     }
     case "delete": {
       if (!sub.written(rowKey(table, change.old))) return NOTHING_WRITTEN
-      ahead.push([change.old, undefined])
+      ahead.push([inShape(change.old), undefined])
       return { old: true, new: true }
     }
     case "update": {
@@ -84,13 +86,14 @@ const writtenAhead = (
       const after = old === undefined ? change.new : { ...old, ...definedValues(change.new) }
       if (old === undefined) {
         if (!sub.written(rowKey(table, change.new))) return NOTHING_WRITTEN
-        ahead.push([undefined, after])
+        // The row before is unknown: whatever it held may have left.
+        ahead.push([undefined, inShape(after)])
         return { old: true, new: true }
       }
       const written = { old: sub.written(rowKey(table, old)), new: sub.written(rowKey(table, change.new)) }
-      if (written.old && written.new) ahead.push([old, after])
-      else if (written.old) ahead.push([old, undefined])
-      else if (written.new) ahead.push([undefined, after])
+      if (written.old || written.new) {
+        ahead.push([written.old ? inShape(old) : undefined, written.new ? inShape(after) : undefined])
+      }
       return written
     }
   }

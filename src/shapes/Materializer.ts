@@ -177,9 +177,9 @@ class ValueIndex {
   }
 
   /**
-   * Records as moved at `lsn` the values of rows Postgres changed then (before and after, per row) that the set
-   * already holds as changed. A NULL among them counts as a change of the set's NULL; and the set may have become
-   * empty or not with them when it holds nothing else.
+   * Records as moved at `lsn` the values of rows Postgres changed then (per row, before and after; undefined for a
+   * side out of the shape) that the set already holds as changed. A NULL among them counts as a change of the
+   * set's NULL; and the set may have become empty or not with them when it holds nothing else.
    */
   touch(lsn: Lsn, changes: ReadonlyArray<readonly [RowValues | undefined, RowValues | undefined]>) {
     const touched: Array<ReadonlyArray<string>> = []
@@ -196,8 +196,12 @@ class ValueIndex {
       keys.add(key)
       touched.push(values)
     }
-    // Even a change that leaves the compared values as they were can take its row in or out of the shape.
     for (const [before, after] of changes) {
+      // A row in the shape before and after with the values compared unchanged moved nothing.
+      if (before !== undefined && after !== undefined) {
+        if (before === null && after === null) continue
+        if (before !== null && after !== null && this.keyOf(before) === this.keyOf(after)) continue
+      }
       add(before)
       add(after)
     }
@@ -323,9 +327,10 @@ export class Materializer {
   }
 
   /**
-   * Tells the dependents that rows Postgres changed at `lsn` (each change's row before and after) moved there,
-   * though the log has them changed already: a move wrote them earlier, from a snapshot holding this transaction.
-   * A reader whose snapshot holds that move but not this transaction would otherwise never see them move.
+   * Tells the dependents that rows Postgres changed at `lsn` moved there (each change as the shape's row before
+   * and after it, undefined for a side out of the shape), though the log has them changed already: a move wrote
+   * them earlier, from a snapshot holding this transaction. A reader whose snapshot holds that move but not this
+   * transaction would otherwise never see them move.
    */
   touch(lsn: Lsn, changes: ReadonlyArray<readonly [Row | undefined, Row | undefined]>): void {
     for (const ix of this.indexes.values()) {

@@ -395,14 +395,14 @@ describe("Materializer: moves per transaction", () => {
 describe("Materializer: rows a move wrote ahead of a transaction", () => {
   const row = (id: string, org: string | null) => ({ id, org_id: org, name: `project ${id}` })
 
-  it("reports the values of both sides of each change as moved at that transaction, without changing the set", () => {
+  it("reports the values of the sides in the shape of each change as moved at that transaction, without changing the set", () => {
     const m = new Materializer("dep")
     m.load([txn(0n, insert("p1", { org_id: "1" }), insert("p2", { org_id: "2" }), insert("p4", { org_id: "4" }))], 0n)
     const index = m.index(BY_ORG)
     const counts = [...index.counts.entries()]
-    // Rows the log already shows changed: a new key, a row whose compared value stayed, a row gone.
+    // Rows the log already shows changed: one coming in, one that stayed in with its compared value, one going.
     m.touch(10n, [[undefined, row("p3", "3")], [row("p1", "1"), row("p1", "1")], [row("p2", "2"), undefined]])
-    expect(index.movesAt.get(10n)).toEqual({ entered: [], left: [], touched: [["3"], ["1"], ["2"]], nullChanged: false, emptyChanged: false })
+    expect(index.movesAt.get(10n)).toEqual({ entered: [], left: [], touched: [["3"], ["2"]], nullChanged: false, emptyChanged: false })
     expect([...index.counts.entries()]).toEqual(counts)
     expect(index.has(valueKey("int4", "int4", "3"), 10n)).toBe(false)
   })
@@ -423,18 +423,19 @@ describe("Materializer: rows a move wrote ahead of a transaction", () => {
     m.touch(10n, [[row("p2", null), undefined]])
     expect(index.movesAt.get(10n)).toEqual({ entered: [], left: [], touched: [], nullChanged: true, emptyChanged: false })
     // Only 1 is in the set: with 1 touched, Postgres may have emptied it or filled it at this transaction.
-    m.touch(20n, [[row("p1", "1"), row("p1", "1")]])
+    m.touch(20n, [[undefined, row("p1", "1")]])
     expect(index.movesAt.get(20n)).toEqual({ entered: [], left: [], touched: [["1"]], nullChanged: false, emptyChanged: true })
     m.apply(txn(30n, remove("p1")))
     m.touch(40n, [[undefined, row("p9", "9")]])
     expect(index.movesAt.get(40n)?.emptyChanged).toBe(true)
   })
 
-  it("reports nothing for no rows", () => {
+  it("reports nothing for no rows, rows out of the shape on both sides, or a row that stayed in unchanged", () => {
     const m = new Materializer("dep")
-    m.load([], 0n)
+    m.load([txn(0n, insert("p1", { org_id: "1" }))], 0n)
     const index = m.index(BY_ORG)
     m.touch(10n, [])
+    m.touch(10n, [[undefined, undefined], [row("p1", "1"), row("p1", "1")], [row("p2", null), row("p2", null)]])
     expect(index.movesAt.has(10n)).toBe(false)
   })
 })
