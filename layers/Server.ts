@@ -1,9 +1,10 @@
-import { HttpServer } from "@effect/platform"
+import { HttpRouter, HttpServer } from "@effect/platform"
 import { NodeHttpServer } from "@effect/platform-node"
-import { Layer } from "effect"
+import { Layer, Option } from "effect"
 import type { StackSettings } from "../src/config/StackConfig.js"
 import { createServer } from "../src/http/NodeServer.js"
 import { ShapeApi } from "../src/http/ShapeApi.js"
+import { metricsRoute } from "../src/observability/MetricsRoute.js"
 import { Syncline } from "./Syncline.js"
 
 /**
@@ -13,13 +14,20 @@ import { Syncline } from "./Syncline.js"
  * then does the stack stop (the server depends on the supervisor, so it is
  * released first).
  */
-export const Server = (settings: StackSettings, databaseUrl: string, options: { readonly host?: string } = {}) =>
-  Layer.merge(HttpServer.serve(ShapeApi).pipe(HttpServer.withLogAddress), Syncline.drain).pipe(
+export const Server = (settings: StackSettings, databaseUrl: string, options: { readonly host?: string } = {}) => {
+  const host = options.host ?? "0.0.0.0"
+  // `/metrics` on a port of its own too, with a server of its own (released before the main one).
+  const metrics = Option.match(settings.prometheusPort, {
+    onNone: () => Layer.empty,
+    onSome: (port) =>
+      HttpServer.serve(HttpRouter.empty.pipe(HttpRouter.get("/metrics", metricsRoute))).pipe(
+        Layer.provide(NodeHttpServer.layer(() => createServer({ sendTimeoutMs: settings.sendTimeoutMs }), { port, host }))
+      )
+  })
+  return Layer.mergeAll(HttpServer.serve(ShapeApi).pipe(HttpServer.withLogAddress), Syncline.drain, metrics).pipe(
     Layer.provideMerge(
-      NodeHttpServer.layer(() => createServer({ sendTimeoutMs: settings.sendTimeoutMs }), {
-        port: settings.port,
-        host: options.host ?? "0.0.0.0"
-      })
+      NodeHttpServer.layer(() => createServer({ sendTimeoutMs: settings.sendTimeoutMs }), { port: settings.port, host })
     ),
     Layer.provideMerge(Syncline.make(settings, databaseUrl))
   )
+}

@@ -98,7 +98,7 @@ export const makeStack = <E>(parts: StackParts<E>) => {
   )
   // Invalidates through the shape cache, so it stops first.
   const watch = PublicationWatch.layer(parts.publicationCheckInterval).pipe(Layer.provide(shapeCache))
-  return { readOnly, active: Layer.mergeAll(pump, watch, shapeCache, storage, collector, tracker) }
+  return { readOnly, active: Layer.mergeAll(pump, watch, shapeCache, storage, collector, tracker, consumers) }
 }
 
 /** The production stack: Postgres at `databaseUrl`, files under the storage dir. */

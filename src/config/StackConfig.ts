@@ -27,6 +27,8 @@ export interface StackSettings {
   readonly sseTimeoutMs: number
   /** `SYNCLINE_SSE_KEEPALIVE`: the quiet time after which an SSE stream gets a `: keep-alive` comment. */
   readonly sseKeepAliveMs: number
+  /** `ELECTRIC_PROMETHEUS_PORT`: a port of its own for `/metrics` (also served on the main port). */
+  readonly prometheusPort: Option.Option<number>
 }
 
 /** Names derived from the replication stream id, as Electric names them. */
@@ -121,7 +123,10 @@ export const stackSettingsConfig: Config.Config<StackSettings> = Config.all({
   ),
   sendTimeoutMs: integer("SYNCLINE_SEND_TIMEOUT", 30_000, 1, 3_600_000, "a positive duration in milliseconds"),
   sseTimeoutMs: integer("SYNCLINE_SSE_TIMEOUT", 60_000, 1000, 3_600_000, "a duration in milliseconds (at least 1000)"),
-  sseKeepAliveMs: integer("SYNCLINE_SSE_KEEPALIVE", 21_000, 100, 3_600_000, "a duration in milliseconds (at least 100)")
+  sseKeepAliveMs: integer("SYNCLINE_SSE_KEEPALIVE", 21_000, 100, 3_600_000, "a duration in milliseconds (at least 100)"),
+  prometheusPort: integer("ELECTRIC_PROMETHEUS_PORT", -1, 0, 65535, "a port number (0-65535)").pipe(
+    Config.map((port) => (port < 0 ? Option.none<number>() : Option.some(port)))
+  )
 }).pipe(
   Config.mapOrFail(({ insecure, secret, ...rest }) => {
     const hasSecret = Option.isSome(secret) && secret.value !== ""
@@ -189,6 +194,7 @@ export class StackConfig extends Context.Tag("syncline/StackConfig")<StackConfig
     sendTimeoutMs: 30_000,
     sseTimeoutMs: 60_000,
     sseKeepAliveMs: 21_000,
+    prometheusPort: Option.none(),
     ...settings
   })
   static readonly layerWith = (settings: Partial<StackSettings>): Layer.Layer<StackConfig> =>

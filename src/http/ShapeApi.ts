@@ -41,6 +41,8 @@ import {
 } from "./ResponseHeaders.js"
 import { abortConnection, closeConnectionOnFinish } from "./NodeServer.js"
 import { ShutdownSignal } from "./ShutdownSignal.js"
+import { countedWhile, countResponse, heldLongPolls, sseStreams } from "../observability/Metrics.js"
+import { metricsRoute } from "../observability/MetricsRoute.js"
 import {
   invalidRequestBody,
   parseAdminParams,
@@ -262,7 +264,11 @@ const respond = (
         return HttpServerResponse.empty({ status: 200, headers: { ...sseHeaders, "content-type": "text/event-stream" } })
       }
       const closeOnFinish = () => closeConnectionOnFinish(httpRequest)
-      return HttpServerResponse.stream(eventStream(source, offset, settings, shutdown, closeOnFinish), {
+      const open = countedWhile(sseStreams, settings.replicationStreamId, Effect.never)
+      const stream = Stream.merge(eventStream(source, offset, settings, shutdown, closeOnFinish), Stream.fromEffect(open).pipe(Stream.drain), {
+        haltStrategy: "left"
+      })
+      return HttpServerResponse.stream(stream, {
         status: 200,
         contentType: "text/event-stream",
         headers: sseHeaders
@@ -298,7 +304,7 @@ const respond = (
           })
         ),
         Effect.as(shutdown.await, "shutdown" as const)
-      )
+      ).pipe((wait) => countedWhile(heldLongPolls, settings.replicationStreamId, wait))
       if (outcome === "shutdown") return noChange({ connection: "close" })
       // A stack that stopped during the wait has closed its registry and logs: the client simply polls again.
       const exists = yield* source.exists
@@ -839,8 +845,14 @@ export const ShapeApi = HttpRouter.empty.pipe(
   // Explicit: the catch-all below would otherwise answer HEAD before the router falls back to GET.
   HttpRouter.head("/v1/health", health),
   HttpRouter.post("/v1/admin/restart", restartStack),
+  HttpRouter.get("/metrics", metricsRoute),
   HttpRouter.get("/", Effect.succeed(HttpServerResponse.empty({ status: 200 }))),
   HttpRouter.all("*", Effect.succeed(HttpServerResponse.text("Not found", { status: 404 }))),
   HttpRouter.catchAllCause(internalError),
-  HttpRouter.use((app) => Effect.map(app, HttpServerResponse.setHeader(serverHeader[0], serverHeader[1])))
+  HttpRouter.use((app) =>
+    Effect.flatMap(StackConfig, (settings) =>
+      Effect.flatMap(app, (response) =>
+        Effect.as(countResponse(settings.replicationStreamId, response.status), HttpServerResponse.setHeader(response, serverHeader[0], serverHeader[1]))
+      ))
+  )
 )

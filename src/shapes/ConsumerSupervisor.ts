@@ -56,6 +56,8 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
   readonly invalidations: Queue.Dequeue<Invalidation>
   /** Fails when a consumer hits a defect: the stack must restart. */
   readonly failure: Effect.Effect<never>
+  /** How many consumers run now (a shape's consumer starts with the first transaction routed to it). */
+  readonly running: Effect.Effect<number>
 }>() {
   static readonly layer: Layer.Layer<ConsumerSupervisor, never, FlushTracker | ShapeLogStorage | ShapeStatus | Snapshot> =
     Layer.scoped(
@@ -237,7 +239,8 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
               return Effect.zipRight(FiberMap.remove(fibers, handle), tracker.forget(handle))
             }),
           invalidations,
-          failure: Deferred.await(failed)
+          failure: Deferred.await(failed),
+          running: FiberMap.size(fibers)
         })
       })
     )

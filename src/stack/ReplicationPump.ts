@@ -1,4 +1,5 @@
-import { Cause, Context, Deferred, Effect, Layer, Stream } from "effect"
+import { Cause, Context, Deferred, Effect, Layer, Metric, Stream } from "effect"
+import type { Lsn } from "../domain/Lsn.js"
 import type { PostgresError, ReplicationError } from "../domain/errors.js"
 import { PgAdmin } from "../postgres/PgAdmin.js"
 import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
@@ -7,6 +8,7 @@ import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
 import { ConsumerSupervisor } from "../shapes/ConsumerSupervisor.js"
 import { ShapeCache } from "../shapes/ShapeCache.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
+import * as Metrics from "../observability/Metrics.js"
 
 /**
  * How many routed transactions may wait in consumers (not yet durable in every shape they went to) before
@@ -14,6 +16,16 @@ import { logWhenStopped } from "../domain/Lifecycle.js"
  * speak of and do not count: one long snapshot does not stall every other shape.
  */
 const MAX_IN_FLIGHT = 20_000
+
+/** Where reading the slot stands. */
+export interface ReplicationProgress {
+  /** The furthest WAL position the server reported (a keepalive's, or a transaction's end). */
+  readonly walEnd: Lsn
+  /** The end LSN of the last transaction read. */
+  readonly lastEndLsn: Lsn
+  /** Its commit time (microseconds since 2000-01-01, as Postgres sends it); undefined before the first. */
+  readonly lastCommitTime: bigint | undefined
+}
 
 /**
  * Reads the slot and feeds the stack: each transaction is routed by the
@@ -27,6 +39,8 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
    * succeeds.
    */
   readonly failure: Effect.Effect<never, ReplicationError | PostgresError>
+  /** Where reading the slot stands, for the replication lag. */
+  readonly progress: () => ReplicationProgress
 }>() {
   /** The pump; `maxInFlight` bounds what consumers may hold (tests make it small). */
   static readonly layer = (maxInFlight = MAX_IN_FLIGHT): Layer.Layer<
@@ -44,12 +58,27 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
       const admin = yield* PgAdmin
       const cache = yield* ShapeCache
       const failure = yield* Deferred.make<never, ReplicationError>()
+      const transactions = Metric.tagged(Metrics.transactions, "slot", admin.slotName)
+      const changes = Metric.tagged(Metrics.changes, "slot", admin.slotName)
+      const progress: { -readonly [K in keyof ReplicationProgress]: ReplicationProgress[K] } = {
+        walEnd: 0n,
+        lastEndLsn: 0n,
+        lastCommitTime: undefined
+      }
 
       yield* replication.events.pipe(
         Stream.runForEach((txn) =>
           Effect.gen(function*() {
-            if (txn.kind === "position") return tracker.trackPosition(txn.lsn)
+            if (txn.kind === "position") {
+              if (txn.lsn > progress.walEnd) progress.walEnd = txn.lsn
+              return tracker.trackPosition(txn.lsn)
+            }
             if (tracker.inFlight() >= maxInFlight) yield* tracker.awaitInFlightBelow(maxInFlight)
+            if (txn.endLsn > progress.walEnd) progress.walEnd = txn.endLsn
+            progress.lastEndLsn = txn.endLsn
+            progress.lastCommitTime = txn.commitTime
+            yield* Metric.increment(transactions)
+            yield* Metric.incrementBy(changes, txn.changes.length)
             const deliveries = collector.route(txn)
             if (deliveries === undefined) return
             tracker.track(txn.commitLsn, txn.endLsn, deliveries.map((d) => d.handle))
@@ -62,6 +91,7 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
         Effect.forkScoped
       )
       return ReplicationPump.of({
+        progress: () => ({ ...progress }),
         failure: Deferred.await(failure).pipe(
           Effect.raceFirst(consumers.failure),
           Effect.raceFirst(cache.failure),

@@ -20,6 +20,7 @@ import { isConnectionError } from "../postgres/PgPool.js"
 import type { Snapshot } from "../postgres/Snapshot.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
 import type { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
+import type { ConsumerSupervisor } from "../shapes/ConsumerSupervisor.js"
 import type { ReadOnlyShapes } from "../shapes/ReadOnlyShapes.js"
 import type { ShapeCache } from "../shapes/ShapeCache.js"
 import type { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
@@ -44,12 +45,18 @@ export type Infrastructure = Inspector | PgAdmin | Snapshot
 export type ReadOnlyServices = ReadOnlyShapes | Infrastructure
 
 /** The services of an active stack that request handlers use. */
-export type StackServices = ShapeCache | ShapeLogStorage | ShapeLogCollector | FlushTracker
+export type StackServices =
+  | ShapeCache
+  | ShapeLogStorage
+  | ShapeLogCollector
+  | FlushTracker
+  | ConsumerSupervisor
+  | ReplicationPump
 
 /** A stack in its two phases: read-only first, then active once the slot's advisory lock is ours. */
 export interface StackLayers<E> {
   readonly readOnly: Layer.Layer<ReadOnlyServices, E>
-  readonly active: Layer.Layer<StackServices | ReplicationPump, E, Infrastructure>
+  readonly active: Layer.Layer<StackServices, E, Infrastructure>
 }
 
 /** What a request to an active stack can use: its services and what the stack stands on. */
@@ -78,6 +85,8 @@ export interface StackSupervisorService {
   readonly fatal: Effect.Effect<never, PostgresError>
   /** True while no stack is active because the last attempt could not reach the database. */
   readonly databaseUnreachable: () => boolean
+  /** How many times a stack was started again, after a failure or on `restart`. */
+  readonly restarts: () => number
 }
 
 /** How a supervisor waits between attempts to start a stack. */
@@ -128,6 +137,7 @@ export const makeStackSupervisor = <E>(
     const fatal = yield* Deferred.make<never, PostgresError>()
     let activeSince: number | undefined
     let lastFailureUnreachable = false
+    let restarts = 0
 
     const publish = (next: Option.Option<StackView>, s: StackStatus) =>
       Effect.suspend(() => {
@@ -183,6 +193,7 @@ export const makeStackSupervisor = <E>(
         const delay = restartDelay(policy, failures)
         yield* Effect.logError(`stack stopped; starting it again in ${Duration.format(delay)}`, cause)
         yield* Effect.sleep(delay)
+        restarts++
       }
     })
 
@@ -213,9 +224,10 @@ export const makeStackSupervisor = <E>(
       current: (timeout) => waitFor((v) => Option.some(v), timeout),
       active: (timeout) => waitFor((v) => (v.mode === "active" ? Option.some(v.context) : Option.none()), timeout),
       // Never half done: a caller that goes away mid-teardown must not leave the process without a stack.
-      restart: Effect.uninterruptible(Effect.zipRight(stop, start)),
+      restart: Effect.uninterruptible(Effect.zipRight(stop, Effect.zipRight(Effect.sync(() => restarts++), start))),
       fatal: Deferred.await(fatal),
-      databaseUnreachable: () => lastFailureUnreachable && Option.isNone(view)
+      databaseUnreachable: () => lastFailureUnreachable && Option.isNone(view),
+      restarts: () => restarts
     }
   })
 

@@ -1,0 +1,139 @@
+import { Effect, Metric, MetricLabel, type MetricPair, MetricState } from "effect"
+
+/**
+ * What the service counts as it runs, in Effect's metric registry (one per
+ * process, so several stacks share it, each under its own `slot` or `source`
+ * label), and the Prometheus text format `/metrics` answers with. Figures
+ * that are a state rather than a count (shapes, lag) are read from the active
+ * stack when scraped, as `Sample`s.
+ */
+
+/** Transactions read from the slot and routed, per slot. */
+export const transactions = Metric.counter("syncline_transactions_total", {
+  description: "Transactions read from the replication slot and routed to shapes",
+  incremental: true
+})
+
+/** Row changes (inserts, updates, deletes, truncates) in those transactions. */
+export const changes = Metric.counter("syncline_changes_total", {
+  description: "Row changes in the transactions read from the replication slot",
+  incremental: true
+})
+
+/** Answers of the shape API by status and cause. */
+export const responses = Metric.counter("syncline_http_responses_total", {
+  description: "Responses of the shape API, by status and cause",
+  incremental: true
+})
+
+/** Long-polls held until a change or their timeout. */
+export const heldLongPolls = Metric.counter("syncline_long_polls_held", {
+  description: "Live requests held until a change comes or they time out"
+})
+
+/** SSE streams open. */
+export const sseStreams = Metric.counter("syncline_sse_streams_open", {
+  description: "Live SSE streams open"
+})
+
+/** Why a response has its status: the label `cause` of `syncline_http_responses_total`. */
+export const causeOf = (status: number): string => {
+  switch (status) {
+    case 200:
+      return "ok"
+    case 202:
+      return "accepted"
+    case 204:
+      return "no_content"
+    case 304:
+      return "not_modified"
+    case 400:
+      return "invalid_request"
+    case 401:
+      return "unauthorized"
+    case 404:
+      return "not_found"
+    case 405:
+      return "not_allowed"
+    case 409:
+      return "must_refetch"
+    case 503:
+      return "unavailable"
+    default:
+      return status >= 500 ? "internal_error" : "other"
+  }
+}
+
+/** Counts a response of the shape API of source `source`. */
+export const countResponse = (source: string, status: number): Effect.Effect<void> =>
+  Metric.increment(Metric.taggedWithLabels(responses, [
+    MetricLabel.make("source", source),
+    MetricLabel.make("status", String(status)),
+    MetricLabel.make("cause", causeOf(status))
+  ]))
+
+/** Runs `effect` counted in `gauge` (an up-down counter) while it runs, per source. */
+export const countedWhile = <A, E, R>(
+  gauge: typeof heldLongPolls,
+  source: string,
+  effect: Effect.Effect<A, E, R>
+): Effect.Effect<A, E, R> => {
+  const tagged = Metric.tagged(gauge, "source", source)
+  return Effect.acquireUseRelease(Metric.increment(tagged), () => effect, () => Metric.incrementBy(tagged, -1))
+}
+
+/** One figure read at scrape time. */
+export interface Sample {
+  readonly name: string
+  readonly help: string
+  readonly type: "counter" | "gauge"
+  readonly labels: Readonly<Record<string, string>>
+  readonly value: number
+}
+
+const escapeLabel = (value: string): string => value.replace(/\\/g, "\\\\").replace(/\n/g, "\\n").replace(/"/g, "\\\"")
+
+const labelText = (labels: ReadonlyArray<readonly [string, string]>): string =>
+  labels.length === 0 ? "" : `{${labels.map(([k, v]) => `${k}="${escapeLabel(v)}"`).join(",")}}`
+
+const numberText = (value: number | bigint): string =>
+  typeof value === "bigint" ? value.toString() : Number.isFinite(value) ? String(value) : value > 0 ? "+Inf" : value < 0 ? "-Inf" : "NaN"
+
+/**
+ * The Prometheus text exposition (version 0.0.4) of the registry's counters
+ * and gauges named `syncline_*` and of `samples`: one `# HELP` and `# TYPE`
+ * per name, then its series. A counter whose name ends in `_total` is a
+ * counter; an up-down one is a gauge.
+ */
+export const renderPrometheus = (
+  pairs: ReadonlyArray<MetricPair.MetricPair.Untyped>,
+  samples: ReadonlyArray<Sample>
+): string => {
+  const families = new Map<string, { help: string; type: string; lines: Array<string> }>()
+  const family = (name: string, help: string, type: string) => {
+    let f = families.get(name)
+    if (f === undefined) families.set(name, f = { help, type, lines: [] })
+    return f
+  }
+  for (const pair of pairs) {
+    const key = pair.metricKey
+    const name = key.name
+    if (!name.startsWith("syncline_")) continue
+    const labels = key.tags.map((t) => [t.key, t.value] as const)
+    const help = key.description._tag === "Some" ? key.description.value : name
+    const state = pair.metricState
+    if (MetricState.isCounterState(state)) {
+      family(name, help, name.endsWith("_total") ? "counter" : "gauge").lines.push(`${name}${labelText(labels)} ${numberText(state.count)}`)
+    } else if (MetricState.isGaugeState(state)) {
+      family(name, help, "gauge").lines.push(`${name}${labelText(labels)} ${numberText(state.value)}`)
+    }
+  }
+  for (const s of samples) {
+    family(s.name, s.help, s.type).lines.push(`${s.name}${labelText(Object.entries(s.labels))} ${numberText(s.value)}`)
+  }
+  const out: Array<string> = []
+  for (const [name, f] of families) {
+    out.push(`# HELP ${name} ${f.help.replace(/\\/g, "\\\\").replace(/\n/g, "\\n")}`, `# TYPE ${name} ${f.type}`, ...f.lines)
+  }
+  return out.length === 0 ? "" : `${out.join("\n")}\n`
+}
