@@ -1,6 +1,6 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Either } from "effect"
-import { Main } from "./layers/Main.js"
+import { Logging, Main } from "./layers/Main.js"
 import { formatConfigError, readStackSettings } from "./src/config/StackConfig.js"
 import { StackSupervisor } from "./src/stack/StackSupervisor.js"
 
@@ -13,6 +13,7 @@ if (Either.isLeft(settings)) {
 // Runs until a signal stops it, or until the stack hits an error no retry can fix.
 const program = Effect.flatMap(StackSupervisor, (supervisor) => supervisor.fatal).pipe(
   Effect.provide(Main(settings.right)),
+  Effect.provide(Logging(settings.right)),
   Effect.catchTag("PostgresError", (error) =>
     Effect.sync(() => {
       console.error(`syncline: ${error.message}`)
@@ -31,4 +32,4 @@ for (const signal of ["SIGTERM", "SIGINT"] as const) {
   })
 }
 
-NodeRuntime.runMain(program)
+NodeRuntime.runMain(program, { disablePrettyLogger: true })

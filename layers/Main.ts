@@ -1,4 +1,4 @@
-import { Effect, Layer, Option, Redacted } from "effect"
+import { Effect, Layer, Logger, Option, Redacted } from "effect"
 import * as path from "node:path"
 import type { StackSettings } from "../src/config/StackConfig.js"
 import { DEMO_TABLE, ensureDemoData } from "../src/postgres/DemoData.js"
@@ -50,3 +50,10 @@ export const Main = (settings: StackSettings) => {
     })
   ).pipe(Layer.provide(EmbeddedPostgres.layer({ dataDir: path.join(path.resolve(settings.storageDir), "postgres") })))
 }
+
+/**
+ * The service's logging as its settings ask (`ELECTRIC_LOG_LEVEL`, `SYNCLINE_LOG_FORMAT`): the least severe
+ * level logged, and one JSON object per line in place of the pretty lines when asked. A host app keeps its own.
+ */
+export const Logging = (settings: StackSettings): Layer.Layer<never> =>
+  Layer.merge(Logger.minimumLogLevel(settings.logLevel), settings.logFormat === "json" ? Logger.json : Logger.pretty)

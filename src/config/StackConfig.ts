@@ -1,4 +1,4 @@
-import { Config, ConfigError, Context, Effect, Either, Layer, Option, Redacted } from "effect"
+import { Config, ConfigError, Context, Effect, Either, Layer, LogLevel, Option, Redacted } from "effect"
 
 /**
  * The settings of one stack, read from Electric's environment variable names,
@@ -29,6 +29,10 @@ export interface StackSettings {
   readonly sseKeepAliveMs: number
   /** `ELECTRIC_PROMETHEUS_PORT`: a port of its own for `/metrics` (also served on the main port). */
   readonly prometheusPort: Option.Option<number>
+  /** `ELECTRIC_LOG_LEVEL`: the least severe level logged. */
+  readonly logLevel: LogLevel.LogLevel
+  /** `SYNCLINE_LOG_FORMAT`: `pretty` lines for a terminal, or one JSON object per line for a log collector. */
+  readonly logFormat: "pretty" | "json"
 }
 
 /** Names derived from the replication stream id, as Electric names them. */
@@ -51,6 +55,28 @@ const integer = (name: string, fallback: number, min: number, max: number, expec
         : Either.left(invalid(name, expected, raw.value))
     })
   )
+
+/** One of `choices` by name (any case); `fallback` when unset. */
+const oneOf = <A>(name: string, choices: Readonly<Record<string, A>>, fallback: string) =>
+  optionalRaw(name).pipe(
+    Config.mapOrFail((raw) => {
+      const text = Option.isNone(raw) || raw.value.trim() === "" ? fallback : raw.value.trim().toLowerCase()
+      return Object.hasOwn(choices, text)
+        ? Either.right(choices[text]!)
+        : Either.left(invalid(name, `one of ${Object.keys(choices).join(", ")}`, Option.getOrElse(raw, () => "")))
+    })
+  )
+
+/** `ELECTRIC_LOG_LEVEL`'s values: Electric's (Elixir's) names, and Effect's. */
+const LOG_LEVELS: Readonly<Record<string, LogLevel.LogLevel>> = {
+  debug: LogLevel.Debug,
+  info: LogLevel.Info,
+  notice: LogLevel.Info,
+  warning: LogLevel.Warning,
+  warn: LogLevel.Warning,
+  error: LogLevel.Error,
+  none: LogLevel.None
+}
 
 const boolean = (name: string, fallback: boolean) =>
   optionalRaw(name).pipe(
@@ -126,7 +152,9 @@ export const stackSettingsConfig: Config.Config<StackSettings> = Config.all({
   sseKeepAliveMs: integer("SYNCLINE_SSE_KEEPALIVE", 21_000, 100, 3_600_000, "a duration in milliseconds (at least 100)"),
   prometheusPort: integer("ELECTRIC_PROMETHEUS_PORT", -1, 0, 65535, "a port number (0-65535)").pipe(
     Config.map((port) => (port < 0 ? Option.none<number>() : Option.some(port)))
-  )
+  ),
+  logLevel: oneOf("ELECTRIC_LOG_LEVEL", LOG_LEVELS, "info"),
+  logFormat: oneOf("SYNCLINE_LOG_FORMAT", { pretty: "pretty", json: "json" } as const, "pretty")
 }).pipe(
   Config.mapOrFail(({ insecure, secret, ...rest }) => {
     const hasSecret = Option.isSome(secret) && secret.value !== ""
@@ -195,6 +223,8 @@ export class StackConfig extends Context.Tag("syncline/StackConfig")<StackConfig
     sseTimeoutMs: 60_000,
     sseKeepAliveMs: 21_000,
     prometheusPort: Option.none(),
+    logLevel: LogLevel.Info,
+    logFormat: "pretty",
     ...settings
   })
   static readonly layerWith = (settings: Partial<StackSettings>): Layer.Layer<StackConfig> =>

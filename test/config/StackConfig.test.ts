@@ -1,5 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
-import { ConfigProvider, Effect, Either, Option, Redacted } from "effect"
+import { ConfigProvider, Effect, Either, LogLevel, Option, Redacted } from "effect"
 import {
   formatConfigError,
   publicationName,
@@ -137,6 +137,23 @@ describe("stackSettingsConfig", () => {
       )
       expect(yield* problem({ DATABASE_URL: "mysql://localhost/db", ELECTRIC_INSECURE: "true" })).toBe(
         "DATABASE_URL must be a postgresql:// URL"
+      )
+    }))
+
+  it.effect("reads the metrics port and the logging settings", () =>
+    Effect.gen(function*() {
+      const s = yield* settings({ ELECTRIC_PROMETHEUS_PORT: "9464", ELECTRIC_LOG_LEVEL: "Warning", SYNCLINE_LOG_FORMAT: "json" })
+      expect(s.prometheusPort).toEqual(Option.some(9464))
+      expect(s.logLevel).toBe(LogLevel.Warning)
+      expect(s.logFormat).toBe("json")
+      expect((yield* settings({ ELECTRIC_LOG_LEVEL: "notice" })).logLevel).toBe(LogLevel.Info)
+      expect((yield* settings({ ELECTRIC_LOG_LEVEL: "none" })).logLevel).toBe(LogLevel.None)
+      expect(yield* problem({ ELECTRIC_LOG_LEVEL: "loud" })).toBe(
+        `ELECTRIC_LOG_LEVEL must be one of debug, info, notice, warning, warn, error, none, got "loud"`
+      )
+      expect(yield* problem({ SYNCLINE_LOG_FORMAT: "xml" })).toBe(`SYNCLINE_LOG_FORMAT must be one of pretty, json, got "xml"`)
+      expect(yield* problem({ ELECTRIC_PROMETHEUS_PORT: "70000" })).toBe(
+        `ELECTRIC_PROMETHEUS_PORT must be a port number (0-65535), got "70000"`
       )
     }))
 
