@@ -1,6 +1,6 @@
 import { NodeRuntime } from "@effect/platform-node"
 import { Effect, Either } from "effect"
-import { Logging, Main } from "./layers/Main.js"
+import { Logging, Main, Tracing } from "./layers/Main.js"
 import { formatConfigError, readStackSettings } from "./src/config/StackConfig.js"
 import { StackSupervisor } from "./src/stack/StackSupervisor.js"
 
@@ -13,6 +13,7 @@ if (Either.isLeft(settings)) {
 // Runs until a signal stops it, or until the stack hits an error no retry can fix.
 const program = Effect.flatMap(StackSupervisor, (supervisor) => supervisor.fatal).pipe(
   Effect.provide(Main(settings.right)),
+  Effect.provide(Tracing(settings.right)),
   Effect.provide(Logging(settings.right)),
   Effect.catchTag("PostgresError", (error) =>
     Effect.sync(() => {

@@ -1,3 +1,4 @@
+import { FetchHttpClient } from "@effect/platform"
 import { Effect, Layer, Logger, Option, Redacted } from "effect"
 import * as path from "node:path"
 import type { StackSettings } from "../src/config/StackConfig.js"
@@ -57,3 +58,24 @@ export const Main = (settings: StackSettings) => {
  */
 export const Logging = (settings: StackSettings): Layer.Layer<never> =>
   Layer.merge(Logger.minimumLogLevel(settings.logLevel), settings.logFormat === "json" ? Logger.json : Logger.pretty)
+
+/**
+ * Traces over OTLP/HTTP (JSON) when the settings name an endpoint (`ELECTRIC_OTLP_ENDPOINT`, or the standard
+ * `OTEL_*` variables): the spans of requests, queries and the stack's steps, sent in batches every second and
+ * flushed when the service stops. The exporter is loaded only then; without an endpoint this costs nothing.
+ */
+export const Tracing = (settings: StackSettings): Layer.Layer<never> =>
+  Option.match(settings.otlp, {
+    onNone: () => Layer.empty,
+    onSome: ({ serviceName, tracesUrl }) =>
+      Layer.unwrapEffect(Effect.promise(async () => {
+        const [tracer, serialization] = await Promise.all([
+          import("@effect/opentelemetry/OtlpTracer"),
+          import("@effect/opentelemetry/OtlpSerialization")
+        ])
+        return tracer.layer({ url: tracesUrl, resource: { serviceName }, exportInterval: "1 second" }).pipe(
+          Layer.provide(serialization.layerJson),
+          Layer.provide(FetchHttpClient.layer)
+        )
+      }))
+  })

@@ -3,7 +3,7 @@
  * shape API to mount in a host's router, the stack supervisor, and the
  * settings read from Electric's environment variables.
  */
-export { Logging, Main } from "../layers/Main.js"
+export { Logging, Main, Tracing } from "../layers/Main.js"
 export { Server } from "../layers/Server.js"
 export { makeStack, Stack, type StackParts } from "../layers/Stack.js"
 export { Syncline, type SynclineServices, type SynclineSource } from "../layers/Syncline.js"

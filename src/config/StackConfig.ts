@@ -33,6 +33,12 @@ export interface StackSettings {
   readonly logLevel: LogLevel.LogLevel
   /** `SYNCLINE_LOG_FORMAT`: `pretty` lines for a terminal, or one JSON object per line for a log collector. */
   readonly logFormat: "pretty" | "json"
+  /**
+   * Where traces go over OTLP/HTTP, if anywhere: `ELECTRIC_OTLP_ENDPOINT` or `OTEL_EXPORTER_OTLP_ENDPOINT` (a base
+   * URL, traces at `/v1/traces` under it) or `OTEL_EXPORTER_OTLP_TRACES_ENDPOINT` (the whole URL), as
+   * `OTEL_SERVICE_NAME` (`syncline` by default).
+   */
+  readonly otlp: Option.Option<{ readonly tracesUrl: string; readonly serviceName: string }>
 }
 
 /** Names derived from the replication stream id, as Electric names them. */
@@ -66,6 +72,36 @@ const oneOf = <A>(name: string, choices: Readonly<Record<string, A>>, fallback: 
         : Either.left(invalid(name, `one of ${Object.keys(choices).join(", ")}`, Option.getOrElse(raw, () => "")))
     })
   )
+
+/** An `http(s)://` URL, or undefined for an unset variable. */
+const httpUrl = (name: string) =>
+  optionalRaw(name).pipe(
+    Config.mapOrFail((raw) => {
+      if (Option.isNone(raw) || raw.value.trim() === "") return Either.right(undefined)
+      const text = raw.value.trim()
+      try {
+        if (/^https?:$/.test(new URL(text).protocol)) return Either.right(text)
+      } catch {
+        // Reported below.
+      }
+      return Either.left(invalid(name, "an http:// or https:// URL", raw.value))
+    })
+  )
+
+const otlpConfig = Config.all({
+  electric: httpUrl("ELECTRIC_OTLP_ENDPOINT"),
+  base: httpUrl("OTEL_EXPORTER_OTLP_ENDPOINT"),
+  traces: httpUrl("OTEL_EXPORTER_OTLP_TRACES_ENDPOINT"),
+  serviceName: optionalRaw("OTEL_SERVICE_NAME")
+}).pipe(
+  Config.map(({ base, electric, serviceName, traces }) => {
+    const baseUrl = electric ?? base
+    const tracesUrl = traces ?? (baseUrl === undefined ? undefined : `${baseUrl.replace(/\/+$/, "")}/v1/traces`)
+    if (tracesUrl === undefined) return Option.none()
+    const name = Option.getOrElse(serviceName, () => "").trim()
+    return Option.some({ tracesUrl, serviceName: name === "" ? "syncline" : name })
+  })
+)
 
 /** `ELECTRIC_LOG_LEVEL`'s values: Electric's (Elixir's) names, and Effect's. */
 const LOG_LEVELS: Readonly<Record<string, LogLevel.LogLevel>> = {
@@ -154,7 +190,8 @@ export const stackSettingsConfig: Config.Config<StackSettings> = Config.all({
     Config.map((port) => (port < 0 ? Option.none<number>() : Option.some(port)))
   ),
   logLevel: oneOf("ELECTRIC_LOG_LEVEL", LOG_LEVELS, "info"),
-  logFormat: oneOf("SYNCLINE_LOG_FORMAT", { pretty: "pretty", json: "json" } as const, "pretty")
+  logFormat: oneOf("SYNCLINE_LOG_FORMAT", { pretty: "pretty", json: "json" } as const, "pretty"),
+  otlp: otlpConfig
 }).pipe(
   Config.mapOrFail(({ insecure, secret, ...rest }) => {
     const hasSecret = Option.isSome(secret) && secret.value !== ""
@@ -225,6 +262,7 @@ export class StackConfig extends Context.Tag("syncline/StackConfig")<StackConfig
     prometheusPort: Option.none(),
     logLevel: LogLevel.Info,
     logFormat: "pretty",
+    otlp: Option.none(),
     ...settings
   })
   static readonly layerWith = (settings: Partial<StackSettings>): Layer.Layer<StackConfig> =>

@@ -157,6 +157,22 @@ describe("stackSettingsConfig", () => {
       )
     }))
 
+  it.effect("reads where traces go: Electric's endpoint, or the standard OpenTelemetry variables", () =>
+    Effect.gen(function*() {
+      expect((yield* settings({})).otlp).toEqual(Option.none())
+      expect((yield* settings({ ELECTRIC_OTLP_ENDPOINT: "http://collector:4318/" })).otlp).toEqual(
+        Option.some({ tracesUrl: "http://collector:4318/v1/traces", serviceName: "syncline" })
+      )
+      expect((yield* settings({ OTEL_EXPORTER_OTLP_ENDPOINT: "https://otel.example", OTEL_SERVICE_NAME: "sync" })).otlp).toEqual(
+        Option.some({ tracesUrl: "https://otel.example/v1/traces", serviceName: "sync" })
+      )
+      expect((yield* settings({ OTEL_EXPORTER_OTLP_TRACES_ENDPOINT: "http://c:4318/custom", OTEL_EXPORTER_OTLP_ENDPOINT: "http://b" })).otlp)
+        .toEqual(Option.some({ tracesUrl: "http://c:4318/custom", serviceName: "syncline" }))
+      expect(yield* problem({ ELECTRIC_OTLP_ENDPOINT: "collector:4318" })).toBe(
+        `ELECTRIC_OTLP_ENDPOINT must be an http:// or https:// URL, got "collector:4318"`
+      )
+    }))
+
   it.effect("reports every bad variable, one message each", () =>
     Effect.gen(function*() {
       const message = yield* problem({ ELECTRIC_PORT: "abc", ELECTRIC_CACHE_MAX_AGE: "x" })
