@@ -1,4 +1,4 @@
-import { Cause, Context, Deferred, Effect, Either, Layer, Option, Queue, Schedule } from "effect"
+import { Cause, Clock, Context, Deferred, Effect, Either, Layer, Option, Queue, Schedule } from "effect"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { TableRef } from "../domain/Table.js"
@@ -24,6 +24,9 @@ import { Snapshotter } from "./Snapshotter.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
 export type CreateError = PostgresError | StorageError | RegistryError | TableAbsent
+
+/** How often restoring the shapes at start-up says how far it got. */
+const RESTORE_PROGRESS_EVERY_MS = 5_000
 
 /**
  * Creates, finds and removes shapes, in the order that loses nothing
@@ -152,11 +155,20 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
       // Dependencies first: a shape is restored once every shape its subqueries read is, and removed when one is not.
       let waiting = [...(yield* status.all)]
       const decided = new Set<ShapeHandle>()
+      const total = waiting.length
+      const restoring = yield* Clock.currentTimeMillis
+      let reported = restoring
+      if (total > 0) yield* Effect.logInfo(`restoring ${total} shape(s)`)
       while (waiting.length > 0) {
         const pending = new Set(waiting.map((r) => r.handle))
         const ready = waiting.filter((r) => r.dependencies.every((d) => decided.has(d) || !pending.has(d)))
         const next = ready.length > 0 ? ready : [waiting[0]!]
         for (const record of next) {
+          const now = yield* Clock.currentTimeMillis
+          if (now - reported >= RESTORE_PROGRESS_EVERY_MS) {
+            reported = now
+            yield* Effect.logInfo(`restoring shapes: ${decided.size} of ${total} done`)
+          }
           decided.add(record.handle)
           const restored = yield* restore(record)
           if (restored === undefined) continue
@@ -166,6 +178,10 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           yield* consumers.register(restored, record.snapshot)
         }
         waiting = waiting.filter((r) => !decided.has(r.handle))
+      }
+      if (total > 0) {
+        const took = (yield* Clock.currentTimeMillis) - restoring
+        yield* Effect.logInfo(`restored ${shapes.size} of ${total} shape(s) in ${took} ms`)
       }
       // A shape made for subqueries whose last reader went while its own removal did not finish (a crash between
       // the two, or a reader whose snapshot never completed).

@@ -1,10 +1,13 @@
-import { Context, Effect, Layer } from "effect"
+import { Clock, Context, Effect, Layer } from "effect"
 import type { PostgresError, StorageError } from "../domain/errors.js"
 import { Snapshot } from "../postgres/Snapshot.js"
 import { columnSignature } from "../replication/ShapeLogCollector.js"
 import type { ShapeLog } from "../storage/ShapeLogStorage.js"
 import type { Shape } from "./Shape.js"
 import type { SnapshotMark } from "./ShapeStatus.js"
+
+/** How often a long snapshot says how far it got; one that took longer says how long it took. */
+const PROGRESS_EVERY_MS = 5_000
 
 /** The `snapshot-end` control message that closes every initial snapshot. */
 export const snapshotEndMessage = (mark: SnapshotMark): string =>
@@ -26,11 +29,26 @@ export class Snapshotter extends Context.Tag("syncline/Snapshotter")<Snapshotter
         run: (shape, log) =>
           Effect.gen(function*() {
             const changesOnly = shape.definition.log === "changes_only"
+            const what = `shape ${shape.handle}: snapshot of ${shape.table.schema}.${shape.table.name}`
+            const started = yield* Clock.currentTimeMillis
+            let rows = 0
+            let reported = started
             const info = yield* snapshot.take(shape.table, {
               whereSql: changesOnly ? "false" : shape.where?.sql,
               columns: shape.columns,
-              onLines: (lines) => log.appendSnapshot(lines)
+              onLines: (lines) =>
+                Effect.zipRight(
+                  log.appendSnapshot(lines),
+                  Effect.flatMap(Clock.currentTimeMillis, (now) => {
+                    rows += lines.length
+                    if (now - reported < PROGRESS_EVERY_MS) return Effect.void
+                    reported = now
+                    return Effect.logInfo(`${what}: ${rows} rows so far`)
+                  })
+                )
             })
+            const took = (yield* Clock.currentTimeMillis) - started
+            if (took >= PROGRESS_EVERY_MS) yield* Effect.logInfo(`${what}: ${rows} rows in ${(took / 1000).toFixed(1)} s`)
             const mark: SnapshotMark = {
               xmin: info.xmin,
               xmax: info.xmax,
