@@ -3,11 +3,15 @@ import { ConfigError, Context, Effect, Layer, Option, Redacted, type Scope } fro
 import { StackConfig, type StackSettings } from "../src/config/StackConfig.js"
 import { ShapeApi } from "../src/http/ShapeApi.js"
 import { ShutdownSignal } from "../src/http/ShutdownSignal.js"
+import { StatusHistory } from "../src/observability/StatusHistory.js"
 import { StackSupervisor, type StackSupervisorService } from "../src/stack/StackSupervisor.js"
 import { Stack } from "./Stack.js"
 
-/** What `ShapeApi` needs: the settings, the supervisor of the stack, and the signal that releases held requests. */
-export type SynclineServices = StackConfig | StackSupervisor | ShutdownSignal
+/**
+ * What `ShapeApi` needs: the settings, the supervisor of the stack, the signal that releases held requests, and the
+ * recent history its status page draws.
+ */
+export type SynclineServices = StackConfig | StackSupervisor | ShutdownSignal | StatusHistory
 
 /** The source database's URL from the settings (`DATABASE_URL`); a host must give one. */
 const databaseUrlOf = (settings: StackSettings): Effect.Effect<string, ConfigError.ConfigError> =>
@@ -29,7 +33,8 @@ export interface SynclineSource {
 }
 
 const makeSyncline = (settings: StackSettings, databaseUrl: string): Layer.Layer<SynclineServices> =>
-  StackSupervisor.layer(Stack(settings, databaseUrl)).pipe(
+  StatusHistory.layer.pipe(
+    Layer.provideMerge(StackSupervisor.layer(Stack(settings, databaseUrl))),
     Layer.provideMerge(ShutdownSignal.layer),
     Layer.provideMerge(StackConfig.layerWith(settings))
   )
@@ -80,10 +85,16 @@ export const Syncline = {
   source: (settings: StackSettings): Effect.Effect<SynclineSource, ConfigError.ConfigError, Scope.Scope | ShutdownSignal> =>
     Effect.gen(function*() {
       const signal = yield* ShutdownSignal
-      const context = yield* Layer.build(StackSupervisor.layer(Stack(settings, yield* databaseUrlOf(settings))))
+      const context = yield* Layer.build(
+        StatusHistory.layer.pipe(
+          Layer.provideMerge(StackSupervisor.layer(Stack(settings, yield* databaseUrlOf(settings)))),
+          Layer.provide(StackConfig.layerWith(settings))
+        )
+      )
       const supervisor = Context.get(context, StackSupervisor)
       const api = ShapeApi.pipe(
         HttpRouter.provideService(StackSupervisor, supervisor),
+        HttpRouter.provideService(StatusHistory, Context.get(context, StatusHistory)),
         HttpRouter.provideService(StackConfig, settings),
         HttpRouter.provideService(ShutdownSignal, signal)
       )

@@ -5,6 +5,7 @@ import * as path from "node:path"
 import { StackConfig, type StackSettings } from "../src/config/StackConfig.js"
 import { ShapeApi } from "../src/http/ShapeApi.js"
 import { ShutdownSignal } from "../src/http/ShutdownSignal.js"
+import { StatusHistory } from "../src/observability/StatusHistory.js"
 import type { StorageError } from "../src/domain/errors.js"
 import { type RestartPolicy, StackSupervisor } from "../src/stack/StackSupervisor.js"
 import { type ShapeLog, ShapeLogStorage } from "../src/storage/ShapeLogStorage.js"
@@ -81,7 +82,10 @@ export const TestSyncline = (
     readonly chunkBytesThreshold?: number
   } = {}
 ): Layer.Layer<SynclineServices> =>
-  StackSupervisor.layer(TestStack(db, dirs, holder, options.maxInFlight, options.chunkBytesThreshold), options.policy).pipe(
+  StatusHistory.layer.pipe(
+    Layer.provideMerge(
+      StackSupervisor.layer(TestStack(db, dirs, holder, options.maxInFlight, options.chunkBytesThreshold), options.policy)
+    ),
     Layer.provideMerge(ShutdownSignal.layer),
     Layer.provideMerge(
       StackConfig.layerWith({ storageDir: dirs.storageDir, enableIntegrationTesting: true, ...settings })

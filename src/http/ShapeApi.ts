@@ -43,6 +43,7 @@ import { abortConnection, closeConnectionOnFinish } from "./NodeServer.js"
 import { ShutdownSignal } from "./ShutdownSignal.js"
 import { countedWhile, countResponse, heldLongPolls, sseStreams } from "../observability/Metrics.js"
 import { metricsRoute } from "../observability/MetricsRoute.js"
+import { statusRoute } from "../observability/StatusPage.js"
 import {
   invalidRequestBody,
   parseAdminParams,
@@ -846,6 +847,7 @@ export const ShapeApi = HttpRouter.empty.pipe(
   HttpRouter.head("/v1/health", health),
   HttpRouter.post("/v1/admin/restart", restartStack),
   HttpRouter.get("/metrics", metricsRoute),
+  HttpRouter.get("/v1/status", statusRoute),
   HttpRouter.get("/", Effect.succeed(HttpServerResponse.empty({ status: 200 }))),
   HttpRouter.all("*", Effect.succeed(HttpServerResponse.text("Not found", { status: 404 }))),
   HttpRouter.catchAllCause(internalError),

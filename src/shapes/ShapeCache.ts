@@ -49,9 +49,11 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
   readonly remove: (handle: ShapeHandle, reason: string) => Effect.Effect<void, StorageError | RegistryError | TableAbsent>
   /** Fails when the removal of invalidated shapes hits a defect: the stack must restart (the ack waits for them). */
   readonly failure: Effect.Effect<never>
-  /** Every shape served now, with its table (name and oid). */
+  /** Every shape served now, with its table (name and oid) and its `where`. */
   readonly list: Effect.Effect<
-    ReadonlyArray<{ readonly handle: ShapeHandle; readonly table: TableRef; readonly tableOid: number }>
+    ReadonlyArray<
+      { readonly handle: ShapeHandle; readonly table: TableRef; readonly tableOid: number; readonly where: string | undefined }
+    >
   >
 }>() {
   static readonly layer: Layer.Layer<
@@ -399,7 +401,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           Effect.zipRight(Effect.logInfo(`removing shape ${handle}: ${reason}`), removeNow(handle)),
         failure: Deferred.await(failed),
         list: Effect.sync(() =>
-          [...shapes.values()].map((s) => ({ handle: s.handle, table: s.table, tableOid: s.table.oid }))
+          [...shapes.values()].map((s) => ({ handle: s.handle, table: s.table, tableOid: s.table.oid, where: s.definition.where }))
         )
       })
     })

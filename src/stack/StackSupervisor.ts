@@ -79,6 +79,8 @@ export interface StackSupervisorService {
   readonly current: (timeout: Duration.DurationInput) => Effect.Effect<StackView, StackNotReady>
   /** The active stack; waits up to `timeout` for it, then fails with `StackNotReady`. */
   readonly active: (timeout: Duration.DurationInput) => Effect.Effect<Context.Context<ActiveServices>, StackNotReady>
+  /** The active stack now, if there is one (no wait). */
+  readonly activeNow: () => Option.Option<Context.Context<ActiveServices>>
   /** Closes the current stack (teardown in layer order) and builds a new one. */
   readonly restart: Effect.Effect<void>
   /** Fails when the stack cannot start and retrying cannot help (e.g. `wal_level` is not logical). */
@@ -223,6 +225,7 @@ export const makeStackSupervisor = <E>(
       status,
       current: (timeout) => waitFor((v) => Option.some(v), timeout),
       active: (timeout) => waitFor((v) => (v.mode === "active" ? Option.some(v.context) : Option.none()), timeout),
+      activeNow: () => Option.flatMap(view, (v) => (v.mode === "active" ? Option.some(v.context) : Option.none())),
       // Never half done: a caller that goes away mid-teardown must not leave the process without a stack.
       restart: Effect.uninterruptible(Effect.zipRight(stop, Effect.zipRight(Effect.sync(() => restarts++), start))),
       fatal: Deferred.await(fatal),

@@ -119,6 +119,8 @@ export class ShapeLogStorage extends Context.Tag("syncline/ShapeLogStorage")<Sha
   readonly remove: (handle: ShapeHandle) => Effect.Effect<void, StorageError>
   /** Handles that have a directory on disk (for boot-time clean-up of orphans). */
   readonly list: Effect.Effect<ReadonlyArray<ShapeHandle>, StorageError>
+  /** The bytes a shape's files take on disk (0 for a shape with none). */
+  readonly size: (handle: ShapeHandle) => Effect.Effect<number, StorageError>
 }>() {
   /** The file-backed storage under `options.directory`; closing the layer closes every open file. */
   static readonly layer = (options: ShapeLogStorageOptions): Layer.Layer<ShapeLogStorage, StorageError> =>
@@ -341,7 +343,21 @@ export const make = (
         .map((e) => ShapeHandle(e.name))
     }).pipe(Effect.withSpan("ShapeLogStorage.list"))
 
-    return ShapeLogStorage.of({ create, open, remove, list })
+    const size = (handle: ShapeHandle) =>
+      attempt(handle, async () => {
+        const dir = path.join(root, handle)
+        let names: Array<string>
+        try {
+          names = await fs.readdir(dir)
+        } catch (cause) {
+          if (isErrno(cause, "ENOENT")) return 0
+          throw cause
+        }
+        const sizes = await Promise.all(names.map((name) => fs.stat(path.join(dir, name)).then((s) => s.size, () => 0)))
+        return sizes.reduce((a, b) => a + b, 0)
+      }).pipe(Effect.withSpan("ShapeLogStorage.size"))
+
+    return ShapeLogStorage.of({ create, open, remove, list, size })
   })
 
 /**

@@ -1,8 +1,8 @@
-import { execFile } from "node:child_process"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
-import { cleanEnv, freePort, processAlive, REPO_ROOT, spawnCommand } from "./process.js"
+import { aptInstall, isExecutable, isRoot, run, withInstallLock } from "./debian.js"
+import { cleanEnv, freePort, REPO_ROOT, spawnCommand } from "./process.js"
 import { tempDir } from "./syncline.js"
 
 /**
@@ -13,41 +13,6 @@ const PACKAGES = ["nginx-light", "nginx"] as const
 
 /** Where `/usr/sbin/nginx` ends up when the packages are unpacked without root. */
 const unpackedRoot = (): string => path.join(os.tmpdir(), `syncline-nginx-${process.getuid?.() ?? "user"}`, "root")
-
-const isRoot = (): boolean => process.getuid?.() === 0
-
-interface CommandResult {
-  readonly ok: boolean
-  readonly output: string
-}
-
-const run = (command: string, args: ReadonlyArray<string>, options: { readonly cwd?: string } = {}): Promise<CommandResult> =>
-  new Promise((resolve) => {
-    execFile(
-      command,
-      [...args],
-      {
-        cwd: options.cwd,
-        env: cleanEnv({ DEBIAN_FRONTEND: "noninteractive" }),
-        maxBuffer: 64 * 1024 * 1024,
-        timeout: 600_000
-      },
-      (error, stdout, stderr) =>
-        resolve({
-          ok: error === null,
-          output: `${stdout}${stderr}${error === null ? "" : `(failed: ${error.code ?? error.signal ?? error.message})`}`
-        })
-    )
-  })
-
-const isExecutable = async (file: string): Promise<boolean> => {
-  try {
-    await fs.access(file, fs.constants.X_OK)
-    return true
-  } catch {
-    return false
-  }
-}
 
 /** An nginx that runs: on PATH, in /usr/sbin, or unpacked earlier by this user. */
 const findNginx = async (): Promise<string | undefined> => {
@@ -63,59 +28,10 @@ const findNginx = async (): Promise<string | undefined> => {
   return undefined
 }
 
-/**
- * Runs `body` while holding a machine-wide lock (a directory, whose creation is atomic), so two
- * test processes never run apt at once. A lock whose owner died is taken over.
- */
-const withInstallLock = async <A>(body: () => Promise<A>): Promise<A> => {
-  const lock = path.join(os.tmpdir(), "syncline-nginx-install.lock")
-  const owner = path.join(lock, "owner.pid")
-  const deadline = Date.now() + 15 * 60_000
-  for (;;) {
-    try {
-      await fs.mkdir(lock)
-      await fs.writeFile(owner, `${process.pid}\n`)
-      break
-    } catch (error) {
-      if ((error as NodeJS.ErrnoException).code !== "EEXIST") throw error
-    }
-    const pid = Number(await fs.readFile(owner, "utf8").catch(() => ""))
-    const age = Date.now() - ((await fs.stat(lock).catch(() => undefined))?.mtimeMs ?? Date.now())
-    // No pid yet is a holder between mkdir and writeFile, unless that was long ago.
-    const abandoned = Number.isInteger(pid) && pid > 0 ? !processAlive(pid) : age > 30_000
-    if (abandoned) {
-      await fs.rm(lock, { recursive: true, force: true })
-      continue
-    }
-    if (Date.now() > deadline) throw new Error(`${lock} is still held by process ${pid}`)
-    await new Promise((r) => setTimeout(r, 250))
-  }
-  try {
-    return await body()
-  } finally {
-    await fs.rm(lock, { recursive: true, force: true })
-  }
-}
-
 const failure = (what: string, log: ReadonlyArray<string>): Error =>
   new Error(
     `nginx is needed by this test and could not be ${what} (Debian packages ${PACKAGES.join(" or ")}):\n${log.join("\n")}`
   )
-
-/** As root: `apt-get update` once, then the first package that installs. */
-const installAsRoot = async (): Promise<void> => {
-  const log: Array<string> = []
-  // Waits for another apt (not a test) holding dpkg's own lock instead of failing at once.
-  const lockWait = ["-o", "DPkg::Lock::Timeout=300"]
-  const update = await run("apt-get", [...lockWait, "update"])
-  log.push(`$ apt-get update\n${update.output}`)
-  for (const pkg of PACKAGES) {
-    const install = await run("apt-get", [...lockWait, "install", "-y", "--no-install-recommends", pkg])
-    log.push(`$ apt-get install -y ${pkg}\n${install.output}`)
-    if (install.ok) return
-  }
-  throw failure("installed", log)
-}
 
 /**
  * Without root: `apt-get download` and `dpkg-deb -x` into a directory of this user's, package by
@@ -159,7 +75,8 @@ export const nginxBinary = (): Promise<string> => {
       // Another test process may have installed it while this one waited for the lock.
       const installed = await findNginx()
       if (installed !== undefined) return installed
-      await (isRoot() ? installAsRoot() : unpackWithoutRoot())
+      if (isRoot()) await aptInstall(PACKAGES, "nginx")
+      else await unpackWithoutRoot()
       const ready = await findNginx()
       if (ready === undefined) throw failure("found after installing", [])
       return ready
