@@ -68,14 +68,23 @@ export const Tracing = (settings: StackSettings): Layer.Layer<never> =>
   Option.match(settings.otlp, {
     onNone: () => Layer.empty,
     onSome: ({ serviceName, tracesUrl }) =>
-      Layer.unwrapEffect(Effect.promise(async () => {
-        const [tracer, serialization] = await Promise.all([
-          import("@effect/opentelemetry/OtlpTracer"),
-          import("@effect/opentelemetry/OtlpSerialization")
-        ])
-        return tracer.layer({ url: tracesUrl, resource: { serviceName }, exportInterval: "1 second" }).pipe(
-          Layer.provide(serialization.layerJson),
-          Layer.provide(FetchHttpClient.layer)
+      Layer.unwrapEffect(
+        Effect.tryPromise(() =>
+          Promise.all([import("@effect/opentelemetry/OtlpTracer"), import("@effect/opentelemetry/OtlpSerialization")])
+        ).pipe(
+          Effect.map(([tracer, serialization]) =>
+            tracer.layer({ url: tracesUrl, resource: { serviceName }, exportInterval: "1 second" }).pipe(
+              Layer.provide(serialization.layerJson),
+              Layer.provide(FetchHttpClient.layer)
+            )
+          ),
+          // An endpoint set for the whole environment must not stop a service installed without the exporter.
+          Effect.catchAll((error) =>
+            Effect.as(
+              Effect.logWarning(`traces are not sent to ${tracesUrl}: @effect/opentelemetry cannot be loaded`, error),
+              Layer.empty
+            )
+          )
         )
-      }))
+      )
   })

@@ -32,9 +32,12 @@ export interface SynclineSource {
   readonly api: HttpRouter.HttpRouter<unknown, never>
 }
 
+/** A source's stack under its supervisor, with its status history; it reads the source's `StackConfig`. */
+const supervised = (settings: StackSettings, databaseUrl: string) =>
+  StatusHistory.layer.pipe(Layer.provideMerge(StackSupervisor.layer(Stack(settings, databaseUrl))))
+
 const makeSyncline = (settings: StackSettings, databaseUrl: string): Layer.Layer<SynclineServices> =>
-  StatusHistory.layer.pipe(
-    Layer.provideMerge(StackSupervisor.layer(Stack(settings, databaseUrl))),
+  supervised(settings, databaseUrl).pipe(
     Layer.provideMerge(ShutdownSignal.layer),
     Layer.provideMerge(StackConfig.layerWith(settings))
   )
@@ -86,10 +89,7 @@ export const Syncline = {
     Effect.gen(function*() {
       const signal = yield* ShutdownSignal
       const context = yield* Layer.build(
-        StatusHistory.layer.pipe(
-          Layer.provideMerge(StackSupervisor.layer(Stack(settings, yield* databaseUrlOf(settings)))),
-          Layer.provide(StackConfig.layerWith(settings))
-        )
+        supervised(settings, yield* databaseUrlOf(settings)).pipe(Layer.provide(StackConfig.layerWith(settings)))
       )
       const supervisor = Context.get(context, StackSupervisor)
       const api = ShapeApi.pipe(

@@ -66,11 +66,13 @@ const expectedRows = async () =>
 describe("a host app with Syncline inside", () => {
   it("serves its own route beside the shape API at /sync, restarts the stack, and stops gracefully losing nothing", async () => {
     const url = inject("databaseUrl")
+    // Long-polls held for ten minutes: were the drain not part of the host's stop, stopping would wait for them.
     const first = await startHost(StackConfig.layerWith({
       databaseUrl: Option.some(Redacted.make(url)),
       storageDir,
       replicationStreamId: STREAM,
-      enableIntegrationTesting: true
+      enableIntegrationTesting: true,
+      longPollTimeoutMs: 600_000
     }))
     let stopped = false
     let host = first

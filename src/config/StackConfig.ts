@@ -186,7 +186,7 @@ export const stackSettingsConfig: Config.Config<StackSettings> = Config.all({
   sendTimeoutMs: integer("SYNCLINE_SEND_TIMEOUT", 30_000, 1, 3_600_000, "a positive duration in milliseconds"),
   sseTimeoutMs: integer("SYNCLINE_SSE_TIMEOUT", 60_000, 1000, 3_600_000, "a duration in milliseconds (at least 1000)"),
   sseKeepAliveMs: integer("SYNCLINE_SSE_KEEPALIVE", 21_000, 100, 3_600_000, "a duration in milliseconds (at least 100)"),
-  prometheusPort: integer("ELECTRIC_PROMETHEUS_PORT", -1, 0, 65535, "a port number (0-65535)").pipe(
+  prometheusPort: integer("ELECTRIC_PROMETHEUS_PORT", -1, 1, 65535, "a port number (1-65535)").pipe(
     Config.map((port) => (port < 0 ? Option.none<number>() : Option.some(port)))
   ),
   logLevel: oneOf("ELECTRIC_LOG_LEVEL", LOG_LEVELS, "info"),

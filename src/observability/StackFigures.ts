@@ -1,4 +1,4 @@
-import { Context, Effect, Metric, type MetricPair, MetricState, Option, SubscriptionRef } from "effect"
+import { Clock, Context, Effect, Metric, type MetricPair, MetricState, Option, SubscriptionRef } from "effect"
 import { slotName, StackConfig } from "../config/StackConfig.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
 import { ConsumerSupervisor } from "../shapes/ConsumerSupervisor.js"
@@ -32,6 +32,7 @@ export interface StackFigures {
 export const stackFigures: Effect.Effect<StackFigures, never, StackSupervisor> = Effect.gen(function*() {
   const supervisor = yield* StackSupervisor
   const status = yield* SubscriptionRef.get(supervisor.status)
+  const now = yield* Clock.currentTimeMillis
   const current = supervisor.activeNow()
   if (Option.isNone(current)) return { status: status._tag, restarts: supervisor.restarts(), active: undefined }
   const context = current.value
@@ -49,7 +50,7 @@ export const stackFigures: Effect.Effect<StackFigures, never, StackSupervisor> =
       shapes: shapes.length,
       consumers,
       lagBytes: progress.walEnd > acknowledged ? Number(progress.walEnd - acknowledged) : 0,
-      lagSeconds: behind ? Math.max(0, (Date.now() - committedMs) / 1000) : 0,
+      lagSeconds: behind ? Math.max(0, (now - committedMs) / 1000) : 0,
       inFlight: tracker.inFlight()
     }
   }

@@ -1,7 +1,6 @@
 import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
 import { Context, Effect, Either, Option } from "effect"
 import { StackConfig } from "../config/StackConfig.js"
-import { LogOffset } from "../domain/LogOffset.js"
 import { isAuthorized } from "../http/ApiSecret.js"
 import { invalidRequestBody, parseAdminParams } from "../http/ShapeParams.js"
 import { ShapeCache } from "../shapes/ShapeCache.js"
@@ -20,8 +19,8 @@ interface ShapeLine {
   readonly where: string | null
   /** Bytes of its files on disk. */
   readonly bytes: number
-  /** The offset of its last change (`-1` before any). */
-  readonly lastChange: string
+  /** When its files were last written (ISO 8601), if it has any. */
+  readonly lastChange: string | null
 }
 
 /** What `/v1/status` shows, as its JSON has it. */
@@ -45,20 +44,18 @@ const report = Effect.gen(function*() {
     const storage = Context.get(active.value, ShapeLogStorage)
     const all = yield* Context.get(active.value, ShapeCache).list
     shapeCount = all.length
-    const sized = yield* Effect.forEach(all, (s) =>
-      Effect.map(Effect.orElseSucceed(storage.size(s.handle), () => 0), (bytes) => ({ shape: s, bytes })), { concurrency: 8 })
-    sized.sort((a, b) => b.bytes - a.bytes)
-    shapes = yield* Effect.forEach(sized.slice(0, LISTED), ({ bytes, shape }) =>
+    const used = yield* Effect.forEach(all, (shape) =>
       Effect.map(
-        Effect.orElseSucceed(Effect.map(storage.open(shape.handle), (log) => LogOffset.format(log.latestOffset())), () => "-1"),
-        (lastChange): ShapeLine => ({
+        Effect.orElseSucceed(storage.usage(shape.handle), () => ({ bytes: 0, writtenAt: undefined })),
+        (usage): ShapeLine => ({
           handle: shape.handle,
           table: `${shape.table.schema}.${shape.table.name}`,
           where: shape.where ?? null,
-          bytes,
-          lastChange
+          bytes: usage.bytes,
+          lastChange: usage.writtenAt === undefined ? null : new Date(usage.writtenAt).toISOString()
         })
-      ))
+      ), { concurrency: 8 })
+    shapes = used.sort((a, b) => b.bytes - a.bytes).slice(0, LISTED)
   }
   return { source: settings.replicationStreamId, stack, shapeCount, shapes, history: history.samples() } satisfies StatusReport
 })
@@ -174,7 +171,7 @@ table { border-collapse: collapse } td, th { padding: .2em .8em; border-bottom: 
   var body = document.querySelector("#shapes tbody")
   report.shapes.forEach(function (s) {
     var row = document.createElement("tr")
-    ;[s.handle, s.table, s.where || "", s.bytes + " B", s.lastChange].forEach(function (value) {
+    ;[s.handle, s.table, s.where || "", s.bytes + " B", s.lastChange || ""].forEach(function (value) {
       var cell = document.createElement("td")
       cell.textContent = value
       row.appendChild(cell)

@@ -59,16 +59,18 @@ const NOTHING_WRITTEN = { old: false, new: false } as const
  * Which sides of a change of the shape's own rows a move already wrote, from a snapshot holding the change's
  * transaction (an insert has only a new side, a delete an old one; an update without its old row counts as one
  * row). For each side written, the change goes to `ahead` as the shape's row before and after it (each side only
- * if the shape's clause holds for it at this commit): what Postgres moved in the shape with this transaction, which
- * the shapes reading this one must see move here.
+ * if the shape's clause holds for it at this commit, when `judged`): what Postgres moved in the shape with this
+ * transaction, which the shapes reading this one must see move here.
  */
 const writtenAhead = (
   sub: SubqueryState,
   change: Exclude<Change, { readonly kind: "truncate" }>,
-  ahead: Array<readonly [Row | undefined, Row | undefined]>
+  ahead: Array<readonly [Row | undefined, Row | undefined]>,
+  judged: boolean
 ): { readonly old: boolean; readonly new: boolean } => {
   const table = sub.shape.table
-  const inShape = (row: Row | undefined) => (row !== undefined && sub.matches(row) ? row : undefined)
+  // Unjudged (a transaction sent again, whose dependencies may not be at it yet), both sides are reported.
+  const inShape = (row: Row | undefined) => (row !== undefined && (!judged || sub.matches(row)) ? row : undefined)
   switch (change.kind) {
     case "insert": {
       if (!sub.written(rowKey(table, change.new))) return NOTHING_WRITTEN
@@ -86,12 +88,17 @@ const writtenAhead = (
       const after = old === undefined ? change.new : { ...old, ...definedValues(change.new) }
       if (old === undefined) {
         if (!sub.written(rowKey(table, change.new))) return NOTHING_WRITTEN
-        // The row before is unknown: whatever it held may have left.
+        // Only the row after is known.
         ahead.push([undefined, inShape(after)])
         return { old: true, new: true }
       }
       const written = { old: sub.written(rowKey(table, old)), new: sub.written(rowKey(table, change.new)) }
-      if (written.old || written.new) {
+      if (!judged) {
+        // Whether each side is in the shape is unknown: each is reported on its own, so that neither is taken for
+        // a row that stayed in unchanged.
+        if (written.old) ahead.push([old, undefined])
+        if (written.new) ahead.push([undefined, after])
+      } else if (written.old || written.new) {
         ahead.push([written.old ? inShape(old) : undefined, written.new ? inShape(after) : undefined])
       }
       return written
@@ -290,7 +297,7 @@ export const runConsumer = (options: {
             const ahead: Array<readonly [Row | undefined, Row | undefined]> = []
             for (const i of delivery.changes) {
               const change = txn.changes[i]!
-              if (change.kind !== "truncate" && change.relation.oid === tableOid) writtenAhead(sub, change, ahead)
+              if (change.kind !== "truncate" && change.relation.oid === tableOid) writtenAhead(sub, change, ahead, false)
             }
             if (ahead.length > 0) own.touch(txn.commitLsn, ahead)
           }
@@ -373,7 +380,7 @@ export const runConsumer = (options: {
               if (change.kind === "truncate" || change.relation.oid !== tableOid) continue
               // A row a move wrote from a snapshot holding this transaction already has its change. An update that
               // changes the key has two rows: the side the move did not write is still applied.
-              const written = sub.holding ? writtenAhead(sub, change, ahead) : NOTHING_WRITTEN
+              const written = sub.holding ? writtenAhead(sub, change, ahead, true) : NOTHING_WRITTEN
               if (written.old && written.new) continue
               if (change.kind === "update" && change.old !== undefined && (written.old || written.new)) {
                 if (!written.old) encoder.encode({ kind: "delete", relation: change.relation, old: change.old }, txn.commitLsn, i * 2, txHeaders, pending)
@@ -390,7 +397,7 @@ export const runConsumer = (options: {
             if (moves !== undefined) {
               // Postgres unreachable or busy: retried, the acknowledgement waits. A query Postgres refuses (a column
               // dropped or retyped since) will never succeed: the shape goes.
-              const moved = yield* sub.reconcile(moves, recentXids, encoder, txn.commitLsn, txn.changes.length * 2, txHeaders, pending).pipe(
+              const moved = yield* sub.reconcile(moves, recentXids, encoder, txn.commitLsn, txn.changes.length * 2, txHeaders, pending, ahead).pipe(
                 Effect.tapError((e) =>
                   refused(e) ? Effect.void : Effect.logWarning(`shape ${handle}: the query for a move of its subquery values failed; retrying`, e)
                 ),
@@ -426,8 +433,6 @@ export const runConsumer = (options: {
       lastCommit = 0n
       passedSnapshot = false
       let durableAt: LogOffset | undefined
-      /** The commit LSN of the log's last transaction once the batch is durable. */
-      let logEnd: Lsn = 0n
       entries.length = 0
 
       for (;;) {
@@ -462,10 +467,7 @@ export const runConsumer = (options: {
         const written = yield* Effect.uninterruptible(
           entries.length === 0 ? Effect.void : Effect.zipRight(target.append(entries), target.commit)
         ).pipe(Effect.either)
-        if (Either.isRight(written)) {
-          logEnd = target.latestOffset().tx
-          break
-        }
+        if (Either.isRight(written)) break
         const error = written.left
         if (error.reason === "Closed") return yield* Effect.interrupt
         const fatal = fatalFor(error)
@@ -483,9 +485,11 @@ export const runConsumer = (options: {
         // it, so after a crash none of them holds a move its dependency would write differently.
         role?.durable(lastCommit)
       }
-      // After the acknowledgement: a record left behind costs a row and holds nothing back.
+      // After the acknowledgement, and only once it has passed the transaction that made a move obsolete: until
+      // then a restart may send that transaction again, to this shape or to a shape reading it (which the move's
+      // record tells what moved ahead). A record left behind costs a row and holds nothing back.
       if (sub !== undefined) {
-        const obsolete = sub.takeObsolete(logEnd)
+        const obsolete = sub.takeObsolete(tracker.lastProcessedLsn())
         if (obsolete.length > 0) yield* forgetMoves(obsolete)
       }
     }

@@ -24,7 +24,7 @@ export interface SnapshotMark {
    * The commit LSN of the first transaction the consumer met whose xid is at or above `xmax`: nothing from it on
    * can be in the snapshot, so visibility is no longer tested there. A transaction before it that comes again
    * after a restart is tested again: it may be one the snapshot holds, and the log shows nothing of it. Undefined
-   * until met (and for marks that recorded only that it was met: testing again is exact, only slower).
+   * until met; 0 for marks that recorded only that it was met (nothing is tested again, as before).
    */
   readonly pastSnapshotAt?: Lsn | undefined
   readonly xmin: bigint
@@ -78,6 +78,7 @@ const decodeMark = (text: string): SnapshotMark => {
     lsn: string
     columns: string
     pastSnapshotAt?: string
+    pastSnapshot?: boolean
     tableOid?: number
   }
   return {
@@ -86,7 +87,12 @@ const decodeMark = (text: string): SnapshotMark => {
     xip: o.xip.map(BigInt),
     lsn: BigInt(o.lsn),
     columns: o.columns,
-    ...(o.pastSnapshotAt === undefined ? {} : { pastSnapshotAt: BigInt(o.pastSnapshotAt) }),
+    // A mark that recorded only that the snapshot was passed keeps that meaning: everything it is sent is past it.
+    ...(o.pastSnapshotAt !== undefined
+      ? { pastSnapshotAt: BigInt(o.pastSnapshotAt) }
+      : o.pastSnapshot === true
+      ? { pastSnapshotAt: 0n }
+      : {}),
     ...(o.tableOid === undefined ? {} : { tableOid: o.tableOid })
   }
 }

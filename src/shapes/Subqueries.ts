@@ -118,8 +118,9 @@ export class SubqueryState {
   private unrecorded: Array<RecordedMove> = []
   /**
    * Moves no transaction still to come can be in (`lsn`), since the transaction at `until` could not be. A
-   * restart sends again every transaction past the log's end, so each is forgotten only once the log has
-   * reached `until`: until then a transaction its snapshot holds may still come again.
+   * restart sends again every transaction past the acknowledgement, to this shape and to the shapes reading it,
+   * so each is forgotten only once the acknowledgement has passed `until`: until then a transaction its snapshot
+   * holds may still come again.
    */
   private obsolete: Array<{ readonly lsn: Lsn; readonly until: Lsn }> = []
   /** The reconciliations whose snapshot holds the transaction being encoded. */
@@ -186,11 +187,11 @@ export class SubqueryState {
     this.unrecorded = []
   }
 
-  /** The recorded moves that no longer matter with the log's last transaction at `logEnd`, each once. */
-  takeObsolete(logEnd: Lsn): ReadonlyArray<Lsn> {
+  /** The recorded moves that no longer matter once every shape has made durable up to `acknowledged`, each once. */
+  takeObsolete(acknowledged: Lsn): ReadonlyArray<Lsn> {
     if (this.obsolete.length === 0) return []
-    const taken = this.obsolete.filter((o) => o.until <= logEnd).map((o) => o.lsn)
-    if (taken.length > 0) this.obsolete = this.obsolete.filter((o) => o.until > logEnd)
+    const taken = this.obsolete.filter((o) => o.until <= acknowledged).map((o) => o.lsn)
+    if (taken.length > 0) this.obsolete = this.obsolete.filter((o) => o.until > acknowledged)
     return taken
   }
 
@@ -230,6 +231,8 @@ export class SubqueryState {
    * Applies the moves of the transaction just encoded: queries the rows they concern and writes each as the
    * query's snapshot has it, after the transaction's own entries (`op` onward). The snapshot must hold every
    * transaction handled so far (`xids`, the transaction's among them); if one is not visible yet, it asks again.
+   * A row an earlier move already wrote from a snapshot holding this transaction (or left out as such) shows no
+   * change here, though Postgres moved it now: its values go to `ahead`, for the shapes reading this one.
    */
   reconcile(
     moves: ShapeMoves,
@@ -238,7 +241,8 @@ export class SubqueryState {
     tx: Lsn,
     op: number,
     txHeaders: string,
-    out: Array<PendingEntry>
+    out: Array<PendingEntry>,
+    ahead: Array<readonly [Row | undefined, Row | undefined]>
   ): Effect.Effect<void, PostgresError> {
     const self = this
     return Effect.gen(function*() {
@@ -252,6 +256,7 @@ export class SubqueryState {
       const snapshot = { xmin: result.xmin, xmax: result.xmax, xip: result.xip }
       const first = op
       for (const { key, row: r, included } of result.rows) {
+        if (self.written(key)) ahead.push([undefined, r])
         keys.add(key)
         if (self.held.has(key)) {
           if (included) encoder.row("update", key, r, tx, op, txHeaders, out)

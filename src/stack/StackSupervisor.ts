@@ -185,7 +185,11 @@ export const makeStackSupervisor = <E>(
         if (Exit.isSuccess(exit) || Cause.isInterruptedOnly(exit.cause)) return
         const cause = exit.cause
         const failure = Cause.failureOption(cause)
-        if (Option.isSome(failure) && isFatal(failure.value)) return yield* Deferred.fail(fatal, failure.value)
+        if (Option.isSome(failure) && isFatal(failure.value)) {
+          // Said here too: in a host app nothing may be waiting on `fatal`.
+          yield* Effect.logError(`the stack cannot start, and retrying cannot help: ${failure.value.message}`)
+          return yield* Deferred.fail(fatal, failure.value)
+        }
         const now = yield* Clock.currentTimeMillis
         if (activeSince !== undefined && now - activeSince >= Duration.toMillis(policy.healthyAfter)) failures = 0
         failures++

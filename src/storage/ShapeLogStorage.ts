@@ -119,8 +119,11 @@ export class ShapeLogStorage extends Context.Tag("syncline/ShapeLogStorage")<Sha
   readonly remove: (handle: ShapeHandle) => Effect.Effect<void, StorageError>
   /** Handles that have a directory on disk (for boot-time clean-up of orphans). */
   readonly list: Effect.Effect<ReadonlyArray<ShapeHandle>, StorageError>
-  /** The bytes a shape's files take on disk (0 for a shape with none). */
-  readonly size: (handle: ShapeHandle) => Effect.Effect<number, StorageError>
+  /**
+   * What a shape's files take on disk, and when they were last written (milliseconds since the epoch; undefined
+   * for a shape with no files). Read from the directory: no log is opened.
+   */
+  readonly usage: (handle: ShapeHandle) => Effect.Effect<{ readonly bytes: number; readonly writtenAt: number | undefined }, StorageError>
 }>() {
   /** The file-backed storage under `options.directory`; closing the layer closes every open file. */
   static readonly layer = (options: ShapeLogStorageOptions): Layer.Layer<ShapeLogStorage, StorageError> =>
@@ -343,21 +346,29 @@ export const make = (
         .map((e) => ShapeHandle(e.name))
     }).pipe(Effect.withSpan("ShapeLogStorage.list"))
 
-    const size = (handle: ShapeHandle) =>
+    const usage = (handle: ShapeHandle) =>
       attempt(handle, async () => {
         const dir = path.join(root, handle)
         let names: Array<string>
         try {
           names = await fs.readdir(dir)
         } catch (cause) {
-          if (isErrno(cause, "ENOENT")) return 0
+          if (isErrno(cause, "ENOENT")) return { bytes: 0, writtenAt: undefined }
           throw cause
         }
-        const sizes = await Promise.all(names.map((name) => fs.stat(path.join(dir, name)).then((s) => s.size, () => 0)))
-        return sizes.reduce((a, b) => a + b, 0)
-      }).pipe(Effect.withSpan("ShapeLogStorage.size"))
+        // A file removed meanwhile (a chunk compacted away) counts for nothing.
+        const stats = await Promise.all(names.map((name) => fs.stat(path.join(dir, name)).catch(() => undefined)))
+        let bytes = 0
+        let writtenAt: number | undefined
+        for (const stat of stats) {
+          if (stat === undefined) continue
+          bytes += stat.size
+          if (writtenAt === undefined || stat.mtimeMs > writtenAt) writtenAt = stat.mtimeMs
+        }
+        return { bytes, writtenAt }
+      }).pipe(Effect.withSpan("ShapeLogStorage.usage"))
 
-    return ShapeLogStorage.of({ create, open, remove, list, size })
+    return ShapeLogStorage.of({ create, open, remove, list, usage })
   })
 
 /**

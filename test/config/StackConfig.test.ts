@@ -153,7 +153,7 @@ describe("stackSettingsConfig", () => {
       )
       expect(yield* problem({ SYNCLINE_LOG_FORMAT: "xml" })).toBe(`SYNCLINE_LOG_FORMAT must be one of pretty, json, got "xml"`)
       expect(yield* problem({ ELECTRIC_PROMETHEUS_PORT: "70000" })).toBe(
-        `ELECTRIC_PROMETHEUS_PORT must be a port number (0-65535), got "70000"`
+        `ELECTRIC_PROMETHEUS_PORT must be a port number (1-65535), got "70000"`
       )
     }))
 

@@ -94,9 +94,11 @@ describe("/metrics", () => {
     expect(answered?.status).toBe(200)
     aborts.abort()
 
+    // Read, made durable everywhere (none left in flight), and the held requests released.
     await waitFor("the transactions and the released requests", async () => {
       const { samples } = await scrape(`${base}/metrics`)
       return (samples.get(`syncline_transactions_total{${slot}}`) ?? 0) >= transactionsBefore + 2 &&
+        samples.get(`syncline_transactions_in_flight{${source}}`) === 0 &&
         samples.get(`syncline_long_polls_held{${source}}`) === 0 && samples.get(`syncline_sse_streams_open{${source}}`) === 0
     })
     const { samples, types } = await scrape(`${base}/metrics`)
