@@ -507,9 +507,9 @@ describe("a reader and the rows its dependency's move wrote ahead", () => {
   /**
    * Orgs o1 (paying) and o2, o3 (not); p5 of o3 and p6 of o2, with an issue each; the shapes of paying orgs'
    * projects, and of those orgs, followed; then o3 starts paying, with the middle shape's query for that move
-   * held. Returns the transaction.
+   * held (`release` lets it run).
    */
-  const arranged = Effect.gen(function*() {
+  const arrange = Effect.gen(function*() {
     const db = makeDb()
     const dirs = yield* tempDirs
     yield* seed(db, 4, 4)
@@ -536,50 +536,24 @@ describe("a reader and the rows its dependency's move wrote ahead", () => {
   /** p6 joins the paying o3: a transaction the held query will see when it runs. */
   const joins: ReadonlyArray<FakeWrite> = [{ kind: "update", table: "projects", row: { id: "p6", org_id: "o3" } }]
 
-  it.scoped("a reader created while the move's query waits sees a later transaction bring a row in", () =>
+  /** The reader of paying orgs' issues, created now and checked. */
+  const reader = (h: Harness, db: FakePostgres) =>
     Effect.gen(function*() {
-      const { db, dirs, h, projects, orgs, release } = yield* arranged
-      // The reader's snapshot holds the move (o3 pays: i5a is in) and not the transaction after it.
       const issues = client(PAID)
       yield* check(h, issues, paidIssues(db), "created")
-      const joining = yield* db.commit(joins)
-      yield* release
-      yield* settled(db, joining.endLsn)
-      yield* check(h, issues, paidIssues(db), "after p6 joined o3")
-      expect(issues.rows.has(keyOf({ id: "i6a" }))).toBe(true)
-      expect((yield* follow(h, projects)).violations).toEqual([])
-      expect((yield* follow(h, orgs)).violations).toEqual([])
-      yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
-    }))
+      return issues
+    })
 
-  it.scoped("a move lost with a restart is queried again after a later transaction: the reader still sees it bring the row in", () =>
+  /**
+   * p6 joins o3 (with p7, which the middle shape writes, so its log holds the transaction), the middle shape's
+   * held query runs, and the reader's query for p6's move is held: the middle shape makes the transaction
+   * durable, the reader does not, and the slot will send it again.
+   */
+  const readerHeldOnP6 = (db: FakePostgres, release: Effect.Effect<unknown>) =>
     Effect.gen(function*() {
-      const { db, dirs, h, projects, orgs } = yield* arranged
-      const issues = client(PAID)
-      yield* check(h, issues, paidIssues(db), "created")
-      const joining = yield* db.commit(joins)
-      // The held query goes with the stack; the next one runs once p6 has joined o3.
-      yield* restart(h)
-      yield* settled(db, joining.endLsn)
-      yield* check(h, issues, paidIssues(db), "after the restart")
-      expect(issues.rows.has(keyOf({ id: "i6a" }))).toBe(true)
-      expect((yield* follow(h, projects)).violations).toEqual([])
-      expect((yield* follow(h, orgs)).violations).toEqual([])
-      yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
-    }))
-
-  it.scoped("a reader whose move for such a row is lost with a restart is told again when the transaction comes again", () =>
-    Effect.gen(function*() {
-      const { db, dirs, h, projects, orgs, release } = yield* arranged
-      const issues = client(PAID)
-      yield* check(h, issues, paidIssues(db), "created")
-      // The reader's query for p6's move is held: the middle shape makes the transaction durable, the reader does
-      // not, and the slot will send it again.
       const gate = yield* makeGate
       yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
       db.intercept.rows.next(() => gate.hold, (t) => t.name === "issues")
-      // With a row it writes too, the middle shape's log holds the transaction: after the restart it is one its
-      // log already has.
       const joining = yield* db.commit([...joins, project("p7", "yes", "o1")])
       yield* release
       yield* TestServices.provideLive(
@@ -588,62 +562,88 @@ describe("a reader and the rows its dependency's move wrote ahead", () => {
           onTimeout: () => new Error("the reader never queried the rows of p6")
         })
       ).pipe(Effect.orDie)
+      return joining
+    })
 
+  /** The reader equals Postgres and holds `issue` (or not); the other shapes' logs are strict; every shape stays. */
+  const settledWith = (
+    arranged: { readonly h: Harness; readonly db: FakePostgres; readonly dirs: { readonly storageDir: string } },
+    shapes: { readonly issues: Client; readonly projects: Client; readonly orgs: Client },
+    issue: string,
+    held: boolean,
+    when: string
+  ) =>
+    Effect.gen(function*() {
+      const { db, dirs, h } = arranged
+      yield* check(h, shapes.issues, paidIssues(db), when)
+      expect(shapes.issues.rows.has(keyOf({ id: issue }))).toBe(held)
+      expect((yield* follow(h, shapes.projects)).violations).toEqual([])
+      expect((yield* follow(h, shapes.orgs)).violations).toEqual([])
+      yield* registryHolds(dirs, [shapes.issues.handle, shapes.projects.handle, shapes.orgs.handle])
+    })
+
+  it.scoped("a reader created while the move's query waits sees a later transaction bring a row in", () =>
+    Effect.gen(function*() {
+      const arranged = yield* arrange
+      const { db, h, release } = arranged
+      // The reader's snapshot holds the move (o3 pays: i5a is in) and not the transaction after it.
+      const issues = yield* reader(h, db)
+      const joining = yield* db.commit(joins)
+      yield* release
+      yield* settled(db, joining.endLsn)
+      yield* settledWith(arranged, { ...arranged, issues }, "i6a", true, "after p6 joined o3")
+    }))
+
+  it.scoped("a move lost with a restart is queried again after a later transaction: the reader still sees it bring the row in", () =>
+    Effect.gen(function*() {
+      const arranged = yield* arrange
+      const { db, h } = arranged
+      const issues = yield* reader(h, db)
+      const joining = yield* db.commit(joins)
+      // The held query goes with the stack; the next one runs once p6 has joined o3.
       yield* restart(h)
       yield* settled(db, joining.endLsn)
-      yield* check(h, issues, paidIssues(db), "after the restart")
-      expect(issues.rows.has(keyOf({ id: "i6a" }))).toBe(true)
-      expect((yield* follow(h, projects)).violations).toEqual([])
-      expect((yield* follow(h, orgs)).violations).toEqual([])
-      yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
+      yield* settledWith(arranged, { ...arranged, issues }, "i6a", true, "after the restart")
+    }))
+
+  it.scoped("a reader whose move for such a row is lost with a restart is told again when the transaction comes again", () =>
+    Effect.gen(function*() {
+      const arranged = yield* arrange
+      const { db, h, release } = arranged
+      const issues = yield* reader(h, db)
+      const joining = yield* readerHeldOnP6(db, release)
+      yield* restart(h)
+      yield* settled(db, joining.endLsn)
+      yield* settledWith(arranged, { ...arranged, issues }, "i6a", true, "after the restart")
     }))
 
   it.scoped("a reader sees a row leave when a later move finds it already left out by an earlier move's late query", () =>
     Effect.gen(function*() {
-      const { db, dirs, h, projects, orgs, release } = yield* arranged
+      const arranged = yield* arrange
+      const { db, h, release } = arranged
       // The reader's snapshot holds o3 paying: i5a is in.
-      const issues = client(PAID)
-      yield* check(h, issues, paidIssues(db), "created")
+      const issues = yield* reader(h, db)
       // o3 stops paying before the held query runs: that query leaves p5 out, and the move of o3 leaving finds
       // nothing to write.
       const leaving = yield* db.commit([setPaid("o3", "no")])
       yield* release
       yield* settled(db, leaving.endLsn)
-      yield* check(h, issues, paidIssues(db), "after o3 stopped paying")
-      expect(issues.rows.has(keyOf({ id: "i5a" }))).toBe(false)
-      expect((yield* follow(h, projects)).violations).toEqual([])
-      expect((yield* follow(h, orgs)).violations).toEqual([])
-      yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
+      yield* settledWith(arranged, { ...arranged, issues }, "i5a", false, "after o3 stopped paying")
     }))
 
   it.scoped("a move's record outlives its shape's log position until its readers are past it too", () =>
     Effect.gen(function*() {
-      const { db, dirs, h, projects, orgs, release } = yield* arranged
-      const issues = client(PAID)
-      yield* check(h, issues, paidIssues(db), "created")
-      const gate = yield* makeGate
-      yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
-      db.intercept.rows.next(() => gate.hold, (t) => t.name === "issues")
-      yield* db.commit([...joins, project("p7", "yes", "o1")])
-      yield* release
-      yield* TestServices.provideLive(
-        Effect.timeoutFail(Deferred.await(gate.reached), {
-          duration: "30 seconds",
-          onTimeout: () => new Error("the reader never queried the rows of p6")
-        })
-      ).pipe(Effect.orDie)
+      const arranged = yield* arrange
+      const { db, h, release } = arranged
+      const issues = yield* reader(h, db)
+      yield* readerHeldOnP6(db, release)
       // A transaction the move's snapshot cannot hold reaches the middle shape, which makes it durable while the
       // reader is still held: the move is obsolete for the middle shape, not for its reader.
       const later = yield* db.commit([project("p8", "yes", "o1")])
-      yield* within("the middle shape's write of p8", Effect.map(follow(h, projects), (c) => c.rows.has(projectKey("p8"))))
-
+      yield* within("the middle shape's write of p8", Effect.map(follow(h, arranged.projects), (c) => c.rows.has(projectKey("p8"))))
       yield* restart(h)
       yield* settled(db, later.endLsn)
-      yield* check(h, issues, paidIssues(db), "after the restart")
-      expect(issues.rows.has(keyOf({ id: "i6a" }))).toBe(true)
-      expect((yield* follow(h, projects)).violations).toEqual([])
-      expect((yield* follow(h, orgs)).violations).toEqual([])
-      yield* registryHolds(dirs, [issues.handle, projects.handle, orgs.handle])
+      yield* settledWith(arranged, { ...arranged, issues }, "i6a", true, "after the restart")
     }))
 })
 
