@@ -48,8 +48,9 @@ export interface ReconciledMove extends RecordedMove {
 /**
  * The recorded moves whose rows are in the log (at or below `durableLsn`), each with the keys of the rows it
  * wrote: those of its transaction from its first op position on. A move also skips, while it runs, the later
- * changes of rows its query returned out of the shape and did not write; after a restart those changes are
- * applied as they come, which can take such a row in and out again but never writes a row twice.
+ * changes of rows its query returned out of the shape and did not write, and reports them to the shapes reading
+ * this one; after a restart those changes are applied as they come, which can take such a row in and out again but
+ * never writes a row twice, and they are no longer reported as moved ahead.
  */
 export const restoredMoves = (
   transactions: ReadonlyArray<LoggedTransaction>,
@@ -272,8 +273,9 @@ export class SubqueryState {
         }
         op += 2
       }
-      // A query that returned no row holds back nothing; one whose rows were all out and not held is kept in
-      // memory only, its skips being an economy (see `restoredMoves`).
+      // A query that returned no row holds back nothing. One whose rows were all out and not held is kept in
+      // memory only: a restart forgets it, and with it what it tells the shapes reading this one of those rows
+      // (see `restoredMoves`).
       if (keys.size > 0) self.reconciled.push({ lsn: tx, op: first, snapshot, keys, recorded: op > first })
       if (op > first) self.unrecorded.push({ lsn: tx, op: first, snapshot })
     })
