@@ -13,7 +13,7 @@ import { finishTransaction, makeShapeEncoder, type PendingEntry, type ShapeEncod
 import { type LoggedTransaction, type Materializer, MaterializerInvariant, parseLogLines } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
 import type { RecordedMove, SnapshotMark } from "./ShapeStatus.js"
-import { type DependencyLink, heldKeys, readLog, restoredMoves, SubqueryState } from "./Subqueries.js"
+import { type DependencyLink, heldKeys, moveKept, readLog, restoredMoves, SubqueryState } from "./Subqueries.js"
 import { visibleInSnapshot, widenXid } from "./Visibility.js"
 
 /** One routed transaction waiting in a consumer's queue, or a wake-up (`txn` undefined) to load its materializer. */
@@ -256,11 +256,12 @@ export const runConsumer = (options: {
       // Only keys are kept: the parsed log would stay reachable from this generator for the consumer's life.
       const restored = yield* Effect.map(
         readOwnLog(first.right),
-        Either.map((logged) => ({ held: heldKeys(logged), moves: restoredMoves(logged, recorded, durableLsn) }))
+        Either.map((logged) => ({ held: heldKeys(logged), moves: restoredMoves(logged, recorded, durableLsn, role.replayFloor) }))
       )
       if (Either.isLeft(restored)) return yield* options.invalidate(restored.left)
-      // A move recorded past the log's end lost its rows with a crash: its transaction comes again.
-      const lost = recorded.filter((m) => m.lsn > durableLsn).map((m) => m.lsn)
+      // A move recorded past the log's end lost its rows with a crash (or, writing none, its transaction comes
+      // again): it is queried again.
+      const lost = recorded.filter((m) => !moveKept(m, durableLsn, role.replayFloor)).map((m) => m.lsn)
       if (lost.length > 0) yield* forgetMoves(lost)
       sub = new SubqueryState(shape, restored.right.held, role.links, materializers.right, role.rows, restored.right.moves)
       encoder = makeShapeEncoder(shape, { held: sub.held, matches: sub.matches })

@@ -16,6 +16,10 @@ export interface RecordedMove {
   readonly lsn: Lsn
   readonly op: number
   readonly snapshot: { readonly xmin: bigint; readonly xmax: bigint; readonly xip: ReadonlyArray<bigint> }
+  /** Keys of rows its query found out of the shape and did not write (none when absent). */
+  readonly leftOut?: ReadonlyArray<string>
+  /** False when it wrote no row: its transaction may have left nothing in the log. */
+  readonly wrote?: boolean
 }
 
 /** What the snapshot of a shape saw: decides which replicated transactions it already contains. */
@@ -318,14 +322,18 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
         moves: (handle) =>
           Effect.zipRight(
             guard("moves", () => undefined),
-            sql<{ lsn: string; op: number; snapshot: string }>`SELECT lsn, op, snapshot FROM shape_moves WHERE handle = ${handle}`.pipe(
+            sql<{ lsn: string; op: number; snapshot: string; left_out: string; wrote: number }>`SELECT lsn, op, snapshot,
+              left_out, wrote FROM shape_moves WHERE handle = ${handle}`.pipe(
               Effect.map((rows) =>
-                rows.map((r) => {
+                rows.map((r): RecordedMove => {
                   const snapshot = JSON.parse(r.snapshot) as { xmin: string; xmax: string; xip: Array<string> }
+                  const leftOut = JSON.parse(r.left_out) as Array<string>
                   return {
                     lsn: BigInt(r.lsn),
                     op: r.op,
-                    snapshot: { xmin: BigInt(snapshot.xmin), xmax: BigInt(snapshot.xmax), xip: snapshot.xip.map(BigInt) }
+                    snapshot: { xmin: BigInt(snapshot.xmin), xmax: BigInt(snapshot.xmax), xip: snapshot.xip.map(BigInt) },
+                    ...(leftOut.length > 0 ? { leftOut } : {}),
+                    ...(r.wrote === 0 ? { wrote: false } : {})
                   }
                 }).sort((a, b) => (a.lsn < b.lsn ? -1 : a.lsn > b.lsn ? 1 : 0))
               ),
@@ -337,8 +345,9 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
             guard("recordMoves", () => undefined),
             Effect.forEach(moves, (m) => {
               const snapshot = JSON.stringify({ xmin: String(m.snapshot.xmin), xmax: String(m.snapshot.xmax), xip: m.snapshot.xip.map(String) })
-              return sql`INSERT OR REPLACE INTO shape_moves (handle, lsn, op, snapshot)
-                VALUES (${handle}, ${String(m.lsn)}, ${m.op}, ${snapshot})`
+              return sql`INSERT OR REPLACE INTO shape_moves (handle, lsn, op, snapshot, left_out, wrote)
+                VALUES (${handle}, ${String(m.lsn)}, ${m.op}, ${snapshot}, ${JSON.stringify(m.leftOut ?? [])},
+                ${m.wrote === false ? 0 : 1})`
             }, { discard: true }).pipe(sql.withTransaction, Effect.mapError(fail("recordMoves")))
           ),
         forgetMoves: (handle, lsns) =>

@@ -41,30 +41,37 @@ export const readLog = (log: ShapeLog): Effect.Effect<Array<LoggedTransaction>, 
 /** A move whose rows were written from a snapshot that may hold later transactions, and the keys of those rows. */
 export interface ReconciledMove extends RecordedMove {
   readonly keys: Set<string>
-  /** Whether the registry has it (it wrote rows): only then is there a record to forget. */
+  /** Whether the registry has it: only then is there a record to forget. */
   readonly recorded: boolean
 }
 
 /**
- * The recorded moves whose rows are in the log (at or below `durableLsn`), each with the keys of the rows it
- * wrote: those of its transaction from its first op position on. A move also skips, while it runs, the later
- * changes of rows its query returned out of the shape and did not write, and reports them to the shapes reading
- * this one; after a restart those changes are applied as they come, which can take such a row in and out again but
- * never writes a row twice, and they are no longer reported as moved ahead.
+ * Whether a recorded move still holds after a restart: its rows are in the log (at or below `durableLsn`), or it
+ * wrote none and its transaction will not come again (at or below `replayFloor`). Any other record lost its rows
+ * with a crash, and its transaction comes again and queries the move again.
+ */
+export const moveKept = (move: RecordedMove, durableLsn: Lsn, replayFloor: Lsn): boolean =>
+  move.lsn <= durableLsn || (move.wrote === false && move.lsn <= replayFloor)
+
+/**
+ * The recorded moves that still hold (`moveKept`), each with the keys of the rows it concerns: those it wrote,
+ * its transaction's rows in the log from its first op position on, and those its query found out of the shape
+ * and left out. While a move's snapshot is ahead of the stream, the later changes of those rows are skipped
+ * (they are in what it wrote, or in what it left out) and reported to the shapes reading this one.
  */
 export const restoredMoves = (
   transactions: ReadonlyArray<LoggedTransaction>,
   moves: ReadonlyArray<RecordedMove>,
-  durableLsn: Lsn
+  durableLsn: Lsn,
+  replayFloor: Lsn
 ): Array<ReconciledMove> => {
-  const kept = moves.filter((m) => m.lsn <= durableLsn)
+  const kept = moves.filter((m) => moveKept(m, durableLsn, replayFloor))
   if (kept.length === 0) return []
   const byLsn = new Map(transactions.map((t) => [t.lsn, t]))
-  return kept.map((m) => ({
-    ...m,
-    keys: new Set((byLsn.get(m.lsn)?.operations ?? []).filter((o) => o.op >= m.op).map((o) => o.key)),
-    recorded: true
-  }))
+  return kept.map((m) => {
+    const written = m.wrote === false ? [] : (byLsn.get(m.lsn)?.operations ?? []).filter((o) => o.op >= m.op).map((o) => o.key)
+    return { ...m, keys: new Set([...written, ...(m.leftOut ?? [])]), recorded: true }
+  })
 }
 
 /** The row keys a shape holds after the transactions of its log. */
@@ -254,6 +261,7 @@ export class SubqueryState {
         result = yield* self.rows(request)
       }
       const keys = new Set<string>()
+      const leftOut: Array<string> = []
       const snapshot = { xmin: result.xmin, xmax: result.xmax, xip: result.xip }
       const first = op
       for (const { key, row: r, included } of result.rows) {
@@ -269,15 +277,22 @@ export class SubqueryState {
           encoder.row("insert", key, r, tx, op, txHeaders, out)
           self.held.add(key)
         } else {
+          leftOut.push(key)
           continue
         }
         op += 2
       }
-      // A query that returned no row holds back nothing. One whose rows were all out and not held is kept in
-      // memory only: a restart forgets it, and with it what it tells the shapes reading this one of those rows
-      // (see `restoredMoves`).
-      if (keys.size > 0) self.reconciled.push({ lsn: tx, op: first, snapshot, keys, recorded: op > first })
-      if (op > first) self.unrecorded.push({ lsn: tx, op: first, snapshot })
+      // A query that returned no row holds back nothing. Any other move is recorded, with the rows it left out:
+      // after a restart its snapshot still holds back their later changes and tells the readers of them.
+      if (keys.size === 0) return
+      self.reconciled.push({ lsn: tx, op: first, snapshot, keys, recorded: true })
+      self.unrecorded.push({
+        lsn: tx,
+        op: first,
+        snapshot,
+        ...(leftOut.length > 0 ? { leftOut } : {}),
+        ...(op > first ? {} : { wrote: false })
+      })
     })
   }
 

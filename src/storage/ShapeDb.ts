@@ -46,7 +46,14 @@ const migrations = SqliteMigrator.fromRecord({
       op INTEGER NOT NULL,
       snapshot TEXT NOT NULL,
       PRIMARY KEY (handle, lsn)
-    ) STRICT`)
+    ) STRICT`),
+  // A move also tells the shapes reading its shape about rows its query found and left out (`left_out`), and may
+  // have written nothing (`wrote` 0): such a record is kept though the log has nothing at its LSN.
+  "0004_shape_moves_left_out": Effect.flatMap(SqlClient.SqlClient, (sql) =>
+    Effect.all([
+      sql`ALTER TABLE shape_moves ADD COLUMN left_out TEXT NOT NULL DEFAULT '[]'`,
+      sql`ALTER TABLE shape_moves ADD COLUMN wrote INTEGER NOT NULL DEFAULT 1`
+    ], { discard: true }))
 })
 
 /** Where the registry of a storage dir lives. */

@@ -166,15 +166,19 @@ describe("ShapeStatus", () => {
       // Out of commit order, and a number of digits that text order would sort wrongly.
       yield* first.recordMoves(a.handle, [move(1000n, 4, [95n]), move(999n, 2, [])])
       yield* first.recordMoves(b.handle, [move(5n, 0, [91n, 97n])])
+      // A move that wrote nothing, with the rows it left out.
+      const leftOut = { ...move(7n, 6, []), leftOut: [`"public"."items"/"3"`, `"public"."items"/"4"`], wrote: false }
+      yield* first.recordMoves(b.handle, [leftOut])
       yield* Scope.close(scope, Exit.void)
 
       const second = yield* openStatus(dir)
+      expect(yield* second.moves(b.handle)).toEqual([move(5n, 0, [91n, 97n]), leftOut])
       expect(yield* second.moves(a.handle)).toEqual([move(999n, 2, []), move(1000n, 4, [95n])])
       yield* second.forgetMoves(a.handle, [999n])
       expect(yield* second.moves(a.handle)).toEqual([move(1000n, 4, [95n])])
       yield* second.delete(a.handle)
       expect(yield* second.moves(a.handle)).toEqual([])
-      expect(yield* second.moves(b.handle)).toEqual([move(5n, 0, [91n, 97n])])
+      expect(yield* second.moves(b.handle)).toEqual([move(5n, 0, [91n, 97n]), leftOut])
     }))
 
   it.scoped("never reuses a handle, even within the same millisecond", () =>

@@ -631,6 +631,29 @@ describe("a reader and the rows its dependency's move wrote ahead", () => {
       yield* settledWith(arranged, { ...arranged, issues }, "i5a", false, "after o3 stopped paying")
     }))
 
+  it.scoped("a move that wrote nothing is recorded: after a restart the reader is still told of the row it left out", () =>
+    Effect.gen(function*() {
+      const arranged = yield* arrange
+      const { db, h, release } = arranged
+      const issues = yield* reader(h, db)
+      // The reader's query for the move of o3 leaving is held: it does not make that transaction durable.
+      const gate = yield* makeGate
+      yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
+      db.intercept.rows.next(() => gate.hold, (t) => t.name === "issues")
+      const leaving = yield* db.commit([setPaid("o3", "no")])
+      yield* release
+      yield* TestServices.provideLive(
+        Effect.timeoutFail(Deferred.await(gate.reached), {
+          duration: "30 seconds",
+          onTimeout: () => new Error("the reader never queried the rows of p5")
+        })
+      ).pipe(Effect.orDie)
+      // The middle shape wrote nothing for either transaction; only the registry knows its move left p5 out.
+      yield* restart(h)
+      yield* settled(db, leaving.endLsn)
+      yield* settledWith(arranged, { ...arranged, issues }, "i5a", false, "after the restart")
+    }))
+
   it.scoped("a move's record outlives its shape's log position until its readers are past it too", () =>
     Effect.gen(function*() {
       const arranged = yield* arrange
