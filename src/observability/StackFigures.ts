@@ -36,7 +36,7 @@ export const stackFigures: Effect.Effect<StackFigures, never, StackSupervisor> =
   const current = supervisor.activeNow()
   if (Option.isNone(current)) return { status: status._tag, restarts: supervisor.restarts(), active: undefined }
   const context = current.value
-  const shapes = yield* Context.get(context, ShapeCache).list
+  const shapes = yield* Context.get(context, ShapeCache).count
   const consumers = yield* Context.get(context, ConsumerSupervisor).running
   const tracker = Context.get(context, FlushTracker)
   const progress = Context.get(context, ReplicationPump).progress()
@@ -47,7 +47,7 @@ export const stackFigures: Effect.Effect<StackFigures, never, StackSupervisor> =
     status: status._tag,
     restarts: supervisor.restarts(),
     active: {
-      shapes: shapes.length,
+      shapes,
       consumers,
       lagBytes: progress.walEnd > acknowledged ? Number(progress.walEnd - acknowledged) : 0,
       lagSeconds: behind ? Math.max(0, (now - committedMs) / 1000) : 0,

@@ -49,6 +49,8 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
   readonly remove: (handle: ShapeHandle, reason: string) => Effect.Effect<void, StorageError | RegistryError | TableAbsent>
   /** Fails when the removal of invalidated shapes hits a defect: the stack must restart (the ack waits for them). */
   readonly failure: Effect.Effect<never>
+  /** How many shapes are served now. */
+  readonly count: Effect.Effect<number>
   /** Every shape served now, with its table (name and oid) and its `where`. */
   readonly list: Effect.Effect<
     ReadonlyArray<
@@ -400,6 +402,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         remove: (handle, reason) =>
           Effect.zipRight(Effect.logInfo(`removing shape ${handle}: ${reason}`), removeNow(handle)),
         failure: Deferred.await(failed),
+        count: Effect.sync(() => shapes.size),
         list: Effect.sync(() =>
           [...shapes.values()].map((s) => ({ handle: s.handle, table: s.table, tableOid: s.table.oid, where: s.definition.where }))
         )

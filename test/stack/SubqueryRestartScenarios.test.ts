@@ -545,25 +545,29 @@ describe("a reader and the rows its dependency's move wrote ahead", () => {
     })
 
   /**
-   * p6 joins o3 (with p7, which the middle shape writes, so its log holds the transaction), the middle shape's
-   * held query runs, and the reader's query for p6's move is held: the middle shape makes the transaction
-   * durable, the reader does not, and the slot will send it again.
+   * Commits `writes` with the reader's next query for a move held, lets the middle shape's held query run, and
+   * waits until the reader is inside its query: the middle shape handles the transaction, the reader does not make
+   * it durable, and the slot will send it again.
    */
-  const readerHeldOnP6 = (db: FakePostgres, release: Effect.Effect<unknown>) =>
+  const readerHeldOn = (db: FakePostgres, writes: ReadonlyArray<FakeWrite>, release: Effect.Effect<unknown>, rows: string) =>
     Effect.gen(function*() {
       const gate = yield* makeGate
       yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
       db.intercept.rows.next(() => gate.hold, (t) => t.name === "issues")
-      const joining = yield* db.commit([...joins, project("p7", "yes", "o1")])
+      const t = yield* db.commit(writes)
       yield* release
       yield* TestServices.provideLive(
         Effect.timeoutFail(Deferred.await(gate.reached), {
           duration: "30 seconds",
-          onTimeout: () => new Error("the reader never queried the rows of p6")
+          onTimeout: () => new Error(`the reader never queried the rows of ${rows}`)
         })
       ).pipe(Effect.orDie)
-      return joining
+      return t
     })
+
+  /** p6 joins o3, with p7, which the middle shape writes, so that its log holds the transaction (`readerHeldOn`). */
+  const readerHeldOnP6 = (db: FakePostgres, release: Effect.Effect<unknown>) =>
+    readerHeldOn(db, [...joins, project("p7", "yes", "o1")], release, "p6")
 
   /** The reader equals Postgres and holds `issue` (or not); the other shapes' logs are strict; every shape stays. */
   const settledWith = (
@@ -637,17 +641,7 @@ describe("a reader and the rows its dependency's move wrote ahead", () => {
       const { db, h, release } = arranged
       const issues = yield* reader(h, db)
       // The reader's query for the move of o3 leaving is held: it does not make that transaction durable.
-      const gate = yield* makeGate
-      yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
-      db.intercept.rows.next(() => gate.hold, (t) => t.name === "issues")
-      const leaving = yield* db.commit([setPaid("o3", "no")])
-      yield* release
-      yield* TestServices.provideLive(
-        Effect.timeoutFail(Deferred.await(gate.reached), {
-          duration: "30 seconds",
-          onTimeout: () => new Error("the reader never queried the rows of p5")
-        })
-      ).pipe(Effect.orDie)
+      const leaving = yield* readerHeldOn(db, [setPaid("o3", "no")], release, "p5")
       // The middle shape wrote nothing for either transaction; only the registry knows its move left p5 out.
       yield* restart(h)
       yield* settled(db, leaving.endLsn)
