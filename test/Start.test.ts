@@ -99,8 +99,8 @@ describe("npm start", () => {
     const postmasterPid = readPostmasterPid(dataDir)
     expect(processAlive(postmasterPid)).toBe(true)
 
-    // The node process running main.ts (under npm -> sh), to check it is gone after the signal.
-    const service = groupMembers(child.pid).filter((pid) => cmdline(pid).startsWith("node --import tsx main.ts"))
+    // The node process running the compiled service (under npm -> sh), to check it is gone after the signal.
+    const service = groupMembers(child.pid).filter((pid) => cmdline(pid).startsWith("node dist/main.js"))
     expect(service).toHaveLength(1)
 
     // SIGTERM goes to the service process itself, as a process manager stopping it would send it.
