@@ -1,5 +1,6 @@
-import { FetchHttpClient } from "@effect/platform"
+import { FetchHttpClient, HttpMiddleware } from "@effect/platform"
 import { Effect, Layer, Logger, Option, Redacted } from "effect"
+import { constTrue } from "effect/Function"
 import * as path from "node:path"
 import type { StackSettings } from "../src/config/StackConfig.js"
 import { DEMO_TABLE, ensureDemoData } from "../src/postgres/DemoData.js"
@@ -62,11 +63,13 @@ export const Logging = (settings: StackSettings): Layer.Layer<never> =>
 /**
  * Traces over OTLP/HTTP (JSON) when the settings name an endpoint (`ELECTRIC_OTLP_ENDPOINT`, or the standard
  * `OTEL_*` variables): the spans of requests, queries and the stack's steps, sent in batches every second and
- * flushed when the service stops. The exporter is loaded only then; without an endpoint this costs nothing.
+ * flushed when the service stops. The exporter is loaded only then; without an endpoint no span is made at all.
  */
 export const Tracing = (settings: StackSettings): Layer.Layer<never> =>
   Option.match(settings.otlp, {
-    onNone: () => Layer.empty,
+    // Spans nobody reads are not made: requests, reads and transactions skip their bookkeeping.
+    onNone: () =>
+      Layer.merge(Layer.setTracerEnabled(false), Layer.locallyScoped(HttpMiddleware.currentTracerDisabledWhen, constTrue)),
     onSome: ({ serviceName, tracesUrl }) =>
       Layer.unwrapEffect(
         Effect.tryPromise(() =>

@@ -691,11 +691,9 @@ const serveReadOnly = (
 const requestHeaders = (request: HttpServerRequest.HttpServerRequest): Readonly<Record<string, string | undefined>> =>
   request.headers as Readonly<Record<string, string | undefined>>
 
+/** The response a request ends with; the router's last step adds the server header to every one. */
 const finish = <R>(response: Effect.Effect<HttpServerResponse.HttpServerResponse, Reply, R>) =>
-  response.pipe(
-    Effect.catchAll((reply) => Effect.succeed(reply.response)),
-    Effect.map(HttpServerResponse.setHeader(serverHeader[0], serverHeader[1]))
-  )
+  Effect.catchAll(response, (reply) => Effect.succeed(reply.response))
 
 /**
  * `GET /v1/shape`, and `POST /v1/shape` (a subset snapshot whose subset is in

@@ -1,4 +1,4 @@
-import { Effect, Metric, MetricLabel, type MetricPair, MetricState } from "effect"
+import { Effect, Metric, MetricKey, MetricLabel, type MetricPair, MetricState } from "effect"
 
 /**
  * What the service counts as it runs, in Effect's metric registry (one per
@@ -20,21 +20,22 @@ export const changes = Metric.counter("syncline_changes_total", {
   incremental: true
 })
 
-/** Answers of the shape API by status and cause. */
-export const responses = Metric.counter("syncline_http_responses_total", {
+const responsesKey = MetricKey.counter("syncline_http_responses_total", {
   description: "Responses of the shape API, by status and cause",
   incremental: true
 })
+/** Answers of the shape API by status and cause. */
+export const responses = Metric.fromMetricKey(responsesKey)
 
-/** Long-polls held until a change or their timeout. */
-export const heldLongPolls = Metric.counter("syncline_long_polls_held", {
+const heldLongPollsKey = MetricKey.counter("syncline_long_polls_held", {
   description: "Live requests held until a change comes or they time out"
 })
+/** Long-polls held until a change or their timeout. */
+export const heldLongPolls = Metric.fromMetricKey(heldLongPollsKey)
 
+const sseStreamsKey = MetricKey.counter("syncline_sse_streams_open", { description: "Live SSE streams open" })
 /** SSE streams open. */
-export const sseStreams = Metric.counter("syncline_sse_streams_open", {
-  description: "Live SSE streams open"
-})
+export const sseStreams = Metric.fromMetricKey(sseStreamsKey)
 
 /** Why a response has its status: the label `cause` of `syncline_http_responses_total`. */
 export const causeOf = (status: number): string => {
@@ -64,13 +65,34 @@ export const causeOf = (status: number): string => {
   }
 }
 
+/**
+ * The counter of `key` under one set of labels, made once: a metric tagged
+ * per update looks its entry up in the registry by hashing the labels every
+ * time, which each request would pay for.
+ */
+const labelled = (key: MetricKey.MetricKey.Counter<number>) => {
+  const made = new Map<string, Metric.Metric.Counter<number>>()
+  return (labels: ReadonlyArray<readonly [string, string]>): Metric.Metric.Counter<number> => {
+    const id = labels.map(([k, v]) => `${k}=${v}`).join("\n")
+    let metric = made.get(id)
+    if (metric === undefined) {
+      metric = Metric.fromMetricKey(MetricKey.taggedWithLabels(key, labels.map(([k, v]) => MetricLabel.make(k, v))))
+      made.set(id, metric)
+    }
+    return metric
+  }
+}
+
+const responseCounter = labelled(responsesKey)
+
 /** Counts a response of the shape API of source `source`. */
 export const countResponse = (source: string, status: number): Effect.Effect<void> =>
-  Metric.increment(Metric.taggedWithLabels(responses, [
-    MetricLabel.make("source", source),
-    MetricLabel.make("status", String(status)),
-    MetricLabel.make("cause", causeOf(status))
-  ]))
+  Metric.increment(responseCounter([["source", source], ["status", String(status)], ["cause", causeOf(status)]]))
+
+const gaugeCounters = new Map<typeof heldLongPolls, ReturnType<typeof labelled>>([
+  [heldLongPolls, labelled(heldLongPollsKey)],
+  [sseStreams, labelled(sseStreamsKey)]
+])
 
 /** Runs `effect` counted in `gauge` (an up-down counter) while it runs, per source. */
 export const countedWhile = <A, E, R>(
@@ -78,7 +100,7 @@ export const countedWhile = <A, E, R>(
   source: string,
   effect: Effect.Effect<A, E, R>
 ): Effect.Effect<A, E, R> => {
-  const tagged = Metric.tagged(gauge, "source", source)
+  const tagged = gaugeCounters.get(gauge)!([["source", source]])
   return Effect.acquireUseRelease(Metric.increment(tagged), () => effect, () => Metric.incrementBy(tagged, -1))
 }
 

@@ -7,6 +7,7 @@ import { StorageError } from "../domain/errors.js"
 import { type BodyFormat, bodyLength, type OpenedSpan, readPiece } from "./internal/committedRead.js"
 import { isErrno } from "./internal/files.js"
 import { ShapeLogReaderFiles } from "./internal/ShapeLogReader.js"
+import { ReadCache } from "./internal/ReadCache.js"
 import { ioError, ShapeLogFiles } from "./internal/ShapeLogFiles.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
@@ -139,6 +140,9 @@ export interface ShapeLogStorageOptions {
 }
 
 const TRASH_PREFIX = ".trash-"
+
+/** The bodies a storage keeps to serve again (see `ReadCache`); bodies are at most one piece each. */
+const READ_CACHE_BYTES = 32 * 1024 * 1024
 
 const attempt = <A>(handle: string | undefined, f: () => Promise<A>): Effect.Effect<A, StorageError> =>
   Effect.tryPromise({
@@ -273,7 +277,11 @@ export const make = (
       return opening
     }
 
-    const toOpened = (files: ShapeLogFiles): Opened => ({ files, log: toShapeLog(files) })
+    const readCache = new ReadCache(READ_CACHE_BYTES)
+    const toOpened = (files: ShapeLogFiles): Opened => {
+      files.readCache = readCache
+      return { files, log: toShapeLog(files) }
+    }
 
     const openCached = (handle: ShapeHandle): Promise<Opened> => {
       if (!accepting) return Promise.reject(stopped(handle))

@@ -30,6 +30,7 @@ import {
   snapshotChunkAfter,
   snapshotSpan
 } from "./committedRead.js"
+import type { ReadCache, SharedRead } from "./ReadCache.js"
 
 /** How many recent commit ends are remembered, so that a reader resuming at one needs no index search. */
 const RECENT_COMMITS = 32
@@ -38,6 +39,11 @@ const EMPTY = new Uint8Array(0)
 const EMPTY_BUFFER = Buffer.alloc(0)
 /** How many closed snapshot chunks may be syncing while the next is written. */
 const SNAPSHOT_SYNCS_IN_FLIGHT = 2
+
+/** Names each opened log in a `ReadCache`: a handle's files emptied and written anew are another log. */
+let nextCacheId = 0
+
+const openedOf = (shared: SharedRead): OpenedSpan => shared.opened
 
 type Latch = Deferred.Deferred<void>
 const newLatch = (): Latch => Deferred.unsafeMake<void>(FiberId.none)
@@ -87,6 +93,9 @@ export class ShapeLogFiles {
   private busy = 0
   private onIdle: (() => void) | undefined = undefined
   private writeChain: Promise<unknown> = Promise.resolve()
+  /** Where reads of this log are shared with other requests; set by the storage that opened it. */
+  readCache: ReadCache | undefined = undefined
+  private readonly cacheId = nextCacheId++
 
   private constructor(
     readonly handle: string,
@@ -491,10 +500,27 @@ export class ShapeLogFiles {
    * handles busy nor stops when the log is closed or removed.
    */
   openSpan(from: LogOffset, format: BodyFormat): Promise<OpenedSpan> {
+    const cache = this.readCache
+    if (cache === undefined) return this.openSpanNow(from, format).then(openedOf)
+    if (this.closed !== "open") return Promise.reject(this.closedError())
+    const read = `${format} ${LogOffset.format(from)}`
+    const settledKey = `${this.cacheId} settled ${read}`
+    const key = `${this.cacheId} ${this.lines} ${read}`
+    const shared = cache.get(settledKey) ?? cache.get(key) ?? cache.share(key, this.openSpanNow(from, format), settledKey)
+    return shared.then(openedOf)
+  }
+
+  /** `openSpan` from the files; settled when the bytes lie in a snapshot chunk or a closed log chunk. */
+  private openSpanNow(from: LogOffset, format: BodyFormat): Promise<SharedRead> {
     return this.using(async () => {
       const n = snapshotChunkAfter(from, this.snapshotChunkBytes.length)
-      if (n !== undefined) return openSpan(this.dir, snapshotSpan(n, this.snapshotChunkBytes[n]!), undefined, format)
-      return openSpan(this.dir, await logSpan(this.committed(), from), this.log, format)
+      if (n !== undefined) {
+        return { opened: await openSpan(this.dir, snapshotSpan(n, this.snapshotChunkBytes[n]!), undefined, format), settled: true }
+      }
+      const closedEnd = this.closedChunks.length > 0 ? this.closedChunks[this.closedChunks.length - 1]!.endPos : 0
+      const span = await logSpan(this.committed(), from)
+      // A closed chunk that ends the log would read alike but for `reachedEnd`, which the next commit changes.
+      return { opened: await openSpan(this.dir, span, this.log, format), settled: !span.reachedEnd && span.end <= closedEnd }
     })
   }
 
