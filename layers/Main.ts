@@ -1,4 +1,4 @@
-import { FetchHttpClient } from "@effect/platform"
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
 import { Effect, Layer, Logger, Option, Redacted } from "effect"
 import * as path from "node:path"
 import type { StackSettings } from "../src/config/StackConfig.js"
