@@ -1,4 +1,4 @@
-import { NodeRuntime } from "@effect/platform-node"
+import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
 import { Effect, Either } from "effect"
 import { Logging, Main, Tracing } from "./layers/Main.js"
 import { formatConfigError, readStackSettings } from "./src/config/StackConfig.js"

@@ -1,4 +1,5 @@
-import { FetchHttpClient, HttpMiddleware } from "@effect/platform"
+import * as FetchHttpClient from "@effect/platform/FetchHttpClient"
+import * as HttpMiddleware from "@effect/platform/HttpMiddleware"
 import { Effect, Layer, Logger, Option, Redacted } from "effect"
 import { constTrue } from "effect/Function"
 import * as path from "node:path"

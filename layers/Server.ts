@@ -1,5 +1,6 @@
-import { HttpRouter, HttpServer } from "@effect/platform"
-import { NodeHttpServer } from "@effect/platform-node"
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
 import { Layer, Option } from "effect"
 import type { StackSettings } from "../src/config/StackConfig.js"
 import { createServer } from "../src/http/NodeServer.js"

@@ -1,4 +1,4 @@
-import type { SqlClient } from "@effect/sql"
+import type * as SqlClient from "@effect/sql/SqlClient"
 import { type Duration, Effect, Layer } from "effect"
 import * as path from "node:path"
 import { publicationName, slotName, type StackSettings } from "../src/config/StackConfig.js"

@@ -1,4 +1,4 @@
-import { HttpRouter } from "@effect/platform"
+import * as HttpRouter from "@effect/platform/HttpRouter"
 import { ConfigError, Context, Effect, Layer, Option, Redacted, type Scope } from "effect"
 import { StackConfig, type StackSettings } from "../src/config/StackConfig.js"
 import { ShapeApi } from "../src/http/ShapeApi.js"

@@ -1,5 +1,5 @@
-import type { HttpServerRequest } from "@effect/platform"
-import { NodeHttpServerRequest } from "@effect/platform-node"
+import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import * as http from "node:http"
 import { cacheControl, corsHeaders } from "./ResponseHeaders.js"
 

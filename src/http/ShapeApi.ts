@@ -1,5 +1,7 @@
 import { randomInt } from "node:crypto"
-import { HttpRouter, HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Cause, Effect, Either, Option, type Scope, Stream } from "effect"
 import { StackConfig, type StackSettings } from "../config/StackConfig.js"
 import { LogOffset } from "../domain/LogOffset.js"

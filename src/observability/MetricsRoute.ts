@@ -1,4 +1,4 @@
-import { HttpServerResponse } from "@effect/platform"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Effect, Metric } from "effect"
 import { StackConfig } from "../config/StackConfig.js"
 import { renderPrometheus, type Sample } from "./Metrics.js"

@@ -1,4 +1,5 @@
-import { HttpServerRequest, HttpServerResponse } from "@effect/platform"
+import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
+import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
 import { Context, Effect, Either, Option } from "effect"
 import { StackConfig } from "../config/StackConfig.js"
 import { isAuthorized } from "../http/ApiSecret.js"

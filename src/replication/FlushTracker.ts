@@ -1,4 +1,4 @@
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Cause, Context, Deferred, Effect, Layer } from "effect"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"

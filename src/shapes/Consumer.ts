@@ -1,4 +1,4 @@
-import { Chunk, Deferred, Duration, Effect, Either, Queue, Schedule } from "effect"
+import { Chunk, Duration, Effect, Either, Queue, Schedule } from "effect"
 import type { Change, Row, Transaction } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { rowKey } from "../domain/RowKey.js"
@@ -144,7 +144,8 @@ export const runConsumer = (options: {
   /** Opens (or reopens, after a failed write) the shape's log. */
   readonly openLog: Effect.Effect<ShapeLog, StorageError>
   readonly queue: Queue.Dequeue<Work>
-  readonly snapshot: Deferred.Deferred<SnapshotMark>
+  /** Where the shape's snapshot ended; waits while it is being taken. */
+  readonly snapshot: Effect.Effect<SnapshotMark>
   readonly tracker: FlushTracker["Type"]
   readonly invalidate: (reason: string) => Effect.Effect<void>
   /** Records durably where the shape passed its snapshot; a failure is only logged (the test would run again). */
@@ -165,7 +166,7 @@ export const runConsumer = (options: {
   }
 
   return Effect.gen(function*() {
-    const mark = yield* Deferred.await(options.snapshot)
+    const mark = yield* options.snapshot
     let log: ShapeLog | undefined = undefined
     let failures = 0
 

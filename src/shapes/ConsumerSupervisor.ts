@@ -1,4 +1,4 @@
-import { Cause, Context, Deferred, Effect, FiberMap, Layer, Queue } from "effect"
+import { Cause, Context, Deferred, Effect, FiberId, FiberMap, Layer, Queue } from "effect"
 import type { Transaction } from "../domain/Change.js"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
@@ -14,9 +14,16 @@ import { type SnapshotMark, ShapeStatus } from "./ShapeStatus.js"
 import type { DependencyLink } from "./Subqueries.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
+/**
+ * What the supervisor keeps of a registered shape. An idle shape is only this object: the Deferreds a consumer or
+ * a reader waits on (an Effect Deferred takes most of a kilobyte) are made when someone first needs them.
+ */
 interface Registered {
   readonly shape: Shape
-  readonly snapshot: Deferred.Deferred<SnapshotMark>
+  /** Where the shape's snapshot ended; undefined while it is being taken. */
+  mark: SnapshotMark | undefined
+  /** A consumer started before the snapshot completed waits here for the mark. */
+  markWaiter: Deferred.Deferred<SnapshotMark> | undefined
   queue: Queue.Queue<Work> | undefined
   /** The consumer found the shape invalid; it is being removed. */
   invalidated: boolean
@@ -25,10 +32,20 @@ interface Registered {
   /** The commit LSN up to which its consumer has made durable what it was handed, and who waits for more. */
   durableLsn: Lsn
   waiters: Array<{ readonly lsn: Lsn; readonly done: Deferred.Deferred<void, MaterializerGone> }>
-  /** When other shapes read this one through a subquery: its materializer, and when it is loaded. */
+  /** When other shapes read this one through a subquery: its materializer, and when it is loaded (`readyOf`). */
   materializer: Materializer | undefined
-  readonly ready: Deferred.Deferred<Materializer, MaterializerGone>
+  ready: Deferred.Deferred<Materializer, MaterializerGone> | undefined
 }
+
+const readyOf = (reg: Registered): Deferred.Deferred<Materializer, MaterializerGone> =>
+  reg.ready ??= Deferred.unsafeMake<Materializer, MaterializerGone>(FiberId.none)
+
+const markOf = (reg: Registered): Effect.Effect<SnapshotMark> =>
+  Effect.suspend(() => {
+    if (reg.mark !== undefined) return Effect.succeed(reg.mark)
+    reg.markWaiter ??= Deferred.unsafeMake<SnapshotMark>(FiberId.none)
+    return Deferred.await(reg.markWaiter)
+  })
 
 /**
  * Owns the consumers of a stack, one fiber per shape in a `FiberMap`, started
@@ -93,7 +110,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
             handle,
             materializer: Effect.suspend(() => {
               const reg = registered.get(handle)
-              return reg === undefined ? Effect.fail(gone) : Deferred.await(reg.ready)
+              return reg === undefined ? Effect.fail(gone) : Deferred.await(readyOf(reg))
             }),
             awaitDurable: (lsn) =>
               Effect.suspend(() => {
@@ -118,7 +135,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
               shape: reg.shape,
               openLog: storage.open(handle),
               queue,
-              snapshot: reg.snapshot,
+              snapshot: markOf(reg),
               tracker,
               invalidate: (reason) =>
                 Effect.suspend(() => {
@@ -132,7 +149,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
               subqueries: {
                 links: reg.shape.dependencies.map(linkTo),
                 own: () => reg.materializer,
-                loaded: (m) => Deferred.succeed(reg.ready, m).pipe(Effect.asVoid),
+                loaded: (m) => Deferred.succeed(readyOf(reg), m).pipe(Effect.asVoid),
                 durable: (lsn) => durable(reg, lsn),
                 replayFloor,
                 rows: snapshot.rows,
@@ -185,18 +202,17 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
         return ConsumerSupervisor.of({
           register: (shape, snapshot) =>
             Effect.gen(function*() {
-              const deferred = yield* Deferred.make<SnapshotMark>()
-              if (snapshot !== undefined) yield* Deferred.succeed(deferred, snapshot)
               const reg: Registered = {
                 shape,
-                snapshot: deferred,
+                mark: snapshot,
+                markWaiter: undefined,
                 queue: undefined,
                 invalidated: false,
                 deliveredLsn: 0n,
                 durableLsn: 0n,
                 waiters: [],
                 materializer: undefined,
-                ready: yield* Deferred.make<Materializer, MaterializerGone>()
+                ready: undefined
               }
               registered.set(shape.handle, reg)
               for (const d of new Set(shape.dependencies)) {
@@ -207,7 +223,9 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
           snapshotReady: (handle, mark) =>
             Effect.suspend(() => {
               const reg = registered.get(handle)
-              return reg === undefined ? Effect.void : Deferred.succeed(reg.snapshot, mark)
+              if (reg === undefined || reg.mark !== undefined) return Effect.void
+              reg.mark = mark
+              return reg.markWaiter === undefined ? Effect.void : Deferred.succeed(reg.markWaiter, mark)
             }),
           deliver: (txn, delivery) =>
             Effect.suspend(() => {
@@ -231,7 +249,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
               registered.delete(handle)
               if (reg !== undefined) {
                 const gone = new MaterializerGone({ handle })
-                Deferred.unsafeDone(reg.ready, Effect.fail(gone))
+                if (reg.ready !== undefined) Deferred.unsafeDone(reg.ready, Effect.fail(gone))
                 for (const w of reg.waiters) Deferred.unsafeDone(w.done, Effect.fail(gone))
                 reg.waiters = []
                 for (const d of reg.shape.dependencies) registered.get(d)?.materializer?.dependentGone(handle)

@@ -1,4 +1,4 @@
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Context, Effect, Layer, Option } from "effect"
 import type { Lsn } from "../domain/Lsn.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"

@@ -1,4 +1,4 @@
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect, Either, Layer } from "effect"
 import { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"

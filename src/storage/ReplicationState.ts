@@ -1,4 +1,4 @@
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Effect } from "effect"
 import type { Lsn } from "../domain/Lsn.js"
 import { RegistryError } from "../domain/errors.js"

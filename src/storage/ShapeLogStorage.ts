@@ -1,6 +1,6 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
-import { Context, Deferred, Effect, Layer, Option, type Scope, Stream } from "effect"
+import { Context, Deferred, Duration, Effect, Layer, Option, Schedule, type Scope, Stream } from "effect"
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { StorageError } from "../domain/errors.js"
@@ -144,6 +144,9 @@ const TRASH_PREFIX = ".trash-"
 /** The bodies a storage keeps to serve again (see `ReadCache`); bodies are at most one piece each. */
 const READ_CACHE_BYTES = 32 * 1024 * 1024
 
+/** How often logs are checked for idleness: one unused since the previous check gives its descriptors back. */
+const IDLE_CHECK = Duration.seconds(10)
+
 const attempt = <A>(handle: string | undefined, f: () => Promise<A>): Effect.Effect<A, StorageError> =>
   Effect.tryPromise({
     try: f,
@@ -191,13 +194,14 @@ const streamOf = (
 
 const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
   const handle = ShapeHandle(files.handle)
-  const awaitSnapshot = Effect.suspend(() =>
-    files.closed !== "open" || files.snapshotComplete ? Effect.void : Deferred.await(files.snapshotLatch)
-  )
+  const awaitSnapshot = Effect.suspend(() => {
+    const latch = files.awaitSnapshot()
+    return latch === undefined ? Effect.void : Deferred.await(latch)
+  })
   const awaitDataAfter = (after: LogOffset): Effect.Effect<void> =>
     Effect.suspend(() => {
       if (files.closed !== "open" || LogOffset.gt(files.latestOffset(), after)) return Effect.void
-      return Effect.flatMap(Deferred.await(files.dataLatch), () => awaitDataAfter(after))
+      return Effect.flatMap(Deferred.await(files.nextCommit()), () => awaitDataAfter(after))
     })
   return {
     handle,
@@ -318,6 +322,10 @@ export const make = (
         await Promise.all(entries.map((entry) => entry?.files.shutdown("closed")))
       })
     )
+
+    yield* Effect.sync(() => {
+      for (const opening of logs.values()) opening.then((entry) => entry.files.closeIfIdle(), () => undefined)
+    }).pipe(Effect.repeat(Schedule.spaced(IDLE_CHECK)), Effect.forkScoped)
 
     const open = Effect.fn("ShapeLogStorage.open")(function*(handle: ShapeHandle) {
       const entry = yield* attempt(handle, () => openCached(handle))

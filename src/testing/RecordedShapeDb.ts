@@ -1,4 +1,4 @@
-import { SqlClient } from "@effect/sql"
+import * as SqlClient from "@effect/sql/SqlClient"
 import { Context, Effect, Layer } from "effect"
 import { ShapeDb } from "../storage/ShapeDb.js"
 import type { FakePostgres } from "./FakePostgres.js"

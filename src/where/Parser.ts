@@ -132,6 +132,9 @@ const parseClause = (where: string): Node => {
  */
 export const subqueryTables = (where: string): ReadonlyArray<TableName> => {
   if (where.includes(NUL)) throw new WhereError("Invalid where clause: contains a NUL byte")
+  // A clause names a table only in a subquery, written with the keyword SELECT (or TABLE); keywords are never
+  // escaped, so a clause without either word names none and needs no parse here (most shapes, at every start).
+  if (!MAY_NAME_TABLE.test(where)) return []
   const found = new Map<string, TableName>()
   const visit = (value: unknown): void => {
     if (Array.isArray(value)) {
@@ -151,6 +154,8 @@ export const subqueryTables = (where: string): ReadonlyArray<TableName> => {
   visit(parseClause(where))
   return [...found.values()]
 }
+
+const MAY_NAME_TABLE = /select|table/i
 
 const SUBSELECT_KEYS = new Set(["targetList", "fromClause", "whereClause", "limitOption", "op"])
 

@@ -1,7 +1,7 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Option, Scope } from "effect"
+import { Effect, Exit, Fiber, Option, Scope, TestClock } from "effect"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
 import { type LogRead, make, type ShapeLog } from "../../src/storage/ShapeLogStorage.js"
@@ -333,6 +333,46 @@ describe("ShapeLogStorage", () => {
       yield* log.commit
       expect(Option.isNone(yield* Fiber.poll(later))).toBe(true)
       yield* Fiber.interrupt(later)
+    }))
+
+  it.scoped("gives back the descriptors of a log left idle, and opens them again for its next read or commit", () =>
+    Effect.gen(function*() {
+      const { dir, storage } = yield* withStorage()
+      const log = yield* storage.create(ShapeHandle("idle-1"))
+      yield* withSnapshot(log, [line("snap", 0)])
+      yield* log.append([entry(7, 0)])
+      yield* log.commit
+      const shapeDir = path.join(dir, "idle-1")
+      const openFiles = Effect.promise(async () => {
+        let n = 0
+        for (const fd of await fs.readdir("/proc/self/fd")) {
+          const target = await fs.readlink(path.join("/proc/self/fd", fd)).catch(() => "")
+          if (target.startsWith(shapeDir + path.sep)) n++
+        }
+        return n
+      })
+      expect(yield* openFiles).toBe(3)
+      // Unused across two checks: its descriptors are closed, its state stays.
+      yield* TestClock.adjust("25 seconds")
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
+      expect(yield* openFiles).toBe(0)
+      expect(fmt(log.latestOffset())).toBe("7_0")
+      const waiter = yield* Effect.fork(log.awaitDataAfter(off("7_0")))
+      yield* log.append([entry(8, 0), entry(8, 1)])
+      expect(fmt(yield* log.commit)).toBe("8_1")
+      yield* Fiber.join(waiter)
+      expect(yield* openFiles).toBe(3)
+      expect(bodies(yield* readAll(log, LogOffset.lastBeforeReal))).toEqual([entry(7, 0), entry(8, 0), entry(8, 1)].map((e) => e.json))
+      // Used since the last check: left open.
+      yield* TestClock.adjust("10 seconds")
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
+      expect(yield* openFiles).toBe(3)
+      yield* TestClock.adjust("10 seconds")
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
+      expect(yield* openFiles).toBe(0)
+      const reopened = yield* openIn(dir)
+      expect(fmt((yield* reopened.storage.open(ShapeHandle("idle-1"))).latestOffset())).toBe("8_1")
+      yield* reopened.close
     }))
 
   it.scoped("open returns the log create made for a handle; list shows shape directories", () =>

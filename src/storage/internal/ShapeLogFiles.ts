@@ -37,6 +37,8 @@ const RECENT_COMMITS = 32
 
 const EMPTY = new Uint8Array(0)
 const EMPTY_BUFFER = Buffer.alloc(0)
+/** The first size of the buffer of index records appended and not yet committed. */
+const PENDING_INDEX_BYTES = 4096
 /** How many closed snapshot chunks may be syncing while the next is written. */
 const SNAPSHOT_SYNCS_IN_FLIGHT = 2
 
@@ -49,12 +51,24 @@ type Latch = Deferred.Deferred<void>
 const newLatch = (): Latch => Deferred.unsafeMake<void>(FiberId.none)
 const release = (latch: Latch): void => Deferred.unsafeDone(latch, Effect.void)
 
+/** The descriptors of a log's three files, open while the log is in use. */
+interface Handles {
+  readonly log: fs.FileHandle
+  readonly index: fs.FileHandle
+  readonly chunks: fs.FileHandle
+}
+
 /**
  * The files and in-memory state of one open shape log. Plain async code: the
  * Effect shell in `ShapeLogStorage.ts` wraps each call. Readers see only the
  * committed state (`lines`, `logBytes`, `lastOffset`, `closedChunks`), which
  * moves forward only after the commit pointer is durable; appends past it are
  * buffered in memory until `commit`.
+ *
+ * An idle log costs only its state: its descriptors are closed by
+ * `closeIfIdle` and opened again by the next operation that needs them (a
+ * process serving many shapes would otherwise hold three descriptors per shape
+ * and run out of them), and its latches and append buffer are made when used.
  */
 export class ShapeLogFiles {
   // committed snapshot
@@ -78,7 +92,7 @@ export class ShapeLogFiles {
 
   // appended, not yet committed
   private pendingJson: Array<string> = []
-  private pendingIndex: Buffer = Buffer.allocUnsafe(4096)
+  private pendingIndex: Buffer = EMPTY_BUFFER
   private pendingIndexLength = 0
   private pendingChunks: Array<ChunkEnd> = []
   private appendedLines = 0
@@ -88,23 +102,117 @@ export class ShapeLogFiles {
 
   // lifecycle
   closed: "open" | "removed" | "closed" | "failed" = "open"
-  snapshotLatch: Latch = newLatch()
-  dataLatch: Latch = newLatch()
+  /** Released when the snapshot completes (or the log closes); made by the first reader that waits for it. */
+  private snapshotLatch: Latch | undefined = undefined
+  /** Released by the next commit (or the log closing); made by the first reader that waits for one. */
+  private dataLatch: Latch | undefined = undefined
   private busy = 0
   private onIdle: (() => void) | undefined = undefined
   private writeChain: Promise<unknown> = Promise.resolve()
   /** Where reads of this log are shared with other requests; set by the storage that opened it. */
   readCache: ReadCache | undefined = undefined
   private readonly cacheId = nextCacheId++
+  /** The open descriptors; undefined while the log is idle (`closeIfIdle`). */
+  private handles: Handles | undefined
+  private reopening: Promise<Handles> | undefined = undefined
+  /** Whether an operation ran since the last `closeIfIdle`. */
+  private usedSinceCheck = true
 
   private constructor(
     readonly handle: string,
     readonly dir: string,
     private readonly threshold: number,
-    private readonly log: fs.FileHandle,
-    private readonly index: fs.FileHandle,
-    private readonly chunks: fs.FileHandle
-  ) {}
+    handles: Handles
+  ) {
+    this.handles = handles
+  }
+
+  // Valid inside `using` only, which opens the descriptors first.
+  private get log(): fs.FileHandle {
+    return this.handles!.log
+  }
+  private get index(): fs.FileHandle {
+    return this.handles!.index
+  }
+  private get chunks(): fs.FileHandle {
+    return this.handles!.chunks
+  }
+
+  /** Waits for the snapshot to complete; resolves at once when it is complete or the log is closed. */
+  awaitSnapshot(): Latch | undefined {
+    if (this.closed !== "open" || this.snapshotComplete) return undefined
+    return this.snapshotLatch ??= newLatch()
+  }
+
+  /** A latch the next commit (or the log closing) releases. */
+  nextCommit(): Latch {
+    if (this.closed !== "open") {
+      const done = newLatch()
+      release(done)
+      return done
+    }
+    return this.dataLatch ??= newLatch()
+  }
+
+  /**
+   * Closes the descriptors of a log that no operation used since the last call; the next operation opens them
+   * again. The in-memory state stays: reopening needs no recovery (this process is the only writer).
+   */
+  closeIfIdle(): void {
+    if (this.usedSinceCheck || this.busy > 0) {
+      this.usedSinceCheck = false
+      return
+    }
+    const handles = this.handles
+    if (handles === undefined || this.closed !== "open") return
+    this.handles = undefined
+    for (const fh of [handles.log, handles.index, handles.chunks]) void fh.close().catch(() => undefined)
+  }
+
+  private async reopen(): Promise<Handles> {
+    const open = (name: string) => fs.open(path.join(this.dir, name), "r+")
+    const opened = await Promise.allSettled([open(FileNames.log), open(FileNames.index), open(FileNames.chunks)])
+    const failed = opened.find((o) => o.status === "rejected")
+    if (failed !== undefined) {
+      await Promise.all(opened.map((o) => (o.status === "fulfilled" ? o.value.close().catch(() => undefined) : undefined)))
+      const cause = (failed as PromiseRejectedResult).reason
+      if (isErrno(cause, "ENOENT")) {
+        throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "a file of the shape log is missing" })
+      }
+      throw cause
+    }
+    const [log, index, chunks] = opened.map((o) => (o as PromiseFulfilledResult<fs.FileHandle>).value) as [
+      fs.FileHandle,
+      fs.FileHandle,
+      fs.FileHandle
+    ]
+    return { log, index, chunks }
+  }
+
+  /** The descriptors, opened again if `closeIfIdle` closed them; one opening for concurrent callers. */
+  private async ensureHandles(): Promise<void> {
+    if (this.handles !== undefined) return
+    if (this.reopening === undefined) {
+      const reopening = this.reopen()
+      this.reopening = reopening
+      reopening.then(
+        (handles) => {
+          if (this.reopening === reopening) this.reopening = undefined
+          // Closed meanwhile: nothing will use them.
+          if (this.closed !== "open") {
+            for (const fh of [handles.log, handles.index, handles.chunks]) void fh.close().catch(() => undefined)
+          } else {
+            this.handles = handles
+          }
+        },
+        () => {
+          if (this.reopening === reopening) this.reopening = undefined
+        }
+      )
+    }
+    await this.reopening
+    if (this.handles === undefined) throw this.closedError()
+  }
 
   /** Creates a shape directory, or empties an existing one: a fresh shape with no snapshot and no log. */
   static async create(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
@@ -142,12 +250,11 @@ export class ShapeLogFiles {
         opened.push(await fs.open(path.join(dir, name), "r+"))
       }
       const [log, index, chunks] = opened as [fs.FileHandle, fs.FileHandle, fs.FileHandle]
-      const self = new ShapeLogFiles(handle, dir, threshold, log, index, chunks)
+      const self = new ShapeLogFiles(handle, dir, threshold, { log, index, chunks })
       await checkSnapshotChunks(dir, handle, pointer.snapshotChunkBytes)
       await self.recover(pointer.logBytes, pointer.indexBytes, pointer.chunkIndexBytes, pointer.lastOffset)
       self.snapshotComplete = true
       self.snapshotChunkBytes = [...pointer.snapshotChunkBytes]
-      release(self.snapshotLatch)
       return self
     } catch (cause) {
       await Promise.all(opened.map((fh) => fh.close().catch(() => undefined)))
@@ -167,7 +274,7 @@ export class ShapeLogFiles {
       fs.open(path.join(dir, FileNames.chunks), "w+")
     ])
     await syncDirectory(dir)
-    return new ShapeLogFiles(handle, dir, threshold, log, index, chunks)
+    return new ShapeLogFiles(handle, dir, threshold, { log, index, chunks })
   }
 
   private async recover(
@@ -235,7 +342,9 @@ export class ShapeLogFiles {
   private async using<A>(f: () => Promise<A>): Promise<A> {
     if (this.closed !== "open") throw this.closedError()
     this.busy++
+    this.usedSinceCheck = true
     try {
+      await this.ensureHandles()
       return await f()
     } catch (cause) {
       if (this.closed !== "open" && !(cause instanceof StorageError)) throw this.closedError()
@@ -270,11 +379,13 @@ export class ShapeLogFiles {
   async shutdown(reason: "removed" | "closed" | "failed"): Promise<void> {
     if (this.closed !== "open") return
     this.closed = reason
-    release(this.snapshotLatch)
-    release(this.dataLatch)
+    if (this.snapshotLatch !== undefined) release(this.snapshotLatch)
+    if (this.dataLatch !== undefined) release(this.dataLatch)
     if (this.busy > 0) await new Promise<void>((resolve) => (this.onIdle = resolve))
     await Promise.allSettled(this.snapshotSyncs)
-    const files = [this.log, this.index, this.chunks]
+    const handles = this.handles
+    this.handles = undefined
+    const files = handles === undefined ? [] : [handles.log, handles.index, handles.chunks]
     if (this.snapshotFile !== undefined) files.push(this.snapshotFile)
     this.snapshotFile = undefined
     await Promise.all(files.map((fh) => fh.close().catch(() => undefined)))
@@ -365,7 +476,8 @@ export class ShapeLogFiles {
       await writePointer(this.dir, this.pointer(true))
       this.snapshotComplete = true
       this.snapshotScratch = EMPTY_BUFFER
-      release(this.snapshotLatch)
+      if (this.snapshotLatch !== undefined) release(this.snapshotLatch)
+      this.snapshotLatch = undefined
       this.wakeReaders()
     })
   }
@@ -386,7 +498,7 @@ export class ShapeLogFiles {
         if (offset.tx < last.tx || (offset.tx === last.tx && offset.op <= last.op)) continue
         const at = this.pendingIndexLength
         if (at + INDEX_RECORD_BYTES > this.pendingIndex.length) {
-          const grown = Buffer.allocUnsafe(this.pendingIndex.length * 2)
+          const grown = Buffer.allocUnsafe(Math.max(PENDING_INDEX_BYTES, this.pendingIndex.length * 2))
           this.pendingIndex.copy(grown, 0, 0, at)
           this.pendingIndex = grown
         }
@@ -429,7 +541,8 @@ export class ShapeLogFiles {
       const logBytes = this.appendedBytes
       const lastOffset = this.appendedLast
       this.pendingJson = []
-      this.pendingIndex = Buffer.allocUnsafe(Math.max(4096, index.length))
+      // The next batch gets a buffer of the size this one needed; the one being written is not reused.
+      this.pendingIndex = Buffer.allocUnsafe(Math.max(PENDING_INDEX_BYTES, index.length))
       this.pendingIndexLength = 0
       this.pendingChunks = []
 
@@ -479,7 +592,8 @@ export class ShapeLogFiles {
 
   private wakeReaders(): void {
     const latch = this.dataLatch
-    this.dataLatch = newLatch()
+    if (latch === undefined) return
+    this.dataLatch = undefined
     release(latch)
   }
 
