@@ -36,6 +36,12 @@ export interface Delivery {
   invalidated: string | undefined
 }
 
+/** A routed transaction and the shapes it goes to, dependencies first. */
+export interface Routed {
+  readonly txn: Transaction
+  readonly deliveries: ReadonlyArray<Delivery>
+}
+
 interface EqualityIndex {
   readonly column: string
   readonly byValue: Map<string, Set<ShapeHandle>>
