@@ -6,7 +6,7 @@ import { Snapshot } from "../postgres/Snapshot.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
 import type { Routed } from "../replication/ShapeLogCollector.js"
 import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
-import { type Invalidation, runConsumer, type Work } from "./Consumer.js"
+import { type Invalidation, runConsumer, type Work, WorkQueue } from "./Consumer.js"
 import { Materializer } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
 import { type SnapshotMark, ShapeStatus } from "./ShapeStatus.js"
@@ -16,7 +16,7 @@ import { logWhenStopped } from "../domain/Lifecycle.js"
 interface Registered {
   readonly shape: Shape
   readonly snapshot: Deferred.Deferred<SnapshotMark>
-  queue: Queue.Queue<Work> | undefined
+  queue: WorkQueue | undefined
   /** The consumer found the shape invalid; it is being removed. */
   invalidated: boolean
   /** The commit LSN of the last transaction handed to its consumer. */
@@ -109,9 +109,9 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
           }
         }
 
-        const start = (reg: Registered): Effect.Effect<Queue.Queue<Work>> =>
+        const start = (reg: Registered): Effect.Effect<WorkQueue> =>
           Effect.gen(function*() {
-            const queue = yield* Queue.unbounded<Work>()
+            const queue = new WorkQueue()
             reg.queue = queue
             const handle = reg.shape.handle
             // The log is opened once the snapshot is written (`runConsumer` waits for it): a new shape's storage
@@ -181,7 +181,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
             if (m.loaded) return
             // A wake-up: the consumer loads the materializer at its next batch boundary, when all it handled is durable.
             const queue = dependency.queue ?? (yield* start(dependency))
-            yield* Queue.offer(queue, { txn: undefined, delivery: undefined })
+            queue.offer({ txn: undefined, delivery: undefined })
           })
 
         return ConsumerSupervisor.of({
@@ -237,12 +237,14 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
                   else list.push(work)
                 }
               }
-              const offers = Effect.forEach(
-                works,
-                ([reg, list]) =>
-                  reg.queue !== undefined
-                    ? Queue.offerAll(reg.queue, list)
-                    : Effect.flatMap(start(reg), (queue) => Queue.offerAll(queue, list)),
+              let starting: Array<readonly [Registered, Array<Work>]> | undefined
+              for (const [reg, list] of works) {
+                if (reg.queue !== undefined) reg.queue.offerAll(list)
+                else (starting ??= []).push([reg, list])
+              }
+              const offers = starting === undefined ? Effect.void : Effect.forEach(
+                starting,
+                ([reg, list]) => Effect.map(reg.queue !== undefined ? Effect.succeed(reg.queue) : start(reg), (queue) => queue.offerAll(list)),
                 { discard: true }
               )
               return unknown === undefined ? offers : Effect.zipRight(offers, Effect.forEach(unknown, tracker.forget, { discard: true }))
