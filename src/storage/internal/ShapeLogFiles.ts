@@ -71,7 +71,9 @@ export class ShapeLogFiles {
   private readonly recent: Array<CommitEnd> = []
 
   // appended, not yet committed
-  private pendingJson: Array<string> = []
+  /** The appended lines as they will be written: UTF-8, each ended by `\n`. */
+  private pendingData: Buffer = Buffer.allocUnsafe(16384)
+  private pendingDataLength = 0
   private pendingIndex: Buffer = Buffer.allocUnsafe(4096)
   private pendingIndexLength = 0
   private pendingChunks: Array<ChunkEnd> = []
@@ -381,7 +383,19 @@ export class ShapeLogFiles {
           this.pendingIndex.copy(grown, 0, 0, at)
           this.pendingIndex = grown
         }
-        const bytes = this.appendedBytes + Buffer.byteLength(entry.json) + 1
+        // Encoded once, where the commit writes it from; the byte count comes with it.
+        const json = entry.json
+        let data = this.pendingData
+        const start = this.pendingDataLength
+        if (start + json.length * 3 + 1 > data.length) {
+          const grown = Buffer.allocUnsafe(Math.max(data.length * 2, start + json.length * 3 + 1))
+          data.copy(grown, 0, 0, start)
+          this.pendingData = data = grown
+        }
+        const written = data.write(json, start, "utf8")
+        data[start + written] = 0x0a
+        this.pendingDataLength = start + written + 1
+        const bytes = this.appendedBytes + written + 1
         if (offset.tx !== tx) {
           tx = offset.tx
           txLow = Number(tx & 0xffffffffn)
@@ -392,7 +406,6 @@ export class ShapeLogFiles {
         this.pendingIndex.writeDoubleLE(offset.op, at + 8)
         this.pendingIndex.writeDoubleLE(bytes, at + 16)
         this.pendingIndexLength = at + INDEX_RECORD_BYTES
-        this.pendingJson.push(entry.json)
         this.appendedBytes = bytes
         this.appendedLines++
         last = offset
@@ -412,19 +425,19 @@ export class ShapeLogFiles {
    */
   commit(): Promise<LogOffset> {
     return this.exclusive(async () => {
-      if (this.pendingJson.length === 0) return this.durableOffset()
-      const json = this.pendingJson
+      if (this.pendingDataLength === 0) return this.durableOffset()
+      const data = this.pendingData.subarray(0, this.pendingDataLength)
       const index = this.pendingIndex.subarray(0, this.pendingIndexLength)
       const chunks = this.pendingChunks
       const lines = this.appendedLines
       const logBytes = this.appendedBytes
       const lastOffset = this.appendedLast
-      this.pendingJson = []
+      this.pendingData = Buffer.allocUnsafe(Math.max(16384, data.length))
+      this.pendingDataLength = 0
       this.pendingIndex = Buffer.allocUnsafe(Math.max(4096, index.length))
       this.pendingIndexLength = 0
       this.pendingChunks = []
 
-      const data = Buffer.from(json.join("\n") + "\n", "utf8")
       if (this.logBytes + data.length !== logBytes) {
         throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "log byte accounting mismatch" })
       }
