@@ -21,7 +21,8 @@ import { startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
  * Run with `node --import tsx scratchpad/bench/replication-throughput.ts`.
  */
 
-const ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
+/** Where the compiled service is taken from: this checkout, or `BENCH_SERVICE_ROOT` (another build, to compare). */
+const ROOT = process.env["BENCH_SERVICE_ROOT"] ?? path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 const ROWS = Number(process.env["BENCH_ROWS"] ?? 100_000)
 const LIVE_TXNS = Number(process.env["BENCH_LIVE_TXNS"] ?? 20_000)
 const CATCHUP_TXNS = Number(process.env["BENCH_CATCHUP_TXNS"] ?? 20_000)
@@ -59,6 +60,8 @@ const freePort = (): Promise<number> =>
 
 interface Service {
   readonly baseUrl: string
+  /** CPU time the service process has used so far (user + system), in ms; from /proc, so Linux only. */
+  readonly cpuMs: () => Promise<number>
   /** Milliseconds from spawn to `/v1/health` answering 200. */
   readonly activeMs: number
   readonly spawnedAt: number
@@ -95,8 +98,14 @@ const startService = async (databaseUrl: string, storageDir: string): Promise<Se
     await sleep(10)
   }
   const activeMs = performance.now() - spawnedAt
+  const ticks = 100 // USER_HZ
   return {
     baseUrl,
+    cpuMs: async () => {
+      const stat = await fs.readFile(`/proc/${child.pid}/stat`, "utf8")
+      const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+      return ((Number(fields[11]) + Number(fields[12])) * 1000) / ticks
+    },
     activeMs,
     spawnedAt,
     stop: async () => {
@@ -111,6 +120,7 @@ const main = async () => {
   await fs.chmod(dir, 0o755)
   const results: Array<[string, string, string, string]> = []
   const ratios: Array<[string, string]> = []
+  const cpuPerTxn: Array<[string, string]> = []
   const postgres = await startEmbeddedPostgres({
     dataDir: path.join(dir, "data"),
     settings: { fsync: "off", synchronous_commit: "off", full_page_writes: "off" }
@@ -186,6 +196,7 @@ const main = async () => {
         while (polling && seen < LIVE_TXNS) seen += changes(await request(true))
       })()
       const started = performance.now()
+      const cpuBefore = await service.cpuMs()
       mark("c-start")
       const writesMs = await write(LIVE_TXNS, (client, k) =>
         k % 2 === 0
@@ -199,7 +210,9 @@ const main = async () => {
       polling = false
       if (seen < LIVE_TXNS) throw new Error(`the client saw ${seen} of ${LIVE_TXNS} changes`)
       await poller
+      const cpu = (await service.cpuMs()) - cpuBefore
       results.push(["(c) writers' commit rate", `${LIVE_TXNS} txns`, seconds(writesMs), `${perSecond(LIVE_TXNS, writesMs)} txns/s`])
+      cpuPerTxn.push(["(c) service CPU per txn, live", `${((cpu * 1000) / LIVE_TXNS).toFixed(1)} µs`])
       results.push(["(c) live: first write -> client saw all", `${seen} changes`, seconds(ms), `${perSecond(seen, ms)} txns/s (last seen ${Math.round(ms - writesMs)} ms after the last commit)`])
       const raw = await rawDecode("(c) raw pgoutput decoding")
       ratios.push(["(c) live / commit rate", (rate(seen, ms) / rate(LIVE_TXNS, writesMs)).toFixed(3)])
@@ -219,11 +232,13 @@ const main = async () => {
       mark("d-spawn")
       service = await startService(postgres.url, storageDir)
       const activeAt = service.spawnedAt + service.activeMs
+      const cpuBefore = await service.cpuMs()
       mark("d-start")
       let seen = 0
       while (seen < CATCHUP_TXNS) seen += changes(await request(true))
       const ms = performance.now() - activeAt
       mark("d-end")
+      cpuPerTxn.push(["(d) service CPU per txn, catch-up", `${((((await service.cpuMs()) - cpuBefore) * 1000) / CATCHUP_TXNS).toFixed(1)} µs`])
       if (seen !== CATCHUP_TXNS) throw new Error(`the client saw ${seen} changes after the restart, expected ${CATCHUP_TXNS}`)
       results.push(["(d) catch-up: active -> client saw all", `${seen} changes`, seconds(ms), `${perSecond(seen, ms)} txns/s (active ${seconds(service.activeMs)} s after spawn)`])
       const raw = await rawDecode("(d) raw decoding of the catch-up txns")
@@ -276,11 +291,13 @@ const main = async () => {
       {
         await pool.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [rawSlot])
         const started = performance.now()
+        const cpuBefore = await service.cpuMs()
         mark("e-live-start")
         const writesMs = await write(IDLE_TXNS, (client, k) => client.query(`INSERT INTO ${IDLE_TABLE} VALUES ($1, $2)`, [1 + k, k]))
         await slotPassed(await commitMarker(0))
         const ms = performance.now() - started
         mark("e-live-end")
+        cpuPerTxn.push(["(e) service CPU per txn, live", `${((((await service.cpuMs()) - cpuBefore) * 1000) / IDLE_TXNS).toFixed(1)} µs`])
         results.push(["(e) writers' commit rate (non-matching)", `${IDLE_TXNS} txns`, seconds(writesMs), `${perSecond(IDLE_TXNS, writesMs)} txns/s`])
         results.push(["(e) live: first write -> slot passed", `${IDLE_TXNS} txns`, seconds(ms), `${perSecond(IDLE_TXNS, ms)} txns/s (passed ${Math.round(ms - writesMs)} ms after the last commit)`])
         const raw = await rawDecode("(e) raw decoding, live txns")
@@ -297,10 +314,12 @@ const main = async () => {
         mark("e-spawn")
         service = await startService(postgres.url, storageDir)
         const activeAt = service.spawnedAt + service.activeMs
+        const cpuBefore = await service.cpuMs()
         mark("e-start")
         await slotPassed(lastLsn)
         const ms = performance.now() - activeAt
         mark("e-end")
+        cpuPerTxn.push(["(e) service CPU per txn, catch-up", `${((((await service.cpuMs()) - cpuBefore) * 1000) / IDLE_TXNS).toFixed(1)} µs`])
         results.push(["(e) catch-up: active -> slot passed", `${IDLE_TXNS} txns`, seconds(ms), `${perSecond(IDLE_TXNS, ms)} txns/s (active ${seconds(service.activeMs)} s after spawn)`])
         const raw = await rawDecode("(e) raw decoding, catch-up txns")
         ratios.push(["(e) catch-up / raw decoding", (rate(IDLE_TXNS, ms) / raw).toFixed(3)])
@@ -323,7 +342,9 @@ const main = async () => {
   console.log(widths.map((w) => "-".repeat(w)).join("  "))
   for (const r of results) console.log(line(r))
   console.log()
-  for (const [label, value] of ratios) console.log(`${label.padEnd(32)} ${value}`)
+  for (const [label, value] of ratios) console.log(`${label.padEnd(34)} ${value}`)
+  console.log()
+  for (const [label, value] of cpuPerTxn) console.log(`${label.padEnd(34)} ${value}`)
   if (CPU_PROF !== undefined) await fs.writeFile(path.join(CPU_PROF, "marks.json"), JSON.stringify(Object.fromEntries(marks)))
   console.log(`\nnode ${process.version}, ${os.cpus().length} CPUs, Postgres with fsync=off, service: node dist/main.js`)
 }
