@@ -297,6 +297,56 @@ const toKeyRow = (rel: Relation, values: TupleData): Row => {
   return row
 }
 
+/** One column value of a tuple at the cursor: its text, null, or undefined for an unchanged TOASTed value. */
+const columnValue = (): ColumnValue => {
+  const kind = u8()
+  if (kind === 0x74 /* t */) {
+    const len = i32()
+    const end = pos + len
+    if (end > buf.length) throw new PgOutputDecodeError("truncated column value")
+    const value = buf.toString("utf8", pos, end)
+    pos = end
+    return value
+  }
+  if (kind === 0x6e /* n */) return null
+  if (kind === 0x75 /* u */) return undefined
+  if (kind === 0x62 /* b */) throw new PgOutputDecodeError("binary column values are not supported")
+  throw new PgOutputDecodeError(`unknown tuple column kind 0x${kind.toString(16)}`)
+}
+
+const tupleColumns = (rel: Relation): ReadonlyArray<RelationColumn> => {
+  const n = i16()
+  const cols = rel.columns
+  if (n !== cols.length) {
+    throw new TransactionAssemblyError(`tuple of ${n} columns for relation ${rel.schema}.${rel.name} of ${cols.length}`)
+  }
+  return cols
+}
+
+/** The tuple at the cursor as a row; unchanged TOASTed values are taken from `toastFrom` when given. */
+const readRow = (rel: Relation, toastFrom: Row | undefined): Row => {
+  const cols = tupleColumns(rel)
+  const row: Row = {}
+  for (let i = 0; i < cols.length; i++) {
+    const name = cols[i]!.name
+    const value = columnValue()
+    row[name] = value === undefined && toastFrom !== undefined ? toastFrom[name] : value
+  }
+  return row
+}
+
+/** The key columns of a 'K' tuple at the cursor (see `toKeyRow`). */
+const readKeyRow = (rel: Relation): Row => {
+  const cols = tupleColumns(rel)
+  const row: Row = {}
+  for (let i = 0; i < cols.length; i++) {
+    const col = cols[i]!
+    const value = columnValue()
+    if (col.isKey) row[col.name] = value
+  }
+  return row
+}
+
 /**
  * Groups decoded pgoutput messages into whole transactions: remembers Relation
  * messages by oid (later changes refer to them), turns tuples into rows, and
@@ -316,7 +366,76 @@ export class TransactionAssembler {
 
   /** Decodes the pgoutput message at `offset` and feeds it; returns the transaction its Commit completes. */
   pushBuffer(data: Buffer, offset = 0): Transaction | undefined {
-    return this.push(decode(data, offset))
+    const type = data[offset]
+    // The messages of every transaction are read straight into its rows and boundaries, with no message object
+    // or value array in between; the rest go through `decode`.
+    if (type !== 0x42 && type !== 0x43 && type !== 0x49 && type !== 0x55 && type !== 0x44) return this.push(decode(data, offset))
+    buf = data
+    pos = offset + 1
+    try {
+      return this.readMessage(type)
+    } finally {
+      buf = EMPTY
+    }
+  }
+
+  private readMessage(type: number): Transaction | undefined {
+    switch (type) {
+      case 0x42 /* B */: {
+        if (this.begin !== undefined) throw new TransactionAssemblyError("Begin inside a transaction")
+        const finalLsn = u64()
+        const commitTime = i64()
+        this.begin = { finalLsn, commitTime, xid: u32() }
+        return undefined
+      }
+      case 0x43 /* C */: {
+        const begin = this.begin
+        if (begin === undefined) throw new TransactionAssemblyError("Commit without Begin")
+        pos++ // flags
+        const commitLsn = u64()
+        const endLsn = u64()
+        const tx: Transaction = {
+          xid: begin.xid,
+          commitLsn,
+          endLsn,
+          commitTime: i64(),
+          changes: this.changes,
+          relations: this.newRelations
+        }
+        this.begin = undefined
+        this.changes = []
+        this.newRelations = []
+        return tx
+      }
+      case 0x49 /* I */: {
+        const rel = this.changeRelation(u32())
+        expectNew()
+        this.changes.push({ kind: "insert", relation: rel, new: readRow(rel, undefined) })
+        return undefined
+      }
+      case 0x55 /* U */: {
+        const rel = this.changeRelation(u32())
+        let marker = u8()
+        let old: Row | undefined
+        // Unchanged TOASTed values come from the whole old row when it was sent.
+        let toastFrom: Row | undefined
+        if (marker !== 0x4e /* N */) {
+          const kind = oldKindOf(marker)
+          old = kind === "K" ? readKeyRow(rel) : readRow(rel, undefined)
+          if (kind === "O") toastFrom = old
+          marker = u8()
+          if (marker !== 0x4e) throw new PgOutputDecodeError(`expected new tuple marker, got 0x${marker.toString(16)}`)
+        }
+        this.changes.push({ kind: "update", relation: rel, old, new: readRow(rel, toastFrom) })
+        return undefined
+      }
+      default: /* D */ {
+        const rel = this.changeRelation(u32())
+        const old = oldKindOf(u8()) === "K" ? readKeyRow(rel) : readRow(rel, undefined)
+        this.changes.push({ kind: "delete", relation: rel, old })
+        return undefined
+      }
+    }
   }
 
   /** Feeds one message; returns the finished transaction when `msg` is its Commit. */

@@ -1,4 +1,4 @@
-import { Context, Deferred, Duration, Effect, Exit, Layer, Queue, Runtime, Schedule, Stream } from "effect"
+import { Chunk, Context, Deferred, Duration, Effect, Exit, FiberId, Layer, Schedule, Stream } from "effect"
 import type { Scope } from "effect"
 import pg from "pg"
 import type { ReplicationEvent } from "../domain/Change.js"
@@ -21,7 +21,7 @@ export interface ReplicationConnectionOptions {
   readonly publicationName: string
   /** How often a standby status with the last acknowledged position is sent; default 10 000 ms. */
   readonly statusIntervalMs?: number
-  /** Transactions buffered before the socket is paused; default 256. */
+  /** Transactions buffered before the socket is paused; default 4096. */
   readonly bufferSize?: number
 }
 
@@ -54,6 +54,8 @@ const SESSION_SETTINGS = "SET bytea_output = 'hex'; SET DateStyle = 'ISO, DMY'; 
   "SET extra_float_digits = 1; SET IntervalStyle = 'iso_8601'"
 
 const CLOSE_TIMEOUT = Duration.seconds(5)
+
+const DEFAULT_BUFFER_SIZE = 4096
 
 // The parts of pg's Connection the typings leave out.
 interface RawConnection {
@@ -92,21 +94,23 @@ export const make = (
   Effect.gen(function*() {
     yield* logWhenStopped("ReplicationConnection")
     const statusInterval = Duration.millis(options.statusIntervalMs ?? 10_000)
-    const queue = yield* Effect.acquireRelease(Queue.bounded<ReplicationEvent>(options.bufferSize ?? 256), Queue.shutdown)
+    const bufferSize = options.bufferSize ?? DEFAULT_BUFFER_SIZE
     const failed = yield* Deferred.make<never, ReplicationError>()
     const started = yield* Deferred.make<void>()
-    const run = Runtime.runPromiseExit(yield* Effect.runtime<never>())
     const assembler = new TransactionAssembler()
 
     let acked: Lsn = 0n
     let streaming = false
     let closing = false
     let stopped = false
-    let draining = false
-    // A keepalive position is offered only when the previous one was taken: under a write load on other
-    // tables keepalives come by the hundred, and one waiting is as good as many.
+    // What the socket produced and the reader has not taken yet, in stream order. The reader takes all of it at
+    // once: every transaction one socket read completed goes through the pipeline as one batch.
+    let buffered: Array<ReplicationEvent> = []
+    let paused = false
+    let reader: Deferred.Deferred<void> | undefined
+    // A keepalive position is buffered only when none is: under a write load on other tables keepalives come by
+    // the hundred, and one waiting is as good as many.
     let positionWaiting = false
-    const pending: Array<ReplicationEvent> = []
 
     const fail = (error: ReplicationError): void => {
       if (closing || stopped) return
@@ -132,25 +136,36 @@ export const make = (
       }
     }
 
-    // Offers what the socket produced while the queue was full, then lets the socket read again.
-    const drain: Effect.Effect<void> = Effect.suspend(() => {
-      const tx = pending.shift()
-      if (tx === undefined) {
-        draining = false
-        if (!closing) connection.stream.resume()
-        return Effect.void
+    const deliver = (event: ReplicationEvent): void => {
+      buffered.push(event)
+      if (buffered.length >= bufferSize && !paused) {
+        paused = true
+        connection.stream.pause()
       }
-      return Effect.zipRight(Queue.offer(queue, tx), drain)
-    })
-
-    const deliver = (tx: ReplicationEvent): void => {
-      if (!draining && queue.unsafeOffer(tx)) return
-      pending.push(tx)
-      if (draining) return
-      draining = true
-      connection.stream.pause()
-      void run(drain)
+      if (reader !== undefined) {
+        const waiting = reader
+        reader = undefined
+        Deferred.unsafeDone(waiting, Exit.void)
+      }
     }
+
+    /** Everything buffered, once there is something; the socket reads again while the batch is handled. */
+    const take: Effect.Effect<Chunk.Chunk<ReplicationEvent>> = Effect.suspend(function attempt(): Effect.Effect<
+      Chunk.Chunk<ReplicationEvent>
+    > {
+      if (buffered.length === 0) {
+        const waiting = reader ?? (reader = Deferred.unsafeMake<void>(FiberId.none))
+        return Effect.flatMap(Deferred.await(waiting), attempt)
+      }
+      const batch = buffered
+      buffered = []
+      positionWaiting = false
+      if (paused) {
+        paused = false
+        if (!closing) connection.stream.resume()
+      }
+      return Effect.succeed(Chunk.unsafeFromArray(batch))
+    })
 
     connection.on("replicationStart", () => {
       streaming = true
@@ -209,13 +224,7 @@ export const make = (
     )
 
     return {
-      events: Stream.fromQueue(queue).pipe(
-        Stream.map((event) => {
-          if (event.kind === "position") positionWaiting = false
-          return event
-        }),
-        Stream.interruptWhen(Deferred.await(failed))
-      ),
+      events: Stream.repeatEffectChunk(take).pipe(Stream.interruptWhen(Deferred.await(failed))),
       ack: (endLsn: Lsn) =>
         Effect.sync(() => {
           if (endLsn <= acked) return

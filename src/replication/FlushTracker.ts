@@ -17,6 +17,22 @@ interface Pending {
 /** How often the acknowledged position is retried when it could not be persisted or sent. */
 const RETRY = "1 second"
 
+/**
+ * The least time between two persisted acknowledgements, and the most. Each is a synchronous SQLite commit
+ * with an fsync (about a millisecond, the event loop blocked meanwhile): under a burst of small transactions,
+ * one every batch would take a large share of the loop, while spacing them costs at most that much delay.
+ * A slow disk spaces them further, so that the commits take at most a fifth of the time.
+ */
+const PERSIST_SPACING_MS = 10
+const PERSIST_SPACING_MAX_MS = 200
+
+/** Waits `ms` of real time: pacing disk writes is about the disk, whatever clock the stack runs on. */
+const realDelay = (ms: number): Effect.Effect<void> =>
+  Effect.async<void>((resume) => {
+    const timer = setTimeout(() => resume(Effect.void), ms)
+    return Effect.sync(() => clearTimeout(timer))
+  })
+
 /** The queue length below which completed entries are not folded together. */
 const COMPACT_MIN = 4096
 
@@ -74,7 +90,8 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
         let head = 0
         let compactAt = COMPACT_MIN
         let undurable = 0
-        const perShape = new Map<ShapeHandle, Array<Pending>>()
+        /** Per shape, the transactions it has not made durable: `items[head..]`, in commit order. */
+        const perShape = new Map<ShapeHandle, { items: Array<Pending>; head: number }>()
         let wake = Deferred.unsafeMake<void>(undefined as never)
         const ackWanted = yield* Effect.makeLatch(false)
 
@@ -168,10 +185,19 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
         // Whatever goes wrong here (a full disk under SQLite, a bug), the sender goes on: a sender that died would
         // hold the slot's position for the rest of the stack's life.
         let failing = false
+        let persistedAt = -Infinity
+        let spacing = PERSIST_SPACING_MS
         const sender = Effect.gen(function*() {
           yield* ackWanted.await
+          // A burst: what becomes durable meanwhile goes with this one.
+          const since = performance.now() - persistedAt
+          if (since < spacing) yield* realDelay(spacing - since)
           yield* ackWanted.close
+          persistedAt = performance.now()
           yield* sendAcks.pipe(
+            Effect.ensuring(Effect.sync(() => {
+              spacing = Math.min(PERSIST_SPACING_MAX_MS, Math.max(PERSIST_SPACING_MS, 5 * (performance.now() - persistedAt)))
+            })),
             Effect.tap(() => {
               if (!failing) return Effect.void
               failing = false
@@ -201,12 +227,9 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
             push(p)
             undurable++
             for (const h of handles) {
-              let list = perShape.get(h)
-              if (list === undefined) {
-                list = []
-                perShape.set(h, list)
-              }
-              list.push(p)
+              const list = perShape.get(h)
+              if (list === undefined) perShape.set(h, { items: [p], head: 0 })
+              else list.items.push(p)
             }
           },
           trackPosition: (lsn) => {
@@ -216,14 +239,20 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
             Effect.sync(() => {
               const list = perShape.get(handle)
               if (list === undefined) return
-              let n = 0
-              while (n < list.length && list[n]!.commitLsn! <= commitLsn) {
-                if (--list[n]!.remaining === 0) undurable--
+              const { items } = list
+              const first = list.head
+              let n = first
+              while (n < items.length && items[n]!.commitLsn! <= commitLsn) {
+                if (--items[n]!.remaining === 0) undurable--
                 n++
               }
-              if (n === 0) return
-              if (n === list.length) perShape.delete(handle)
-              else list.splice(0, n)
+              if (n === first) return
+              if (n === items.length) perShape.delete(handle)
+              else if (n > 1024 && n * 2 > items.length) {
+                // Dropped in bulk now and then, so that a shape far behind does not pay for its whole list each time.
+                items.splice(0, n)
+                list.head = 0
+              } else list.head = n
               advance()
             }),
           forget: (handle) =>
@@ -231,7 +260,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
               const list = perShape.get(handle)
               if (list === undefined) return
               perShape.delete(handle)
-              for (const p of list) if (--p.remaining === 0) undurable--
+              for (let i = list.head; i < list.items.length; i++) if (--list.items[i]!.remaining === 0) undurable--
               advance()
             }),
           inFlight: () => undurable,

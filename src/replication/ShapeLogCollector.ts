@@ -36,6 +36,12 @@ export interface Delivery {
   invalidated: string | undefined
 }
 
+/** A routed transaction and the shapes it goes to, dependencies first. */
+export interface Routed {
+  readonly txn: Transaction
+  readonly deliveries: ReadonlyArray<Delivery>
+}
+
 interface EqualityIndex {
   readonly column: string
   readonly byValue: Map<string, Set<ShapeHandle>>
@@ -75,6 +81,8 @@ export interface Router {
   /** The commit LSN of the last transaction routed (or known processed at start). */
   readonly lastRoutedLsn: () => Lsn
 }
+
+const NO_DELIVERIES: ReadonlyArray<Delivery> = []
 
 export const makeRouter = (lastProcessed: Lsn): Router => {
   const tables = new Map<number, TableShapes>()
@@ -155,41 +163,53 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
     if (t.all.size === 0) tables.delete(entry.oid)
   }
 
+  // The deliveries of the transaction being routed, made on its first match: most transactions match no shape.
+  let deliveries: Map<ShapeHandle, Delivery> | undefined
+  const deliver = (handle: ShapeHandle, i: number) => {
+    let d = deliveries?.get(handle)
+    if (d === undefined) {
+      d = { handle, changes: [], invalidated: undefined }
+      ;(deliveries ??= new Map()).set(handle, d)
+    }
+    const last = d.changes.length - 1
+    if (last < 0 || d.changes[last] !== i) d.changes.push(i)
+  }
+  const visitRow = (t: TableShapes, row: Row, i: number) => {
+    for (const index of t.indexes.values()) {
+      const v = row[index.column]
+      if (v === null || v === undefined) continue
+      const set = index.byValue.get(v)
+      if (set !== undefined) for (const h of set) deliver(h, i)
+    }
+    if (t.scanned.size === 0) return
+    for (const [h, matches] of t.scanned) {
+      if (matches(row)) deliver(h, i)
+    }
+  }
+
   const route = (txn: Transaction): ReadonlyArray<Delivery> | undefined => {
     if (txn.commitLsn <= lastRouted) return undefined
     lastRouted = txn.commitLsn
-    if (tables.size === 0) return []
-    const deliveries = new Map<ShapeHandle, Delivery>()
-    const deliver = (handle: ShapeHandle, i: number) => {
-      let d = deliveries.get(handle)
-      if (d === undefined) {
-        d = { handle, changes: [], invalidated: undefined }
-        deliveries.set(handle, d)
-      }
-      const last = d.changes.length - 1
-      if (last < 0 || d.changes[last] !== i) d.changes.push(i)
+    if (tables.size === 0) return NO_DELIVERIES
+    deliveries = undefined
+    try {
+      return routeChanges(txn)
+    } finally {
+      deliveries = undefined
     }
-    const visitRow = (t: TableShapes, row: Row, i: number) => {
-      for (const index of t.indexes.values()) {
-        const v = row[index.column]
-        if (v === null || v === undefined) continue
-        const set = index.byValue.get(v)
-        if (set !== undefined) for (const h of set) deliver(h, i)
-      }
-      for (const [h, matches] of t.scanned) {
-        if (matches(row)) deliver(h, i)
-      }
-    }
+  }
+
+  const routeChanges = (txn: Transaction): ReadonlyArray<Delivery> => {
     for (const rel of txn.relations) {
       const t = tables.get(rel.oid)
       if (t === undefined) continue
       const signature = columnSignature(rel.columns)
       for (const h of t.all) {
         if (shapeTable.get(h)!.columns === signature) continue
-        let d = deliveries.get(h)
+        let d = deliveries?.get(h)
         if (d === undefined) {
           d = { handle: h, changes: [], invalidated: undefined }
-          deliveries.set(h, d)
+          ;(deliveries ??= new Map()).set(h, d)
         }
         d.invalidated = "its table's columns changed"
       }
@@ -203,7 +223,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
           if (t === undefined) continue
           for (const h of t.all) {
             deliver(h, i)
-            deliveries.get(h)!.invalidated = "its table was truncated"
+            deliveries!.get(h)!.invalidated = "its table was truncated"
           }
         }
         continue
@@ -224,6 +244,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
           break
       }
     }
+    if (deliveries === undefined) return NO_DELIVERIES
     if (dependents.size === 0) return [...deliveries.values()]
     // Whatever reaches a dependency reaches its readers; then dependencies first. A transaction that reaches no
     // dependency needs neither.

@@ -1,4 +1,4 @@
-import { Chunk, Duration, Effect, Either, Queue, Schedule } from "effect"
+import { Deferred, Duration, Effect, Either, FiberId, Schedule } from "effect"
 import type { Change, Row, Transaction } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { rowKey } from "../domain/RowKey.js"
@@ -22,6 +22,52 @@ export interface Work {
   readonly delivery: Delivery | undefined
   /** For a shape with subqueries: per dependency, the last transaction routed to it with this one. */
   readonly needs?: ReadonlyArray<Lsn> | undefined
+}
+
+/** The most work a consumer takes for one batch (one append, one commit). */
+const MAX_BATCH = 4096
+
+/**
+ * A consumer's mailbox: work in commit order, offered a batch at a time and taken a batch at a time, with no
+ * per-item cost beyond an array slot. One reader.
+ */
+export class WorkQueue {
+  private items: Array<Work> = []
+  private reader: Deferred.Deferred<void> | undefined = undefined
+
+  offer(work: Work): void {
+    this.items.push(work)
+    this.wake()
+  }
+
+  offerAll(works: ReadonlyArray<Work>): void {
+    if (this.items.length === 0) this.items = works.slice()
+    else for (const w of works) this.items.push(w)
+    this.wake()
+  }
+
+  /** Between one and `max` items in order, once there is one. */
+  take(max: number): Effect.Effect<ReadonlyArray<Work>> {
+    return Effect.suspend(() => {
+      if (this.items.length === 0) {
+        const waiting = this.reader ?? (this.reader = Deferred.unsafeMake<void>(FiberId.none))
+        return Effect.flatMap(Deferred.await(waiting), () => this.take(max))
+      }
+      if (this.items.length <= max) {
+        const all = this.items
+        this.items = []
+        return Effect.succeed(all)
+      }
+      return Effect.succeed(this.items.splice(0, max))
+    })
+  }
+
+  private wake(): void {
+    const waiting = this.reader
+    if (waiting === undefined) return
+    this.reader = undefined
+    Deferred.unsafeDone(waiting, Effect.void)
+  }
 }
 
 /** How a consumer takes part in subquery shapes: reading its dependencies, and being read. */
@@ -143,7 +189,7 @@ export const runConsumer = (options: {
   readonly shape: Shape
   /** Opens (or reopens, after a failed write) the shape's log. */
   readonly openLog: Effect.Effect<ShapeLog, StorageError>
-  readonly queue: Queue.Dequeue<Work>
+  readonly queue: WorkQueue
   /** Where the shape's snapshot ended; waits while it is being taken. */
   readonly snapshot: Effect.Effect<SnapshotMark>
   readonly tracker: FlushTracker["Type"]
@@ -428,7 +474,7 @@ export const runConsumer = (options: {
     const ahead: Array<readonly [Row | undefined, Row | undefined]> = []
 
     for (;;) {
-      const batch = Chunk.toReadonlyArray(yield* Queue.takeBetween(queue, 1, 4096))
+      const batch = yield* queue.take(MAX_BATCH)
       // A truncate or a change of columns: nothing after it fits the shape, and its removal drops the rest.
       const invalidated = batch.find(({ delivery }) => delivery?.invalidated !== undefined)
       if (invalidated !== undefined) return yield* options.invalidate(invalidated.delivery!.invalidated!)

@@ -1,13 +1,12 @@
 import { Cause, Context, Deferred, Effect, FiberId, FiberMap, Layer, Queue } from "effect"
-import type { Transaction } from "../domain/Change.js"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import { MaterializerGone } from "../domain/errors.js"
 import { Snapshot } from "../postgres/Snapshot.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
-import type { Delivery } from "../replication/ShapeLogCollector.js"
+import type { Routed } from "../replication/ShapeLogCollector.js"
 import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
-import { type Invalidation, runConsumer, type Work } from "./Consumer.js"
+import { type Invalidation, runConsumer, type Work, WorkQueue } from "./Consumer.js"
 import { Materializer } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
 import { type SnapshotMark, ShapeStatus } from "./ShapeStatus.js"
@@ -24,7 +23,7 @@ interface Registered {
   mark: SnapshotMark | undefined
   /** A consumer started before the snapshot completed waits here for the mark. */
   markWaiter: Deferred.Deferred<SnapshotMark> | undefined
-  queue: Queue.Queue<Work> | undefined
+  queue: WorkQueue | undefined
   /** The consumer found the shape invalid; it is being removed. */
   invalidated: boolean
   /** The commit LSN of the last transaction handed to its consumer. */
@@ -65,8 +64,11 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
   /** Makes a shape known; `snapshot` is given for restored shapes, later through `snapshotReady` for new ones. */
   readonly register: (shape: Shape, snapshot: SnapshotMark | undefined) => Effect.Effect<void>
   readonly snapshotReady: (handle: ShapeHandle, mark: SnapshotMark) => Effect.Effect<void>
-  /** Hands a routed transaction to the shape's consumer, starting it if needed. */
-  readonly deliver: (txn: Transaction, delivery: Delivery) => Effect.Effect<void>
+  /**
+   * Hands routed transactions (in commit order) to the consumers of the shapes they go to, starting those not
+   * running: each consumer gets its part of the batch in one offer.
+   */
+  readonly deliver: (batch: ReadonlyArray<Routed>) => Effect.Effect<void>
   /** Stops a shape's consumer and forgets the shape (removal). */
   readonly unregister: (handle: ShapeHandle) => Effect.Effect<void>
   /** Shapes whose consumer found them invalid (e.g. truncated); the shape cache removes them. */
@@ -124,9 +126,9 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
           }
         }
 
-        const start = (reg: Registered): Effect.Effect<Queue.Queue<Work>> =>
+        const start = (reg: Registered): Effect.Effect<WorkQueue> =>
           Effect.gen(function*() {
-            const queue = yield* Queue.unbounded<Work>()
+            const queue = new WorkQueue()
             reg.queue = queue
             const handle = reg.shape.handle
             // The log is opened once the snapshot is written (`runConsumer` waits for it): a new shape's storage
@@ -196,7 +198,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
             if (m.loaded) return
             // A wake-up: the consumer loads the materializer at its next batch boundary, when all it handled is durable.
             const queue = dependency.queue ?? (yield* start(dependency))
-            yield* Queue.offer(queue, { txn: undefined, delivery: undefined })
+            queue.offer({ txn: undefined, delivery: undefined })
           })
 
         return ConsumerSupervisor.of({
@@ -227,21 +229,43 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
               reg.mark = mark
               return reg.markWaiter === undefined ? Effect.void : Deferred.succeed(reg.markWaiter, mark)
             }),
-          deliver: (txn, delivery) =>
+          deliver: (batch) =>
             Effect.suspend(() => {
-              if (txn.commitLsn > lastDelivered) lastDelivered = txn.commitLsn
-              const reg = registered.get(delivery.handle)
-              if (reg === undefined) return tracker.forget(delivery.handle)
-              if (reg.invalidated) return Effect.void
-              reg.deliveredLsn = txn.commitLsn
-              const deps = reg.shape.dependencies
-              const work: Work = {
-                txn,
-                delivery,
-                needs: deps.length === 0 ? undefined : deps.map((d) => registered.get(d)?.deliveredLsn ?? 0n)
+              // In commit order, so that each transaction's `needs` are the dependencies' deliveries up to it.
+              const works = new Map<Registered, Array<Work>>()
+              let unknown: Set<ShapeHandle> | undefined
+              for (const { txn, deliveries } of batch) {
+                if (txn.commitLsn > lastDelivered) lastDelivered = txn.commitLsn
+                for (const delivery of deliveries) {
+                  const reg = registered.get(delivery.handle)
+                  if (reg === undefined) {
+                    ;(unknown ??= new Set()).add(delivery.handle)
+                    continue
+                  }
+                  if (reg.invalidated) continue
+                  reg.deliveredLsn = txn.commitLsn
+                  const deps = reg.shape.dependencies
+                  const work: Work = {
+                    txn,
+                    delivery,
+                    needs: deps.length === 0 ? undefined : deps.map((d) => registered.get(d)?.deliveredLsn ?? 0n)
+                  }
+                  const list = works.get(reg)
+                  if (list === undefined) works.set(reg, [work])
+                  else list.push(work)
+                }
               }
-              if (reg.queue !== undefined) return Queue.offer(reg.queue, work)
-              return Effect.flatMap(start(reg), (queue) => Queue.offer(queue, work))
+              let starting: Array<readonly [Registered, Array<Work>]> | undefined
+              for (const [reg, list] of works) {
+                if (reg.queue !== undefined) reg.queue.offerAll(list)
+                else (starting ??= []).push([reg, list])
+              }
+              const offers = starting === undefined ? Effect.void : Effect.forEach(
+                starting,
+                ([reg, list]) => Effect.map(reg.queue !== undefined ? Effect.succeed(reg.queue) : start(reg), (queue) => queue.offerAll(list)),
+                { discard: true }
+              )
+              return unknown === undefined ? offers : Effect.zipRight(offers, Effect.forEach(unknown, tracker.forget, { discard: true }))
             }),
           unregister: (handle) =>
             Effect.suspend(() => {

@@ -1,10 +1,12 @@
-import { Cause, Context, Deferred, Effect, Layer, Metric, Stream } from "effect"
+import { Cause, Chunk, Context, Deferred, Effect, Layer, Metric, Stream } from "effect"
+import type { ReplicationEvent } from "../domain/Change.js"
 import type { Lsn } from "../domain/Lsn.js"
+import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { PostgresError, ReplicationError } from "../domain/errors.js"
 import { PgAdmin } from "../postgres/PgAdmin.js"
 import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
-import { ShapeLogCollector } from "../replication/ShapeLogCollector.js"
+import { type Routed, ShapeLogCollector } from "../replication/ShapeLogCollector.js"
 import { ConsumerSupervisor } from "../shapes/ConsumerSupervisor.js"
 import { ShapeCache } from "../shapes/ShapeCache.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
@@ -16,6 +18,8 @@ import * as Metrics from "../observability/Metrics.js"
  * speak of and do not count: one long snapshot does not stall every other shape.
  */
 const MAX_IN_FLIGHT = 20_000
+
+const NO_HANDLES: ReadonlyArray<ShapeHandle> = []
 
 /** Where reading the slot stands. */
 export interface ReplicationProgress {
@@ -30,7 +34,10 @@ export interface ReplicationProgress {
 /**
  * Reads the slot and feeds the stack: each transaction is routed by the
  * collector, tracked by the flush tracker and handed to the consumers of the
- * shapes it touches. It is the first thing to stop when the stack closes.
+ * shapes it touches. It works batch by batch (what the connection had buffered
+ * when the pump came back for more), so that a burst of small transactions
+ * costs one hand-over per shape, not one per transaction. It is the first
+ * thing to stop when the stack closes.
  */
 export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<ReplicationPump, {
   /**
@@ -66,25 +73,53 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
         lastCommitTime: undefined
       }
 
-      yield* replication.events.pipe(
-        Stream.runForEach((txn) =>
-          Effect.gen(function*() {
-            if (txn.kind === "position") {
-              if (txn.lsn > progress.walEnd) progress.walEnd = txn.lsn
-              return tracker.trackPosition(txn.lsn)
+      /**
+       * Routes and tracks the events of one batch in stream order, then hands the routed transactions to their
+       * consumers together: one offer per shape per batch. When consumers hold too much, what is routed so far is
+       * handed over first, and the rest waits for room.
+       */
+      const handleBatch = (events: ReadonlyArray<ReplicationEvent>): Effect.Effect<void> => {
+        let i = 0
+        const step = (): Effect.Effect<void> => {
+          const routed: Array<Routed> = []
+          let txnCount = 0
+          let changeCount = 0
+          for (; i < events.length; i++) {
+            const event = events[i]!
+            if (event.kind === "position") {
+              if (event.lsn > progress.walEnd) progress.walEnd = event.lsn
+              tracker.trackPosition(event.lsn)
+              continue
             }
-            if (tracker.inFlight() >= maxInFlight) yield* tracker.awaitInFlightBelow(maxInFlight)
-            if (txn.endLsn > progress.walEnd) progress.walEnd = txn.endLsn
-            progress.lastEndLsn = txn.endLsn
-            progress.lastCommitTime = txn.commitTime
-            yield* Metric.increment(transactions)
-            yield* Metric.incrementBy(changes, txn.changes.length)
-            const deliveries = collector.route(txn)
-            if (deliveries === undefined) return
-            tracker.track(txn.commitLsn, txn.endLsn, deliveries.map((d) => d.handle))
-            for (const delivery of deliveries) yield* consumers.deliver(txn, delivery)
-          })
-        ),
+            if (tracker.inFlight() >= maxInFlight) break
+            if (event.endLsn > progress.walEnd) progress.walEnd = event.endLsn
+            progress.lastEndLsn = event.endLsn
+            progress.lastCommitTime = event.commitTime
+            txnCount++
+            changeCount += event.changes.length
+            const deliveries = collector.route(event)
+            if (deliveries === undefined) continue
+            if (deliveries.length === 0) {
+              tracker.track(event.commitLsn, event.endLsn, NO_HANDLES)
+              continue
+            }
+            const handles: Array<ShapeHandle> = new Array(deliveries.length)
+            for (let d = 0; d < deliveries.length; d++) handles[d] = deliveries[d]!.handle
+            tracker.track(event.commitLsn, event.endLsn, handles)
+            routed.push({ txn: event, deliveries })
+          }
+          const counted = txnCount === 0
+            ? Effect.void
+            : Effect.zipRight(Metric.incrementBy(transactions, txnCount), Metric.incrementBy(changes, changeCount))
+          const delivered = routed.length === 0 ? counted : Effect.zipRight(counted, consumers.deliver(routed))
+          if (i >= events.length) return delivered
+          return delivered.pipe(Effect.zipRight(tracker.awaitInFlightBelow(maxInFlight)), Effect.zipRight(Effect.suspend(step)))
+        }
+        return Effect.suspend(step)
+      }
+
+      yield* replication.events.pipe(
+        Stream.runForEachChunk((chunk) => handleBatch(Chunk.toReadonlyArray(chunk))),
         // A defect here (a bug) must stop the stack like a failure does: a pump that died quietly would leave
         // the stack active and frozen.
         Effect.catchAllCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : Deferred.failCause(failure, cause)),

@@ -262,6 +262,39 @@ describe("TransactionAssembler", () => {
     ])
   })
 
+  it("reads each message straight from its bytes exactly as decoding it first does", () => {
+    // Fed as a buffer (read in place) and as a decoded message: the same transactions, value for value.
+    const messages = [
+      begin(HIGH_LSN, 0xffff_fffe),
+      relationMsg(100, "f"),
+      relationMsg(200, "d"),
+      insert(100, ["1", "héllo ✓", null]),
+      new Bytes().char("U").u32(100).char("O").tuple(["1", "a", "long body"]).char("N").tuple(["1", "b", undefined]).build(),
+      new Bytes().char("U").u32(100).char("N").tuple(["1", undefined, ""]).build(),
+      new Bytes().char("U").u32(200).char("K").tuple(["7", null, null]).char("N").tuple(["8", "x", undefined]).build(),
+      new Bytes().char("D").u32(100).char("O").tuple(["1", "c", "long body"]).build(),
+      new Bytes().char("D").u32(200).char("K").tuple(["8", null, null]).build(),
+      commit(HIGH_LSN, END_LSN)
+    ]
+    const inPlace = new TransactionAssembler()
+    const decoded = new TransactionAssembler()
+    let fromBytes, fromMessages
+    for (const m of messages) {
+      fromBytes = inPlace.pushBuffer(m)
+      fromMessages = decoded.push(decode(m))
+    }
+    expect(fromBytes).toBeDefined()
+    expect(fromBytes!.changes.map((c) => c.kind === "truncate" ? c : { ...c, relation: c.relation.oid })).toStrictEqual(
+      fromMessages!.changes.map((c) => c.kind === "truncate" ? c : { ...c, relation: c.relation.oid })
+    )
+    expect({ ...fromBytes!, changes: [], relations: [] }).toStrictEqual({ ...fromMessages!, changes: [], relations: [] })
+    expect(fromBytes!.xid).toBe(0xffff_fffe)
+    // A tuple whose width is not the relation's is refused either way.
+    inPlace.pushBuffer(begin(1n, 1))
+    expect(() => inPlace.pushBuffer(insert(100, ["1", "2"]))).toThrow(TransactionAssemblyError)
+    expect(() => inPlace.pushBuffer(new Bytes().char("I").u32(100).char("N").i16(3).char("b").build())).toThrow(PgOutputDecodeError)
+  })
+
   it("ignores Origin, Type and Message inside a transaction", () => {
     const a = new TransactionAssembler()
     a.pushBuffer(begin(1n, 1))

@@ -37,8 +37,9 @@ const RECENT_COMMITS = 32
 
 const EMPTY = new Uint8Array(0)
 const EMPTY_BUFFER = Buffer.alloc(0)
-/** The first size of the buffer of index records appended and not yet committed. */
+/** The first sizes of the buffers of index records and of lines appended and not yet committed. */
 const PENDING_INDEX_BYTES = 4096
+const PENDING_DATA_BYTES = 16384
 /** How many closed snapshot chunks may be syncing while the next is written. */
 const SNAPSHOT_SYNCS_IN_FLIGHT = 2
 
@@ -91,7 +92,9 @@ export class ShapeLogFiles {
   private readonly recent: Array<CommitEnd> = []
 
   // appended, not yet committed
-  private pendingJson: Array<string> = []
+  /** The appended lines as they will be written: UTF-8, each ended by `\n`; made by the first append. */
+  private pendingData: Buffer = EMPTY_BUFFER
+  private pendingDataLength = 0
   private pendingIndex: Buffer = EMPTY_BUFFER
   private pendingIndexLength = 0
   private pendingChunks: Array<ChunkEnd> = []
@@ -502,7 +505,19 @@ export class ShapeLogFiles {
           this.pendingIndex.copy(grown, 0, 0, at)
           this.pendingIndex = grown
         }
-        const bytes = this.appendedBytes + Buffer.byteLength(entry.json) + 1
+        // Encoded once, where the commit writes it from; the byte count comes with it.
+        const json = entry.json
+        let data = this.pendingData
+        const start = this.pendingDataLength
+        if (start + json.length * 3 + 1 > data.length) {
+          const grown = Buffer.allocUnsafe(Math.max(PENDING_DATA_BYTES, data.length * 2, start + json.length * 3 + 1))
+          data.copy(grown, 0, 0, start)
+          this.pendingData = data = grown
+        }
+        const written = data.write(json, start, "utf8")
+        data[start + written] = 0x0a
+        this.pendingDataLength = start + written + 1
+        const bytes = this.appendedBytes + written + 1
         if (offset.tx !== tx) {
           tx = offset.tx
           txLow = Number(tx & 0xffffffffn)
@@ -513,7 +528,6 @@ export class ShapeLogFiles {
         this.pendingIndex.writeDoubleLE(offset.op, at + 8)
         this.pendingIndex.writeDoubleLE(bytes, at + 16)
         this.pendingIndexLength = at + INDEX_RECORD_BYTES
-        this.pendingJson.push(entry.json)
         this.appendedBytes = bytes
         this.appendedLines++
         last = offset
@@ -533,20 +547,20 @@ export class ShapeLogFiles {
    */
   commit(): Promise<LogOffset> {
     return this.exclusive(async () => {
-      if (this.pendingJson.length === 0) return this.durableOffset()
-      const json = this.pendingJson
+      if (this.pendingDataLength === 0) return this.durableOffset()
+      const data = this.pendingData.subarray(0, this.pendingDataLength)
       const index = this.pendingIndex.subarray(0, this.pendingIndexLength)
       const chunks = this.pendingChunks
       const lines = this.appendedLines
       const logBytes = this.appendedBytes
       const lastOffset = this.appendedLast
-      this.pendingJson = []
-      // The next batch gets a buffer of the size this one needed; the one being written is not reused.
-      this.pendingIndex = Buffer.allocUnsafe(Math.max(PENDING_INDEX_BYTES, index.length))
+      // The buffers being written are not reused; the next batch makes its own, so an idle log holds none.
+      this.pendingData = EMPTY_BUFFER
+      this.pendingDataLength = 0
+      this.pendingIndex = EMPTY_BUFFER
       this.pendingIndexLength = 0
       this.pendingChunks = []
 
-      const data = Buffer.from(json.join("\n") + "\n", "utf8")
       if (this.logBytes + data.length !== logBytes) {
         throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "log byte accounting mismatch" })
       }
