@@ -72,7 +72,7 @@ export const startup: Part = {
           const agent = makeAgent(1)
           const have = await service.shapeCount(agent).finally(() => agent.close())
           if (have === undefined || have <= created) throw error
-          shortfall = `creating shape ${have + 1} of ${count.toLocaleString("en-US")} failed: ${(error as Error).message.split("\n")[0]!.slice(0, 200)}`
+          shortfall = `with ${have.toLocaleString("en-US")} shapes made, creating more (towards ${count.toLocaleString("en-US")}) failed: ${(error as Error).message.split("\n")[0]!.slice(0, 200)}`
           created = have
         }
         const createMs = performance.now() - creating
