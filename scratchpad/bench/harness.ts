@@ -1,0 +1,514 @@
+import { execFileSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
+import * as path from "node:path"
+import { pathToFileURL } from "node:url"
+import pg from "pg"
+import { Agent, request } from "undici"
+import { type RunningPostgres, startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
+import { type ChildService, freePort, REPO_ROOT, serviceEnv, spawnCommand } from "../../test/support/process.js"
+
+/*
+ * What every part of the benchmark shares: the embedded Postgres, the service and the bare
+ * servers as child processes, one HTTP client for both, the writers, and the table of results.
+ */
+
+export const BENCH_DIR = path.join(REPO_ROOT, "scratchpad", "bench")
+export const QUICK = process.env["BENCH_QUICK"] === "1"
+
+/** A size from `BENCH_<name>`, else the full or the quick default. */
+export const sized = (name: string, full: number, quick: number): number => {
+  const raw = process.env[`BENCH_${name}`]
+  if (raw === undefined || raw === "") return QUICK ? quick : full
+  const n = Number(raw)
+  if (!Number.isFinite(n) || n <= 0) throw new Error(`BENCH_${name}=${raw} is not a positive number`)
+  return n
+}
+
+/** A list of sizes from `BENCH_<name>` (comma-separated), else the full or the quick default. */
+export const sizedList = (name: string, full: ReadonlyArray<number>, quick: ReadonlyArray<number>): ReadonlyArray<number> => {
+  const raw = process.env[`BENCH_${name}`]
+  if (raw === undefined || raw === "") return QUICK ? quick : full
+  return raw.split(",").map((s) => {
+    const n = Number(s.trim())
+    if (!Number.isFinite(n) || n <= 0) throw new Error(`BENCH_${name}=${raw}: ${s} is not a positive number`)
+    return n
+  })
+}
+
+export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(resolve, ms))
+
+// ---------------------------------------------------------------------------------------------
+// Figures and their formatting.
+
+/** Nearest-rank percentile of ascending `sorted`. */
+export const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
+  sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!
+
+export const median = (values: ReadonlyArray<number>): number => percentile([...values].sort((a, b) => a - b), 50)
+
+export const fmtInt = (n: number) => Math.round(n).toLocaleString("en-US")
+export const fmtMs = (ms: number) => (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms.toFixed(2))
+export const fmtS = (ms: number) => (ms / 1000).toFixed(2)
+export const fmtMb = (bytes: number) => (bytes / 1024 / 1024).toFixed(1)
+export const fmtRate = (n: number, ms: number) => fmtInt(n / (ms / 1000))
+/** A rate with a k/M suffix: 1.49M, 204k, 2,321. */
+export const fmtShortRate = (perSecond: number): string =>
+  perSecond >= 1e6 ? `${(perSecond / 1e6).toFixed(2)}M` : perSecond >= 1e5 ? `${(perSecond / 1e3).toFixed(0)}k` : fmtInt(perSecond)
+export const fmtRatio = (r: number) => (r >= 10 ? r.toFixed(1) : r >= 1 ? r.toFixed(2) : r.toFixed(3))
+
+/** One line of the results table. */
+export interface ResultRow {
+  readonly figure: string
+  readonly syncline: string
+  readonly limit: string
+  readonly ratio: string
+  readonly target: string
+  /** Whether the target is met; undefined when the line has no target of its own. */
+  readonly met: boolean | undefined
+}
+
+/** Notes printed under the table: how a figure was taken, sizes, side figures. */
+export interface Report {
+  readonly rows: Array<ResultRow>
+  readonly notes: Array<string>
+}
+
+// ---------------------------------------------------------------------------------------------
+// Cleanup: whatever is started registers how to undo it; undone in reverse order, also on a signal.
+
+const cleanups: Array<() => Promise<void>> = []
+
+export const onCleanup = (f: () => Promise<void>): (() => void) => {
+  cleanups.push(f)
+  return () => {
+    const i = cleanups.indexOf(f)
+    if (i !== -1) cleanups.splice(i, 1)
+  }
+}
+
+export const runCleanups = async (): Promise<void> => {
+  while (cleanups.length > 0) {
+    const f = cleanups.pop()!
+    try {
+      await f()
+    } catch (error) {
+      console.error(`cleanup: ${(error as Error).message}`)
+    }
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// HTTP client: undici with enough connections for every concurrent client, the same code against
+// the service and against its bare limit.
+
+export const makeAgent = (connections: number): Agent =>
+  new Agent({
+    connections,
+    pipelining: 1,
+    // Long-polls are held for as long as a round takes.
+    headersTimeout: 0,
+    bodyTimeout: 0,
+    keepAliveTimeout: 120_000,
+    keepAliveMaxTimeout: 120_000
+  })
+
+export interface Fetched {
+  readonly status: number
+  readonly headers: Record<string, string | Array<string> | undefined>
+  readonly body: Buffer
+  /** performance.now() when the whole body was in. */
+  readonly at: number
+}
+
+export const get = async (
+  agent: Agent,
+  url: string,
+  options: { readonly method?: "GET" | "POST"; readonly signal?: AbortSignal } = {}
+): Promise<Fetched> => {
+  const res = await request(url, {
+    dispatcher: agent,
+    method: options.method ?? "GET",
+    ...(options.signal === undefined ? {} : { signal: options.signal })
+  })
+  const body = Buffer.from(await res.body.arrayBuffer())
+  return { status: res.statusCode, headers: res.headers, body, at: performance.now() }
+}
+
+/** A 200 or a loud failure. */
+export const get200 = async (agent: Agent, url: string, options: { readonly signal?: AbortSignal } = {}): Promise<Fetched> => {
+  const res = await get(agent, url, options)
+  if (res.status !== 200) throw new Error(`GET ${url}: ${res.status} ${res.body.toString().slice(0, 500)}`)
+  return res
+}
+
+export const header = (res: Fetched, name: string): string | undefined => {
+  const v = res.headers[name]
+  return Array.isArray(v) ? v[0] : v
+}
+
+/** Counts the occurrences of `needle` in `haystack`. */
+export const occurrences = (haystack: Buffer, needle: Buffer): number => {
+  let n = 0
+  for (let i = haystack.indexOf(needle); i !== -1; i = haystack.indexOf(needle, i + needle.length)) n++
+  return n
+}
+export const INSERT = Buffer.from(`"operation":"insert"`)
+export const UPDATE = Buffer.from(`"operation":"update"`)
+export const DELETE = Buffer.from(`"operation":"delete"`)
+export const changesIn = (body: Buffer) => occurrences(body, INSERT) + occurrences(body, UPDATE) + occurrences(body, DELETE)
+
+/** Where a shape client stands. */
+export interface ShapePosition {
+  handle: string
+  offset: string
+  cursor: string
+}
+
+export const shapeUrl = (baseUrl: string, params: string, at: ShapePosition, live: boolean): string =>
+  `${baseUrl}/v1/shape?${params}&offset=${at.offset}${at.handle === "" ? "" : `&handle=${at.handle}`}${
+    live ? `&live=true&cursor=${at.cursor}` : ""
+  }`
+
+/** Moves `at` past `res`. */
+export const advance = (at: ShapePosition, res: Fetched): void => {
+  at.handle = header(res, "electric-handle") ?? at.handle
+  at.offset = header(res, "electric-offset") ?? at.offset
+  at.cursor = header(res, "electric-cursor") ?? at.cursor
+}
+
+/** Reads a shape from `at` (offset -1 for a new client) until up-to-date; bodies stay bytes. */
+export const syncShape = async (
+  agent: Agent,
+  baseUrl: string,
+  params: string,
+  at: ShapePosition = { handle: "", offset: "-1", cursor: "" }
+): Promise<{ at: ShapePosition; inserts: number; changes: number; bytes: number; requests: number }> => {
+  let inserts = 0
+  let changes = 0
+  let bytes = 0
+  let requests = 0
+  for (;;) {
+    const res = await get200(agent, shapeUrl(baseUrl, params, at, false))
+    requests++
+    bytes += res.body.length
+    inserts += occurrences(res.body, INSERT)
+    changes += changesIn(res.body)
+    advance(at, res)
+    if (res.headers["electric-up-to-date"] !== undefined) return { at, inserts, changes, bytes, requests }
+  }
+}
+
+/**
+ * Creates `count` shapes (`params(k)` for k in 0..count-1), `concurrency` at a time, each by its
+ * first request (offset -1), which answers once the snapshot is written; resolves with the time it took.
+ */
+export const createShapes = async (
+  baseUrl: string,
+  count: number,
+  concurrency: number,
+  params: (k: number) => string,
+  expectedRows: (k: number) => number
+): Promise<number> => {
+  const agent = makeAgent(concurrency)
+  const started = performance.now()
+  try {
+    let next = 0
+    await Promise.all(Array.from({ length: concurrency }, async () => {
+      while (next < count) {
+        const k = next++
+        const res = await get200(agent, `${baseUrl}/v1/shape?${params(k)}&offset=-1`)
+        const rows = occurrences(res.body, INSERT)
+        if (rows !== expectedRows(k)) throw new Error(`shape ${params(k)} returned ${rows} rows, expected ${expectedRows(k)}`)
+      }
+    }))
+  } finally {
+    await agent.close()
+  }
+  return performance.now() - started
+}
+
+// ---------------------------------------------------------------------------------------------
+// Processes.
+
+/** VmRSS of process `pid`, in bytes. */
+export const rssOf = (pid: number): number => {
+  const status = fs.readFileSync(`/proc/${pid}/status`, "utf8")
+  const match = /^VmRSS:\s+(\d+) kB$/m.exec(status)
+  if (match === null) throw new Error(`no VmRSS for process ${pid}`)
+  return Number(match[1]) * 1024
+}
+
+/** How many file descriptors process `pid` has open. */
+export const openFiles = (pid: number): number => fs.readdirSync(`/proc/${pid}/fd`).length
+
+/** The median of `n` RSS samples `everyMs` apart. */
+export const sampleRss = async (pid: number, n: number, everyMs: number): Promise<number> => {
+  const samples: Array<number> = []
+  for (let i = 0; i < n; i++) {
+    if (i > 0) await sleep(everyMs)
+    samples.push(rssOf(pid))
+  }
+  return median(samples)
+}
+
+/** Stops a child: `signal` (SIGTERM: a graceful stop) and up to `graceMs` for it to exit, then SIGKILL. */
+export const stopChild = async (child: ChildService, signal: NodeJS.Signals = "SIGTERM", graceMs = 30_000): Promise<void> => {
+  if (child.isRunning()) {
+    child.kill(signal)
+    await Promise.race([child.exited, sleep(graceMs)])
+  }
+  await child.stop()
+}
+
+/** Spawns `node <args>` as a detached child whose processes are killed at cleanup. */
+export const spawnNode = (args: ReadonlyArray<string>, env: Record<string, string>): ChildService => {
+  const child = spawnCommand(process.execPath, args, { env })
+  const forget = onCleanup(() => child.stop())
+  void child.exited.then(() => {
+    forget()
+  })
+  return child
+}
+
+const healthAgent = makeAgent(2)
+onCleanup(() => healthAgent.close())
+
+/**
+ * Polls `<baseUrl>/v1/health` every `everyMs` until it answers 200 with `"active"` (or any 200 for a
+ * bare server); resolves with performance.now() at that answer. Fails with the child's output if
+ * it exits first.
+ */
+export const waitActive = async (baseUrl: string, child: ChildService, timeoutMs = 120_000, everyMs = 5): Promise<number> => {
+  const deadline = Date.now() + timeoutMs
+  for (;;) {
+    if (!child.isRunning()) throw new Error(`${baseUrl}: the process exited before it was active; output:\n${child.output().slice(-4000)}`)
+    const res = await get(healthAgent, `${baseUrl}/v1/health`).catch(() => undefined)
+    if (res !== undefined && res.status === 200 && (res.body.length === 0 || res.body.includes("active"))) return res.at
+    if (Date.now() > deadline) throw new Error(`${baseUrl} was not active within ${timeoutMs} ms; output:\n${child.output().slice(-4000)}`)
+    await sleep(everyMs)
+  }
+}
+
+/** Options of one service process. */
+export interface ServiceOptions {
+  /** Replication stream id: names the slot and the publication. */
+  readonly stream: string
+  readonly storageDir: string
+  readonly env?: Readonly<Record<string, string>>
+  /** Node flags before `dist/main.js`. */
+  readonly nodeArgs?: ReadonlyArray<string>
+}
+
+/** Every service started, so a failing part can show what they logged. */
+export const servicesStarted: Array<Service> = []
+
+/** The compiled service, `node dist/main.js`, as a child process of its own. */
+export class Service {
+  private constructor(
+    readonly child: ChildService,
+    readonly baseUrl: string,
+    /** performance.now() when it was spawned, and when /v1/health first said active. */
+    readonly spawnedAt: number,
+    readonly activeAt: number
+  ) {}
+
+  static async start(databaseUrl: string, options: ServiceOptions): Promise<Service> {
+    const port = await freePort()
+    const env = serviceEnv({ databaseUrl, port, storageDir: options.storageDir, streamId: options.stream, extra: { ...options.env } })
+    // The service runs as `npm start` runs it: no loader or flags from the bench's own environment.
+    delete env["NODE_OPTIONS"]
+    const spawnedAt = performance.now()
+    const child = spawnNode([...(options.nodeArgs ?? []), path.join(REPO_ROOT, "dist", "main.js")], env)
+    const baseUrl = `http://127.0.0.1:${port}`
+    try {
+      const activeAt = await waitActive(baseUrl, child)
+      const service = new Service(child, baseUrl, spawnedAt, activeAt)
+      servicesStarted.push(service)
+      return service
+    } catch (error) {
+      await child.stop()
+      throw error
+    }
+  }
+
+  get pid(): number {
+    return this.child.pid
+  }
+
+  get startupMs(): number {
+    return this.activeAt - this.spawnedAt
+  }
+
+  /** A graceful stop (SIGTERM): held requests are answered, what is held is made durable. */
+  async stop(): Promise<void> {
+    await stopChild(this.child)
+    const { code, signal } = await this.child.exited
+    if (code !== 0) throw new Error(`the service exited with ${code ?? signal} on SIGTERM; output:\n${this.child.output().slice(-4000)}`)
+  }
+
+  /** Shapes the stack serves, from the service's metrics; undefined if it does not say. */
+  async shapeCount(agent: Agent): Promise<number | undefined> {
+    const res = await get(agent, `${this.baseUrl}/metrics`)
+    if (res.status !== 200) return undefined
+    const match = /^syncline_shapes(?:\{[^}]*\})? (\d+)/m.exec(res.body.toString())
+    return match === null ? undefined : Number(match[1])
+  }
+
+  /** Long-polls held right now, from the service's metrics; undefined if it does not say. */
+  async heldLongPolls(agent: Agent, stream: string): Promise<number | undefined> {
+    const res = await get(agent, `${this.baseUrl}/metrics`)
+    if (res.status !== 200) return undefined
+    const match = new RegExp(`^syncline_long_polls_held\\{[^}]*source="${stream}"[^}]*\\} (\\d+)`, "m").exec(res.body.toString())
+    return match === null ? undefined : Number(match[1])
+  }
+}
+
+/** A bare server (scratchpad/bench/bare.mjs) in a child process of its own, answering once it says "ready". */
+export const startBare = async (
+  mode: string,
+  args: ReadonlyArray<string> = [],
+  options: { readonly nodeArgs?: ReadonlyArray<string>; readonly env?: Readonly<Record<string, string>> } = {}
+): Promise<{ child: ChildService; baseUrl: string; spawnedAt: number; readyAt: number }> => {
+  const port = await freePort()
+  const spawnedAt = performance.now()
+  const child = spawnNode(
+    [...(options.nodeArgs ?? []), path.join(BENCH_DIR, "bare.mjs"), mode, String(port), ...args],
+    { ...cleanEnvForBare(), ...options.env }
+  )
+  const baseUrl = `http://127.0.0.1:${port}`
+  const readyAt = await waitActive(baseUrl, child, 30_000)
+  return { child, baseUrl, spawnedAt, readyAt }
+}
+
+const cleanEnvForBare = (): Record<string, string> => {
+  const env: Record<string, string> = {}
+  for (const [key, value] of Object.entries(process.env)) {
+    if (value !== undefined && key !== "NODE_OPTIONS") env[key] = value
+  }
+  return env
+}
+
+/** Preloaded into a process to make it run full GCs on SIGUSR2 (it must run with --expose-gc). */
+export const GC_PROBE = pathToFileURL(path.join(BENCH_DIR, "gc-probe.mjs")).href
+
+// ---------------------------------------------------------------------------------------------
+// Postgres.
+
+export interface Database {
+  readonly postgres: RunningPostgres
+  readonly pool: pg.Pool
+  readonly postmasterPid: number
+  readonly version: string
+}
+
+export const WRITERS = 4
+
+export const startDatabase = async (dir: string): Promise<Database> => {
+  const postgres = await startEmbeddedPostgres({
+    dataDir: path.join(dir, "data"),
+    // The disk is not what is measured: no fsync. synchronous_commit stays on, so a commit has
+    // reached the WAL sender when it returns (the latency figures count from there); the writers
+    // of the throughput figures turn it off for their sessions (see writeTxns), and the WAL writer
+    // then flushes every 10 ms rather than 200, so their commits reach the WAL sender at once.
+    settings: { fsync: "off", synchronous_commit: "on", full_page_writes: "off", wal_writer_delay: "10ms" }
+  })
+  let stopping = false
+  const pool = new pg.Pool({ connectionString: postgres.url, max: WRITERS + 4 })
+  // Postgres's fast shutdown at the end terminates whatever the pool still holds; only other errors matter.
+  pool.on("error", (error) => {
+    if (!stopping) console.error(`idle bench connection: ${error.message}`)
+  })
+  onCleanup(async () => {
+    stopping = true
+    await pool.end()
+    await postgres.stop()
+  })
+  const postmasterPid = Number(fs.readFileSync(path.join(dir, "data", "postmaster.pid"), "utf8").split("\n")[0])
+  const version = (await pool.query<{ v: string }>("SELECT current_setting('server_version') AS v")).rows[0]!.v
+  return { postgres, pool, postmasterPid, version }
+}
+
+/**
+ * Commits `n` single-statement transactions over `WRITERS` connections, writer w taking k = w,
+ * w + WRITERS, …; resolves with the time from the first statement to the last commit. The
+ * sessions commit asynchronously (synchronous_commit off), as fast as Postgres takes them.
+ */
+export const writeTxns = async (
+  pool: pg.Pool,
+  n: number,
+  statement: (client: pg.PoolClient, k: number) => Promise<unknown>
+): Promise<{ startedAt: number; doneAt: number }> => {
+  const clients = await Promise.all(Array.from({ length: WRITERS }, () => pool.connect()))
+  try {
+    for (const c of clients) await c.query("SET synchronous_commit = off")
+    const startedAt = performance.now()
+    await Promise.all(clients.map(async (client, w) => {
+      for (let k = w; k < n; k += WRITERS) await statement(client, k)
+    }))
+    const doneAt = performance.now()
+    for (const c of clients) await c.query("RESET synchronous_commit")
+    return { startedAt, doneAt }
+  } finally {
+    for (const c of clients) c.release()
+  }
+}
+
+/**
+ * Decodes what slot `slot` holds for `publication` with pgoutput, consuming it: the physical limit
+ * of reading those transactions from the WAL.
+ */
+export const rawDecode = async (pool: pg.Pool, slot: string, publication: string): Promise<{ commits: number; messages: number; ms: number }> => {
+  const started = performance.now()
+  const { rows } = await pool.query<{ n: string; commits: string }>(
+    `SELECT count(*) AS n, count(*) FILTER (WHERE get_byte(data, 0) = 67) AS commits
+     FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)`,
+    [slot, publication]
+  )
+  return { commits: Number(rows[0]!.commits), messages: Number(rows[0]!.n), ms: performance.now() - started }
+}
+
+export const dropSlot = async (pool: pg.Pool, slot: string): Promise<void> => {
+  await pool.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1 AND NOT active`, [slot])
+}
+
+export const slotName = (stream: string) => `electric_slot_${stream}`
+export const publicationName = (stream: string) => `electric_publication_${stream}`
+
+/** A table of `rows` rows like an app's items: id, title, n, created_at, done. */
+export const createItems = async (pool: pg.Pool, table: string, rows: number): Promise<void> => {
+  await pool.query(`CREATE TABLE ${table} (
+    id int PRIMARY KEY, title text NOT NULL, n int NOT NULL, created_at timestamptz NOT NULL, done bool NOT NULL)`)
+  await pool.query(
+    `INSERT INTO ${table}
+     SELECT i, 'item number ' || i, (i * 7919) % 100000, now() - i * interval '1 second', i % 3 = 0
+     FROM generate_series(1, $1) i`,
+    [rows]
+  )
+  await pool.query(`VACUUM ANALYZE ${table}`)
+}
+
+// ---------------------------------------------------------------------------------------------
+// The machine.
+
+export const machine = (): string => {
+  const cpus = os.cpus()
+  let distro = `${os.type()} ${os.release()}`
+  try {
+    const release = fs.readFileSync("/etc/os-release", "utf8")
+    distro = /^PRETTY_NAME="?([^"\n]+)"?$/m.exec(release)?.[1] ?? distro
+  } catch {
+    // Not Linux.
+  }
+  return `node ${process.version}, ${cpus.length} × ${cpus[0]?.model.trim() ?? "unknown CPU"}, ${(os.totalmem() / 2 ** 30).toFixed(1)} GiB RAM, ${distro}`
+}
+
+export const gitCommit = (): string => {
+  try {
+    const commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: REPO_ROOT, encoding: "utf8" }).trim()
+    const dirty = execFileSync("git", ["status", "--porcelain", "--", "src", "layers", "main.ts"], { cwd: REPO_ROOT, encoding: "utf8" }).trim()
+    return dirty === "" ? commit : `${commit} (with uncommitted changes)`
+  } catch {
+    return "unknown"
+  }
+}

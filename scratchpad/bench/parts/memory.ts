@@ -1,0 +1,158 @@
+import * as fs from "node:fs/promises"
+import * as path from "node:path"
+import type { ChildService } from "../../../test/support/process.js"
+import {
+  createItems,
+  createShapes,
+  fmtMb,
+  fmtRatio,
+  fmtS,
+  get,
+  get200,
+  GC_PROBE,
+  makeAgent,
+  openFiles,
+  sampleRss,
+  sized,
+  sleep,
+  startBare,
+  stopChild
+} from "../harness.js"
+import type { Part } from "./part.js"
+
+/*
+ * Memory of the service process: VmRSS of `node dist/main.js` itself, read from /proc.
+ *
+ * Idle RSS: after start-up, a handful of shapes and some seconds idle, the median of five samples
+ * a second apart; beside a bare node:http server that answered a few requests, sampled the same way.
+ *
+ * Memory per shape: 2,000 shapes `where id = k` (one row each) are created; the RSS difference
+ * divided by 2,000. Both readings are taken after the process has run full garbage collections
+ * (SIGUSR2 to scratchpad/bench/gc-probe.mjs, loaded with --expose-gc) and some settling, as the
+ * median of three samples. The limit: a bare node process building 2,000 records of what a shape
+ * is (its definition: schema, table, where text, columns; its handle and offsets), kept in two maps
+ * (by handle and by definition), measured the same way. Both get a warm-up first: the service
+ * creates 5% more shapes, the bare process makes short-lived garbage (so its young generation has
+ * grown to a working size, as the service's has) and 5% more records.
+ */
+
+const STREAM = "bench_memory"
+const TABLE = "bench_mem"
+const HANDFUL = 5
+const FAR = 1_000_000
+const KB = 1024
+
+export const memory: Part = {
+  name: "memory",
+  describe: "idle RSS and memory per shape",
+  run: async ({ db, dir, report, startService }) => {
+    const shapes = sized("MEMORY_SHAPES", 2_000, 500)
+    await createItems(db.pool, TABLE, shapes + Math.ceil(shapes / 20))
+    const serviceMemory = path.join(dir, "memory-service.jsonl")
+    const bareMemory = path.join(dir, "memory-bare.jsonl")
+    const probeArgs = ["--expose-gc", "--import", GC_PROBE]
+    const [service, bare] = await Promise.all([
+      startService({ stream: STREAM, storageDir: path.join(dir, "memory"), env: { BENCH_MEMORY_FILE: serviceMemory }, nodeArgs: probeArgs }),
+      startBare("http", [], { nodeArgs: probeArgs, env: { BENCH_MEMORY_FILE: bareMemory } })
+    ])
+    let records: Awaited<ReturnType<typeof startBare>> | undefined
+    try {
+      const where = (k: number) => `table=${TABLE}&where=${encodeURIComponent(`id = ${k}`)}`
+      await createShapes(service.baseUrl, HANDFUL, 1, (k) => where(FAR + k), () => 0)
+      const agent = makeAgent(1)
+      try {
+        for (let i = 0; i < HANDFUL; i++) await get200(agent, `${bare.baseUrl}/v1/health`)
+      } finally {
+        await agent.close()
+      }
+      await sleep(5_000)
+      const [idleService, idleBare] = await Promise.all([sampleRss(service.pid, 5, 1_000), sampleRss(bare.child.pid, 5, 1_000)])
+      report.rows.push({
+        figure: "idle RSS of the service process (npm excluded)",
+        syncline: `${fmtMb(idleService)} MB`,
+        limit: `a bare \`node:http\` server: ${fmtMb(idleBare)} MB`,
+        ratio: `${fmtRatio(idleService / idleBare)}×`,
+        target: "≤ 150 MB",
+        met: idleService <= 150 * 1024 * 1024
+      })
+      await stopChild(bare.child)
+
+      // Memory per shape, after a warm-up of the same kind of shapes (the code that creates them
+      // compiled and its caches filled).
+      const warmUp = Math.ceil(shapes / 20)
+      await createShapes(service.baseUrl, warmUp, 8, (k) => where(shapes + k + 1), () => 1)
+      const before = await settled(service.child, serviceMemory)
+      const filesBefore = openFiles(service.pid)
+      const createMs = await createShapes(service.baseUrl, shapes, 8, (k) => where(k + 1), () => 1)
+      await sleep(3_000)
+      const after = await settled(service.child, serviceMemory)
+      const filesAfter = openFiles(service.pid)
+
+      const recordsFile = path.join(dir, "memory-records.jsonl")
+      records = await startBare("records", ["id,title,n,created_at,done"], { nodeArgs: probeArgs, env: { BENCH_MEMORY_FILE: recordsFile } })
+      const control = makeAgent(1)
+      const createRecords = async (n: number, total: number) => {
+        const res = await get(control, `${records!.baseUrl}/create?n=${n}`, { method: "POST" })
+        if (res.status !== 200 || Number(res.body.toString()) !== total) {
+          throw new Error(`the bare process answered ${res.status} ${res.body.toString()}, expected ${total} records`)
+        }
+      }
+      let bareBefore: Usage
+      try {
+        const churn = await get(control, `${records.baseUrl}/churn`, { method: "POST" })
+        if (churn.status !== 200) throw new Error(`the bare process answered ${churn.status} to /churn`)
+        await createRecords(warmUp, warmUp)
+        bareBefore = await settled(records.child, recordsFile)
+        await createRecords(shapes, warmUp + shapes)
+      } finally {
+        await control.close()
+      }
+      await sleep(3_000)
+      const bareAfter = await settled(records.child, recordsFile)
+
+      const perShape = (after.rss - before.rss) / shapes
+      const perRecord = (bareAfter.rss - bareBefore.rss) / shapes
+      report.rows.push({
+        figure: `memory per shape (${shapes.toLocaleString("en-US")} shapes \`where id = k\`)`,
+        syncline: `${(perShape / KB).toFixed(2)} kB`,
+        limit: `the same records in a bare process: ${(perRecord / KB).toFixed(2)} kB`,
+        ratio: `${fmtRatio(perShape / perRecord)}×`,
+        target: "≤ 3 kB",
+        met: perShape <= 3 * KB
+      })
+      report.notes.push(
+        `memory: kB = 1,024 bytes, MB = 1,048,576 bytes; RSS after full GCs, median of 3 samples. Service ${fmtMb(before.rss)} → ${fmtMb(after.rss)} MB RSS, ` +
+          `heap ${fmtMb(before.heapUsed)} → ${fmtMb(after.heapUsed)} MB (${((after.heapUsed - before.heapUsed) / shapes / KB).toFixed(2)} kB of heap per shape); ` +
+          `${shapes.toLocaleString("en-US")} shapes created in ${fmtS(createMs)} s (8 at a time), after ${warmUp} more as a warm-up; ` +
+          `open files ${filesBefore.toLocaleString("en-US")} → ${filesAfter.toLocaleString("en-US")} (${((filesAfter - filesBefore) / shapes).toFixed(2)} per shape). Bare records: ${fmtMb(bareBefore.rss)} → ${fmtMb(bareAfter.rss)} MB RSS, ` +
+          `${((bareAfter.heapUsed - bareBefore.heapUsed) / shapes / KB).toFixed(2)} kB of heap per record. Idle RSS: the service after ${HANDFUL} shapes and 5 s idle.`
+      )
+    } finally {
+      if (records !== undefined) await stopChild(records.child)
+      await stopChild(bare.child)
+      await service.stop()
+    }
+  }
+}
+
+interface Usage {
+  readonly rss: number
+  readonly heapUsed: number
+}
+
+/** After full GCs in `child` (gc-probe.mjs writes to `file`) and a moment to settle: the median RSS of three samples, and the heap. */
+const settled = async (child: ChildService, file: string): Promise<Usage> => {
+  const lines = async () => (await fs.readFile(file, "utf8").catch(() => "")).split("\n").filter((l) => l !== "")
+  const count = (await lines()).length
+  process.kill(child.pid, "SIGUSR2")
+  const deadline = Date.now() + 30_000
+  let heapUsed: number | undefined
+  while (heapUsed === undefined) {
+    const all = await lines()
+    if (all.length > count) heapUsed = (JSON.parse(all[all.length - 1]!) as { heapUsed: number }).heapUsed
+    else if (Date.now() > deadline) throw new Error(`no memory report from process ${child.pid}`)
+    else await sleep(20)
+  }
+  await sleep(500)
+  return { rss: await sampleRss(child.pid, 3, 300), heapUsed }
+}

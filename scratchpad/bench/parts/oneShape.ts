@@ -1,0 +1,126 @@
+import * as path from "node:path"
+import {
+  advance,
+  changesIn,
+  createItems,
+  dropSlot,
+  fmtInt,
+  fmtMs,
+  fmtRatio,
+  fmtS,
+  fmtShortRate,
+  get,
+  makeAgent,
+  publicationName,
+  rawDecode,
+  type Service,
+  type ShapePosition,
+  shapeUrl,
+  sized,
+  syncShape,
+  writeTxns
+} from "../harness.js"
+import type { Part } from "./part.js"
+
+/*
+ * One shape, single-row transactions (half inserts, half updates) committed by 4 writers.
+ *
+ * Live: while a client long-polls the shape, 20k transactions are committed; Syncline's rate is
+ * 20k over the time from the first write to the client having seen every change, beside the
+ * writers' own commit rate; also the delay from the last commit to the client seeing it.
+ *
+ * Catch-up: the service is stopped (gracefully), 20k more are committed, the service is started on
+ * the same storage and slot, and the client (from its handle and offset) is timed from the moment
+ * /v1/health says active until it has seen every change. The limit: a second logical slot, made
+ * before those commits, decoded with pgoutput (`pg_logical_slot_get_binary_changes`) afterwards.
+ */
+
+const STREAM = "bench_one"
+const TABLE = "bench_one"
+const PARAMS = `table=${TABLE}`
+const RAW_SLOT = "bench_one_raw"
+const ROWS = 1_000
+
+export const oneShape: Part = {
+  name: "one-shape",
+  describe: "20k single-row txns through one shape, live and in catch-up",
+  run: async ({ db, dir, report, startService }) => {
+    const txns = sized("TXNS", 20_000, 2_000)
+    await createItems(db.pool, TABLE, ROWS)
+    const options = { stream: STREAM, storageDir: path.join(dir, "one-shape") }
+    let service: Service | undefined = await startService(options)
+    const agent = makeAgent(2)
+    try {
+      const at: ShapePosition = (await syncShape(agent, service.baseUrl, PARAMS)).at
+      let seen = 0
+      let seenAt = 0
+      /** Long-polls from `at` until `expected` changes were seen; fails on more. */
+      const follow = async (expected: number, deadlineMs: number): Promise<void> => {
+        const deadline = Date.now() + deadlineMs
+        while (seen < expected) {
+          if (Date.now() > deadline) throw new Error(`the client saw ${seen} of ${expected} changes`)
+          const res = await get(agent, shapeUrl(service!.baseUrl, PARAMS, at, true))
+          if (res.status !== 200) throw new Error(`live request: ${res.status} ${res.body.toString().slice(0, 300)}`)
+          seen += changesIn(res.body)
+          seenAt = res.at
+          advance(at, res)
+        }
+        if (seen !== expected) throw new Error(`the client saw ${seen} changes, expected ${expected}`)
+      }
+      const statement = (first: number, label: string) => (client: import("pg").PoolClient, k: number) =>
+        k % 2 === 0
+          ? client.query(`INSERT INTO ${TABLE} VALUES ($1, $2, $3, now(), false)`, [first + k, label, k])
+          : client.query(`UPDATE ${TABLE} SET n = n + 1, done = NOT done WHERE id = $1`, [1 + (k % ROWS)])
+
+      // Live.
+      const following = follow(txns, 180_000)
+      const live = await writeTxns(db.pool, txns, statement(ROWS + 1, "live"))
+      await following
+      const liveMs = seenAt - live.startedAt
+      const commitMs = live.doneAt - live.startedAt
+      const liveRate = txns / (liveMs / 1000)
+      const commitRate = txns / (commitMs / 1000)
+      const lastDelayMs = seenAt - live.doneAt
+
+      // Catch-up.
+      await service.stop()
+      service = undefined
+      await db.pool.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [RAW_SLOT])
+      await writeTxns(db.pool, txns, statement(ROWS + 1 + txns, "caught up"))
+      service = await startService(options)
+      seen = 0
+      await follow(txns, 300_000)
+      const catchUpMs = seenAt - service.activeAt
+      const catchUpRate = txns / (catchUpMs / 1000)
+      const raw = await rawDecode(db.pool, RAW_SLOT, publicationName(STREAM))
+      if (raw.commits !== txns) throw new Error(`raw decoding found ${raw.commits} transactions, expected ${txns}`)
+      const rawRate = raw.commits / (raw.ms / 1000)
+      const n = txns.toLocaleString("en-US")
+      report.rows.push({
+        figure: `one shape, ${n} single-row txns by 4 writers, live`,
+        syncline: `${fmtShortRate(liveRate)} txn/s, the last ${fmtMs(lastDelayMs)} ms after its commit`,
+        limit: `the writers' commit rate: ${fmtShortRate(commitRate)} txn/s`,
+        ratio: `${fmtRatio(liveRate / commitRate)} of commits`,
+        target: "≥ 0.9",
+        met: liveRate / commitRate >= 0.9
+      })
+      report.rows.push({
+        figure: `one shape, ${n} txns in catch-up after a restart, from active`,
+        syncline: `${fmtShortRate(catchUpRate)} txn/s`,
+        limit: `raw pgoutput decoding of the same WAL: ${fmtShortRate(rawRate)} txn/s`,
+        ratio: `${fmtRatio(catchUpRate / rawRate)} of decoding`,
+        target: "≥ 0.5",
+        met: catchUpRate / rawRate >= 0.5
+      })
+      report.notes.push(
+        `one shape: live ${fmtS(liveMs)} s for ${n} changes (writers ${fmtS(commitMs)} s); catch-up: start-up to active ` +
+          `${fmtS(service.startupMs)} s, then ${fmtS(catchUpMs)} s to the last change (${fmtShortRate(txns / ((seenAt - service.spawnedAt) / 1000))} txn/s from spawn); raw decoding ${fmtS(raw.ms)} s ` +
+          `(${fmtInt(raw.messages)} pgoutput messages).`
+      )
+    } finally {
+      await agent.close()
+      await service?.stop()
+      await dropSlot(db.pool, RAW_SLOT)
+    }
+  }
+}
