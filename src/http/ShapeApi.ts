@@ -2,7 +2,7 @@ import { randomInt } from "node:crypto"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Cause, Effect, Either, Option, type Scope, Stream } from "effect"
+import { Cause, Context, Deferred, Effect, Either, FiberId, Option, Runtime, type Scope, Stream } from "effect"
 import { StackConfig, type StackSettings } from "../config/StackConfig.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
@@ -22,7 +22,7 @@ import type { Shape } from "../shapes/Shape.js"
 import { ShapeCache } from "../shapes/ShapeCache.js"
 import { loadSubqueryTables } from "../shapes/ShapeResolver.js"
 import { ReadOnlyShapes } from "../shapes/ReadOnlyShapes.js"
-import { StackSupervisor } from "../stack/StackSupervisor.js"
+import { type ActiveServices, StackSupervisor } from "../stack/StackSupervisor.js"
 import { type BodyFormat, type LogStream, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { parseOrderBy } from "../where/OrderBy.js"
 import { parseWhere } from "../where/WhereClause.js"
@@ -42,6 +42,7 @@ import {
   upToDateMessage
 } from "./ResponseHeaders.js"
 import { abortConnection, closeConnectionOnFinish } from "./NodeServer.js"
+import { type SettledResponse, SettledResponses } from "./SettledResponses.js"
 import { ShutdownSignal } from "./ShutdownSignal.js"
 import { countedWhile, countResponse, heldLongPolls, sseStreams } from "../observability/Metrics.js"
 import { metricsRoute } from "../observability/MetricsRoute.js"
@@ -103,6 +104,25 @@ const schemaOf = (shape: Shape): string => {
   }
   return s
 }
+
+/**
+ * The outcome of whichever of `waits` ends first; the others are interrupted.
+ * Each runs as a fiber of its own that no one joins: a commit that wakes a
+ * thousand held requests then costs each one a resumption, not the merging
+ * of fiber state that a race's join does.
+ */
+const firstOf = <A>(waits: ReadonlyArray<Effect.Effect<A>>): Effect.Effect<A> =>
+  Effect.flatMap(Effect.runtime<never>(), (runtime) =>
+    Effect.suspend(() => {
+      const first = Deferred.unsafeMake<A>(FiberId.none)
+      const run = Runtime.runFork(runtime)
+      const fibers = waits.map((wait) => run(Effect.flatMap(wait, (a) => Deferred.succeed(first, a))))
+      return Deferred.await(first).pipe(
+        Effect.ensuring(Effect.sync(() => {
+          for (const fiber of fibers) fiber.unsafeInterruptAsFork(FiberId.none)
+        }))
+      )
+    }))
 
 /** Why a request ends early, as a response. */
 class Reply {
@@ -187,7 +207,8 @@ const respond = (
   request: ShapeRequest,
   headers: Readonly<Record<string, string | undefined>>,
   settings: StackSettings,
-  shutdown: ShutdownSignal["Type"]
+  shutdown: ShutdownSignal["Type"],
+  remember?: (response: Omit<SettledResponse, "shape">) => void
 ): Effect.Effect<
   HttpServerResponse.HttpServerResponse,
   Reply | StorageError,
@@ -197,8 +218,9 @@ const respond = (
     const origin = headers["origin"]
     const handle = source.handle
     const live = request.live
+    const cors = corsHeaders(origin, "shape")
     const baseHeaders: HeaderRecord = {
-      ...corsHeaders(origin, "shape"),
+      ...cors,
       "electric-handle": handle,
       ...(live ? { "electric-cursor": nextCursor(Date.now(), settings.longPollTimeoutMs, request.cursor, Math.random) } : {})
     }
@@ -296,18 +318,18 @@ const respond = (
           ...extra
         })
       }
-      const outcome = yield* Effect.raceFirst(
-        source.awaitDataAfter(LogOffset.max(offset, read.nextOffset)).pipe(
-          Effect.as("data" as const),
-          Effect.catchAll(() => Effect.succeed("closed" as const)),
-          Effect.timeoutTo({
-            duration: settings.longPollTimeoutMs,
-            onSuccess: (o) => o,
-            onTimeout: () => "timeout" as const
-          })
-        ),
-        Effect.as(shutdown.await, "shutdown" as const)
-      ).pipe((wait) => countedWhile(heldLongPolls, settings.replicationStreamId, wait))
+      const outcome = yield* countedWhile(
+        heldLongPolls,
+        settings.replicationStreamId,
+        firstOf([
+          source.awaitDataAfter(LogOffset.max(offset, read.nextOffset)).pipe(
+            Effect.as("data" as const),
+            Effect.catchAll(() => Effect.succeed("closed" as const))
+          ),
+          Effect.as(Effect.sleep(settings.longPollTimeoutMs), "timeout" as const),
+          Effect.as(shutdown.await, "shutdown" as const)
+        ])
+      )
       if (outcome === "shutdown") return noChange({ connection: "close" })
       // A stack that stopped during the wait has closed its registry and logs: the client simply polls again.
       const exists = yield* source.exists
@@ -342,6 +364,15 @@ const respond = (
     if (upToDate) {
       const chunkEnd = read.nextOffset.tx > 0n ? read.nextOffset.tx : 0n
       trailing = upToDateMessage(live ? (chunkEnd > 0n ? chunkEnd : global) : chunkEnd > global ? chunkEnd : global)
+    }
+    if (remember !== undefined && read.settled && read.bytes !== undefined && !live && trailing === undefined) {
+      const body = Buffer.concat([OPEN, read.bytes, CLOSE])
+      const stable: Record<string, string> = {}
+      for (const [name, value] of Object.entries(responseHeaders)) {
+        if (value !== undefined && !(name in cors)) stable[name] = value
+      }
+      remember({ headers: stable, etag: responseEtag, body })
+      return HttpServerResponse.uint8Array(body, { status: 200, contentType: JSON_TYPE, headers: responseHeaders })
     }
     return arrayResponse(yield* HttpServerRequest.HttpServerRequest, read, trailing, {
       status: 200,
@@ -473,11 +504,64 @@ const serveActive = (
   request: ShapeRequest,
   headers: Readonly<Record<string, string | undefined>>,
   settings: StackSettings,
-  shutdown: ShutdownSignal["Type"]
+  shutdown: ShutdownSignal["Type"],
+  url: string
 ) =>
-  Effect.flatMap(activeShape(request, headers), ({ source }) => respond(source, request, headers, settings, shutdown)).pipe(
-    (effect) => unavailableOnFailure(headers["origin"], effect)
-  )
+  Effect.gen(function*() {
+    const { shape, source } = yield* activeShape(request, headers)
+    const responses = settledResponsesOf(yield* ShapeCache)
+    return yield* respond(source, request, headers, settings, shutdown, (response) => responses.set(url, { shape, ...response }))
+  }).pipe((effect) => unavailableOnFailure(headers["origin"], effect))
+
+/** The bodies of settled responses a stack keeps to serve again (see `SettledResponses`). */
+const SETTLED_RESPONSE_BYTES = 32 * 1024 * 1024
+
+/** Each stack's settled responses, by its shape cache: a new stack starts with none. */
+const settledResponses = new WeakMap<ShapeCache["Type"], SettledResponses>()
+
+const settledResponsesOf = (cache: ShapeCache["Type"]): SettledResponses => {
+  let responses = settledResponses.get(cache)
+  if (responses === undefined) {
+    responses = new SettledResponses(SETTLED_RESPONSE_BYTES)
+    settledResponses.set(cache, responses)
+  }
+  return responses
+}
+
+/**
+ * The settled response an earlier request with the same URL got, while its
+ * shape is still the one the stack serves; undefined to serve the request in full.
+ */
+const servedBefore = (
+  context: Context.Context<ActiveServices>,
+  url: string,
+  headers: Readonly<Record<string, string | undefined>>
+): Effect.Effect<HttpServerResponse.HttpServerResponse | undefined> =>
+  Effect.suspend(() => {
+    const cache = Context.get(context, ShapeCache)
+    const responses = settledResponses.get(cache)
+    const entry = responses?.get(url)
+    if (entry === undefined) return Effect.succeed(undefined)
+    return cache.get(entry.shape.handle).pipe(
+      Effect.map((current) => {
+        if (Option.isNone(current) || current.value !== entry.shape) {
+          responses!.delete(url)
+          return undefined
+        }
+        const cors = corsHeaders(headers["origin"], "shape")
+        if (ifNoneMatchMatches(headers["if-none-match"], entry.etag)) {
+          const { "electric-schema": _schema, ...notModified } = entry.headers
+          return HttpServerResponse.empty({ status: 304, headers: { ...cors, ...notModified } })
+        }
+        return HttpServerResponse.uint8Array(entry.body, {
+          status: 200,
+          contentType: JSON_TYPE,
+          headers: { ...cors, ...entry.headers }
+        })
+      }),
+      Effect.orElseSucceed(() => undefined)
+    )
+  })
 
 /** The most bytes of rows one subset response holds (it is built in memory). */
 const MAX_SUBSET_BYTES = 64 * 1024 * 1024
@@ -710,11 +794,18 @@ const serveShape = (method: "GET" | "POST") => Effect.gen(function*() {
   // The secret is checked before the body is read: an unauthorized client never has it parsed.
   const early = parseAdminParams(query)
   if (Either.isRight(early) && !isAuthorized(settings.secret, early.right.secret)) return unauthorized()
+  const supervisor = yield* StackSupervisor
+  if (method === "GET" && Either.isRight(early)) {
+    const active = supervisor.activeNow()
+    if (Option.isSome(active)) {
+      const again = yield* servedBefore(active.value, request.url, headers)
+      if (again !== undefined) return again
+    }
+  }
   const body = method === "POST" ? yield* readJsonBody(request, origin) : undefined
   const parsed = parseShapeParams(query, body)
   if (Either.isLeft(parsed)) return yield* Effect.fail(badRequest(origin, parsed.left))
   if (!isAuthorized(settings.secret, parsed.right.secret)) return unauthorized()
-  const supervisor = yield* StackSupervisor
   const subset = parsed.right.subset
   if (subset !== undefined) {
     // A subset is read from Postgres: only the stack that owns the slot answers, once it is active.
@@ -725,10 +816,10 @@ const serveShape = (method: "GET" | "POST") => Effect.gen(function*() {
   const view = yield* supervisor.current(STACK_WAIT).pipe(Effect.mapError(notReady(origin, supervisor)))
   const serveWhenActive = supervisor.active(STACK_WAIT).pipe(
     Effect.mapError(notReady(origin, supervisor)),
-    Effect.flatMap((context) => Effect.provide(serveActive(parsed.right, headers, settings, shutdown), context))
+    Effect.flatMap((context) => Effect.provide(serveActive(parsed.right, headers, settings, shutdown, request.url), context))
   )
   return yield* view.mode === "active"
-    ? Effect.provide(serveActive(parsed.right, headers, settings, shutdown), view.context)
+    ? Effect.provide(serveActive(parsed.right, headers, settings, shutdown, request.url), view.context)
     : Effect.provide(serveReadOnly(parsed.right, headers, settings, shutdown, serveWhenActive), view.context)
 })
 

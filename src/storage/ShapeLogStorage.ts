@@ -47,6 +47,8 @@ export interface LogStream {
   readonly pieces: Stream.Stream<Uint8Array, StorageError>
   readonly nextOffset: LogOffset
   readonly reachedEnd: boolean
+  /** The body is whole and never changes (see `OpenedSpan`): a response made of it may be served again. */
+  readonly settled: boolean
 }
 
 /** The size of the pieces a `LogStream` yields, and the largest body it holds whole. */
@@ -179,7 +181,7 @@ const streamOf = (
       if (opened._tag === "Whole") {
         const { body, nextOffset, reachedEnd } = opened.read
         const pieces = body.length > 0 ? Stream.succeed(body) : Stream.empty
-        return { length: body.length, bytes: body, pieces, nextOffset, reachedEnd }
+        return { length: body.length, bytes: body, pieces, nextOffset, reachedEnd, settled: opened.settled === true }
       }
       const { fh, span } = opened
       const length = bodyLength(span)
@@ -188,7 +190,7 @@ const streamOf = (
           ? Effect.succeed(Option.none())
           : Effect.map(attempt(handle, () => readPiece(fh, span, at, format)), (piece) => Option.some([piece, at + piece.length] as const))
       )
-      return { length, bytes: undefined, pieces, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd }
+      return { length, bytes: undefined, pieces, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd, settled: false }
     }
   )
 

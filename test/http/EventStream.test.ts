@@ -164,7 +164,8 @@ const linesRead = (lines: ReadonlyArray<string>, next: LogOffset, reachedEnd: bo
     bytes,
     pieces: bytes.length > 0 ? Stream.succeed(bytes) : Stream.empty,
     nextOffset: next,
-    reachedEnd
+    reachedEnd,
+    settled: false
   }
 }
 

@@ -1,7 +1,7 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { describe, expect, it } from "@effect/vitest"
-import { Effect, Exit, Fiber, Option, Scope, TestClock } from "effect"
+import { Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
 import { type LogRead, make, type ShapeLog } from "../../src/storage/ShapeLogStorage.js"
@@ -495,5 +495,88 @@ describe("ShapeLogStorage", () => {
       yield* next.commit
       expect(LogOffset.format(next.latestOffset())).toBe("6_0")
       yield* second.close
+    }))
+
+  it.scoped("requests reading after the same offset share one read, and a commit is seen by the next read", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const log = yield* storage.create(ShapeHandle("shared-1"))
+      yield* withSnapshot(log, [line("snap", 0)])
+      yield* log.append([entry(1, 0), entry(1, 1)])
+      yield* log.commit
+      const streams = yield* Effect.all(Array.from({ length: 50 }, () => log.stream(off("0_inf"))), { concurrency: "unbounded" })
+      const first = streams[0]!
+      expect(decoder.decode(first.bytes)).toBe([entry(1, 0).json, entry(1, 1).json].join(","))
+      // One read of the file: every request holds the very same bytes.
+      expect(streams.every((s) => s.bytes === first.bytes)).toBe(true)
+      // The open chunk reaches the log's end, so its bytes change with the next commit and are not settled.
+      expect(streams.every((s) => s.reachedEnd && !s.settled)).toBe(true)
+
+      yield* log.append([entry(2, 0)])
+      yield* log.commit
+      const after = yield* log.stream(off("0_inf"))
+      expect(decoder.decode(after.bytes)).toBe([entry(1, 0).json, entry(1, 1).json, entry(2, 0).json].join(","))
+      expect(fmt(after.nextOffset)).toBe("2_0")
+      const tail = yield* log.stream(off("1_1"))
+      expect(decoder.decode(tail.bytes)).toBe(entry(2, 0).json)
+    }))
+
+  it.scoped("a closed chunk and a snapshot chunk are settled: read again after later commits, they are the same bytes", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const log = yield* storage.create(ShapeHandle("shared-2"))
+      yield* withSnapshot(log, Array.from({ length: 12 }, (_, i) => line("snap", i)))
+      // Ten 100-byte lines close a chunk.
+      yield* log.append(Array.from({ length: 10 }, (_, i) => entry(1, i)))
+      yield* log.commit
+      const open = yield* log.stream(off("0_inf"))
+      // The chunk is closed but ends the log: its `reachedEnd` changes with the next commit.
+      expect([fmt(open.nextOffset), open.reachedEnd, open.settled]).toEqual(["1_9", true, false])
+      yield* log.append([entry(2, 0)])
+      yield* log.commit
+      const closed = yield* log.stream(off("0_inf"))
+      expect([fmt(closed.nextOffset), closed.reachedEnd, closed.settled]).toEqual(["1_9", false, true])
+      yield* log.append([entry(3, 0)])
+      yield* log.commit
+      const again = yield* log.stream(off("0_inf"))
+      expect(again.bytes).toBe(closed.bytes)
+      expect(decoder.decode(again.bytes)).toBe(Array.from({ length: 10 }, (_, i) => entry(1, i).json).join(","))
+      const snapshotChunk = yield* log.stream(off("0_0"))
+      expect([fmt(snapshotChunk.nextOffset), snapshotChunk.settled]).toEqual(["0_1", true])
+      expect(decoder.decode(snapshotChunk.bytes)).toBe([line("snap", 10), line("snap", 11)].join(","))
+    }))
+
+  it.scoped("a removed log fails a read that an earlier request already made, and its files emptied anew are read afresh", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const handle = ShapeHandle("shared-3")
+      const log = yield* storage.create(handle)
+      yield* withSnapshot(log, [line("old", 0), line("old", 1)])
+      const before = yield* log.stream(LogOffset.beforeAll)
+      expect(before.settled).toBe(true)
+      const recreated = yield* storage.create(handle)
+      const failed = yield* Effect.flip(log.stream(LogOffset.beforeAll))
+      expect(failed.reason).toBe("Removed")
+      yield* withSnapshot(recreated, [line("new", 0)])
+      const fresh = yield* recreated.stream(LogOffset.beforeAll)
+      expect(decoder.decode(fresh.bytes)).toBe(line("new", 0))
+    }))
+
+  it.scoped("streamed bodies are never shared: each concurrent reader of a large chunk has its own descriptor", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage(1_000_000)
+      const log = yield* storage.create(ShapeHandle("shared-4"))
+      yield* withSnapshot(log, Array.from({ length: 1000 }, (_, i) => line("big", i)))
+      // Each in a scope of its own, as each response is: one that ends closes its descriptor, not the others'.
+      const scopes = yield* Effect.all(Array.from({ length: 5 }, () => Scope.make()))
+      const streams = yield* Effect.all(scopes.map((scope) => Scope.extend(log.stream(LogOffset.beforeAll), scope)), {
+        concurrency: "unbounded"
+      })
+      expect(streams.every((s) => s.bytes === undefined && !s.settled)).toBe(true)
+      yield* Scope.close(scopes[0]!, Exit.void)
+      const bodies = yield* Effect.all(streams.slice(1).map((s) => Stream.runCollect(s.pieces)), { concurrency: "unbounded" })
+      const expected = Array.from({ length: 1000 }, (_, i) => line("big", i)).join(",")
+      for (const body of bodies) expect(Buffer.concat([...body]).toString()).toBe(expected)
+      yield* Effect.forEach(scopes.slice(1), (scope) => Scope.close(scope, Exit.void))
     }))
 })

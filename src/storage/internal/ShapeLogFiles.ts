@@ -21,8 +21,11 @@ import {
 import {
   type CommitEnd,
   type CommittedLog,
+  bodyLength,
   logSpan,
   type OpenedSpan,
+  PIECE_BYTES,
+  type ReadSpan,
   type BodyFormat,
   openSpan,
   readCommittedLog,
@@ -47,6 +50,12 @@ const SNAPSHOT_SYNCS_IN_FLIGHT = 2
 let nextCacheId = 0
 
 const openedOf = (shared: SharedRead): OpenedSpan => shared.opened
+
+/** A read to share, marked settled when its bytes never change. */
+const settledRead = (opened: OpenedSpan, settled: boolean): SharedRead => ({
+  opened: settled && opened._tag === "Whole" ? { _tag: "Whole", read: opened.read, settled } : opened,
+  settled
+})
 
 type Latch = Deferred.Deferred<void>
 const newLatch = (): Latch => Deferred.unsafeMake<void>(FiberId.none)
@@ -629,27 +638,31 @@ export class ShapeLogFiles {
    */
   openSpan(from: LogOffset, format: BodyFormat): Promise<OpenedSpan> {
     const cache = this.readCache
-    if (cache === undefined) return this.openSpanNow(from, format).then(openedOf)
-    if (this.closed !== "open") return Promise.reject(this.closedError())
     const read = `${format} ${LogOffset.format(from)}`
     const settledKey = `${this.cacheId} settled ${read}`
     const key = `${this.cacheId} ${this.lines} ${read}`
-    const shared = cache.get(settledKey) ?? cache.get(key) ?? cache.share(key, this.openSpanNow(from, format), settledKey)
-    return shared.then(openedOf)
+    const hit = cache === undefined || this.closed !== "open" ? undefined : cache.get(settledKey) ?? cache.get(key)
+    if (hit !== undefined) return hit.then(openedOf)
+    return this.using(async () => {
+      const [span, settled, shared] = await this.spanAfter(from)
+      // A streamed body reads through a descriptor of its own, which its response closes: it is never shared.
+      if (cache === undefined || bodyLength(span) > PIECE_BYTES) return openSpan(this.dir, span, shared, format)
+      const whole = cache.get(key) ??
+        cache.share(key, openSpan(this.dir, span, shared, format).then((opened) => settledRead(opened, settled)), settledKey)
+      return whole.then(openedOf)
+    })
   }
 
-  /** `openSpan` from the files; settled when the bytes lie in a snapshot chunk or a closed log chunk. */
-  private openSpanNow(from: LogOffset, format: BodyFormat): Promise<SharedRead> {
-    return this.using(async () => {
-      const n = snapshotChunkAfter(from, this.snapshotChunkBytes.length)
-      if (n !== undefined) {
-        return { opened: await openSpan(this.dir, snapshotSpan(n, this.snapshotChunkBytes[n]!), undefined, format), settled: true }
-      }
-      const closedEnd = this.closedChunks.length > 0 ? this.closedChunks[this.closedChunks.length - 1]!.endPos : 0
-      const span = await logSpan(this.committed(), from)
-      // A closed chunk that ends the log would read alike but for `reachedEnd`, which the next commit changes.
-      return { opened: await openSpan(this.dir, span, this.log, format), settled: !span.reachedEnd && span.end <= closedEnd }
-    })
+  /**
+   * Where a read after `from` lies, whether its bytes never change (a snapshot chunk, or a closed log chunk that
+   * does not end the log: its `reachedEnd` changes with the next commit), and the open handle on its file.
+   */
+  private async spanAfter(from: LogOffset): Promise<[ReadSpan, boolean, fs.FileHandle | undefined]> {
+    const n = snapshotChunkAfter(from, this.snapshotChunkBytes.length)
+    if (n !== undefined) return [snapshotSpan(n, this.snapshotChunkBytes[n]!), true, undefined]
+    const closedEnd = this.closedChunks.length > 0 ? this.closedChunks[this.closedChunks.length - 1]!.endPos : 0
+    const span = await logSpan(this.committed(), from)
+    return [span, !span.reachedEnd && span.end <= closedEnd, this.log]
   }
 
   private committed(): CommittedLog {

@@ -191,7 +191,12 @@ export const readSnapshotChunk = (dir: string, n: number, size: number): Promise
  * directory renamed away) leaves the open file readable.
  */
 export type OpenedSpan =
-  | { readonly _tag: "Whole"; readonly read: LogRead }
+  | {
+    readonly _tag: "Whole"
+    readonly read: LogRead
+    /** The bytes never change: a snapshot chunk or a closed log chunk (not the log's end) of the owner's log. */
+    readonly settled?: boolean
+  }
   | { readonly _tag: "Open"; readonly span: ReadSpan; readonly fh: fs.FileHandle }
 
 /**
