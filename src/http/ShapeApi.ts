@@ -23,7 +23,7 @@ import { ShapeCache } from "../shapes/ShapeCache.js"
 import { loadSubqueryTables } from "../shapes/ShapeResolver.js"
 import { ReadOnlyShapes } from "../shapes/ReadOnlyShapes.js"
 import { type ActiveServices, StackSupervisor } from "../stack/StackSupervisor.js"
-import { type BodyFormat, type LogStream, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
+import { type BodyFormat, type LogStream, PIECE_BYTES, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { parseOrderBy } from "../where/OrderBy.js"
 import { parseWhere } from "../where/WhereClause.js"
 import { eventStream, isResumeOffset } from "./EventStream.js"
@@ -78,7 +78,13 @@ const arrayResponse = (
   options: { readonly status: number; readonly contentType: string; readonly headers: HeaderRecord }
 ): HttpServerResponse.HttpServerResponse => {
   const close = trailing === undefined ? CLOSE : encoder.encode(`${read.length > 0 ? "," : ""}${trailing}]`)
-  if (read.bytes !== undefined) return HttpServerResponse.uint8Array(Buffer.concat([OPEN, read.bytes, close]), options)
+  if (read.bytes !== undefined && read.length <= PIECE_BYTES) {
+    return HttpServerResponse.uint8Array(Buffer.concat([OPEN, read.bytes, close]), options)
+  }
+  // A larger body read whole may be shared with other requests: it is written as it is, not copied.
+  if (read.bytes !== undefined) {
+    return HttpServerResponse.stream(Stream.make(OPEN, read.bytes, close), { ...options, contentLength: OPEN.length + read.length + close.length })
+  }
   const body = Stream.succeed(OPEN).pipe(
     Stream.concat(read.pieces),
     Stream.concat(Stream.succeed(close)),

@@ -4,7 +4,7 @@ import { Context, Deferred, Duration, Effect, Layer, Option, Schedule, type Scop
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { StorageError } from "../domain/errors.js"
-import { type BodyFormat, bodyLength, type OpenedSpan, readPiece } from "./internal/committedRead.js"
+import { type BodyFormat, bodyLength, type OpenedSpan, PIECE_BYTES, readPiece } from "./internal/committedRead.js"
 import { isErrno } from "./internal/files.js"
 import { ShapeLogReaderFiles } from "./internal/ShapeLogReader.js"
 import { ReadCache } from "./internal/ReadCache.js"
@@ -34,9 +34,9 @@ export interface LogRead {
 /**
  * A read whose body is served in pieces: the same bytes, offsets and end as
  * the `LogRead` of the same call, bounded by the committed lengths when it was
- * made. A body of at most one piece (`PIECE_BYTES`) is read at once; a larger
- * one is read from disk only as its pieces are pulled, through a file
- * descriptor the read holds until its scope closes.
+ * made. A body of at most `WHOLE_BYTES` is read at once (and yields pieces of
+ * it without copying); a larger one is read from disk only as its pieces are
+ * pulled, through a file descriptor the read holds until its scope closes.
  */
 export interface LogStream {
   /** Byte length of the body (stored lines joined by `,`); 0 when nothing was read. */
@@ -52,7 +52,7 @@ export interface LogStream {
 }
 
 /** The size of the pieces a `LogStream` yields, and the largest body it holds whole. */
-export { PIECE_BYTES } from "./internal/committedRead.js"
+export { PIECE_BYTES, WHOLE_BYTES } from "./internal/committedRead.js"
 export type { BodyFormat } from "./internal/committedRead.js"
 
 /**
@@ -180,7 +180,9 @@ const streamOf = (
     (opened): LogStream => {
       if (opened._tag === "Whole") {
         const { body, nextOffset, reachedEnd } = opened.read
-        const pieces = body.length > 0 ? Stream.succeed(body) : Stream.empty
+        const pieces = body.length <= PIECE_BYTES
+          ? body.length > 0 ? Stream.succeed(body) : Stream.empty
+          : Stream.fromIterable(piecesOf(body))
         return { length: body.length, bytes: body, pieces, nextOffset, reachedEnd, settled: opened.settled === true }
       }
       const { fh, span } = opened
@@ -193,6 +195,13 @@ const streamOf = (
       return { length, bytes: undefined, pieces, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd, settled: false }
     }
   )
+
+/** A whole body as the pieces a stream yields: views of it, nothing copied. */
+const piecesOf = (body: Uint8Array): Array<Uint8Array> => {
+  const pieces: Array<Uint8Array> = []
+  for (let at = 0; at < body.length; at += PIECE_BYTES) pieces.push(body.subarray(at, at + PIECE_BYTES))
+  return pieces
+}
 
 const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
   const handle = ShapeHandle(files.handle)

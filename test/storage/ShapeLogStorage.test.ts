@@ -566,7 +566,7 @@ describe("ShapeLogStorage", () => {
     Effect.gen(function*() {
       const { storage } = yield* withStorage(1_000_000)
       const log = yield* storage.create(ShapeHandle("shared-4"))
-      yield* withSnapshot(log, Array.from({ length: 1000 }, (_, i) => line("big", i)))
+      yield* withSnapshot(log, Array.from({ length: 3000 }, (_, i) => line("big", i)))
       // Each in a scope of its own, as each response is: one that ends closes its descriptor, not the others'.
       const scopes = yield* Effect.all(Array.from({ length: 5 }, () => Scope.make()))
       const streams = yield* Effect.all(scopes.map((scope) => Scope.extend(log.stream(LogOffset.beforeAll), scope)), {
@@ -575,7 +575,7 @@ describe("ShapeLogStorage", () => {
       expect(streams.every((s) => s.bytes === undefined && !s.settled)).toBe(true)
       yield* Scope.close(scopes[0]!, Exit.void)
       const bodies = yield* Effect.all(streams.slice(1).map((s) => Stream.runCollect(s.pieces)), { concurrency: "unbounded" })
-      const expected = Array.from({ length: 1000 }, (_, i) => line("big", i)).join(",")
+      const expected = Array.from({ length: 3000 }, (_, i) => line("big", i)).join(",")
       for (const body of bodies) expect(Buffer.concat([...body]).toString()).toBe(expected)
       yield* Effect.forEach(scopes.slice(1), (scope) => Scope.close(scope, Exit.void))
     }))

@@ -10,6 +10,7 @@ import {
   type LogStream,
   openReader,
   PIECE_BYTES,
+  WHOLE_BYTES,
   type ShapeLog,
   ShapeLogStorage,
   type ShapeLogStorageOptions
@@ -77,7 +78,7 @@ const expectSameBody = (from: LogOffset, whole: LogRead, streamed: LogStream, pi
     nextOffset: fmt(whole.nextOffset),
     reachedEnd: whole.reachedEnd,
     length: whole.body.length,
-    heldWhole: whole.body.length <= PIECE_BYTES
+    heldWhole: whole.body.length <= WHOLE_BYTES
   })
   expect(pieces.every((p) => p.length > 0 && p.length <= PIECE_BYTES)).toBe(true)
   expect(concat(pieces).equals(Buffer.from(whole.body))).toBe(true)

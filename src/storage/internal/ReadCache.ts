@@ -22,7 +22,7 @@ const ENTRY_BYTES = 128
  * closed log chunks) and the read. The read is shared while it is in flight,
  * so a thousand woken requests read the file once. Least recently used entries
  * go first once the bodies held pass `maxBytes`; only whole bodies (at most
- * one piece) are held, a streamed read is never shared.
+ * `WHOLE_BYTES`) are held, a streamed read is never shared.
  */
 export class ReadCache {
   private readonly entries = new Map<string, Entry>()

@@ -24,14 +24,14 @@ import {
   bodyLength,
   logSpan,
   type OpenedSpan,
-  PIECE_BYTES,
   type ReadSpan,
   type BodyFormat,
   openSpan,
   readCommittedLog,
   readSnapshotChunk,
   snapshotChunkAfter,
-  snapshotSpan
+  snapshotSpan,
+  WHOLE_BYTES
 } from "./committedRead.js"
 import type { ReadCache, SharedRead } from "./ReadCache.js"
 
@@ -646,7 +646,7 @@ export class ShapeLogFiles {
     return this.using(async () => {
       const [span, settled, shared] = await this.spanAfter(from)
       // A streamed body reads through a descriptor of its own, which its response closes: it is never shared.
-      if (cache === undefined || bodyLength(span) > PIECE_BYTES) return openSpan(this.dir, span, shared, format)
+      if (cache === undefined || bodyLength(span) > WHOLE_BYTES) return openSpan(this.dir, span, shared, format)
       const whole = cache.get(key) ??
         cache.share(key, openSpan(this.dir, span, shared, format).then((opened) => settledRead(opened, settled)), settledKey)
       return whole.then(openedOf)

@@ -48,12 +48,17 @@ export const snapshotChunkAfter = (from: LogOffset, chunkCount: number): number 
 }
 
 /**
- * The pieces a streamed read yields are at most this long, and a body of at
- * most this many bytes is read whole instead: the bytes one streamed response
- * holds stay in the order of a piece whatever the chunk size, while the small
- * bodies of long-polls cost one read and no descriptor of their own.
+ * The pieces a streamed read yields are at most this long: the bytes one
+ * streamed response holds stay in the order of a piece whatever the chunk size.
  */
 export const PIECE_BYTES = 64 * 1024
+
+/**
+ * A body of at most this many bytes is read whole instead of streamed: the
+ * small bodies of long-polls and of catch-up chunks cost one read and no
+ * descriptor of their own, and requests reading the same bytes share them.
+ */
+export const WHOLE_BYTES = 4 * PIECE_BYTES
 
 /**
  * The committed bytes a read serves: whole lines `[start, end)` of one file of
@@ -209,7 +214,7 @@ export const openSpan = async (
   shared: fs.FileHandle | undefined,
   format: BodyFormat
 ): Promise<OpenedSpan> => {
-  if (bodyLength(span) > PIECE_BYTES) return { _tag: "Open", span, fh: await openSpanFile(dir, span) }
+  if (bodyLength(span) > WHOLE_BYTES) return { _tag: "Open", span, fh: await openSpanFile(dir, span) }
   const read = shared === undefined ? await readSpanOfFile(dir, span, format) : await readSpan(shared, span, format)
   return { _tag: "Whole", read }
 }
