@@ -74,7 +74,7 @@ const main = async () => {
           s.take(table, {
             whereSql: undefined,
             columns: table.columns.map((c) => c.name),
-            onLines: (lines) => (STORAGE ? Effect.promise(() => files.appendSnapshot(lines)) : Effect.void)
+            onRows: (rows) => (STORAGE ? Effect.promise(() => files.appendSnapshotRows(rows.bytes)) : Effect.void)
           })).pipe(Effect.provide(Snapshot.layer), Effect.provide(pool))
       )
       await files.completeSnapshot()

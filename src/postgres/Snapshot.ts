@@ -93,7 +93,21 @@ export interface SnapshotOptions<E> {
   /** The selected columns, in table order. */
   readonly columns: ReadonlyArray<string>
   /** Receives the rows as complete JSON insert messages, a batch at a time; reading waits while it runs. */
-  readonly onLines: (lines: ReadonlyArray<string>) => Effect.Effect<void, E>
+  readonly onRows: (rows: RenderedRows) => Effect.Effect<void, E>
+}
+
+/** Rows rendered as their messages: UTF-8, one per line, each ended by a newline. */
+export interface RenderedRows {
+  readonly bytes: Buffer
+  readonly count: number
+}
+
+/** The messages of rendered rows, one string each. */
+export const linesOf = (rows: RenderedRows): Array<string> => {
+  if (rows.count === 0) return []
+  const lines = rows.bytes.toString("utf8").split("\n")
+  lines.pop()
+  return lines
 }
 
 const BATCH_LINES = 1000
@@ -319,14 +333,16 @@ class RowRenderer {
       this.valuePrefixes.reduce((n, b) => n + b.length + 4, 0)
   }
 
-  /** The messages of the rows in `buf[0, end)` (which ends with a row's newline). */
-  render(buf: Buffer, end: number): Array<string> {
+  /** The messages of the rows in `buf[0, end)` (which ends with a row's newline), and how many there are. */
+  render(buf: Buffer, end: number): RenderedRows {
     const { starts, ends } = this
     const lastField = this.plan.fieldCount - 1
     let out = this.out
     let o = 0
     let pos = 0
+    let count = 0
     while (pos < end) {
+      count++
       const rowStart = pos
       let clean = true
       for (let f = 0; f <= lastField; f++) {
@@ -357,9 +373,8 @@ class RowRenderer {
         out = this.out
       }
     }
-    const lines = out.toString("utf8", 0, o).split("\n")
-    lines.pop()
-    return lines
+    // A copy: the scratch buffer is written again by the next render while these bytes wait to be written.
+    return { bytes: Buffer.from(out.subarray(0, o)), count }
   }
 
   private grow(used: number, needed: number): Buffer {
@@ -433,7 +448,8 @@ class RowRenderer {
  * batches; the stream pauses while a full batch waits to be taken.
  */
 class CopyRowReader {
-  private lines: Array<string> = []
+  private pieces: Array<Buffer> = []
+  private lines = 0
   private bytes = 0
   private carry: Array<Buffer> = []
   private ended = false
@@ -480,13 +496,10 @@ class CopyRowReader {
     }
     if (last + 1 < chunk.length) this.carry.push(chunk.subarray(last + 1))
     const rendered = this.renderer.render(buffer, end + 1)
-    const lines = this.lines
-    for (let i = 0; i < rendered.length; i++) {
-      const line = rendered[i]!
-      lines.push(line)
-      this.bytes += line.length
-    }
-    if (lines.length >= BATCH_LINES || this.bytes >= BATCH_BYTES) {
+    this.pieces.push(rendered.bytes)
+    this.lines += rendered.count
+    this.bytes += rendered.bytes.length
+    if (this.lines >= BATCH_LINES || this.bytes >= BATCH_BYTES) {
       this.stream.pause()
       this.wake()
     }
@@ -499,24 +512,38 @@ class CopyRowReader {
   }
 
   private ready(): boolean {
-    return this.failure !== undefined || this.ended || this.lines.length >= BATCH_LINES || this.bytes >= BATCH_BYTES
+    return this.failure !== undefined || this.ended || this.lines >= BATCH_LINES || this.bytes >= BATCH_BYTES
+  }
+
+  /** The next batch of at most `BATCH_LINES` rows, cut at a row's end; what is left waits for the next call. */
+  private takeBatch(): RenderedRows {
+    const all = this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces)
+    if (this.lines <= BATCH_LINES) {
+      const batch = { bytes: all, count: this.lines }
+      this.pieces = []
+      this.lines = 0
+      this.bytes = 0
+      return batch
+    }
+    let cut = -1
+    for (let n = 0; n < BATCH_LINES; n++) cut = all.indexOf(NEWLINE, cut + 1)
+    const batch = { bytes: all.subarray(0, cut + 1), count: BATCH_LINES }
+    const rest = all.subarray(cut + 1)
+    this.pieces = [rest]
+    this.lines -= BATCH_LINES
+    this.bytes = rest.length
+    return batch
   }
 
   /** The next batch, `undefined` once the stream has ended and everything was handed out; resumes the stream. */
-  readonly next: Effect.Effect<ReadonlyArray<string> | undefined, unknown> = Effect.async((resume) => {
+  readonly next: Effect.Effect<RenderedRows | undefined, unknown> = Effect.async((resume) => {
     const deliver = () => {
       if (this.failure !== undefined) return resume(Effect.fail(this.failure))
-      if (this.lines.length === 0 && this.ended) return resume(Effect.succeed(undefined))
+      if (this.lines === 0 && this.ended) return resume(Effect.succeed(undefined))
       // A chunk read after a pause can hold many batches' worth: hand them out one at a time.
-      const lines = this.lines
-      let n = 0
-      let bytes = 0
-      while (n < lines.length && n < BATCH_LINES && bytes < BATCH_BYTES) bytes += lines[n++]!.length
-      const batch = n === lines.length ? lines : lines.slice(0, n)
-      this.lines = n === lines.length ? [] : lines.slice(n)
-      this.bytes -= bytes
-      this.count += batch.length
-      if (this.lines.length < BATCH_LINES && this.bytes < BATCH_BYTES) this.stream.resume()
+      const batch = this.takeBatch()
+      this.count += batch.count
+      if (this.lines < BATCH_LINES && this.bytes < BATCH_BYTES) this.stream.resume()
       resume(Effect.succeed(batch))
     }
     if (this.ready()) deliver()
@@ -537,7 +564,7 @@ const noop = () => {}
  */
 export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
   /**
-   * Reads the table's rows matching `whereSql` and hands them to `onLines`.
+   * Reads the table's rows matching `whereSql` and hands them to `onRows`.
    * The transaction always ends and the connection always returns to the
    * pool (or is closed, after a failure or interruption).
    */
@@ -582,7 +609,7 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
       withConnection("Snapshot.take", table, (client) =>
         Effect.flatMap(
           Effect.try({ try: () => snapshotPlan(table, options.columns, options.whereSql), catch: fail("Snapshot query") }),
-          (plan) => run(client, plan, "write", options.onLines)
+          (plan) => run(client, plan, "write", options.onRows)
         ))
 
     const subset = (request: SubsetRequest): Effect.Effect<SubsetResult, PostgresError | SubsetTooLarge> =>
@@ -597,11 +624,10 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
           // Past the cap the query is abandoned (its connection closed), not read to the end.
           const info = yield* run(client, plan, "insert", (batch) =>
             Effect.suspend(() => {
-              for (const line of batch) {
-                bytes += line.length + 1
-                lines.push(line)
-              }
-              return bytes > request.maxBytes ? Effect.fail(new SubsetTooLarge({ maxBytes: request.maxBytes })) : Effect.void
+              bytes += batch.bytes.length
+              if (bytes > request.maxBytes) return Effect.fail(new SubsetTooLarge({ maxBytes: request.maxBytes }))
+              for (const line of linesOf(batch)) lines.push(line)
+              return Effect.void
             }))
           return { xmin: info.xmin, xmax: info.xmax, xip: info.xip, lsn: info.lsn, lines }
         }))
@@ -610,7 +636,7 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
       client: pg.PoolClient,
       plan: SnapshotPlan,
       lsnPosition: "write" | "insert",
-      onLines: (lines: ReadonlyArray<string>) => Effect.Effect<void, E>
+      onRows: (rows: RenderedRows) => Effect.Effect<void, E>
     ) =>
       Effect.gen(function*() {
         const results = yield* Effect.tryPromise({
@@ -632,9 +658,9 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
         const reader = new CopyRowReader(client.query(copyTo(plan.sql)), plan)
         const next = Effect.mapError(reader.next, fail("Snapshot query"))
         for (;;) {
-          const lines = yield* next
-          if (lines === undefined) break
-          yield* onLines(lines)
+          const rows = yield* next
+          if (rows === undefined) break
+          yield* onRows(rows)
         }
         yield* Effect.tryPromise({ try: () => client.query("COMMIT"), catch: fail("Snapshot commit") })
         return { ...snapshot, lsn, rows: reader.count } satisfies SnapshotInfo

@@ -36,11 +36,11 @@ export class Snapshotter extends Context.Tag("syncline/Snapshotter")<Snapshotter
             const info = yield* snapshot.take(shape.table, {
               whereSql: changesOnly ? "false" : shape.where?.sql,
               columns: shape.columns,
-              onLines: (lines) =>
+              onRows: (batch) =>
                 Effect.zipRight(
-                  log.appendSnapshot(lines),
+                  log.appendSnapshotRows(batch.bytes),
                   Effect.flatMap(Clock.currentTimeMillis, (now) => {
-                    rows += lines.length
+                    rows += batch.count
                     if (now - reported < PROGRESS_EVERY_MS) return Effect.void
                     reported = now
                     return Effect.logInfo(`${what}: ${rows} rows so far`)

@@ -63,6 +63,8 @@ export interface ShapeLog {
   readonly handle: ShapeHandle
   /** Appends snapshot messages; chunks close at the byte threshold. Not durable until `completeSnapshot`. */
   readonly appendSnapshot: (lines: ReadonlyArray<string>) => Effect.Effect<void, StorageError>
+  /** `appendSnapshot` of messages already encoded: UTF-8, each ended by a newline, written as they are. */
+  readonly appendSnapshotRows: (bytes: Uint8Array) => Effect.Effect<void, StorageError>
   /** Closes the last snapshot chunk, fsyncs and commits: the snapshot is complete and readable in full. */
   readonly completeSnapshot: Effect.Effect<void, StorageError>
   readonly isSnapshotComplete: () => boolean
@@ -217,6 +219,7 @@ const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
   return {
     handle,
     appendSnapshot: (lines) => attempt(handle, () => files.appendSnapshot(lines)),
+    appendSnapshotRows: (bytes) => attempt(handle, () => files.appendSnapshotRows(bytes)),
     completeSnapshot: attempt(handle, () => files.completeSnapshot()),
     isSnapshotComplete: () => files.snapshotComplete,
     append: (entries) =>

@@ -41,7 +41,7 @@ export const FakeSnapshot = {
               return JSON.stringify({ key: rowKey(table, row), value, headers: { operation: "insert", relation } })
             })
             const info = db.snapshotInfo(lines.length)
-            if (lines.length > 0) yield* options.onLines(lines)
+            if (lines.length > 0) yield* options.onRows({ bytes: Buffer.from(lines.map((l) => `${l}\n`).join("")), count: lines.length })
             return info
           })),
         rows: (request) =>

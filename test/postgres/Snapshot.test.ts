@@ -7,7 +7,7 @@ import { rowKey } from "../../src/domain/RowKey.js"
 import type { TableInfo } from "../../src/domain/Table.js"
 import { Inspector } from "../../src/postgres/Inspector.js"
 import { PgPool } from "../../src/postgres/PgPool.js"
-import { parsePgSnapshot, Snapshot } from "../../src/postgres/Snapshot.js"
+import { linesOf, parsePgSnapshot, Snapshot } from "../../src/postgres/Snapshot.js"
 
 const url = inject("databaseUrl")
 const Live = Layer.mergeAll(Snapshot.layer, Inspector.layer).pipe(Layer.provideMerge(PgPool.layer({ connectionString: url, max: 4 })))
@@ -24,9 +24,11 @@ const collect = (table: TableInfo, whereSql?: string, columns = table.columns.ma
       s.take(table, {
         whereSql,
         columns,
-        onLines: (batch) => Effect.sync(() => {
-          batches.push(batch.length)
-          lines.push(...batch)
+        onRows: (batch) => Effect.sync(() => {
+          const batchLines = linesOf(batch)
+          expect(batchLines.length).toBe(batch.count)
+          batches.push(batch.count)
+          lines.push(...batchLines)
         })
       }))
     return { info, lines, batches }
@@ -243,7 +245,7 @@ layer(Live, { excludeTestServices: true })("Snapshot", (it) => {
       const table = yield* load("snapshot_many")
       const snapshot = yield* Snapshot
       const error = yield* Effect.flip(
-        snapshot.take(table, { whereSql: undefined, columns: ["id"], onLines: () => Effect.fail("disk full" as const) })
+        snapshot.take(table, { whereSql: undefined, columns: ["id"], onRows: () => Effect.fail("disk full" as const) })
       )
       expect(error).toBe("disk full")
       expect(yield* checkedOut).toBe(0)
@@ -258,7 +260,7 @@ layer(Live, { excludeTestServices: true })("Snapshot", (it) => {
         snapshot.take(table, {
           whereSql: undefined,
           columns: ["id", "body"],
-          onLines: () => Effect.zipRight(Effect.sync(() => calls++), Effect.never)
+          onRows: () => Effect.zipRight(Effect.sync(() => calls++), Effect.never)
         })
       )
       while (calls === 0) yield* Effect.sleep("10 millis")

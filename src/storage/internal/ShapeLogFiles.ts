@@ -39,6 +39,7 @@ import type { ReadCache, SharedRead } from "./ReadCache.js"
 const RECENT_COMMITS = 32
 
 const EMPTY = new Uint8Array(0)
+const NEWLINE = 0x0a
 const EMPTY_BUFFER = Buffer.alloc(0)
 /** The first sizes of the buffers of index records and of lines appended and not yet committed. */
 const PENDING_INDEX_BYTES = 4096
@@ -88,7 +89,6 @@ export class ShapeLogFiles {
   private snapshotFile: fs.FileHandle | undefined = undefined
   private snapshotOpenBytes = 0
   private snapshotFileBytes = 0
-  private snapshotScratch: Buffer = EMPTY_BUFFER
   /** fdatasyncs of closed chunks still running (each then closes its file). */
   private snapshotSyncs: Array<Promise<void>> = []
 
@@ -406,48 +406,39 @@ export class ShapeLogFiles {
 
   /** Writes snapshot lines to the open chunk, closing (and fdatasyncing) each chunk that reaches the threshold. */
   appendSnapshot(lines: ReadonlyArray<string>): Promise<void> {
+    if (lines.length === 0) return this.appendSnapshotRows(EMPTY_BUFFER)
+    return this.appendSnapshotRows(Buffer.from(lines.join("\n") + "\n", "utf8"))
+  }
+
+  /**
+   * `appendSnapshot` of lines already encoded (each ended by a newline): a
+   * chunk closes on the line that reaches the threshold, found by its newline.
+   */
+  appendSnapshotRows(data: Uint8Array): Promise<void> {
     return this.exclusive(async () => {
       if (this.snapshotComplete) {
         throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "the snapshot is already complete" })
       }
-      if (lines.length === 0) return
-      // One encoding for the whole batch; line by line only when the batch closes a chunk.
-      const text = lines.join("\n") + "\n"
-      const data = this.encodeSnapshotText(text)
-      if (this.snapshotOpenBytes + data.length < this.threshold) {
-        this.snapshotOpenBytes += data.length
-        await this.writeSnapshotBytes(data)
-        return
-      }
-      // Every character is one byte when the lengths agree.
-      const oneByte = data.length === text.length
       let from = 0
-      let at = 0
-      for (let i = 0; i < lines.length; i++) {
-        const line = lines[i]!
-        const bytes = (oneByte ? line.length : Buffer.byteLength(line)) + 1
-        this.snapshotOpenBytes += bytes
-        at += bytes
-        if (this.snapshotOpenBytes >= this.threshold) {
-          await this.writeSnapshotBytes(data.subarray(from, at))
-          await this.closeSnapshotChunk()
-          from = at
+      while (from < data.length) {
+        const rest = data.length - from
+        if (this.snapshotOpenBytes + rest < this.threshold) {
+          this.snapshotOpenBytes += rest
+          await this.writeSnapshotBytes(data.subarray(from))
+          return
         }
+        // The line that reaches the threshold ends at the first newline at or past it.
+        const end = data.indexOf(NEWLINE, from + Math.max(0, this.threshold - this.snapshotOpenBytes - 1)) + 1
+        if (end === 0) throw new StorageError({ reason: "Io", handle: this.handle, message: "snapshot rows must end with a newline" })
+        await this.writeSnapshotBytes(data.subarray(from, end))
+        this.snapshotOpenBytes += end - from
+        await this.closeSnapshotChunk()
+        from = end
       }
-      if (from < data.length) await this.writeSnapshotBytes(data.subarray(from))
     })
   }
 
-  /**
-   * The UTF-8 bytes of `text` in a buffer reused from batch to batch (writes
-   * are serialized, so the previous batch has been written).
-   */
-  private encodeSnapshotText(text: string): Buffer {
-    if (this.snapshotScratch.length < text.length * 3) this.snapshotScratch = Buffer.allocUnsafe(text.length * 3)
-    return this.snapshotScratch.subarray(0, this.snapshotScratch.write(text, 0, "utf8"))
-  }
-
-  private async writeSnapshotBytes(data: Buffer): Promise<void> {
+  private async writeSnapshotBytes(data: Uint8Array): Promise<void> {
     if (this.snapshotFile === undefined) {
       const n = this.snapshotChunkBytes.length
       this.snapshotFile = await fs.open(path.join(this.dir, FileNames.snapshot(n)), "w")
@@ -487,7 +478,6 @@ export class ShapeLogFiles {
       await Promise.all([...syncs, syncDirectory(this.dir)])
       await writePointer(this.dir, this.pointer(true))
       this.snapshotComplete = true
-      this.snapshotScratch = EMPTY_BUFFER
       if (this.snapshotLatch !== undefined) release(this.snapshotLatch)
       this.snapshotLatch = undefined
       this.wakeReaders()
