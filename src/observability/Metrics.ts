@@ -8,17 +8,28 @@ import { Effect, Metric, MetricKey, MetricLabel, type MetricPair, MetricState } 
  * stack when scraped, as `Sample`s.
  */
 
-/** Transactions read from the slot and routed, per slot. */
-export const transactions = Metric.counter("syncline_transactions_total", {
+const transactionsKey = MetricKey.counter("syncline_transactions_total", {
   description: "Transactions read from the replication slot and routed to shapes",
   incremental: true
 })
+/** Transactions read from the slot and routed, per slot. */
+export const transactions = Metric.fromMetricKey(transactionsKey)
 
-/** Row changes (inserts, updates, deletes, truncates) in those transactions. */
-export const changes = Metric.counter("syncline_changes_total", {
+const changesKey = MetricKey.counter("syncline_changes_total", {
   description: "Row changes in the transactions read from the replication slot",
   incremental: true
 })
+/** Row changes (inserts, updates, deletes, truncates) in those transactions. */
+export const changes = Metric.fromMetricKey(changesKey)
+
+/** `transactions` and `changes` of one slot, labelled once: the pump updates them for every batch. */
+export const slotCounters = (slot: string) => {
+  const labels = [MetricLabel.make("slot", slot)]
+  return {
+    transactions: Metric.fromMetricKey(MetricKey.taggedWithLabels(transactionsKey, labels)),
+    changes: Metric.fromMetricKey(MetricKey.taggedWithLabels(changesKey, labels))
+  }
+}
 
 const responsesKey = MetricKey.counter("syncline_http_responses_total", {
   description: "Responses of the shape API, by status and cause",

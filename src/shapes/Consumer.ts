@@ -1,4 +1,4 @@
-import { Deferred, Duration, Effect, Either, FiberId, Schedule } from "effect"
+import { Deferred, Duration, Effect, Either, Fiber, FiberId, Schedule } from "effect"
 import type { Change, Row, Transaction } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { rowKey } from "../domain/RowKey.js"
@@ -26,6 +26,24 @@ export interface Work {
 
 /** The most work a consumer takes for one batch (one append, one commit). */
 const MAX_BATCH = 4096
+/** How many transactions a batch encoded during a commit runs between turns of the event loop. */
+const ENCODE_SLICE = 128
+
+const NO_WORK: ReadonlyArray<Work> = []
+
+/** Resumes after the event loop's next turn: I/O callbacks waiting meanwhile run first. */
+const nextTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
+  const timer = setImmediate(() => resume(Effect.void))
+  return Effect.sync(() => clearImmediate(timer))
+})
+
+/** A batch encoded while the previous one was being committed, for a shape without subqueries or a materializer. */
+interface Encoded {
+  readonly batch: ReadonlyArray<Work>
+  readonly entries: Array<LogEntry>
+  readonly lastCommit: Lsn
+  readonly passedSnapshot: boolean
+}
 
 /**
  * A consumer's mailbox: work in commit order, offered a batch at a time and taken a batch at a time, with no
@@ -60,6 +78,17 @@ export class WorkQueue {
       }
       return Effect.succeed(this.items.splice(0, max))
     })
+  }
+
+  /** Up to `max` items in order that are already there, without waiting: empty when there are none. */
+  takeNow(max: number): ReadonlyArray<Work> {
+    if (this.items.length === 0) return NO_WORK
+    if (this.items.length <= max) {
+      const all = this.items
+      this.items = []
+      return all
+    }
+    return this.items.splice(0, max)
   }
 
   private wake(): void {
@@ -473,20 +502,68 @@ export const runConsumer = (options: {
     /** The rows of the transaction being encoded that moves wrote ahead of it (`writtenAhead`). */
     const ahead: Array<readonly [Row | undefined, Row | undefined]> = []
 
+    /** Whether batches are encoded alone, with no subquery or materializer state to keep in step. */
+    const plain = () => sub === undefined && role?.own() === undefined
+    /** The next batch, encoded while the last commit ran; written as soon as that commit is done. */
+    let encoded: Encoded | undefined = undefined
+
+    /**
+     * Takes the work already queued and encodes it, a slice at a time so that the commit in flight moves on
+     * between slices. Nothing of it is written: it waits for the commit before it. Undefined when there is no
+     * work, or work the plain path does not handle.
+     */
+    const encodeAhead = (durableAt: LogOffset): Effect.Effect<Encoded | undefined> =>
+      Effect.gen(function*() {
+        if (!plain()) return undefined
+        const batch = queue.takeNow(MAX_BATCH)
+        if (batch.length === 0) return undefined
+        const out: Array<LogEntry> = []
+        const current = { lastCommit, passedSnapshot }
+        lastCommit = 0n
+        passedSnapshot = false
+        let invalidating = false
+        for (let i = 0; i < batch.length; i++) {
+          const { delivery, txn } = batch[i]!
+          if (delivery?.invalidated !== undefined) invalidating = true
+          if (invalidating || txn === undefined || delivery === undefined) continue
+          lastCommit = txn.commitLsn
+          lastTaken = txn.commitLsn
+          if (txn.commitLsn > durableAt.tx && !inSnapshot(txn)) {
+            encodeChanges(txn, delivery, transactionHeaders(txn.xid, txn.commitLsn))
+            finishTransaction(pending, out)
+          }
+          if (i % ENCODE_SLICE === ENCODE_SLICE - 1) yield* nextTurn
+        }
+        const next: Encoded = { batch, entries: out, lastCommit, passedSnapshot }
+        lastCommit = current.lastCommit
+        passedSnapshot = current.passedSnapshot
+        return next
+      })
+
     for (;;) {
-      const batch = yield* queue.take(MAX_BATCH)
+      let durableAt: LogOffset | undefined
+      entries.length = 0
+      const early = encoded
+      encoded = undefined
+      const batch = early?.batch ?? (yield* queue.take(MAX_BATCH))
       // A truncate or a change of columns: nothing after it fits the shape, and its removal drops the rest.
       const invalidated = batch.find(({ delivery }) => delivery?.invalidated !== undefined)
       if (invalidated !== undefined) return yield* options.invalidate(invalidated.delivery!.invalidated!)
-      lastCommit = 0n
-      passedSnapshot = false
-      let durableAt: LogOffset | undefined
-      entries.length = 0
+      if (early !== undefined) {
+        // Encoded against a durable offset no later than the log's now; the log skips what it already holds.
+        lastCommit = early.lastCommit
+        passedSnapshot = early.passedSnapshot
+        for (const e of early.entries) entries.push(e)
+      } else {
+        lastCommit = 0n
+        passedSnapshot = false
+      }
 
       for (;;) {
         const opened = yield* currentLog
         if (Either.isLeft(opened)) return yield* options.invalidate(opened.left)
         const target = opened.right
+        if (early !== undefined && durableAt === undefined) durableAt = target.latestOffset()
         if (durableAt === undefined) {
           const notLoaded = yield* loadOwn(target)
           if (notLoaded !== undefined) return yield* options.invalidate(notLoaded)
@@ -512,9 +589,21 @@ export const runConsumer = (options: {
           sub.movesRecorded()
         }
         // One step, never cut by a stop: the stack closing waits for the batch to be durable.
-        const written = yield* Effect.uninterruptible(
+        const write = Effect.uninterruptible(
           entries.length === 0 ? Effect.void : Effect.zipRight(target.append(entries), target.commit)
         ).pipe(Effect.either)
+        let written: Either.Either<unknown, StorageError>
+        if (entries.length > 0 && encoded === undefined && plain()) {
+          // The next batch is encoded while this one's writes and syncs run; it is reported durable only after
+          // its own commit, which follows this one.
+          const committing = yield* Effect.fork(write)
+          // A stop meanwhile waits for the commit, as it waits for any write.
+          const settle = Effect.onInterrupt(() => Fiber.await(committing))
+          encoded = yield* Effect.zipRight(nextTurn, encodeAhead(durableAt)).pipe(settle)
+          written = yield* Fiber.join(committing).pipe(settle)
+        } else {
+          written = yield* write
+        }
         if (Either.isRight(written)) break
         const error = written.left
         if (error.reason === "Closed") return yield* Effect.interrupt

@@ -65,8 +65,7 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
       const admin = yield* PgAdmin
       const cache = yield* ShapeCache
       const failure = yield* Deferred.make<never, ReplicationError>()
-      const transactions = Metric.tagged(Metrics.transactions, "slot", admin.slotName)
-      const changes = Metric.tagged(Metrics.changes, "slot", admin.slotName)
+      const { changes, transactions } = Metrics.slotCounters(admin.slotName)
       const progress: { -readonly [K in keyof ReplicationProgress]: ReplicationProgress[K] } = {
         walEnd: 0n,
         lastEndLsn: 0n,

@@ -12,8 +12,10 @@ import {
   FileNames,
   INDEX_RECORD_BYTES,
   isErrno,
+  publishPointer,
   readPointer,
   readRange,
+  stagePointer,
   syncDirectory,
   writeAt,
   writePointer
@@ -488,56 +490,79 @@ export class ShapeLogFiles {
   /** Buffers entries in memory; offsets at or below the last appended one are replays and are skipped. */
   append(entries: ReadonlyArray<LogEntry>): void {
     if (this.closed !== "open") throw this.closedError()
+    const kept = this.keptScratch
     let last = this.appendedLast
+    for (let i = 0; i < entries.length; i++) {
+      const entry = entries[i]!
+      const offset = entry.offset
+      if (offset.tx < last.tx || (offset.tx === last.tx && offset.op <= last.op)) continue
+      kept.push(entry)
+      last = offset
+    }
+    if (kept.length === 0) return
+    try {
+      this.appendKept(kept)
+    } finally {
+      kept.length = 0
+    }
+  }
+
+  /** Entries kept by `append`, reused from batch to batch. */
+  private readonly keptScratch: Array<LogEntry> = []
+
+  /**
+   * Encodes the lines with one UTF-8 write for the batch, into the buffer the commit writes from, and their
+   * index records. A line's byte count is its length when every character of the batch is one byte.
+   */
+  private appendKept(kept: ReadonlyArray<LogEntry>): void {
+    const lines: Array<string> = new Array(kept.length)
+    for (let i = 0; i < kept.length; i++) lines[i] = kept[i]!.json
+    const text = lines.join("\n") + "\n"
+    const textBytes = Buffer.byteLength(text, "utf8")
+    const oneByte = textBytes === text.length
+    const start = this.pendingDataLength
+    if (start + textBytes > this.pendingData.length) {
+      const grown = Buffer.allocUnsafe(Math.max(PENDING_DATA_BYTES, this.pendingData.length * 2, start + textBytes))
+      this.pendingData.copy(grown, 0, 0, start)
+      this.pendingData = grown
+    }
+    this.pendingData.write(text, start, "utf8")
+    this.pendingDataLength = start + textBytes
+    const indexNeeded = this.pendingIndexLength + kept.length * INDEX_RECORD_BYTES
+    if (indexNeeded > this.pendingIndex.length) {
+      const grown = Buffer.allocUnsafe(Math.max(PENDING_INDEX_BYTES, this.pendingIndex.length * 2, indexNeeded))
+      this.pendingIndex.copy(grown, 0, 0, this.pendingIndexLength)
+      this.pendingIndex = grown
+    }
+    const index = this.pendingIndex
+    let at = this.pendingIndexLength
+    let bytes = this.appendedBytes
     // The entries of one transaction share its tx: split it into two words once per transaction.
     let tx = -1n
     let txLow = 0
     let txHigh = 0
-    try {
-      for (let i = 0; i < entries.length; i++) {
-        const entry = entries[i]!
-        const offset = entry.offset
-        if (offset.tx < last.tx || (offset.tx === last.tx && offset.op <= last.op)) continue
-        const at = this.pendingIndexLength
-        if (at + INDEX_RECORD_BYTES > this.pendingIndex.length) {
-          const grown = Buffer.allocUnsafe(Math.max(PENDING_INDEX_BYTES, this.pendingIndex.length * 2))
-          this.pendingIndex.copy(grown, 0, 0, at)
-          this.pendingIndex = grown
-        }
-        // Encoded once, where the commit writes it from; the byte count comes with it.
-        const json = entry.json
-        let data = this.pendingData
-        const start = this.pendingDataLength
-        if (start + json.length * 3 + 1 > data.length) {
-          const grown = Buffer.allocUnsafe(Math.max(PENDING_DATA_BYTES, data.length * 2, start + json.length * 3 + 1))
-          data.copy(grown, 0, 0, start)
-          this.pendingData = data = grown
-        }
-        const written = data.write(json, start, "utf8")
-        data[start + written] = 0x0a
-        this.pendingDataLength = start + written + 1
-        const bytes = this.appendedBytes + written + 1
-        if (offset.tx !== tx) {
-          tx = offset.tx
-          txLow = Number(tx & 0xffffffffn)
-          txHigh = Number(tx >> 32n)
-        }
-        this.pendingIndex.writeUInt32LE(txLow, at)
-        this.pendingIndex.writeUInt32LE(txHigh, at + 4)
-        this.pendingIndex.writeDoubleLE(offset.op, at + 8)
-        this.pendingIndex.writeDoubleLE(bytes, at + 16)
-        this.pendingIndexLength = at + INDEX_RECORD_BYTES
-        this.appendedBytes = bytes
-        this.appendedLines++
-        last = offset
-        if (bytes - this.appendedChunkStart >= this.threshold) {
-          this.pendingChunks.push({ endOffset: offset, endPos: bytes, endLine: this.appendedLines })
-          this.appendedChunkStart = bytes
-        }
+    for (let i = 0; i < kept.length; i++) {
+      const { offset, json } = kept[i]!
+      bytes += (oneByte ? json.length : Buffer.byteLength(json, "utf8")) + 1
+      if (offset.tx !== tx) {
+        tx = offset.tx
+        txLow = Number(tx & 0xffffffffn)
+        txHigh = Number(tx >> 32n)
       }
-    } finally {
-      this.appendedLast = last
+      index.writeUInt32LE(txLow, at)
+      index.writeUInt32LE(txHigh, at + 4)
+      index.writeDoubleLE(offset.op, at + 8)
+      index.writeDoubleLE(bytes, at + 16)
+      at += INDEX_RECORD_BYTES
+      this.appendedLines++
+      if (bytes - this.appendedChunkStart >= this.threshold) {
+        this.pendingChunks.push({ endOffset: offset, endPos: bytes, endLine: this.appendedLines })
+        this.appendedChunkStart = bytes
+      }
     }
+    this.pendingIndexLength = at
+    this.appendedBytes = bytes
+    this.appendedLast = kept[kept.length - 1]!.offset
   }
 
   /**
@@ -563,23 +588,27 @@ export class ShapeLogFiles {
       if (this.logBytes + data.length !== logBytes) {
         throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "log byte accounting mismatch" })
       }
+      const chunkIndexBytes = this.chunkIndexBytes + chunks.length * CHUNK_RECORD_BYTES
+      // The next pointer is staged while the data it covers syncs; it replaces the current one only after.
       const writes = [
         writeAt(this.log, data, this.logBytes).then(() => this.log.datasync()),
-        writeAt(this.index, index, this.lines * INDEX_RECORD_BYTES).then(() => this.index.datasync())
+        writeAt(this.index, index, this.lines * INDEX_RECORD_BYTES).then(() => this.index.datasync()),
+        stagePointer(this.dir, {
+          snapshotComplete: this.snapshotComplete,
+          snapshotChunkBytes: this.snapshotComplete ? this.snapshotChunkBytes : [],
+          lastOffset,
+          logBytes,
+          indexBytes: lines * INDEX_RECORD_BYTES,
+          chunkIndexBytes
+        })
       ]
       if (chunks.length > 0) {
         writes.push(writeAt(this.chunks, encodeChunks(chunks), this.chunkIndexBytes).then(() => this.chunks.datasync()))
       }
-      await Promise.all(writes)
-      const chunkIndexBytes = this.chunkIndexBytes + chunks.length * CHUNK_RECORD_BYTES
-      await writePointer(this.dir, {
-        snapshotComplete: this.snapshotComplete,
-        snapshotChunkBytes: this.snapshotComplete ? this.snapshotChunkBytes : [],
-        lastOffset,
-        logBytes,
-        indexBytes: lines * INDEX_RECORD_BYTES,
-        chunkIndexBytes
-      })
+      // Every write settles before the commit fails, so none is still running when the log is reopened.
+      const settled = await Promise.allSettled(writes)
+      for (const s of settled) if (s.status === "rejected") throw s.reason
+      await publishPointer(this.dir)
       this.closedChunks.push(...chunks)
       this.chunkIndexBytes = chunkIndexBytes
       this.lines = lines

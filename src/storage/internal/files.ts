@@ -156,9 +156,8 @@ export const readPointer = async (dir: string): Promise<CommitPointer | undefine
   }
 }
 
-/** Writes the commit pointer atomically: temp file, fdatasync, rename over, fsync the directory. */
-export const writePointer = async (dir: string, pointer: CommitPointer): Promise<void> => {
-  const text = JSON.stringify({
+const pointerText = (pointer: CommitPointer): string =>
+  JSON.stringify({
     version: POINTER_VERSION,
     snapshotComplete: pointer.snapshotComplete,
     snapshotChunkBytes: pointer.snapshotChunkBytes,
@@ -167,14 +166,32 @@ export const writePointer = async (dir: string, pointer: CommitPointer): Promise
     indexBytes: pointer.indexBytes,
     chunkIndexBytes: pointer.chunkIndexBytes
   })
-  const temp = path.join(dir, FileNames.pointerTemp)
-  const fh = await fs.open(temp, "w")
+
+/**
+ * Writes and fdatasyncs the next commit pointer under its temporary name, where recovery never reads it: it may
+ * run while the data it covers is still being synced. `publishPointer` then makes it the commit pointer.
+ */
+export const stagePointer = async (dir: string, pointer: CommitPointer): Promise<void> => {
+  const fh = await fs.open(path.join(dir, FileNames.pointerTemp), "w")
   try {
-    await writeAt(fh, Buffer.from(text, "utf8"), 0)
+    await writeAt(fh, Buffer.from(pointerText(pointer), "utf8"), 0)
     await fh.datasync()
   } finally {
     await fh.close()
   }
-  await fs.rename(temp, path.join(dir, FileNames.pointer))
+}
+
+/**
+ * Renames the staged pointer over the commit pointer and fsyncs the directory. Only once everything the pointer
+ * covers is durable: the rename may reach the disk with any later journal commit, before the directory's fsync.
+ */
+export const publishPointer = async (dir: string): Promise<void> => {
+  await fs.rename(path.join(dir, FileNames.pointerTemp), path.join(dir, FileNames.pointer))
   await syncDirectory(dir)
+}
+
+/** Writes the commit pointer atomically: temp file, fdatasync, rename over, fsync the directory. */
+export const writePointer = async (dir: string, pointer: CommitPointer): Promise<void> => {
+  await stagePointer(dir, pointer)
+  await publishPointer(dir)
 }
