@@ -54,7 +54,10 @@ const migrations = SqliteMigrator.fromRecord({
     Effect.all([
       sql`ALTER TABLE shape_moves ADD COLUMN left_out TEXT NOT NULL DEFAULT '[]'`,
       sql`ALTER TABLE shape_moves ADD COLUMN wrote INTEGER NOT NULL DEFAULT 1`
-    ], { discard: true }))
+    ], { discard: true })),
+  // What routing needs of a shape (`ShapeRouting`), so that a restart routes to it without parsing its where.
+  // NULL for rows written before it was recorded: derived and stored at the next start.
+  "0005_shape_routing": Effect.flatMap(SqlClient.SqlClient, (sql) => sql`ALTER TABLE shapes ADD COLUMN routing TEXT`)
 })
 
 /** Where the registry of a storage dir lives. */
