@@ -1,4 +1,13 @@
-import { Cause, Clock, Context, Deferred, Effect, Either, Layer, Option, Queue, Schedule } from "effect"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { Row } from "../domain/Change.js"
@@ -214,7 +223,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             yield* Effect.logInfo(`restoring shapes: ${decided.size} of ${total} done`)
           }
           decided.add(record.handle)
-          const restored = yield* restore(record)
+          const restored = restoreNow(record) ?? (yield* restore(record))
           if (restored === undefined) continue
           if (record.requested) requested.add(record.handle)
           shapes.set(record.handle, restored.shape)
@@ -236,9 +245,24 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         yield* removeNow(orphan)
       }
 
+      const tableKey = (ref: TableRef) => JSON.stringify([ref.schema, ref.name])
+
+      /**
+       * The common case without a step that waits: a shape without subqueries, its routing recorded, on a table
+       * already loaded and unchanged. Undefined when `restore` must decide.
+       */
+      function restoreNow(record: ShapeRecord): { readonly shape: Shape; readonly routing: ShapeRouting } | undefined {
+        if (record.dependencies.length !== 0 || record.routing === undefined || record.snapshot === undefined) return undefined
+        const table = tablesLoaded.get(tableKey(record.definition.table))
+        if (table === undefined || Either.isLeft(table)) return undefined
+        if (record.snapshot.tableOid !== undefined && record.snapshot.tableOid !== table.right.oid) return undefined
+        if (record.snapshot.columns !== signatureOf(table.right)) return undefined
+        return { shape: restoreShape(table.right, record.definition, record.handle, record.dependencies), routing: record.routing }
+      }
+
       function loadTable(ref: TableRef) {
         return Effect.suspend(() => {
-          const key = JSON.stringify([ref.schema, ref.name])
+          const key = tableKey(ref)
           const known = tablesLoaded.get(key)
           if (known !== undefined) return Effect.succeed(known)
           return Effect.tap(Effect.either(inspector.load(ref)), (loaded) => Effect.sync(() => tablesLoaded.set(key, loaded)))
