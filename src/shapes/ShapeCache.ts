@@ -245,7 +245,9 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         yield* removeNow(orphan)
       }
 
-      const tableKey = (ref: TableRef) => JSON.stringify([ref.schema, ref.name])
+      function tableKey(ref: TableRef): string {
+        return JSON.stringify([ref.schema, ref.name])
+      }
 
       /**
        * The common case without a step that waits: a shape without subqueries, its routing recorded, on a table
