@@ -1,5 +1,6 @@
 import * as NodeRuntime from "@effect/platform-node/NodeRuntime"
-import { Effect, Either } from "effect"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import { Logging, Main, Tracing } from "./layers/Main.js"
 import { formatConfigError, readStackSettings } from "./src/config/StackConfig.js"
 import { StackSupervisor } from "./src/stack/StackSupervisor.js"

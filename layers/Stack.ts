@@ -1,5 +1,7 @@
 import type * as SqlClient from "@effect/sql/SqlClient"
-import { type Duration, Effect, Layer } from "effect"
+import type * as Duration from "effect/Duration"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as path from "node:path"
 import { publicationName, slotName, type StackSettings } from "../src/config/StackConfig.js"
 import { logWhenStopped } from "../src/domain/Lifecycle.js"

@@ -1,6 +1,7 @@
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Effect, Layer } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import * as path from "node:path"
 import { StackConfig, type StackSettings } from "../src/config/StackConfig.js"
 import { ShapeApi } from "../src/http/ShapeApi.js"

@@ -9,7 +9,8 @@ import { type ChildService, freePort, REPO_ROOT, serviceEnv, spawnCommand } from
  * Shared by memory-shapes.ts and startup-restore.ts: a Postgres with a table of rows, and the
  * service as `npm start` runs it (`node dist/main.js`, run `npm run build` first) in a child
  * process, with a small JavaScript preload (no tsx in the service) that on SIGUSR2 runs full GCs
- * and appends `process.memoryUsage()` to a file, optionally with a heap snapshot.
+ * and appends `process.memoryUsage()` to a file, optionally with a heap snapshot. BENCH_DIST=<dir>
+ * runs another build's `main.js`.
  */
 
 export const mb = (bytes: number) => (bytes / 1024 / 1024).toFixed(1)
@@ -44,6 +45,13 @@ export const vmRssOf = async (pid: number): Promise<number> => {
   const status = await fs.readFile(`/proc/${pid}/status`, "utf8")
   const kb = /VmRSS:\s+(\d+) kB/.exec(status)
   return kb === null ? 0 : Number(kb[1]) * 1024
+}
+
+/** utime + stime of a process, from /proc (clock ticks of 10 ms). */
+export const cpuMsOf = async (pid: number): Promise<number> => {
+  const stat = await fs.readFile(`/proc/${pid}/stat`, "utf8")
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return (Number(fields[11]) + Number(fields[12])) * 10
 }
 
 export interface Bench {
@@ -82,13 +90,20 @@ export interface Service {
   readonly baseUrl: string
   /** From spawn to the first 200 of /v1/health, in ms. */
   readonly startMs: number
+  /** The CPU time (user + system) the service spent until then, in ms: what a loaded box does not inflate. */
+  readonly startCpuMs: number
   readonly memory: () => Promise<Memory>
   /** SIGTERM, and waits for the exit. */
   readonly stop: () => Promise<void>
 }
 
 /** Starts `node dist/main.js` on `storageDir` and waits until it is active. */
-export const startService = async (bench: Bench, storageDir: string, extraArgs: ReadonlyArray<string> = []): Promise<Service> => {
+export const startService = async (
+  bench: Bench,
+  storageDir: string,
+  extraArgs: ReadonlyArray<string> = [],
+  dist: string = process.env["BENCH_DIST"] ?? path.join(REPO_ROOT, "dist")
+): Promise<Service> => {
   const preload = path.join(bench.dir, "memory-preload.mjs")
   await fs.writeFile(preload, PRELOAD)
   const memoryFile = path.join(bench.dir, `memory-${Date.now()}.jsonl`)
@@ -96,7 +111,7 @@ export const startService = async (bench: Bench, storageDir: string, extraArgs: 
   const started = performance.now()
   const child = spawnCommand(
     process.execPath,
-    ["--expose-gc", "--import", preload, ...extraArgs, path.join(REPO_ROOT, "dist", "main.js")],
+    ["--expose-gc", "--import", preload, ...extraArgs, path.join(path.resolve(REPO_ROOT, dist), "main.js")],
     {
       env: serviceEnv({
         databaseUrl: bench.databaseUrl,
@@ -124,6 +139,7 @@ export const startService = async (bench: Bench, storageDir: string, extraArgs: 
     await new Promise((r) => setTimeout(r, 10))
   }
   const startMs = performance.now() - started
+  const startCpuMs = await cpuMsOf(child.pid)
   let samples = 0
   const memory = async (): Promise<Memory> => {
     await new Promise((r) => setTimeout(r, 1_000))
@@ -144,6 +160,7 @@ export const startService = async (bench: Bench, storageDir: string, extraArgs: 
     child,
     baseUrl,
     startMs,
+    startCpuMs,
     memory,
     stop: async () => {
       child.kill("SIGTERM")

@@ -1,4 +1,4 @@
-import { Either } from "effect"
+import * as Either from "effect/Either"
 import type { TableRef } from "./Table.js"
 
 /** Postgres truncates longer names (NAMEDATALEN − 1); we reject them instead, so a name never means two things. */

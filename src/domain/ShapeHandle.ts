@@ -1,4 +1,4 @@
-import { Brand } from "effect"
+import * as Brand from "effect/Brand"
 
 /**
  * Opaque id of one incarnation of a shape: `<hash of identity>-<µs timestamp>`.

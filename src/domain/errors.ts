@@ -1,4 +1,4 @@
-import { Schema } from "effect"
+import * as Schema from "effect/Schema"
 
 /**
  * The typed errors the restart design names (DESIGN.md, "Typed errors"), plus

@@ -3,7 +3,13 @@
  * message, control messages included, and comment lines to keep a quiet
  * stream open.
  */
-import { Cause, Clock, Effect, Option, Queue, type Scope, Stream } from "effect"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import type * as Scope from "effect/Scope"
+import * as Stream from "effect/Stream"
 import type { StackSettings } from "../config/StackConfig.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import type { StorageError } from "../domain/errors.js"

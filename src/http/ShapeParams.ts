@@ -1,4 +1,4 @@
-import { Either } from "effect"
+import * as Either from "effect/Either"
 import { InvalidRequest } from "../domain/errors.js"
 import { parseColumnsParam, parseTableIdentifier } from "../domain/Identifiers.js"
 import { LogOffset } from "../domain/LogOffset.js"

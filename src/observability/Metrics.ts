@@ -1,4 +1,9 @@
-import { Effect, Metric, MetricKey, MetricLabel, type MetricPair, MetricState } from "effect"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
+import * as MetricKey from "effect/MetricKey"
+import * as MetricLabel from "effect/MetricLabel"
+import type * as MetricPair from "effect/MetricPair"
+import * as MetricState from "effect/MetricState"
 
 /**
  * What the service counts as it runs, in Effect's metric registry (one per

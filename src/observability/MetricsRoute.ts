@@ -1,5 +1,6 @@
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
-import { Effect, Metric } from "effect"
+import * as Effect from "effect/Effect"
+import * as Metric from "effect/Metric"
 import { StackConfig } from "../config/StackConfig.js"
 import { renderPrometheus, type Sample } from "./Metrics.js"
 import { stackFigures } from "./StackFigures.js"

@@ -1,4 +1,6 @@
-import { Context, Effect, Layer } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
 import type { Change, Row, Transaction } from "../domain/Change.js"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"

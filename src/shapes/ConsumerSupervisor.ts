@@ -1,4 +1,12 @@
-import { Cause, Context, Deferred, Effect, FiberId, FiberMap, Layer, Queue } from "effect"
+import * as Cause from "effect/Cause"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as FiberId from "effect/FiberId"
+import * as FiberMap from "effect/FiberMap"
+import * as Layer from "effect/Layer"
+import * as Queue from "effect/Queue"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import { MaterializerGone } from "../domain/errors.js"
@@ -9,6 +17,7 @@ import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { type Invalidation, runConsumer, type Work, WorkQueue } from "./Consumer.js"
 import { Materializer } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
+import { shapeWhere } from "./ShapeResolver.js"
 import { type SnapshotMark, ShapeStatus } from "./ShapeStatus.js"
 import type { DependencyLink } from "./Subqueries.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
@@ -131,6 +140,15 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
             const queue = new WorkQueue()
             reg.queue = queue
             const handle = reg.shape.handle
+            // A restored shape's where is parsed here, when a transaction first reaches it: one that no longer
+            // parses cannot be followed, and is removed as it would have been at start-up. What is routed to it
+            // meanwhile is dropped, and the ack waits for the removal.
+            const where = shapeWhere(reg.shape)
+            if (Either.isLeft(where)) {
+              reg.invalidated = true
+              yield* Queue.offer(invalidations, { handle, reason: `its where no longer parses: ${where.left.message}` })
+              return queue
+            }
             // The log is opened once the snapshot is written (`runConsumer` waits for it): a new shape's storage
             // is created by its snapshot.
             const consumer = runConsumer({

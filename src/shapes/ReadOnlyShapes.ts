@@ -1,4 +1,7 @@
-import { Context, Effect, Layer, Option } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { type InvalidRequest, type PostgresError, RegistryError, type StorageError } from "../domain/errors.js"
 import { Inspector } from "../postgres/Inspector.js"

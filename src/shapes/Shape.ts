@@ -18,9 +18,16 @@ export interface Shape {
   readonly dependencies: ReadonlyArray<ShapeHandle>
 }
 
+// Every shape of a table that selects all its columns shares one list.
+const allColumns = new WeakMap<TableInfo, ReadonlyArray<string>>()
+
 /** The selected columns of a definition in table order (every column when none were given). */
 export const selectedColumns = (table: TableInfo, columns: ReadonlyArray<string> | undefined): ReadonlyArray<string> => {
-  if (columns === undefined) return table.columns.map((c) => c.name)
+  if (columns === undefined) {
+    let all = allColumns.get(table)
+    if (all === undefined) allColumns.set(table, all = table.columns.map((c) => c.name))
+    return all
+  }
   const wanted = new Set(columns)
   return table.columns.filter((c) => wanted.has(c.name)).map((c) => c.name)
 }

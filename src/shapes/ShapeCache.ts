@@ -1,7 +1,17 @@
-import { Cause, Clock, Context, Deferred, Effect, Either, Layer, Option, Queue, Schedule } from "effect"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Context from "effect/Context"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
+import * as Queue from "effect/Queue"
+import * as Schedule from "effect/Schedule"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
-import type { TableRef } from "../domain/Table.js"
+import type { Row } from "../domain/Change.js"
+import type { TableInfo, TableRef } from "../domain/Table.js"
 import {
   InvalidRequest,
   type PostgresError,
@@ -16,14 +26,41 @@ import { columnSignature, ShapeLogCollector } from "../replication/ShapeLogColle
 import { ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { ConsumerSupervisor } from "./ConsumerSupervisor.js"
 import type { Shape } from "./Shape.js"
-import { buildShape, loadSubqueryTables, resolveSpec, type ResolvedSpec, type ShapeSpec } from "./ShapeResolver.js"
+import {
+  buildShape,
+  loadSubqueryTables,
+  resolveSpec,
+  type ResolvedSpec,
+  restoreShape,
+  shapeWhere,
+  type ShapeSpec,
+  whereCompiled
+} from "./ShapeResolver.js"
 
 export type { ResolvedSpec, ShapeSpec } from "./ShapeResolver.js"
-import { type ShapeRecord, ShapeStatus } from "./ShapeStatus.js"
+import { type ShapeRecord, type ShapeRouting, ShapeStatus } from "./ShapeStatus.js"
 import { Snapshotter } from "./Snapshotter.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
 export type CreateError = PostgresError | StorageError | RegistryError | TableAbsent
+
+/**
+ * What routing evaluates per row for a shape it cannot find by an equality. A restored shape's where is parsed
+ * when the first row of its table comes, not at start-up; one that no longer parses lets every row through (its
+ * consumer, which cannot parse it either, has the shape removed): routing may deliver too much, never too little.
+ */
+const matcherOf = (shape: Shape): ((row: Row) => boolean) | undefined => {
+  if (shape.definition.where === undefined) return undefined
+  if (whereCompiled(shape)) return shape.where?.matches
+  let matches: ((row: Row) => boolean) | undefined
+  return (row) => {
+    if (matches === undefined) {
+      const where = shapeWhere(shape)
+      matches = Either.isRight(where) && where.right !== undefined ? where.right.matches : () => true
+    }
+    return matches(row)
+  }
+}
 
 /** How often restoring the shapes at start-up says how far it got. */
 const RESTORE_PROGRESS_EVERY_MS = 5_000
@@ -84,13 +121,21 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
       const shapes = new Map<ShapeHandle, Shape>()
       const creating = new Map<string, Deferred.Deferred<Shape, CreateError>>()
 
-      const route = (shape: Shape) =>
+      // One signature per table, shared by its shapes' routing entries.
+      const signatures = new WeakMap<TableInfo, string>()
+      const signatureOf = (table: TableInfo): string => {
+        let signature = signatures.get(table)
+        if (signature === undefined) signatures.set(table, signature = columnSignature(table.columns))
+        return signature
+      }
+
+      const route = (shape: Shape, routing: ShapeRouting) =>
         collector.addShape({
           handle: shape.handle,
           tableOid: shape.table.oid,
-          equality: shape.where?.equalities[0],
-          matches: shape.where?.matches,
-          columns: columnSignature(shape.table.columns),
+          equality: routing ?? undefined,
+          matches: routing === null ? matcherOf(shape) : undefined,
+          columns: signatureOf(shape.table),
           dependencies: shape.dependencies
         })
 
@@ -158,6 +203,10 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
 
       // Dependencies first: a shape is restored once every shape its subqueries read is, and removed when one is not.
       let waiting = [...(yield* status.all)]
+      // The routing of shapes registered before it was recorded: derived from their parsed where, and stored.
+      const derived: Array<readonly [ShapeHandle, ShapeRouting]> = []
+      // Each table is looked up once, however many shapes it has.
+      const tablesLoaded = new Map<string, Either.Either<TableInfo, PostgresError>>()
       const decided = new Set<ShapeHandle>()
       const total = waiting.length
       const restoring = yield* Clock.currentTimeMillis
@@ -174,15 +223,17 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             yield* Effect.logInfo(`restoring shapes: ${decided.size} of ${total} done`)
           }
           decided.add(record.handle)
-          const restored = yield* restore(record)
+          const restored = restoreNow(record) ?? (yield* restore(record))
           if (restored === undefined) continue
           if (record.requested) requested.add(record.handle)
-          shapes.set(record.handle, restored)
-          route(restored)
-          yield* consumers.register(restored, record.snapshot)
+          shapes.set(record.handle, restored.shape)
+          route(restored.shape, restored.routing)
+          yield* consumers.register(restored.shape, record.snapshot)
+          if (record.routing === undefined) derived.push([record.handle, restored.routing])
         }
         waiting = waiting.filter((r) => !decided.has(r.handle))
       }
+      yield* status.setRouting(derived)
       if (total > 0) {
         const took = (yield* Clock.currentTimeMillis) - restoring
         yield* Effect.logInfo(`restored ${shapes.size} of ${total} shape(s) in ${took} ms`)
@@ -194,9 +245,38 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         yield* removeNow(orphan)
       }
 
-      function restore(record: ShapeRecord) {
+      function tableKey(ref: TableRef): string {
+        return JSON.stringify([ref.schema, ref.name])
+      }
+
+      /**
+       * The common case without a step that waits: a shape without subqueries, its routing recorded, on a table
+       * already loaded and unchanged. Undefined when `restore` must decide.
+       */
+      function restoreNow(record: ShapeRecord): { readonly shape: Shape; readonly routing: ShapeRouting } | undefined {
+        if (record.dependencies.length !== 0 || record.routing === undefined || record.snapshot === undefined) return undefined
+        const table = tablesLoaded.get(tableKey(record.definition.table))
+        if (table === undefined || Either.isLeft(table)) return undefined
+        if (record.snapshot.tableOid !== undefined && record.snapshot.tableOid !== table.right.oid) return undefined
+        if (record.snapshot.columns !== signatureOf(table.right)) return undefined
+        return { shape: restoreShape(table.right, record.definition, record.handle, record.dependencies), routing: record.routing }
+      }
+
+      function loadTable(ref: TableRef) {
+        return Effect.suspend(() => {
+          const key = tableKey(ref)
+          const known = tablesLoaded.get(key)
+          if (known !== undefined) return Effect.succeed(known)
+          return Effect.tap(Effect.either(inspector.load(ref)), (loaded) => Effect.sync(() => tablesLoaded.set(key, loaded)))
+        })
+      }
+
+      function restore(record: ShapeRecord): Effect.Effect<
+        { readonly shape: Shape; readonly routing: ShapeRouting } | undefined,
+        PostgresError | StorageError | RegistryError | TableAbsent
+      > {
         return Effect.gen(function*() {
-          const table = yield* Effect.either(inspector.load(record.definition.table))
+          const table = yield* loadTable(record.definition.table)
           if (Either.isLeft(table)) {
             const error = table.left
             if (error.reason === "TableNotFound") {
@@ -218,10 +298,17 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             return undefined
           }
           // A table whose columns changed while the service was stopped no longer fits the shape's log.
-          if (record.snapshot !== undefined && record.snapshot.columns !== columnSignature(table.right.columns)) {
+          if (record.snapshot !== undefined && record.snapshot.columns !== signatureOf(table.right)) {
             yield* Effect.logInfo(`removing shape ${record.handle}: its table's columns changed`)
             yield* removeNow(record.handle)
             return undefined
+          }
+          // Without subqueries, and with its routing recorded, nothing at start-up needs its where parsed.
+          if (record.dependencies.length === 0 && record.routing !== undefined) {
+            return {
+              shape: restoreShape(table.right, record.definition, record.handle, record.dependencies),
+              routing: record.routing
+            }
           }
           const tables = yield* Effect.either(loadSubqueryTables(inspector, record.definition.where))
           if (Either.isLeft(tables)) {
@@ -248,7 +335,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             yield* removeNow(record.handle)
             return undefined
           }
-          return built.right.build(record.handle, record.dependencies)
+          return { shape: built.right.build(record.handle, record.dependencies), routing: built.right.routing }
         })
       }
 
@@ -314,10 +401,10 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
 
       const register = (spec: ResolvedSpec, asked: boolean, dependencies: ReadonlyArray<ShapeHandle>) =>
         Effect.gen(function*() {
-          const record = yield* status.add(spec.definition, dependencies, asked)
+          const record = yield* status.add(spec.definition, dependencies, asked, spec.routing)
           const shape = spec.build(record.handle, dependencies)
           yield* consumers.register(shape, undefined)
-          route(shape)
+          route(shape, spec.routing)
           const mark = yield* Effect.flatMap(storage.create(record.handle), (log) => snapshotter.run(shape, log)).pipe(
             Effect.tap((mark) => status.markSnapshotComplete(record.handle, mark)),
             // A failed snapshot leaves nothing behind; an interrupted one (the stack stopping) is removed at the next boot.

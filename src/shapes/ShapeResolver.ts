@@ -1,4 +1,5 @@
-import { Effect, Either } from "effect"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
 import type { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { TableInfo, TableRef } from "../domain/Table.js"
@@ -7,6 +8,7 @@ import type { Inspector } from "../postgres/Inspector.js"
 import type { TableName } from "../where/Parser.js"
 import { type DependencyClause, parseWhere, subqueryTablesOf, type WhereClause } from "../where/WhereClause.js"
 import { selectedColumns, type Shape } from "./Shape.js"
+import type { ShapeRouting } from "./ShapeStatus.js"
 
 /** A shape request's definition parameters, before they are checked against the catalog. */
 export interface ShapeSpec {
@@ -26,6 +28,8 @@ export interface ResolvedSpec {
   readonly build: (handle: ShapeHandle, dependencies?: ReadonlyArray<ShapeHandle>) => Shape
   /** The dependency shapes its subqueries read, one per distinct subquery. */
   readonly dependencies: ReadonlyArray<ResolvedSpec>
+  /** What routing finds its shape by, recorded with it so that a restart need not parse its where. */
+  readonly routing: ShapeRouting
 }
 
 /** A table lookup for the subqueries of a clause (see `loadSubqueryTables`). */
@@ -50,9 +54,72 @@ const specOf = (table: TableInfo, definition: ShapeDefinition, clause: WhereClau
     definition: canonical,
     table,
     build: (handle, dependencies = []): Shape => ({ handle, definition: canonical, table, where: clause, columns, dependencies }),
-    dependencies: (clause?.dependencies ?? []).map(dependencySpec)
+    dependencies: (clause?.dependencies ?? []).map(dependencySpec),
+    routing: clause?.equalities[0] ?? null
   }
 }
+
+/**
+ * A shape restored from the registry whose where is parsed when something first reads it (a transaction that
+ * reaches it, a request that needs the clause), not at start-up: a restart with many shapes on disk then costs
+ * one registry read, not one parse per shape. Only for shapes without subqueries (their dependency shapes must
+ * be checked at start-up); the where parsed the same way when the shape was created, against a table whose
+ * columns are checked to be the same, so parsing it again gives the same clause.
+ */
+class RestoredShape implements Shape {
+  #where: WhereClause | undefined | null = null
+  constructor(
+    readonly handle: ShapeHandle,
+    readonly definition: ShapeDefinition,
+    readonly table: TableInfo,
+    readonly columns: ReadonlyArray<string>,
+    readonly dependencies: ReadonlyArray<ShapeHandle>
+  ) {}
+  get where(): WhereClause | undefined {
+    if (this.#where === null) {
+      const compiled = compileWhere(this)
+      if (Either.isLeft(compiled)) throw new Error(`shape ${this.handle}: its where no longer parses: ${compiled.left.message}`)
+      this.#where = compiled.right
+    }
+    return this.#where
+  }
+  /** Whether the where was parsed already. */
+  get compiled(): boolean {
+    return this.#where !== null
+  }
+  compile(): Either.Either<WhereClause | undefined, InvalidWhere> {
+    if (this.#where !== null) return Either.right(this.#where)
+    const compiled = compileWhere(this)
+    if (Either.isRight(compiled)) this.#where = compiled.right
+    return compiled
+  }
+}
+
+const compileWhere = (shape: RestoredShape): Either.Either<WhereClause | undefined, InvalidWhere> =>
+  shape.definition.where === undefined
+    ? Either.right(undefined)
+    : parseWhere(shape.definition.where, {}, shape.table)
+
+/**
+ * A restored shape without subqueries, its where parsed on first use (`RestoredShape`). `definition` is the
+ * registered one, its where already in canonical form.
+ */
+export const restoreShape = (
+  table: TableInfo,
+  definition: ShapeDefinition,
+  handle: ShapeHandle,
+  dependencies: ReadonlyArray<ShapeHandle>
+): Shape => new RestoredShape(handle, definition, table, selectedColumns(table, definition.columns), dependencies)
+
+/**
+ * A shape's where, parsed now if it was not yet; a `Left` when it no longer parses (only a restored shape's can:
+ * see `RestoredShape`).
+ */
+export const shapeWhere = (shape: Shape): Either.Either<WhereClause | undefined, InvalidWhere> =>
+  shape instanceof RestoredShape ? shape.compile() : Either.right(shape.where)
+
+/** Whether a shape's where is parsed (always, but for a restored shape nothing has needed yet). */
+export const whereCompiled = (shape: Shape): boolean => !(shape instanceof RestoredShape) || shape.compiled
 
 /**
  * The shape a subquery reads: its table and clause, the selected columns plus the primary key, every column in

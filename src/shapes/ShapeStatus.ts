@@ -1,5 +1,8 @@
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Context, Effect, Layer, Option } from "effect"
+import * as Context from "effect/Context"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Option from "effect/Option"
 import type { Lsn } from "../domain/Lsn.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
@@ -42,6 +45,27 @@ export interface SnapshotMark {
   readonly tableOid?: number | undefined
 }
 
+/**
+ * What routing needs of a shape besides its table: the top-level `col = const` conjunct of its where that the
+ * routing index finds it by (`WhereClause.equalities[0]`), or `null` when it has none (its where is evaluated per
+ * row, or it has no where).
+ */
+export type ShapeRouting = { readonly column: string; readonly value: string } | null
+
+const encodeRouting = (routing: ShapeRouting): string =>
+  routing === null ? "" : JSON.stringify([routing.column, routing.value])
+
+// The same column name for thousands of shapes is one string, not one per row read.
+const columnNames = new Map<string, string>()
+const decodeRouting = (text: string | null): ShapeRouting | undefined => {
+  if (text === null) return undefined
+  if (text === "") return null
+  const [column, value] = JSON.parse(text) as [string, string]
+  let name = columnNames.get(column)
+  if (name === undefined) columnNames.set(column, name = column)
+  return { column: name, value }
+}
+
 /** One registered shape. */
 export interface ShapeRecord {
   readonly handle: ShapeHandle
@@ -52,7 +76,11 @@ export interface ShapeRecord {
   readonly dependencies: ReadonlyArray<ShapeHandle>
   /** A client asked for this shape itself; false for a shape made only for other shapes' subqueries. */
   readonly requested: boolean
+  /** Undefined for a shape registered before it was recorded (`setRouting` records it). */
+  readonly routing: ShapeRouting | undefined
 }
+
+const NO_DEPENDENCIES: ReadonlyArray<ShapeHandle> = []
 
 interface Row {
   readonly handle: string
@@ -61,6 +89,7 @@ interface Row {
   readonly snapshot: string | null
   readonly removing: number
   readonly requested: number
+  readonly routing: string | null
 }
 
 const encodeMark = (m: SnapshotMark): string =>
@@ -150,8 +179,13 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
   readonly add: (
     definition: ShapeDefinition,
     dependencies?: ReadonlyArray<ShapeHandle>,
-    requested?: boolean
+    requested?: boolean,
+    routing?: ShapeRouting
   ) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
+  /** Records the routing of shapes registered before it was recorded, in one transaction. */
+  readonly setRouting: (
+    entries: ReadonlyArray<readonly [ShapeHandle, ShapeRouting]>
+  ) => Effect.Effect<void, RegistryError | TableAbsent>
   /** Records that a client asked for the shape itself (it was made for a subquery). */
   readonly markRequested: (handle: ShapeHandle) => Effect.Effect<void, RegistryError | TableAbsent>
   readonly markSnapshotComplete: (handle: ShapeHandle, mark: SnapshotMark) => Effect.Effect<ShapeRecord, RegistryError | TableAbsent>
@@ -177,7 +211,7 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
       const sql = yield* SqlClient.SqlClient
       const fail = (operation: string) => (cause: unknown) => new RegistryError({ operation, cause })
 
-      const rows = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing, requested FROM shapes`.pipe(
+      const rows = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing, requested, routing FROM shapes`.pipe(
         Effect.mapError(fail("load"))
       )
       const edges = yield* sql<{ handle: string; position: number; dependency: string }>`SELECT handle, position, dependency
@@ -200,8 +234,9 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
           identity: r.identity,
           definition: ShapeDefinition.fromIdentity(r.identity),
           snapshot: decodeMark(r.snapshot),
-          dependencies: dependenciesOf.get(r.handle) ?? [],
-          requested: r.requested !== 0
+          dependencies: dependenciesOf.get(r.handle) ?? NO_DEPENDENCIES,
+          requested: r.requested !== 0,
+          routing: decodeRouting(r.routing)
         }
         byHandle.set(record.handle, record)
         byIdentity.set(record.identity, record)
@@ -229,7 +264,7 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
         byIdentity: (identity) => guard("byIdentity", () => Option.fromNullable(byIdentity.get(identity))),
         get: (handle) => guard("get", () => Option.fromNullable(byHandle.get(handle))),
         all: guard("all", () => [...byHandle.values()]),
-        add: (definition, dependencies = [], requested = true) =>
+        add: (definition, dependencies = [], requested = true, routing = null) =>
           Effect.gen(function*() {
             yield* guard("add", () => undefined)
             const identity = ShapeDefinition.identity(definition)
@@ -241,7 +276,8 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
               definition,
               snapshot: undefined,
               dependencies,
-              requested
+              requested,
+              routing
             }
             // A row from an earlier incarnation whose snapshot never completed gives way to the new one.
             yield* sql`DELETE FROM shape_moves WHERE handle IN
@@ -250,8 +286,8 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
                 (SELECT handle FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0)`),
               Effect.zipRight(sql`DELETE FROM shapes WHERE identity = ${identity} AND snapshot_complete = 0`),
               Effect.zipRight(
-                sql`INSERT INTO shapes (handle, identity, created_at, requested)
-                  VALUES (${record.handle}, ${identity}, ${Date.now()}, ${requested ? 1 : 0})`
+                sql`INSERT INTO shapes (handle, identity, created_at, requested, routing)
+                  VALUES (${record.handle}, ${identity}, ${Date.now()}, ${requested ? 1 : 0}, ${encodeRouting(routing)})`
               ),
               Effect.zipRight(Effect.forEach(dependencies, (dependency, position) =>
                 sql`INSERT INTO shape_dependencies (handle, position, dependency)
@@ -264,7 +300,7 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
         markSnapshotComplete: (handle, mark) =>
           Effect.gen(function*() {
             yield* guard("markSnapshotComplete", () => undefined)
-            const row = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing, requested
+            const row = yield* sql<Row>`SELECT handle, identity, snapshot_complete, snapshot, removing, requested, routing
               FROM shapes WHERE handle = ${handle}`.pipe(
               Effect.mapError(fail("markSnapshotComplete"))
             )
@@ -279,14 +315,32 @@ export class ShapeStatus extends Context.Tag("syncline/ShapeStatus")<ShapeStatus
               identity: row[0]!.identity,
               definition: ShapeDefinition.fromIdentity(row[0]!.identity),
               snapshot: mark,
-              dependencies: deps.map((d) => ShapeHandle(d.dependency)),
-              requested: row[0]!.requested !== 0
+              dependencies: deps.length === 0 ? NO_DEPENDENCIES : deps.map((d) => ShapeHandle(d.dependency)),
+              requested: row[0]!.requested !== 0,
+              routing: decodeRouting(row[0]!.routing)
             }
             if (open) {
               byHandle.set(handle, record)
               byIdentity.set(record.identity, record)
             }
             return record
+          }),
+        setRouting: (entries) =>
+          Effect.gen(function*() {
+            yield* guard("setRouting", () => undefined)
+            if (entries.length === 0) return
+            yield* Effect.forEach(
+              entries,
+              ([handle, routing]) => sql`UPDATE shapes SET routing = ${encodeRouting(routing)} WHERE handle = ${handle}`,
+              { discard: true }
+            ).pipe(sql.withTransaction, Effect.mapError(fail("setRouting")))
+            for (const [handle, routing] of entries) {
+              const record = byHandle.get(handle)
+              if (record === undefined) continue
+              const updated: ShapeRecord = { ...record, routing }
+              byHandle.set(handle, updated)
+              if (byIdentity.get(record.identity) === record) byIdentity.set(record.identity, updated)
+            }
           }),
         markPastSnapshot: (handle, at) =>
           Effect.gen(function*() {

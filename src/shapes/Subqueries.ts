@@ -1,4 +1,4 @@
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import type { Row } from "../domain/Change.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import type { Lsn } from "../domain/Lsn.js"

@@ -1,5 +1,5 @@
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Effect } from "effect"
+import * as Effect from "effect/Effect"
 import type { Lsn } from "../domain/Lsn.js"
 import { RegistryError } from "../domain/errors.js"
 

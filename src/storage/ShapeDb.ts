@@ -3,7 +3,13 @@ import * as SqlClient from "@effect/sql/SqlClient"
 import * as SqliteClient from "@effect/sql-sqlite-node/SqliteClient"
 import * as SqliteMigrator from "@effect/sql-sqlite-node/SqliteMigrator"
 import * as Reactivity from "@effect/experimental/Reactivity"
-import { Cause, Clock, Effect, ExecutionStrategy, Exit, Layer, Scope } from "effect"
+import * as Cause from "effect/Cause"
+import * as Clock from "effect/Clock"
+import * as Effect from "effect/Effect"
+import * as ExecutionStrategy from "effect/ExecutionStrategy"
+import * as Exit from "effect/Exit"
+import * as Layer from "effect/Layer"
+import * as Scope from "effect/Scope"
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { logWhenStopped } from "../domain/Lifecycle.js"
@@ -54,7 +60,10 @@ const migrations = SqliteMigrator.fromRecord({
     Effect.all([
       sql`ALTER TABLE shape_moves ADD COLUMN left_out TEXT NOT NULL DEFAULT '[]'`,
       sql`ALTER TABLE shape_moves ADD COLUMN wrote INTEGER NOT NULL DEFAULT 1`
-    ], { discard: true }))
+    ], { discard: true })),
+  // What routing needs of a shape (`ShapeRouting`), so that a restart routes to it without parsing its where.
+  // NULL for rows written before it was recorded: derived and stored at the next start.
+  "0005_shape_routing": Effect.flatMap(SqlClient.SqlClient, (sql) => sql`ALTER TABLE shapes ADD COLUMN routing TEXT`)
 })
 
 /** Where the registry of a storage dir lives. */

@@ -1,4 +1,6 @@
-import { Effect, Layer, Stream } from "effect"
+import * as Effect from "effect/Effect"
+import * as Layer from "effect/Layer"
+import * as Stream from "effect/Stream"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ReplicationError } from "../domain/errors.js"

@@ -1,4 +1,6 @@
-import { Effect, Either, Layer } from "effect"
+import * as Effect from "effect/Effect"
+import * as Either from "effect/Either"
+import * as Layer from "effect/Layer"
 import type { Row } from "../domain/Change.js"
 import { PostgresError, SubsetTooLarge } from "../domain/errors.js"
 import { rowKey } from "../domain/RowKey.js"

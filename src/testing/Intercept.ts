@@ -1,4 +1,5 @@
-import { Deferred, Effect } from "effect"
+import * as Deferred from "effect/Deferred"
+import * as Effect from "effect/Effect"
 
 /**
  * A one-shot interception point inside a fake: the next call whose argument

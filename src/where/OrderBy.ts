@@ -1,4 +1,4 @@
-import { Either } from "effect"
+import * as Either from "effect/Either"
 import { loadModule, type Node, parseSync } from "libpg-query"
 import type { TableInfo } from "../domain/Table.js"
 import { quoteIdent } from "./Sql.js"

@@ -1,4 +1,4 @@
-import { Either } from "effect"
+import * as Either from "effect/Either"
 import type { Row } from "../domain/Change.js"
 import { InvalidWhere } from "../domain/errors.js"
 import type { TableInfo } from "../domain/Table.js"
