@@ -29,7 +29,7 @@ import { Snapshot } from "../postgres/Snapshot.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
 import type { Shape } from "../shapes/Shape.js"
 import { ShapeCache } from "../shapes/ShapeCache.js"
-import { loadSubqueryTables } from "../shapes/ShapeResolver.js"
+import { loadSubqueryTables, shapeWhere } from "../shapes/ShapeResolver.js"
 import { ReadOnlyShapes } from "../shapes/ReadOnlyShapes.js"
 import { type ActiveServices, StackSupervisor } from "../stack/StackSupervisor.js"
 import { type BodyFormat, type LogStream, PIECE_BYTES, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
@@ -128,11 +128,14 @@ const schemaOf = (shape: Shape): string => {
  */
 const firstOf = <A>(waits: ReadonlyArray<Effect.Effect<A>>): Effect.Effect<A> =>
   Effect.flatMap(Effect.runtime<never>(), (runtime) =>
-    Effect.suspend(() => {
+    // The fibers exist only with the finalizer that interrupts them: an interruption between the two would leave
+    // them waiting for a commit, a shutdown or a timeout that nobody needs any more.
+    Effect.uninterruptibleMask((restore) => {
       const first = Deferred.unsafeMake<A>(FiberId.none)
       const run = Runtime.runFork(runtime)
-      const fibers = waits.map((wait) => run(Effect.flatMap(wait, (a) => Deferred.succeed(first, a))))
-      return Deferred.await(first).pipe(
+      // A defect in a wait ends the request with it, not with the long-poll timeout.
+      const fibers = waits.map((wait) => run(Effect.flatMap(Effect.exit(wait), (exit) => Deferred.done(first, exit))))
+      return restore(Deferred.await(first)).pipe(
         Effect.ensuring(Effect.sync(() => {
           for (const fiber of fibers) fiber.unsafeInterruptAsFork(FiberId.none)
         }))
@@ -686,7 +689,10 @@ const serveSubset = (
       if (Either.isLeft(order)) return yield* Effect.fail(subsetError("subset__order_by", order.left))
       orderBySql = order.right
     }
-    const shapeSql = shape.where?.sql
+    const shapeWhereClause = shapeWhere(shape)
+    // A restored clause that no longer parses invalidates its shape, which its consumer is removing.
+    if (Either.isLeft(shapeWhereClause)) return yield* Effect.fail(unavailable(origin, 1, "The shape is being removed"))
+    const shapeSql = shapeWhereClause.right?.sql
     const whereSql = shapeSql === undefined
       ? subsetSql
       : subsetSql === undefined

@@ -518,7 +518,10 @@ class CopyRowReader {
     return this.failure !== undefined || this.ended || this.lines >= BATCH_LINES || this.bytes >= BATCH_BYTES
   }
 
-  /** The next batch of at most `BATCH_LINES` rows, cut at a row's end; what is left waits for the next call. */
+  /**
+   * The next batch of at most `BATCH_LINES` rows, cut at a row's end; what is left waits for the next call. Its
+   * bytes stay near `BATCH_BYTES`: the stream pauses there, past it by at most one chunk of the socket.
+   */
   private takeBatch(): RenderedRows {
     const all = this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces)
     if (this.lines <= BATCH_LINES) {

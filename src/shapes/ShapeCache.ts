@@ -233,7 +233,10 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         }
         waiting = waiting.filter((r) => !decided.has(r.handle))
       }
-      yield* status.setRouting(derived)
+      // What is derived again at the next start if it cannot be stored now.
+      yield* status.setRouting(derived).pipe(
+        Effect.catchAll((error) => Effect.logWarning("the routing of restored shapes could not be stored", error))
+      )
       if (total > 0) {
         const took = (yield* Clock.currentTimeMillis) - restoring
         yield* Effect.logInfo(`restored ${shapes.size} of ${total} shape(s) in ${took} ms`)

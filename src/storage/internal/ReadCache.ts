@@ -72,6 +72,8 @@ export class ReadCache {
   private evict(): void {
     for (const [key, entry] of this.entries) {
       if (this.bytes <= this.maxBytes) return
+      // A read in flight holds nothing yet, and requests may be waiting to share it.
+      if (entry.bytes === 0) continue
       this.entries.delete(key)
       this.bytes -= entry.bytes
     }
