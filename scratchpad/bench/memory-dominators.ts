@@ -1,4 +1,4 @@
-import * as fs from "node:fs"
+import { readHeapSnapshot } from "./heapSnapshot.js"
 
 /*
  * Retained sizes in one V8 heap snapshot (dominator tree): the largest collections (Map, Set, Array,
@@ -8,18 +8,7 @@ import * as fs from "node:fs"
  */
 
 const [file, minEdgesArg = "500", rowsArg = "40"] = process.argv.slice(2)
-const snap = JSON.parse(fs.readFileSync(file!, "utf8")) as {
-  snapshot: { meta: { node_fields: Array<string>; node_types: [Array<string>]; edge_fields: Array<string>; edge_types: [Array<string>] } }
-  nodes: Array<number>
-  edges: Array<number>
-  strings: Array<string>
-}
-const meta = snap.snapshot.meta
-const nw = meta.node_fields.length
-const ew = meta.edge_fields.length
-const nTypes = meta.node_types[0]
-const eTypes = meta.edge_types[0]
-const N = snap.nodes.length / nw
+const { snap, meta, nw, ew, nTypes, eTypes, N } = readHeapSnapshot(file!)
 const F = (f: string) => meta.node_fields.indexOf(f)
 const typeF = F("type"), nameF = F("name"), sizeF = F("self_size"), ecF = F("edge_count")
 const typeOf = (n: number) => nTypes[snap.nodes[n * nw + typeF]!]!

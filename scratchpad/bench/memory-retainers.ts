@@ -1,4 +1,4 @@
-import * as fs from "node:fs"
+import { readHeapSnapshot } from "./heapSnapshot.js"
 
 /*
  * Retainer chains of sampled heap objects in one V8 heap snapshot:
@@ -8,18 +8,7 @@ import * as fs from "node:fs"
  */
 
 const [file, key, samplesArg = "5", depthArg = "8"] = process.argv.slice(2)
-const snap = JSON.parse(fs.readFileSync(file!, "utf8")) as {
-  snapshot: { meta: { node_fields: Array<string>; node_types: [Array<string>]; edge_fields: Array<string>; edge_types: [Array<string>] } }
-  nodes: Array<number>
-  edges: Array<number>
-  strings: Array<string>
-}
-const meta = snap.snapshot.meta
-const nw = meta.node_fields.length
-const ew = meta.edge_fields.length
-const nTypes = meta.node_types[0]
-const eTypes = meta.edge_types[0]
-const N = snap.nodes.length / nw
+const { snap, meta, nw, ew, nTypes, eTypes, N } = readHeapSnapshot(file!)
 const typeOf = (n: number) => nTypes[snap.nodes[n * nw + meta.node_fields.indexOf("type")]!]!
 const nameOf = (n: number) => snap.strings[snap.nodes[n * nw + meta.node_fields.indexOf("name")]!]!
 const sizeOf = (n: number) => snap.nodes[n * nw + meta.node_fields.indexOf("self_size")]!

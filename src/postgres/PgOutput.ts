@@ -394,18 +394,7 @@ export class TransactionAssembler {
         pos++ // flags
         const commitLsn = u64()
         const endLsn = u64()
-        const tx: Transaction = {
-          xid: begin.xid,
-          commitLsn,
-          endLsn,
-          commitTime: i64(),
-          changes: this.changes,
-          relations: this.newRelations
-        }
-        this.begin = undefined
-        this.changes = []
-        this.newRelations = []
-        return tx
+        return this.finish(begin, commitLsn, endLsn, i64())
       }
       case 0x49 /* I */: {
         const rel = this.changeRelation(u32())
@@ -438,6 +427,15 @@ export class TransactionAssembler {
     }
   }
 
+  /** The transaction a Commit ends, with the changes gathered since its Begin; the next one starts empty. */
+  private finish(begin: { readonly xid: number }, commitLsn: Lsn, endLsn: Lsn, commitTime: bigint): Transaction {
+    const tx: Transaction = { xid: begin.xid, commitLsn, endLsn, commitTime, changes: this.changes, relations: this.newRelations }
+    this.begin = undefined
+    this.changes = []
+    this.newRelations = []
+    return tx
+  }
+
   /** Feeds one message; returns the finished transaction when `msg` is its Commit. */
   push(msg: PgOutputMessage): Transaction | undefined {
     switch (msg.tag) {
@@ -448,18 +446,7 @@ export class TransactionAssembler {
       case "commit": {
         const begin = this.begin
         if (begin === undefined) throw new TransactionAssemblyError("Commit without Begin")
-        const tx: Transaction = {
-          xid: begin.xid,
-          commitLsn: msg.commitLsn,
-          endLsn: msg.endLsn,
-          commitTime: msg.commitTime,
-          changes: this.changes,
-          relations: this.newRelations
-        }
-        this.begin = undefined
-        this.changes = []
-        this.newRelations = []
-        return tx
+        return this.finish(begin, msg.commitLsn, msg.endLsn, msg.commitTime)
       }
       case "relation":
         this.relationsByOid.set(msg.relation.oid, msg.relation)
