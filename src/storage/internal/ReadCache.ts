@@ -18,7 +18,7 @@ const ENTRY_BYTES = 128
  * Reads of shape logs that many requests ask for alike, shared by every log of
  * one storage: the requests a commit wakes all read after the same offset, and
  * catch-up clients read the same closed chunks. A key names a log, its
- * committed state (or "closed" for bytes that never change: snapshot chunks,
+ * committed state (or "settled" for bytes that never change: snapshot chunks,
  * closed log chunks) and the read. The read is shared while it is in flight,
  * so a thousand woken requests read the file once. Least recently used entries
  * go first once the bodies held pass `maxBytes`; only whole bodies (at most

@@ -661,6 +661,8 @@ export class ShapeLogFiles {
     const cache = this.readCache
     const read = `${format} ${LogOffset.format(from)}`
     const settledKey = `${this.cacheId} settled ${read}`
+    // A commit landing before the read below is made files it under this older state: committed bytes still,
+    // and newer ones, never stale ones.
     const key = `${this.cacheId} ${this.lines} ${read}`
     const hit = cache === undefined || this.closed !== "open" ? undefined : cache.get(settledKey) ?? cache.get(key)
     if (hit !== undefined) return hit.then(openedOf)
