@@ -116,18 +116,22 @@ for (const n of post) {
   const edges = firstEdge[n + 1]! - firstEdge[n]!
   if (edges >= Number(minEdgesArg)) rows.push({ n, edges })
 }
-rows.sort((a, b) => retained[b.n]! - retained[a.n]!)
-for (const { n, edges } of rows.slice(0, Number(rowsArg))) {
-  // Up the holders: a Map's table array is held by the Map, which is held by a context variable or property.
+/** Who holds `n`, up to `depth` holders: a Map's table array is held by the Map, held by a variable or property. */
+const holderChain = (n: number, depth: number): string => {
   const chain: Array<string> = []
   let m = n
-  for (let d = 0; d < 4; d++) {
+  for (let d = 0; d < depth; d++) {
     const p = preds[m]![0]
     if (p === undefined) break
     chain.push(holder(m))
     m = p
   }
-  console.log(`${(retained[n]! / 1024).toFixed(0).padStart(8)} kB ${String(edges).padStart(7)} edges  ${label(n)}  <- ${chain.join(" <- ")}`)
+  return chain.join(" <- ")
+}
+
+rows.sort((a, b) => retained[b.n]! - retained[a.n]!)
+for (const { n, edges } of rows.slice(0, Number(rowsArg))) {
+  console.log(`${(retained[n]! / 1024).toFixed(0).padStart(8)} kB ${String(edges).padStart(7)} edges  ${label(n)}  <- ${holderChain(n, 4)}`)
 }
 if (process.env["BENCH_TOP"] !== undefined) {
   // Nodes retaining the most, each with the holder chain, skipping the ones whose dominator is already listed
@@ -135,15 +139,7 @@ if (process.env["BENCH_TOP"] !== undefined) {
   const top = post.filter((n) => retained[n]! > Number(process.env["BENCH_TOP"]) * 1024)
   top.sort((a, b) => retained[b]! - retained[a]!)
   for (const n of top.slice(0, 80)) {
-    const chain: Array<string> = []
-    let m = n
-    for (let d = 0; d < 3; d++) {
-      const p = preds[m]![0]
-      if (p === undefined) break
-      chain.push(holder(m))
-      m = p
-    }
-    console.log(`${(retained[n]! / 1024).toFixed(0).padStart(8)} kB  ${label(n)}  <- ${chain.join(" <- ")}`)
+    console.log(`${(retained[n]! / 1024).toFixed(0).padStart(8)} kB  ${label(n)}  <- ${holderChain(n, 3)}`)
   }
 }
 if (process.env["BENCH_IDOM"] !== undefined) {

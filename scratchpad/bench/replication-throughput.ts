@@ -6,6 +6,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import pg from "pg"
 import { startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
+import { createItems } from "./harness.js"
 
 /*
  * The replication pipeline's throughput, with the service as a child process running the compiled
@@ -164,15 +165,7 @@ const main = async () => {
     return rate(commits, ms)
   }
   try {
-    await pool.query(`CREATE TABLE ${TABLE} (
-      id int PRIMARY KEY, title text NOT NULL, n int NOT NULL, created_at timestamptz NOT NULL, done bool NOT NULL)`)
-    await pool.query(
-      `INSERT INTO ${TABLE}
-       SELECT i, 'item number ' || i, (i * 7919) % 100000, now() - i * interval '1 second', i % 3 = 0
-       FROM generate_series(1, $1) i`,
-      [ROWS]
-    )
-    await pool.query(`VACUUM ANALYZE ${TABLE}`)
+    await createItems(pool, TABLE, ROWS)
     service = await startService(postgres.url, storageDir)
     const baseUrl = () => `${service!.baseUrl}/v1/shape?table=${TABLE}`
     let handle = ""
