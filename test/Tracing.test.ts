@@ -8,8 +8,8 @@ import { freePort, serviceEnv, spawnSyncline, stopAllChildren, waitHealthy } fro
 import { dropReplication, itemsTable, tempDir, testPool } from "./support/syncline.js"
 
 /**
- * Traces reach an OTLP/HTTP collector when `ELECTRIC_OTLP_ENDPOINT` names one: the service process is run against
- * a small receiver that keeps what is posted to `/v1/traces`.
+ * Traces reach an OTLP/HTTP collector when `ELECTRIC_OTLP_ENDPOINT` names one: the service process (the bundle
+ * `npm start` runs) is run against a small receiver that keeps what is posted to `/v1/traces`.
  */
 
 const STREAM = "tracing"
@@ -65,7 +65,9 @@ describe("OpenTelemetry traces", () => {
         storageDir: await tempDir(STREAM),
         streamId: STREAM,
         extra: { ELECTRIC_OTLP_ENDPOINT: endpoint, OTEL_SERVICE_NAME: "syncline-under-test" }
-      })
+      }),
+      // The shipped bundle loads the OTLP exporter as a chunk of its own, only when an endpoint is set.
+      compiled: true
     })
     await waitHealthy(`http://127.0.0.1:${port}`, 60_000, child)
     const res = await fetch(`http://127.0.0.1:${port}/v1/shape?table=${TABLE}&offset=-1`)

@@ -165,13 +165,19 @@ export const spawnCommand = (
   return service
 }
 
-/** `node --import <tsx loader> main.ts` from the repository root: the service itself, without npm or npx. */
+/**
+ * `node --import <tsx loader> main.ts` from the repository root: the service itself, without npm or npx.
+ * With `compiled`, `node dist/main.js` instead: the bundle `npm start` runs, which `npm test` builds first.
+ */
 export const spawnSyncline = (options: {
   readonly env: Readonly<Record<string, string>>
   readonly cwd?: string
+  readonly compiled?: boolean
 }): ChildService => {
-  const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
-  return spawnCommand(process.execPath, ["--import", loader, path.join(REPO_ROOT, "main.ts")], {
+  const args = options.compiled === true
+    ? [path.join(REPO_ROOT, "dist", "main.js")]
+    : ["--import", pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href, path.join(REPO_ROOT, "main.ts")]
+  return spawnCommand(process.execPath, args, {
     env: options.env,
     cwd: options.cwd ?? REPO_ROOT
   })
