@@ -1,12 +1,15 @@
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServer from "@effect/platform/HttpServer"
 import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
 import * as Option from "effect/Option"
 import type { StackSettings } from "../src/config/StackConfig.js"
 import { createServer } from "../src/http/NodeServer.js"
+import { settledLane } from "../src/http/SettledResponses.js"
 import { ShapeApi } from "../src/http/ShapeApi.js"
 import { metricsRoute } from "../src/observability/MetricsRoute.js"
+import { StackSupervisor } from "../src/stack/StackSupervisor.js"
 import { Syncline } from "./Syncline.js"
 
 /**
@@ -26,10 +29,15 @@ export const Server = (settings: StackSettings, databaseUrl: string, options: { 
         Layer.provide(NodeHttpServer.layer(() => createServer({ sendTimeoutMs: settings.sendTimeoutMs }), { port, host }))
       )
   })
+  // Settled catch-up responses are answered by the Node server itself, unless every request is traced.
+  const server = Layer.unwrapEffect(Effect.map(StackSupervisor, (supervisor) =>
+    NodeHttpServer.layer(() =>
+      createServer({
+        sendTimeoutMs: settings.sendTimeoutMs,
+        ...(Option.isNone(settings.otlp) ? { answerFirst: settledLane(supervisor, settings.replicationStreamId) } : {})
+      }), { port: settings.port, host })))
   return Layer.mergeAll(HttpServer.serve(ShapeApi).pipe(HttpServer.withLogAddress), Syncline.drain, metrics).pipe(
-    Layer.provideMerge(
-      NodeHttpServer.layer(() => createServer({ sendTimeoutMs: settings.sendTimeoutMs }), { port: settings.port, host })
-    ),
+    Layer.provideMerge(server),
     Layer.provideMerge(Syncline.make(settings, databaseUrl))
   )
 }

@@ -10,6 +10,11 @@ export interface NodeServerOptions {
    * response is being written to it is destroyed, releasing what the response held.
    */
   readonly sendTimeoutMs: number
+  /**
+   * Answers what it can before the Effect handler sees the request (true when it did): see
+   * `settledLane`. Only while the handler is attached, so never during shutdown.
+   */
+  readonly answerFirst?: (request: http.IncomingMessage, response: http.ServerResponse) => boolean
 }
 
 /**
@@ -40,6 +45,21 @@ export const createServer = (options: NodeServerOptions = { sendTimeoutMs: 30_00
     })
     response.end(JSON.stringify({ message: "The server is stopping" }))
   })
+  const answerFirst = options.answerFirst
+  if (answerFirst !== undefined) {
+    // Node calls every request listener; a request answered first must not reach the handler at all.
+    const emit = server.emit
+    server.emit = function(this: http.Server, event: string | symbol, ...args: Array<unknown>): boolean {
+      if (event === "request" && this.listenerCount("request") > 1) {
+        const [request, response] = args as [http.IncomingMessage, http.ServerResponse]
+        if (answerFirst(request, response)) {
+          response.setTimeout(options.sendTimeoutMs, dropIfStalled)
+          return true
+        }
+      }
+      return Reflect.apply(emit, this, [event, ...args]) as boolean
+    } as typeof server.emit
+  }
   return server
 }
 

@@ -1,5 +1,11 @@
+import type * as http from "node:http"
+import * as Context from "effect/Context"
+import * as Option from "effect/Option"
+import { countResponseNow } from "../observability/Metrics.js"
 import type { Shape } from "../shapes/Shape.js"
-import type { HeaderRecord } from "./ResponseHeaders.js"
+import { ShapeCache } from "../shapes/ShapeCache.js"
+import type { StackSupervisor } from "../stack/StackSupervisor.js"
+import { corsHeaders, type HeaderRecord, ifNoneMatchMatches, serverHeader } from "./ResponseHeaders.js"
 
 /** A catch-up response that never changes: its bytes and every header but the CORS ones. */
 export interface SettledResponse {
@@ -52,4 +58,94 @@ export class SettledResponses {
     this.entries.delete(url)
     this.bytes -= entry.body.length + ENTRY_BYTES
   }
+}
+
+/** The bodies of settled responses a stack keeps to serve again. */
+const SETTLED_RESPONSE_BYTES = 32 * 1024 * 1024
+
+/** Each stack's settled responses, by its shape cache: a new stack starts with none. */
+const byStack = new WeakMap<ShapeCache["Type"], SettledResponses>()
+
+/** The settled responses of the stack whose shape cache is `cache`. */
+export const settledResponsesOf = (cache: ShapeCache["Type"]): SettledResponses => {
+  let responses = byStack.get(cache)
+  if (responses === undefined) {
+    responses = new SettledResponses(SETTLED_RESPONSE_BYTES)
+    byStack.set(cache, responses)
+  }
+  return responses
+}
+
+/** A settled response as one request gets it: its status, its headers (with its own CORS ones) and body. */
+export interface SettledAnswer {
+  readonly status: 200 | 304
+  readonly headers: HeaderRecord
+  readonly body: Uint8Array | undefined
+}
+
+/**
+ * The answer to a GET of `url` that an earlier request with the same URL got,
+ * while its shape is still the one the stack serves; undefined to serve the
+ * request in full. The URL carries everything the first request was
+ * authorized and resolved by, so the same URL gets the same bytes.
+ */
+export const answerSettled = (
+  cache: ShapeCache["Type"],
+  url: string,
+  origin: string | undefined,
+  ifNoneMatch: string | undefined
+): SettledAnswer | undefined => {
+  const responses = byStack.get(cache)
+  const entry = responses?.get(url)
+  if (entry === undefined) return undefined
+  if (cache.peek(entry.shape.handle) !== entry.shape) {
+    responses!.delete(url)
+    return undefined
+  }
+  const cors = corsHeaders(origin, "shape")
+  if (ifNoneMatchMatches(ifNoneMatch, entry.etag)) {
+    const { "electric-schema": _schema, ...notModified } = entry.headers
+    return { status: 304, headers: { ...cors, ...notModified }, body: undefined }
+  }
+  return { status: 200, headers: { ...cors, ...entry.headers }, body: entry.body }
+}
+
+const JSON_TYPE = "application/json; charset=utf-8"
+
+/**
+ * Answers a request for a settled response straight from the Node server's
+ * request listener, before the Effect handler: a catch-up client walking
+ * through closed chunks, or a cache in front revalidating them, costs a map
+ * lookup instead of a request fiber, the router and its middleware. The
+ * answer is the one the shape API gives (`answerSettled`), with the headers
+ * the router adds and the response counted alike; anything else is left to
+ * the API. Off while requests are traced, so that every request has its span.
+ */
+export const settledLane = (
+  supervisor: StackSupervisor["Type"],
+  source: string
+) =>
+(request: http.IncomingMessage, response: http.ServerResponse): boolean => {
+  if (request.method !== "GET" || request.url === undefined) return false
+  const active = supervisor.activeNow()
+  if (Option.isNone(active)) return false
+  const answer = answerSettled(
+    Context.get(active.value, ShapeCache),
+    request.url,
+    request.headers.origin,
+    request.headers["if-none-match"]
+  )
+  if (answer === undefined) return false
+  const headers: Record<string, string | number> = { ...answer.headers, [serverHeader[0]]: serverHeader[1] }
+  if (answer.body === undefined) {
+    response.writeHead(answer.status, headers)
+    response.end()
+  } else {
+    headers["content-type"] = JSON_TYPE
+    headers["content-length"] = answer.body.length
+    response.writeHead(answer.status, headers)
+    response.end(answer.body)
+  }
+  countResponseNow(source, answer.status)
+  return true
 }

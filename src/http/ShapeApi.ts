@@ -51,7 +51,7 @@ import {
   upToDateMessage
 } from "./ResponseHeaders.js"
 import { abortConnection, closeConnectionOnFinish } from "./NodeServer.js"
-import { type SettledResponse, SettledResponses } from "./SettledResponses.js"
+import { answerSettled, type SettledResponse, settledResponsesOf } from "./SettledResponses.js"
 import { ShutdownSignal } from "./ShutdownSignal.js"
 import { countedWhile, countResponse, heldLongPolls, sseStreams } from "../observability/Metrics.js"
 import { metricsRoute } from "../observability/MetricsRoute.js"
@@ -531,55 +531,24 @@ const serveActive = (
     return yield* respond(source, request, headers, settings, shutdown, (response) => responses.set(url, { shape, ...response }))
   }).pipe((effect) => unavailableOnFailure(headers["origin"], effect))
 
-/** The bodies of settled responses a stack keeps to serve again (see `SettledResponses`). */
-const SETTLED_RESPONSE_BYTES = 32 * 1024 * 1024
-
-/** Each stack's settled responses, by its shape cache: a new stack starts with none. */
-const settledResponses = new WeakMap<ShapeCache["Type"], SettledResponses>()
-
-const settledResponsesOf = (cache: ShapeCache["Type"]): SettledResponses => {
-  let responses = settledResponses.get(cache)
-  if (responses === undefined) {
-    responses = new SettledResponses(SETTLED_RESPONSE_BYTES)
-    settledResponses.set(cache, responses)
-  }
-  return responses
-}
-
 /**
  * The settled response an earlier request with the same URL got, while its
- * shape is still the one the stack serves; undefined to serve the request in full.
+ * shape is still the one the stack serves; undefined to serve the request in
+ * full. Under the service's own Node server such requests are answered before
+ * they get here (`settledLane`); this serves them where the API is mounted in
+ * a host app's server.
  */
 const servedBefore = (
   context: Context.Context<ActiveServices>,
   url: string,
   headers: Readonly<Record<string, string | undefined>>
-): Effect.Effect<HttpServerResponse.HttpServerResponse | undefined> =>
-  Effect.suspend(() => {
-    const cache = Context.get(context, ShapeCache)
-    const responses = settledResponses.get(cache)
-    const entry = responses?.get(url)
-    if (entry === undefined) return Effect.succeed(undefined)
-    return cache.get(entry.shape.handle).pipe(
-      Effect.map((current) => {
-        if (Option.isNone(current) || current.value !== entry.shape) {
-          responses!.delete(url)
-          return undefined
-        }
-        const cors = corsHeaders(headers["origin"], "shape")
-        if (ifNoneMatchMatches(headers["if-none-match"], entry.etag)) {
-          const { "electric-schema": _schema, ...notModified } = entry.headers
-          return HttpServerResponse.empty({ status: 304, headers: { ...cors, ...notModified } })
-        }
-        return HttpServerResponse.uint8Array(entry.body, {
-          status: 200,
-          contentType: JSON_TYPE,
-          headers: { ...cors, ...entry.headers }
-        })
-      }),
-      Effect.orElseSucceed(() => undefined)
-    )
-  })
+): HttpServerResponse.HttpServerResponse | undefined => {
+  const answer = answerSettled(Context.get(context, ShapeCache), url, headers["origin"], headers["if-none-match"])
+  if (answer === undefined) return undefined
+  return answer.body === undefined
+    ? HttpServerResponse.empty({ status: answer.status, headers: answer.headers })
+    : HttpServerResponse.uint8Array(answer.body, { status: answer.status, contentType: JSON_TYPE, headers: answer.headers })
+}
 
 /** The most bytes of rows one subset response holds (it is built in memory). */
 const MAX_SUBSET_BYTES = 64 * 1024 * 1024
@@ -819,7 +788,7 @@ const serveShape = (method: "GET" | "POST") => Effect.gen(function*() {
   if (method === "GET" && Either.isRight(early)) {
     const active = supervisor.activeNow()
     if (Option.isSome(active)) {
-      const again = yield* servedBefore(active.value, request.url, headers)
+      const again = servedBefore(active.value, request.url, headers)
       if (again !== undefined) return again
     }
   }

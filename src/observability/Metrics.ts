@@ -105,6 +105,10 @@ const responseCounter = labelled(responsesKey)
 export const countResponse = (source: string, status: number): Effect.Effect<void> =>
   Metric.increment(responseCounter([["source", source], ["status", String(status)], ["cause", causeOf(status)]]))
 
+/** `countResponse`, for a response sent outside any fiber (so with no labels a fiber adds). */
+export const countResponseNow = (source: string, status: number): void =>
+  responseCounter([["source", source], ["status", String(status)], ["cause", causeOf(status)]]).unsafeUpdate(1, [])
+
 const gaugeCounters = new Map<typeof heldLongPolls, ReturnType<typeof labelled>>([
   [heldLongPolls, labelled(heldLongPollsKey)],
   [sseStreams, labelled(sseStreamsKey)]

@@ -77,6 +77,11 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
   readonly getOrCreate: (spec: ResolvedSpec) => Effect.Effect<Shape, CreateError>
   /** A registered shape whose snapshot is complete. */
   readonly get: (handle: string) => Effect.Effect<Option.Option<Shape>, TableAbsent>
+  /**
+   * The shape object served under a handle right now, without a registry look-up: for a caller that
+   * holds a shape and only asks whether it is still the one served.
+   */
+  readonly peek: (handle: string) => Shape | undefined
   /** The current shape of a definition, if any. */
   readonly find: (definition: ShapeDefinition) => Effect.Effect<Option.Option<Shape>, TableAbsent>
   /**
@@ -484,6 +489,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           Effect.map(status.get(handle), (record) =>
             Option.flatMap(record, (r) => Option.fromNullable(shapes.get(r.handle)))
           ),
+        peek: (handle) => shapes.get(handle as ShapeHandle),
         find: (definition) =>
           Effect.map(
             status.byIdentity(ShapeDefinition.identity(definition)),

@@ -25,6 +25,27 @@ describe("NodeServer", () => {
     expect(await res.text()).toBe("from the api")
   })
 
+  it("answers what `answerFirst` takes before the API's handler sees it, and leaves the rest to the handler", async () => {
+    let handled = 0
+    server = createServer({
+      sendTimeoutMs: 30_000,
+      answerFirst: (req, res) => {
+        if (req.url !== "/first") return false
+        res.end("answered first")
+        return true
+      }
+    })
+    server.on("request", (_req: http.IncomingMessage, res: http.ServerResponse) => {
+      handled++
+      res.end("from the api")
+    })
+    const base = await listen(server)
+    expect(await (await fetch(`${base}/first`)).text()).toBe("answered first")
+    expect(handled).toBe(0)
+    expect(await (await fetch(`${base}/other`)).text()).toBe("from the api")
+    expect(handled).toBe(1)
+  })
+
   it("answers 503 with retry-after and closes the connection once the API's handler is gone (shutdown)", async () => {
     server = createServer()
     const handler = (_req: http.IncomingMessage, res: http.ServerResponse) => res.end("from the api")

@@ -1,42 +1,98 @@
+import * as HttpRouter from "@effect/platform/HttpRouter"
+import * as HttpServer from "@effect/platform/HttpServer"
+import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
+import { Effect, Exit, Layer, Logger, LogLevel, Scope } from "effect"
 import type pg from "pg"
-import { afterAll, beforeAll, describe, expect, it } from "vitest"
-import { dropReplication, itemsTable, type RunningSyncline, startSyncline, testPool } from "../support/syncline.js"
+import { afterAll, beforeAll, describe, expect, inject, it } from "vitest"
+import { Syncline } from "../../layers/Syncline.js"
+import { StackConfig } from "../../src/config/StackConfig.js"
+import { createServer } from "../../src/http/NodeServer.js"
+import { ShapeApi } from "../../src/http/ShapeApi.js"
+import { dropReplication, itemsTable, startSyncline, tempDir, testPool } from "../support/syncline.js"
 
 /**
  * Catch-up responses whose bytes never change are served again from memory to
  * the next request for the same URL: the same bytes and headers as the first
  * answer, the CORS headers of each request, 304s, and never once the shape is gone.
+ * The service's own server answers them before the Effect handler; a host app
+ * that mounts the shape API in its own server gets them from the API.
  */
 
-const STREAM = "settled_responses"
 const TABLE = "settled_rows"
 
-let server: RunningSyncline
+interface Running {
+  readonly baseUrl: string
+  readonly stop: () => Promise<void>
+}
+
+/** The shape API mounted at `/sync` in a host app's router, on a server without the service's own lane. */
+const startHosted = async (streamId: string): Promise<Running> => {
+  const settings = StackConfig.make({
+    port: 0,
+    storageDir: await tempDir(streamId),
+    replicationStreamId: streamId,
+    enableIntegrationTesting: true,
+    chunkBytesThreshold: 4000
+  })
+  const app = Layer.merge(HttpServer.serve(HttpRouter.mount(HttpRouter.empty, "/sync", ShapeApi)), Syncline.drain).pipe(
+    Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
+    Layer.provide(Syncline.make(settings, inject("databaseUrl"))),
+    Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
+  )
+  const scope = Effect.runSync(Scope.make())
+  const context = await Effect.runPromise(Layer.buildWithScope(app, scope))
+  const address = Effect.runSync(Effect.provide(HttpServer.HttpServer, context)).address
+  if (address._tag !== "TcpAddress") throw new Error("expected a TCP address")
+  const baseUrl = `http://127.0.0.1:${address.port}/sync`
+  for (const deadline = Date.now() + 60_000;;) {
+    const res = await fetch(`${baseUrl}/v1/health`).catch(() => undefined)
+    if (res?.status === 200) break
+    if (Date.now() > deadline) throw new Error("the hosted API did not become active")
+    await new Promise((r) => setTimeout(r, 50))
+  }
+  return { baseUrl, stop: () => Effect.runPromise(Scope.close(scope, Exit.void)) }
+}
+
 let pool: pg.Pool
 
 beforeAll(async () => {
   pool = testPool()
   await itemsTable(pool, TABLE, `SELECT i, repeat('x', 200) FROM generate_series(1, 60) i`)
-  server = await startSyncline({ streamId: STREAM, settings: { chunkBytesThreshold: 4000 } })
 })
 
 afterAll(async () => {
-  await server?.stop()
-  await dropReplication(pool, STREAM)
   await pool.query(`DROP TABLE IF EXISTS ${TABLE}`)
   await pool.end()
 })
-
-const get = async (query: string, headers: Record<string, string> = {}) => {
-  const res = await fetch(`${server.baseUrl}/v1/shape?${query}`, { headers })
-  return { status: res.status, headers: res.headers, body: await res.text() }
-}
 
 /** The headers of a response, but the date. */
 const headersOf = (headers: Headers): Record<string, string> =>
   Object.fromEntries([...headers.entries()].filter(([name]) => name !== "date"))
 
-describe("settled catch-up responses", () => {
+describe.each([
+  {
+    server: "the service's own server",
+    stream: "settled_responses",
+    start: (stream: string) => startSyncline({ streamId: stream, settings: { chunkBytesThreshold: 4000 } })
+  },
+  { server: "a host app's server", stream: "settled_hosted", start: startHosted }
+])("settled catch-up responses, on $server", ({ start, stream }) => {
+  let server: Running
+
+  beforeAll(async () => {
+    server = await start(stream)
+  })
+
+  afterAll(async () => {
+    await server?.stop()
+    await dropReplication(pool, stream)
+  })
+
+  const get = async (query: string, headers: Record<string, string> = {}) => {
+    const res = await fetch(`${server.baseUrl}/v1/shape?${query}`, { headers })
+    return { status: res.status, headers: res.headers, body: await res.text() }
+  }
+
   it("are answered again alike, with each request's CORS headers, 304s, and a 409 once the shape is gone", async () => {
     const first = await get(`table=${TABLE}&offset=-1`)
     expect(first.status).toBe(200)
