@@ -9,7 +9,8 @@ import type { Part } from "./part.js"
 /*
  * Initial sync of a 100k-row shape, cold (the snapshot comes from Postgres) and warm (the same
  * shape again from offset -1, read from the service's files), beside `COPY (SELECT * FROM t) TO
- * STDOUT` of the same rows. Bodies are counted as bytes (`"operation":"insert"`), never parsed.
+ * STDOUT` of the same rows. Bodies are counted as they arrive (`"operation":"insert"`), never
+ * parsed or joined, as the COPY's rows are counted by their newlines.
  * Five identical tables, so each figure is the median of five: one COPY, one cold and one warm
  * sync each. Each table gets a one-row shape first, so the cold figure is the snapshot, not the
  * first-shape set-up of a table (publication, replica identity).
