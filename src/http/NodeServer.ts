@@ -1,6 +1,8 @@
 import type * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
+import * as Effect from "effect/Effect"
 import * as http from "node:http"
+import { StorageError } from "../domain/errors.js"
 import { cacheControl, corsHeaders } from "./ResponseHeaders.js"
 
 /** How the Node server treats its connections. */
@@ -95,4 +97,67 @@ export const closeConnectionOnFinish = (request: HttpServerRequest.HttpServerReq
   const socket = response?.socket
   if (response === undefined || socket == null) return
   response.once("finish", () => socket.end())
+}
+
+/**
+ * Writes a body of `length` bytes, read piece by piece with `readPiece` (see `LogStream.readPiece`), straight
+ * into the Node response under a request, after whatever the response has written so far; undefined under
+ * another server. The next piece is read while the socket takes the one before, into the other of two buffers
+ * of `pieceBytes` that the response owns: a buffer is read into again only once the socket has taken its piece,
+ * so a reader that stops taking bytes holds one piece in its socket and one read ahead. Fails with what a read
+ * fails with. On interruption (the client left) no further piece is read, and the interruption completes once
+ * the read under way, if any, has settled.
+ */
+export const writePieces = (
+  request: HttpServerRequest.HttpServerRequest,
+  length: number,
+  pieceBytes: number,
+  readPiece: (at: number, into: Buffer) => Promise<Buffer>
+): Effect.Effect<void, StorageError> | undefined => {
+  const response: http.ServerResponse | undefined = NodeHttpServerRequest.toServerResponse(request)
+  if (response === undefined) return undefined
+  return Effect.async<void, StorageError>((resume) => {
+    const buffers = [Buffer.allocUnsafe(pieceBytes), Buffer.allocUnsafe(pieceBytes)] as const
+    let stopped = false
+    let at = 0
+    let next = 0
+    let reading: Promise<Buffer> | undefined
+    const readAhead = () => {
+      reading = at < length ? readPiece(at, buffers[next]!) : undefined
+      // It fails unobserved when the response stops first.
+      reading?.catch(() => undefined)
+      next ^= 1
+    }
+    const failed = (cause: unknown) => {
+      if (stopped) return
+      stopped = true
+      resume(Effect.fail(
+        cause instanceof StorageError
+          ? cause
+          : new StorageError({ reason: "Io", message: cause instanceof Error ? cause.message : String(cause), cause })
+      ))
+    }
+    const send = (piece: Buffer) => {
+      if (stopped) return
+      at += piece.length
+      readAhead()
+      response.write(piece, (error) => {
+        if (stopped) return
+        // The connection is gone: the fiber that wrote the response is being interrupted.
+        if (error != null || reading === undefined) {
+          stopped = true
+          resume(Effect.void)
+          return
+        }
+        reading.then(send, failed)
+      })
+    }
+    readAhead()
+    if (reading === undefined) resume(Effect.void)
+    else reading.then(send, failed)
+    return Effect.promise(() => {
+      stopped = true
+      return reading === undefined ? Promise.resolve() : reading.then(() => undefined, () => undefined)
+    })
+  })
 }

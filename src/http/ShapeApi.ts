@@ -50,7 +50,7 @@ import {
   serverHeader,
   upToDateMessage
 } from "./ResponseHeaders.js"
-import { abortConnection, closeConnectionOnFinish } from "./NodeServer.js"
+import { abortConnection, closeConnectionOnFinish, writePieces } from "./NodeServer.js"
 import { answerSettled, type SettledResponse, settledResponsesOf } from "./SettledResponses.js"
 import { ShutdownSignal } from "./ShutdownSignal.js"
 import { countedWhile, countResponse, heldLongPolls, sseStreams } from "../observability/Metrics.js"
@@ -77,8 +77,9 @@ const CLOSE = encoder.encode("]")
 /**
  * The response for a read: `[`, the stored lines, an optional trailing message,
  * `]` — stored bytes are never re-encoded. A body that was read whole is sent
- * as one buffer; a larger one is streamed, each piece read from disk only once
- * the socket has taken the one before, so a slow reader holds about a piece.
+ * as one buffer; a larger one is streamed, each piece read from disk while the
+ * socket takes the one before (see `writePieces`), so a slow reader holds
+ * about two pieces.
  */
 const arrayResponse = (
   request: HttpServerRequest.HttpServerRequest,
@@ -94,8 +95,10 @@ const arrayResponse = (
   if (read.bytes !== undefined) {
     return HttpServerResponse.stream(Stream.make(OPEN, read.bytes, close), { ...options, contentLength: OPEN.length + read.length + close.length })
   }
+  // Under Node the pieces go straight into the response, between the `[` and the end written as stream elements.
+  const direct = read.readPiece === undefined ? undefined : writePieces(request, read.length, PIECE_BYTES, read.readPiece)
   const body = Stream.succeed(OPEN).pipe(
-    Stream.concat(read.pieces),
+    Stream.concat(direct === undefined ? read.pieces : Stream.execute(direct)),
     Stream.concat(Stream.succeed(close)),
     // The headers, content-length included, are out: the only honest end left is to drop the connection.
     Stream.catchAll((error) =>

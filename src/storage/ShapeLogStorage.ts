@@ -53,6 +53,14 @@ export interface LogStream {
   readonly bytes: Uint8Array | undefined
   /** The body in pieces of at most `PIECE_BYTES`; pulling it again reads it again. */
   readonly pieces: Stream.Stream<Uint8Array, StorageError>
+  /**
+   * For a body not held whole (`bytes` undefined): reads the piece of `pieces` that starts `at` bytes into the
+   * body into the start of `into` (at least `PIECE_BYTES` long) and returns the part it fills, failing with a
+   * `StorageError`. For a writer that reads each piece while the one before is being sent, into buffers it
+   * reuses: no Effect step and no allocation per piece. The descriptor stays usable until the stream's scope
+   * closes, which waits for a read still running.
+   */
+  readonly readPiece: ((at: number, into: Buffer) => Promise<Buffer>) | undefined
   readonly nextOffset: LogOffset
   readonly reachedEnd: boolean
   /** The body is whole and never changes (see `OpenedSpan`): a response made of it may be served again. */
@@ -193,7 +201,15 @@ const streamOf = (
         const pieces = body.length <= PIECE_BYTES
           ? body.length > 0 ? Stream.succeed(body) : Stream.empty
           : Stream.fromIterable(piecesOf(body))
-        return { length: body.length, bytes: body, pieces, nextOffset, reachedEnd, settled: opened.settled === true }
+        return {
+          length: body.length,
+          bytes: body,
+          pieces,
+          readPiece: undefined,
+          nextOffset,
+          reachedEnd,
+          settled: opened.settled === true
+        }
       }
       const { fh, span } = opened
       const length = bodyLength(span)
@@ -202,7 +218,20 @@ const streamOf = (
           ? Effect.succeed(Option.none())
           : Effect.map(attempt(handle, () => readPiece(fh, span, at, format)), (piece) => Option.some([piece, at + piece.length] as const))
       )
-      return { length, bytes: undefined, pieces, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd, settled: false }
+      // A FileHandle closed while a read runs closes its descriptor once the read is over.
+      const readPieceInto = (at: number, into: Buffer): Promise<Buffer> =>
+        readPiece(fh, span, at, format, into).catch((cause: unknown) => {
+          throw cause instanceof StorageError ? cause : ioError(handle, cause)
+        })
+      return {
+        length,
+        bytes: undefined,
+        pieces,
+        readPiece: readPieceInto,
+        nextOffset: span.nextOffset,
+        reachedEnd: span.reachedEnd,
+        settled: false
+      }
     }
   )
 

@@ -163,6 +163,7 @@ const linesRead = (lines: ReadonlyArray<string>, next: LogOffset, reachedEnd: bo
     length: bytes.length,
     bytes,
     pieces: bytes.length > 0 ? Stream.succeed(bytes) : Stream.empty,
+    readPiece: undefined,
     nextOffset: next,
     reachedEnd,
     settled: false

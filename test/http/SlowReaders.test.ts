@@ -14,7 +14,7 @@ import { dropReplication, itemsTable, type RunningSyncline, startSyncline, testP
 /**
  * Clients that read slowly or not at all, against the real server: a large
  * response is streamed from the shape's files, so each such client holds about
- * a piece, not the whole chunk; one that takes no bytes for the send timeout is
+ * two pieces, not the whole chunk; one that takes no bytes for the send timeout is
  * dropped; one that reads steadily, however slowly, gets every byte.
  */
 
@@ -32,7 +32,8 @@ const LONG_POLL_TIMEOUT_MS = 2500
 const READERS = 100
 /**
  * What a streamed response may hold per stalled reader: its 64 KiB piece, counted once in its socket and once
- * among the array buffers, with room to spare. A chunk held whole counts its size twice.
+ * among the array buffers, and the next piece, read while the socket takes the one before. A chunk held whole
+ * counts its size twice.
  */
 const HELD_PER_READER = 256 * 1024
 

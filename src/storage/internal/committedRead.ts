@@ -3,7 +3,7 @@ import * as path from "node:path"
 import { LogOffset } from "../../domain/LogOffset.js"
 import { StorageError } from "../../domain/errors.js"
 import type { LogRead } from "../ShapeLogStorage.js"
-import { type ChunkEnd, FileNames, INDEX_RECORD_BYTES, isErrno, readRange } from "./files.js"
+import { type ChunkEnd, FileNames, INDEX_RECORD_BYTES, isErrno, readRange, readRangeInto } from "./files.js"
 
 /** Below this many candidate lines the index search reads them all in one go. */
 const SEARCH_BLOCK_LINES = 256
@@ -133,15 +133,20 @@ export const readSpan = async (fh: fs.FileHandle, span: ReadSpan, format: BodyFo
 /**
  * The piece of a span's body that starts `at` bytes into the body: at most
  * `PIECE_BYTES`, its lines joined as `format` says. The span's last newline is
- * not part of the body and is never read.
+ * not part of the body and is never read. The piece is read into the start of
+ * `into` when it is given (at least `PIECE_BYTES` long), else into a buffer
+ * of its own.
  */
 export const readPiece = async (
   fh: fs.FileHandle,
   span: ReadSpan,
   at: number,
-  format: BodyFormat = "array"
+  format: BodyFormat = "array",
+  into?: Buffer
 ): Promise<Buffer> => {
-  const buf = await readRange(fh, span.start + at, Math.min(PIECE_BYTES, bodyLength(span) - at))
+  const length = Math.min(PIECE_BYTES, bodyLength(span) - at)
+  const position = span.start + at
+  const buf = into === undefined ? await readRange(fh, position, length) : await readRangeInto(fh, position, into.subarray(0, length))
   if (format === "array") newlinesToCommas(buf)
   return buf
 }

@@ -33,8 +33,12 @@ export interface ChunkEnd {
 }
 
 /** Reads exactly `length` bytes at `position`. */
-export const readRange = async (fh: fs.FileHandle, position: number, length: number): Promise<Buffer> => {
-  const buf = Buffer.allocUnsafe(length)
+export const readRange = (fh: fs.FileHandle, position: number, length: number): Promise<Buffer> =>
+  readRangeInto(fh, position, Buffer.allocUnsafe(length))
+
+/** Fills `buf` with the bytes at `position`. */
+export const readRangeInto = async (fh: fs.FileHandle, position: number, buf: Buffer): Promise<Buffer> => {
+  const length = buf.length
   let done = 0
   while (done < length) {
     const { bytesRead } = await fh.read(buf, done, length - done, position + done)
