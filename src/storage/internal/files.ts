@@ -32,9 +32,12 @@ export interface ChunkEnd {
   readonly endLine: number
 }
 
-/** Reads exactly `length` bytes at `position`. */
-export const readRange = async (fh: fs.FileHandle, position: number, length: number): Promise<Buffer> => {
-  const buf = Buffer.allocUnsafe(length)
+/**
+ * Reads exactly `length` bytes at `position`. With `kept`, into memory of its own rather than a slice of Node's
+ * shared pool: a small body that is kept (a cached read) would otherwise hold a whole pool slab of 8 kB.
+ */
+export const readRange = async (fh: fs.FileHandle, position: number, length: number, kept = false): Promise<Buffer> => {
+  const buf = kept ? Buffer.allocUnsafeSlow(length) : Buffer.allocUnsafe(length)
   let done = 0
   while (done < length) {
     const { bytesRead } = await fh.read(buf, done, length - done, position + done)
