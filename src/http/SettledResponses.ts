@@ -23,6 +23,8 @@ const ENTRY_BYTES = 512
 export class SettledResponses {
   private readonly entries = new Map<string, SettledResponse>()
   private bytes = 0
+  /** The URLs asked for (or answered) since the last `sweep`. */
+  private used = new Set<string>()
 
   constructor(private readonly maxBytes: number) {}
 
@@ -31,18 +33,29 @@ export class SettledResponses {
     if (entry === undefined) return undefined
     this.entries.delete(url)
     this.entries.set(url, entry)
+    this.used.add(url)
     return entry
   }
 
   set(url: string, entry: SettledResponse): void {
     this.delete(url)
     this.entries.set(url, entry)
+    this.used.add(url)
     this.bytes += entry.body.length + ENTRY_BYTES
     for (const [key, old] of this.entries) {
       if (this.bytes <= this.maxBytes) break
       this.entries.delete(key)
       this.bytes -= old.body.length + ENTRY_BYTES
     }
+  }
+
+  /**
+   * Forgets the responses no one asked for since the previous sweep: what catch-up clients go through again and
+   * again stays, and a response asked for once (the first one of each new shape) is not kept for good.
+   */
+  sweep(): void {
+    for (const url of this.entries.keys()) if (!this.used.has(url)) this.delete(url)
+    this.used = new Set()
   }
 
   /** Forgets a response whose shape is gone. */

@@ -550,11 +550,22 @@ const SETTLED_RESPONSE_BYTES = 32 * 1024 * 1024
 /** Each stack's settled responses, by its shape cache: a new stack starts with none. */
 const settledResponses = new WeakMap<ShapeCache["Type"], SettledResponses>()
 
+/** How often the settled responses no one asked for meanwhile are forgotten (`SettledResponses.sweep`). */
+const SETTLED_SWEEP_MS = 10_000
+
 const settledResponsesOf = (cache: ShapeCache["Type"]): SettledResponses => {
   let responses = settledResponses.get(cache)
   if (responses === undefined) {
     responses = new SettledResponses(SETTLED_RESPONSE_BYTES)
     settledResponses.set(cache, responses)
+    // The sweep holds them weakly: they go with their stack, and the sweep with them.
+    const held = new WeakRef(responses)
+    const sweep: NodeJS.Timeout = setInterval(() => {
+      const live = held.deref()
+      if (live === undefined) clearInterval(sweep)
+      else live.sweep()
+    }, SETTLED_SWEEP_MS)
+    sweep.unref()
   }
   return responses
 }

@@ -156,7 +156,10 @@ const TRASH_PREFIX = ".trash-"
 /** The bodies a storage keeps to serve again (see `ReadCache`); bodies are at most one piece each. */
 const READ_CACHE_BYTES = 32 * 1024 * 1024
 
-/** How often logs are checked for idleness: one unused since the previous check gives its descriptors back. */
+/**
+ * How often logs are checked for idleness: one unused since the previous check gives its descriptors back, and
+ * the shared reads no one asked for since are dropped.
+ */
 const IDLE_CHECK = Duration.seconds(10)
 
 const attempt = <A>(handle: string | undefined, f: () => Promise<A>): Effect.Effect<A, StorageError> =>
@@ -426,6 +429,7 @@ export const make = (
 
     yield* Effect.sync(() => {
       for (const held of logs.values()) held.opening.then((entry) => entry.files.closeIfIdle(), () => undefined)
+      readCache.sweep()
     }).pipe(Effect.repeat(Schedule.spaced(IDLE_CHECK)), Effect.forkScoped)
 
     const open = Effect.fn("ShapeLogStorage.open")(function*(handle: ShapeHandle) {
