@@ -1,3 +1,4 @@
+import { execFileSync } from "node:child_process"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import { createShapes, mb, startPostgres, startService } from "./memory-service.js"
@@ -6,7 +7,9 @@ import { createShapes, mb, startPostgres, startService } from "./memory-service.
  * Where the resident memory of the service goes as shapes are created: the RSS of each kind of mapping in
  * /proc/<pid>/smaps (the V8 heap's pages, malloc's main heap and thread arenas, mapped files), read after full
  * GCs: after a warm-up and BENCH_IDLE_S (25) seconds idle, right after creating BENCH_SHAPES (2,000) shapes
- * `where id = k`, and after as long idle again, beside process.memoryUsage(). Run `npm run build` first, then
+ * `where id = k`, and after as long idle again, beside process.memoryUsage(). With BENCH_MALLOC_TRIM=1 it then
+ * has the service call malloc_trim(0) (through gdb) and reads once more: what malloc then gives back was free
+ * memory its arenas held, not memory in use. Run `npm run build` first, then
  *   node --import tsx scratchpad/bench/memory-maps.ts
  */
 
@@ -54,6 +57,13 @@ const main = async () => {
     for (const [label, a, b] of [["after creation", m0, m1], [`after ${IDLE_S} s idle`, m0, m2]] as const) {
       console.log(`${label}: rss ${mb(a.rss)} → ${mb(b.rss)} MB (${per(a.rss, b.rss)}/shape); heapUsed ${per(a.heapUsed, b.heapUsed)}; ` +
         `heapTotal ${mb(a.heapTotal)} → ${mb(b.heapTotal)} MB (${per(a.heapTotal, b.heapTotal)}); external ${per(a.external, b.external)}; arrayBuffers ${per(a.arrayBuffers, b.arrayBuffers)}`)
+    }
+    if (process.env["BENCH_MALLOC_TRIM"] === "1") {
+      execFileSync("gdb", ["-p", String(service.child.pid), "-batch", "-ex", "call (int)malloc_trim(0)"], { stdio: "ignore" })
+      const m3 = await service.memory()
+      const s3 = await maps(service.child.pid)
+      console.log(`after malloc_trim(0): rss ${mb(m0.rss)} → ${mb(m3.rss)} MB (${per(m0.rss, m3.rss)}/shape); ` +
+        `[heap] ${mb(s0.get("[heap]") ?? 0)} → ${mb(s3.get("[heap]") ?? 0)} MB (${per(s0.get("[heap]") ?? 0, s3.get("[heap]") ?? 0)}/shape)`)
     }
     const kinds = new Set([...s0.keys(), ...s1.keys(), ...s2.keys()])
     const rows = [...kinds].map((k) => [k, s0.get(k) ?? 0, s1.get(k) ?? 0, s2.get(k) ?? 0] as const)
