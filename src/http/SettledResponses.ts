@@ -29,6 +29,8 @@ const ENTRY_BYTES = 512
 export class SettledResponses {
   private readonly entries = new Map<string, SettledResponse>()
   private bytes = 0
+  /** The URLs asked for (or answered) since the last `sweep`. */
+  private used = new Set<string>()
 
   constructor(private readonly maxBytes: number) {}
 
@@ -37,18 +39,29 @@ export class SettledResponses {
     if (entry === undefined) return undefined
     this.entries.delete(url)
     this.entries.set(url, entry)
+    this.used.add(url)
     return entry
   }
 
   set(url: string, entry: SettledResponse): void {
     this.delete(url)
     this.entries.set(url, entry)
+    this.used.add(url)
     this.bytes += entry.body.length + ENTRY_BYTES
     for (const [key, old] of this.entries) {
       if (this.bytes <= this.maxBytes) break
       this.entries.delete(key)
       this.bytes -= old.body.length + ENTRY_BYTES
     }
+  }
+
+  /**
+   * Forgets the responses no one asked for since the previous sweep: what catch-up clients go through again and
+   * again stays, and a response asked for once (the first one of each new shape) is not kept for good.
+   */
+  sweep(): void {
+    for (const url of this.entries.keys()) if (!this.used.has(url)) this.delete(url)
+    this.used = new Set()
   }
 
   /** Forgets a response whose shape is gone. */
@@ -66,12 +79,23 @@ const SETTLED_RESPONSE_BYTES = 32 * 1024 * 1024
 /** Each stack's settled responses, by its shape cache: a new stack starts with none. */
 const byStack = new WeakMap<ShapeCache["Type"], SettledResponses>()
 
+/** How often the settled responses no one asked for meanwhile are forgotten (`SettledResponses.sweep`). */
+const SETTLED_SWEEP_MS = 10_000
+
 /** The settled responses of the stack whose shape cache is `cache`. */
 export const settledResponsesOf = (cache: ShapeCache["Type"]): SettledResponses => {
   let responses = byStack.get(cache)
   if (responses === undefined) {
     responses = new SettledResponses(SETTLED_RESPONSE_BYTES)
     byStack.set(cache, responses)
+    // The sweep holds them weakly: they go with their stack, and the sweep with them.
+    const held = new WeakRef(responses)
+    const sweep: NodeJS.Timeout = setInterval(() => {
+      const live = held.deref()
+      if (live === undefined) clearInterval(sweep)
+      else live.sweep()
+    }, SETTLED_SWEEP_MS)
+    sweep.unref()
   }
   return responses
 }

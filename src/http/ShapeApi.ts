@@ -74,6 +74,19 @@ const encoder = new TextEncoder()
 const OPEN = encoder.encode("[")
 const CLOSE = encoder.encode("]")
 
+/** The bytes of `parts` in memory of their own, not a slice of Node's shared pool that a kept body would pin. */
+const keptConcat = (...parts: ReadonlyArray<Uint8Array>): Buffer => {
+  let length = 0
+  for (const part of parts) length += part.length
+  const body = Buffer.allocUnsafeSlow(length)
+  let at = 0
+  for (const part of parts) {
+    body.set(part, at)
+    at += part.length
+  }
+  return body
+}
+
 /**
  * The response for a read: `[`, the stored lines, an optional trailing message,
  * `]` — stored bytes are never re-encoded. A body that was read whole is sent
@@ -387,7 +400,7 @@ const respond = (
       trailing = upToDateMessage(live ? (chunkEnd > 0n ? chunkEnd : global) : chunkEnd > global ? chunkEnd : global)
     }
     if (remember !== undefined && read.settled && read.bytes !== undefined && !live && trailing === undefined) {
-      const body = Buffer.concat([OPEN, read.bytes, CLOSE])
+      const body = keptConcat(OPEN, read.bytes, CLOSE)
       const stable: Record<string, string> = {}
       for (const [name, value] of Object.entries(responseHeaders)) {
         if (value !== undefined && !(name in cors)) stable[name] = value

@@ -27,7 +27,7 @@ import { logWhenStopped } from "../domain/Lifecycle.js"
  * a reader waits on (an Effect Deferred takes most of a kilobyte) are made when someone first needs them.
  */
 interface Registered {
-  readonly shape: Shape
+  shape: Shape
   /** Where the shape's snapshot ended; undefined while it is being taken. */
   mark: SnapshotMark | undefined
   /** A consumer started before the snapshot completed waits here for the mark. */
@@ -72,7 +72,11 @@ const markOf = (reg: Registered): Effect.Effect<SnapshotMark> =>
 export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor")<ConsumerSupervisor, {
   /** Makes a shape known; `snapshot` is given for restored shapes, later through `snapshotReady` for new ones. */
   readonly register: (shape: Shape, snapshot: SnapshotMark | undefined) => Effect.Effect<void>
-  readonly snapshotReady: (handle: ShapeHandle, mark: SnapshotMark) => Effect.Effect<void>
+  /**
+   * A new shape's snapshot is complete; `shape` is the form the shape is kept in from now on (its consumer, if
+   * running, goes on with the one it started with).
+   */
+  readonly snapshotReady: (handle: ShapeHandle, mark: SnapshotMark, shape: Shape) => Effect.Effect<void>
   /**
    * Hands routed transactions (in commit order) to the consumers of the shapes they go to, starting those not
    * running: each consumer gets its part of the batch in one offer.
@@ -240,11 +244,12 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
                 if (dependency !== undefined) yield* readBy(dependency, shape)
               }
             }),
-          snapshotReady: (handle, mark) =>
+          snapshotReady: (handle, mark, shape) =>
             Effect.suspend(() => {
               const reg = registered.get(handle)
               if (reg === undefined || reg.mark !== undefined) return Effect.void
               reg.mark = mark
+              reg.shape = shape
               return reg.markWaiter === undefined ? Effect.void : Deferred.succeed(reg.markWaiter, mark)
             }),
           deliver: (batch) =>

@@ -413,8 +413,8 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           const shape = spec.build(record.handle, dependencies)
           yield* consumers.register(shape, undefined)
           route(shape, spec.routing)
-          const mark = yield* Effect.flatMap(storage.create(record.handle), (log) => snapshotter.run(shape, log)).pipe(
-            Effect.tap((mark) => status.markSnapshotComplete(record.handle, mark)),
+          const complete = yield* Effect.flatMap(storage.create(record.handle), (log) => snapshotter.run(shape, log)).pipe(
+            Effect.flatMap((mark) => status.markSnapshotComplete(record.handle, mark)),
             // A failed snapshot leaves nothing behind; an interrupted one (the stack stopping) is removed at the next boot.
             Effect.tapErrorCause((cause) =>
               Cause.isInterruptedOnly(cause)
@@ -430,10 +430,13 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             return yield* new TableAbsent({ operation: "getOrCreate: a subquery's shape was removed meanwhile" })
           }
           if (asked) requested.add(record.handle)
-          shapes.set(record.handle, shape)
-          yield* consumers.snapshotReady(record.handle, mark)
+          // From here on the shape is kept as a restart restores it: its where is parsed again when a transaction
+          // or a request first needs it, so that an idle shape does not hold its parse tree and evaluator.
+          const kept = dependencies.length === 0 ? restoreShape(spec.table, complete.definition, record.handle, dependencies) : shape
+          shapes.set(record.handle, kept)
+          yield* consumers.snapshotReady(record.handle, complete.snapshot!, kept)
           yield* Effect.logInfo(`created shape ${record.handle} on ${spec.table.schema}.${spec.table.name}`)
-          return shape
+          return kept
         })
 
       // Creations run in the cache's own scope, not in the request that asked: a client that goes away

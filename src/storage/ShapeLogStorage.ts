@@ -164,7 +164,10 @@ const TRASH_PREFIX = ".trash-"
 /** The bodies a storage keeps to serve again (see `ReadCache`); bodies are at most one piece each. */
 const READ_CACHE_BYTES = 32 * 1024 * 1024
 
-/** How often logs are checked for idleness: one unused since the previous check gives its descriptors back. */
+/**
+ * How often logs are checked for idleness: one unused since the previous check gives its descriptors back, and
+ * the shared reads no one asked for since are dropped.
+ */
 const IDLE_CHECK = Duration.seconds(10)
 
 const attempt = <A>(handle: string | undefined, f: () => Promise<A>): Effect.Effect<A, StorageError> =>
@@ -316,7 +319,25 @@ export const make = (
       readonly files: ShapeLogFiles
       readonly log: ShapeLog
     }
-    const logs = new Map<string, Promise<Opened>>()
+    /** A log being opened or created, or open with its descriptors: held here until they are closed. */
+    interface Held {
+      readonly opening: Promise<Opened>
+      /** Set once `opening` has resolved. */
+      opened: Opened | undefined
+    }
+    const logs = new Map<string, Held>()
+    /**
+     * Logs without descriptors (idle, or whose snapshot has just completed), held weakly: whoever still uses one
+     * (a consumer, a request, a waiting long-poll) keeps it, and `open` finds it while it is kept, so there is never
+     * a second `ShapeLogFiles` for a handle beside a live one. A log no one holds is collected and the next `open`
+     * recovers it from disk, as at start-up: a process serving many idle shapes keeps none of their state.
+     */
+    const unheld = new Map<string, WeakRef<ShapeLogFiles>>()
+    const collected = new FinalizationRegistry<string>((handle) => {
+      if (unheld.get(handle)?.deref() === undefined) unheld.delete(handle)
+    })
+    /** Each log's `ShapeLog`, one per `ShapeLogFiles` for as long as it lives. */
+    const views = new WeakMap<ShapeLogFiles, Opened>()
     // Once the stack's scope closes, a caller still holding this storage (a request of the old stack) must
     // not open a log: opening recovers, and recovery truncates files the next stack may be writing.
     let accepting = true
@@ -325,42 +346,103 @@ export const make = (
       new StorageError({ reason: "Closed", handle, message: "the storage of a stopped stack" })
 
     const track = (handle: ShapeHandle, opening: Promise<Opened>): Promise<Opened> => {
-      logs.set(handle, opening)
-      opening.catch(() => {
-        if (logs.get(handle) === opening) logs.delete(handle)
-      })
+      const held: Held = { opening, opened: undefined }
+      logs.set(handle, held)
+      unheld.delete(handle)
+      opening.then(
+        (opened) => {
+          held.opened = opened
+          // Its descriptors were closed before this resolved (a snapshot completed meanwhile).
+          if (logs.get(handle) === held && !opened.files.holdsDescriptors) letGo(opened.files)
+        },
+        () => {
+          if (logs.get(handle) === held) logs.delete(handle)
+        }
+      )
       return opening
     }
 
+    /** The log's descriptors are closed: it is held weakly from now on. */
+    const letGo = (files: ShapeLogFiles): void => {
+      const held = logs.get(files.handle)
+      if (held?.opened?.files !== files || files.closed !== "open" || !files.snapshotComplete) return
+      logs.delete(files.handle)
+      unheld.set(files.handle, new WeakRef(files))
+      collected.register(files, files.handle, files)
+    }
+
+    /** The log opened its descriptors again: held strongly until they are closed. */
+    const holdAgain = (files: ShapeLogFiles): void => {
+      if (unheld.get(files.handle)?.deref() !== files) return
+      unheld.delete(files.handle)
+      collected.unregister(files)
+      const opened = viewOf(files)
+      logs.set(files.handle, { opening: Promise.resolve(opened), opened })
+    }
+
+    /** A log still alive though not held here (see `unheld`). */
+    const kept = (handle: string): ShapeLogFiles | undefined => {
+      const ref = unheld.get(handle)
+      if (ref === undefined) return undefined
+      const files = ref.deref()
+      if (files === undefined || files.closed !== "open") {
+        unheld.delete(handle)
+        if (files !== undefined) collected.unregister(files)
+        return undefined
+      }
+      return files
+    }
+
     const readCache = new ReadCache(READ_CACHE_BYTES)
-    const toOpened = (files: ShapeLogFiles): Opened => {
-      files.readCache = readCache
-      return { files, log: toShapeLog(files) }
+    const viewOf = (files: ShapeLogFiles): Opened => {
+      let opened = views.get(files)
+      if (opened === undefined) {
+        files.readCache = readCache
+        files.onDescriptors = (open) => (open ? holdAgain(files) : letGo(files))
+        opened = { files, log: toShapeLog(files) }
+        views.set(files, opened)
+      }
+      return opened
     }
 
     const openCached = (handle: ShapeHandle): Promise<Opened> => {
       if (!accepting) return Promise.reject(stopped(handle))
       const cached = logs.get(handle)
       if (cached !== undefined) {
-        return cached.then((entry) => {
+        return cached.opening.then((entry) => {
           if (entry.files.closed !== "failed") return entry
           if (logs.get(handle) === cached) logs.delete(handle)
           return openCached(handle)
         })
       }
-      return track(handle, ShapeLogFiles.open(path.join(root, handle), handle, threshold).then(toOpened))
+      const alive = kept(handle)
+      if (alive !== undefined) return Promise.resolve(viewOf(alive))
+      return track(handle, ShapeLogFiles.open(path.join(root, handle), handle, threshold).then(viewOf))
+    }
+
+    /** Takes the log of a handle out of the storage (strongly or weakly held): the caller shuts it down. */
+    const takeOut = (handle: string): Promise<Opened | undefined> => {
+      const cached = logs.get(handle)
+      logs.delete(handle)
+      const alive = kept(handle)
+      unheld.delete(handle)
+      if (alive !== undefined) {
+        collected.unregister(alive)
+        return Promise.resolve(viewOf(alive))
+      }
+      return cached === undefined ? Promise.resolve(undefined) : cached.opening.catch(() => undefined)
     }
 
     const createCached = (handle: ShapeHandle): Promise<Opened> => {
       if (!accepting) return Promise.reject(stopped(handle))
-      const previous = logs.get(handle)
+      const previous = takeOut(handle)
       return track(
         handle,
         (async () => {
           // The old log's files are about to be emptied: its readers and writers must stop first.
-          const entry = await previous?.catch(() => undefined)
+          const entry = await previous
           await entry?.files.shutdown("removed")
-          return toOpened(await ShapeLogFiles.create(path.join(root, handle), handle, threshold))
+          return viewOf(await ShapeLogFiles.create(path.join(root, handle), handle, threshold))
         })()
       )
     }
@@ -368,14 +450,15 @@ export const make = (
     yield* Effect.addFinalizer(() =>
       Effect.promise(async () => {
         accepting = false
-        const entries = await Promise.all([...logs.values()].map((p) => p.catch(() => undefined)))
-        logs.clear()
+        const handles = new Set([...logs.keys(), ...unheld.keys()])
+        const entries = await Promise.all([...handles].map(takeOut))
         await Promise.all(entries.map((entry) => entry?.files.shutdown("closed")))
       })
     )
 
     yield* Effect.sync(() => {
-      for (const opening of logs.values()) opening.then((entry) => entry.files.closeIfIdle(), () => undefined)
+      for (const held of logs.values()) held.opening.then((entry) => entry.files.closeIfIdle(), () => undefined)
+      readCache.sweep()
     }).pipe(Effect.repeat(Schedule.spaced(IDLE_CHECK)), Effect.forkScoped)
 
     const open = Effect.fn("ShapeLogStorage.open")(function*(handle: ShapeHandle) {
@@ -391,9 +474,7 @@ export const make = (
     const remove = Effect.fn("ShapeLogStorage.remove")(function*(handle: ShapeHandle) {
       yield* attempt(handle, async () => {
         if (!accepting) throw stopped(handle)
-        const cached = logs.get(handle)
-        logs.delete(handle)
-        const entry = await cached?.catch(() => undefined)
+        const entry = await takeOut(handle)
         await entry?.files.shutdown("removed")
         const trash = path.join(root, `${TRASH_PREFIX}${handle}-${Date.now()}-${Math.random().toString(36).slice(2)}`)
         try {

@@ -1,5 +1,7 @@
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
+import * as v8 from "node:v8"
+import * as vm from "node:vm"
 import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
 import { LogOffset } from "../../src/domain/LogOffset.js"
@@ -50,6 +52,27 @@ const readAll = (log: ShapeLog, from: LogOffset) =>
 
 const bodies = (reads: ReadonlyArray<LogRead>): Array<string> =>
   reads.filter((r) => r.count > 0).flatMap((r) => bodyOf(r).split(/,(?=\{"key")/))
+
+/** How many descriptors of this process are open on files under `dir`. */
+const openFilesUnder = (dir: string) =>
+  Effect.promise(async () => {
+    let n = 0
+    for (const fd of await fs.readdir("/proc/self/fd")) {
+      const target = await fs.readlink(path.join("/proc/self/fd", fd)).catch(() => "")
+      if (target.startsWith(dir + path.sep)) n++
+    }
+    return n
+  })
+
+/** Full garbage collections, after the current job (a WeakRef's target is kept until then). */
+const collectGarbage = async (): Promise<void> => {
+  v8.setFlagsFromString("--expose-gc")
+  const gc = vm.runInNewContext("gc") as () => void
+  for (let i = 0; i < 3; i++) {
+    await new Promise((r) => setTimeout(r, 10))
+    gc()
+  }
+}
 
 describe("ShapeLogStorage", () => {
   it.scoped("cuts the snapshot into chunks at the byte threshold and serves them as 0_n", () =>
@@ -450,6 +473,79 @@ describe("ShapeLogStorage", () => {
       const reopened = yield* openIn(dir)
       expect(fmt((yield* reopened.storage.open(ShapeHandle("idle-1"))).latestOffset())).toBe("8_1")
       yield* reopened.close
+    }))
+
+  it.scoped("a log gives back its descriptors once its snapshot completes; reading the snapshot does not open them", () =>
+    Effect.gen(function*() {
+      const { dir, storage } = yield* withStorage()
+      const log = yield* storage.create(ShapeHandle("done-1"))
+      const shapeDir = path.join(dir, "done-1")
+      expect(yield* openFilesUnder(shapeDir)).toBe(3)
+      yield* withSnapshot(log, [line("snap", 0)])
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
+      expect(yield* openFilesUnder(shapeDir)).toBe(0)
+      const read = yield* log.read(LogOffset.beforeAll)
+      expect(bodyOf(read)).toBe(line("snap", 0))
+      const streamed = yield* Effect.scoped(Effect.map(log.stream(LogOffset.beforeAll), (s) => decoder.decode(s.bytes)))
+      expect(streamed).toBe(line("snap", 0))
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
+      expect(yield* openFilesUnder(shapeDir)).toBe(0)
+      // The next commit opens them again.
+      yield* log.append([entry(3, 0)])
+      expect(fmt(yield* log.commit)).toBe("3_0")
+      expect(yield* openFilesUnder(shapeDir)).toBe(3)
+    }))
+
+  it.scoped("a log without descriptors is the same log for every holder: a commit through a later open wakes an earlier waiter", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const handle = ShapeHandle("held-1")
+      const created = yield* storage.create(handle)
+      yield* withSnapshot(created, [line("snap", 0)])
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
+      const waiter = yield* Effect.fork(created.awaitDataAfter(created.latestOffset()))
+      yield* Effect.yieldNow()
+      const later = yield* storage.open(handle)
+      expect(later).toBe(created)
+      yield* later.append([entry(4, 0)])
+      expect(fmt(yield* later.commit)).toBe("4_0")
+      yield* Fiber.join(waiter)
+      expect(fmt(created.latestOffset())).toBe("4_0")
+      // Removed while held weakly: its holders see the removal.
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
+      const removedWaiter = yield* Effect.fork(created.awaitDataAfter(created.latestOffset()))
+      yield* Effect.yieldNow()
+      yield* storage.remove(handle)
+      yield* Fiber.join(removedWaiter)
+      expect((yield* Effect.flip(created.commit)).reason).toBe("Removed")
+      expect((yield* Effect.flip(storage.open(handle))).reason).toBe("Removed")
+    }))
+
+  it.scoped("a log no one holds is forgotten, and the next open recovers it from its files", () =>
+    Effect.gen(function*() {
+      const { storage } = yield* withStorage()
+      const handle = ShapeHandle("gone-1")
+      // Everything that refers to the first log lives in this function only.
+      const first = yield* Effect.promise(() =>
+        Effect.runPromise(Effect.gen(function*() {
+          const log = yield* storage.create(handle)
+          yield* withSnapshot(log, [line("snap", 0)])
+          yield* log.append([entry(5, 0), entry(5, 1)])
+          yield* log.commit
+          return new WeakRef(log)
+        }))
+      )
+      // Its descriptors are given back by the idle checks; then nothing holds it.
+      yield* TestClock.adjust("25 seconds")
+      yield* Effect.promise(() => new Promise((r) => setTimeout(r, 50)))
+      yield* Effect.promise(collectGarbage)
+      expect(first.deref()).toBeUndefined()
+      const again = yield* storage.open(handle)
+      expect(fmt(again.latestOffset())).toBe("5_1")
+      expect(bodies(yield* readAll(again, LogOffset.lastBeforeReal))).toEqual([entry(5, 0), entry(5, 1)].map((e) => e.json))
+      yield* again.append([entry(6, 0)])
+      expect(fmt(yield* again.commit)).toBe("6_0")
+      expect(yield* storage.open(handle)).toBe(again)
     }))
 
   it.scoped("open returns the log create made for a handle; list shows shape directories", () =>

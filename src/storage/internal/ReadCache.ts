@@ -9,6 +9,8 @@ export interface SharedRead {
 interface Entry {
   readonly read: Promise<SharedRead>
   bytes: number
+  /** Read since the last `sweep`. */
+  used: boolean
 }
 
 /** What an entry costs besides its body, so that empty reads are bounded too. */
@@ -36,6 +38,7 @@ export class ReadCache {
     // Map order is insertion order: the entry moves to the young end.
     this.entries.delete(key)
     this.entries.set(key, entry)
+    entry.used = true
     return entry.read
   }
 
@@ -44,7 +47,7 @@ export class ReadCache {
    * a settled one moves to `settledKey`, where later committed states find it.
    */
   share(key: string, read: Promise<SharedRead>, settledKey: string): Promise<SharedRead> {
-    const entry: Entry = { read, bytes: 0 }
+    const entry: Entry = { read, bytes: 0, used: true }
     this.entries.set(key, entry)
     read.then(
       ({ opened, settled }) => {
@@ -67,6 +70,23 @@ export class ReadCache {
       }
     )
     return read
+  }
+
+  /**
+   * Drops the bodies no request read since the previous sweep: they are shared by requests that come together
+   * (the ones a commit wakes, catch-up clients going through the same chunks), and one no one asked for over a
+   * whole period is read again from its file if it is asked for later.
+   */
+  sweep(): void {
+    for (const [key, entry] of this.entries) {
+      // A read in flight holds nothing yet, and requests may be waiting to share it.
+      if (entry.bytes === 0) continue
+      if (entry.used) entry.used = false
+      else {
+        this.entries.delete(key)
+        this.bytes -= entry.bytes
+      }
+    }
   }
 
   private evict(): void {

@@ -81,9 +81,11 @@ interface Handles {
  * buffered in memory until `commit`.
  *
  * An idle log costs only its state: its descriptors are closed by
- * `closeIfIdle` and opened again by the next operation that needs them (a
- * process serving many shapes would otherwise hold three descriptors per shape
- * and run out of them), and its latches and append buffer are made when used.
+ * `closeIfIdle`, and as soon as its snapshot completes, and opened again by
+ * the next operation that needs them (a process serving many shapes would
+ * otherwise hold three descriptors per shape and run out of them), and its
+ * latches and append buffer are made when used. Reads of snapshot chunks open
+ * the chunk's file, not these descriptors.
  */
 export class ShapeLogFiles {
   // committed snapshot
@@ -133,6 +135,13 @@ export class ShapeLogFiles {
   private reopening: Promise<Handles> | undefined = undefined
   /** Whether an operation ran since the last `closeIfIdle`. */
   private usedSinceCheck = true
+  /** Set when the snapshot completes: the descriptors close once the operations in flight end. */
+  private releaseWhenIdle = false
+  /**
+   * Told when the descriptors are opened again (`true`) and when they are closed while the log stays open
+   * (`false`); set by the storage that opened it, which holds the log strongly only while they are open.
+   */
+  onDescriptors: ((open: boolean) => void) | undefined = undefined
 
   private constructor(
     readonly handle: string,
@@ -179,10 +188,20 @@ export class ShapeLogFiles {
       this.usedSinceCheck = false
       return
     }
+    this.closeHandles()
+  }
+
+  /** Whether the descriptors are open (or being opened again). */
+  get holdsDescriptors(): boolean {
+    return this.handles !== undefined || this.reopening !== undefined
+  }
+
+  private closeHandles(): void {
     const handles = this.handles
-    if (handles === undefined || this.closed !== "open") return
+    if (handles === undefined || this.closed !== "open" || this.busy > 0) return
     this.handles = undefined
     for (const fh of [handles.log, handles.index, handles.chunks]) void fh.close().catch(() => undefined)
+    this.onDescriptors?.(false)
   }
 
   private async reopen(): Promise<Handles> {
@@ -219,6 +238,7 @@ export class ShapeLogFiles {
             for (const fh of [handles.log, handles.index, handles.chunks]) void fh.close().catch(() => undefined)
           } else {
             this.handles = handles
+            this.onDescriptors?.(true)
           }
         },
         () => {
@@ -354,20 +374,29 @@ export class ShapeLogFiles {
     })
   }
 
-  /** Runs an operation that uses the file handles, which stay open until it ends. */
-  private async using<A>(f: () => Promise<A>): Promise<A> {
+  /**
+   * Runs an operation on the log, which stays open until it ends; with `descriptors`, the file handles are open
+   * for it (a read of a snapshot chunk opens that chunk's file instead).
+   */
+  private async using<A>(f: () => Promise<A>, descriptors = true): Promise<A> {
     if (this.closed !== "open") throw this.closedError()
     this.busy++
-    this.usedSinceCheck = true
+    if (descriptors) this.usedSinceCheck = true
     try {
-      await this.ensureHandles()
+      if (descriptors) await this.ensureHandles()
       return await f()
     } catch (cause) {
       if (this.closed !== "open" && !(cause instanceof StorageError)) throw this.closedError()
       throw cause
     } finally {
       this.busy--
-      if (this.busy === 0 && this.onIdle !== undefined) this.onIdle()
+      if (this.busy === 0) {
+        if (this.onIdle !== undefined) this.onIdle()
+        else if (this.releaseWhenIdle) {
+          this.releaseWhenIdle = false
+          this.closeHandles()
+        }
+      }
     }
   }
 
@@ -484,6 +513,8 @@ export class ShapeLogFiles {
       this.snapshotComplete = true
       if (this.snapshotLatch !== undefined) release(this.snapshotLatch)
       this.snapshotLatch = undefined
+      // Most shapes get no change for a while after their snapshot: the next commit opens the log again.
+      this.releaseWhenIdle = true
       this.wakeReaders()
     })
   }
@@ -644,11 +675,9 @@ export class ShapeLogFiles {
 
   /** Reads after `from` within the committed state; the caller has waited for the snapshot to complete. */
   read(from: LogOffset): Promise<LogRead> {
-    return this.using(() => {
-      const n = snapshotChunkAfter(from, this.snapshotChunkBytes.length)
-      if (n !== undefined) return readSnapshotChunk(this.dir, n, this.snapshotChunkBytes[n]!)
-      return readCommittedLog(this.committed(), from)
-    })
+    const n = snapshotChunkAfter(from, this.snapshotChunkBytes.length)
+    if (n !== undefined) return this.using(() => readSnapshotChunk(this.dir, n, this.snapshotChunkBytes[n]!), false)
+    return this.using(() => readCommittedLog(this.committed(), from))
   }
 
   /**
@@ -666,6 +695,7 @@ export class ShapeLogFiles {
     const key = `${this.cacheId} ${this.lines} ${read}`
     const hit = cache === undefined || this.closed !== "open" ? undefined : cache.get(settledKey) ?? cache.get(key)
     if (hit !== undefined) return hit.then(openedOf)
+    const inSnapshot = snapshotChunkAfter(from, this.snapshotChunkBytes.length) !== undefined
     return this.using(async () => {
       const [span, settled, shared] = await this.spanAfter(from)
       // A streamed body reads through a descriptor of its own, which its response closes: it is never shared.
@@ -673,7 +703,7 @@ export class ShapeLogFiles {
       const whole = cache.get(key) ??
         cache.share(key, openSpan(this.dir, span, shared, format).then((opened) => settledRead(opened, settled)), settledKey)
       return whole.then(openedOf)
-    })
+    }, !inSnapshot)
   }
 
   /**

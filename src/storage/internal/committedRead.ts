@@ -125,7 +125,7 @@ const newlinesToCommas = (buf: Buffer): number => {
 export const readSpan = async (fh: fs.FileHandle, span: ReadSpan, format: BodyFormat = "array"): Promise<LogRead> => {
   const { nextOffset, reachedEnd } = span
   if (span.end === span.start) return { body: EMPTY, count: 0, nextOffset, reachedEnd }
-  const buf = await readRange(fh, span.start, span.end - span.start)
+  const buf = await readRange(fh, span.start, span.end - span.start, true)
   const lines = joinLines(buf, format)
   return { body: buf.subarray(0, buf.length - 1), count: span.count ?? lines, nextOffset, reachedEnd }
 }

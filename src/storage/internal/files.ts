@@ -32,9 +32,12 @@ export interface ChunkEnd {
   readonly endLine: number
 }
 
-/** Reads exactly `length` bytes at `position`. */
-export const readRange = (fh: fs.FileHandle, position: number, length: number): Promise<Buffer> =>
-  readRangeInto(fh, position, Buffer.allocUnsafe(length))
+/**
+ * Reads exactly `length` bytes at `position`. With `kept`, into memory of its own rather than a slice of Node's
+ * shared pool: a small body that is kept (a cached read) would otherwise hold a whole pool slab of 8 kB.
+ */
+export const readRange = (fh: fs.FileHandle, position: number, length: number, kept = false): Promise<Buffer> =>
+  readRangeInto(fh, position, kept ? Buffer.allocUnsafeSlow(length) : Buffer.allocUnsafe(length))
 
 /** Fills `buf` with the bytes at `position`. */
 export const readRangeInto = async (fh: fs.FileHandle, position: number, buf: Buffer): Promise<Buffer> => {

@@ -1,0 +1,74 @@
+import { describe, expect, it } from "@effect/vitest"
+import { Context, Effect, Option } from "effect"
+import { ShapeCache } from "../../src/shapes/ShapeCache.js"
+import { whereCompiled } from "../../src/shapes/ShapeResolver.js"
+import { FakePostgres, textTable } from "../../src/testing/FakePostgres.js"
+import { type Harness, insertedKeys, readToEnd, startServer, tempDirs } from "../../src/testing/index.js"
+
+/**
+ * A created shape, once its snapshot is complete, is kept as a restart restores it: its where is parsed again
+ * when a transaction or a request first needs it. Until then and after, it is served under its handle and
+ * receives every transaction that reaches it.
+ */
+
+const ITEMS = textTable(16402, "items", ["id", "title"])
+const insert = (id: string) => ({ kind: "insert", table: "items", row: { id, title: `row ${id}` } }) as const
+
+/** By equality (the routing index), by evaluation per row, and every row. */
+const QUERIES = {
+  equality: `table=items&where=${encodeURIComponent("id = '1'")}`,
+  scanned: `table=items&where=${encodeURIComponent("id <> '2'")}`,
+  all: "table=items"
+} as const
+type Kind = keyof typeof QUERIES
+const KINDS = Object.keys(QUERIES) as ReadonlyArray<Kind>
+
+type Position = { readonly handle: string; readonly offset: string }
+
+const readAll = (h: Harness, from: Record<Kind, Position> | undefined) =>
+  Effect.gen(function*() {
+    const positions = {} as Record<Kind, Position>
+    const inserted = {} as Record<Kind, ReadonlyArray<string>>
+    for (const kind of KINDS) {
+      const read = yield* readToEnd(h, QUERIES[kind], from?.[kind])
+      positions[kind] = { handle: read.handle, offset: read.offset }
+      inserted[kind] = insertedKeys(read.messages).map((key) => key.slice(key.lastIndexOf("/") + 1).replaceAll(`"`, ""))
+    }
+    return { positions, inserted }
+  })
+
+const shapeOf = (h: Harness, handle: string) =>
+  Effect.gen(function*() {
+    const shape = yield* Context.get(yield* h.active, ShapeCache).get(handle)
+    return Option.getOrThrow(shape)
+  })
+
+describe("created shapes", () => {
+  it.scoped("keep their where unparsed once their snapshot is complete, and receive every transaction that reaches them", () =>
+    Effect.gen(function*() {
+      const db = new FakePostgres([ITEMS])
+      yield* db.commit([insert("1"), insert("2")])
+      const h = yield* startServer(db, yield* tempDirs)
+      const first = yield* readAll(h, undefined)
+      expect(first.inserted).toEqual({ equality: ["1"], scanned: ["1"], all: ["1", "2"] })
+      for (const kind of KINDS) {
+        if (kind !== "all") expect(whereCompiled(yield* shapeOf(h, first.positions[kind].handle))).toBe(false)
+      }
+      // Asked for again, from the start and from where the client stood: the same shapes.
+      const again = yield* readAll(h, undefined)
+      expect(again.positions).toEqual(first.positions)
+      expect(again.inserted).toEqual(first.inserted)
+
+      const t = yield* db.commit([insert("3"), { kind: "update", table: "items", row: { id: "1", title: "one" } } as const])
+      yield* db.awaitConfirmed(t.endLsn)
+      const after = yield* readAll(h, first.positions)
+      for (const kind of KINDS) expect(after.positions[kind].handle).toBe(first.positions[kind].handle)
+      expect(after.inserted).toEqual({ equality: [], scanned: ["3"], all: ["3"] })
+      expect(whereCompiled(yield* shapeOf(h, first.positions.scanned.handle))).toBe(true)
+      expect(whereCompiled(yield* shapeOf(h, first.positions.equality.handle))).toBe(true)
+      const updated = yield* readToEnd(h, QUERIES.equality, first.positions.equality)
+      expect(updated.messages.filter((m) => m.headers.operation === "update").map((m) => m.value)).toEqual([
+        { id: "1", title: "one" }
+      ])
+    }))
+})
