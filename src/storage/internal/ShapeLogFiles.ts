@@ -19,8 +19,7 @@ import {
   readRange,
   stagePointer,
   syncDirectory,
-  writeAt,
-  writePointer
+  writeAt
 } from "./files.js"
 import {
   type CommitEnd,
@@ -478,9 +477,12 @@ export class ShapeLogFiles {
       if (this.snapshotFile !== undefined || this.snapshotChunkBytes.length === 0) await this.closeSnapshotChunk()
       const syncs = this.snapshotSyncs
       this.snapshotSyncs = []
-      // The chunks' data and the directory entries naming them sync together; the pointer waits for both.
-      await Promise.all([...syncs, syncDirectory(this.dir)])
-      await writePointer(this.dir, this.pointer(true))
+      // The chunks' data, the directory entries naming them and the staged pointer sync together; the pointer
+      // replaces the current one only after all of them. Each settles before completion fails, so none is still
+      // running when the log is reopened.
+      const settled = await Promise.allSettled([...syncs, syncDirectory(this.dir), stagePointer(this.dir, this.pointer(true))])
+      for (const s of settled) if (s.status === "rejected") throw s.reason
+      await publishPointer(this.dir)
       this.snapshotComplete = true
       if (this.snapshotLatch !== undefined) release(this.snapshotLatch)
       this.snapshotLatch = undefined
