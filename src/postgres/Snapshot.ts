@@ -516,6 +516,13 @@ const NOTICE_RESPONSE = 0x4e // N
 const PARAMETER_STATUS = 0x53 // S
 const NOTIFICATION_RESPONSE = 0x41 // A
 
+/** The length of the message at `pos` (its own four bytes included, its type byte not). */
+const messageLength = (buf: Buffer, pos: number): number => {
+  const length = buf.readUInt32BE(pos + 1)
+  if (length < 4) throw new Error(`message ${String.fromCharCode(buf[pos]!)} of impossible length ${length} during COPY`)
+  return length
+}
+
 /** What `CopyRows` needs of a connection of `pg`. */
 interface CopyConnection {
   readonly stream: NodeJS.ReadableStream
@@ -607,7 +614,7 @@ class CopyRows {
         this.keepPartial(chunk, pos)
         return
       }
-      const end = pos + 1 + chunk.readUInt32BE(pos + 1)
+      const end = pos + 1 + messageLength(chunk, pos)
       if (end > length) {
         this.keepPartial(chunk, pos)
         return
@@ -648,7 +655,7 @@ class CopyRows {
   }
 
   private keepPartial(chunk: Buffer, pos: number): void {
-    const size = chunk.length - pos >= 5 ? 1 + chunk.readUInt32BE(pos + 1) : 5
+    const size = chunk.length - pos >= 5 ? 1 + messageLength(chunk, pos) : 5
     this.partial = Buffer.allocUnsafe(size)
     this.partialUsed = chunk.copy(this.partial, 0, pos)
   }
@@ -662,7 +669,7 @@ class CopyRows {
       pos = chunk.copy(partial, this.partialUsed, 0, 5 - this.partialUsed)
       this.partialUsed += pos
       if (this.partialUsed < 5) return pos
-      const grown = Buffer.allocUnsafe(1 + partial.readUInt32BE(1))
+      const grown = Buffer.allocUnsafe(1 + messageLength(partial, 0))
       partial.copy(grown, 0, 0, 5)
       partial = grown
       this.partial = grown
