@@ -3,7 +3,6 @@ import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import type pg from "pg"
-import { to as copyTo } from "pg-copy-streams"
 import { PostgresError, SubsetTooLarge } from "../domain/errors.js"
 import type { PgType } from "../where/Ast.js"
 import { quoteIdent } from "../where/Sql.js"
@@ -95,7 +94,10 @@ export interface SnapshotOptions<E> {
   readonly whereSql: string | undefined
   /** The selected columns, in table order. */
   readonly columns: ReadonlyArray<string>
-  /** Receives the rows as complete JSON insert messages, a batch at a time; reading waits while it runs. */
+  /**
+   * Receives the rows as complete JSON insert messages, a batch at a time; the batch's bytes are written over by
+   * later batches once the effect completes. Reading goes on while it runs, up to two batches ahead.
+   */
   readonly onRows: (rows: RenderedRows) => Effect.Effect<void, E>
 }
 
@@ -146,8 +148,9 @@ export interface SnapshotPlan {
 /**
  * Plans the snapshot of `columns` (table order) of the rows matching
  * `whereSql`. Postgres only prints the fields; the JSON messages are put
- * together in `renderRow`, which is several times faster than building them
- * with `to_json` in SQL and uses the very key function of the replication path.
+ * together by `RowRenderer` (and `renderRow`, which uses the very key function
+ * of the replication path), several times faster than building them with
+ * `to_json` in SQL.
  */
 export const snapshotPlan = (
   table: TableInfo,
@@ -172,12 +175,13 @@ export const snapshotPlan = (
     if (column === undefined) throw new Error(`Column "${name}" is not in "${table.schema}"."${table.name}"`)
     return column
   }
+  // The key fields come first: a row's message, key first, is written in one pass over its fields.
+  const keyFields = table.pk.map((name) => field(ident(columnOf(name).name)))
   const valueFields = columns.map((name) => {
     const column = columnOf(name)
     const cast = column.dims === 0 && CAST_TO_TEXT.has(column.baseTypeName)
     return field(cast ? `${ident(name)}::text` : ident(name))
   })
-  const keyFields = table.pk.map((name) => field(ident(columnOf(name).name)))
   const valuePrefixes = columns.map((name, i) => `${i === 0 ? ",\"value\":{" : ","}${JSON.stringify(name)}:`)
   const relation = JSON.stringify([table.schema, table.name])
   const order = subset?.orderBySql === undefined ? "" : ` ORDER BY ${subset.orderBySql}`
@@ -295,143 +299,195 @@ const LETTER_N = 0x4e
 const NULL_FIELD = -1
 
 const bytesOf = (text: string): Buffer => Buffer.from(text, "utf8")
-const NULL_JSON = bytesOf("null")
 const KEY_PART_OPEN = bytesOf("/\\\"")
-const KEY_PART_CLOSE = bytesOf("\\\"")
 const KEY_PART_NULL = bytesOf("/_")
 
+/** The size of a batch's buffer: a batch closes past `BATCH_BYTES`, and a row that does not fit starts the next. */
+const OUT_BYTES = BATCH_BYTES + 64 * 1024
+/** How many buffers a reader keeps for its next batches: as many as can be out at once (two waiting, one taken). */
+const SPARE_BUFFERS = 3
+
 /**
- * Renders complete COPY rows from the bytes Postgres sent into the text of
- * their messages, one per line. A row whose fields hold no backslash (beyond
- * a NULL's `\N`), quote or control character reads the same in COPY text and
- * inside a JSON string, UTF-8 included, so its bytes are copied around the
- * fixed pieces of the message with no string per field; any other row goes
- * through `renderRow`. Both give the same text.
+ * Renders COPY rows, one at a time as they arrive, into the text of their
+ * messages, one per line, in batches of at most `BATCH_LINES` rows. The plan
+ * puts the key fields first, so a row is read once, front to back, and its
+ * message written as it is read: its bytes are copied around the fixed pieces
+ * of the message with no string per field. A field holding a backslash (beyond
+ * a NULL's `\N`), a quote or a control character reads differently in COPY
+ * text and in a JSON string; a row with one is written again through
+ * `renderRow`, over what the copy wrote. Both give the same text.
  */
 class RowRenderer {
-  private out: Buffer = Buffer.allocUnsafe(1 << 18)
+  private out: Buffer = Buffer.allocUnsafe(OUT_BYTES)
+  private used = 0
+  private count = 0
+  /** Closed batches, oldest first. */
+  readonly batches: Array<RenderedRows> = []
+  /** Buffers of batches handed out and given back (`reuse`), for the next batches. */
+  private readonly spare: Array<Buffer> = []
   private readonly starts: Int32Array
   private readonly ends: Int32Array
   private readonly fields: Array<string | null>
-  private readonly keyFields: Int32Array
+  private readonly keyCount: number
   private readonly valueFields: Int32Array
   private readonly keyHead: Buffer
-  private readonly valuePrefixes: ReadonlyArray<Buffer>
+  /** What precedes each value with its opening quote: `,"<col>":"` (`,"value":{"<col>":"` for the first). */
+  private readonly valueOpens: ReadonlyArray<Buffer>
+  /** Each value's prefix followed by `null`, for a NULL. */
+  private readonly nullOpens: ReadonlyArray<Buffer>
+  /** The end of every message, its newline included. */
   private readonly tail: Buffer
-  /** The bytes a row writes besides its fields' (each field byte is written at most three times). */
+  /** The bytes a row writes besides its fields'; a field's byte is written at most three times (a key's `/`, then its value). */
   private readonly fixedBytes: number
 
   constructor(private readonly plan: SnapshotPlan) {
     this.starts = new Int32Array(plan.fieldCount)
     this.ends = new Int32Array(plan.fieldCount)
     this.fields = new Array<string | null>(plan.fieldCount).fill(null)
-    this.keyFields = Int32Array.from(plan.keyFields)
+    this.keyCount = plan.keyFields.length
+    plan.keyFields.forEach((f, k) => {
+      if (f !== k) throw new Error("the key fields must come first in a snapshot plan")
+    })
+    let next = this.keyCount
+    for (const f of plan.valueFields) {
+      if (f >= this.keyCount && f !== next++) throw new Error("the value fields must follow the key fields in order")
+    }
+    if (next !== plan.fieldCount) throw new Error("a snapshot plan's fields must all be keys or values")
     this.valueFields = Int32Array.from(plan.valueFields)
     // JSON escapes character by character: the key's string is its escaped prefix, then each escaped part.
     const prefixJson = JSON.stringify(plan.keyPrefix)
     this.keyHead = bytesOf(`{"key":${prefixJson.slice(0, -1)}`)
-    this.valuePrefixes = plan.valuePrefixes.map(bytesOf)
+    this.valueOpens = plan.valuePrefixes.map((p) => bytesOf(`${p}"`))
+    this.nullOpens = plan.valuePrefixes.map((p) => bytesOf(`${p}null`))
     this.tail = bytesOf(`${plan.tail}\n`)
-    this.fixedBytes = this.keyHead.length + 1 + this.tail.length + plan.keyFields.length * 6 +
-      this.valuePrefixes.reduce((n, b) => n + b.length + 4, 0)
+    this.fixedBytes = this.keyHead.length + 1 + this.tail.length + this.keyCount * 5 +
+      this.valueOpens.reduce((n, b) => n + b.length + 5, 0)
   }
 
-  /** The messages of the rows in `buf[0, end)` (which ends with a row's newline), and how many there are. */
-  render(buf: Buffer, end: number): RenderedRows {
-    const { starts, ends } = this
-    const lastField = this.plan.fieldCount - 1
-    let out = this.out
-    let o = 0
-    let pos = 0
-    let count = 0
-    while (pos < end) {
-      count++
-      const rowStart = pos
-      let clean = true
-      for (let f = 0; f <= lastField; f++) {
-        const separator = f === lastField ? NEWLINE : TAB
-        if (buf[pos] === BACKSLASH && buf[pos + 1] === LETTER_N && buf[pos + 2] === separator) {
-          starts[f] = NULL_FIELD
-          pos += 3
-          continue
-        }
-        const start = pos
-        for (;;) {
-          const b = buf[pos]!
-          if (b === separator) break
-          if (b === NEWLINE) throw new Error("COPY row with too few fields")
-          if (b < 0x20 || b === QUOTE || b === BACKSLASH) clean = false
-          pos++
-        }
-        starts[f] = start
-        ends[f] = pos
-        pos++
-      }
-      if (out.length - o < this.fixedBytes + 3 * (pos - rowStart)) out = this.grow(o, this.fixedBytes + 3 * (pos - rowStart))
-      if (clean) {
-        o = this.writeClean(buf, out, o)
-      } else {
-        // JSON escapes can outgrow the reserve (`\u0001` for one byte): this may replace the buffer.
-        o = this.writeEscaped(buf, o)
-        out = this.out
-      }
-    }
-    // A copy: the scratch buffer is written again by the next render while these bytes wait to be written.
-    return { bytes: Buffer.from(out.subarray(0, o)), count }
-  }
-
-  private grow(used: number, needed: number): Buffer {
-    let size = this.out.length * 2
-    while (size - used < needed) size *= 2
-    const grown = Buffer.allocUnsafe(size)
-    this.out.copy(grown, 0, 0, used)
-    this.out = grown
-    return grown
-  }
-
-  private writeClean(buf: Buffer, out: Buffer, o: number): number {
-    const { starts, ends, keyFields, valueFields, valuePrefixes } = this
+  /** Renders the COPY row `buf[start, end)`, which ends with its newline. */
+  row(buf: Buffer, start: number, end: number): void {
+    // Every field ends at a tab or at this newline: no read goes past the row.
+    if (end <= start || buf[end - 1] !== NEWLINE) throw new Error("COPY row without its newline")
+    const reserve = this.fixedBytes + 3 * (end - start)
+    if (this.out.length - this.used < reserve) this.startBatch(reserve)
+    const { starts, ends, keyCount, valueFields } = this
+    const out = this.out
+    const rowStart = this.used
+    let o = rowStart
+    let p = start
+    // Set by a byte that JSON escapes or COPY escaped: the row is written again by `renderRow`.
+    let dirty = false
     out.set(this.keyHead, o)
     o += this.keyHead.length
-    for (let k = 0; k < keyFields.length; k++) {
-      const f = keyFields[k]!
-      const start = starts[f]!
-      if (start === NULL_FIELD) {
+    for (let k = 0; k < keyCount; k++) {
+      if (p >= end) throw new Error("COPY row with too few fields")
+      if (buf[p] === BACKSLASH && buf[p + 1] === LETTER_N && buf[p + 2]! <= NEWLINE && buf[p + 2]! >= TAB) {
+        starts[k] = NULL_FIELD
+        p += 3
         out.set(KEY_PART_NULL, o)
         o += KEY_PART_NULL.length
         continue
       }
       out.set(KEY_PART_OPEN, o)
       o += KEY_PART_OPEN.length
-      for (let i = start, e = ends[f]!; i < e; i++) {
-        const b = buf[i]!
+      starts[k] = p
+      for (;;) {
+        const b = buf[p]!
+        if (b < 0x23) {
+          if (b === TAB || b === NEWLINE) break
+          if (b < 0x20 || b === QUOTE) dirty = true
+        } else if (b === BACKSLASH) {
+          dirty = true
+        } else if (b === SLASH) {
+          out[o++] = SLASH
+        }
         out[o++] = b
-        if (b === SLASH) out[o++] = SLASH
+        p++
       }
-      out.set(KEY_PART_CLOSE, o)
-      o += KEY_PART_CLOSE.length
+      ends[k] = p++
+      out[o++] = BACKSLASH
+      out[o++] = QUOTE
     }
     out[o++] = QUOTE
     for (let v = 0; v < valueFields.length; v++) {
-      const prefix = valuePrefixes[v]!
-      out.set(prefix, o)
-      o += prefix.length
       const f = valueFields[v]!
-      const start = starts[f]!
-      if (start === NULL_FIELD) {
-        out.set(NULL_JSON, o)
-        o += NULL_JSON.length
+      if (f < keyCount) {
+        const s = starts[f]!
+        if (s === NULL_FIELD) {
+          const open = this.nullOpens[v]!
+          out.set(open, o)
+          o += open.length
+          continue
+        }
+        const open = this.valueOpens[v]!
+        out.set(open, o)
+        o += open.length
+        for (let i = s, e = ends[f]!; i < e; i++) out[o++] = buf[i]!
+        out[o++] = QUOTE
         continue
       }
-      out[o++] = QUOTE
-      for (let i = start, e = ends[f]!; i < e; i++) out[o++] = buf[i]!
+      if (p >= end) throw new Error("COPY row with too few fields")
+      if (buf[p] === BACKSLASH && buf[p + 1] === LETTER_N && buf[p + 2]! <= NEWLINE && buf[p + 2]! >= TAB) {
+        starts[f] = NULL_FIELD
+        p += 3
+        const open = this.nullOpens[v]!
+        out.set(open, o)
+        o += open.length
+        continue
+      }
+      const open = this.valueOpens[v]!
+      out.set(open, o)
+      o += open.length
+      starts[f] = p
+      for (;;) {
+        const b = buf[p]!
+        if (b < 0x23) {
+          if (b === TAB || b === NEWLINE) break
+          if (b < 0x20 || b === QUOTE) dirty = true
+        } else if (b === BACKSLASH) {
+          dirty = true
+        }
+        out[o++] = b
+        p++
+      }
+      ends[f] = p++
       out[o++] = QUOTE
     }
+    // A row of no fields is its newline alone.
+    if (this.plan.fieldCount === 0) p++
+    if (p !== end) throw new Error("COPY row with too many fields")
     out.set(this.tail, o)
-    return o + this.tail.length
+    o += this.tail.length
+    this.used = dirty ? this.writeEscaped(buf, rowStart) : o
+    if (++this.count >= BATCH_LINES || this.used >= BATCH_BYTES) this.closeBatch()
   }
 
-  private writeEscaped(buf: Buffer, o: number): number {
+  /**
+   * Takes back the buffer of a batch whose bytes are read no more, for a later batch: buffers reused while
+   * they are hot in the cache cost neither new pages nor collections.
+   */
+  reuse(bytes: Buffer): void {
+    if (bytes.byteOffset !== 0 || bytes.buffer.byteLength !== OUT_BYTES || this.spare.length >= SPARE_BUFFERS) return
+    this.spare.push(Buffer.from(bytes.buffer, 0, OUT_BYTES))
+  }
+
+  /** Closes the batch being written, if it holds a row. */
+  closeBatch(): void {
+    if (this.count === 0) return
+    this.batches.push({ bytes: this.out.subarray(0, this.used), count: this.count })
+    this.out = this.spare.pop() ?? Buffer.allocUnsafe(OUT_BYTES)
+    this.used = 0
+    this.count = 0
+  }
+
+  /** Makes room for `needed` bytes: closes the batch, then gives the next a buffer large enough. */
+  private startBatch(needed: number): void {
+    this.closeBatch()
+    if (this.out.length < needed) this.out = Buffer.allocUnsafe(needed)
+  }
+
+  /** Writes the row whose fields were just read at `rowStart`, through `renderRow`; where it ends. */
+  private writeEscaped(buf: Buffer, rowStart: number): number {
     const { starts, ends, fields } = this
     for (let f = 0; f < fields.length; f++) {
       const start = starts[f]!
@@ -439,73 +495,224 @@ class RowRenderer {
     }
     const line = renderRow(this.plan, fields)
     const needed = Buffer.byteLength(line) + 1
-    const out = this.out.length - o < needed ? this.grow(o, needed) : this.out
-    o += out.write(line, o)
-    out[o++] = NEWLINE
-    return o
+    if (this.out.length - rowStart < needed) {
+      // JSON escapes can outgrow the reserve (`\u0001` for one byte): the row starts the next batch.
+      this.used = rowStart
+      this.startBatch(needed)
+      rowStart = 0
+    }
+    const o = rowStart + this.out.write(line, rowStart)
+    this.out[o] = NEWLINE
+    return o + 1
   }
 }
 
+// Backend message types read during COPY OUT.
+const COPY_DATA = 0x64 // d
+const COPY_DONE = 0x63 // c
+const COPY_OUT_RESPONSE = 0x48 // H
+const ERROR_RESPONSE = 0x45 // E
+const NOTICE_RESPONSE = 0x4e // N
+const PARAMETER_STATUS = 0x53 // S
+const NOTIFICATION_RESPONSE = 0x41 // A
+
+/** The length of the message at `pos` (its own four bytes included, its type byte not). */
+const messageLength = (buf: Buffer, pos: number): number => {
+  const length = buf.readUInt32BE(pos + 1)
+  if (length < 4) throw new Error(`message ${String.fromCharCode(buf[pos]!)} of impossible length ${length} during COPY`)
+  return length
+}
+
+/** What `CopyRows` needs of a connection of `pg`. */
+interface CopyConnection {
+  readonly stream: NodeJS.ReadableStream
+  query(text: string): void
+}
+
 /**
- * Splits COPY text output into rows and renders each as a message, in
- * batches; the stream pauses while a full batch waits to be taken.
+ * A `COPY … TO STDOUT` submitted to a `pg` client, read straight from its
+ * socket: while the COPY runs, the connection's data goes to `onChunk`, which
+ * takes the messages apart itself and hands each row (Postgres sends one per
+ * CopyData message) to the renderer where it lies in the socket's buffer;
+ * everything after `CopyDone`, or from an `ErrorResponse` on, goes back to
+ * `pg`. The socket pauses while two batches wait to be taken.
  */
-class CopyRowReader {
-  private pieces: Array<Buffer> = []
-  private lines = 0
-  private bytes = 0
-  private carry: Array<Buffer> = []
+class CopyRows {
+  private readonly renderer: RowRenderer
+  private connection: CopyConnection | undefined = undefined
+  private pgOnData: ((chunk: Buffer) => void) | undefined = undefined
+  /** A message split across socket chunks: its bytes so far (type and length first), and how many there are. */
+  private partial: Buffer | undefined = undefined
+  private partialUsed = 0
+  private paused = false
+  private done = false
   private ended = false
   private failure: unknown = undefined
   private waiter: (() => void) | undefined = undefined
-  private readonly renderer: RowRenderer
+  private rendered = 0
+  /** Rows handed out by `next`. */
   count = 0
 
-  constructor(private readonly stream: NodeJS.ReadableStream, plan: SnapshotPlan) {
+  constructor(private readonly sql: string, plan: SnapshotPlan) {
     this.renderer = new RowRenderer(plan)
-    stream.on("data", (chunk: Buffer) => {
-      try {
-        this.onData(chunk)
-      } catch (cause) {
-        this.failure ??= cause
-        this.wake()
-      }
-    })
-    stream.on("end", () => {
-      // COPY ends every row with a newline; a tail without one would be a truncated row.
-      if (this.carry.length > 0) this.failure ??= new Error("COPY output ended inside a row")
-      this.ended = true
-      this.wake()
-    })
-    stream.on("error", (cause: unknown) => {
-      this.failure ??= cause
-      this.wake()
-    })
   }
 
-  private onData(chunk: Buffer): void {
-    const last = chunk.lastIndexOf(NEWLINE)
-    if (last === -1) {
-      this.carry.push(chunk)
+  /** Called by `pg` when the query's turn comes. */
+  submit(connection: CopyConnection): Error | undefined {
+    const listeners = connection.stream.listeners("data")
+    if (listeners.length !== 1) return new Error(`the connection has ${listeners.length} data listeners, not pg's one`)
+    this.connection = connection
+    this.pgOnData = listeners[0] as (chunk: Buffer) => void
+    connection.stream.removeListener("data", this.pgOnData)
+    connection.stream.on("data", this.onChunk)
+    connection.query(this.sql)
+    return undefined
+  }
+
+  handleError(cause: unknown): void {
+    this.fail(cause)
+  }
+
+  handleCommandComplete(message: { readonly text?: string }): void {
+    const match = /^COPY (\d+)$/.exec(message.text ?? "")
+    if (match === null || Number(match[1]) !== this.rendered) {
+      this.fail(new Error(`COPY rendered ${this.rendered} rows; Postgres says ${message.text}`))
+    }
+  }
+
+  handleReadyForQuery(): void {
+    this.renderer.closeBatch()
+    this.ended = true
+    this.wake()
+  }
+
+  private readonly onChunk = (chunk: Buffer): void => {
+    if (this.done) return
+    try {
+      this.read(chunk)
+    } catch (cause) {
+      this.done = true
+      this.fail(cause)
       return
     }
-    let buffer = chunk
-    let end = last
-    if (this.carry.length > 0) {
-      this.carry.push(chunk)
-      buffer = Buffer.concat(this.carry)
-      end = buffer.length - (chunk.length - last)
-      this.carry = []
+    if (!this.done && this.renderer.batches.length >= 2 && !this.paused) {
+      this.paused = true
+      this.connection!.stream.pause()
     }
-    if (last + 1 < chunk.length) this.carry.push(chunk.subarray(last + 1))
-    const rendered = this.renderer.render(buffer, end + 1)
-    this.pieces.push(rendered.bytes)
-    this.lines += rendered.count
-    this.bytes += rendered.bytes.length
-    if (this.lines >= BATCH_LINES || this.bytes >= BATCH_BYTES) {
-      this.stream.pause()
-      this.wake()
+    if (this.renderer.batches.length > 0) this.wake()
+  }
+
+  private read(chunk: Buffer): void {
+    let pos = 0
+    if (this.partial !== undefined) {
+      pos = this.fillPartial(chunk)
+      if (this.partial !== undefined || this.done) return
     }
+    const length = chunk.length
+    while (pos < length) {
+      if (length - pos < 5) {
+        this.keepPartial(chunk, pos)
+        return
+      }
+      const end = pos + 1 + messageLength(chunk, pos)
+      if (end > length) {
+        this.keepPartial(chunk, pos)
+        return
+      }
+      if (chunk[pos] === COPY_DATA) {
+        this.renderer.row(chunk, pos + 5, end)
+        this.rendered++
+        pos = end
+      } else if (this.message(chunk, pos, end)) {
+        return
+      } else {
+        pos = end
+      }
+    }
+  }
+
+  /**
+   * A message other than CopyData, whole in `chunk[pos, end)`; whether the COPY is over, in which case the
+   * rest of the chunk went back to `pg`.
+   */
+  private message(chunk: Buffer, pos: number, end: number): boolean {
+    switch (chunk[pos]) {
+      case COPY_OUT_RESPONSE:
+      case NOTICE_RESPONSE:
+      case PARAMETER_STATUS:
+      case NOTIFICATION_RESPONSE:
+        return false
+      case COPY_DONE:
+        this.detach(chunk.subarray(end))
+        return true
+      case ERROR_RESPONSE:
+        // pg reads the error and hands it to `handleError`.
+        this.detach(chunk.subarray(pos))
+        return true
+      default:
+        throw new Error(`unexpected message ${String.fromCharCode(chunk[pos]!)} during COPY`)
+    }
+  }
+
+  private keepPartial(chunk: Buffer, pos: number): void {
+    const size = chunk.length - pos >= 5 ? 1 + messageLength(chunk, pos) : 5
+    this.partial = Buffer.allocUnsafe(size)
+    this.partialUsed = chunk.copy(this.partial, 0, pos)
+  }
+
+  /** Adds the start of `chunk` to the split message; renders it once whole. Where the chunk's next message starts. */
+  private fillPartial(chunk: Buffer): number {
+    let partial = this.partial!
+    let pos = 0
+    if (this.partialUsed < 5) {
+      // Only the start of the header was there: now its length is known.
+      pos = chunk.copy(partial, this.partialUsed, 0, 5 - this.partialUsed)
+      this.partialUsed += pos
+      if (this.partialUsed < 5) return pos
+      const grown = Buffer.allocUnsafe(1 + messageLength(partial, 0))
+      partial.copy(grown, 0, 0, 5)
+      partial = grown
+      this.partial = grown
+    }
+    const copied = chunk.copy(partial, this.partialUsed, pos, pos + partial.length - this.partialUsed)
+    this.partialUsed += copied
+    pos += copied
+    if (this.partialUsed < partial.length) return pos
+    this.partial = undefined
+    this.partialUsed = 0
+    switch (partial[0]) {
+      case COPY_DATA:
+        this.renderer.row(partial, 5, partial.length)
+        this.rendered++
+        return pos
+      case COPY_DONE:
+        this.detach(chunk.subarray(pos))
+        return chunk.length
+      case ERROR_RESPONSE:
+        this.detach(Buffer.concat([partial, chunk.subarray(pos)]))
+        return chunk.length
+      default:
+        this.message(partial, 0, partial.length)
+        return pos
+    }
+  }
+
+  /** Gives the connection back to `pg`, with the bytes it is to read first. */
+  private detach(rest: Buffer): void {
+    this.done = true
+    const connection = this.connection!
+    connection.stream.removeListener("data", this.onChunk)
+    connection.stream.on("data", this.pgOnData!)
+    if (rest.length > 0) this.pgOnData!(rest)
+    if (this.paused) {
+      this.paused = false
+      connection.stream.resume()
+    }
+  }
+
+  private fail(cause: unknown): void {
+    this.failure ??= cause
+    this.wake()
   }
 
   private wake(): void {
@@ -514,45 +721,29 @@ class CopyRowReader {
     waiter?.()
   }
 
-  private ready(): boolean {
-    return this.failure !== undefined || this.ended || this.lines >= BATCH_LINES || this.bytes >= BATCH_BYTES
+  /** Gives back a batch `next` handed out, whose bytes are read no more. */
+  reuse(batch: RenderedRows): void {
+    this.renderer.reuse(batch.bytes)
   }
 
-  /**
-   * The next batch of at most `BATCH_LINES` rows, cut at a row's end; what is left waits for the next call. Its
-   * bytes stay near `BATCH_BYTES`: the stream pauses there, past it by at most one chunk of the socket.
-   */
-  private takeBatch(): RenderedRows {
-    const all = this.pieces.length === 1 ? this.pieces[0]! : Buffer.concat(this.pieces)
-    if (this.lines <= BATCH_LINES) {
-      const batch = { bytes: all, count: this.lines }
-      this.pieces = []
-      this.lines = 0
-      this.bytes = 0
-      return batch
-    }
-    let cut = -1
-    for (let n = 0; n < BATCH_LINES; n++) cut = all.indexOf(NEWLINE, cut + 1)
-    const batch = { bytes: all.subarray(0, cut + 1), count: BATCH_LINES }
-    const rest = all.subarray(cut + 1)
-    this.pieces = [rest]
-    this.lines -= BATCH_LINES
-    this.bytes = rest.length
-    return batch
-  }
-
-  /** The next batch, `undefined` once the stream has ended and everything was handed out; resumes the stream. */
+  /** The next batch, `undefined` once the COPY has ended and everything was handed out; resumes the socket. */
   readonly next: Effect.Effect<RenderedRows | undefined, unknown> = Effect.async((resume) => {
     const deliver = () => {
       if (this.failure !== undefined) return resume(Effect.fail(this.failure))
-      if (this.lines === 0 && this.ended) return resume(Effect.succeed(undefined))
-      // A chunk read after a pause can hold many batches' worth: hand them out one at a time.
-      const batch = this.takeBatch()
+      const batch = this.renderer.batches.shift()
+      if (batch === undefined) {
+        if (this.ended) resume(Effect.succeed(undefined))
+        else this.waiter = deliver
+        return
+      }
       this.count += batch.count
-      if (this.lines < BATCH_LINES && this.bytes < BATCH_BYTES) this.stream.resume()
+      if (this.paused && this.renderer.batches.length < 2) {
+        this.paused = false
+        this.connection!.stream.resume()
+      }
       resume(Effect.succeed(batch))
     }
-    if (this.ready()) deliver()
+    if (this.failure !== undefined || this.renderer.batches.length > 0 || this.ended) deliver()
     else this.waiter = deliver
     return Effect.sync(() => {
       this.waiter = undefined
@@ -661,12 +852,13 @@ export class Snapshot extends Context.Tag("syncline/Snapshot")<Snapshot, {
         const snapshot = parsePgSnapshot(row.snapshot)
         const lsn = Lsn.fromPg(row.lsn)
 
-        const reader = new CopyRowReader(client.query(copyTo(plan.sql)), plan)
+        const reader = client.query(new CopyRows(plan.sql, plan))
         const next = Effect.mapError(reader.next, fail("Snapshot query"))
         for (;;) {
           const rows = yield* next
           if (rows === undefined) break
           yield* onRows(rows)
+          reader.reuse(rows)
         }
         yield* Effect.tryPromise({ try: () => client.query("COMMIT"), catch: fail("Snapshot commit") })
         return { ...snapshot, lsn, rows: reader.count } satisfies SnapshotInfo

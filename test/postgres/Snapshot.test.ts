@@ -1,10 +1,12 @@
 import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Exit, FastCheck, Fiber, Layer } from "effect"
+import * as net from "node:net"
 import pg from "pg"
 import { inject } from "vitest"
 import type { Row } from "../../src/domain/Change.js"
 import { rowKey } from "../../src/domain/RowKey.js"
 import type { TableInfo } from "../../src/domain/Table.js"
+import { displaySettingsSql } from "../../src/postgres/DisplaySettings.js"
 import { Inspector } from "../../src/postgres/Inspector.js"
 import { PgPool } from "../../src/postgres/PgPool.js"
 import { linesOf, parsePgSnapshot, Snapshot } from "../../src/postgres/Snapshot.js"
@@ -50,7 +52,71 @@ const rowsAsReplicated = (sql: string) =>
     }
   })
 
+/** A query's rows as text, read under the display settings snapshots are taken with. */
+const displayed = (sql: string) =>
+  Effect.promise(async () => {
+    const client = new pg.Client({ connectionString: url })
+    await client.connect()
+    try {
+      await client.query(displaySettingsSql("session"))
+      const result = await client.query({ text: sql, types: { getTypeParser: () => (value: string) => value } })
+      return result.rows as Array<Record<string, string>>
+    } finally {
+      await client.end()
+    }
+  })
+
 const checkedOut = Effect.map(PgPool, ({ pool }) => pool.totalCount - pool.idleCount)
+
+/**
+ * A TCP proxy to the database that passes the server's bytes on in pieces of 1 to 12 bytes (sizes drawn from
+ * `seed`), each written on a turn of its own, so that messages (and their headers) arrive split at every kind of
+ * place.
+ */
+const splittingProxy = (target: string, seed: number) =>
+  Effect.acquireRelease(
+    Effect.promise(() =>
+      new Promise<{ readonly server: net.Server; readonly url: string; readonly pieces: () => number }>((resolve) => {
+        let pieces = 0
+        let state = seed
+        const size = () => {
+          state = (state * 1103515245 + 12345) % 2147483648
+          return 1 + ((state >> 8) % 12)
+        }
+        const { hostname, port } = new URL(target)
+        const server = net.createServer((client) => {
+          client.setNoDelay(true)
+          const upstream = net.connect(Number(port), hostname)
+          const close = () => {
+            client.destroy()
+            upstream.destroy()
+          }
+          client.on("error", close).on("close", close)
+          upstream.on("error", close).on("close", close)
+          client.pipe(upstream)
+          upstream.on("data", async (chunk: Buffer) => {
+            upstream.pause()
+            for (let at = 0; at < chunk.length;) {
+              const n = size()
+              client.write(chunk.subarray(at, at + n))
+              pieces++
+              at += n
+              await new Promise((done) => setImmediate(done))
+            }
+            upstream.resume()
+          })
+        })
+        server.listen(0, "127.0.0.1", () => {
+          const address = server.address() as net.AddressInfo
+          const url = new URL(target)
+          url.hostname = "127.0.0.1"
+          url.port = String(address.port)
+          resolve({ server, url: url.toString(), pieces: () => pieces })
+        })
+      })
+    ),
+    ({ server }) => Effect.promise(() => new Promise<void>((done) => server.close(() => done())))
+  )
 
 layer(Live, { excludeTestServices: true })("Snapshot", (it) => {
   it.effect("renders rows as the exact JSON insert messages of the protocol", () =>
@@ -140,6 +206,72 @@ layer(Live, { excludeTestServices: true })("Snapshot", (it) => {
           FROM snapshot_random`)).map((r) => r.line as string)
       expect(lines.length).toBe(values.length)
       expect([...lines].sort()).toEqual([...expected].sort())
+    }))
+
+  it.effect("prints values of every kind of type as their output text, keys and values alike", () =>
+    Effect.gen(function*() {
+      yield* exec(`
+        DROP TABLE IF EXISTS snapshot_types;
+        DROP TYPE IF EXISTS snapshot_mood;
+        CREATE TYPE snapshot_mood AS ENUM ('happy', 'sad "quoted" \\ / mood');
+        CREATE TABLE snapshot_types (
+          id uuid, k text, n numeric, n2 numeric(10, 3), i2 int2, i8 int8, f4 float4, f8 float8, d date, t time,
+          tz timetz, ts timestamp, tstz timestamptz, iv interval, j json, jb jsonb, tx text[], b bytea,
+          m snapshot_mood, c char(5), vc varchar(10), ch "char", bo bool, ip inet, net cidr, mac macaddr, p point,
+          bits varbit, tv tsvector, r int4range, ia int[], ba bool[], PRIMARY KEY (id, k));
+        INSERT INTO snapshot_types VALUES
+          ('a0eebc99-9c0b-4ef8-bb6d-6bb9bd380a11', 'k/1', 12345678901234567890.123456789, 1.5, -32768, 9223372036854775807,
+           1.1, 0.1, '2024-02-29', '23:59:59.999999', '12:00+05:30', '2024-01-01 00:00:00.5', '1999-12-31 23:59:59-08',
+           '-1 year 2 mons -3 days 04:05:06.7', '{"a": "é\\n\\"x\\"", "b": [1, 2.50]}', '{"z": "\\u00e9 \\t", "a": null}',
+           ARRAY['plain', 'with "quotes"', E'back\\\\slash', NULL, '', 'comma,brace}'], '\\x00ff0a5c22',
+           'sad "quoted" \\ / mood', 'ab', 'v/c', 'q', true, '10.1.2.3', '10.0.0.0/8', '08:00:2b:01:02:03', '(1.5,-2)',
+           B'1011', 'the fat:1 cat', '[1,10)', '{{1,2},{3,NULL}}', '{t,f,NULL}'),
+          ('00000000-0000-0000-0000-000000000000', '', 'NaN', NULL, 0, -1, 'Infinity', '-Infinity', 'infinity', '00:00',
+           NULL, '-infinity', 'infinity', '0', 'null', '"a string"', '{}', '', 'happy', NULL, NULL, NULL, false, '::1',
+           '2001:db8::/32', NULL, NULL, B'', '', 'empty', '{}', '{}'),
+          ('ffffffff-ffff-ffff-ffff-ffffffffffff', E'tab\\there "q" \\\\N', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL, '', NULL, NULL, NULL, NULL, NULL, NULL, NULL, NULL,
+           NULL, NULL, NULL, NULL);`)
+      const table = yield* load("snapshot_types")
+      const { lines } = yield* collect(table)
+      // The output text of each value, printed by Postgres itself: concat() calls each type's output function.
+      const asText = (name: string) => ["bo", "ip", "net", "ch"].includes(name) ? `${name}::text` : `concat(${name})`
+      const values = table.columns.map((c, i) =>
+        `'${i === 0 ? "" : ","}"${c.name}":', CASE WHEN ${c.name} IS NULL THEN 'null' ELSE to_json(${asText(c.name)})::text END`
+      )
+      const expected = (yield* displayed(`
+        SELECT concat('{"key":', to_json(concat('"public"."snapshot_types"/"', replace(id::text, '/', '//'), '"/"',
+                      replace(k, '/', '//'), '"'))::text, ',"value":{', ${values.join(", ")},
+                      '},"headers":{"operation":"insert","relation":["public","snapshot_types"]}}') AS line
+          FROM snapshot_types`)).map((r) => r["line"]!)
+      expect(lines.length).toBe(3)
+      expect([...lines].sort()).toEqual([...expected].sort())
+      const first = JSON.parse(lines.find((l) => l.includes("a0eebc99"))!)
+      expect(first.value.c).toBe("ab   ")
+      expect(first.value.tx).toBe(`{plain,"with \\"quotes\\"","back\\\\slash",NULL,"","comma,brace}"}`)
+      expect(first.value.b).toBe("\\x00ff0a5c22")
+    }))
+
+  it.scoped("reads the rows however the network splits the COPY's messages", () =>
+    Effect.gen(function*() {
+      yield* exec(`
+        DROP TABLE IF EXISTS snapshot_split;
+        CREATE TABLE snapshot_split (id int PRIMARY KEY, v text, w text);
+        INSERT INTO snapshot_split SELECT g, CASE WHEN g % 7 = 0 THEN NULL ELSE repeat(chr(g + 32), g % 23) END,
+          CASE WHEN g % 5 = 0 THEN E'q"\\\\\n' ELSE 'é😀' END FROM generate_series(1, 300) g;
+        INSERT INTO snapshot_split VALUES (0, repeat('wide/', 1000), NULL);`)
+      const table = yield* load("snapshot_split")
+      const direct = (yield* collect(table)).lines
+      expect(direct.length).toBe(301)
+      for (const seed of [1, 2, 3]) {
+        const proxy = yield* splittingProxy(url, seed)
+        const split = yield* collect(table).pipe(
+          Effect.provide(Snapshot.layer.pipe(Layer.provide(PgPool.layer({ connectionString: proxy.url, max: 1 }))))
+        )
+        expect(proxy.pieces()).toBeGreaterThan(2000)
+        expect(split.info.rows).toBe(301)
+        expect(split.lines).toEqual(direct)
+      }
     }))
 
   it.effect("selects the given columns in the given order and applies the where clause", () =>

@@ -19,8 +19,7 @@ import {
   readRange,
   stagePointer,
   syncDirectory,
-  writeAt,
-  writePointer
+  writeAt
 } from "./files.js"
 import {
   type CommitEnd,
@@ -50,6 +49,11 @@ const PENDING_INDEX_BYTES = 4096
 const PENDING_DATA_BYTES = 16384
 /** How many closed snapshot chunks may be syncing while the next is written. */
 const SNAPSHOT_SYNCS_IN_FLIGHT = 2
+/**
+ * Every so many bytes written to the open snapshot chunk, an fdatasync of it starts while later bytes are
+ * written: the disk takes the chunk as it grows, and the sync that closes it has little left to do.
+ */
+const SNAPSHOT_FLUSH_BYTES = 2 * 1024 * 1024
 
 /** Names each opened log in a `ReadCache`: a handle's files emptied and written anew are another log. */
 let nextCacheId = 0
@@ -97,6 +101,13 @@ export class ShapeLogFiles {
   private snapshotFileBytes = 0
   /** fdatasyncs of closed chunks still running (each then closes its file). */
   private snapshotSyncs: Array<Promise<void>> = []
+  /**
+   * The early fdatasyncs of the open chunk, one after the other (a failed one fails those after it, and the
+   * chunk's closing sync); whether the last is running; the chunk's size when it started.
+   */
+  private snapshotFlush: Promise<void> | undefined = undefined
+  private snapshotFlushing = false
+  private snapshotFlushedBytes = 0
 
   // committed log
   private lines = 0
@@ -427,7 +438,7 @@ export class ShapeLogFiles {
     if (this.snapshotLatch !== undefined) release(this.snapshotLatch)
     if (this.dataLatch !== undefined) release(this.dataLatch)
     if (this.busy > 0) await new Promise<void>((resolve) => (this.onIdle = resolve))
-    await Promise.allSettled(this.snapshotSyncs)
+    await Promise.allSettled(this.snapshotFlush === undefined ? this.snapshotSyncs : [...this.snapshotSyncs, this.snapshotFlush])
     const handles = this.handles
     this.handles = undefined
     const files = handles === undefined ? [] : [handles.log, handles.index, handles.chunks]
@@ -476,8 +487,18 @@ export class ShapeLogFiles {
       const n = this.snapshotChunkBytes.length
       this.snapshotFile = await fs.open(path.join(this.dir, FileNames.snapshot(n)), "w")
     }
-    await writeAt(this.snapshotFile, data, this.snapshotFileBytes)
+    const fh = this.snapshotFile
+    await writeAt(fh, data, this.snapshotFileBytes)
     this.snapshotFileBytes += data.length
+    if (!this.snapshotFlushing && this.snapshotFileBytes - this.snapshotFlushedBytes >= SNAPSHOT_FLUSH_BYTES) {
+      this.snapshotFlushedBytes = this.snapshotFileBytes
+      this.snapshotFlushing = true
+      const flush = (this.snapshotFlush ?? Promise.resolve()).then(() => fh.datasync()).finally(() => {
+        if (this.snapshotFlush === flush) this.snapshotFlushing = false
+      })
+      flush.catch(() => undefined)
+      this.snapshotFlush = flush
+    }
   }
 
   private async closeSnapshotChunk(): Promise<void> {
@@ -488,7 +509,12 @@ export class ShapeLogFiles {
       this.snapshotFile = undefined
       // The next chunk is written while this one syncs; the commit pointer waits for both.
       if (this.snapshotSyncs.length >= SNAPSHOT_SYNCS_IN_FLIGHT) await this.snapshotSyncs.shift()
-      const synced = fh.datasync().finally(() => fh.close())
+      // Follows the early syncs: one that failed fails this one, and all end before the file closes.
+      const flush = this.snapshotFlush ?? Promise.resolve()
+      this.snapshotFlush = undefined
+      this.snapshotFlushing = false
+      this.snapshotFlushedBytes = 0
+      const synced = flush.then(() => fh.datasync()).finally(() => fh.close())
       synced.catch(() => undefined)
       this.snapshotSyncs.push(synced)
     }
@@ -507,9 +533,12 @@ export class ShapeLogFiles {
       if (this.snapshotFile !== undefined || this.snapshotChunkBytes.length === 0) await this.closeSnapshotChunk()
       const syncs = this.snapshotSyncs
       this.snapshotSyncs = []
-      // The chunks' data and the directory entries naming them sync together; the pointer waits for both.
-      await Promise.all([...syncs, syncDirectory(this.dir)])
-      await writePointer(this.dir, this.pointer(true))
+      // The chunks' data, the directory entries naming them and the staged pointer sync together; the pointer
+      // replaces the current one only after all of them. Each settles before completion fails, so none is still
+      // running when the log is reopened.
+      const settled = await Promise.allSettled([...syncs, syncDirectory(this.dir), stagePointer(this.dir, this.pointer(true))])
+      for (const s of settled) if (s.status === "rejected") throw s.reason
+      await publishPointer(this.dir)
       this.snapshotComplete = true
       if (this.snapshotLatch !== undefined) release(this.snapshotLatch)
       this.snapshotLatch = undefined
