@@ -66,6 +66,14 @@ const CLOSE_TIMEOUT = Duration.seconds(5)
 
 const DEFAULT_BUFFER_SIZE = 4096
 
+/**
+ * The bytes read from the socket before it waits for the next turn of the event loop. A socket with much waiting
+ * (catch-up after a restart) is otherwise read chunk after chunk in one turn, each chunk decoded and routed at
+ * once, while the completions of the consumers' writes and fsyncs wait behind the whole burst: their commits,
+ * and so the acknowledgement, would lag the reading by seconds.
+ */
+const TURN_BYTES = 64 * 1024
+
 // The parts of pg's Connection the typings leave out.
 interface RawConnection {
   readonly stream: { pause(): void; resume(): void; destroy(): void }
@@ -116,6 +124,9 @@ export const make = (
     // once: every transaction one socket read completed goes through the pipeline as one batch.
     let buffered: Array<ReplicationEvent> = []
     let paused = false
+    // Reading waits for the next turn of the event loop (`TURN_BYTES`).
+    let yielding = false
+    let readSinceYield = 0
     let reader: Deferred.Deferred<void> | undefined
     // A keepalive position is buffered only when none is: under a write load on other tables keepalives come by
     // the hundred, and one waiting is as good as many.
@@ -171,7 +182,7 @@ export const make = (
       positionWaiting = false
       if (paused) {
         paused = false
-        if (!closing) connection.stream.resume()
+        if (!closing && !yielding) connection.stream.resume()
       }
       return Effect.succeed(Chunk.unsafeFromArray(batch))
     })
@@ -180,9 +191,23 @@ export const make = (
       streaming = true
       Deferred.unsafeDone(started, Exit.void)
     })
+    const yieldTurn = (): void => {
+      yielding = true
+      connection.stream.pause()
+      setImmediate(() => {
+        yielding = false
+        if (!paused && !closing) connection.stream.resume()
+      })
+    }
+
     connection.on("copyData", (msg) => {
       if (closing || stopped) return
       const chunk = msg.chunk
+      readSinceYield += chunk.length
+      if (readSinceYield >= TURN_BYTES && !yielding) {
+        readSinceYield = 0
+        yieldTurn()
+      }
       try {
         const kind = chunk[0]
         if (kind === 0x77 /* w: XLogData */) {
