@@ -297,6 +297,24 @@ const toKeyRow = (rel: Relation, values: TupleData): Row => {
   return row
 }
 
+/**
+ * The longest value read character by character: below it a short ASCII value (a key, a number, a flag) is made
+ * in JavaScript faster than by a call into the UTF-8 decoder, and is still a flat string.
+ */
+const SHORT_TEXT = 12
+
+/** The UTF-8 text of `buf[start..end)`. */
+const text = (start: number, end: number): string => {
+  if (end - start > SHORT_TEXT) return buf.toString("utf8", start, end)
+  let s = ""
+  for (let i = start; i < end; i++) {
+    const c = buf[i]!
+    if (c > 0x7f) return buf.toString("utf8", start, end)
+    s += String.fromCharCode(c)
+  }
+  return s
+}
+
 /** One column value of a tuple at the cursor: its text, null, or undefined for an unchanged TOASTed value. */
 const columnValue = (): ColumnValue => {
   const kind = u8()
@@ -304,7 +322,7 @@ const columnValue = (): ColumnValue => {
     const len = i32()
     const end = pos + len
     if (end > buf.length) throw new PgOutputDecodeError("truncated column value")
-    const value = buf.toString("utf8", pos, end)
+    const value = text(pos, end)
     pos = end
     return value
   }
@@ -347,6 +365,9 @@ const readKeyRow = (rel: Relation): Row => {
   return row
 }
 
+/** Relation messages are rare (a connection's first change of a table, a schema change): most transactions share this. */
+const NO_RELATIONS: ReadonlyArray<Relation> = []
+
 /**
  * Groups decoded pgoutput messages into whole transactions: remembers Relation
  * messages by oid (later changes refer to them), turns tuples into rows, and
@@ -355,9 +376,12 @@ const readKeyRow = (rel: Relation): Row => {
  */
 export class TransactionAssembler {
   private readonly relationsByOid = new Map<number, Relation>()
-  private begin: { readonly finalLsn: Lsn; readonly commitTime: bigint; readonly xid: number } | undefined
+  /** Between a Begin and its Commit, and the xid that Begin gave. */
+  private inTransaction = false
+  private xid = 0
   private changes: Array<Change> = []
-  private newRelations: Array<Relation> = []
+  /** Never changed in place: a transaction keeps the list it was given. */
+  private newRelations: ReadonlyArray<Relation> = NO_RELATIONS
 
   /** The relation last announced under `oid`, if any. */
   relation(oid: number): Relation | undefined {
@@ -382,19 +406,19 @@ export class TransactionAssembler {
   private readMessage(type: number): Transaction | undefined {
     switch (type) {
       case 0x42 /* B */: {
-        if (this.begin !== undefined) throw new TransactionAssemblyError("Begin inside a transaction")
-        const finalLsn = u64()
-        const commitTime = i64()
-        this.begin = { finalLsn, commitTime, xid: u32() }
+        if (this.inTransaction) throw new TransactionAssemblyError("Begin inside a transaction")
+        // The final LSN and commit time come again in the Commit, which is what the transaction takes them from.
+        pos += 16
+        this.inTransaction = true
+        this.xid = u32()
         return undefined
       }
       case 0x43 /* C */: {
-        const begin = this.begin
-        if (begin === undefined) throw new TransactionAssemblyError("Commit without Begin")
+        if (!this.inTransaction) throw new TransactionAssemblyError("Commit without Begin")
         pos++ // flags
         const commitLsn = u64()
         const endLsn = u64()
-        return this.finish(begin, commitLsn, endLsn, i64())
+        return this.finish(commitLsn, endLsn, i64())
       }
       case 0x49 /* I */: {
         const rel = this.changeRelation(u32())
@@ -428,11 +452,11 @@ export class TransactionAssembler {
   }
 
   /** The transaction a Commit ends, with the changes gathered since its Begin; the next one starts empty. */
-  private finish(begin: { readonly xid: number }, commitLsn: Lsn, endLsn: Lsn, commitTime: bigint): Transaction {
-    const tx: Transaction = { xid: begin.xid, commitLsn, endLsn, commitTime, changes: this.changes, relations: this.newRelations }
-    this.begin = undefined
+  private finish(commitLsn: Lsn, endLsn: Lsn, commitTime: bigint): Transaction {
+    const tx: Transaction = { xid: this.xid, commitLsn, endLsn, commitTime, changes: this.changes, relations: this.newRelations }
+    this.inTransaction = false
     this.changes = []
-    this.newRelations = []
+    this.newRelations = NO_RELATIONS
     return tx
   }
 
@@ -440,17 +464,17 @@ export class TransactionAssembler {
   push(msg: PgOutputMessage): Transaction | undefined {
     switch (msg.tag) {
       case "begin":
-        if (this.begin !== undefined) throw new TransactionAssemblyError("Begin inside a transaction")
-        this.begin = { finalLsn: msg.finalLsn, commitTime: msg.commitTime, xid: msg.xid }
+        if (this.inTransaction) throw new TransactionAssemblyError("Begin inside a transaction")
+        this.inTransaction = true
+        this.xid = msg.xid
         return undefined
       case "commit": {
-        const begin = this.begin
-        if (begin === undefined) throw new TransactionAssemblyError("Commit without Begin")
-        return this.finish(begin, msg.commitLsn, msg.endLsn, msg.commitTime)
+        if (!this.inTransaction) throw new TransactionAssemblyError("Commit without Begin")
+        return this.finish(msg.commitLsn, msg.endLsn, msg.commitTime)
       }
       case "relation":
         this.relationsByOid.set(msg.relation.oid, msg.relation)
-        this.newRelations.push(msg.relation)
+        this.newRelations = [...this.newRelations, msg.relation]
         return undefined
       case "insert": {
         const rel = this.changeRelation(msg.relationOid)
@@ -480,7 +504,7 @@ export class TransactionAssembler {
         return undefined
       }
       case "truncate": {
-        if (this.begin === undefined) throw new TransactionAssemblyError("Truncate outside a transaction")
+        if (!this.inTransaction) throw new TransactionAssemblyError("Truncate outside a transaction")
         const relations = msg.relationOids.map((oid) => this.changeRelation(oid))
         this.changes.push({ kind: "truncate", relations })
         return undefined
@@ -493,7 +517,7 @@ export class TransactionAssembler {
   }
 
   private changeRelation(oid: number): Relation {
-    if (this.begin === undefined) throw new TransactionAssemblyError("change outside a transaction")
+    if (!this.inTransaction) throw new TransactionAssemblyError("change outside a transaction")
     const rel = this.relationsByOid.get(oid)
     if (rel === undefined) throw new TransactionAssemblyError(`change for unknown relation oid ${oid}`)
     return rel

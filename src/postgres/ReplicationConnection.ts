@@ -66,6 +66,15 @@ const CLOSE_TIMEOUT = Duration.seconds(5)
 
 const DEFAULT_BUFFER_SIZE = 4096
 
+/**
+ * The longest the socket is read in one turn of the event loop before it waits for the next. A socket with much
+ * waiting (catch-up after a restart) is otherwise read chunk after chunk in one turn, each chunk decoded and
+ * routed at once, while the completions of the consumers' writes and fsyncs wait behind the whole burst: their
+ * commits, and so the acknowledgement, would lag the reading by seconds. Checked every `TURN_CHECK` messages.
+ */
+const TURN_MS = 8
+const TURN_CHECK = 32
+
 // The parts of pg's Connection the typings leave out.
 interface RawConnection {
   readonly stream: { pause(): void; resume(): void; destroy(): void }
@@ -116,6 +125,11 @@ export const make = (
     // once: every transaction one socket read completed goes through the pipeline as one batch.
     let buffered: Array<ReplicationEvent> = []
     let paused = false
+    // When the first message of this turn of the event loop was read (-1 before it), and whether reading waits for
+    // the next turn (`TURN_MS`).
+    let turnStarted = -1
+    let readThisTurn = 0
+    let yielding = false
     let reader: Deferred.Deferred<void> | undefined
     // A keepalive position is buffered only when none is: under a write load on other tables keepalives come by
     // the hundred, and one waiting is as good as many.
@@ -171,7 +185,7 @@ export const make = (
       positionWaiting = false
       if (paused) {
         paused = false
-        if (!closing) connection.stream.resume()
+        if (!closing && !yielding) connection.stream.resume()
       }
       return Effect.succeed(Chunk.unsafeFromArray(batch))
     })
@@ -180,9 +194,24 @@ export const make = (
       streaming = true
       Deferred.unsafeDone(started, Exit.void)
     })
+    const turnEnded = (): void => {
+      turnStarted = -1
+      readThisTurn = 0
+      if (!yielding) return
+      yielding = false
+      if (!paused && !closing) connection.stream.resume()
+    }
+
     connection.on("copyData", (msg) => {
       if (closing || stopped) return
       const chunk = msg.chunk
+      if (turnStarted < 0) {
+        turnStarted = performance.now()
+        setImmediate(turnEnded)
+      } else if (++readThisTurn % TURN_CHECK === 0 && !yielding && performance.now() - turnStarted >= TURN_MS) {
+        yielding = true
+        connection.stream.pause()
+      }
       try {
         const kind = chunk[0]
         if (kind === 0x77 /* w: XLogData */) {

@@ -99,9 +99,9 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
         let wake = Deferred.unsafeMake<void>(undefined as never)
         const ackWanted = yield* Effect.makeLatch(false)
 
-        const complete = (p: Pending) => {
-          if (p.commitLsn !== undefined) lastProcessed = p.commitLsn
-          if (p.endLsn > acked) acked = p.endLsn
+        const complete = (commitLsn: Lsn | undefined, endLsn: Lsn) => {
+          if (commitLsn !== undefined) lastProcessed = commitLsn
+          if (endLsn > acked) acked = endLsn
         }
 
         // Called after transactions became durable somewhere: wakes a pump waiting for room, moves the ack.
@@ -111,7 +111,8 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
           Deferred.unsafeDone(old, Effect.void)
           let moved = false
           while (head < queue.length && queue[head]!.remaining === 0) {
-            complete(queue[head++]!)
+            const p = queue[head++]!
+            complete(p.commitLsn, p.endLsn)
             moved = true
           }
           if (head > 1024 && head * 2 > queue.length) {
@@ -155,7 +156,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
          */
         const trackDurable = (commitLsn: Lsn | undefined, endLsn: Lsn) => {
           if (head === queue.length) {
-            complete({ commitLsn, endLsn, remaining: 0 })
+            complete(commitLsn, endLsn)
             ackWanted.unsafeOpen()
             return
           }

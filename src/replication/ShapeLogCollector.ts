@@ -56,6 +56,16 @@ interface TableShapes {
   /** Shapes whose where cannot use an index (or that have none): evaluated per row. */
   readonly scanned: Map<ShapeHandle, (row: Row) => boolean>
   readonly all: Set<ShapeHandle>
+  /**
+   * `indexes` and `scanned` as arrays, which a row walks without an iterator or an entry per step; made again on
+   * the first row after a shape of the table came or went.
+   */
+  lists: { readonly indexes: ReadonlyArray<EqualityIndex>; readonly scanned: ReadonlyArray<ScannedShape> } | undefined
+}
+
+interface ScannedShape {
+  readonly handle: ShapeHandle
+  readonly matches: (row: Row) => boolean
 }
 
 /**
@@ -105,7 +115,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
   const tableFor = (oid: number): TableShapes => {
     let t = tables.get(oid)
     if (t === undefined) {
-      t = { indexes: new Map(), scanned: new Map(), all: new Set() }
+      t = { indexes: new Map(), scanned: new Map(), all: new Set(), lists: undefined }
       tables.set(oid, t)
     }
     return t
@@ -115,6 +125,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
     removeShape(shape.handle)
     const t = tableFor(shape.tableOid)
     t.all.add(shape.handle)
+    t.lists = undefined
     const eq = shape.equality
     if (eq !== undefined) {
       let index = t.indexes.get(eq.column)
@@ -155,6 +166,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
     if (t === undefined) return
     t.all.delete(handle)
     t.scanned.delete(handle)
+    t.lists = undefined
     if (entry.equality !== undefined) {
       const index = t.indexes.get(entry.equality.column)
       const set = index?.byValue.get(entry.equality.value)
@@ -165,27 +177,47 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
     if (t.all.size === 0) tables.delete(entry.oid)
   }
 
-  // The deliveries of the transaction being routed, made on its first match: most transactions match no shape.
+  // The deliveries of the transaction being routed, made on its first match: most transactions match no shape,
+  // and most of the others one. The map is made for a second shape.
+  let first: Delivery | undefined
   let deliveries: Map<ShapeHandle, Delivery> | undefined
-  const deliver = (handle: ShapeHandle, i: number) => {
-    let d = deliveries?.get(handle)
-    if (d === undefined) {
-      d = { handle, changes: [], invalidated: undefined }
-      ;(deliveries ??= new Map()).set(handle, d)
+  const deliveryOf = (handle: ShapeHandle): Delivery => {
+    if (deliveries === undefined) {
+      if (first === undefined) return first = { handle, changes: [], invalidated: undefined }
+      if (first.handle === handle) return first
+      deliveries = new Map([[first.handle, first]])
     }
+    let d = deliveries.get(handle)
+    if (d === undefined) deliveries.set(handle, d = { handle, changes: [], invalidated: undefined })
+    return d
+  }
+  /** Every delivery made for the transaction so far, by shape; undefined when there is none. */
+  const allDeliveries = (): Map<ShapeHandle, Delivery> | undefined => {
+    if (deliveries === undefined && first !== undefined) deliveries = new Map([[first.handle, first]])
+    return deliveries
+  }
+  const deliver = (handle: ShapeHandle, i: number) => {
+    const d = deliveryOf(handle)
     const last = d.changes.length - 1
     if (last < 0 || d.changes[last] !== i) d.changes.push(i)
   }
+  const listsOf = (t: TableShapes): NonNullable<TableShapes["lists"]> =>
+    t.lists ??= {
+      indexes: [...t.indexes.values()],
+      scanned: Array.from(t.scanned, ([handle, matches]) => ({ handle, matches }))
+    }
   const visitRow = (t: TableShapes, row: Row, i: number) => {
-    for (const index of t.indexes.values()) {
+    const { indexes, scanned } = listsOf(t)
+    for (let k = 0; k < indexes.length; k++) {
+      const index = indexes[k]!
       const v = row[index.column]
       if (v === null || v === undefined) continue
       const set = index.byValue.get(v)
       if (set !== undefined) for (const h of set) deliver(h, i)
     }
-    if (t.scanned.size === 0) return
-    for (const [h, matches] of t.scanned) {
-      if (matches(row)) deliver(h, i)
+    for (let k = 0; k < scanned.length; k++) {
+      const shape = scanned[k]!
+      if (shape.matches(row)) deliver(shape.handle, i)
     }
   }
 
@@ -193,10 +225,12 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
     if (txn.commitLsn <= lastRouted) return undefined
     lastRouted = txn.commitLsn
     if (tables.size === 0) return NO_DELIVERIES
+    first = undefined
     deliveries = undefined
     try {
       return routeChanges(txn)
     } finally {
+      first = undefined
       deliveries = undefined
     }
   }
@@ -208,12 +242,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
       const signature = columnSignature(rel.columns)
       for (const h of t.all) {
         if (shapeTable.get(h)!.columns === signature) continue
-        let d = deliveries?.get(h)
-        if (d === undefined) {
-          d = { handle: h, changes: [], invalidated: undefined }
-          ;(deliveries ??= new Map()).set(h, d)
-        }
-        d.invalidated = "its table's columns changed"
+        deliveryOf(h).invalidated = "its table's columns changed"
       }
     }
     const changes: ReadonlyArray<Change> = txn.changes
@@ -225,7 +254,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
           if (t === undefined) continue
           for (const h of t.all) {
             deliver(h, i)
-            deliveries!.get(h)!.invalidated = "its table was truncated"
+            deliveryOf(h).invalidated = "its table was truncated"
           }
         }
         continue
@@ -246,25 +275,27 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
           break
       }
     }
-    if (deliveries === undefined) return NO_DELIVERIES
-    if (dependents.size === 0) return [...deliveries.values()]
+    if (first === undefined) return NO_DELIVERIES
+    if (deliveries === undefined && !dependents.has(first.handle)) return [first]
+    const all = allDeliveries()!
+    if (dependents.size === 0) return [...all.values()]
     // Whatever reaches a dependency reaches its readers; then dependencies first. A transaction that reaches no
     // dependency needs neither.
     const pending: Array<ShapeHandle> = []
-    for (const h of deliveries.keys()) if (dependents.has(h)) pending.push(h)
-    if (pending.length === 0) return [...deliveries.values()]
+    for (const h of all.keys()) if (dependents.has(h)) pending.push(h)
+    if (pending.length === 0) return [...all.values()]
     while (pending.length > 0) {
       const h = pending.pop()!
       const readers = dependents.get(h)
       if (readers === undefined) continue
       for (const r of readers) {
-        if (deliveries.has(r)) continue
-        deliveries.set(r, { handle: r, changes: [], invalidated: undefined })
+        if (all.has(r)) continue
+        all.set(r, { handle: r, changes: [], invalidated: undefined })
         pending.push(r)
       }
     }
     const depthOf = (d: Delivery) => shapeTable.get(d.handle)?.depth ?? 0
-    return [...deliveries.values()].sort((a, b) => depthOf(a) - depthOf(b))
+    return [...all.values()].sort((a, b) => depthOf(a) - depthOf(b))
   }
 
   return {

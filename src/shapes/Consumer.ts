@@ -30,10 +30,18 @@ export interface Work {
   readonly needs?: ReadonlyArray<Lsn> | undefined
 }
 
-/** The most work a consumer takes for one batch (one append, one commit). */
-const MAX_BATCH = 4096
-/** How many transactions a batch encoded during a commit runs between turns of the event loop. */
-const ENCODE_SLICE = 128
+/**
+ * The most work a consumer takes for one batch (one append, one commit). Large: what queued up while the last
+ * commit ran goes in the next one, so that a long catch-up pays few rounds of fsyncs.
+ */
+const MAX_BATCH = 16_384
+/**
+ * How long a batch encoded during a commit runs between turns of the event loop (checked every `ENCODE_CHECK`
+ * transactions): long enough that encoding keeps up with the reading of the slot, which takes its own turns, and
+ * short enough that the commit in flight moves on between slices.
+ */
+const ENCODE_SLICE_MS = 4
+const ENCODE_CHECK = 32
 
 const NO_WORK: ReadonlyArray<Work> = []
 
@@ -45,10 +53,13 @@ const nextTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
 
 /** A batch encoded while the previous one was being committed, for a shape without subqueries or a materializer. */
 interface Encoded {
-  readonly batch: ReadonlyArray<Work>
+  /** How much work it took. The work itself is not kept: its transactions are garbage once encoded. */
+  readonly taken: number
   readonly entries: Array<LogEntry>
   readonly lastCommit: Lsn
   readonly passedSnapshot: boolean
+  /** Why the shape must be invalidated, when some work it took says so: nothing is taken after that work. */
+  readonly invalidated: string | undefined
 }
 
 /**
@@ -84,6 +95,17 @@ export class WorkQueue {
       }
       return Effect.succeed(this.items.splice(0, max))
     })
+  }
+
+  /** Completes once there is work, or on the next `nudge`. */
+  readonly awaitWork: Effect.Effect<void> = Effect.suspend(() => {
+    if (this.items.length > 0) return Effect.void
+    return Deferred.await(this.reader ?? (this.reader = Deferred.unsafeMake<void>(FiberId.none)))
+  })
+
+  /** Wakes whoever waits for work, with or without any: the reader looks again. */
+  nudge(): void {
+    this.wake()
   }
 
   /** Up to `max` items in order that are already there, without waiting: empty when there are none. */
@@ -514,36 +536,55 @@ export const runConsumer = (options: {
     let encoded: Encoded | undefined = undefined
 
     /**
-     * Takes the work already queued and encodes it, a slice at a time so that the commit in flight moves on
-     * between slices. Nothing of it is written: it waits for the commit before it. Undefined when there is no
-     * work, or work the plain path does not handle.
+     * Takes the work already queued and encodes it after `into` (what was encoded before it during the same
+     * commit), a slice at a time so that the commit in flight moves on between slices. Nothing of it is written: it
+     * waits for the commit before it. Undefined when there is no work, or work the plain path does not handle.
      */
-    const encodeAhead = (durableAt: LogOffset): Effect.Effect<Encoded | undefined> =>
+    const encodeAhead = (durableAt: LogOffset, into: Encoded | undefined): Effect.Effect<Encoded | undefined> =>
       Effect.gen(function*() {
-        if (!plain()) return undefined
-        const batch = queue.takeNow(MAX_BATCH)
-        if (batch.length === 0) return undefined
-        const out: Array<LogEntry> = []
+        if (!plain() || into?.invalidated !== undefined) return into
+        const room = MAX_BATCH - (into?.taken ?? 0)
+        const batch = room > 0 ? queue.takeNow(room) : NO_WORK
+        if (batch.length === 0) return into
+        const out: Array<LogEntry> = into?.entries ?? []
         const current = { lastCommit, passedSnapshot }
-        lastCommit = 0n
-        passedSnapshot = false
-        let invalidating = false
+        lastCommit = into?.lastCommit ?? 0n
+        passedSnapshot = into?.passedSnapshot ?? false
+        let invalidated: string | undefined
+        let sliceStart = performance.now()
         for (let i = 0; i < batch.length; i++) {
           const { delivery, txn } = batch[i]!
-          if (delivery?.invalidated !== undefined) invalidating = true
-          if (invalidating || txn === undefined || delivery === undefined) continue
+          invalidated ??= delivery?.invalidated
+          if (invalidated !== undefined || txn === undefined || delivery === undefined) continue
           lastCommit = txn.commitLsn
           lastTaken = txn.commitLsn
           if (txn.commitLsn > durableAt.tx && !inSnapshot(txn)) {
             encodeChanges(txn, delivery, transactionHeaders(txn.xid, txn.commitLsn))
             finishTransaction(pending, out)
           }
-          if (i % ENCODE_SLICE === ENCODE_SLICE - 1) yield* nextTurn
+          if (i % ENCODE_CHECK === ENCODE_CHECK - 1 && performance.now() - sliceStart >= ENCODE_SLICE_MS) {
+            yield* nextTurn
+            sliceStart = performance.now()
+          }
         }
-        const next: Encoded = { batch, entries: out, lastCommit, passedSnapshot }
+        const next: Encoded = { taken: (into?.taken ?? 0) + batch.length, entries: out, lastCommit, passedSnapshot, invalidated }
         lastCommit = current.lastCommit
         passedSnapshot = current.passedSnapshot
         return next
+      })
+
+    /**
+     * Encodes the work that arrives while a commit runs, until it is done (`committed()`): what queued up meanwhile
+     * goes in the next commit whole, so that a burst costs one round of fsyncs per commit, not per `MAX_BATCH`.
+     */
+    const encodeWhileCommitting = (durableAt: LogOffset, committed: () => boolean): Effect.Effect<Encoded | undefined> =>
+      Effect.suspend(function gather(into: Encoded | undefined = undefined): Effect.Effect<Encoded | undefined> {
+        return Effect.flatMap(encodeAhead(durableAt, into), (next) => {
+          if (committed() || !plain() || next?.invalidated !== undefined || (next?.taken ?? 0) >= MAX_BATCH) {
+            return Effect.succeed(next)
+          }
+          return Effect.zipRight(queue.awaitWork, Effect.suspend(() => (committed() ? Effect.succeed(next) : gather(next))))
+        })
       })
 
     for (;;) {
@@ -551,10 +592,12 @@ export const runConsumer = (options: {
       entries.length = 0
       const early = encoded
       encoded = undefined
-      const batch = early?.batch ?? (yield* queue.take(MAX_BATCH))
+      let batch = early === undefined ? yield* queue.take(MAX_BATCH) : NO_WORK
       // A truncate or a change of columns: nothing after it fits the shape, and its removal drops the rest.
-      const invalidated = batch.find(({ delivery }) => delivery?.invalidated !== undefined)
-      if (invalidated !== undefined) return yield* options.invalidate(invalidated.delivery!.invalidated!)
+      const invalidated = early !== undefined
+        ? early.invalidated
+        : batch.find(({ delivery }) => delivery?.invalidated !== undefined)?.delivery!.invalidated
+      if (invalidated !== undefined) return yield* options.invalidate(invalidated)
       if (early !== undefined) {
         // Encoded against a durable offset no later than the log's now; the log skips what it already holds.
         lastCommit = early.lastCommit
@@ -587,6 +630,8 @@ export const runConsumer = (options: {
               finishTransaction(pending, entries)
             }
           }
+          // Encoded once: a write tried again writes the same entries, and the transactions are garbage now.
+          batch = NO_WORK
         }
         // The moves whose rows the batch holds are recorded first: a log holding such rows always has their
         // record. A record whose rows a crash then loses is forgotten at the next start.
@@ -602,10 +647,14 @@ export const runConsumer = (options: {
         if (entries.length > 0 && encoded === undefined && plain()) {
           // The next batch is encoded while this one's writes and syncs run; it is reported durable only after
           // its own commit, which follows this one.
-          const committing = yield* Effect.fork(write)
+          let committed = false
+          const committing = yield* Effect.fork(Effect.ensuring(write, Effect.sync(() => {
+            committed = true
+            queue.nudge()
+          })))
           // A stop meanwhile waits for the commit, as it waits for any write.
           const settle = Effect.onInterrupt(() => Fiber.await(committing))
-          encoded = yield* Effect.zipRight(nextTurn, encodeAhead(durableAt)).pipe(settle)
+          encoded = yield* Effect.zipRight(nextTurn, encodeWhileCommitting(durableAt, () => committed)).pipe(settle)
           written = yield* Fiber.join(committing).pipe(settle)
         } else {
           written = yield* write

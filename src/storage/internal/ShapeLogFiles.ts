@@ -596,7 +596,8 @@ export class ShapeLogFiles {
       this.pendingIndex.copy(grown, 0, 0, this.pendingIndexLength)
       this.pendingIndex = grown
     }
-    const index = this.pendingIndex
+    // A DataView's stores compile to plain stores; Buffer's writeDoubleLE goes through a scratch array byte by byte.
+    const index = new DataView(this.pendingIndex.buffer, this.pendingIndex.byteOffset, this.pendingIndex.length)
     let at = this.pendingIndexLength
     let bytes = this.appendedBytes
     // The entries of one transaction share its tx: split it into two words once per transaction.
@@ -611,10 +612,10 @@ export class ShapeLogFiles {
         txLow = Number(tx & 0xffffffffn)
         txHigh = Number(tx >> 32n)
       }
-      index.writeUInt32LE(txLow, at)
-      index.writeUInt32LE(txHigh, at + 4)
-      index.writeDoubleLE(offset.op, at + 8)
-      index.writeDoubleLE(bytes, at + 16)
+      index.setUint32(at, txLow, true)
+      index.setUint32(at + 4, txHigh, true)
+      index.setFloat64(at + 8, offset.op, true)
+      index.setFloat64(at + 16, bytes, true)
       at += INDEX_RECORD_BYTES
       this.appendedLines++
       if (bytes - this.appendedChunkStart >= this.threshold) {
