@@ -1,7 +1,9 @@
 import { randomInt } from "node:crypto"
+import type * as http from "node:http"
 import * as HttpRouter from "@effect/platform/HttpRouter"
 import * as HttpServerRequest from "@effect/platform/HttpServerRequest"
 import * as HttpServerResponse from "@effect/platform/HttpServerResponse"
+import * as NodeHttpServerRequest from "@effect/platform-node/NodeHttpServerRequest"
 import * as Cause from "effect/Cause"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
@@ -32,7 +34,7 @@ import { ShapeCache } from "../shapes/ShapeCache.js"
 import { loadSubqueryTables, shapeWhere } from "../shapes/ShapeResolver.js"
 import { ReadOnlyShapes } from "../shapes/ReadOnlyShapes.js"
 import { type ActiveServices, StackSupervisor } from "../stack/StackSupervisor.js"
-import { type BodyFormat, type LogStream, PIECE_BYTES, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
+import { type BodyFormat, type LogRead, type LogStream, PIECE_BYTES, ShapeLogStorage } from "../storage/ShapeLogStorage.js"
 import { parseOrderBy } from "../where/OrderBy.js"
 import { parseWhere } from "../where/WhereClause.js"
 import { eventStream, isResumeOffset } from "./EventStream.js"
@@ -50,6 +52,7 @@ import {
   serverHeader,
   upToDateMessage
 } from "./ResponseHeaders.js"
+import { CommitLane, type WholeResponse } from "./CommitLane.js"
 import { abortConnection, closeConnectionOnFinish, writePieces } from "./NodeServer.js"
 import { answerSettled, type SettledResponse, settledResponsesOf } from "./SettledResponses.js"
 import { ShutdownSignal } from "./ShutdownSignal.js"
@@ -94,16 +97,24 @@ const keptConcat = (...parts: ReadonlyArray<Uint8Array>): Buffer => {
  * socket takes the one before (see `writePieces`), so a slow reader holds
  * about two pieces.
  */
+/** The end of an array body of `length` bytes of lines: `]`, after the trailing message if there is one. */
+const closeOf = (length: number, trailing: string | undefined): Uint8Array =>
+  trailing === undefined ? CLOSE : encoder.encode(`${length > 0 ? "," : ""}${trailing}]`)
+
+/** A body held whole, as one buffer: `[`, the lines, the trailing message, `]`. */
+const wholeBody = (lines: Uint8Array, trailing: string | undefined): Buffer =>
+  Buffer.concat([OPEN, lines, closeOf(lines.length, trailing)])
+
 const arrayResponse = (
   request: HttpServerRequest.HttpServerRequest,
   read: LogStream,
   trailing: string | undefined,
   options: { readonly status: number; readonly contentType: string; readonly headers: HeaderRecord }
 ): HttpServerResponse.HttpServerResponse => {
-  const close = trailing === undefined ? CLOSE : encoder.encode(`${read.length > 0 ? "," : ""}${trailing}]`)
   if (read.bytes !== undefined && read.length <= PIECE_BYTES) {
-    return HttpServerResponse.uint8Array(Buffer.concat([OPEN, read.bytes, close]), options)
+    return HttpServerResponse.uint8Array(wholeBody(read.bytes, trailing), options)
   }
+  const close = closeOf(read.length, trailing)
   // A larger body read whole may be shared with other requests: it is written as it is, not copied.
   if (read.bytes !== undefined) {
     return HttpServerResponse.stream(Stream.make(OPEN, read.bytes, close), { ...options, contentLength: OPEN.length + read.length + close.length })
@@ -158,6 +169,33 @@ const firstOf = <A>(waits: ReadonlyArray<Effect.Effect<A>>): Effect.Effect<A> =>
       )
     }))
 
+/**
+ * The lane that answers a held long-poll at the commit that ends its wait, for a GET under the service's Node
+ * server from a source that has one; undefined otherwise (the fiber waits and answers, as it always can). A
+ * request with `if-none-match` is left to the fiber, which may answer it 304.
+ */
+const commitLaneFor = (
+  source: LogSource,
+  request: HttpServerRequest.HttpServerRequest,
+  headers: Readonly<Record<string, string | undefined>>,
+  offset: LogOffset,
+  after: LogOffset,
+  render: (read: LogRead, globalLsn: bigint) => WholeResponse
+): CommitLane | undefined => {
+  const commits = source.commits
+  if (commits === undefined || request.method !== "GET" || headers["if-none-match"] !== undefined) return undefined
+  const response: http.ServerResponse | undefined = NodeHttpServerRequest.toServerResponse(request)
+  if (response === undefined) return undefined
+  return new CommitLane(response, {
+    hasDataAfter: () => LogOffset.gt(commits.latestOffset(), after),
+    closed: commits.closed,
+    alive: commits.alive,
+    onNextCommit: commits.onNextCommit,
+    globalLsn: source.globalLsn,
+    readWhole: () => commits.readWhole(offset)
+  }, render)
+}
+
 /** Why a request ends early, as a response. */
 class Reply {
   constructor(readonly response: HttpServerResponse.HttpServerResponse) {}
@@ -211,6 +249,14 @@ const searchParams = (url: string) => new URL(url, "http://localhost").searchPar
 /** Where a response's data comes from: the active stack's log, or the files of a read-only stack. */
 interface LogSource {
   readonly handle: string
+  /** For a held long-poll answered at the commit that ends its wait (`CommitLane`); undefined where not possible. */
+  readonly commits?: {
+    readonly onNextCommit: (listener: () => void) => () => void
+    readonly latestOffset: () => LogOffset
+    readonly closed: () => boolean
+    readonly alive: () => boolean
+    readonly readWhole: (from: LogOffset) => Promise<LogRead | undefined>
+  }
   readonly schema: () => string
   readonly latestOffset: Effect.Effect<LogOffset, StorageError>
   readonly read: (from: LogOffset, format?: BodyFormat) => Effect.Effect<LogStream, StorageError, Scope.Scope>
@@ -282,6 +328,27 @@ const respond = (
       ? { _tag: "live" }
       : { _tag: "catchUp", maxAge: settings.cacheMaxAge, staleAge: settings.cacheStaleAge }
 
+    /** The headers of a response with data, and the up-to-date message that ends it (if any), for `read`. */
+    const completion = (read: { readonly nextOffset: LogOffset; readonly reachedEnd: boolean }, global: bigint) => {
+      const upToDate = read.reachedEnd && !isInitial
+      const responseEtag = etag(handle, offset, read.nextOffset)
+      const responseHeaders: HeaderRecord = {
+        ...baseHeaders,
+        ...cacheControl(cacheKind),
+        "electric-offset": LogOffset.format(read.nextOffset),
+        ...(live ? {} : { "electric-schema": source.schema() }),
+        ...(upToDate ? { "electric-up-to-date": "" } : {}),
+        "electric-has-data": "true",
+        etag: responseEtag
+      }
+      let trailing: string | undefined
+      if (upToDate) {
+        const chunkEnd = read.nextOffset.tx > 0n ? read.nextOffset.tx : 0n
+        trailing = upToDateMessage(live ? (chunkEnd > 0n ? chunkEnd : global) : chunkEnd > global ? chunkEnd : global)
+      }
+      return { responseHeaders, responseEtag, trailing }
+    }
+
     // An offset past the end of the log is only legal if the log catches up with it soon; the offset an SSE
     // client resumes at after the last entry is in bounds.
     const pastEnd = (latest: LogOffset) => LogOffset.gt(offset, latest) && !isResumeOffset(offset, latest)
@@ -352,18 +419,32 @@ const respond = (
           ...extra
         })
       }
+      const after = LogOffset.max(offset, read.nextOffset)
+      const httpRequest = yield* HttpServerRequest.HttpServerRequest
+      const lane = commitLaneFor(source, httpRequest, headers, offset, after, (whole, lsn) => {
+        const { responseHeaders, trailing } = completion(whole, lsn)
+        const body = wholeBody(whole.body, trailing)
+        return {
+          body,
+          headers: { ...responseHeaders, "content-type": JSON_TYPE, "content-length": body.length, [serverHeader[0]]: serverHeader[1] }
+        }
+      })
       const outcome = yield* countedWhile(
         heldLongPolls,
         settings.replicationStreamId,
         firstOf([
-          source.awaitDataAfter(LogOffset.max(offset, read.nextOffset)).pipe(
-            Effect.as("data" as const),
-            Effect.catchAll(() => Effect.succeed("closed" as const))
-          ),
+          lane === undefined
+            ? source.awaitDataAfter(after).pipe(
+              Effect.as("data" as const),
+              Effect.catchAll(() => Effect.succeed("closed" as const))
+            )
+            : lane.wait,
           Effect.as(Effect.sleep(settings.longPollTimeoutMs), "timeout" as const),
           Effect.as(shutdown.await, "shutdown" as const)
         ])
       )
+      // Answered at the commit, before this fiber resumed: the server has nothing left to write.
+      if (lane !== undefined && (yield* lane.settle)) return HttpServerResponse.empty({ status: 200 })
       if (outcome === "shutdown") return noChange({ connection: "close" })
       // A stack that stopped during the wait has closed its registry and logs: the client simply polls again.
       const exists = yield* source.exists
@@ -379,25 +460,10 @@ const respond = (
       read = again.right
     }
 
-    const upToDate = read.reachedEnd && !isInitial
-    const responseEtag = etag(handle, offset, read.nextOffset)
-    const responseHeaders: HeaderRecord = {
-      ...baseHeaders,
-      ...cacheControl(cacheKind),
-      "electric-offset": LogOffset.format(read.nextOffset),
-      ...(live ? {} : { "electric-schema": source.schema() }),
-      ...(upToDate ? { "electric-up-to-date": "" } : {}),
-      "electric-has-data": "true",
-      etag: responseEtag
-    }
+    const { responseHeaders, responseEtag, trailing } = completion(read, global)
     if (ifNoneMatchMatches(headers["if-none-match"], responseEtag)) {
       const { "electric-schema": _schema, ...notModified } = responseHeaders
       return HttpServerResponse.empty({ status: 304, headers: notModified })
-    }
-    let trailing: string | undefined
-    if (upToDate) {
-      const chunkEnd = read.nextOffset.tx > 0n ? read.nextOffset.tx : 0n
-      trailing = upToDateMessage(live ? (chunkEnd > 0n ? chunkEnd : global) : chunkEnd > global ? chunkEnd : global)
     }
     if (remember !== undefined && read.settled && read.bytes !== undefined && !live && trailing === undefined) {
       const body = keptConcat(OPEN, read.bytes, CLOSE)
@@ -519,6 +585,13 @@ const activeShape = (
     )
     const source: LogSource = {
       handle,
+      commits: {
+        onNextCommit: log.onNextCommit,
+        latestOffset: log.latestOffset,
+        closed: log.isClosed,
+        alive: () => cache.peek(handle) !== undefined,
+        readWhole: (from) => log.readWhole(from, "array")
+      },
       schema: () => schemaOf(shape),
       latestOffset: Effect.sync(() => log.latestOffset()),
       read: (from, format) => log.stream(from, format).pipe(Effect.catchTag("StorageError", invalidateIfDamaged)),

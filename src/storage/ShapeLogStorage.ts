@@ -100,6 +100,15 @@ export interface ShapeLog {
   readonly stream: (from: LogOffset, format?: BodyFormat) => Effect.Effect<LogStream, StorageError, Scope.Scope>
   /** Completes when durable data past `after` exists (or the log was removed). */
   readonly awaitDataAfter: (after: LogOffset) => Effect.Effect<void>
+  /** True once the log is closed or removed: no commit comes any more. */
+  readonly isClosed: () => boolean
+  /** See `ShapeLogFiles.onNextCommit`: a callback at the next commit or close, without a fiber. */
+  readonly onNextCommit: (listener: () => void) => () => void
+  /**
+   * `stream`'s read when its body is held whole (shared with the requests reading the same), without a scope;
+   * undefined when the body is too large to hold, or the log is closed. The snapshot must be complete.
+   */
+  readonly readWhole: (from: LogOffset, format: BodyFormat) => Promise<LogRead | undefined>
 }
 
 /**
@@ -290,7 +299,16 @@ const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
             : streamOf(handle, format, () => files.openSpan(from, format))
         )
       ),
-    awaitDataAfter
+    awaitDataAfter,
+    isClosed: () => files.closed !== "open",
+    onNextCommit: (listener) => files.onNextCommit(listener),
+    readWhole: async (from, format) => {
+      if (files.closed !== "open" || !files.snapshotComplete) return undefined
+      const opened = await files.openSpan(from, format)
+      if (opened._tag === "Whole") return opened.read
+      await opened.fh.close().catch(() => undefined)
+      return undefined
+    }
   }
 }
 

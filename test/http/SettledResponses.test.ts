@@ -1,14 +1,7 @@
-import * as HttpRouter from "@effect/platform/HttpRouter"
-import * as HttpServer from "@effect/platform/HttpServer"
-import * as NodeHttpServer from "@effect/platform-node/NodeHttpServer"
-import { Effect, Exit, Layer, Logger, LogLevel, Scope } from "effect"
 import type pg from "pg"
-import { afterAll, beforeAll, describe, expect, inject, it } from "vitest"
-import { Syncline } from "../../layers/Syncline.js"
-import { StackConfig } from "../../src/config/StackConfig.js"
-import { createServer } from "../../src/http/NodeServer.js"
-import { ShapeApi } from "../../src/http/ShapeApi.js"
-import { dropReplication, itemsTable, startSyncline, tempDir, testPool } from "../support/syncline.js"
+import { afterAll, beforeAll, describe, expect, it } from "vitest"
+import { type Running, startHosted } from "../support/hosted.js"
+import { dropReplication, itemsTable, startSyncline, testPool } from "../support/syncline.js"
 
 /**
  * Catch-up responses whose bytes never change are served again from memory to
@@ -19,39 +12,6 @@ import { dropReplication, itemsTable, startSyncline, tempDir, testPool } from ".
  */
 
 const TABLE = "settled_rows"
-
-interface Running {
-  readonly baseUrl: string
-  readonly stop: () => Promise<void>
-}
-
-/** The shape API mounted at `/sync` in a host app's router, on a server without the service's own lane. */
-const startHosted = async (streamId: string): Promise<Running> => {
-  const settings = StackConfig.make({
-    port: 0,
-    storageDir: await tempDir(streamId),
-    replicationStreamId: streamId,
-    enableIntegrationTesting: true,
-    chunkBytesThreshold: 4000
-  })
-  const app = Layer.merge(HttpServer.serve(HttpRouter.mount(HttpRouter.empty, "/sync", ShapeApi)), Syncline.drain).pipe(
-    Layer.provideMerge(NodeHttpServer.layer(() => createServer(), { port: 0, host: "127.0.0.1" })),
-    Layer.provide(Syncline.make(settings, inject("databaseUrl"))),
-    Layer.provide(Logger.minimumLogLevel(LogLevel.Warning))
-  )
-  const scope = Effect.runSync(Scope.make())
-  const context = await Effect.runPromise(Layer.buildWithScope(app, scope))
-  const address = Effect.runSync(Effect.provide(HttpServer.HttpServer, context)).address
-  if (address._tag !== "TcpAddress") throw new Error("expected a TCP address")
-  const baseUrl = `http://127.0.0.1:${address.port}/sync`
-  for (const deadline = Date.now() + 60_000;;) {
-    const res = await fetch(`${baseUrl}/v1/health`).catch(() => undefined)
-    if (res?.status === 200) break
-    if (Date.now() > deadline) throw new Error("the hosted API did not become active")
-    await new Promise((r) => setTimeout(r, 50))
-  }
-  return { baseUrl, stop: () => Effect.runPromise(Scope.close(scope, Exit.void)) }
-}
 
 let pool: pg.Pool
 
@@ -75,7 +35,7 @@ describe.each([
     stream: "settled_responses",
     start: (stream: string) => startSyncline({ streamId: stream, settings: { chunkBytesThreshold: 4000 } })
   },
-  { server: "a host app's server", stream: "settled_hosted", start: startHosted }
+  { server: "a host app's server", stream: "settled_hosted", start: (stream: string) => startHosted(stream, { chunkBytesThreshold: 4000 }) }
 ])("settled catch-up responses, on $server", ({ start, stream }) => {
   let server: Running
 

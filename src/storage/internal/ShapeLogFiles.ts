@@ -135,6 +135,8 @@ export class ShapeLogFiles {
   private snapshotLatch: Latch | undefined = undefined
   /** Released by the next commit (or the log closing); made by the first reader that waits for one. */
   private dataLatch: Latch | undefined = undefined
+  /** Called once at the next commit or close, before the fibers waiting on `dataLatch` resume. */
+  private commitListeners: Set<() => void> | undefined = undefined
   private busy = 0
   private onIdle: (() => void) | undefined = undefined
   private writeChain: Promise<unknown> = Promise.resolve()
@@ -188,6 +190,20 @@ export class ShapeLogFiles {
       return done
     }
     return this.dataLatch ??= newLatch()
+  }
+
+  /**
+   * Calls `listener` once, at the next commit (or when the log closes), synchronously and before the fibers
+   * awaiting `nextCommit` resume; the function returned takes it back. For a waiter that answers without a fiber.
+   */
+  onNextCommit(listener: () => void): () => void {
+    if (this.closed !== "open") {
+      listener()
+      return () => undefined
+    }
+    const listeners = this.commitListeners ??= new Set()
+    listeners.add(listener)
+    return () => listeners.delete(listener)
   }
 
   /**
@@ -437,6 +453,7 @@ export class ShapeLogFiles {
     this.closed = reason
     if (this.snapshotLatch !== undefined) release(this.snapshotLatch)
     if (this.dataLatch !== undefined) release(this.dataLatch)
+    this.callCommitListeners()
     if (this.busy > 0) await new Promise<void>((resolve) => (this.onIdle = resolve))
     await Promise.allSettled(this.snapshotFlush === undefined ? this.snapshotSyncs : [...this.snapshotSyncs, this.snapshotFlush])
     const handles = this.handles
@@ -696,10 +713,18 @@ export class ShapeLogFiles {
   }
 
   private wakeReaders(): void {
+    this.callCommitListeners()
     const latch = this.dataLatch
     if (latch === undefined) return
     this.dataLatch = undefined
     release(latch)
+  }
+
+  private callCommitListeners(): void {
+    const listeners = this.commitListeners
+    if (listeners === undefined) return
+    this.commitListeners = undefined
+    for (const listener of listeners) listener()
   }
 
 
