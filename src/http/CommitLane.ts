@@ -94,8 +94,13 @@ export class CommitLane {
       this.response.end(body)
       this.state = "sent"
     } catch {
-      // Nothing went out (writeHead throws before writing): the fiber answers.
-      this.state = this.response.headersSent ? "sent" : "fiber"
+      // Before the headers went out the fiber can still answer; after, only dropping the connection is honest.
+      if (!this.response.headersSent) {
+        this.state = "fiber"
+        return
+      }
+      this.response.destroy()
+      this.state = "sent"
     }
   }
 }

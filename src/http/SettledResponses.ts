@@ -161,14 +161,21 @@ export const settledLane = (
   )
   if (answer === undefined) return false
   const headers: Record<string, string | number> = { ...answer.headers, [serverHeader[0]]: serverHeader[1] }
-  if (answer.body === undefined) {
-    response.writeHead(answer.status, headers)
-    response.end()
-  } else {
-    headers["content-type"] = JSON_TYPE
-    headers["content-length"] = answer.body.length
-    response.writeHead(answer.status, headers)
-    response.end(answer.body)
+  try {
+    if (answer.body === undefined) {
+      response.writeHead(answer.status, headers)
+      response.end()
+    } else {
+      headers["content-type"] = JSON_TYPE
+      headers["content-length"] = answer.body.length
+      response.writeHead(answer.status, headers)
+      response.end(answer.body)
+    }
+  } catch {
+    // Outside any fiber nothing would catch it: before the headers the API answers; after, the connection goes.
+    if (!response.headersSent) return false
+    response.destroy()
+    return true
   }
   countResponseNow(source, answer.status)
   return true

@@ -90,13 +90,6 @@ const keptConcat = (...parts: ReadonlyArray<Uint8Array>): Buffer => {
   return body
 }
 
-/**
- * The response for a read: `[`, the stored lines, an optional trailing message,
- * `]` — stored bytes are never re-encoded. A body that was read whole is sent
- * as one buffer; a larger one is streamed, each piece read from disk while the
- * socket takes the one before (see `writePieces`), so a slow reader holds
- * about two pieces.
- */
 /** The end of an array body of `length` bytes of lines: `]`, after the trailing message if there is one. */
 const closeOf = (length: number, trailing: string | undefined): Uint8Array =>
   trailing === undefined ? CLOSE : encoder.encode(`${length > 0 ? "," : ""}${trailing}]`)
@@ -105,6 +98,13 @@ const closeOf = (length: number, trailing: string | undefined): Uint8Array =>
 const wholeBody = (lines: Uint8Array, trailing: string | undefined): Buffer =>
   Buffer.concat([OPEN, lines, closeOf(lines.length, trailing)])
 
+/**
+ * The response for a read: `[`, the stored lines, an optional trailing message,
+ * `]` — stored bytes are never re-encoded. A body that was read whole is sent
+ * as one buffer; a larger one is streamed, each piece read from disk while the
+ * socket takes the one before (see `writePieces`), so a slow reader holds
+ * about two pieces.
+ */
 const arrayResponse = (
   request: HttpServerRequest.HttpServerRequest,
   read: LogStream,

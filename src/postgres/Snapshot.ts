@@ -298,6 +298,10 @@ const BACKSLASH = 0x5c
 const LETTER_N = 0x4e
 const NULL_FIELD = -1
 
+/** COPY's text NULL (`\N`) is the whole field at `p`: the next byte ends the field (a tab) or the row. */
+const isNullAt = (buf: Uint8Array, p: number): boolean =>
+  buf[p] === BACKSLASH && buf[p + 1] === LETTER_N && buf[p + 2]! <= NEWLINE && buf[p + 2]! >= TAB
+
 const bytesOf = (text: string): Buffer => Buffer.from(text, "utf8")
 const KEY_PART_OPEN = bytesOf("/\\\"")
 const KEY_PART_NULL = bytesOf("/_")
@@ -381,7 +385,7 @@ class RowRenderer {
     o += this.keyHead.length
     for (let k = 0; k < keyCount; k++) {
       if (p >= end) throw new Error("COPY row with too few fields")
-      if (buf[p] === BACKSLASH && buf[p + 1] === LETTER_N && buf[p + 2]! <= NEWLINE && buf[p + 2]! >= TAB) {
+      if (isNullAt(buf, p)) {
         starts[k] = NULL_FIELD
         p += 3
         out.set(KEY_PART_NULL, o)
@@ -427,7 +431,7 @@ class RowRenderer {
         continue
       }
       if (p >= end) throw new Error("COPY row with too few fields")
-      if (buf[p] === BACKSLASH && buf[p + 1] === LETTER_N && buf[p + 2]! <= NEWLINE && buf[p + 2]! >= TAB) {
+      if (isNullAt(buf, p)) {
         starts[f] = NULL_FIELD
         p += 3
         const open = this.nullOpens[v]!

@@ -97,11 +97,16 @@ export class WorkQueue {
     })
   }
 
-  /** Completes once there is work, or on the next `nudge`. */
-  readonly awaitWork: Effect.Effect<void> = Effect.suspend(() => {
-    if (this.items.length > 0) return Effect.void
-    return Deferred.await(this.reader ?? (this.reader = Deferred.unsafeMake<void>(FiberId.none)))
-  })
+  /**
+   * Completes once there is work, `done()` holds, or on the next `nudge`. Both are looked at in the step that
+   * starts the wait: a `nudge` that comes after the look finds the wait to wake, never a reader about to wait.
+   */
+  awaitWorkUnless(done: () => boolean): Effect.Effect<void> {
+    return Effect.suspend(() => {
+      if (this.items.length > 0 || done()) return Effect.void
+      return Deferred.await(this.reader ?? (this.reader = Deferred.unsafeMake<void>(FiberId.none)))
+    })
+  }
 
   /** Wakes whoever waits for work, with or without any: the reader looks again. */
   nudge(): void {
@@ -583,7 +588,7 @@ export const runConsumer = (options: {
           if (committed() || !plain() || next?.invalidated !== undefined || (next?.taken ?? 0) >= MAX_BATCH) {
             return Effect.succeed(next)
           }
-          return Effect.zipRight(queue.awaitWork, Effect.suspend(() => (committed() ? Effect.succeed(next) : gather(next))))
+          return Effect.zipRight(queue.awaitWorkUnless(committed), Effect.suspend(() => (committed() ? Effect.succeed(next) : gather(next))))
         })
       })
 

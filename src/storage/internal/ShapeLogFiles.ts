@@ -724,7 +724,14 @@ export class ShapeLogFiles {
     const listeners = this.commitListeners
     if (listeners === undefined) return
     this.commitListeners = undefined
-    for (const listener of listeners) listener()
+    for (const listener of listeners) {
+      // The commit is durable and every other waiter must still wake: a listener's failure stays its own.
+      try {
+        listener()
+      } catch {
+        continue
+      }
+    }
   }
 
 

@@ -196,9 +196,3 @@ export const publishPointer = async (dir: string): Promise<void> => {
   await fs.rename(path.join(dir, FileNames.pointerTemp), path.join(dir, FileNames.pointer))
   await syncDirectory(dir)
 }
-
-/** Writes the commit pointer atomically: temp file, fdatasync, rename over, fsync the directory. */
-export const writePointer = async (dir: string, pointer: CommitPointer): Promise<void> => {
-  await stagePointer(dir, pointer)
-  await publishPointer(dir)
-}
