@@ -1,9 +1,9 @@
 import { describe, expect, it } from "@effect/vitest"
-import { Context, Effect, Option } from "effect"
-import { ShapeCache } from "../../src/shapes/ShapeCache.js"
+import { Effect } from "effect"
 import { whereCompiled } from "../../src/shapes/ShapeResolver.js"
 import { FakePostgres, textTable } from "../../src/testing/FakePostgres.js"
-import { type Harness, insertedKeys, readToEnd, startServer, tempDirs } from "../../src/testing/index.js"
+import { readToEnd, startServer, tempDirs } from "../../src/testing/index.js"
+import { insert, KINDS, QUERIES, readAll, shapeOf } from "../support/threeShapes.js"
 
 /**
  * A created shape, once its snapshot is complete, is kept as a restart restores it: its where is parsed again
@@ -12,36 +12,6 @@ import { type Harness, insertedKeys, readToEnd, startServer, tempDirs } from "..
  */
 
 const ITEMS = textTable(16402, "items", ["id", "title"])
-const insert = (id: string) => ({ kind: "insert", table: "items", row: { id, title: `row ${id}` } }) as const
-
-/** By equality (the routing index), by evaluation per row, and every row. */
-const QUERIES = {
-  equality: `table=items&where=${encodeURIComponent("id = '1'")}`,
-  scanned: `table=items&where=${encodeURIComponent("id <> '2'")}`,
-  all: "table=items"
-} as const
-type Kind = keyof typeof QUERIES
-const KINDS = Object.keys(QUERIES) as ReadonlyArray<Kind>
-
-type Position = { readonly handle: string; readonly offset: string }
-
-const readAll = (h: Harness, from: Record<Kind, Position> | undefined) =>
-  Effect.gen(function*() {
-    const positions = {} as Record<Kind, Position>
-    const inserted = {} as Record<Kind, ReadonlyArray<string>>
-    for (const kind of KINDS) {
-      const read = yield* readToEnd(h, QUERIES[kind], from?.[kind])
-      positions[kind] = { handle: read.handle, offset: read.offset }
-      inserted[kind] = insertedKeys(read.messages).map((key) => key.slice(key.lastIndexOf("/") + 1).replaceAll(`"`, ""))
-    }
-    return { positions, inserted }
-  })
-
-const shapeOf = (h: Harness, handle: string) =>
-  Effect.gen(function*() {
-    const shape = yield* Context.get(yield* h.active, ShapeCache).get(handle)
-    return Option.getOrThrow(shape)
-  })
 
 describe("created shapes", () => {
   it.scoped("keep their where unparsed once their snapshot is complete, and receive every transaction that reaches them", () =>

@@ -1,12 +1,12 @@
 import { describe, expect, it } from "@effect/vitest"
 import * as SqlClient from "@effect/sql/SqlClient"
-import { Context, Deferred, Effect, Layer, Option, TestServices } from "effect"
-import { ShapeCache } from "../../src/shapes/ShapeCache.js"
+import { Context, Deferred, Effect, Layer, TestServices } from "effect"
 import { whereCompiled } from "../../src/shapes/ShapeResolver.js"
 import { ShapeDb } from "../../src/storage/ShapeDb.js"
 import { makeGate } from "../../src/testing/Intercept.js"
 import { FakePostgres, textTable } from "../../src/testing/FakePostgres.js"
-import { type Harness, insertedKeys, readToEnd, startServer, tempDirs, type TestDirs } from "../../src/testing/index.js"
+import { readToEnd, startServer, tempDirs, type TestDirs } from "../../src/testing/index.js"
+import { insert, KINDS, QUERIES, readAll, shapeOf } from "../support/threeShapes.js"
 
 /**
  * Shapes restored at start-up without parsing their where (their routing read from the registry): they are
@@ -15,36 +15,6 @@ import { type Harness, insertedKeys, readToEnd, startServer, tempDirs, type Test
  */
 
 const ITEMS = textTable(16401, "items", ["id", "title"])
-const insert = (id: string) => ({ kind: "insert", table: "items", row: { id, title: `row ${id}` } }) as const
-
-/** By equality (the routing index), by evaluation per row, and every row. */
-const QUERIES = {
-  equality: `table=items&where=${encodeURIComponent("id = '1'")}`,
-  scanned: `table=items&where=${encodeURIComponent("id <> '2'")}`,
-  all: "table=items"
-} as const
-type Kind = keyof typeof QUERIES
-const KINDS = Object.keys(QUERIES) as ReadonlyArray<Kind>
-
-type Position = { readonly handle: string; readonly offset: string }
-
-const readAll = (h: Harness, from: Record<Kind, Position> | undefined, kinds = KINDS) =>
-  Effect.gen(function*() {
-    const positions = { ...from } as Record<Kind, Position>
-    const inserted = {} as Record<Kind, ReadonlyArray<string>>
-    for (const kind of kinds) {
-      const read = yield* readToEnd(h, QUERIES[kind], from?.[kind])
-      positions[kind] = { handle: read.handle, offset: read.offset }
-      inserted[kind] = insertedKeys(read.messages).map((key) => key.slice(key.lastIndexOf("/") + 1).replaceAll(`"`, ""))
-    }
-    return { positions, inserted }
-  })
-
-const shapeOf = (h: Harness, handle: string) =>
-  Effect.gen(function*() {
-    const shape = yield* Context.get(yield* h.active, ShapeCache).get(handle)
-    return Option.getOrThrow(shape)
-  })
 
 const registry = <A>(dirs: TestDirs, use: (sql: SqlClient.SqlClient) => Effect.Effect<A, unknown>) =>
   Effect.scoped(
