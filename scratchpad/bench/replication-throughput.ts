@@ -18,7 +18,8 @@ import { createItems } from "./harness.js"
  *       client has seen every change; beside raw decoding of the same transactions;
  *   (e) non-matching: 1,000 idle shapes, 20k non-matching transactions, live (commit rate) and
  *       in catch-up (timed from active until the slot's confirmed_flush_lsn passes the last commit).
- * `BENCH_CPU_PROF=<dir>` runs the service under `node --cpu-prof` and writes one profile per run there.
+ * `BENCH_CPU_PROF=<dir>` runs the service under `node --cpu-prof` and writes one profile per run there;
+ * `BENCH_NODE_ARGS` adds node flags of its own (e.g. `--trace-gc`).
  * Run with `node --import tsx scratchpad/bench/replication-throughput.ts`.
  */
 
@@ -71,7 +72,10 @@ interface Service {
 
 const startService = async (databaseUrl: string, storageDir: string): Promise<Service> => {
   const port = await freePort()
-  const args = CPU_PROF === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${CPU_PROF}`]
+  const args = [
+    ...(CPU_PROF === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${CPU_PROF}`]),
+    ...(process.env["BENCH_NODE_ARGS"]?.split(" ").filter((a) => a !== "") ?? [])
+  ]
   const spawnedAt = performance.now()
   const child: ChildProcess = spawn(process.execPath, [...args, path.join(ROOT, "dist", "main.js")], {
     cwd: ROOT,

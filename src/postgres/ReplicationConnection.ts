@@ -131,14 +131,25 @@ export const make = (
     let readThisTurn = 0
     let yielding = false
     let reader: Deferred.Deferred<void> | undefined
+    // Why the stream ended, once it did: the reader's next take fails with it, waiting or not.
+    let failure: ReplicationError | undefined
     // A keepalive position is buffered only when none is: under a write load on other tables keepalives come by
     // the hundred, and one waiting is as good as many.
     let positionWaiting = false
 
+    const wakeReader = (): void => {
+      if (reader === undefined) return
+      const waiting = reader
+      reader = undefined
+      Deferred.unsafeDone(waiting, Exit.void)
+    }
+
     const fail = (error: ReplicationError): void => {
       if (closing || stopped) return
       stopped = true
+      failure = error
       Deferred.unsafeDone(failed, Exit.fail(error))
+      wakeReader()
     }
 
     const clientConfig: pg.ClientConfig & { replication: string } = {
@@ -165,17 +176,20 @@ export const make = (
         paused = true
         connection.stream.pause()
       }
-      if (reader !== undefined) {
-        const waiting = reader
-        reader = undefined
-        Deferred.unsafeDone(waiting, Exit.void)
-      }
+      wakeReader()
     }
 
-    /** Everything buffered, once there is something; the socket reads again while the batch is handled. */
-    const take: Effect.Effect<Chunk.Chunk<ReplicationEvent>> = Effect.suspend(function attempt(): Effect.Effect<
-      Chunk.Chunk<ReplicationEvent>
+    /**
+     * Everything buffered, once there is something; the socket reads again while the batch is handled. Fails once
+     * the connection failed, with whatever is buffered left behind: none of it was acknowledged, so the slot sends
+     * it again. The failure is looked at in the same step as the buffer, with no fiber racing the wait: a batch
+     * costs no fork.
+     */
+    const take: Effect.Effect<Chunk.Chunk<ReplicationEvent>, ReplicationError> = Effect.suspend(function attempt(): Effect.Effect<
+      Chunk.Chunk<ReplicationEvent>,
+      ReplicationError
     > {
+      if (failure !== undefined) return Effect.fail(failure)
       if (buffered.length === 0) {
         const waiting = reader ?? (reader = Deferred.unsafeMake<void>(FiberId.none))
         return Effect.flatMap(Deferred.await(waiting), attempt)
@@ -262,7 +276,7 @@ export const make = (
     )
 
     return {
-      events: Stream.repeatEffectChunk(take).pipe(Stream.interruptWhen(Deferred.await(failed))),
+      events: Stream.repeatEffectChunk(take),
       ack: (endLsn: Lsn) =>
         Effect.sync(() => {
           if (endLsn <= acked) return
