@@ -3,6 +3,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import { ShapeLogFiles } from "../../src/storage/internal/ShapeLogFiles.js"
+import { LogLines } from "../../src/storage/LogLines.js"
 
 /*
  * The time one shape log takes to make a small batch durable (append + commit), the commit → client latency's
@@ -22,7 +23,7 @@ const main = async () => {
     const commit: Array<number> = []
     for (let i = 1; i <= COMMITS; i++) {
       const started = performance.now()
-      log.append([{ offset: LogOffset.make(BigInt(i), 0), json: LINE }])
+      log.appendLines(LogLines.of([{ offset: LogOffset.make(BigInt(i), 0), json: LINE }]))
       await log.commit()
       commit.push(performance.now() - started)
     }

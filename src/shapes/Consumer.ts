@@ -14,7 +14,8 @@ import { refused } from "../postgres/PgPool.js"
 import type { Snapshot } from "../postgres/Snapshot.js"
 import type { FlushTracker } from "../replication/FlushTracker.js"
 import type { Delivery } from "../replication/ShapeLogCollector.js"
-import type { LogEntry, ShapeLog } from "../storage/ShapeLogStorage.js"
+import { LogLines } from "../storage/LogLines.js"
+import type { ShapeLog } from "../storage/ShapeLogStorage.js"
 import { finishTransaction, makeShapeEncoder, type PendingEntry, type ShapeEncoder, transactionHeaders } from "./LogItems.js"
 import { type LoggedTransaction, type Materializer, MaterializerInvariant, parseLogLines } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
@@ -55,7 +56,7 @@ const nextTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
 interface Encoded {
   /** How much work it took. The work itself is not kept: its transactions are garbage once encoded. */
   readonly taken: number
-  readonly entries: Array<LogEntry>
+  readonly entries: LogLines
   readonly lastCommit: Lsn
   readonly passedSnapshot: boolean
   /** Why the shape must be invalidated, when some work it took says so: nothing is taken after that work. */
@@ -348,7 +349,8 @@ export const runConsumer = (options: {
     /** The commit LSN from which transactions are past the snapshot, once met (`SnapshotMark.pastSnapshotAt`). */
     let pastSnapshotAt = mark.pastSnapshotAt
 
-    const entries: Array<LogEntry> = []
+    /** The lines of the batch being written. */
+    let entries = new LogLines()
     const pending: Array<PendingEntry> = []
     /** The commit LSN of the last transaction taken in this run. */
     let lastTaken = 0n
@@ -423,10 +425,10 @@ export const runConsumer = (options: {
       const own = role?.own()
       if (own?.loaded !== true) return undefined
       try {
-        if (from === entries.length) own.catchUp(lsn)
+        if (from === entries.count) own.catchUp(lsn)
         else {
           const logged: Array<LoggedTransaction> = []
-          parseLogLines(entries.slice(from).map((e) => e.json), logged)
+          parseLogLines(entries.textsFrom(from), logged)
           own.apply({ lsn, operations: logged.flatMap((t) => t.operations) })
         }
       } catch (error) {
@@ -517,7 +519,7 @@ export const runConsumer = (options: {
               if (Either.isLeft(moved)) return `the query for a move of its subquery values was refused: ${moved.left.message}`
             }
           }
-          const from = entries.length
+          const from = entries.count
           finishTransaction(pending, entries)
           const contradiction = feedOwn(txn.commitLsn, from)
           if (contradiction !== undefined) return contradiction
@@ -551,7 +553,7 @@ export const runConsumer = (options: {
         const room = MAX_BATCH - (into?.taken ?? 0)
         const batch = room > 0 ? queue.takeNow(room) : NO_WORK
         if (batch.length === 0) return into
-        const out: Array<LogEntry> = into?.entries ?? []
+        const out = into?.entries ?? new LogLines()
         const current = { lastCommit, passedSnapshot }
         lastCommit = into?.lastCommit ?? 0n
         passedSnapshot = into?.passedSnapshot ?? false
@@ -594,7 +596,6 @@ export const runConsumer = (options: {
 
     for (;;) {
       let durableAt: LogOffset | undefined
-      entries.length = 0
       const early = encoded
       encoded = undefined
       let batch = early === undefined ? yield* queue.take(MAX_BATCH) : NO_WORK
@@ -607,8 +608,9 @@ export const runConsumer = (options: {
         // Encoded against a durable offset no later than the log's now; the log skips what it already holds.
         lastCommit = early.lastCommit
         passedSnapshot = early.passedSnapshot
-        for (const e of early.entries) entries.push(e)
+        entries = early.entries
       } else {
+        entries = new LogLines()
         lastCommit = 0n
         passedSnapshot = false
       }
@@ -646,10 +648,10 @@ export const runConsumer = (options: {
         }
         // One step, never cut by a stop: the stack closing waits for the batch to be durable.
         const write = Effect.uninterruptible(
-          entries.length === 0 ? Effect.void : Effect.zipRight(target.append(entries), target.commit)
+          entries.count === 0 ? Effect.void : Effect.zipRight(target.appendLines(entries), target.commit)
         ).pipe(Effect.either)
         let written: Either.Either<unknown, StorageError>
-        if (entries.length > 0 && encoded === undefined && plain()) {
+        if (entries.count > 0 && encoded === undefined && plain()) {
           // The next batch is encoded while this one's writes and syncs run; it is reported durable only after
           // its own commit, which follows this one.
           let committed = false

@@ -1,5 +1,5 @@
 import type { Change, Row } from "../domain/Change.js"
-import type { LogEntry } from "../storage/ShapeLogStorage.js"
+import type { LogLines } from "../storage/LogLines.js"
 import { LogOffset } from "../domain/LogOffset.js"
 import { rowKey } from "../domain/RowKey.js"
 import type { Shape } from "./Shape.js"
@@ -52,12 +52,12 @@ export interface PendingEntry {
   readonly open: string
 }
 
-/** Closes the entries of one transaction, marking the last with `"last":true`. */
-export const finishTransaction = (pending: ReadonlyArray<PendingEntry>, out: Array<LogEntry>): void => {
+/** Closes the entries of one transaction, marking the last with `"last":true`, and adds them to `out` as lines. */
+export const finishTransaction = (pending: ReadonlyArray<PendingEntry>, out: LogLines): void => {
   const n = pending.length
   for (let i = 0; i < n; i++) {
     const p = pending[i]!
-    out.push({ offset: p.offset, json: i === n - 1 ? `${p.open},"last":true}}` : `${p.open}}}` })
+    out.push(p.offset.tx, p.offset.op, i === n - 1 ? `${p.open},"last":true}}` : `${p.open}}}`)
   }
 }
 

@@ -11,6 +11,7 @@ import type * as Scope from "effect/Scope"
 import * as Stream from "effect/Stream"
 import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
+import { LogLines } from "./LogLines.js"
 import { StorageError } from "../domain/errors.js"
 import { type BodyFormat, bodyLength, type OpenedSpan, PIECE_BYTES, readPiece } from "./internal/committedRead.js"
 import { isErrno } from "./internal/files.js"
@@ -86,6 +87,11 @@ export interface ShapeLog {
   readonly isSnapshotComplete: () => boolean
   /** Appends log entries (offsets strictly increasing, all above the last appended). Not durable until `commit`. */
   readonly append: (entries: ReadonlyArray<LogEntry>) => Effect.Effect<void, StorageError>
+  /**
+   * `append` of lines already encoded (offsets strictly increasing), copied as they are; lines at or below the last
+   * appended are skipped. The lines may be dropped or reused once it returns.
+   */
+  readonly appendLines: (lines: LogLines) => Effect.Effect<void, StorageError>
   /** fsyncs what was appended, writes the commit pointer, wakes waiting readers. Returns the durable offset. */
   readonly commit: Effect.Effect<LogOffset, StorageError>
   /** The last durable offset: `-1` before the snapshot completes, `0_inf` for an empty log, else the last entry's. */
@@ -265,22 +271,24 @@ const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
       if (files.closed !== "open" || LogOffset.gt(files.latestOffset(), after)) return Effect.void
       return Effect.flatMap(Deferred.await(files.nextCommit()), () => awaitDataAfter(after))
     })
+  const appendLines = (lines: LogLines): Effect.Effect<void, StorageError> =>
+    Effect.suspend(() => {
+      if (files.closed !== "open") return Effect.fail(closedError(files))
+      try {
+        files.appendLines(lines)
+        return Effect.void
+      } catch (cause) {
+        return Effect.fail(ioError(handle, cause))
+      }
+    })
   return {
     handle,
     appendSnapshot: (lines) => attempt(handle, () => files.appendSnapshot(lines)),
     appendSnapshotRows: (bytes) => attempt(handle, () => files.appendSnapshotRows(bytes)),
     completeSnapshot: attempt(handle, () => files.completeSnapshot()),
     isSnapshotComplete: () => files.snapshotComplete,
-    append: (entries) =>
-      Effect.suspend(() => {
-        if (files.closed !== "open") return Effect.fail(closedError(files))
-        try {
-          files.append(entries)
-          return Effect.void
-        } catch (cause) {
-          return Effect.fail(ioError(handle, cause))
-        }
-      }),
+    append: (entries) => appendLines(LogLines.of(entries)),
+    appendLines,
     commit: attempt(handle, () => files.commit()),
     latestOffset: () => files.latestOffset(),
     read: (from) =>

@@ -8,6 +8,7 @@ import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
 import { finishTransaction, makeShapeEncoder, type PendingEntry, transactionHeaders } from "../../src/shapes/LogItems.js"
 import type { Shape } from "../../src/shapes/Shape.js"
 import { selectedColumns } from "../../src/shapes/Shape.js"
+import { LogLines } from "../../src/storage/LogLines.js"
 import type { LogEntry } from "../../src/storage/ShapeLogStorage.js"
 import { parseWhere } from "../../src/where/WhereClause.js"
 import { tableInfo } from "../where/table.js"
@@ -58,10 +59,13 @@ const encodeTxn = (shape: Shape, changes: ReadonlyArray<Change>, xid = XID, lsn 
   const headers = transactionHeaders(xid, lsn)
   const pending: Array<PendingEntry> = []
   changes.forEach((change, i) => encoder.encode(change, lsn, i * 2, headers, pending))
-  const out: Array<LogEntry> = []
+  const out = new LogLines()
   finishTransaction(pending, out)
-  return out
+  return entriesOf(out)
 }
+
+/** The lines as entries again, read back from their bytes. */
+const entriesOf = (lines: LogLines): Array<LogEntry> => lines.textsFrom(0).map((json, i) => ({ offset: lines.offsetAt(i), json }))
 
 /** Parses each stored line (each must be one valid JSON object). */
 const messages = (entries: ReadonlyArray<LogEntry>): Array<unknown> => entries.map((e) => JSON.parse(e.json))
@@ -90,16 +94,18 @@ describe("finishTransaction", () => {
       { offset: LogOffset.make(5n, 0), open: `{"value":{},"headers":{"a":1` },
       { offset: LogOffset.make(5n, 2), open: `{"value":{},"headers":{"a":2` }
     ]
-    const out: Array<LogEntry> = []
-    finishTransaction(pending, out)
+    const lines = new LogLines()
+    finishTransaction(pending, lines)
+    const out = entriesOf(lines)
     expect(out.map((e) => e.offset)).toEqual([LogOffset.make(5n, 0), LogOffset.make(5n, 2)])
     expect(messages(out)).toEqual([{ value: {}, headers: { a: 1 } }, { value: {}, headers: { a: 2, last: true } }])
   })
 
   it("appends nothing for an empty transaction", () => {
-    const out: Array<LogEntry> = []
+    const out = new LogLines()
     finishTransaction([], out)
-    expect(out).toEqual([])
+    expect(out.count).toBe(0)
+    expect(out.byteLength).toBe(0)
   })
 })
 

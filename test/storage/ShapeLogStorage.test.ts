@@ -6,6 +6,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
+import { LogLines } from "../../src/storage/LogLines.js"
 import { type LogRead, make, type ShapeLog } from "../../src/storage/ShapeLogStorage.js"
 import { entry, fmt, line, off, tempDir, THRESHOLD } from "./fixtures.js"
 
@@ -348,6 +349,41 @@ describe("ShapeLogStorage", () => {
       const log2 = yield* second.storage.open(handle)
       expect(fmt(log2.latestOffset())).toBe(fmt(entries[23]!.offset))
       yield* expectReads(log2)
+      yield* second.close
+    })))
+
+  it.effect("lines appended already encoded skip what the log holds and read back as the entries they were made of", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const dir = yield* tempDir
+      const handle = ShapeHandle("encoded-lines")
+      const text = ["plain", "é".repeat(300), "日本語".repeat(200), "🙂".repeat(500)]
+      const entries = Array.from({ length: 40 }, (_, i) => ({
+        offset: LogOffset.make(BigInt(700 + Math.floor(i / 3)), (i % 3) * 2),
+        json: JSON.stringify({ key: `k-${i}`, value: { text: text[i % text.length] } })
+      }))
+      const first = yield* openIn(dir, 2000)
+      const log1 = yield* first.storage.create(handle)
+      yield* withSnapshot(log1)
+      yield* log1.append(entries.slice(0, 10))
+      yield* log1.commit
+      // A batch encoded while that commit ran, from an older end: its first lines are already in the log.
+      const lines = LogLines.of(entries.slice(4))
+      expect(lines.byteLength).toBe(entries.slice(4).reduce((n, e) => n + Buffer.byteLength(e.json) + 1, 0))
+      yield* log1.appendLines(lines)
+      yield* log1.commit
+      expect(fmt(log1.latestOffset())).toBe(fmt(entries[39]!.offset))
+      expect(bodies(yield* readAll(log1, LogOffset.lastBeforeReal))).toEqual(entries.map((e) => e.json))
+      expect(bodies(yield* readAll(log1, entries[9]!.offset))).toEqual(entries.slice(10).map((e) => e.json))
+      // Lines the log holds entirely add nothing.
+      yield* log1.appendLines(LogLines.of(entries.slice(30)))
+      yield* log1.commit
+      yield* first.close
+      const second = yield* openIn(dir, 2000)
+      const log2 = yield* second.storage.open(handle)
+      expect(bodies(yield* readAll(log2, LogOffset.lastBeforeReal))).toEqual(entries.map((e) => e.json))
+      for (const i of [0, 9, 10, 25]) {
+        expect(bodies(yield* readAll(log2, entries[i]!.offset))).toEqual(entries.slice(i + 1).map((e) => e.json))
+      }
       yield* second.close
     })))
 

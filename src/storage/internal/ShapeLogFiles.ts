@@ -5,7 +5,8 @@ import * as Effect from "effect/Effect"
 import * as FiberId from "effect/FiberId"
 import { LogOffset } from "../../domain/LogOffset.js"
 import { StorageError } from "../../domain/errors.js"
-import type { LogEntry, LogRead } from "../ShapeLogStorage.js"
+import type { LogLines } from "../LogLines.js"
+import type { LogRead } from "../ShapeLogStorage.js"
 import {
   type ChunkEnd,
   CHUNK_RECORD_BYTES,
@@ -567,47 +568,32 @@ export class ShapeLogFiles {
 
 
   /** Buffers entries in memory; offsets at or below the last appended one are replays and are skipped. */
-  append(entries: ReadonlyArray<LogEntry>): void {
-    if (this.closed !== "open") throw this.closedError()
-    const kept = this.keptScratch
-    let last = this.appendedLast
-    for (let i = 0; i < entries.length; i++) {
-      const entry = entries[i]!
-      const offset = entry.offset
-      if (offset.tx < last.tx || (offset.tx === last.tx && offset.op <= last.op)) continue
-      kept.push(entry)
-      last = offset
-    }
-    if (kept.length === 0) return
-    try {
-      this.appendKept(kept)
-    } finally {
-      kept.length = 0
-    }
-  }
-
-  /** Entries kept by `append`, reused from batch to batch. */
-  private readonly keptScratch: Array<LogEntry> = []
-
   /**
-   * Encodes the lines with one UTF-8 write for the batch, into the buffer the commit writes from, and their
-   * index records. A line's byte count is its length when every character of the batch is one byte.
+   * Copies the lines above the last appended into the buffer the commit writes from, and adds their index records.
+   * Lines at or below it (a batch encoded while the commit before it ran, against an older end) are skipped.
    */
-  private appendKept(kept: ReadonlyArray<LogEntry>): void {
-    const lines: Array<string> = new Array(kept.length)
-    for (let i = 0; i < kept.length; i++) lines[i] = kept[i]!.json
-    const text = lines.join("\n") + "\n"
-    const textBytes = Buffer.byteLength(text, "utf8")
-    const oneByte = textBytes === text.length
+  appendLines(lines: LogLines): void {
+    if (this.closed !== "open") throw this.closedError()
+    const last = this.appendedLast
+    const count = lines.count
+    let first = 0
+    while (first < count) {
+      const tx = lines.txAt(first)
+      if (tx > last.tx || (tx === last.tx && lines.opAt(first) > last.op)) break
+      first++
+    }
+    if (first === count) return
+    const startByte = lines.startAt(first)
+    const text = lines.bytesFrom(startByte)
     const start = this.pendingDataLength
-    if (start + textBytes > this.pendingData.length) {
-      const grown = Buffer.allocUnsafe(Math.max(PENDING_DATA_BYTES, this.pendingData.length * 2, start + textBytes))
+    if (start + text.length > this.pendingData.length) {
+      const grown = Buffer.allocUnsafe(Math.max(PENDING_DATA_BYTES, this.pendingData.length * 2, start + text.length))
       this.pendingData.copy(grown, 0, 0, start)
       this.pendingData = grown
     }
-    this.pendingData.write(text, start, "utf8")
-    this.pendingDataLength = start + textBytes
-    const indexNeeded = this.pendingIndexLength + kept.length * INDEX_RECORD_BYTES
+    text.copy(this.pendingData, start)
+    this.pendingDataLength = start + text.length
+    const indexNeeded = this.pendingIndexLength + (count - first) * INDEX_RECORD_BYTES
     if (indexNeeded > this.pendingIndex.length) {
       const grown = Buffer.allocUnsafe(Math.max(PENDING_INDEX_BYTES, this.pendingIndex.length * 2, indexNeeded))
       this.pendingIndex.copy(grown, 0, 0, this.pendingIndexLength)
@@ -616,33 +602,34 @@ export class ShapeLogFiles {
     // A DataView's stores compile to plain stores; Buffer's writeDoubleLE goes through a scratch array byte by byte.
     const index = new DataView(this.pendingIndex.buffer, this.pendingIndex.byteOffset, this.pendingIndex.length)
     let at = this.pendingIndexLength
+    const base = this.appendedBytes - startByte
     let bytes = this.appendedBytes
-    // The entries of one transaction share its tx: split it into two words once per transaction.
+    // The lines of one transaction share its tx: split it into two words once per transaction.
     let tx = -1n
     let txLow = 0
     let txHigh = 0
-    for (let i = 0; i < kept.length; i++) {
-      const { offset, json } = kept[i]!
-      bytes += (oneByte ? json.length : Buffer.byteLength(json, "utf8")) + 1
-      if (offset.tx !== tx) {
-        tx = offset.tx
+    for (let i = first; i < count; i++) {
+      bytes = base + lines.endAt(i)
+      const lineTx = lines.txAt(i)
+      if (lineTx !== tx) {
+        tx = lineTx
         txLow = Number(tx & 0xffffffffn)
         txHigh = Number(tx >> 32n)
       }
       index.setUint32(at, txLow, true)
       index.setUint32(at + 4, txHigh, true)
-      index.setFloat64(at + 8, offset.op, true)
+      index.setFloat64(at + 8, lines.opAt(i), true)
       index.setFloat64(at + 16, bytes, true)
       at += INDEX_RECORD_BYTES
       this.appendedLines++
       if (bytes - this.appendedChunkStart >= this.threshold) {
-        this.pendingChunks.push({ endOffset: offset, endPos: bytes, endLine: this.appendedLines })
+        this.pendingChunks.push({ endOffset: lines.offsetAt(i), endPos: bytes, endLine: this.appendedLines })
         this.appendedChunkStart = bytes
       }
     }
     this.pendingIndexLength = at
     this.appendedBytes = bytes
-    this.appendedLast = kept[kept.length - 1]!.offset
+    this.appendedLast = lines.offsetAt(count - 1)
   }
 
   /**
