@@ -29,6 +29,13 @@ const RETRY = "1 second"
  */
 const PERSIST_SPACING_MS = 10
 const PERSIST_SPACING_MAX_MS = 200
+/**
+ * While transactions keep arriving (a catch-up after a restart reads them as fast as it can), a persisted
+ * acknowledgement waits for more to become durable, up to this long after the last: what the slot learns a little
+ * later costs nothing, while a commit every `PERSIST_SPACING_MS` blocked the loop for a tenth of a catch-up. Once a
+ * spacing passes with no new transaction, the burst is over and the position is persisted at once.
+ */
+const PERSIST_BURST_MS = 100
 
 /** Waits `ms` of real time: pacing disk writes is about the disk, whatever clock the stack runs on. */
 const realDelay = (ms: number): Effect.Effect<void> =>
@@ -88,6 +95,8 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
         let persistedAck: Lsn = stored.acknowledged ?? 0n
         let acked: Lsn = 0n
         let sentAck: Lsn = 0n
+        /** Transactions tracked so far: the sender tells a burst from a pause by it. */
+        let tracked = 0
 
         // `queue[head..]` are the transactions and positions not yet durable everywhere, in stream order.
         let queue: Array<Pending> = []
@@ -197,6 +206,11 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
           // A burst: what becomes durable meanwhile goes with this one.
           const since = performance.now() - persistedAt
           if (since < spacing) yield* realDelay(spacing - since)
+          while (performance.now() - persistedAt < PERSIST_BURST_MS) {
+            const before = tracked
+            yield* realDelay(PERSIST_SPACING_MS)
+            if (tracked === before) break
+          }
           yield* ackWanted.close
           persistedAt = performance.now()
           yield* sendAcks.pipe(
@@ -227,6 +241,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
 
         return FlushTracker.of({
           track: (commitLsn, endLsn, handles) => {
+            tracked++
             if (handles.length === 0) return trackDurable(commitLsn, endLsn)
             const p: Pending = { commitLsn, endLsn, remaining: handles.length }
             push(p)
