@@ -57,6 +57,8 @@ export class PgOutputDecodeError extends Error {
 const EMPTY = Buffer.alloc(0)
 let buf: Buffer = EMPTY
 let pos = 0
+/** Where the message being read ends in `buf`: a socket chunk holds the messages before and after it too. */
+let limit = 0
 
 const u8 = (): number => buf[pos++]!
 const i16 = (): number => {
@@ -86,7 +88,7 @@ const i64 = (): bigint => {
 }
 const cstring = (): string => {
   const end = buf.indexOf(0, pos)
-  if (end < 0) throw new PgOutputDecodeError("unterminated string")
+  if (end < 0 || end >= limit) throw new PgOutputDecodeError("unterminated string")
   const s = buf.toString("utf8", pos, end)
   pos = end + 1
   return s
@@ -100,7 +102,7 @@ const tuple = (): TupleData => {
     if (kind === 0x74 /* t */) {
       const len = i32()
       const end = pos + len
-      if (end > buf.length) throw new PgOutputDecodeError("truncated column value")
+      if (end > limit) throw new PgOutputDecodeError("truncated column value")
       values[i] = buf.toString("utf8", pos, end)
       pos = end
     } else if (kind === 0x6e /* n */) {
@@ -208,7 +210,7 @@ const decodeAt = (): PgOutputMessage => {
       const lsn = u64()
       const prefix = cstring()
       const len = i32()
-      if (pos + len > buf.length) throw new PgOutputDecodeError("truncated message content")
+      if (pos + len > limit) throw new PgOutputDecodeError("truncated message content")
       const content = buf.subarray(pos, pos + len)
       pos += len
       return { tag: "message", transactional: (flags & 1) === 1, lsn, prefix, content }
@@ -223,9 +225,10 @@ const decodeAt = (): PgOutputMessage => {
  * payload starts at byte 25 of a CopyData chunk). Throws `PgOutputDecodeError`
  * (or a `RangeError` from a truncated buffer) on malformed input.
  */
-export const decode = (data: Buffer, offset = 0): PgOutputMessage => {
+export const decode = (data: Buffer, offset = 0, end = data.length): PgOutputMessage => {
   buf = data
   pos = offset
+  limit = end
   try {
     return decodeAt()
   } finally {
@@ -321,7 +324,7 @@ const columnValue = (): ColumnValue => {
   if (kind === 0x74 /* t */) {
     const len = i32()
     const end = pos + len
-    if (end > buf.length) throw new PgOutputDecodeError("truncated column value")
+    if (end > limit) throw new PgOutputDecodeError("truncated column value")
     const value = text(pos, end)
     pos = end
     return value
@@ -388,14 +391,18 @@ export class TransactionAssembler {
     return this.relationsByOid.get(oid)
   }
 
-  /** Decodes the pgoutput message at `offset` and feeds it; returns the transaction its Commit completes. */
-  pushBuffer(data: Buffer, offset = 0): Transaction | undefined {
+  /**
+   * Decodes the pgoutput message in `data[offset, end)` and feeds it; returns the transaction its Commit completes.
+   * The rest of `data` may hold other messages: it is read where it lies, never copied.
+   */
+  pushBuffer(data: Buffer, offset = 0, end = data.length): Transaction | undefined {
     const type = data[offset]
     // The messages of every transaction are read straight into its rows and boundaries, with no message object
     // or value array in between; the rest go through `decode`.
-    if (type !== 0x42 && type !== 0x43 && type !== 0x49 && type !== 0x55 && type !== 0x44) return this.push(decode(data, offset))
+    if (type !== 0x42 && type !== 0x43 && type !== 0x49 && type !== 0x55 && type !== 0x44) return this.push(decode(data, offset, end))
     buf = data
     pos = offset + 1
+    limit = end
     try {
       return this.readMessage(type)
     } finally {

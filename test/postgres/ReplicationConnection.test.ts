@@ -5,6 +5,7 @@ import { inject } from "vitest"
 import { type Change, isTransaction, type Transaction } from "../../src/domain/Change.js"
 import { Lsn } from "../../src/domain/Lsn.js"
 import { make } from "../../src/postgres/ReplicationConnection.js"
+import { splittingProxy } from "../support/splittingProxy.js"
 
 const url = inject("databaseUrl")
 const prefix = `rc_${process.pid}_${Date.now().toString(36)}`
@@ -65,10 +66,10 @@ const options = (name: string, statusIntervalMs?: number) => ({
 })
 
 /** Opens a connection in a fresh scope and forwards its transactions into a queue the test reads. */
-const open = (name: string, bufferSize?: number) =>
+const open = (name: string, bufferSize?: number, connectionString = url) =>
   Effect.gen(function*() {
     const scope = yield* Scope.make()
-    const conn = yield* make({ ...options(name), ...(bufferSize === undefined ? {} : { bufferSize }) }).pipe(
+    const conn = yield* make({ ...options(name), connectionString, ...(bufferSize === undefined ? {} : { bufferSize }) }).pipe(
       Scope.extend(scope)
     )
     const received = yield* Queue.unbounded<Transaction>()
@@ -171,6 +172,37 @@ describe("ReplicationConnection", () => {
       expect(t?.kind).toBe("truncate")
       if (t?.kind === "truncate") expect(t.relations.map((r) => r.name)).toEqual([name])
     }))
+
+  it.live("decodes messages however the socket splits them, headers and values included", () =>
+    Effect.scoped(Effect.gen(function*() {
+      const name = `${prefix}_split`
+      yield* setup(name, "id int PRIMARY KEY, note text")
+      const proxy = yield* splittingProxy(url, 7)
+      const { next, close } = yield* open(name, undefined, proxy.url)
+      // Values shorter and longer than the pieces, of one to four bytes a character, NULLs, and every kind of change.
+      const notes = ["", "a", "é", "日本語の値", "🙂".repeat(40), "x".repeat(3000), null]
+      yield* withAdmin((c) => Effect.promise(async () => {
+        for (const [i, note] of notes.entries()) await c.query(`INSERT INTO ${name} VALUES ($1, $2)`, [i, note])
+        await c.query(`UPDATE ${name} SET note = note || '!' WHERE id < 3`)
+        await c.query(`DELETE FROM ${name} WHERE id = 5`)
+      }))
+      const txs: Array<Transaction> = []
+      for (let i = 0; i < notes.length + 2; i++) txs.push(yield* next)
+      yield* close
+      yield* teardown(name)
+
+      expect(proxy.pieces()).toBeGreaterThan(500)
+      expect(txs.slice(0, notes.length).map((t) => insertRow(t.changes[0]))).toEqual(notes.map((note, i) => ({ id: String(i), note })))
+      const update = txs[notes.length]!
+      expect(update.changes.map((c) => c.kind === "update" ? [c.old?.["note"], c.new["note"]] : c.kind)).toEqual([
+        ["", "!"],
+        ["a", "a!"],
+        ["é", "é!"]
+      ])
+      const del = txs[notes.length + 1]!.changes[0]
+      expect(del?.kind === "delete" ? del.old : del).toEqual({ id: "5", note: "x".repeat(3000) })
+      for (let i = 1; i < txs.length; i++) expect(txs[i]!.commitLsn).toBeGreaterThan(txs[i - 1]!.commitLsn)
+    })))
 
   it.live("acknowledges exactly the end LSN, so an adjacent next commit is redelivered", () =>
     Effect.gen(function*() {
