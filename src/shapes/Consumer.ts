@@ -45,6 +45,8 @@ const ENCODE_SLICE_MS = 4
 const ENCODE_CHECK = 32
 
 const NO_WORK: ReadonlyArray<Work> = []
+/** What `entries` is between batches: a consumer waiting for work holds no lines, nor their buffer. Never added to. */
+const NO_LINES = new LogLines()
 
 /** Resumes after the event loop's next turn: I/O callbacks waiting meanwhile run first. */
 const nextTurn: Effect.Effect<void> = Effect.async<void>((resume) => {
@@ -350,7 +352,7 @@ export const runConsumer = (options: {
     let pastSnapshotAt = mark.pastSnapshotAt
 
     /** The lines of the batch being written. */
-    let entries = new LogLines()
+    let entries = NO_LINES
     const pending: Array<PendingEntry> = []
     /** The commit LSN of the last transaction taken in this run. */
     let lastTaken = 0n
@@ -666,7 +668,10 @@ export const runConsumer = (options: {
         } else {
           written = yield* write
         }
-        if (Either.isRight(written)) break
+        if (Either.isRight(written)) {
+          entries = NO_LINES
+          break
+        }
         const error = written.left
         if (error.reason === "Closed") return yield* Effect.interrupt
         const fatal = fatalFor(error)
