@@ -22,6 +22,7 @@ import {
   XLOG_DATA_HEADER_BYTES
 } from "./PgOutput.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
+import { MessageFramer } from "./internal/MessageFramer.js"
 
 /** How to reach the slot: it and its publication must already exist. */
 export interface ReplicationConnectionOptions {
@@ -83,7 +84,7 @@ interface RawConnection {
 }
 
 const COPY_DATA = 0x64 // d
-/** A backend message's type byte and length word. */
+/** A backend message's type byte and length word, before a CopyData message's payload. */
 const HEADER_BYTES = 5
 
 /**
@@ -93,76 +94,46 @@ const HEADER_BYTES = 5
  * goes to `pg` whole, which handles it as before.
  */
 class CopyDataReader {
-  /** A message split across socket chunks: its bytes so far (type and length first), and how many there are. */
-  private partial: Buffer | undefined = undefined
-  private partialUsed = 0
+  private readonly framer = new MessageFramer()
+  private broken = false
 
   private constructor(
     private readonly pgOnData: (chunk: Buffer) => void,
     /** A CopyData message's payload, `data[start, end)`. */
-    private readonly onCopyData: (data: Buffer, start: number, end: number) => void
+    private readonly onCopyData: (data: Buffer, start: number, end: number) => void,
+    /** The socket's bytes are not backend messages: nothing after this is read. */
+    private readonly onBroken: (cause: unknown) => void
   ) {}
 
   /** Takes over the socket from `pg`'s one data listener; an error when it has another number of them. */
   static attach(
     stream: NodeJS.ReadableStream,
-    onCopyData: (data: Buffer, start: number, end: number) => void
+    onCopyData: (data: Buffer, start: number, end: number) => void,
+    onBroken: (cause: unknown) => void
   ): CopyDataReader | Error {
     const listeners = stream.listeners("data")
     if (listeners.length !== 1) return new Error(`the replication connection has ${listeners.length} data listeners, not pg's one`)
     const pgOnData = listeners[0] as (chunk: Buffer) => void
-    const reader = new CopyDataReader(pgOnData, onCopyData)
+    const reader = new CopyDataReader(pgOnData, onCopyData, onBroken)
     stream.removeListener("data", pgOnData)
     stream.on("data", reader.onChunk)
     return reader
   }
 
   private readonly onChunk = (chunk: Buffer): void => {
-    let pos = 0
-    if (this.partial !== undefined) {
-      pos = this.fillPartial(chunk)
-      if (this.partial !== undefined) return
-    }
-    const length = chunk.length
-    while (pos < length) {
-      if (length - pos < HEADER_BYTES) return this.keepPartial(chunk, pos)
-      const end = pos + 1 + chunk.readUInt32BE(pos + 1)
-      if (end > length) return this.keepPartial(chunk, pos)
-      if (chunk[pos] === COPY_DATA) this.onCopyData(chunk, pos + HEADER_BYTES, end)
-      else this.pgOnData(chunk.subarray(pos, end))
-      pos = end
+    if (this.broken) return
+    try {
+      this.framer.feed(chunk, this.onMessage)
+    } catch (cause) {
+      this.broken = true
+      this.onBroken(cause)
     }
   }
 
-  private keepPartial(chunk: Buffer, pos: number): void {
-    const size = chunk.length - pos >= HEADER_BYTES ? 1 + chunk.readUInt32BE(pos + 1) : HEADER_BYTES
-    this.partial = Buffer.allocUnsafe(size)
-    this.partialUsed = chunk.copy(this.partial, 0, pos)
-  }
-
-  /** Adds the start of `chunk` to the split message, and hands it over once whole; where the chunk's next message starts. */
-  private fillPartial(chunk: Buffer): number {
-    let partial = this.partial!
-    let pos = 0
-    if (this.partialUsed < HEADER_BYTES) {
-      // Only the start of the header was there: now its length is known.
-      pos = chunk.copy(partial, this.partialUsed, 0, HEADER_BYTES - this.partialUsed)
-      this.partialUsed += pos
-      if (this.partialUsed < HEADER_BYTES) return pos
-      const grown = Buffer.allocUnsafe(1 + partial.readUInt32BE(1))
-      partial.copy(grown, 0, 0, HEADER_BYTES)
-      partial = grown
-      this.partial = grown
-    }
-    const copied = chunk.copy(partial, this.partialUsed, pos, pos + partial.length - this.partialUsed)
-    this.partialUsed += copied
-    pos += copied
-    if (this.partialUsed < partial.length) return pos
-    this.partial = undefined
-    this.partialUsed = 0
-    if (partial[0] === COPY_DATA) this.onCopyData(partial, HEADER_BYTES, partial.length)
-    else this.pgOnData(partial)
-    return pos
+  private readonly onMessage = (data: Buffer, start: number, end: number): boolean => {
+    if (data[start] === COPY_DATA) this.onCopyData(data, start + HEADER_BYTES, end)
+    else this.pgOnData(data.subarray(start, end))
+    return false
   }
 }
 
@@ -346,7 +317,11 @@ export const make = (
 
     yield* Effect.tryPromise({ try: () => client.query(SESSION_SETTINGS), catch: classify })
 
-    const attached = CopyDataReader.attach(connection.stream, onCopyData)
+    const attached = CopyDataReader.attach(
+      connection.stream,
+      onCopyData,
+      (cause) => fail(new ReplicationError({ reason: "Protocol", message: errorText(cause), cause }))
+    )
     if (attached instanceof Error) return yield* new ReplicationError({ reason: "Protocol", message: attached.message, cause: attached })
 
     const startCommand = `START_REPLICATION SLOT ${quoteIdent(options.slotName)} LOGICAL 0/0 ` +

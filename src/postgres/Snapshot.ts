@@ -10,6 +10,7 @@ import { Lsn } from "../domain/Lsn.js"
 import { rowKeyPart, rowKeyPrefix } from "../domain/RowKey.js"
 import type { ColumnInfo, TableInfo } from "../domain/Table.js"
 import { displaySettingsSql } from "./DisplaySettings.js"
+import { MessageFramer } from "./internal/MessageFramer.js"
 import { PgPool, toPostgresError } from "./PgPool.js"
 
 /** What a snapshot saw: `pg_current_snapshot()` (64-bit xids), the WAL position inside it, and how many rows it read. */
@@ -520,12 +521,8 @@ const NOTICE_RESPONSE = 0x4e // N
 const PARAMETER_STATUS = 0x53 // S
 const NOTIFICATION_RESPONSE = 0x41 // A
 
-/** The length of the message at `pos` (its own four bytes included, its type byte not). */
-const messageLength = (buf: Buffer, pos: number): number => {
-  const length = buf.readUInt32BE(pos + 1)
-  if (length < 4) throw new Error(`message ${String.fromCharCode(buf[pos]!)} of impossible length ${length} during COPY`)
-  return length
-}
+/** `CopyRows.endedBy` for a COPY that ended at its CopyDone. */
+const COPY_DONE_ENDED = Symbol("CopyDone")
 
 /** What `CopyRows` needs of a connection of `pg`. */
 interface CopyConnection {
@@ -545,9 +542,7 @@ class CopyRows {
   private readonly renderer: RowRenderer
   private connection: CopyConnection | undefined = undefined
   private pgOnData: ((chunk: Buffer) => void) | undefined = undefined
-  /** A message split across socket chunks: its bytes so far (type and length first), and how many there are. */
-  private partial: Buffer | undefined = undefined
-  private partialUsed = 0
+  private readonly framer = new MessageFramer()
   private paused = false
   private done = false
   private ended = false
@@ -607,97 +602,38 @@ class CopyRows {
   }
 
   private read(chunk: Buffer): void {
-    let pos = 0
-    if (this.partial !== undefined) {
-      pos = this.fillPartial(chunk)
-      if (this.partial !== undefined || this.done) return
-    }
-    const length = chunk.length
-    while (pos < length) {
-      if (length - pos < 5) {
-        this.keepPartial(chunk, pos)
-        return
-      }
-      const end = pos + 1 + messageLength(chunk, pos)
-      if (end > length) {
-        this.keepPartial(chunk, pos)
-        return
-      }
-      if (chunk[pos] === COPY_DATA) {
-        this.renderer.row(chunk, pos + 5, end)
-        this.rendered++
-        pos = end
-      } else if (this.message(chunk, pos, end)) {
-        return
-      } else {
-        pos = end
-      }
-    }
+    const rest = this.framer.feed(chunk, this.onMessage)
+    const endedBy = this.endedBy
+    if (endedBy === undefined) return
+    this.endedBy = undefined
+    // After CopyDone pg reads what follows it; from an ErrorResponse on, pg reads the error and hands it to `handleError`.
+    if (endedBy === COPY_DONE_ENDED) this.detach(chunk.subarray(rest))
+    else this.detach(rest < chunk.length ? Buffer.concat([endedBy, chunk.subarray(rest)]) : endedBy)
   }
 
-  /**
-   * A message other than CopyData, whole in `chunk[pos, end)`; whether the COPY is over, in which case the
-   * rest of the chunk went back to `pg`.
-   */
-  private message(chunk: Buffer, pos: number, end: number): boolean {
-    switch (chunk[pos]) {
+  /** How the COPY ended in the chunk being read: at its CopyDone, or with an ErrorResponse (its bytes). */
+  private endedBy: Buffer | typeof COPY_DONE_ENDED | undefined = undefined
+
+  /** One whole message, `data[start, end)`; whether the COPY is over. */
+  private readonly onMessage = (data: Buffer, start: number, end: number): boolean => {
+    switch (data[start]) {
+      case COPY_DATA:
+        this.renderer.row(data, start + 5, end)
+        this.rendered++
+        return false
       case COPY_OUT_RESPONSE:
       case NOTICE_RESPONSE:
       case PARAMETER_STATUS:
       case NOTIFICATION_RESPONSE:
         return false
       case COPY_DONE:
-        this.detach(chunk.subarray(end))
+        this.endedBy = COPY_DONE_ENDED
         return true
       case ERROR_RESPONSE:
-        // pg reads the error and hands it to `handleError`.
-        this.detach(chunk.subarray(pos))
+        this.endedBy = data.subarray(start, end)
         return true
       default:
-        throw new Error(`unexpected message ${String.fromCharCode(chunk[pos]!)} during COPY`)
-    }
-  }
-
-  private keepPartial(chunk: Buffer, pos: number): void {
-    const size = chunk.length - pos >= 5 ? 1 + messageLength(chunk, pos) : 5
-    this.partial = Buffer.allocUnsafe(size)
-    this.partialUsed = chunk.copy(this.partial, 0, pos)
-  }
-
-  /** Adds the start of `chunk` to the split message; renders it once whole. Where the chunk's next message starts. */
-  private fillPartial(chunk: Buffer): number {
-    let partial = this.partial!
-    let pos = 0
-    if (this.partialUsed < 5) {
-      // Only the start of the header was there: now its length is known.
-      pos = chunk.copy(partial, this.partialUsed, 0, 5 - this.partialUsed)
-      this.partialUsed += pos
-      if (this.partialUsed < 5) return pos
-      const grown = Buffer.allocUnsafe(1 + messageLength(partial, 0))
-      partial.copy(grown, 0, 0, 5)
-      partial = grown
-      this.partial = grown
-    }
-    const copied = chunk.copy(partial, this.partialUsed, pos, pos + partial.length - this.partialUsed)
-    this.partialUsed += copied
-    pos += copied
-    if (this.partialUsed < partial.length) return pos
-    this.partial = undefined
-    this.partialUsed = 0
-    switch (partial[0]) {
-      case COPY_DATA:
-        this.renderer.row(partial, 5, partial.length)
-        this.rendered++
-        return pos
-      case COPY_DONE:
-        this.detach(chunk.subarray(pos))
-        return chunk.length
-      case ERROR_RESPONSE:
-        this.detach(Buffer.concat([partial, chunk.subarray(pos)]))
-        return chunk.length
-      default:
-        this.message(partial, 0, partial.length)
-        return pos
+        throw new Error(`unexpected message ${String.fromCharCode(data[start]!)} during COPY`)
     }
   }
 
