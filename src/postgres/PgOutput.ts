@@ -230,7 +230,9 @@ export const decode = (data: Buffer, offset = 0, end = data.length): PgOutputMes
   pos = offset
   limit = end
   try {
-    return decodeAt()
+    const message = decodeAt()
+    if (pos > limit) throw new PgOutputDecodeError("truncated message")
+    return message
   } finally {
     buf = EMPTY
   }
@@ -404,7 +406,10 @@ export class TransactionAssembler {
     pos = offset + 1
     limit = end
     try {
-      return this.readMessage(type)
+      const txn = this.readMessage(type)
+      // Fixed-width fields are read without a check each: one look at the end catches a message cut short.
+      if (pos > limit) throw new PgOutputDecodeError("truncated message")
+      return txn
     } finally {
       buf = EMPTY
     }

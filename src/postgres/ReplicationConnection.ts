@@ -22,7 +22,7 @@ import {
   XLOG_DATA_HEADER_BYTES
 } from "./PgOutput.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
-import { MessageFramer } from "./internal/MessageFramer.js"
+import { HEADER_BYTES, MessageFramer } from "./internal/MessageFramer.js"
 
 /** How to reach the slot: it and its publication must already exist. */
 export interface ReplicationConnectionOptions {
@@ -84,8 +84,6 @@ interface RawConnection {
 }
 
 const COPY_DATA = 0x64 // d
-/** A backend message's type byte and length word, before a CopyData message's payload. */
-const HEADER_BYTES = 5
 
 /**
  * The connection's socket, read here rather than by `pg` once streaming is asked for: each CopyData message is
@@ -127,13 +125,30 @@ class CopyDataReader {
     } catch (cause) {
       this.broken = true
       this.onBroken(cause)
+      return
     }
+    const thrown = this.pgThrew
+    if (thrown === undefined) return
+    // What pg's own listener threw goes on as it would have without this reader.
+    this.pgThrew = undefined
+    throw thrown.cause
   }
 
+  /** What pg's data listener threw on a message handed to it, if it did: the chunk's reading stops there. */
+  private pgThrew: { readonly cause: unknown } | undefined = undefined
+
   private readonly onMessage = (data: Buffer, start: number, end: number): boolean => {
-    if (data[start] === COPY_DATA) this.onCopyData(data, start + HEADER_BYTES, end)
-    else this.pgOnData(data.subarray(start, end))
-    return false
+    if (data[start] === COPY_DATA) {
+      this.onCopyData(data, start + HEADER_BYTES, end)
+      return false
+    }
+    try {
+      this.pgOnData(data.subarray(start, end))
+      return false
+    } catch (cause) {
+      this.pgThrew = { cause }
+      return true
+    }
   }
 }
 

@@ -10,7 +10,7 @@ import { Lsn } from "../domain/Lsn.js"
 import { rowKeyPart, rowKeyPrefix } from "../domain/RowKey.js"
 import type { ColumnInfo, TableInfo } from "../domain/Table.js"
 import { displaySettingsSql } from "./DisplaySettings.js"
-import { MessageFramer } from "./internal/MessageFramer.js"
+import { HEADER_BYTES, MessageFramer } from "./internal/MessageFramer.js"
 import { PgPool, toPostgresError } from "./PgPool.js"
 
 /** What a snapshot saw: `pg_current_snapshot()` (64-bit xids), the WAL position inside it, and how many rows it read. */
@@ -618,7 +618,7 @@ class CopyRows {
   private readonly onMessage = (data: Buffer, start: number, end: number): boolean => {
     switch (data[start]) {
       case COPY_DATA:
-        this.renderer.row(data, start + 5, end)
+        this.renderer.row(data, start + HEADER_BYTES, end)
         this.rendered++
         return false
       case COPY_OUT_RESPONSE:

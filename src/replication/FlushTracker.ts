@@ -78,6 +78,11 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
   readonly awaitInFlightBelow: (limit: number) => Effect.Effect<void>
   /** The commit LSN of the last transaction durable everywhere. */
   readonly lastProcessedLsn: () => Lsn
+  /**
+   * `lastProcessedLsn` as the registry holds it, persisted with the acknowledgement sent after it: a restart drops
+   * every transaction at or below it, so nothing at or below it is ever handled again.
+   */
+  readonly persistedProcessedLsn: () => Lsn
   /** The end LSN that may be acknowledged: everything below it is durable (persisted and sent shortly after). */
   readonly acknowledgedLsn: () => Lsn
   /** The end LSN last sent to Postgres, after it was persisted. */
@@ -93,6 +98,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
         const stored = yield* ReplicationState.read(sql)
         let lastProcessed: Lsn = stored.lastProcessed ?? 0n
         let persistedAck: Lsn = stored.acknowledged ?? 0n
+        let persistedProcessed: Lsn = stored.lastProcessed ?? 0n
         let acked: Lsn = 0n
         let sentAck: Lsn = 0n
         /** Transactions tracked so far: the sender tells a burst from a pause by it. */
@@ -189,6 +195,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
               if (value > persistedAck) {
                 yield* ReplicationState.writePositions(sql, processed, value)
                 persistedAck = value
+                if (processed > persistedProcessed) persistedProcessed = processed
               }
               yield* replication.ack(value)
               if (value > sentAck) sentAck = value
@@ -290,6 +297,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
               return Effect.zipRight(Deferred.await(wake), Effect.suspend(loop))
             }),
           lastProcessedLsn: () => lastProcessed,
+          persistedProcessedLsn: () => persistedProcessed,
           acknowledgedLsn: () => acked,
           sentLsn: () => sentAck
         })

@@ -422,15 +422,13 @@ export const runConsumer = (options: {
     /** Some transaction was applied since the start: a later one in the snapshot may still move rows. */
     let applied = false
 
-    /** Feeds this shape's materializer the entries just written for a transaction; a contradiction is returned. */
-    const feedOwn = (lsn: Lsn, from: number): string | undefined => {
-      const own = role?.own()
-      if (own?.loaded !== true) return undefined
+    /** Feeds this shape's materializer the messages just written for a transaction; a contradiction is returned. */
+    const feedOwn = (own: Materializer, lsn: Lsn, texts: ReadonlyArray<string>): string | undefined => {
       try {
-        if (from === entries.count) own.catchUp(lsn)
+        if (texts.length === 0) own.catchUp(lsn)
         else {
           const logged: Array<LoggedTransaction> = []
-          parseLogLines(entries.textsFrom(from), logged)
+          parseLogLines(texts, logged)
           own.apply({ lsn, operations: logged.flatMap((t) => t.operations) })
         }
       } catch (error) {
@@ -521,14 +519,16 @@ export const runConsumer = (options: {
               if (Either.isLeft(moved)) return `the query for a move of its subquery values was refused: ${moved.left.message}`
             }
           }
-          const from = entries.count
-          finishTransaction(pending, entries)
-          const contradiction = feedOwn(txn.commitLsn, from)
-          if (contradiction !== undefined) return contradiction
-          if (ahead.length > 0) {
-            const own = role?.own()
-            if (own?.loaded === true) own.touch(txn.commitLsn, ahead)
+          const own = role?.own()
+          if (own?.loaded === true) {
+            const texts: Array<string> = []
+            finishTransaction(pending, entries, texts)
+            const contradiction = feedOwn(own, txn.commitLsn, texts)
+            if (contradiction !== undefined) return contradiction
+          } else {
+            finishTransaction(pending, entries)
           }
+          if (ahead.length > 0 && own?.loaded === true) own.touch(txn.commitLsn, ahead)
           sub?.handled(txn.commitLsn)
         }
         return undefined
@@ -691,9 +691,10 @@ export const runConsumer = (options: {
       }
       // After the acknowledgement, and only once it has passed the transaction that made a move obsolete: until
       // then a restart may send that transaction again, to this shape or to a shape reading it (which the move's
-      // record tells what moved ahead). A record left behind costs a row and holds nothing back.
+      // record tells what moved ahead). What is persisted counts, not what is durable in memory: the registry's
+      // position is what a restart drops replays by. A record left behind costs a row and holds nothing back.
       if (sub !== undefined) {
-        const obsolete = sub.takeObsolete(tracker.lastProcessedLsn())
+        const obsolete = sub.takeObsolete(tracker.persistedProcessedLsn())
         if (obsolete.length > 0) yield* forgetMoves(obsolete)
       }
     }

@@ -52,13 +52,20 @@ export interface PendingEntry {
   readonly open: string
 }
 
-/** Closes the entries of one transaction, marking the last with `"last":true`, and adds them to `out` as lines. */
-export const finishTransaction = (pending: ReadonlyArray<PendingEntry>, out: LogLines): void => {
+/**
+ * Closes the entries of one transaction, marking the last with `"last":true`, and adds them to `out` as lines; and
+ * to `texts` as messages, when given (for a reader of what is written, which would otherwise decode the bytes
+ * again). It empties `pending`: once bytes, its strings are garbage, and a consumer waiting for work keeps none.
+ */
+export const finishTransaction = (pending: Array<PendingEntry>, out: LogLines, texts?: Array<string>): void => {
   const n = pending.length
   for (let i = 0; i < n; i++) {
     const p = pending[i]!
-    out.push(p.offset.tx, p.offset.op, i === n - 1 ? `${p.open},"last":true}}` : `${p.open}}}`)
+    const json = i === n - 1 ? `${p.open},"last":true}}` : `${p.open}}}`
+    out.push(p.offset.tx, p.offset.op, json)
+    texts?.push(json)
   }
+  pending.length = 0
 }
 
 /** The transaction-wide headers every change of the transaction shares (`txids`, `lsn`). */

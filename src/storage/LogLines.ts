@@ -4,6 +4,8 @@ const NEWLINE = 0x0a
 const NO_BYTES = Buffer.alloc(0)
 /** The smallest buffer a first line gets: most batches of a live shape are one small transaction, and a buffer this small comes from Node's shared pool. */
 const FIRST_BYTES = 2048
+/** Above this many UTF-16 units a line's UTF-8 length is measured rather than bounded. */
+const LONG_LINE = 64 * 1024
 
 /**
  * Log lines as a shape log stores them, UTF-8 and each ended by a newline, with the offset of each: what a
@@ -40,8 +42,9 @@ export class LogLines {
 
   /** Adds one complete JSON message (no newline) at offset `tx`/`op`, above every line before it. */
   push(tx: bigint, op: number, json: string): void {
-    // A UTF-16 code unit is at most 3 bytes of UTF-8 (a surrogate pair, two units, is 4).
-    const most = this.byteCount + json.length * 3 + 1
+    // A UTF-16 code unit is at most 3 bytes of UTF-8 (a surrogate pair, two units, is 4); a long line is measured
+    // instead, so that one large value does not reserve three times its size.
+    const most = this.byteCount + (json.length > LONG_LINE ? Buffer.byteLength(json, "utf8") : json.length * 3) + 1
     if (most > this.bytes.length) this.grow(most)
     const at = this.byteCount + this.bytes.write(json, this.byteCount, "utf8")
     this.bytes[at] = NEWLINE

@@ -226,6 +226,25 @@ describe("TransactionAssembler", () => {
     expect(change.relation).toBe(a.relation(100))
   })
 
+  it("reads each message where it lies in a chunk holding others, and refuses one cut short before the next", () => {
+    const messages = [begin(HIGH_LSN, 42), relationMsg(100, "f"), insert(100, ["1", "hi", null]), commit(HIGH_LSN, END_LSN)]
+    const chunk = Buffer.concat(messages)
+    const a = new TransactionAssembler()
+    let at = 0
+    let tx: ReturnType<TransactionAssembler["pushBuffer"]>
+    for (const m of messages) {
+      tx = a.pushBuffer(chunk, at, at + m.length)
+      at += m.length
+    }
+    expect(tx!.changes.map((c) => c.kind === "insert" && c.new)).toEqual([{ id: "1", title: "hi", body: null }])
+    // A Commit given fewer bytes than it has, followed by other bytes: its fields would run into them.
+    const b = new TransactionAssembler()
+    b.pushBuffer(begin(HIGH_LSN, 43))
+    const cut = Buffer.concat([commit(HIGH_LSN, END_LSN), Buffer.alloc(32, 0x7f)])
+    expect(() => b.pushBuffer(cut, 0, 20)).toThrow(PgOutputDecodeError)
+    expect(() => decode(Buffer.concat([insert(100, ["1"]), Buffer.alloc(8)]), 0, 10)).toThrow(PgOutputDecodeError)
+  })
+
   it("fills unchanged TOAST from the full old row, and keeps key-only old rows to the key", () => {
     const a = new TransactionAssembler()
     a.pushBuffer(begin(1n, 1))

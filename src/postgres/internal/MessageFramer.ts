@@ -1,5 +1,5 @@
-/** A backend message's type byte and length word. */
-const HEADER_BYTES = 5
+/** A backend message's type byte and length word: where its payload starts. */
+export const HEADER_BYTES = 5
 
 /** Where the message starting at `pos` ends: its length word counts itself, not its type byte. */
 const messageEnd = (buf: Buffer, pos: number): number => {
@@ -25,13 +25,14 @@ export class MessageFramer {
    */
   feed(chunk: Buffer, onMessage: (data: Buffer, start: number, end: number) => boolean): number {
     let pos = 0
-    if (this.partial !== undefined) {
-      pos = this.fill(chunk)
-      const partial = this.partial
-      if (partial === undefined || this.partialUsed < partial.length) return pos
+    const partial = this.partial
+    if (partial !== undefined) {
+      pos = this.fill(partial, chunk)
+      const whole = this.partial!
+      if (this.partialUsed < whole.length) return pos
       this.partial = undefined
       this.partialUsed = 0
-      if (onMessage(partial, 0, partial.length)) return pos
+      if (onMessage(whole, 0, whole.length)) return pos
     }
     const length = chunk.length
     while (pos < length) {
@@ -52,9 +53,8 @@ export class MessageFramer {
     return chunk.length
   }
 
-  /** Adds the start of `chunk` to the split message; where the chunk's next message starts. */
-  private fill(chunk: Buffer): number {
-    let partial = this.partial!
+  /** Adds the start of `chunk` to the split message `partial` (grown once its length is known); where the chunk's next message starts. */
+  private fill(partial: Buffer, chunk: Buffer): number {
     let pos = 0
     if (this.partialUsed < HEADER_BYTES) {
       // Only the start of the header was there: now its length is known.

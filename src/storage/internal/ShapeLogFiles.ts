@@ -566,8 +566,6 @@ export class ShapeLogFiles {
     })
   }
 
-
-  /** Buffers entries in memory; offsets at or below the last appended one are replays and are skipped. */
   /**
    * Copies the lines above the last appended into the buffer the commit writes from, and adds their index records.
    * Lines at or below it (a batch encoded while the commit before it ran, against an older end) are skipped.
