@@ -46,7 +46,11 @@ export interface Routed {
 
 interface EqualityIndex {
   readonly column: string
-  readonly byValue: Map<string, Set<ShapeHandle>>
+  /**
+   * The shapes of each value: the handle itself while it is the value's only shape (most `col = const` shapes have
+   * a value of their own, and a Set would cost each about 150 bytes more), a Set from the second one on.
+   */
+  readonly byValue: Map<string, ShapeHandle | Set<ShapeHandle>>
 }
 
 /** The shapes of one table, split by how a change finds them. */
@@ -133,12 +137,10 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
         index = { column: eq.column, byValue: new Map() }
         t.indexes.set(eq.column, index)
       }
-      let set = index.byValue.get(eq.value)
-      if (set === undefined) {
-        set = new Set()
-        index.byValue.set(eq.value, set)
-      }
-      set.add(shape.handle)
+      const present = index.byValue.get(eq.value)
+      if (present === undefined) index.byValue.set(eq.value, shape.handle)
+      else if (typeof present === "string") index.byValue.set(eq.value, new Set([present, shape.handle]))
+      else present.add(shape.handle)
     } else {
       t.scanned.set(shape.handle, shape.matches ?? (() => true))
     }
@@ -169,9 +171,12 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
     t.lists = undefined
     if (entry.equality !== undefined) {
       const index = t.indexes.get(entry.equality.column)
-      const set = index?.byValue.get(entry.equality.value)
-      set?.delete(handle)
-      if (set !== undefined && set.size === 0) index!.byValue.delete(entry.equality.value)
+      const present = index?.byValue.get(entry.equality.value)
+      if (present === handle) index!.byValue.delete(entry.equality.value)
+      else if (typeof present === "object") {
+        present.delete(handle)
+        if (present.size === 1) index!.byValue.set(entry.equality.value, present.values().next().value!)
+      }
       if (index !== undefined && index.byValue.size === 0) t.indexes.delete(entry.equality.column)
     }
     if (t.all.size === 0) tables.delete(entry.oid)
@@ -212,8 +217,9 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
       const index = indexes[k]!
       const v = row[index.column]
       if (v === null || v === undefined) continue
-      const set = index.byValue.get(v)
-      if (set !== undefined) for (const h of set) deliver(h, i)
+      const shapes = index.byValue.get(v)
+      if (typeof shapes === "string") deliver(shapes, i)
+      else if (shapes !== undefined) for (const h of shapes) deliver(h, i)
     }
     for (let k = 0; k < scanned.length; k++) {
       const shape = scanned[k]!

@@ -199,6 +199,27 @@ describe("makeRouter", () => {
       .toEqual({ alice: [1] })
   })
 
+  it("keeps every shape of a value as shapes of that value come and go", () => {
+    const router = makeRouter(0n)
+    const route = () => summary(router.route(txn([insert({ id: "1", owner: "alice" }), insert({ id: "2", owner: "bob" })])))
+    router.addShape(byOwner("a", "alice"))
+    router.addShape(byOwner("b", "alice"))
+    router.addShape(byOwner("c", "alice"))
+    router.addShape(byOwner("z", "bob"))
+    expect(route()).toEqual({ a: [0], b: [0], c: [0], z: [1] })
+    router.removeShape(h("b"))
+    expect(route()).toEqual({ a: [0], c: [0], z: [1] })
+    router.removeShape(h("a"))
+    expect(route()).toEqual({ c: [0], z: [1] })
+    router.addShape(byOwner("d", "alice"))
+    expect(route()).toEqual({ c: [0], d: [0], z: [1] })
+    router.removeShape(h("c"))
+    router.removeShape(h("d"))
+    expect(route()).toEqual({ z: [1] })
+    router.addShape(byOwner("e", "alice"))
+    expect(route()).toEqual({ e: [0], z: [1] })
+  })
+
   it("replaces a shape added again under the same handle", () => {
     const router = makeRouter(0n)
     router.addShape(byOwner("s", "alice"))

@@ -23,6 +23,12 @@ describe("ShapeDb", () => {
       expect(yield* sql<{ synchronous: number }>`PRAGMA synchronous`).toEqual([{ synchronous: 2 }])
     }))
 
+  it.scoped("caps its page cache at 256 KiB: the pages of the shapes created since start-up are not kept in memory", () =>
+    Effect.gen(function*() {
+      const sql = yield* open(freshDir())
+      expect(yield* sql<{ cache_size: number }>`PRAGMA cache_size`).toEqual([{ cache_size: -256 }])
+    }))
+
   it.scoped("sets a file that is not a database aside, keeps it, and starts an empty registry", () =>
     Effect.gen(function*() {
       const dir = freshDir()
