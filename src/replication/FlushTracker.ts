@@ -32,8 +32,10 @@ const PERSIST_SPACING_MAX_MS = 200
 /**
  * While transactions keep arriving (a catch-up after a restart reads them as fast as it can), a persisted
  * acknowledgement waits for more to become durable, up to this long after the last: what the slot learns a little
- * later costs nothing, while a commit every `PERSIST_SPACING_MS` blocked the loop for a tenth of a catch-up. Once a
- * spacing passes with no new transaction, the burst is over and the position is persisted at once.
+ * later costs nothing, while a commit every `PERSIST_SPACING_MS` blocked the loop for a tenth of a catch-up. The
+ * burst is over, and the position persisted at once, when the server has said it has sent everything (the
+ * keepalive a walsender sends when it has caught up and waits for more WAL), or when a spacing passes with no new
+ * transaction.
  */
 const PERSIST_BURST_MS = 100
 
@@ -103,6 +105,8 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
         let sentAck: Lsn = 0n
         /** Transactions tracked so far: the sender tells a burst from a pause by it. */
         let tracked = 0
+        /** Whether a stream position came after the last transaction: the server has sent what it had. */
+        let positionSinceTransaction = false
 
         // `queue[head..]` are the transactions and positions not yet durable everywhere, in stream order.
         let queue: Array<Pending> = []
@@ -213,7 +217,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
           // A burst: what becomes durable meanwhile goes with this one.
           const since = performance.now() - persistedAt
           if (since < spacing) yield* realDelay(spacing - since)
-          while (performance.now() - persistedAt < PERSIST_BURST_MS) {
+          while (!positionSinceTransaction && performance.now() - persistedAt < PERSIST_BURST_MS) {
             const before = tracked
             yield* realDelay(PERSIST_SPACING_MS)
             if (tracked === before) break
@@ -249,6 +253,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
         return FlushTracker.of({
           track: (commitLsn, endLsn, handles) => {
             tracked++
+            positionSinceTransaction = false
             if (handles.length === 0) return trackDurable(commitLsn, endLsn)
             const p: Pending = { commitLsn, endLsn, remaining: handles.length }
             push(p)
@@ -260,6 +265,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
             }
           },
           trackPosition: (lsn) => {
+            positionSinceTransaction = true
             if (lsn > acked) trackDurable(undefined, lsn)
           },
           durable: (handle, commitLsn) =>
