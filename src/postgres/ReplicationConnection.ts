@@ -94,12 +94,14 @@ const COPY_DATA = 0x64 // d
 class CopyDataReader {
   private readonly framer = new MessageFramer()
   private broken = false
+  /** What pg's data listener threw on a message handed to it, if it did: the chunk's reading stops there. */
+  private pgThrew: { readonly cause: unknown } | undefined = undefined
 
   private constructor(
     private readonly pgOnData: (chunk: Buffer) => void,
     /** A CopyData message's payload, `data[start, end)`. */
     private readonly onCopyData: (data: Buffer, start: number, end: number) => void,
-    /** The socket's bytes are not backend messages: nothing after this is read. */
+    /** The socket cannot be read on (its bytes are not backend messages, or pg failed on one): nothing more is. */
     private readonly onBroken: (cause: unknown) => void
   ) {}
 
@@ -129,13 +131,13 @@ class CopyDataReader {
     }
     const thrown = this.pgThrew
     if (thrown === undefined) return
-    // What pg's own listener threw goes on as it would have without this reader.
+    // The rest of the chunk is not read, so nothing after it can be: the stream fails, and what pg's own listener
+    // threw goes on as it would have without this reader.
     this.pgThrew = undefined
+    this.broken = true
+    this.onBroken(thrown.cause)
     throw thrown.cause
   }
-
-  /** What pg's data listener threw on a message handed to it, if it did: the chunk's reading stops there. */
-  private pgThrew: { readonly cause: unknown } | undefined = undefined
 
   private readonly onMessage = (data: Buffer, start: number, end: number): boolean => {
     if (data[start] === COPY_DATA) {
@@ -202,9 +204,6 @@ export const make = (
     let reader: Deferred.Deferred<void> | undefined
     // Why the stream ended, once it did: the reader's next take fails with it, waiting or not.
     let failure: ReplicationError | undefined
-    // A keepalive position is buffered only when none is: under a write load on other tables keepalives come by
-    // the hundred, and one waiting is as good as many.
-    let positionWaiting = false
 
     const wakeReader = (): void => {
       if (reader === undefined) return
@@ -265,7 +264,6 @@ export const make = (
       }
       const batch = buffered
       buffered = []
-      positionWaiting = false
       if (paused) {
         paused = false
         if (!closing && !yielding) connection.stream.resume()
@@ -303,10 +301,13 @@ export const make = (
           if (tx !== undefined) deliver(tx)
         } else if (kind === 0x6b /* k: primary keepalive */) {
           if (end - start < KEEPALIVE_REPLY_FLAG_OFFSET + 1) throw new Error("truncated keepalive message")
-          if (!positionWaiting) {
-            positionWaiting = true
-            deliver({ kind: "position", lsn: data.readBigUInt64BE(start + KEEPALIVE_WAL_END_OFFSET) })
-          }
+          const lsn = data.readBigUInt64BE(start + KEEPALIVE_WAL_END_OFFSET)
+          // A position right after another replaces it: under a write load on other tables keepalives come by the
+          // hundred, and the last is as good as all of them. One after a transaction is kept whole, since the keepalive
+          // a walsender sends once it has sent everything tells the flush tracker a burst is over.
+          const last = buffered.length > 0 ? buffered[buffered.length - 1]! : undefined
+          if (last !== undefined && last.kind === "position") buffered[buffered.length - 1] = { kind: "position", lsn }
+          else deliver({ kind: "position", lsn })
           if (data[start + KEEPALIVE_REPLY_FLAG_OFFSET] === 1) sendStatus()
         } else {
           throw new Error(`unknown replication message type 0x${(kind ?? 0).toString(16)}`)

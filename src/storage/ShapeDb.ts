@@ -160,17 +160,19 @@ export const ShapeDb = {
             if (damaged !== undefined) yield* setAside(filename, damaged)
             // The marker is a dependency of the client, so it is released (and logs) after the database closed.
             const client = SqliteClient.layer({ filename }).pipe(Layer.provide(Layer.scopedDiscard(logWhenStopped("ShapeDb"))))
-            // Every commit fsync'd: the acknowledged position must be on disk before Postgres hears of it, or a
-            // power loss would leave the slot ahead of the registry and invalidate every shape for nothing.
-            // The page cache is capped at 256 KiB (SQLite's default is 2 MB): the registry is read whole once, at
-            // start-up, and afterwards read and written a row at a time, so a larger cache would only keep the pages of
-            // every shape created since (about 0.4 kB each) in memory for nothing; a page it drops is read back from
-            // the OS's cache in microseconds, beside the fsync every commit waits for.
-            const durable = Layer.effectDiscard(
+            const pragmas = Layer.effectDiscard(
               Effect.flatMap(SqlClient.SqlClient, (sql) =>
-                Effect.zipRight(sql`PRAGMA synchronous = FULL`, sql`PRAGMA cache_size = -256`))
+                Effect.zipRight(
+                  // Every commit fsync'd: the acknowledged position must be on disk before Postgres hears of it, or
+                  // a power loss would leave the slot ahead of the registry and invalidate every shape for nothing.
+                  sql`PRAGMA synchronous = FULL`,
+                  // 256 KiB of page cache (SQLite's default is 2 MB): the registry is read whole once, at start-up,
+                  // then a row at a time, so a larger cache only kept the pages of every shape created since (about
+                  // 0.4 kB each); a page it drops comes back from the OS's cache in microseconds.
+                  sql`PRAGMA cache_size = -256`
+                ))
             )
-            return durable.pipe(Layer.provideMerge(client))
+            return pragmas.pipe(Layer.provideMerge(client))
           })
         )
       ),
