@@ -81,7 +81,7 @@ export class LogLines {
     return this.bytes.subarray(start, this.byteCount)
   }
 
-  /** The JSON messages of the lines from `i` on: for a reader of what was just written (a materializer). */
+  /** The JSON messages of the lines from `i` on, read back from the bytes. */
   textsFrom(i: number): Array<string> {
     const texts: Array<string> = []
     for (let j = i; j < this.ends.length; j++) texts.push(this.bytes.toString("utf8", this.startAt(j), this.ends[j]! - 1))
