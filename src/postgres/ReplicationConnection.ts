@@ -110,14 +110,14 @@ class CopyDataReader {
     stream: NodeJS.ReadableStream,
     onCopyData: (data: Buffer, start: number, end: number) => void,
     onBroken: (cause: unknown) => void
-  ): CopyDataReader | Error {
+  ): Error | undefined {
     const listeners = stream.listeners("data")
     if (listeners.length !== 1) return new Error(`the replication connection has ${listeners.length} data listeners, not pg's one`)
     const pgOnData = listeners[0] as (chunk: Buffer) => void
     const reader = new CopyDataReader(pgOnData, onCopyData, onBroken)
     stream.removeListener("data", pgOnData)
     stream.on("data", reader.onChunk)
-    return reader
+    return undefined
   }
 
   private readonly onChunk = (chunk: Buffer): void => {
@@ -333,12 +333,14 @@ export const make = (
 
     yield* Effect.tryPromise({ try: () => client.query(SESSION_SETTINGS), catch: classify })
 
-    const attached = CopyDataReader.attach(
+    const notAttached = CopyDataReader.attach(
       connection.stream,
       onCopyData,
       (cause) => fail(new ReplicationError({ reason: "Protocol", message: errorText(cause), cause }))
     )
-    if (attached instanceof Error) return yield* new ReplicationError({ reason: "Protocol", message: attached.message, cause: attached })
+    if (notAttached !== undefined) {
+      return yield* new ReplicationError({ reason: "Protocol", message: notAttached.message, cause: notAttached })
+    }
 
     const startCommand = `START_REPLICATION SLOT ${quoteIdent(options.slotName)} LOGICAL 0/0 ` +
       `(proto_version '1', publication_names ${quoteLiteral(quoteIdent(options.publicationName))})`

@@ -287,7 +287,7 @@ const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
     appendSnapshotRows: (bytes) => attempt(handle, () => files.appendSnapshotRows(bytes)),
     completeSnapshot: attempt(handle, () => files.completeSnapshot()),
     isSnapshotComplete: () => files.snapshotComplete,
-    append: (entries) => appendLines(LogLines.of(entries)),
+    append: (entries) => Effect.suspend(() => appendLines(LogLines.of(entries))),
     appendLines,
     commit: attempt(handle, () => files.commit()),
     latestOffset: () => files.latestOffset(),
