@@ -37,6 +37,14 @@ export interface Work {
  */
 const MAX_BATCH = 16_384
 /**
+ * The most work a consumer that was waiting takes for its first batch, encoded in one go before its commit starts.
+ * Small: what queued up beyond it (a restored shape meeting a catch-up) is encoded while that commit runs, a slice
+ * at a time, so the commit's writes start at once and the event loop is never held for a whole queue. A batch that
+ * wrote nothing (transactions the log or the snapshot already holds, sent again after a restart) has no commit to
+ * encode the rest during: the next batch is taken whole.
+ */
+const FIRST_BATCH = 1_024
+/**
  * How long a batch encoded during a commit runs between turns of the event loop (checked every `ENCODE_CHECK`
  * transactions): long enough that encoding keeps up with the reading of the slot, which takes its own turns, and
  * short enough that the commit in flight moves on between slices.
@@ -596,11 +604,13 @@ export const runConsumer = (options: {
         })
       })
 
+    /** Whether the last batch wrote nothing (see `FIRST_BATCH`). */
+    let wroteNothing = false
     for (;;) {
       let durableAt: LogOffset | undefined
       const early = encoded
       encoded = undefined
-      let batch = early === undefined ? yield* queue.take(MAX_BATCH) : NO_WORK
+      let batch = early === undefined ? yield* queue.take(plain() && !wroteNothing ? FIRST_BATCH : MAX_BATCH) : NO_WORK
       // A truncate or a change of columns: nothing after it fits the shape, and its removal drops the rest.
       const invalidated = early !== undefined
         ? early.invalidated
@@ -648,6 +658,7 @@ export const runConsumer = (options: {
           yield* persistently(role!.moves.record(sub.unrecordedMoves))
           sub.movesRecorded()
         }
+        wroteNothing = entries.count === 0
         // One step, never cut by a stop: the stack closing waits for the batch to be durable.
         const write = Effect.uninterruptible(
           entries.count === 0 ? Effect.void : Effect.zipRight(target.appendLines(entries), target.commit)

@@ -54,16 +54,18 @@ const readAll = (log: ShapeLog, from: LogOffset) =>
 const bodies = (reads: ReadonlyArray<LogRead>): Array<string> =>
   reads.filter((r) => r.count > 0).flatMap((r) => bodyOf(r).split(/,(?=\{"key")/))
 
-/** How many descriptors of this process are open on files under `dir`. */
-const openFilesUnder = (dir: string) =>
+/** How many descriptors of this process are open on paths `matches` accepts. */
+const openDescriptors = (matches: (target: string) => boolean) =>
   Effect.promise(async () => {
     let n = 0
     for (const fd of await fs.readdir("/proc/self/fd")) {
-      const target = await fs.readlink(path.join("/proc/self/fd", fd)).catch(() => "")
-      if (target.startsWith(dir + path.sep)) n++
+      if (matches(await fs.readlink(path.join("/proc/self/fd", fd)).catch(() => ""))) n++
     }
     return n
   })
+
+/** How many descriptors of this process are open on files under `dir`. */
+const openFilesUnder = (dir: string) => openDescriptors((target) => target.startsWith(dir + path.sep))
 
 /** Full garbage collections, after the current job (a WeakRef's target is kept until then). */
 const collectGarbage = async (): Promise<void> => {
@@ -529,6 +531,29 @@ describe("ShapeLogStorage", () => {
       expect(yield* openFiles).toBe(0)
       const reopened = yield* openIn(dir)
       expect(fmt((yield* reopened.storage.open(ShapeHandle("idle-1"))).latestOffset())).toBe("8_1")
+      yield* reopened.close
+    }))
+
+  it.scoped("the shape directory's descriptor is held with the log's files and given back with them", () =>
+    Effect.gen(function*() {
+      const { dir, storage } = yield* withStorage()
+      const log = yield* storage.create(ShapeHandle("dirfd-1"))
+      yield* withSnapshot(log, [line("snap", 0)])
+      yield* log.append([entry(7, 0)])
+      yield* log.commit
+      const shapeDir = path.join(dir, "dirfd-1")
+      const onDirectory = openDescriptors((target) => target === shapeDir)
+      expect(yield* onDirectory).toBe(1)
+      yield* TestClock.adjust("25 seconds")
+      // The descriptors close in the background: looked at again until they are, for at most a few seconds.
+      const closedBy = Date.now() + 5_000
+      while ((yield* onDirectory) > 0 && Date.now() < closedBy) yield* Effect.promise(() => new Promise((r) => setTimeout(r, 20)))
+      expect(yield* onDirectory).toBe(0)
+      yield* log.append([entry(8, 0)])
+      expect(fmt(yield* log.commit)).toBe("8_0")
+      expect(yield* onDirectory).toBe(1)
+      const reopened = yield* openIn(dir)
+      expect(fmt((yield* reopened.storage.open(ShapeHandle("dirfd-1"))).latestOffset())).toBe("8_0")
       yield* reopened.close
     }))
 

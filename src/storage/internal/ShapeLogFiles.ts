@@ -1,4 +1,5 @@
 import * as fs from "node:fs/promises"
+import type { Stats } from "node:fs"
 import * as path from "node:path"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -71,11 +72,47 @@ type Latch = Deferred.Deferred<void>
 const newLatch = (): Latch => Deferred.unsafeMake<void>(FiberId.none)
 const release = (latch: Latch): void => Deferred.unsafeDone(latch, Effect.void)
 
-/** The descriptors of a log's three files, open while the log is in use. */
+/**
+ * The descriptors of a log's three files and of its directory, open while the log is in use. The directory's is
+ * what a commit fsyncs after renaming its pointer: held, it saves the commit an open and a close, each a turn of
+ * the event loop.
+ */
 interface Handles {
   readonly log: fs.FileHandle
   readonly index: fs.FileHandle
   readonly chunks: fs.FileHandle
+  readonly dir: fs.FileHandle
+}
+
+const allOf = (handles: Handles): Array<fs.FileHandle> => [handles.log, handles.index, handles.chunks, handles.dir]
+
+/**
+ * Opens a log's descriptors, the files with `mode`; when one fails, the others are closed and its error thrown
+ * (a file that should exist, `r+`, missing as "Corrupt").
+ */
+const openHandles = async (dir: string, handle: string, mode: "r+" | "w+"): Promise<Handles> => {
+  const opened = await Promise.allSettled([
+    fs.open(path.join(dir, FileNames.log), mode),
+    fs.open(path.join(dir, FileNames.index), mode),
+    fs.open(path.join(dir, FileNames.chunks), mode),
+    fs.open(dir, "r")
+  ])
+  const failed = opened.find((o) => o.status === "rejected")
+  if (failed !== undefined) {
+    await Promise.all(opened.map((o) => (o.status === "fulfilled" ? o.value.close().catch(() => undefined) : undefined)))
+    const cause = (failed as PromiseRejectedResult).reason
+    if (mode === "r+" && isErrno(cause, "ENOENT")) {
+      throw new StorageError({ reason: "Corrupt", handle, message: "a file of the shape log is missing" })
+    }
+    throw cause
+  }
+  const [log, index, chunks, directory] = opened.map((o) => (o as PromiseFulfilledResult<fs.FileHandle>).value) as [
+    fs.FileHandle,
+    fs.FileHandle,
+    fs.FileHandle,
+    fs.FileHandle
+  ]
+  return { log, index, chunks, dir: directory }
 }
 
 /**
@@ -88,7 +125,7 @@ interface Handles {
  * An idle log costs only its state: its descriptors are closed by
  * `closeIfIdle`, and as soon as its snapshot completes, and opened again by
  * the next operation that needs them (a process serving many shapes would
- * otherwise hold three descriptors per shape and run out of them), and its
+ * otherwise hold four descriptors per shape and run out of them), and its
  * latches and append buffer are made when used. Reads of snapshot chunks open
  * the chunk's file, not these descriptors.
  */
@@ -176,6 +213,9 @@ export class ShapeLogFiles {
   private get chunks(): fs.FileHandle {
     return this.handles!.chunks
   }
+  private get directory(): fs.FileHandle {
+    return this.handles!.dir
+  }
 
   /** Waits for the snapshot to complete; resolves at once when it is complete or the log is closed. */
   awaitSnapshot(): Latch | undefined {
@@ -228,28 +268,12 @@ export class ShapeLogFiles {
     const handles = this.handles
     if (handles === undefined || this.closed !== "open" || this.busy > 0) return
     this.handles = undefined
-    for (const fh of [handles.log, handles.index, handles.chunks]) void fh.close().catch(() => undefined)
+    for (const fh of allOf(handles)) void fh.close().catch(() => undefined)
     this.onDescriptors?.(false)
   }
 
-  private async reopen(): Promise<Handles> {
-    const open = (name: string) => fs.open(path.join(this.dir, name), "r+")
-    const opened = await Promise.allSettled([open(FileNames.log), open(FileNames.index), open(FileNames.chunks)])
-    const failed = opened.find((o) => o.status === "rejected")
-    if (failed !== undefined) {
-      await Promise.all(opened.map((o) => (o.status === "fulfilled" ? o.value.close().catch(() => undefined) : undefined)))
-      const cause = (failed as PromiseRejectedResult).reason
-      if (isErrno(cause, "ENOENT")) {
-        throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "a file of the shape log is missing" })
-      }
-      throw cause
-    }
-    const [log, index, chunks] = opened.map((o) => (o as PromiseFulfilledResult<fs.FileHandle>).value) as [
-      fs.FileHandle,
-      fs.FileHandle,
-      fs.FileHandle
-    ]
-    return { log, index, chunks }
+  private reopen(): Promise<Handles> {
+    return openHandles(this.dir, this.handle, "r+")
   }
 
   /** The descriptors, opened again if `closeIfIdle` closed them; one opening for concurrent callers. */
@@ -263,7 +287,7 @@ export class ShapeLogFiles {
           if (this.reopening === reopening) this.reopening = undefined
           // Closed meanwhile: nothing will use them.
           if (this.closed !== "open") {
-            for (const fh of [handles.log, handles.index, handles.chunks]) void fh.close().catch(() => undefined)
+            for (const fh of allOf(handles)) void fh.close().catch(() => undefined)
           } else {
             this.handles = handles
             this.onDescriptors?.(true)
@@ -282,7 +306,12 @@ export class ShapeLogFiles {
   static async create(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
     await fs.mkdir(dir, { recursive: true })
     const self = await ShapeLogFiles.fresh(dir, handle, threshold)
-    await syncDirectory(path.dirname(dir))
+    try {
+      await syncDirectory(path.dirname(dir))
+    } catch (cause) {
+      await self.shutdown("failed")
+      throw cause
+    }
     return self
   }
 
@@ -294,37 +323,36 @@ export class ShapeLogFiles {
    * (nothing there says what the directory holds, so it is left as found).
    */
   static async open(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
-    try {
-      await fs.stat(dir)
-    } catch (cause) {
-      if (isErrno(cause, "ENOENT")) {
+    // Steps that do not depend on each other run together: each waits for a turn of the event loop, and a log
+    // opened during a catch-up (a restored shape's first request) waits behind every turn's reading of the slot.
+    const [found, read] = await Promise.allSettled([fs.stat(dir), readPointer(dir)])
+    if (found.status === "rejected") {
+      if (isErrno(found.reason, "ENOENT")) {
         throw new StorageError({ reason: "Removed", handle, message: "the shape has no directory" })
       }
-      throw cause
+      throw found.reason
     }
-    const pointer = await readPointer(dir)
+    if (read.status === "rejected") throw read.reason
+    const pointer = read.value
     if (pointer === undefined) {
       throw new StorageError({ reason: "Corrupt", handle, message: "the shape directory has no commit pointer" })
     }
     if (!pointer.snapshotComplete) return ShapeLogFiles.fresh(dir, handle, threshold)
 
-    const opened: Array<fs.FileHandle> = []
+    const [opened, checked] = await Promise.all([
+      openHandles(dir, handle, "r+").then((handles) => ({ handles }), (cause: unknown) => ({ cause })),
+      checkSnapshotChunks(dir, handle, pointer.snapshotChunkBytes).then(() => undefined, (cause: unknown) => ({ cause }))
+    ])
+    if ("cause" in opened) throw opened.cause
     try {
-      for (const name of [FileNames.log, FileNames.index, FileNames.chunks]) {
-        opened.push(await fs.open(path.join(dir, name), "r+"))
-      }
-      const [log, index, chunks] = opened as [fs.FileHandle, fs.FileHandle, fs.FileHandle]
-      const self = new ShapeLogFiles(handle, dir, threshold, { log, index, chunks })
-      await checkSnapshotChunks(dir, handle, pointer.snapshotChunkBytes)
+      if (checked !== undefined) throw checked.cause
+      const self = new ShapeLogFiles(handle, dir, threshold, opened.handles)
       await self.recover(pointer.logBytes, pointer.indexBytes, pointer.chunkIndexBytes, pointer.lastOffset)
       self.snapshotComplete = true
       self.snapshotChunkBytes = [...pointer.snapshotChunkBytes]
       return self
     } catch (cause) {
-      await Promise.all(opened.map((fh) => fh.close().catch(() => undefined)))
-      if (isErrno(cause, "ENOENT")) {
-        throw new StorageError({ reason: "Corrupt", handle, message: "a file covered by the commit pointer is missing" })
-      }
+      await Promise.all(allOf(opened.handles).map((fh) => fh.close().catch(() => undefined)))
       throw cause
     }
   }
@@ -332,13 +360,14 @@ export class ShapeLogFiles {
   /** Empties an existing directory and opens empty log files in it. */
   private static async fresh(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
     for (const name of await fs.readdir(dir)) await fs.rm(path.join(dir, name), { recursive: true, force: true })
-    const [log, index, chunks] = await Promise.all([
-      fs.open(path.join(dir, FileNames.log), "w+"),
-      fs.open(path.join(dir, FileNames.index), "w+"),
-      fs.open(path.join(dir, FileNames.chunks), "w+")
-    ])
-    await syncDirectory(dir)
-    return new ShapeLogFiles(handle, dir, threshold, { log, index, chunks })
+    const handles = await openHandles(dir, handle, "w+")
+    try {
+      await handles.dir.sync()
+    } catch (cause) {
+      await Promise.all(allOf(handles).map((fh) => fh.close().catch(() => undefined)))
+      throw cause
+    }
+    return new ShapeLogFiles(handle, dir, threshold, handles)
   }
 
   private async recover(
@@ -350,21 +379,24 @@ export class ShapeLogFiles {
     const corrupt = (message: string) => new StorageError({ reason: "Corrupt", handle: this.handle, message })
     const lines = indexBytes / INDEX_RECORD_BYTES
     if ((lines === 0) !== (lastOffset === undefined)) throw corrupt("commit pointer and index disagree")
-    for (const [fh, length] of [[this.log, logBytes], [this.index, indexBytes], [this.chunks, chunkIndexBytes]] as const) {
-      const { size } = await fh.stat()
-      if (size < length) throw corrupt("a file is shorter than its commit pointer says")
-      if (size > length) await fh.truncate(length)
+    const files = [[this.log, logBytes], [this.index, indexBytes], [this.chunks, chunkIndexBytes]] as const
+    const sizes = await Promise.all(files.map(([fh]) => fh.stat()))
+    for (let i = 0; i < files.length; i++) {
+      if (sizes[i]!.size < files[i]![1]) throw corrupt("a file is shorter than its commit pointer says")
     }
-    if (lines > 0) {
-      const last = await readRange(this.index, indexBytes - INDEX_RECORD_BYTES, INDEX_RECORD_BYTES)
-      if (
-        last.readBigUInt64LE(0) !== lastOffset!.tx || last.readDoubleLE(8) !== lastOffset!.op ||
-        last.readDoubleLE(16) !== logBytes
-      ) {
-        throw corrupt("the last index record does not match the commit pointer")
-      }
+    // The reads stay within the pointer's lengths, so they need not wait for the cuts past them.
+    const [, last, chunkIndex] = await Promise.all([
+      Promise.all(files.map(([fh, length], i) => (sizes[i]!.size > length ? fh.truncate(length) : undefined))),
+      lines > 0 ? readRange(this.index, indexBytes - INDEX_RECORD_BYTES, INDEX_RECORD_BYTES) : undefined,
+      chunkIndexBytes > 0 ? readRange(this.chunks, 0, chunkIndexBytes) : undefined
+    ])
+    if (
+      last !== undefined &&
+      (last.readBigUInt64LE(0) !== lastOffset!.tx || last.readDoubleLE(8) !== lastOffset!.op || last.readDoubleLE(16) !== logBytes)
+    ) {
+      throw corrupt("the last index record does not match the commit pointer")
     }
-    const chunks = chunkIndexBytes > 0 ? decodeChunks(await readRange(this.chunks, 0, chunkIndexBytes)) : []
+    const chunks = chunkIndex !== undefined ? decodeChunks(chunkIndex) : []
     const lastChunk = chunks[chunks.length - 1]
     if (lastChunk !== undefined && (lastChunk.endLine > lines || lastChunk.endPos > logBytes)) {
       throw corrupt("the chunk index reaches past the commit pointer")
@@ -459,7 +491,7 @@ export class ShapeLogFiles {
     await Promise.allSettled(this.snapshotFlush === undefined ? this.snapshotSyncs : [...this.snapshotSyncs, this.snapshotFlush])
     const handles = this.handles
     this.handles = undefined
-    const files = handles === undefined ? [] : [handles.log, handles.index, handles.chunks]
+    const files = handles === undefined ? [] : allOf(handles)
     if (this.snapshotFile !== undefined) files.push(this.snapshotFile)
     this.snapshotFile = undefined
     await Promise.all(files.map((fh) => fh.close().catch(() => undefined)))
@@ -554,9 +586,9 @@ export class ShapeLogFiles {
       // The chunks' data, the directory entries naming them and the staged pointer sync together; the pointer
       // replaces the current one only after all of them. Each settles before completion fails, so none is still
       // running when the log is reopened.
-      const settled = await Promise.allSettled([...syncs, syncDirectory(this.dir), stagePointer(this.dir, this.pointer(true))])
+      const settled = await Promise.allSettled([...syncs, this.directory.sync(), stagePointer(this.dir, this.pointer(true))])
       for (const s of settled) if (s.status === "rejected") throw s.reason
-      await publishPointer(this.dir)
+      await publishPointer(this.dir, this.directory)
       this.snapshotComplete = true
       if (this.snapshotLatch !== undefined) release(this.snapshotLatch)
       this.snapshotLatch = undefined
@@ -673,7 +705,7 @@ export class ShapeLogFiles {
       // Every write settles before the commit fails, so none is still running when the log is reopened.
       const settled = await Promise.allSettled(writes)
       for (const s of settled) if (s.status === "rejected") throw s.reason
-      await publishPointer(this.dir)
+      await publishPointer(this.dir, this.directory)
       this.closedChunks.push(...chunks)
       this.chunkIndexBytes = chunkIndexBytes
       this.lines = lines
@@ -780,22 +812,29 @@ export class ShapeLogFiles {
   }
 }
 
+/** How many snapshot chunks are looked at together when a log is opened. */
+const STATS_AT_ONCE = 8
+
 /**
  * Every snapshot chunk the pointer covers exists and holds at least the bytes it says: a damaged snapshot
  * is found when the log is opened, not by the first client that reads from the start.
  */
 const checkSnapshotChunks = async (dir: string, handle: string, sizes: ReadonlyArray<number>): Promise<void> => {
+  // A few at a time: one log's snapshot of thousands of chunks must not fill the thread pool commits' fsyncs wait for.
+  const found: Array<PromiseSettledResult<Stats>> = []
+  for (let n = 0; n < sizes.length; n += STATS_AT_ONCE) {
+    const batch = sizes.slice(n, n + STATS_AT_ONCE).map((_, i) => fs.stat(path.join(dir, FileNames.snapshot(n + i))))
+    found.push(...(await Promise.allSettled(batch)))
+  }
   for (let n = 0; n < sizes.length; n++) {
-    let size: number
-    try {
-      size = (await fs.stat(path.join(dir, FileNames.snapshot(n)))).size
-    } catch (cause) {
-      if (!isErrno(cause, "ENOENT")) throw cause
+    const stat = found[n]!
+    if (stat.status === "rejected") {
+      if (!isErrno(stat.reason, "ENOENT")) throw stat.reason
       // A chunk the pointer covers with no bytes may never have been written.
       if (sizes[n] === 0) continue
       throw new StorageError({ reason: "Corrupt", handle, message: `snapshot chunk ${n} is missing` })
     }
-    if (size < sizes[n]!) {
+    if (stat.value.size < sizes[n]!) {
       throw new StorageError({ reason: "Corrupt", handle, message: `snapshot chunk ${n} is shorter than its commit pointer says` })
     }
   }

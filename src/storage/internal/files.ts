@@ -189,10 +189,11 @@ export const stagePointer = async (dir: string, pointer: CommitPointer): Promise
 }
 
 /**
- * Renames the staged pointer over the commit pointer and fsyncs the directory. Only once everything the pointer
- * covers is durable: the rename may reach the disk with any later journal commit, before the directory's fsync.
+ * Renames the staged pointer over the commit pointer and fsyncs the directory, through `directory`, a descriptor the
+ * log holds on it. Only once everything the pointer covers is durable: the rename may reach the disk with any later
+ * journal commit, before the directory's fsync.
  */
-export const publishPointer = async (dir: string): Promise<void> => {
+export const publishPointer = async (dir: string, directory: fs.FileHandle): Promise<void> => {
   await fs.rename(path.join(dir, FileNames.pointerTemp), path.join(dir, FileNames.pointer))
-  await syncDirectory(dir)
+  await directory.sync()
 }
