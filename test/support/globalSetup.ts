@@ -9,6 +9,8 @@ import { processAlive } from "./process.js"
 declare module "vitest" {
   export interface ProvidedContext {
     databaseUrl: string
+    /** Where the run's tests make their directories (storage dirs and the like); removed with the run. */
+    scratchDir: string
   }
 }
 
@@ -46,11 +48,14 @@ export default async function setup({ provide }: TestProject): Promise<() => Pro
   // mkdtemp makes the directory 0700; as root, Postgres runs as another user that must enter it.
   await fs.chmod(dir, 0o755)
   await fs.writeFile(path.join(dir, "owner.pid"), `${process.pid}\n`)
+  const scratch = path.join(dir, "scratch")
+  await fs.mkdir(scratch)
   const postgres = await startEmbeddedPostgres({
     dataDir: path.join(dir, "data"),
     settings: { max_connections: "300", fsync: "off", synchronous_commit: "off", full_page_writes: "off" }
   })
   provide("databaseUrl", postgres.url)
+  provide("scratchDir", scratch)
   return async () => {
     await postgres.stop()
     await fs.rm(dir, { recursive: true, force: true })

@@ -1,5 +1,4 @@
 import * as fs from "node:fs/promises"
-import * as os from "node:os"
 import * as path from "node:path"
 import pg from "pg"
 import { inject } from "vitest"
@@ -9,8 +8,8 @@ import { type InProcessSyncline, startInProcess } from "./inProcess.js"
 /** A Syncline server running in this process against the test database. */
 export type RunningSyncline = InProcessSyncline
 
-/** A fresh temp directory (the OS's temp dir is cleaned by the OS, not by the tests). */
-export const tempDir = (prefix: string): Promise<string> => fs.mkdtemp(path.join(os.tmpdir(), `syncline-${prefix}-`))
+/** A fresh directory in the run's scratch directory, which the run removes when it ends. */
+export const tempDir = (prefix: string): Promise<string> => fs.mkdtemp(path.join(inject("scratchDir"), `syncline-${prefix}-`))
 
 /**
  * Starts the HTTP server and a stack with its own replication stream id (so
