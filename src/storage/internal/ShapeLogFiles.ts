@@ -86,6 +86,10 @@ interface Handles {
 
 const allOf = (handles: Handles): Array<fs.FileHandle> => [handles.log, handles.index, handles.chunks, handles.dir]
 
+/** Closes descriptors nothing will use again; a close that fails has nothing left to lose. */
+const closeAll = (files: ReadonlyArray<fs.FileHandle>): Promise<unknown> =>
+  Promise.all(files.map((fh) => fh.close().catch(() => undefined)))
+
 /**
  * Opens a log's descriptors, the files with `mode`; when one fails, the others are closed and its error thrown
  * (a file that should exist, `r+`, missing as "Corrupt").
@@ -99,7 +103,7 @@ const openHandles = async (dir: string, handle: string, mode: "r+" | "w+"): Prom
   ])
   const failed = opened.find((o) => o.status === "rejected")
   if (failed !== undefined) {
-    await Promise.all(opened.map((o) => (o.status === "fulfilled" ? o.value.close().catch(() => undefined) : undefined)))
+    await closeAll(opened.flatMap((o) => (o.status === "fulfilled" ? [o.value] : [])))
     const cause = (failed as PromiseRejectedResult).reason
     if (mode === "r+" && isErrno(cause, "ENOENT")) {
       throw new StorageError({ reason: "Corrupt", handle, message: "a file of the shape log is missing" })
@@ -268,7 +272,7 @@ export class ShapeLogFiles {
     const handles = this.handles
     if (handles === undefined || this.closed !== "open" || this.busy > 0) return
     this.handles = undefined
-    for (const fh of allOf(handles)) void fh.close().catch(() => undefined)
+    void closeAll(allOf(handles))
     this.onDescriptors?.(false)
   }
 
@@ -287,7 +291,7 @@ export class ShapeLogFiles {
           if (this.reopening === reopening) this.reopening = undefined
           // Closed meanwhile: nothing will use them.
           if (this.closed !== "open") {
-            for (const fh of allOf(handles)) void fh.close().catch(() => undefined)
+            void closeAll(allOf(handles))
           } else {
             this.handles = handles
             this.onDescriptors?.(true)
@@ -352,7 +356,7 @@ export class ShapeLogFiles {
       self.snapshotChunkBytes = [...pointer.snapshotChunkBytes]
       return self
     } catch (cause) {
-      await Promise.all(allOf(opened.handles).map((fh) => fh.close().catch(() => undefined)))
+      await closeAll(allOf(opened.handles))
       throw cause
     }
   }
@@ -360,14 +364,14 @@ export class ShapeLogFiles {
   /** Empties an existing directory and opens empty log files in it. */
   private static async fresh(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
     for (const name of await fs.readdir(dir)) await fs.rm(path.join(dir, name), { recursive: true, force: true })
-    const handles = await openHandles(dir, handle, "w+")
+    const self = new ShapeLogFiles(handle, dir, threshold, await openHandles(dir, handle, "w+"))
     try {
-      await handles.dir.sync()
+      await self.directory.sync()
     } catch (cause) {
-      await Promise.all(allOf(handles).map((fh) => fh.close().catch(() => undefined)))
+      await self.shutdown("failed")
       throw cause
     }
-    return new ShapeLogFiles(handle, dir, threshold, handles)
+    return self
   }
 
   private async recover(
@@ -494,7 +498,7 @@ export class ShapeLogFiles {
     const files = handles === undefined ? [] : allOf(handles)
     if (this.snapshotFile !== undefined) files.push(this.snapshotFile)
     this.snapshotFile = undefined
-    await Promise.all(files.map((fh) => fh.close().catch(() => undefined)))
+    await closeAll(files)
   }
 
 
