@@ -268,6 +268,19 @@ export const rssOf = (pid: number): number => {
   return Number(match[1]) * 1024
 }
 
+/**
+ * CPU time (user + system) a process has used, in ms: the whole of process `pid`, or only its thread `tid`
+ * (for a Node process, `tid = pid` is the main thread; the rest is V8's compiler and GC threads and libuv's pool).
+ */
+export const cpuMsOf = (pid: number, tid?: number): number => {
+  const stat = fs.readFileSync(tid === undefined ? `/proc/${pid}/stat` : `/proc/${pid}/task/${tid}/stat`, "utf8")
+  // Fields after the command name, which may hold spaces: utime and stime are the 14th and 15th of the line.
+  const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
+  return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
+}
+/** Linux's USER_HZ, the unit of /proc's CPU times. */
+const CLOCK_TICKS = 100
+
 /** How many file descriptors process `pid` has open. */
 export const openFiles = (pid: number): number => fs.readdirSync(`/proc/${pid}/fd`).length
 

@@ -1,10 +1,13 @@
+import * as os from "node:os"
 import * as path from "node:path"
 import {
   advance,
   changesIn,
+  cpuMsOf,
   createItems,
   dropSlot,
   fmtInt,
+  fmtMb,
   fmtMs,
   fmtRatio,
   fmtS,
@@ -17,6 +20,7 @@ import {
   type ShapePosition,
   shapeUrl,
   sized,
+  slotName,
   syncShape,
   writeTxns
 } from "../harness.js"
@@ -87,9 +91,29 @@ export const oneShape: Part = {
       service = undefined
       await db.pool.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [RAW_SLOT])
       await writeTxns(db.pool, txns, statement(ROWS + 1 + txns, "caught up"))
+      // A restarted walsender decodes from the slot's restart_lsn, where Postgres last logged its running transactions
+      // (every 15 s, or at a checkpoint), up to the confirmed position without sending anything, and then the rest.
+      const { rows: [slot] } = await db.pool.query<{ before: string; after: string }>(
+        `SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::text AS before,
+                pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS after
+         FROM pg_replication_slots WHERE slot_name = $1`,
+        [slotName(STREAM)]
+      )
+      if (slot === undefined) throw new Error(`no slot ${slotName(STREAM)}`)
       service = await startService(options)
+      // What the catch-up costs in CPU, beside its wall time: the service shares the cores with Postgres's walsender,
+      // which decodes the same WAL as the limit does, and with this client.
+      const pid = service.pid
+      const cpuAtActive = { total: cpuMsOf(pid), main: cpuMsOf(pid, pid) }
       seen = 0
-      await follow(txns, 300_000)
+      const [, walsenderPid] = await Promise.all([
+        follow(txns, 300_000),
+        db.pool.query<{ pid: number | null }>(`SELECT active_pid AS pid FROM pg_replication_slots WHERE slot_name = $1`, [slotName(STREAM)])
+          .then(({ rows }) => rows[0]?.pid ?? undefined)
+      ])
+      const serviceCpuMs = cpuMsOf(pid) - cpuAtActive.total
+      const mainCpuMs = cpuMsOf(pid, pid) - cpuAtActive.main
+      const walsenderCpuMs = walsenderPid === undefined ? undefined : cpuMsOf(walsenderPid)
       const catchUpMs = seenAt - service.activeAt
       const catchUpRate = txns / (catchUpMs / 1000)
       const raw = await rawDecode(db.pool, RAW_SLOT, publicationName(STREAM))
@@ -115,7 +139,11 @@ export const oneShape: Part = {
       report.notes.push(
         `one shape: live ${fmtS(liveMs)} s for ${n} changes (writers ${fmtS(commitMs)} s); catch-up: start-up to active ` +
           `${fmtS(service.startupMs)} s, then ${fmtS(catchUpMs)} s to the last change (${fmtShortRate(txns / ((seenAt - service.spawnedAt) / 1000))} txn/s from spawn); raw decoding ${fmtS(raw.ms)} s ` +
-          `(${fmtInt(raw.messages)} pgoutput messages).`
+          `(${fmtInt(raw.messages)} pgoutput messages). CPU in the catch-up, from active until the client had seen every change: ` +
+          `the service ${fmtInt(serviceCpuMs)} ms, ${fmtInt(mainCpuMs)} ms of it on its main thread (the rest is mostly V8's compiler and ` +
+          `garbage-collector threads)${walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(walsenderCpuMs)} ms since it started`}; ` +
+          `${fmtInt(catchUpMs)} ms of wall time on ${os.cpus().length} cores. The walsender decoded ${fmtMb(Number(slot.before))} MB of WAL ` +
+          `from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(Number(slot.after))} MB.`
       )
     } finally {
       await agent.close()
