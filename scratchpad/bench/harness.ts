@@ -187,18 +187,29 @@ class ChangeCounter {
   inserts = 0
   changes = 0
   bytes = 0
+  /** The stream's last bytes before the next piece, as many as a match: one may start there and end in that piece. */
   private tail: Buffer = Buffer.alloc(0)
 
   add(piece: Buffer): void {
     this.bytes += piece.length
-    const s = this.tail.length === 0 ? piece : Buffer.concat([this.tail, piece])
     const n = OPERATION.length
-    // A match is counted once the byte that names its kind is in; one cut short is in the tail kept below.
-    for (let i = s.indexOf(OPERATION); i !== -1 && i + n < s.length; i = s.indexOf(OPERATION, i + n)) {
-      this.changes++
-      if (s[i + n] === 0x69) this.inserts++
+    // A match is counted once the byte that names its kind is in. One that starts in the tail is looked for where the
+    // tail meets the piece's first bytes, so that a piece is scanned where it lies, never copied.
+    if (this.tail.length > 0) {
+      const junction = Buffer.concat([this.tail, piece.subarray(0, n)])
+      for (let i = junction.indexOf(OPERATION); i !== -1 && i < this.tail.length && i + n < junction.length; i = junction.indexOf(OPERATION, i + n)) {
+        this.count(junction[i + n]!)
+      }
     }
-    this.tail = Buffer.from(s.subarray(Math.max(0, s.length - n)))
+    for (let i = piece.indexOf(OPERATION); i !== -1 && i + n < piece.length; i = piece.indexOf(OPERATION, i + n)) this.count(piece[i + n]!)
+    this.tail = piece.length >= n
+      ? Buffer.from(piece.subarray(piece.length - n))
+      : Buffer.from(Buffer.concat([this.tail, piece]).subarray(-n))
+  }
+
+  private count(kind: number): void {
+    this.changes++
+    if (kind === 0x69) this.inserts++
   }
 }
 
