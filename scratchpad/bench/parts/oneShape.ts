@@ -37,12 +37,16 @@ import type { Part } from "./part.js"
  * the same storage and slot, and the client (from its handle and offset) is timed from the moment
  * /v1/health says active until it has seen every change. The limit: a second logical slot, made
  * before those commits, decoded with pgoutput (`pg_logical_slot_get_binary_changes`) afterwards.
+ * Beside it in the notes: the same decoding from a copy of the service's own slot, which starts where
+ * the restarted walsender starts, at the slot's restart_lsn, and so decodes the live part's WAL again.
  */
 
 const STREAM = "bench_one"
 const TABLE = "bench_one"
 const PARAMS = `table=${TABLE}`
 const RAW_SLOT = "bench_one_raw"
+/** A copy of the service's slot as it stopped: what the restarted walsender decodes, without the sending. */
+const RESTART_SLOT = "bench_one_restart"
 const ROWS = 1_000
 
 export const oneShape: Part = {
@@ -100,6 +104,7 @@ export const oneShape: Part = {
         [slotName(STREAM)]
       )
       if (slot === undefined) throw new Error(`no slot ${slotName(STREAM)}`)
+      await db.pool.query(`SELECT pg_copy_logical_replication_slot($1, $2)`, [slotName(STREAM), RESTART_SLOT])
       service = await startService(options)
       // What the catch-up costs in CPU, beside its wall time: the service shares the cores with Postgres's walsender,
       // which decodes the same WAL as the limit does, and with this client.
@@ -119,6 +124,9 @@ export const oneShape: Part = {
       const raw = await rawDecode(db.pool, RAW_SLOT, publicationName(STREAM))
       if (raw.commits !== txns) throw new Error(`raw decoding found ${raw.commits} transactions, expected ${txns}`)
       const rawRate = raw.commits / (raw.ms / 1000)
+      const fromSlot = await rawDecode(db.pool, RESTART_SLOT, publicationName(STREAM))
+      if (fromSlot.commits !== txns) throw new Error(`raw decoding from the service's slot found ${fromSlot.commits} transactions, expected ${txns}`)
+      const fromSlotRate = fromSlot.commits / (fromSlot.ms / 1000)
       const n = txns.toLocaleString("en-US")
       report.rows.push({
         figure: `one shape, ${n} single-row txns by 4 writers, live`,
@@ -143,12 +151,15 @@ export const oneShape: Part = {
           `the service ${fmtInt(serviceCpuMs)} ms, ${fmtInt(mainCpuMs)} ms of it on its main thread (the rest is mostly V8's compiler and ` +
           `garbage-collector threads)${walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(walsenderCpuMs)} ms since it started`}; ` +
           `${fmtInt(catchUpMs)} ms of wall time on ${os.cpus().length} cores. The walsender decoded ${fmtMb(Number(slot.before))} MB of WAL ` +
-          `from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(Number(slot.after))} MB.`
+          `from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(Number(slot.after))} MB. ` +
+          `Raw decoding as the restarted walsender decodes, from a copy of the service's slot (so those ${fmtMb(Number(slot.before))} MB too): ` +
+          `${fmtS(fromSlot.ms)} s, ${fmtShortRate(fromSlotRate)} txn/s; the catch-up is ${fmtRatio(catchUpRate / fromSlotRate)} of that.`
       )
     } finally {
       await agent.close()
       await service?.stop()
       await dropSlot(db.pool, RAW_SLOT)
+      await dropSlot(db.pool, RESTART_SLOT)
     }
   }
 }
