@@ -204,7 +204,7 @@ class ChangeCounter {
     for (let i = piece.indexOf(OPERATION); i !== -1 && i + n < piece.length; i = piece.indexOf(OPERATION, i + n)) this.count(piece[i + n]!)
     this.tail = piece.length >= n
       ? Buffer.from(piece.subarray(piece.length - n))
-      : Buffer.from(Buffer.concat([this.tail, piece]).subarray(-n))
+      : Buffer.concat([this.tail, piece]).subarray(-n)
   }
 
   private count(kind: number): void {
@@ -279,6 +279,9 @@ export const rssOf = (pid: number): number => {
   return Number(match[1]) * 1024
 }
 
+/** Linux's USER_HZ, the unit of /proc's CPU times. */
+const CLOCK_TICKS = 100
+
 /**
  * CPU time (user + system) a process has used, in ms: the whole of process `pid`, or only its thread `tid`
  * (for a Node process, `tid = pid` is the main thread; the rest is V8's compiler and GC threads and libuv's pool).
@@ -289,8 +292,6 @@ export const cpuMsOf = (pid: number, tid?: number): number => {
   const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
 }
-/** Linux's USER_HZ, the unit of /proc's CPU times. */
-const CLOCK_TICKS = 100
 
 /** How many file descriptors process `pid` has open. */
 export const openFiles = (pid: number): number => fs.readdirSync(`/proc/${pid}/fd`).length

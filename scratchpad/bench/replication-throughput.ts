@@ -6,7 +6,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import pg from "pg"
 import { startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
-import { createItems } from "./harness.js"
+import { cpuMsOf, createItems } from "./harness.js"
 
 /*
  * The replication pipeline's throughput, with the service as a child process running the compiled
@@ -116,18 +116,11 @@ const startService = async (databaseUrl: string, storageDir: string): Promise<Se
     await sleep(10)
   }
   const activeMs = performance.now() - spawnedAt
-  const ticks = 100 // USER_HZ
+  const pid = child.pid
+  if (pid === undefined) throw new Error("the service has no process id")
   return {
     baseUrl,
-    cpuMs: async () => {
-      const read = async (file: string) => {
-        const stat = await fs.readFile(file, "utf8")
-        const fields = stat.slice(stat.lastIndexOf(")") + 2).split(" ")
-        return ((Number(fields[11]) + Number(fields[12])) * 1000) / ticks
-      }
-      const [total, main] = await Promise.all([read(`/proc/${child.pid}/stat`), read(`/proc/${child.pid}/task/${child.pid}/stat`)])
-      return { total, main }
-    },
+    cpuMs: async () => ({ total: cpuMsOf(pid), main: cpuMsOf(pid, pid) }),
     activeMs,
     spawnedAt,
     stop: async () => {
