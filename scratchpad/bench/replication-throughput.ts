@@ -20,7 +20,8 @@ import { cpuMsOf, createItems } from "./harness.js"
  *       in catch-up (timed from active until the slot's confirmed_flush_lsn passes the last commit).
  * `BENCH_CPU_PROF=<dir>` runs the service under `node --cpu-prof` and writes one profile per run there;
  * `BENCH_NODE_ARGS` adds node flags of its own (e.g. `--trace-gc`). CPU per transaction is printed for the whole
- * service process and for its main thread alone: the rest is V8's compiler and garbage-collector threads.
+ * service process and for its main thread alone: the rest is its other threads, V8's compiler and garbage collector
+ * and libuv's pool.
  * Run with `node --import tsx scratchpad/bench/replication-throughput.ts`.
  */
 
@@ -76,7 +77,7 @@ interface Service {
    * CPU time the service has used so far (user + system), in ms: the whole process, and its main thread (the rest
    * is V8's compiler and GC threads and libuv's pool); from /proc, so Linux only.
    */
-  readonly cpuMs: () => Promise<CpuTime>
+  readonly cpuMs: () => CpuTime
   /** Milliseconds from spawn to `/v1/health` answering 200. */
   readonly activeMs: number
   readonly spawnedAt: number
@@ -120,7 +121,7 @@ const startService = async (databaseUrl: string, storageDir: string): Promise<Se
   if (pid === undefined) throw new Error("the service has no process id")
   return {
     baseUrl,
-    cpuMs: async () => ({ total: cpuMsOf(pid), main: cpuMsOf(pid, pid) }),
+    cpuMs: () => ({ total: cpuMsOf(pid), main: cpuMsOf(pid, pid) }),
     activeMs,
     spawnedAt,
     stop: async () => {
@@ -206,7 +207,7 @@ const main = async () => {
         while (polling && seen < LIVE_TXNS) seen += changes(await request(true))
       })()
       const started = performance.now()
-      const cpuBefore = await service.cpuMs()
+      const cpuBefore = service.cpuMs()
       mark("c-start")
       const writesMs = await write(LIVE_TXNS, (client, k) =>
         k % 2 === 0
@@ -220,7 +221,7 @@ const main = async () => {
       polling = false
       if (seen < LIVE_TXNS) throw new Error(`the client saw ${seen} of ${LIVE_TXNS} changes`)
       await poller
-      const cpuAfter = await service.cpuMs()
+      const cpuAfter = service.cpuMs()
       results.push(["(c) writers' commit rate", `${LIVE_TXNS} txns`, seconds(writesMs), `${perSecond(LIVE_TXNS, writesMs)} txns/s`])
       cpuPerTxn.push(["(c) service CPU per txn, live", cpuPerTxnText(cpuBefore, cpuAfter, LIVE_TXNS)])
       results.push(["(c) live: first write -> client saw all", `${seen} changes`, seconds(ms), `${perSecond(seen, ms)} txns/s (last seen ${Math.round(ms - writesMs)} ms after the last commit)`])
@@ -242,13 +243,13 @@ const main = async () => {
       mark("d-spawn")
       service = await startService(postgres.url, storageDir)
       const activeAt = service.spawnedAt + service.activeMs
-      const cpuBefore = await service.cpuMs()
+      const cpuBefore = service.cpuMs()
       mark("d-start")
       let seen = 0
       while (seen < CATCHUP_TXNS) seen += changes(await request(true))
       const ms = performance.now() - activeAt
       mark("d-end")
-      cpuPerTxn.push(["(d) service CPU per txn, catch-up", cpuPerTxnText(cpuBefore, await service.cpuMs(), CATCHUP_TXNS)])
+      cpuPerTxn.push(["(d) service CPU per txn, catch-up", cpuPerTxnText(cpuBefore, service.cpuMs(), CATCHUP_TXNS)])
       if (seen !== CATCHUP_TXNS) throw new Error(`the client saw ${seen} changes after the restart, expected ${CATCHUP_TXNS}`)
       results.push(["(d) catch-up: active -> client saw all", `${seen} changes`, seconds(ms), `${perSecond(seen, ms)} txns/s (active ${seconds(service.activeMs)} s after spawn)`])
       const raw = await rawDecode("(d) raw decoding of the catch-up txns")
@@ -301,13 +302,13 @@ const main = async () => {
       {
         await pool.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [rawSlot])
         const started = performance.now()
-        const cpuBefore = await service.cpuMs()
+        const cpuBefore = service.cpuMs()
         mark("e-live-start")
         const writesMs = await write(IDLE_TXNS, (client, k) => client.query(`INSERT INTO ${IDLE_TABLE} VALUES ($1, $2)`, [1 + k, k]))
         await slotPassed(await commitMarker(0))
         const ms = performance.now() - started
         mark("e-live-end")
-        cpuPerTxn.push(["(e) service CPU per txn, live", cpuPerTxnText(cpuBefore, await service.cpuMs(), IDLE_TXNS)])
+        cpuPerTxn.push(["(e) service CPU per txn, live", cpuPerTxnText(cpuBefore, service.cpuMs(), IDLE_TXNS)])
         results.push(["(e) writers' commit rate (non-matching)", `${IDLE_TXNS} txns`, seconds(writesMs), `${perSecond(IDLE_TXNS, writesMs)} txns/s`])
         results.push(["(e) live: first write -> slot passed", `${IDLE_TXNS} txns`, seconds(ms), `${perSecond(IDLE_TXNS, ms)} txns/s (passed ${Math.round(ms - writesMs)} ms after the last commit)`])
         const raw = await rawDecode("(e) raw decoding, live txns")
@@ -324,12 +325,12 @@ const main = async () => {
         mark("e-spawn")
         service = await startService(postgres.url, storageDir)
         const activeAt = service.spawnedAt + service.activeMs
-        const cpuBefore = await service.cpuMs()
+        const cpuBefore = service.cpuMs()
         mark("e-start")
         await slotPassed(lastLsn)
         const ms = performance.now() - activeAt
         mark("e-end")
-        cpuPerTxn.push(["(e) service CPU per txn, catch-up", cpuPerTxnText(cpuBefore, await service.cpuMs(), IDLE_TXNS)])
+        cpuPerTxn.push(["(e) service CPU per txn, catch-up", cpuPerTxnText(cpuBefore, service.cpuMs(), IDLE_TXNS)])
         results.push(["(e) catch-up: active -> slot passed", `${IDLE_TXNS} txns`, seconds(ms), `${perSecond(IDLE_TXNS, ms)} txns/s (active ${seconds(service.activeMs)} s after spawn)`])
         const raw = await rawDecode("(e) raw decoding, catch-up txns")
         ratios.push(["(e) catch-up / raw decoding", (rate(IDLE_TXNS, ms) / raw).toFixed(3)])
