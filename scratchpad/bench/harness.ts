@@ -293,6 +293,20 @@ export const cpuMsOf = (pid: number, tid?: number): number => {
   return ((Number(fields[11]) + Number(fields[12])) * 1000) / CLOCK_TICKS
 }
 
+/**
+ * How often thread `tid` of process `pid` gave up its core: to wait (voluntary: for I/O, a lock, the event loop's
+ * poll) or because the scheduler gave the core to another thread (involuntary: it was ready to run and waited).
+ */
+export const contextSwitchesOf = (pid: number, tid: number): { readonly voluntary: number; readonly involuntary: number } => {
+  const status = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, "utf8")
+  const count = (name: string) => {
+    const match = new RegExp(`^${name}:\\s+(\\d+)$`, "m").exec(status)
+    if (match === null) throw new Error(`no ${name} for thread ${tid} of process ${pid}`)
+    return Number(match[1])
+  }
+  return { voluntary: count("voluntary_ctxt_switches"), involuntary: count("nonvoluntary_ctxt_switches") }
+}
+
 /** How many file descriptors process `pid` has open. */
 export const openFiles = (pid: number): number => fs.readdirSync(`/proc/${pid}/fd`).length
 

@@ -3,6 +3,7 @@ import * as path from "node:path"
 import {
   advance,
   changesIn,
+  contextSwitchesOf,
   cpuMsOf,
   createItems,
   dropSlot,
@@ -113,6 +114,8 @@ export const oneShape: Part = {
       // which decodes and sends the transactions, and with this client.
       const pid = service.pid
       const cpuAtActive = { total: cpuMsOf(pid), main: cpuMsOf(pid, pid) }
+      const switchesAtActive = contextSwitchesOf(pid, pid)
+      const clientCpuAtActive = process.cpuUsage()
       const { rows: [sender] } = await db.pool.query<{ pid: number | null }>(
         `SELECT active_pid AS pid FROM pg_replication_slots WHERE slot_name = $1`,
         [slotName(STREAM)]
@@ -123,6 +126,11 @@ export const oneShape: Part = {
       await follow(txns, 300_000)
       const serviceCpuMs = cpuMsOf(pid) - cpuAtActive.total
       const mainCpuMs = cpuMsOf(pid, pid) - cpuAtActive.main
+      const switches = contextSwitchesOf(pid, pid)
+      const preempted = switches.involuntary - switchesAtActive.involuntary
+      const waited = switches.voluntary - switchesAtActive.voluntary
+      const clientCpu = process.cpuUsage(clientCpuAtActive)
+      const clientCpuMs = (clientCpu.user + clientCpu.system) / 1000
       const walsenderCpuMs = walsenderPid === undefined ? undefined : cpuMsOf(walsenderPid) - walsenderCpuAtActive
       const catchUpMs = seenAt - service.activeAt
       const catchUpRate = txns / (catchUpMs / 1000)
@@ -157,8 +165,9 @@ export const oneShape: Part = {
           `(${fmtInt(raw.messages)} pgoutput messages). CPU in the catch-up, from active until the client had seen every change: ` +
           `the service ${fmtInt(serviceCpuMs)} ms, ${fmtInt(mainCpuMs)} ms of it on its main thread (the rest is its other threads: V8's compiler ` +
           `and garbage collector, and libuv's pool writing and syncing the logs)` +
-          `${walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(walsenderCpuMs)} ms`}; ` +
-          `${fmtInt(catchUpMs)} ms of wall time on ${os.cpus().length} cores. The walsender decoded ${fmtMb(Number(slot.before))} MB of WAL ` +
+          `${walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(walsenderCpuMs)} ms`}; this client ${fmtInt(clientCpuMs)} ms; ` +
+          `${fmtInt(catchUpMs)} ms of wall time on ${os.cpus().length} cores. The main thread gave up its core ${fmtInt(preempted + waited)} times: ` +
+          `${fmtInt(preempted)} to another thread while it was ready to run, ${fmtInt(waited)} to wait. The walsender decoded ${fmtMb(Number(slot.before))} MB of WAL ` +
           `from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(Number(slot.after))} MB. ` +
           `Raw decoding as the restarted walsender decodes, from a copy of the service's slot (so those ${fmtMb(Number(slot.before))} MB too): ` +
           `${fmtS(fromSlot.ms)} s, ${fmtShortRate(fromSlotRate)} txn/s; the catch-up is ${fmtRatio(catchUpRate / fromSlotRate)} of that.`
