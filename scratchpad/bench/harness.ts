@@ -6,6 +6,7 @@ import { pathToFileURL } from "node:url"
 import pg from "pg"
 import { Agent, request } from "undici"
 import { type RunningPostgres, startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
+import { HEADER_BYTES, MessageFramer } from "../../src/postgres/internal/MessageFramer.js"
 import { type ChildService, freePort, REPO_ROOT, serviceEnv, spawnCommand } from "../../test/support/process.js"
 
 /*
@@ -534,6 +535,67 @@ export const rawDecode = async (pool: pg.Pool, slot: string, publication: string
     [slot, publication]
   )
   return { commits: Number(rows[0]!.commits), messages: Number(rows[0]!.n), ms: performance.now() - started }
+}
+
+/**
+ * Streams `slot` to a client that does nothing but count commits, over a replication connection as the service's:
+ * the walsender decodes and sends as it does for the service, and the client reads the socket as the service does
+ * (whole messages where they lie, `MessageFramer`), without decoding them. Timed from START_REPLICATION until the
+ * `expected`-th commit has arrived, with the CPU the walsender (the connection's backend) used meanwhile and how many
+ * reads of the socket it took. The slot is left as it was (nothing acknowledged).
+ */
+export const streamCommits = async (
+  url: string,
+  slot: string,
+  publication: string,
+  expected: number,
+  deadlineMs: number
+): Promise<{ commits: number; messages: number; ms: number; walsenderCpuMs: number; reads: number }> => {
+  const client = new pg.Client({ connectionString: url, replication: "database" } as pg.ClientConfig)
+  await client.connect()
+  // pg connects and sends the command; the stream's messages are read here, where pg would make an object of each.
+  const socket = (client as unknown as { connection: { stream: NodeJS.ReadableStream & { destroy(): void } } }).connection.stream
+  const walsender = (client as unknown as { processID: number }).processID
+  for (const listener of socket.listeners("data")) socket.removeListener("data", listener as (chunk: Buffer) => void)
+  const framer = new MessageFramer()
+  let commits = 0
+  let messages = 0
+  let reads = 0
+  try {
+    return await new Promise((resolve, reject) => {
+      const timer = setTimeout(() => reject(new Error(`streaming ${slot}: ${commits} of ${expected} commits`)), deadlineMs)
+      const walsenderCpuAtStart = cpuMsOf(walsender)
+      const started = performance.now()
+      socket.on("data", (chunk: Buffer) => {
+        reads++
+        framer.feed(chunk, (data, start, end) => {
+          const kind = data[start]
+          if (kind === 0x45 /* E: ErrorResponse */) {
+            clearTimeout(timer)
+            reject(new Error(`streaming ${slot}: ${data.toString("utf8", start + HEADER_BYTES, end)}`))
+            return true
+          }
+          // CopyData holding XLogData: 24 bytes of positions and time, then the pgoutput message. Keepalives and the
+          // CopyBothResponse are not counted.
+          if (kind !== 0x64 /* d */ || data[start + HEADER_BYTES] !== 0x77 /* w */) return false
+          messages++
+          if (data[start + HEADER_BYTES + 25] === 0x43 /* C: Commit */ && ++commits === expected) {
+            clearTimeout(timer)
+            const ms = performance.now() - started
+            resolve({ commits, messages, ms, walsenderCpuMs: cpuMsOf(walsender) - walsenderCpuAtStart, reads })
+            return true
+          }
+          return false
+        })
+      })
+      client.query(`START_REPLICATION SLOT "${slot}" LOGICAL 0/0 (proto_version '1', publication_names '"${publication}"')`)
+        .catch(() => undefined)
+    })
+  } finally {
+    // Mid-stream, a session cannot be ended politely: the socket is closed, and pg's complaints about that ignored.
+    client.on("error", () => undefined)
+    socket.destroy()
+  }
 }
 
 export const dropSlot = async (pool: pg.Pool, slot: string): Promise<void> => {

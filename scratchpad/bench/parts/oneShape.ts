@@ -21,7 +21,9 @@ import {
   type ShapePosition,
   shapeUrl,
   sized,
+  sleep,
   slotName,
+  streamCommits,
   syncShape,
   writeTxns
 } from "../harness.js"
@@ -41,7 +43,8 @@ import type { Part } from "./part.js"
  * Beside it in the notes: the same decoding from a copy of the service's own slot, which starts where
  * the restarted walsender starts, at the slot's restart_lsn, and so decodes again the WAL between
  * that and the slot's confirmed position (here the live part's, which takes less than Postgres's
- * 15 s between logs of its running transactions).
+ * 15 s between logs of its running transactions). And the same WAL streamed from another copy to a
+ * client that only counts commits: what the walsender's decoding and sending take with no service.
  */
 
 const STREAM = "bench_one"
@@ -50,6 +53,8 @@ const PARAMS = `table=${TABLE}`
 const RAW_SLOT = "bench_one_raw"
 /** A copy of the service's slot as it stopped: what the restarted walsender decodes, without the sending. */
 const RESTART_SLOT = "bench_one_restart"
+/** Another copy, streamed to a client that only counts commits: the walsender's decoding and sending, with no service. */
+const STREAM_SLOT = "bench_one_stream"
 const ROWS = 1_000
 
 export const oneShape: Part = {
@@ -109,6 +114,7 @@ export const oneShape: Part = {
       )
       if (slot === undefined) throw new Error(`no slot ${slotName(STREAM)}`)
       await db.pool.query(`SELECT pg_copy_logical_replication_slot($1, $2)`, [slotName(STREAM), RESTART_SLOT])
+      await db.pool.query(`SELECT pg_copy_logical_replication_slot($1, $2)`, [slotName(STREAM), STREAM_SLOT])
       service = await startService(options)
       // What the catch-up costs in CPU, beside its wall time: the service shares the cores with Postgres's walsender,
       // which decodes and sends the transactions, and with this client.
@@ -131,7 +137,9 @@ export const oneShape: Part = {
       const waited = switches.voluntary - switchesAtActive.voluntary
       const clientCpu = process.cpuUsage(clientCpuAtActive)
       const clientCpuMs = (clientCpu.user + clientCpu.system) / 1000
-      const walsenderCpuMs = walsenderPid === undefined ? undefined : cpuMsOf(walsenderPid) - walsenderCpuAtActive
+      // The walsender is a process of its own, started for the service's connection: all its CPU is this stream's.
+      const walsenderLifeCpuMs = walsenderPid === undefined ? undefined : cpuMsOf(walsenderPid)
+      const walsenderCpuMs = walsenderLifeCpuMs === undefined ? undefined : walsenderLifeCpuMs - walsenderCpuAtActive
       const catchUpMs = seenAt - service.activeAt
       const catchUpRate = txns / (catchUpMs / 1000)
       const raw = await rawDecode(db.pool, RAW_SLOT, publicationName(STREAM))
@@ -142,6 +150,8 @@ export const oneShape: Part = {
       const fromSlot = await rawDecode(db.pool, RESTART_SLOT, publicationName(STREAM))
       if (fromSlot.commits !== txns) throw new Error(`raw decoding from the service's slot found ${fromSlot.commits} transactions, expected ${txns}`)
       const fromSlotRate = fromSlot.commits / (fromSlot.ms / 1000)
+      const streamed = await streamCommits(db.postgres.url, STREAM_SLOT, publicationName(STREAM), txns, 60_000)
+      const streamedRate = streamed.commits / (streamed.ms / 1000)
       const n = txns.toLocaleString("en-US")
       report.rows.push({
         figure: `one shape, ${n} single-row txns by 4 writers, live`,
@@ -165,18 +175,30 @@ export const oneShape: Part = {
           `(${fmtInt(raw.messages)} pgoutput messages). CPU in the catch-up, from active until the client had seen every change: ` +
           `the service ${fmtInt(serviceCpuMs)} ms, ${fmtInt(mainCpuMs)} ms of it on its main thread (the rest is its other threads: V8's compiler ` +
           `and garbage collector, and libuv's pool writing and syncing the logs)` +
-          `${walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(walsenderCpuMs)} ms`}; this client ${fmtInt(clientCpuMs)} ms; ` +
+          `${walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(walsenderCpuMs)} ms (${fmtInt(walsenderLifeCpuMs!)} ms since it started)`}; this client ${fmtInt(clientCpuMs)} ms; ` +
           `${fmtInt(catchUpMs)} ms of wall time on ${os.cpus().length} cores. The main thread gave up its core ${fmtInt(preempted + waited)} times: ` +
           `${fmtInt(preempted)} to another thread while it was ready to run, ${fmtInt(waited)} to wait. The walsender decoded ${fmtMb(Number(slot.before))} MB of WAL ` +
           `from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(Number(slot.after))} MB. ` +
           `Raw decoding as the restarted walsender decodes, from a copy of the service's slot (so those ${fmtMb(Number(slot.before))} MB too): ` +
-          `${fmtS(fromSlot.ms)} s, ${fmtShortRate(fromSlotRate)} txn/s; the catch-up is ${fmtRatio(catchUpRate / fromSlotRate)} of that.`
+          `${fmtS(fromSlot.ms)} s, ${fmtShortRate(fromSlotRate)} txn/s; the catch-up is ${fmtRatio(catchUpRate / fromSlotRate)} of that. ` +
+          `Streamed from another copy of the service's slot to a client that does nothing but count the commits, timed from ` +
+          `START_REPLICATION: ${fmtS(streamed.ms)} s, ${fmtShortRate(streamedRate)} txn/s, ${fmtRatio(streamedRate / rawRate)} of the ` +
+          `row's limit; the catch-up from active is ${fmtRatio(catchUpRate / streamedRate)} of that. That client reads as soon as ` +
+          `anything arrives (${fmtInt(streamed.reads)} reads of the socket), so the walsender sends message by message, and used ` +
+          `${fmtInt(streamed.walsenderCpuMs)} ms of CPU.`
       )
     } finally {
       await agent.close()
       await service?.stop()
       await dropSlot(db.pool, RAW_SLOT)
       await dropSlot(db.pool, RESTART_SLOT)
+      // The streamed copy's walsender exits a moment after its client goes: the slot is dropped once it is free.
+      for (let i = 0; i < 100; i++) {
+        const { rows } = await db.pool.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active`, [STREAM_SLOT])
+        if (rows.length === 0) break
+        await sleep(50)
+      }
+      await dropSlot(db.pool, STREAM_SLOT)
     }
   }
 }
