@@ -7,6 +7,8 @@ import pg from "pg"
 import { Agent, request } from "undici"
 import { type RunningPostgres, startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
 import { HEADER_BYTES, MessageFramer } from "../../src/postgres/internal/MessageFramer.js"
+import { XLOG_DATA_HEADER_BYTES } from "../../src/postgres/PgOutput.js"
+import { SESSION_SETTINGS } from "../../src/postgres/ReplicationConnection.js"
 import { type ChildService, freePort, REPO_ROOT, serviceEnv, spawnCommand } from "../../test/support/process.js"
 
 /*
@@ -295,17 +297,15 @@ export const cpuMsOf = (pid: number, tid?: number): number => {
 }
 
 /**
- * How often thread `tid` of process `pid` gave up its core: to wait (voluntary: for I/O, a lock, the event loop's
- * poll) or because the scheduler gave the core to another thread (involuntary: it was ready to run and waited).
+ * How long thread `tid` of process `pid` has run on a core, and how long it has waited for one while ready to run,
+ * in ms (`/proc/<pid>/task/<tid>/schedstat`): what the scheduler gave to other threads while it had work.
  */
-export const contextSwitchesOf = (pid: number, tid: number): { readonly voluntary: number; readonly involuntary: number } => {
-  const status = fs.readFileSync(`/proc/${pid}/task/${tid}/status`, "utf8")
-  const count = (name: string) => {
-    const match = new RegExp(`^${name}:\\s+(\\d+)$`, "m").exec(status)
-    if (match === null) throw new Error(`no ${name} for thread ${tid} of process ${pid}`)
-    return Number(match[1])
+export const scheduleOf = (pid: number, tid: number): { readonly runMs: number; readonly waitMs: number } => {
+  const [run, wait] = fs.readFileSync(`/proc/${pid}/task/${tid}/schedstat`, "utf8").split(" ").map(Number)
+  if (run === undefined || wait === undefined || Number.isNaN(run) || Number.isNaN(wait)) {
+    throw new Error(`no schedule statistics for thread ${tid} of process ${pid}`)
   }
-  return { voluntary: count("voluntary_ctxt_switches"), involuntary: count("nonvoluntary_ctxt_switches") }
+  return { runMs: run / 1e6, waitMs: wait / 1e6 }
 }
 
 /** How many file descriptors process `pid` has open. */
@@ -538,11 +538,11 @@ export const rawDecode = async (pool: pg.Pool, slot: string, publication: string
 }
 
 /**
- * Streams `slot` to a client that does nothing but count commits, over a replication connection as the service's:
- * the walsender decodes and sends as it does for the service, and the client reads the socket as the service does
- * (whole messages where they lie, `MessageFramer`), without decoding them. Timed from START_REPLICATION until the
- * `expected`-th commit has arrived, with the CPU the walsender (the connection's backend) used meanwhile and how many
- * reads of the socket it took. The slot is left as it was (nothing acknowledged).
+ * Streams `slot` to a client that does nothing but count commits, over a replication connection with the service's
+ * session settings (the walsender formats values as it does for the service). The client reads every chunk as it
+ * arrives and takes it apart into whole messages (`MessageFramer`) without decoding them. Timed from START_REPLICATION
+ * until the `expected`-th commit has arrived, with the CPU the walsender (the connection's own backend) used meanwhile
+ * and how many reads of the socket it took. The slot is left as it was (nothing acknowledged).
  */
 export const streamCommits = async (
   url: string,
@@ -552,50 +552,73 @@ export const streamCommits = async (
   deadlineMs: number
 ): Promise<{ commits: number; messages: number; ms: number; walsenderCpuMs: number; reads: number }> => {
   const client = new pg.Client({ connectionString: url, replication: "database" } as pg.ClientConfig)
-  await client.connect()
-  // pg connects and sends the command; the stream's messages are read here, where pg would make an object of each.
-  const socket = (client as unknown as { connection: { stream: NodeJS.ReadableStream & { destroy(): void } } }).connection.stream
-  const walsender = (client as unknown as { processID: number }).processID
-  for (const listener of socket.listeners("data")) socket.removeListener("data", listener as (chunk: Buffer) => void)
-  const framer = new MessageFramer()
-  let commits = 0
-  let messages = 0
-  let reads = 0
+  // Until the stream is done, a broken connection fails it; afterwards, closing the socket is all that is left.
+  let broken: (cause: Error) => void = () => undefined
+  client.on("error", (cause) => broken(cause))
+  client.on("end", () => broken(new Error(`streaming ${slot}: the connection ended`)))
+  let timer: NodeJS.Timeout | undefined
   try {
+    await client.connect()
+    await client.query(SESSION_SETTINGS)
+    // pg sends the command; the stream's messages are read here, where pg would make an object of each.
+    const socket = (client as unknown as { connection: { stream: NodeJS.ReadableStream } }).connection.stream
+    const walsender = (client as unknown as { processID: number }).processID
+    for (const listener of socket.listeners("data")) socket.removeListener("data", listener as (chunk: Buffer) => void)
+    const framer = new MessageFramer()
+    let commits = 0
+    let messages = 0
+    let reads = 0
     return await new Promise((resolve, reject) => {
-      const timer = setTimeout(() => reject(new Error(`streaming ${slot}: ${commits} of ${expected} commits`)), deadlineMs)
+      broken = reject
+      timer = setTimeout(() => reject(new Error(`streaming ${slot}: ${commits} of ${expected} commits`)), deadlineMs)
       const walsenderCpuAtStart = cpuMsOf(walsender)
       const started = performance.now()
+      const onMessage = (data: Buffer, start: number, end: number): boolean => {
+        const kind = data[start]
+        if (kind === 0x45 /* E: ErrorResponse */) {
+          reject(new Error(`streaming ${slot}: ${errorMessage(data.subarray(start + HEADER_BYTES, end))}`))
+          return true
+        }
+        // CopyData holding XLogData: positions and time, then the pgoutput message. Keepalives and the
+        // CopyBothResponse are not counted.
+        if (kind !== 0x64 /* d */ || data[start + HEADER_BYTES] !== 0x77 /* w */) return false
+        messages++
+        if (data[start + HEADER_BYTES + XLOG_DATA_HEADER_BYTES] === 0x43 /* C: Commit */ && ++commits === expected) {
+          const ms = performance.now() - started
+          resolve({ commits, messages, ms, walsenderCpuMs: cpuMsOf(walsender) - walsenderCpuAtStart, reads })
+          return true
+        }
+        return false
+      }
       socket.on("data", (chunk: Buffer) => {
         reads++
-        framer.feed(chunk, (data, start, end) => {
-          const kind = data[start]
-          if (kind === 0x45 /* E: ErrorResponse */) {
-            clearTimeout(timer)
-            reject(new Error(`streaming ${slot}: ${data.toString("utf8", start + HEADER_BYTES, end)}`))
-            return true
-          }
-          // CopyData holding XLogData: 24 bytes of positions and time, then the pgoutput message. Keepalives and the
-          // CopyBothResponse are not counted.
-          if (kind !== 0x64 /* d */ || data[start + HEADER_BYTES] !== 0x77 /* w */) return false
-          messages++
-          if (data[start + HEADER_BYTES + 25] === 0x43 /* C: Commit */ && ++commits === expected) {
-            clearTimeout(timer)
-            const ms = performance.now() - started
-            resolve({ commits, messages, ms, walsenderCpuMs: cpuMsOf(walsender) - walsenderCpuAtStart, reads })
-            return true
-          }
-          return false
-        })
+        try {
+          framer.feed(chunk, onMessage)
+        } catch (cause) {
+          reject(cause)
+        }
       })
+      // Rejected when the socket is closed, after the stream was counted: nothing waits for it.
       client.query(`START_REPLICATION SLOT "${slot}" LOGICAL 0/0 (proto_version '1', publication_names '"${publication}"')`)
         .catch(() => undefined)
     })
   } finally {
-    // Mid-stream, a session cannot be ended politely: the socket is closed, and pg's complaints about that ignored.
-    client.on("error", () => undefined)
-    socket.destroy()
+    clearTimeout(timer)
+    broken = () => undefined
+    // Closing the socket ends the walsender too; a CopyDone would end the stream politely, which nothing here needs.
+    ;(client as unknown as { connection: { stream: { destroy(): void } } }).connection.stream.destroy()
   }
+}
+
+/** The message (`M` field) of an ErrorResponse's fields, each a code byte and a NUL-ended text. */
+const errorMessage = (fields: Buffer): string => {
+  for (let at = 0; at < fields.length && fields[at] !== 0;) {
+    const end = fields.indexOf(0, at + 1)
+    if (end < 0) break
+    if (fields[at] === 0x4d /* M */) return fields.toString("utf8", at + 1, end)
+    at = end + 1
+  }
+  return "an error without a message"
 }
 
 export const dropSlot = async (pool: pg.Pool, slot: string): Promise<void> => {

@@ -60,7 +60,7 @@ export class ReplicationConnection extends Context.Tag("syncline/ReplicationConn
 
 // Output settings of the walsender session: pgoutput formats values with them,
 // and the shape log wants the same text a snapshot query gives.
-const SESSION_SETTINGS = "SET bytea_output = 'hex'; SET DateStyle = 'ISO, DMY'; SET TimeZone = 'UTC'; " +
+export const SESSION_SETTINGS = "SET bytea_output = 'hex'; SET DateStyle = 'ISO, DMY'; SET TimeZone = 'UTC'; " +
   "SET extra_float_digits = 1; SET IntervalStyle = 'iso_8601'"
 
 const CLOSE_TIMEOUT = Duration.seconds(5)
