@@ -502,14 +502,7 @@ describe("ShapeLogStorage", () => {
       yield* log.append([entry(7, 0)])
       yield* log.commit
       const shapeDir = path.join(dir, "idle-1")
-      const openFiles = Effect.promise(async () => {
-        let n = 0
-        for (const fd of await fs.readdir("/proc/self/fd")) {
-          const target = await fs.readlink(path.join("/proc/self/fd", fd)).catch(() => "")
-          if (target.startsWith(shapeDir + path.sep)) n++
-        }
-        return n
-      })
+      const openFiles = openFilesUnder(shapeDir)
       expect(yield* openFiles).toBe(3)
       // Unused across two checks: its descriptors are closed, its state stays.
       yield* TestClock.adjust("25 seconds")

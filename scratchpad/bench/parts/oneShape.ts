@@ -21,7 +21,6 @@ import {
   shapeUrl,
   scheduleOf,
   sized,
-  sleep,
   slotName,
   streamCommits,
   syncShape,
@@ -195,15 +194,9 @@ export const oneShape: Part = {
       await service?.stop()
       await dropSlot(db.pool, RAW_SLOT)
       await dropSlot(db.pool, RESTART_SLOT)
-      // The streamed copy's walsender exits a moment after its client goes: the slot is dropped once it is free, its
-      // walsender ended first if it lingers.
-      for (let i = 0; i < 100; i++) {
-        const { rows } = await db.pool.query(`SELECT 1 FROM pg_replication_slots WHERE slot_name = $1 AND active`, [STREAM_SLOT])
-        if (rows.length === 0) break
-        if (i === 99) {
-          await db.pool.query(`SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE slot_name = $1`, [STREAM_SLOT])
-        } else await sleep(50)
-      }
+      // The streamed copy's walsender may not have noticed yet that its client is gone: it is ended (and waited for)
+      // first, so that the slot is free to drop.
+      await db.pool.query(`SELECT pg_terminate_backend(active_pid, 5000) FROM pg_replication_slots WHERE slot_name = $1 AND active`, [STREAM_SLOT])
       await db.pool.query(`SELECT pg_drop_replication_slot(slot_name) FROM pg_replication_slots WHERE slot_name = $1`, [STREAM_SLOT])
     }
   }
