@@ -14,6 +14,7 @@ import {
   type ResultRow,
   runCleanups,
   Service,
+  SERVICE_NODE_ARGS,
   servicesStarted,
   startDatabase
 } from "./harness.js"
@@ -40,7 +41,8 @@ import { sync } from "./parts/sync.js"
  * to write it elsewhere). Sizes: BENCH_ROUNDS, BENCH_FANOUT (e.g. 200,1000), BENCH_ROWS,
  * BENCH_CHUNK_BYTES, BENCH_CHUNK_CHANGES, BENCH_LOAD_SECONDS, BENCH_TXNS, BENCH_IDLE_SHAPES,
  * BENCH_MEMORY_SHAPES, BENCH_STARTUP_SHAPES (e.g. 3000,10000), BENCH_STARTUP_RUNS.
- * BENCH_SKIP_BUILD=1 uses dist/ as it is.
+ * BENCH_SKIP_BUILD=1 uses dist/ as it is. BENCH_NODE_ARGS="<flags>" starts every service process with
+ * these node flags (a profiler, V8 flags), and the header says so.
  */
 
 const PARTS: ReadonlyArray<Part> = [fanout, sync, chunks, oneShape, idle, memory, startup]
@@ -136,7 +138,9 @@ const render = (
     `Benchmark of ${run.date.toISOString().slice(0, 16).replace("T", " ")} UTC, commit ${gitCommit()}: ${machine()}; ` +
       `Postgres ${run.postgres} (embedded; fsync=off, synchronous_commit=on, off for the writers of the txn figures, wal_writer_delay=10ms); load average ${run.load[0].toFixed(2)} before, ` +
       `${run.load[1].toFixed(2)} after; ${run.parts.length === 7 ? "all parts" : `parts ${run.parts.join(", ")}`}` +
-      `${QUICK ? " (BENCH_QUICK: sizes scaled down, ratios not comparable)" : ""}; ${run.seconds.toFixed(0)} s.`,
+      `${QUICK ? " (BENCH_QUICK: sizes scaled down, ratios not comparable)" : ""}` +
+      `${SERVICE_NODE_ARGS.length > 0 ? `; the service with \`${SERVICE_NODE_ARGS.join(" ")}\` (BENCH_NODE_ARGS), not as npm start runs it` : ""}; ` +
+      `${run.seconds.toFixed(0)} s.`,
     "",
     "| figure | Syncline | limit, same run | ratio | target | met |",
     "|---|---|---|---|---|---|",

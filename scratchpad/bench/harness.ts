@@ -359,6 +359,13 @@ export const waitActive = async (baseUrl: string, child: ChildService, timeoutMs
   }
 }
 
+/**
+ * Node flags every service process gets before its own, from `BENCH_NODE_ARGS` (space-separated): a profiler
+ * (`--cpu-prof --cpu-prof-dir=<dir>`, `--perf-basic-prof`) or V8 flags to compare. A run with any says so in its
+ * header: its figures are not those of `npm start`.
+ */
+export const SERVICE_NODE_ARGS: ReadonlyArray<string> = process.env["BENCH_NODE_ARGS"]?.split(" ").filter((a) => a !== "") ?? []
+
 /** Options of one service process. */
 export interface ServiceOptions {
   /** Replication stream id: names the slot and the publication. */
@@ -388,7 +395,7 @@ export class Service {
     // The service runs as `npm start` runs it: no loader or flags from the bench's own environment.
     delete env["NODE_OPTIONS"]
     const spawnedAt = performance.now()
-    const child = spawnNode([...(options.nodeArgs ?? []), path.join(REPO_ROOT, "dist", "main.js")], env)
+    const child = spawnNode([...SERVICE_NODE_ARGS, ...(options.nodeArgs ?? []), path.join(REPO_ROOT, "dist", "main.js")], env)
     const baseUrl = `http://127.0.0.1:${port}`
     try {
       const activeAt = await waitActive(baseUrl, child)
