@@ -31,6 +31,9 @@ const DUPLICATE_OBJECT = "42710"
 const UNDEFINED_OBJECT = "42704"
 const OBJECT_IN_USE = "55006"
 const INSUFFICIENT_PRIVILEGE = "42501"
+const UNDEFINED_FUNCTION = "42883"
+/** What `pg_log_standby_snapshot()` fails with on a server in recovery (a standby), where it cannot write WAL. */
+const NOT_IN_PREREQUISITE_STATE = "55000"
 const LOCK_RETRY = "500 millis"
 /** How long a slot still held by a walsender that is going away (a killed predecessor's) is waited for. */
 const SLOT_IN_USE_ATTEMPTS = 40
@@ -114,6 +117,14 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
    * been streamed whole.
    */
   readonly addTable: (table: TableInfo) => Effect.Effect<boolean, PostgresError>
+  /**
+   * Writes a log of the running transactions to the WAL now (`pg_log_standby_snapshot()`, Postgres 16 and later)
+   * and returns the position after it. A slot's restart position moves only to such a log, once its walsender has
+   * decoded it and a position past it is confirmed; Postgres writes one on its own every 15 s and at checkpoints.
+   * Undefined when the server has no such function, the role may not call it (a superuser's by default, granted
+   * with `GRANT EXECUTE`), or the server is a standby.
+   */
+  readonly logRunningTransactions: Effect.Effect<Lsn | undefined, PostgresError>
   /**
    * Waits (interruptibly) for `pg_advisory_lock(hashtext(<slot name>))` on a
    * connection of its own, held until the scope closes.
@@ -333,6 +344,18 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
         )
       }).pipe(Effect.withSpan("PgAdmin.acquireLock"))
 
+      const logRunningTransactions = db.query<{ lsn: string }>("SELECT pg_log_standby_snapshot()::text AS lsn").pipe(
+        Effect.map((rows): Lsn | undefined => (rows[0] === undefined ? undefined : Lsn.fromPg(rows[0].lsn))),
+        Effect.catchIf(
+          (e) => {
+            const state = sqlState(e.cause)
+            return state === UNDEFINED_FUNCTION || state === INSUFFICIENT_PRIVILEGE || state === NOT_IN_PREREQUISITE_STATE
+          },
+          () => Effect.succeed(undefined)
+        ),
+        Effect.withSpan("PgAdmin.logRunningTransactions")
+      )
+
       return {
         publicationName,
         slotName,
@@ -345,6 +368,7 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
         dropSlot,
         publicationStates,
         addTable,
+        logRunningTransactions,
         acquireLock,
         isLockHeld: Effect.sync(() => locksHeld > 0),
         lockLost: Effect.suspend(() => (current === undefined ? Effect.never : Deferred.await(current)))

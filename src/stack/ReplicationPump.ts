@@ -1,13 +1,16 @@
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
+import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
+import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
+import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
 import * as Metric from "effect/Metric"
 import * as Stream from "effect/Stream"
 import type { ReplicationEvent } from "../domain/Change.js"
-import type { Lsn } from "../domain/Lsn.js"
+import { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { PostgresError, ReplicationError } from "../domain/errors.js"
 import { PgAdmin } from "../postgres/PgAdmin.js"
@@ -27,6 +30,10 @@ import * as Metrics from "../observability/Metrics.js"
 const MAX_IN_FLIGHT = 20_000
 
 const NO_HANDLES: ReadonlyArray<ShapeHandle> = []
+
+/** The longest a stop waits for the slot's restart position to move (`settleRestartPosition`). */
+const RESTART_POSITION_WAIT_MS = 1_000
+const RESTART_POSITION_POLL = Duration.millis(5)
 
 /** Where reading the slot stands. */
 export interface ReplicationProgress {
@@ -131,6 +138,40 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
         Effect.catchAllCause((cause) => Cause.isInterruptedOnly(cause) ? Effect.failCause(cause) : Deferred.failCause(failure, cause)),
         Effect.forkScoped
       )
+
+      /**
+       * Moves the slot's restart position up to what is acknowledged, so that the next start decodes from there.
+       * Postgres moves it only to a log of the running transactions that the walsender has decoded and the client
+       * has confirmed a position past; it writes one on its own every 15 s, so a restart would decode again up to
+       * 15 s of WAL (and everything since an older transaction still open elsewhere), which at a high write rate is
+       * most of its catch-up. Here such a log is written, and its position is acknowledged like any keepalive's:
+       * only once everything before it is durable. Best effort, and bounded: without the function (before Postgres
+       * 16) or the right to call it, or when the acknowledgement does not get there in time, the stop goes on as
+       * before.
+       */
+      const settleRestartPosition = Effect.gen(function*() {
+        const logged = yield* admin.logRunningTransactions
+        if (logged === undefined) {
+          return yield* Effect.logDebug("the slot's restart position stays: pg_log_standby_snapshot() is not available")
+        }
+        const deadline = (yield* Clock.currentTimeMillis) + RESTART_POSITION_WAIT_MS
+        while (tracker.sentLsn() < logged) {
+          if ((yield* Clock.currentTimeMillis) >= deadline) {
+            return yield* Effect.logDebug(`the slot's restart position stays: ${Lsn.toPg(logged)} was not acknowledged in time`)
+          }
+          yield* Effect.sleep(RESTART_POSITION_POLL)
+        }
+        yield* Effect.logDebug(`the slot's restart position moves up to ${Lsn.toPg(logged)}`)
+      }).pipe(
+        Effect.catchAll((error) => Effect.logDebug("the slot's restart position stays", error)),
+        // Finalizers run uninterruptibly; a query that hangs is cut off here.
+        Effect.interruptible,
+        Effect.timeout(Duration.millis(2 * RESTART_POSITION_WAIT_MS)),
+        Effect.ignore
+      )
+      // Registered after the pump was forked, so it runs while the pump still reads the slot: the walsender's
+      // keepalive past the log is what gets acknowledged. Not after a failure: the stack is in no state for it.
+      yield* Effect.addFinalizer((exit) => Exit.isSuccess(exit) || Cause.isInterruptedOnly(exit.cause) ? settleRestartPosition : Effect.void)
       return ReplicationPump.of({
         progress: () => ({ ...progress }),
         failure: Deferred.await(failure).pipe(

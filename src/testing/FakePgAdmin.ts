@@ -29,6 +29,8 @@ export const FakePgAdmin = {
         publicationStates: (oids) =>
           Effect.succeed(new Map(oids.map((oid) => [oid, { published: true, replicaFull: true }] as const))),
         addTable: () => Effect.succeed(false),
+        // The fake keeps no WAL history for a slot to decode again.
+        logRunningTransactions: Effect.succeed(undefined),
         acquireLock: Effect.acquireRelease(
           Effect.zipRight(db.lock(holder), Effect.sync(() => db.record("lock: acquired"))),
           () => Effect.zipRight(db.unlock(holder), Effect.sync(() => db.record("lock: released")))

@@ -2,6 +2,7 @@ import { describe, expect, it, layer } from "@effect/vitest"
 import { Effect, Exit, Fiber, Layer, Scope } from "effect"
 import pg from "pg"
 import { inject } from "vitest"
+import { PostgresError } from "../../src/domain/errors.js"
 import { Lsn } from "../../src/domain/Lsn.js"
 import { Inspector } from "../../src/postgres/Inspector.js"
 import { PgAdmin } from "../../src/postgres/PgAdmin.js"
@@ -70,6 +71,17 @@ layer(Live, { excludeTestServices: true })("PgAdmin", (it) => {
       const identity = yield* admin.identifySystem
       const rows = yield* exec("SELECT system_identifier::text AS id, timeline_id FROM pg_control_system(), pg_control_checkpoint()")
       expect(identity).toEqual({ systemId: rows[0]!["id"], timeline: rows[0]!["timeline_id"] })
+    }))
+
+  it.effect("writes a log of the running transactions and returns the position after it", () =>
+    Effect.gen(function*() {
+      const admin = yield* PgAdmin
+      const before = Lsn.fromPg(String((yield* exec("SELECT pg_current_wal_insert_lsn()::text AS lsn"))[0]!["lsn"]))
+      const logged = yield* admin.logRunningTransactions
+      const after = Lsn.fromPg(String((yield* exec("SELECT pg_current_wal_insert_lsn()::text AS lsn"))[0]!["lsn"]))
+      expect(logged).toBeDefined()
+      expect(logged!).toBeGreaterThan(before)
+      expect(logged!).toBeLessThanOrEqual(after)
     }))
 
   it.effect("adds tables with REPLICA IDENTITY FULL, idempotently and concurrently", () =>
@@ -264,6 +276,23 @@ describe("PgAdmin prerequisites", () => {
 
   it.effect("accepts a replication role that is not a superuser", () =>
     check({ wal_level: "logical", rolname: "app", rolreplication: true, rolsuper: false }))
+
+  const logRunningTransactionsFailing = (code: string) =>
+    Effect.flatMap(PgAdmin, (admin) => admin.logRunningTransactions).pipe(
+      Effect.provide(PgAdmin.layer(names).pipe(Layer.provide(Layer.succeed(PgPool, {
+        pool: undefined as unknown as pg.Pool,
+        connectionString: "postgresql://u:secret@db.example:6543/app",
+        query: () => Effect.fail(new PostgresError({ reason: "Query", message: `failed with ${code}`, cause: { code } }))
+      } as PgPool["Type"]))))
+    )
+
+  it.effect("logs no running transactions where the server has no pg_log_standby_snapshot, the role may not call it or the server is a standby", () =>
+    Effect.gen(function*() {
+      // Postgres before 16; a role without EXECUTE on it; a server in recovery.
+      for (const code of ["42883", "42501", "55000"]) expect(yield* logRunningTransactionsFailing(code)).toBeUndefined()
+      const error = yield* Effect.flip(logRunningTransactionsFailing("08006"))
+      expect(error.message).toBe("failed with 08006")
+    }))
 })
 
 describe("PgPool", () => {
