@@ -344,7 +344,12 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
         )
       }).pipe(Effect.withSpan("PgAdmin.acquireLock"))
 
-      const logRunningTransactions = db.query<{ lsn: string }>("SELECT pg_log_standby_snapshot()::text AS lsn").pipe(
+      // A walsender decodes only WAL already flushed, and Postgres flushes the log on its own within wal_writer_delay.
+      // The transaction it is written in gets an xid, so that its commit, after the log and flushed at once, flushes
+      // the log too.
+      const logRunningTransactions = db.query<{ lsn: string }>(
+        `SELECT set_config('synchronous_commit', 'on', true), pg_log_standby_snapshot()::text AS lsn, pg_current_xact_id()`
+      ).pipe(
         Effect.map((rows): Lsn | undefined => (rows[0] === undefined ? undefined : Lsn.fromPg(rows[0].lsn))),
         Effect.catchIf(
           (e) => {
