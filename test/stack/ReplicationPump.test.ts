@@ -4,7 +4,9 @@ import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Lsn } from "../../src/domain/Lsn.js"
 import { type RunningPostgres, startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
+import { type Follower, follow } from "../support/follow.js"
 import { startInProcess } from "../support/inProcess.js"
+import { freePort } from "../support/process.js"
 import { dropReplication, tempDir } from "../support/syncline.js"
 
 /**
@@ -23,6 +25,8 @@ let storageDir: string
 let pool: pg.Pool
 let stopping = false
 const stops: Array<() => Promise<void>> = []
+const followers: Array<Follower> = []
+let port: number
 
 beforeAll(async () => {
   postgresDir = await tempDir(`${STREAM}-pg`)
@@ -40,9 +44,11 @@ beforeAll(async () => {
   await pool.query(`CREATE TABLE ${TABLE} (id int PRIMARY KEY, v text)`)
   await pool.query(`INSERT INTO ${TABLE} SELECT i, 'row ' || i FROM generate_series(1, 5) i`)
   storageDir = await tempDir(STREAM)
+  port = await freePort()
 }, 120_000)
 
 afterAll(async () => {
+  for (const f of followers) f.stop()
   for (const stop of stops) await stop().catch(() => undefined)
   await dropReplication(pool, STREAM).catch(() => undefined)
   stopping = true
@@ -54,6 +60,7 @@ afterAll(async () => {
 
 const start = async () => {
   const server = await startInProcess(postgres!.url, {
+    port,
     storageDir,
     replicationStreamId: STREAM,
     enableIntegrationTesting: true,
@@ -86,49 +93,18 @@ const waitFor = async (what: string, check: () => Promise<boolean>, timeoutMs = 
   }
 }
 
-/** A client of the table's shape that keeps its handle and offset across restarts; fails on any status but 200. */
-class ShapeClient {
-  private handle: string | undefined
-  private offset = "-1"
-  readonly values = new Map<string, string | null>()
-
-  async request(baseUrl: string, live: boolean): Promise<boolean> {
-    const params = new URLSearchParams({ table: TABLE, offset: this.offset })
-    if (this.handle !== undefined) params.set("handle", this.handle)
-    if (live) params.set("live", "true")
-    const res = await fetch(`${baseUrl}/v1/shape?${params}`)
-    const text = await res.text()
-    if (res.status !== 200) throw new Error(`GET ${params} answered ${res.status}: ${text}`)
-    this.handle = res.headers.get("electric-handle") ?? this.handle
-    this.offset = res.headers.get("electric-offset") ?? this.offset
-    let upToDate = false
-    for (const m of JSON.parse(text) as Array<{ value?: Record<string, string | null>; headers: Record<string, string> }>) {
-      if (m.value?.["id"] !== undefined) this.values.set(m.value["id"]!, m.value["v"] ?? this.values.get(m.value["id"]!) ?? null)
-      if (m.headers["control"] === "up-to-date") upToDate = true
-    }
-    return upToDate
-  }
-
-  async until(baseUrl: string, what: string, done: () => boolean): Promise<void> {
-    const deadline = Date.now() + 20_000
-    let live = false
-    while (!done()) {
-      if (Date.now() > deadline) throw new Error(`timed out waiting for ${what}`)
-      if (await this.request(baseUrl, live)) live = true
-    }
-  }
-}
-
 describe("the slot's restart position", () => {
-  it("a graceful stop moves it up to the acknowledged position, and the next start still gets what was committed meanwhile", {
+  it("a graceful stop moves it up to the acknowledged position, and the next start still sends what was committed meanwhile", {
     timeout: 120_000
   }, async () => {
-    const client = new ShapeClient()
     let server = await start()
-    await client.until(server.baseUrl, "the snapshot", () => client.values.size === 5)
+    // The official client follows the shape across the restart, on the same port.
+    const f = follow(pool, server.baseUrl, TABLE)
+    followers.push(f)
+    await f.equalsPostgres()
     for (let i = 0; i < 100; i++) await pool.query(`UPDATE ${TABLE} SET v = $1 WHERE id = $2`, [`update ${i}`, 1 + (i % 5)])
     const written = await currentLsn()
-    await client.until(server.baseUrl, "the updates", () => client.values.get("5") === "update 99")
+    await f.equalsPostgres()
     await waitFor("the acknowledgement of the updates", async () => (await slot()).confirmed >= written)
 
     await server.stop()
@@ -141,8 +117,8 @@ describe("the slot's restart position", () => {
     await pool.query(`INSERT INTO ${TABLE} VALUES (6, 'while stopped')`)
     await pool.query(`UPDATE ${TABLE} SET v = 'also while stopped' WHERE id = 1`)
     server = await start()
-    await client.until(server.baseUrl, "what was committed while stopped", () =>
-      client.values.get("6") === "while stopped" && client.values.get("1") === "also while stopped")
-    expect(client.values.get("2")).toBe("update 96")
+    await f.equalsPostgres()
+    expect(f.handles).toHaveLength(1)
+    expect(f.failures).toEqual([])
   })
 })
