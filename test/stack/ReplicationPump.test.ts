@@ -1,13 +1,11 @@
 import * as fs from "node:fs/promises"
-import * as path from "node:path"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Lsn } from "../../src/domain/Lsn.js"
-import { type RunningPostgres, startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
 import { type Follower, follow } from "../support/follow.js"
 import { startInProcess } from "../support/inProcess.js"
 import { freePort } from "../support/process.js"
-import { dropReplication, tempDir } from "../support/syncline.js"
+import { dropReplication, type OwnPostgres, ownPostgres, tempDir } from "../support/syncline.js"
 
 /**
  * The slot's restart position across a graceful stop, on a Postgres of this file's own: where the slot's next
@@ -19,8 +17,8 @@ const STREAM = "pump_restart_position"
 const SLOT = `electric_slot_${STREAM}`
 const TABLE = "pump_items"
 
-let postgres: RunningPostgres | undefined
-let postgresDir: string
+let postgres: OwnPostgres | undefined
+let databaseUrl: string
 let storageDir: string
 let pool: pg.Pool
 let stopping = false
@@ -29,14 +27,9 @@ const followers: Array<Follower> = []
 let port: number
 
 beforeAll(async () => {
-  postgresDir = await tempDir(`${STREAM}-pg`)
-  // As root the embedded Postgres runs as another user, which must be able to enter the directory.
-  await fs.chmod(postgresDir, 0o755)
-  postgres = await startEmbeddedPostgres({
-    dataDir: path.join(postgresDir, "data"),
-    settings: { fsync: "off", synchronous_commit: "off", full_page_writes: "off", autovacuum: "off" }
-  })
-  pool = new pg.Pool({ connectionString: postgres.url, max: 4 })
+  postgres = await ownPostgres(STREAM, { fsync: "off", synchronous_commit: "off", full_page_writes: "off", autovacuum: "off" })
+  databaseUrl = postgres.postgres.url
+  pool = new pg.Pool({ connectionString: databaseUrl, max: 4 })
   // Stopping this file's Postgres at the end terminates what the pool still closes; only that is expected.
   pool.on("error", (error) => {
     if (!stopping) throw error
@@ -54,12 +47,11 @@ afterAll(async () => {
   stopping = true
   await pool?.end()
   await postgres?.stop()
-  await fs.rm(postgresDir, { recursive: true, force: true })
   await fs.rm(storageDir, { recursive: true, force: true })
 })
 
 const start = async () => {
-  const server = await startInProcess(postgres!.url, {
+  const server = await startInProcess(databaseUrl, {
     port,
     storageDir,
     replicationStreamId: STREAM,

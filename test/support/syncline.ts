@@ -3,6 +3,7 @@ import * as path from "node:path"
 import pg from "pg"
 import { inject } from "vitest"
 import { StackConfig, type StackSettings } from "../../src/config/StackConfig.js"
+import { type RunningPostgres, startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
 import { type InProcessSyncline, startInProcess } from "./inProcess.js"
 
 /** A Syncline server running in this process against the test database. */
@@ -31,6 +32,31 @@ export const startSyncline = async (options: {
     ...options.settings
   })
   return startInProcess(inject("databaseUrl"), settings)
+}
+
+/** A Postgres of one test file's own, and how to stop it. */
+export interface OwnPostgres {
+  readonly postgres: RunningPostgres
+  /** Stops it and removes its directory. */
+  readonly stop: () => Promise<void>
+}
+
+/**
+ * A Postgres of the calling file's own, for what the shared test database cannot give (its WAL, its slots and its
+ * open transactions are every file's), in a fresh directory.
+ */
+export const ownPostgres = async (prefix: string, settings: Readonly<Record<string, string>>): Promise<OwnPostgres> => {
+  const dir = await tempDir(`${prefix}-pg`)
+  // As root the embedded Postgres runs as another user, which must be able to enter the directory.
+  await fs.chmod(dir, 0o755)
+  const postgres = await startEmbeddedPostgres({ dataDir: path.join(dir, "data"), settings })
+  return {
+    postgres,
+    stop: async () => {
+      await postgres.stop()
+      await fs.rm(dir, { recursive: true, force: true })
+    }
+  }
 }
 
 /** A `pg` pool on the test database. */
