@@ -122,9 +122,10 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
    * and returns the position after it. A slot's restart position moves only to such a log, once its walsender has
    * decoded it and a position past it is confirmed; Postgres writes one on its own every 15 s and at checkpoints.
    * Undefined when the server has no such function, the role may not call it (a superuser's by default, granted
-   * with `GRANT EXECUTE`), or the server is a standby.
+   * with `GRANT EXECUTE`), or the server is a standby. Fails when the statement takes longer than `timeoutMs`; its
+   * connection is then dropped, not returned to the pool.
    */
-  readonly logRunningTransactions: Effect.Effect<Lsn | undefined, PostgresError>
+  readonly logRunningTransactions: (timeoutMs: number) => Effect.Effect<Lsn | undefined, PostgresError>
   /**
    * Waits (interruptibly) for `pg_advisory_lock(hashtext(<slot name>))` on a
    * connection of its own, held until the scope closes.
@@ -345,21 +346,28 @@ export class PgAdmin extends Context.Tag("syncline/PgAdmin")<PgAdmin, {
       }).pipe(Effect.withSpan("PgAdmin.acquireLock"))
 
       // A walsender decodes only WAL already flushed, and Postgres flushes the log on its own within wal_writer_delay.
-      // The transaction it is written in gets an xid, so that its commit, after the log and flushed at once, flushes
-      // the log too.
-      const logRunningTransactions = db.query<{ lsn: string }>(
-        `SELECT set_config('synchronous_commit', 'on', true), pg_log_standby_snapshot()::text AS lsn, pg_current_xact_id()`
-      ).pipe(
-        Effect.map((rows): Lsn | undefined => (rows[0] === undefined ? undefined : Lsn.fromPg(rows[0].lsn))),
-        Effect.catchIf(
-          (e) => {
-            const state = sqlState(e.cause)
-            return state === UNDEFINED_FUNCTION || state === INSUFFICIENT_PRIVILEGE || state === NOT_IN_PREREQUISITE_STATE
-          },
-          () => Effect.succeed(undefined)
-        ),
-        Effect.withSpan("PgAdmin.logRunningTransactions")
-      )
+      // The statement's transaction gets an xid, so that its commit, after the log and flushed at once, flushes the
+      // log too; `local`: a walsender reads what is flushed here, whatever synchronous standbys have confirmed.
+      const logRunningTransactions = (timeoutMs: number) =>
+        Effect.tryPromise({
+          try: () =>
+            db.pool.query<{ lsn: string }>({
+              text: "SELECT set_config('synchronous_commit', 'local', true), pg_log_standby_snapshot()::text AS lsn, " +
+                "pg_current_xact_id()",
+              query_timeout: timeoutMs
+            } as pg.QueryConfig),
+          catch: (cause) => toPostgresError(cause, "Logging the running transactions", db.connectionString)
+        }).pipe(
+          Effect.map((result): Lsn | undefined => (result.rows[0] === undefined ? undefined : Lsn.fromPg(result.rows[0].lsn))),
+          Effect.catchIf(
+            (e) => {
+              const state = sqlState(e.cause)
+              return state === UNDEFINED_FUNCTION || state === INSUFFICIENT_PRIVILEGE || state === NOT_IN_PREREQUISITE_STATE
+            },
+            () => Effect.succeed(undefined)
+          ),
+          Effect.withSpan("PgAdmin.logRunningTransactions")
+        )
 
       return {
         publicationName,

@@ -9,7 +9,7 @@ import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { RegistryError } from "../domain/errors.js"
 import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
 import { ReplicationState } from "../storage/ReplicationState.js"
-import { logWhenStopped } from "../domain/Lifecycle.js"
+import { logWhenStopped, realDelay } from "../domain/Lifecycle.js"
 
 interface Pending {
   /** The transaction's commit LSN; undefined for a stream position (a keepalive's), which no shape receives. */
@@ -38,13 +38,6 @@ const PERSIST_SPACING_MAX_MS = 200
  * transaction.
  */
 const PERSIST_BURST_MS = 100
-
-/** Waits `ms` of real time: pacing disk writes is about the disk, whatever clock the stack runs on. */
-const realDelay = (ms: number): Effect.Effect<void> =>
-  Effect.async<void>((resume) => {
-    const timer = setTimeout(() => resume(Effect.void), ms)
-    return Effect.sync(() => clearTimeout(timer))
-  })
 
 /** The queue length below which completed entries are not folded together. */
 const COMPACT_MIN = 4096

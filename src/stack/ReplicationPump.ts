@@ -1,9 +1,7 @@
 import * as Cause from "effect/Cause"
 import * as Chunk from "effect/Chunk"
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
-import * as Duration from "effect/Duration"
 import * as Effect from "effect/Effect"
 import * as Exit from "effect/Exit"
 import * as Layer from "effect/Layer"
@@ -19,7 +17,7 @@ import { FlushTracker } from "../replication/FlushTracker.js"
 import { type Routed, ShapeLogCollector } from "../replication/ShapeLogCollector.js"
 import { ConsumerSupervisor } from "../shapes/ConsumerSupervisor.js"
 import { ShapeCache } from "../shapes/ShapeCache.js"
-import { logWhenStopped } from "../domain/Lifecycle.js"
+import { logWhenStopped, realDelay } from "../domain/Lifecycle.js"
 import * as Metrics from "../observability/Metrics.js"
 
 /**
@@ -33,7 +31,7 @@ const NO_HANDLES: ReadonlyArray<ShapeHandle> = []
 
 /** The longest a stop waits for the slot's restart position to move (`settleRestartPosition`). */
 const RESTART_POSITION_WAIT_MS = 1_000
-const RESTART_POSITION_POLL = Duration.millis(5)
+const RESTART_POSITION_POLL_MS = 5
 
 /** Where reading the slot stands. */
 export interface ReplicationProgress {
@@ -85,6 +83,8 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
         lastEndLsn: 0n,
         lastCommitTime: undefined
       }
+      /** Whether the last event read was a position: the server had sent everything it had then. */
+      let caughtUp = false
 
       /**
        * Routes and tracks the events of one batch in stream order, then hands the routed transactions to their
@@ -102,9 +102,11 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
             if (event.kind === "position") {
               if (event.lsn > progress.walEnd) progress.walEnd = event.lsn
               tracker.trackPosition(event.lsn)
+              caughtUp = true
               continue
             }
             if (tracker.inFlight() >= maxInFlight) break
+            caughtUp = false
             if (event.endLsn > progress.walEnd) progress.walEnd = event.endLsn
             progress.lastEndLsn = event.endLsn
             progress.lastCommitTime = event.commitTime
@@ -143,31 +145,36 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
        * Moves the slot's restart position up to what is acknowledged, so that the next start decodes from there.
        * Postgres moves it only to a log of the running transactions that the walsender has decoded and the client
        * has confirmed a position past; it writes one on its own every 15 s, so a restart would decode again up to
-       * 15 s of WAL (and everything since an older transaction still open elsewhere), which at a high write rate is
-       * most of its catch-up. Here such a log is written, and its position is acknowledged like any keepalive's:
-       * only once everything before it is durable. Best effort, and bounded: without the function (before Postgres
-       * 16) or the right to call it, or when the acknowledgement does not get there in time, the stop goes on as
-       * before.
+       * 15 s of WAL, which at a high write rate is most of its catch-up. Here such a log is written, and its position
+       * is acknowledged like any keepalive's: only once everything before it is durable. Postgres still keeps the
+       * position at a transaction open at that moment. Best effort, and bounded in real time (what it waits for is
+       * Postgres): skipped when the pump has not read all the server had sent (the keepalive past the log would come
+       * after the rest), and given up without the function (before Postgres 16) or the right to call it, or when
+       * the acknowledgement does not get there in time.
        */
       const settleRestartPosition = Effect.gen(function*() {
-        const logged = yield* admin.logRunningTransactions
+        if (!caughtUp) return yield* Effect.logDebug("the slot's restart position stays: the slot is still being read")
+        const started = performance.now()
+        const logged = yield* admin.logRunningTransactions(RESTART_POSITION_WAIT_MS)
         if (logged === undefined) {
           return yield* Effect.logDebug("the slot's restart position stays: pg_log_standby_snapshot() is not available")
         }
-        const deadline = (yield* Clock.currentTimeMillis) + RESTART_POSITION_WAIT_MS
         while (tracker.sentLsn() < logged) {
-          if ((yield* Clock.currentTimeMillis) >= deadline) {
+          if (performance.now() - started >= RESTART_POSITION_WAIT_MS) {
             return yield* Effect.logDebug(`the slot's restart position stays: ${Lsn.toPg(logged)} was not acknowledged in time`)
           }
-          yield* Effect.sleep(RESTART_POSITION_POLL)
+          yield* realDelay(RESTART_POSITION_POLL_MS)
         }
         yield* Effect.logDebug(`the slot's restart position moves up to ${Lsn.toPg(logged)}`)
       }).pipe(
-        Effect.catchAll((error) => Effect.logDebug("the slot's restart position stays", error)),
-        // Finalizers run uninterruptibly; a query that hangs is cut off here.
+        // The pool's own wait for a connection is not bounded by the statement's timeout. Finalizers run
+        // uninterruptibly: the race may cut the attempt only where it is made interruptible.
         Effect.interruptible,
-        Effect.timeout(Duration.millis(2 * RESTART_POSITION_WAIT_MS)),
-        Effect.ignore
+        Effect.raceFirst(Effect.zipRight(
+          realDelay(2 * RESTART_POSITION_WAIT_MS),
+          Effect.logDebug("the slot's restart position stays: Postgres did not answer in time")
+        )),
+        Effect.catchAllCause((cause) => Effect.logDebug("the slot's restart position stays", cause))
       )
       // Registered after the pump was forked, so it runs while the pump still reads the slot: the walsender's
       // keepalive past the log is what gets acknowledged. Not after a failure: the stack is in no state for it.

@@ -29,8 +29,7 @@ export const FakePgAdmin = {
         publicationStates: (oids) =>
           Effect.succeed(new Map(oids.map((oid) => [oid, { published: true, replicaFull: true }] as const))),
         addTable: () => Effect.succeed(false),
-        // The fake keeps no WAL history for a slot to decode again.
-        logRunningTransactions: Effect.succeed(undefined),
+        logRunningTransactions: () => db.logRunningTransactions(),
         acquireLock: Effect.acquireRelease(
           Effect.zipRight(db.lock(holder), Effect.sync(() => db.record("lock: acquired"))),
           () => Effect.zipRight(db.unlock(holder), Effect.sync(() => db.record("lock: released")))

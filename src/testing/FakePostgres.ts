@@ -95,6 +95,14 @@ export class FakePostgres {
   refuseConnections = 0
   /** The clock time (ms) of every replication connection attempt. */
   readonly connectionAttempts: Array<number> = []
+  /**
+   * What `pg_log_standby_snapshot()` does when a stop asks for it: "unavailable" (a server before 16, or a role
+   * without the grant), "keepalive" (the log is written and the slot then sends a keepalive past it, as a
+   * walsender does once it has decoded it) or "silent" (written, and nothing sent).
+   */
+  runningTransactionsLog: "unavailable" | "keepalive" | "silent" = "unavailable"
+  /** The position of every log of the running transactions written. */
+  readonly runningTransactionsLogs: Array<Lsn> = []
 
   private readonly tables = new Map<string, FakeTable>()
   private readonly committed: Array<Transaction> = []
@@ -252,6 +260,22 @@ export class FakePostgres {
       this.slotEvents.push({ kind: "position", lsn: this.wal })
       this.notify()
       return this.wal
+    })
+  }
+
+  /** Writes a log of the running transactions (recorded as `running transactions: log asked for`); see `runningTransactionsLog`. */
+  logRunningTransactions(): Effect.Effect<Lsn | undefined> {
+    return Effect.sync(() => {
+      this.record("running transactions: log asked for")
+      if (this.runningTransactionsLog === "unavailable") return undefined
+      this.wal += 0x100n
+      const logged = this.wal
+      this.runningTransactionsLogs.push(logged)
+      if (this.runningTransactionsLog === "keepalive") {
+        this.slotEvents.push({ kind: "position", lsn: logged })
+        this.notify()
+      }
+      return logged
     })
   }
 

@@ -1,7 +1,11 @@
+import { it as effect } from "@effect/vitest"
+import { Effect, Exit, Scope } from "effect"
 import * as fs from "node:fs/promises"
 import pg from "pg"
 import { afterAll, beforeAll, describe, expect, it } from "vitest"
 import { Lsn } from "../../src/domain/Lsn.js"
+import { FakePostgres, textTable } from "../../src/testing/FakePostgres.js"
+import { advanceUntil, readToEnd, startServer, tempDirs } from "../../src/testing/TestHarness.js"
 import { type Follower, follow } from "../support/follow.js"
 import { startInProcess } from "../support/inProcess.js"
 import { freePort } from "../support/process.js"
@@ -47,7 +51,7 @@ afterAll(async () => {
   stopping = true
   await pool?.end()
   await postgres?.stop()
-  await fs.rm(storageDir, { recursive: true, force: true })
+  if (storageDir !== undefined) await fs.rm(storageDir, { recursive: true, force: true })
 })
 
 const start = async () => {
@@ -104,7 +108,6 @@ describe("the slot's restart position", () => {
     const stopped = await slot()
     // Postgres alone moves it only every 15 s or at a checkpoint, to a log it wrote then.
     expect(stopped.restart).toBeGreaterThanOrEqual(written)
-    expect(stopped.confirmed).toBeGreaterThanOrEqual(stopped.restart)
 
     await pool.query(`INSERT INTO ${TABLE} VALUES (6, 'while stopped')`)
     await pool.query(`UPDATE ${TABLE} SET v = 'also while stopped' WHERE id = 1`)
@@ -113,4 +116,69 @@ describe("the slot's restart position", () => {
     expect(f.handles).toHaveLength(1)
     expect(f.failures).toEqual([])
   })
+})
+
+describe("a stop and the slot's restart position, on the fake Postgres", () => {
+  const ITEMS = textTable(16401, "items", ["id", "title"])
+  const insert = (id: string) => ({ kind: "insert", table: "items", row: { id, title: `row ${id}` } }) as const
+  const ASKED = "running transactions: log asked for"
+
+  /** A server on `db` in a scope of its own, with a shape followed up to date; `stop` closes that scope. */
+  const running = (db: FakePostgres) =>
+    Effect.gen(function*() {
+      const scope = yield* Scope.make()
+      const h = yield* startServer(db, yield* tempDirs).pipe(Scope.extend(scope))
+      yield* readToEnd(h, "table=items")
+      return { h, stop: Scope.close(scope, Exit.void) }
+    })
+
+  effect.scoped("caught up with the slot, a stop has the running transactions logged and acknowledges a position past the log", () =>
+    Effect.gen(function*() {
+      const db = new FakePostgres([ITEMS])
+      db.runningTransactionsLog = "keepalive"
+      const { stop } = yield* running(db)
+      const t = yield* db.commit([insert("1")])
+      yield* db.awaitConfirmed(t.endLsn)
+      yield* db.awaitConfirmed(yield* db.keepalive())
+      yield* stop
+      expect(db.events.filter((e) => e === ASKED)).toHaveLength(1)
+      expect(db.runningTransactionsLogs).toHaveLength(1)
+      expect(db.confirmedFlush).toBeGreaterThanOrEqual(db.runningTransactionsLogs[0]!)
+    }))
+
+  effect.scoped("a stop whose log is never followed by a keepalive goes on without it", () =>
+    Effect.gen(function*() {
+      const db = new FakePostgres([ITEMS])
+      db.runningTransactionsLog = "silent"
+      const { stop } = yield* running(db)
+      const position = yield* db.keepalive()
+      yield* db.awaitConfirmed(position)
+      yield* stop
+      expect(db.runningTransactionsLogs).toHaveLength(1)
+      expect(db.confirmedFlush).toBe(position)
+      expect(db.events.at(-1)).toBe("lock: released")
+    }))
+
+  effect.scoped("a stop with the slot still being read, or a stack that failed, does not ask for the log", () =>
+    Effect.gen(function*() {
+      const db = new FakePostgres([ITEMS])
+      db.runningTransactionsLog = "keepalive"
+      const { h, stop } = yield* running(db)
+      // The last thing read is a transaction: the server may have more to send.
+      const t = yield* db.commit([insert("1")])
+      yield* db.awaitConfirmed(t.endLsn)
+      yield* db.awaitConfirmed(yield* db.keepalive())
+      const mark = db.events.length
+      yield* db.poison()
+      const after = yield* db.commit([insert("2")])
+      // The stack is built again after the restart policy's delay, in the stack's own time.
+      yield* advanceUntil(Effect.sync(() => db.confirmedFlush >= after.endLsn))
+      yield* readToEnd(h, "table=items")
+      expect(db.events.slice(mark)).toContain("replication: connected")
+      expect(db.events.slice(mark)).not.toContain(ASKED)
+      const mid = db.events.length
+      yield* db.commit([insert("3")])
+      yield* stop
+      expect(db.events.slice(mid)).not.toContain(ASKED)
+    }))
 })

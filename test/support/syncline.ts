@@ -47,15 +47,24 @@ export interface OwnPostgres {
  */
 export const ownPostgres = async (prefix: string, settings: Readonly<Record<string, string>>): Promise<OwnPostgres> => {
   const dir = await tempDir(`${prefix}-pg`)
-  // As root the embedded Postgres runs as another user, which must be able to enter the directory.
-  await fs.chmod(dir, 0o755)
-  const postgres = await startEmbeddedPostgres({ dataDir: path.join(dir, "data"), settings })
-  return {
-    postgres,
-    stop: async () => {
-      await postgres.stop()
-      await fs.rm(dir, { recursive: true, force: true })
+  const removeDir = () => fs.rm(dir, { recursive: true, force: true })
+  try {
+    // As root the embedded Postgres runs as another user, which must be able to enter the directory.
+    await fs.chmod(dir, 0o755)
+    const postgres = await startEmbeddedPostgres({ dataDir: path.join(dir, "data"), settings })
+    return {
+      postgres,
+      stop: async () => {
+        try {
+          await postgres.stop()
+        } finally {
+          await removeDir()
+        }
+      }
     }
+  } catch (error) {
+    await removeDir()
+    throw error
   }
 }
 
