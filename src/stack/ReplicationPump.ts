@@ -167,14 +167,16 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
         }
         yield* Effect.logDebug(`the slot's restart position moves up to ${Lsn.toPg(logged)}`)
       }).pipe(
-        // The pool's own wait for a connection is not bounded by the statement's timeout. Finalizers run
-        // uninterruptibly: the race may cut the attempt only where it is made interruptible.
-        Effect.interruptible,
+        // The pool's own wait for a connection is not bounded by the statement's timeout.
         Effect.raceFirst(Effect.zipRight(
           realDelay(2 * RESTART_POSITION_WAIT_MS),
           Effect.logDebug("the slot's restart position stays: Postgres did not answer in time")
         )),
-        Effect.catchAllCause((cause) => Effect.logDebug("the slot's restart position stays", cause))
+        // Finalizers run uninterruptibly: without this, the race would wait for its loser to end.
+        Effect.interruptible,
+        Effect.catchAllCause((cause) =>
+          Cause.isInterruptedOnly(cause) ? Effect.void : Effect.logDebug("the slot's restart position stays", cause)
+        )
       )
       // Registered after the pump was forked, so it runs while the pump still reads the slot: the walsender's
       // keepalive past the log is what gets acknowledged. Not after a failure: the stack is in no state for it.
