@@ -69,6 +69,8 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
   readonly forget: (handle: ShapeHandle) => Effect.Effect<void>
   /** Transactions routed to some shape and not yet durable in all of them: what consumers hold in memory. */
   readonly inFlight: () => number
+  /** Whether a stream position was tracked after the last transaction: the server had sent everything it had then. */
+  readonly caughtUp: () => boolean
   /** Waits until fewer than `limit` transactions are in flight. */
   readonly awaitInFlightBelow: (limit: number) => Effect.Effect<void>
   /** The commit LSN of the last transaction durable everywhere. */
@@ -290,6 +292,7 @@ export class FlushTracker extends Context.Tag("syncline/FlushTracker")<FlushTrac
               advance()
             }),
           inFlight: () => undurable,
+          caughtUp: () => positionSinceTransaction,
           awaitInFlightBelow: (limit) =>
             Effect.suspend(function loop(): Effect.Effect<void> {
               if (undurable < limit) return Effect.void

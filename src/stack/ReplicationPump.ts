@@ -83,8 +83,6 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
         lastEndLsn: 0n,
         lastCommitTime: undefined
       }
-      /** Whether the last event read was a position: the server had sent everything it had then. */
-      let caughtUp = false
 
       /**
        * Routes and tracks the events of one batch in stream order, then hands the routed transactions to their
@@ -102,11 +100,9 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
             if (event.kind === "position") {
               if (event.lsn > progress.walEnd) progress.walEnd = event.lsn
               tracker.trackPosition(event.lsn)
-              caughtUp = true
               continue
             }
             if (tracker.inFlight() >= maxInFlight) break
-            caughtUp = false
             if (event.endLsn > progress.walEnd) progress.walEnd = event.endLsn
             progress.lastEndLsn = event.endLsn
             progress.lastCommitTime = event.commitTime
@@ -153,7 +149,7 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
        * the acknowledgement does not get there in time.
        */
       const settleRestartPosition = Effect.gen(function*() {
-        if (!caughtUp) return yield* Effect.logDebug("the slot's restart position stays: the slot is still being read")
+        if (!tracker.caughtUp()) return yield* Effect.logDebug("the slot's restart position stays: the slot is still being read")
         const started = performance.now()
         const logged = yield* admin.logRunningTransactions(RESTART_POSITION_WAIT_MS)
         if (logged === undefined) {
