@@ -297,6 +297,31 @@ export const cpuMsOf = (pid: number, tid?: number): number => {
 }
 
 /**
+ * CPU time of each thread of process `pid`, by thread id, in ms. Node's threads all carry its name, so they are told
+ * apart by order: the main thread's id is the pid, V8's compiler and GC threads come next, libuv's pool is started
+ * at its first use. A thread that ended is not counted.
+ */
+export const threadCpuOf = (pid: number): Map<number, number> => {
+  const byThread = new Map<number, number>()
+  for (const tid of fs.readdirSync(`/proc/${pid}/task`).map(Number)) {
+    try {
+      byThread.set(tid, cpuMsOf(pid, tid))
+    } catch {
+      // Ended between the listing and the reading.
+    }
+  }
+  return byThread
+}
+
+/** The CPU each thread used between two readings of `threadCpuOf`, as text, by offset from the pid: `+0 450, +1 120`. */
+export const threadCpuText = (pid: number, before: Map<number, number>, after: Map<number, number>): string =>
+  [...after].map(([tid, ms]) => [tid - pid, ms - (before.get(tid) ?? 0)] as const)
+    .filter(([, ms]) => ms > 0)
+    .sort((a, b) => a[0] - b[0])
+    .map(([offset, ms]) => `+${offset} ${fmtInt(ms)}`)
+    .join(", ")
+
+/**
  * How long thread `tid` of process `pid` has run on a core, and how long it has waited for one while ready to run,
  * in ms (`/proc/<pid>/task/<tid>/schedstat`): what the scheduler gave to other threads while it had work.
  */

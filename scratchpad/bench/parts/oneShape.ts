@@ -24,6 +24,8 @@ import {
   slotName,
   streamCommits,
   syncShape,
+  threadCpuOf,
+  threadCpuText,
   writeTxns
 } from "../harness.js"
 import type { Part } from "./part.js"
@@ -120,6 +122,7 @@ export const oneShape: Part = {
       const pid = service.pid
       const cpuAtActive = { total: cpuMsOf(pid), main: cpuMsOf(pid, pid) }
       const scheduleAtActive = scheduleOf(pid, pid)
+      const threadsAtActive = threadCpuOf(pid)
       const clientCpuAtActive = process.cpuUsage()
       const { rows: [sender] } = await db.pool.query<{ pid: number | null }>(
         `SELECT active_pid AS pid FROM pg_replication_slots WHERE slot_name = $1`,
@@ -132,6 +135,7 @@ export const oneShape: Part = {
       const serviceCpuMs = cpuMsOf(pid) - cpuAtActive.total
       const mainCpuMs = cpuMsOf(pid, pid) - cpuAtActive.main
       const schedule = scheduleOf(pid, pid)
+      const threads = threadCpuText(pid, threadsAtActive, threadCpuOf(pid))
       const mainRanMs = schedule.runMs - scheduleAtActive.runMs
       const mainWaitedMs = schedule.waitMs - scheduleAtActive.waitMs
       const clientCpu = process.cpuUsage(clientCpuAtActive)
@@ -176,7 +180,7 @@ export const oneShape: Part = {
           `${fmtS(service.startupMs)} s, then ${fmtS(catchUpMs)} s to the last change (${fmtShortRate(txns / ((seenAt - service.spawnedAt) / 1000))} txn/s from spawn); raw decoding ${fmtS(raw.ms)} s ` +
           `(${fmtInt(raw.messages)} pgoutput messages). CPU in the catch-up, from active until the client had seen every change: ` +
           `the service ${fmtInt(serviceCpuMs)} ms, ${fmtInt(mainCpuMs)} ms of it on its main thread (the rest is its other threads: V8's compiler ` +
-          `and garbage collector, and libuv's pool writing and syncing the logs)` +
+          `and garbage collector, and libuv's pool writing and syncing the logs; by thread, in ms, by its id's offset from the pid: ${threads})` +
           `${walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(walsenderCpuMs)} ms (${fmtInt(walsenderLifeCpuMs!)} ms since it started)`}; this client ${fmtInt(clientCpuMs)} ms; ` +
           `${fmtInt(catchUpMs)} ms of wall time on ${os.cpus().length} cores, in which the main thread ran ${fmtInt(mainRanMs)} ms and ` +
           `waited ${fmtInt(mainWaitedMs)} ms for a core while it was ready to run. The walsender decoded ${fmtMb(Number(slot.before))} MB of WAL ` +
