@@ -29,9 +29,21 @@ export interface Relation {
   readonly columns: ReadonlyArray<RelationColumn>
 }
 
+/**
+ * A change's rows as pgoutput sent them, when it was read from the wire: the new row is the tuple in `tupleData`
+ * from byte `tupleAt` (its column count), with its unchanged TOASTed values taken from the old row's tuple at
+ * `oldTupleAt` when that was sent whole (`REPLICA IDENTITY FULL`; -1 when not). A log line can be written straight
+ * from these bytes (`readTupleSlots`), with no string made of its values.
+ */
+export interface TupleSource {
+  readonly tupleData?: Buffer | undefined
+  readonly tupleAt?: number
+  readonly oldTupleAt?: number
+}
+
 export type Change =
-  | { readonly kind: "insert"; readonly relation: Relation; readonly new: Row }
-  | { readonly kind: "update"; readonly relation: Relation; readonly old: Row | undefined; readonly new: Row }
+  | { readonly kind: "insert"; readonly relation: Relation; readonly new: Row } & TupleSource
+  | { readonly kind: "update"; readonly relation: Relation; readonly old: Row | undefined; readonly new: Row } & TupleSource
   | { readonly kind: "delete"; readonly relation: Relation; readonly old: Row }
   | { readonly kind: "truncate"; readonly relations: ReadonlyArray<Relation> }
 

@@ -358,6 +358,81 @@ const readRow = (rel: Relation, toastFrom: Row | undefined): Row => {
   return row
 }
 
+/** Steps over the tuple at the cursor, checking it as `readRow` reads it, without making its values. */
+const skipTuple = (rel: Relation): void => {
+  const cols = tupleColumns(rel)
+  for (let i = 0; i < cols.length; i++) {
+    const kind = u8()
+    if (kind === 0x74 /* t */) {
+      const len = i32()
+      const end = pos + len
+      if (end > limit || end < pos) throw new PgOutputDecodeError("truncated column value")
+      pos = end
+    } else if (kind !== 0x6e /* n */ && kind !== 0x75 /* u */) {
+      if (kind === 0x62 /* b */) throw new PgOutputDecodeError("binary column values are not supported")
+      throw new PgOutputDecodeError(`unknown tuple column kind 0x${kind.toString(16)}`)
+    }
+  }
+}
+
+/** The row of the tuple at `data[at]`, read when asked for; the cursor of a message being read is left as it was. */
+const rowAt = (rel: Relation, data: Buffer, at: number, toastFrom: Row | undefined): Row => {
+  const savedBuf = buf
+  const savedPos = pos
+  const savedLimit = limit
+  buf = data
+  pos = at
+  limit = data.length
+  try {
+    return readRow(rel, toastFrom)
+  } finally {
+    buf = savedBuf
+    pos = savedPos
+    limit = savedLimit
+  }
+}
+
+/**
+ * An insert as read from the wire. Its row is made from the tuple's bytes the first time it is asked for: a change
+ * routed to shapes that select it whole, and written to their logs straight from the bytes, never needs its values
+ * as strings.
+ */
+class WireInsert {
+  readonly kind = "insert"
+  readonly oldTupleAt = -1
+  private row: Row | undefined = undefined
+  constructor(readonly relation: Relation, readonly tupleData: Buffer, readonly tupleAt: number) {}
+  get new(): Row {
+    return this.row ??= rowAt(this.relation, this.tupleData, this.tupleAt, undefined)
+  }
+}
+
+/**
+ * An update as read from the wire, its rows made when first asked for (see `WireInsert`). An old row sent whole is
+ * read from its tuple too, and fills in the new row's unchanged TOASTed values; one of the key only is kept as read.
+ */
+class WireUpdate {
+  readonly kind = "update"
+  private newRow: Row | undefined = undefined
+  private oldRow: Row | undefined
+  constructor(
+    readonly relation: Relation,
+    readonly tupleData: Buffer,
+    readonly tupleAt: number,
+    readonly oldTupleAt: number,
+    keyRow: Row | undefined
+  ) {
+    this.oldRow = keyRow
+  }
+  get old(): Row | undefined {
+    if (this.oldRow === undefined && this.oldTupleAt >= 0) this.oldRow = rowAt(this.relation, this.tupleData, this.oldTupleAt, undefined)
+    return this.oldRow
+  }
+  get new(): Row {
+    return this.newRow ??= rowAt(this.relation, this.tupleData, this.tupleAt, this.oldTupleAt >= 0 ? this.old : undefined)
+  }
+}
+
 /** The key columns of a 'K' tuple at the cursor (see `toKeyRow`). */
 const readKeyRow = (rel: Relation): Row => {
   const cols = tupleColumns(rel)
@@ -368,6 +443,43 @@ const readKeyRow = (rel: Relation): Row => {
     if (col.isKey) row[col.name] = value
   }
   return row
+}
+
+/** In `TupleSlots.ends`: the value is SQL NULL. */
+export const NULL_VALUE = -1
+/** In `TupleSlots.ends`: the value is an unchanged TOASTed one, not sent. */
+export const UNCHANGED_VALUE = -2
+
+/** Where the values of one tuple lie in its bytes: value `i` is `[starts[i], ends[i])`, or `ends[i]` says it has none. */
+export interface TupleSlots {
+  readonly starts: Int32Array
+  readonly ends: Int32Array
+}
+
+/** Postgres's limit on the columns of a table: slots this long hold any tuple. */
+export const MAX_TUPLE_COLUMNS = 1664
+
+/**
+ * Reads where the values of the tuple at `data[at]` (its column count) lie, into `slots`; returns how many there
+ * are. The tuple is one a `TransactionAssembler` read and checked (`TupleSource`).
+ */
+export const readTupleSlots = (data: Buffer, at: number, slots: TupleSlots): number => {
+  const n = data.readInt16BE(at)
+  const { starts, ends } = slots
+  let p = at + 2
+  for (let i = 0; i < n; i++) {
+    const kind = data[p++]!
+    if (kind === 0x74 /* t */) {
+      const len = data.readInt32BE(p)
+      p += 4
+      starts[i] = p
+      p += len
+      ends[i] = p
+    } else {
+      ends[i] = kind === 0x6e /* n */ ? NULL_VALUE : UNCHANGED_VALUE
+    }
+  }
+  return n
 }
 
 /** Relation messages are rare (a connection's first change of a table, a schema change): most transactions share this. */
@@ -435,23 +547,28 @@ export class TransactionAssembler {
       case 0x49 /* I */: {
         const rel = this.changeRelation(u32())
         expectNew()
-        this.changes.push({ kind: "insert", relation: rel, new: readRow(rel, undefined) })
+        const tupleAt = pos
+        skipTuple(rel)
+        this.changes.push(new WireInsert(rel, buf, tupleAt))
         return undefined
       }
       case 0x55 /* U */: {
         const rel = this.changeRelation(u32())
         let marker = u8()
-        let old: Row | undefined
-        // Unchanged TOASTed values come from the whole old row when it was sent.
-        let toastFrom: Row | undefined
+        let keyRow: Row | undefined
+        let oldTupleAt = -1
         if (marker !== 0x4e /* N */) {
-          const kind = oldKindOf(marker)
-          old = kind === "K" ? readKeyRow(rel) : readRow(rel, undefined)
-          if (kind === "O") toastFrom = old
+          if (oldKindOf(marker) === "K") keyRow = readKeyRow(rel)
+          else {
+            oldTupleAt = pos
+            skipTuple(rel)
+          }
           marker = u8()
           if (marker !== 0x4e) throw new PgOutputDecodeError(`expected new tuple marker, got 0x${marker.toString(16)}`)
         }
-        this.changes.push({ kind: "update", relation: rel, old, new: readRow(rel, toastFrom) })
+        const tupleAt = pos
+        skipTuple(rel)
+        this.changes.push(new WireUpdate(rel, buf, tupleAt, oldTupleAt, keyRow))
         return undefined
       }
       default: /* D */ {

@@ -64,8 +64,16 @@ interface TableShapes {
    * `indexes` and `scanned` as arrays, which a row walks without an iterator or an entry per step; made again on
    * the first row after a shape of the table came or went.
    */
-  lists: { readonly indexes: ReadonlyArray<EqualityIndex>; readonly scanned: ReadonlyArray<ScannedShape> } | undefined
+  lists: {
+    readonly indexes: ReadonlyArray<EqualityIndex>
+    readonly scanned: ReadonlyArray<ScannedShape>
+    /** No shape of the table looks at a row's values: each has every change of it, without its rows being made. */
+    readonly rowFree: boolean
+  } | undefined
 }
+
+/** The where of a shape that has none. */
+const everyRow = (_: Row): boolean => true
 
 interface ScannedShape {
   readonly handle: ShapeHandle
@@ -142,7 +150,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
       else if (typeof present === "string") index.byValue.set(eq.value, new Set([present, shape.handle]))
       else present.add(shape.handle)
     } else {
-      t.scanned.set(shape.handle, shape.matches ?? (() => true))
+      t.scanned.set(shape.handle, shape.matches ?? everyRow)
     }
     const dependencies = shape.dependencies ?? []
     let depth = 0
@@ -209,7 +217,8 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
   const listsOf = (t: TableShapes): NonNullable<TableShapes["lists"]> =>
     t.lists ??= {
       indexes: [...t.indexes.values()],
-      scanned: Array.from(t.scanned, ([handle, matches]) => ({ handle, matches }))
+      scanned: Array.from(t.scanned, ([handle, matches]) => ({ handle, matches })),
+      rowFree: t.indexes.size === 0 && Array.from(t.scanned.values()).every((matches) => matches === everyRow)
     }
   const visitRow = (t: TableShapes, row: Row, i: number) => {
     const { indexes, scanned } = listsOf(t)
@@ -267,6 +276,11 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
       }
       const t = tables.get(change.relation.oid)
       if (t === undefined) continue
+      const lists = listsOf(t)
+      if (lists.rowFree) {
+        for (let k = 0; k < lists.scanned.length; k++) deliver(lists.scanned[k]!.handle, i)
+        continue
+      }
       switch (change.kind) {
         case "insert":
           visitRow(t, change.new, i)

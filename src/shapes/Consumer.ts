@@ -16,7 +16,7 @@ import type { FlushTracker } from "../replication/FlushTracker.js"
 import type { Delivery } from "../replication/ShapeLogCollector.js"
 import { LogLines } from "../storage/LogLines.js"
 import type { ShapeLog } from "../storage/ShapeLogStorage.js"
-import { finishTransaction, makeShapeEncoder, type PendingEntry, type ShapeEncoder, transactionHeaders } from "./LogItems.js"
+import { closeTransaction, finishTransaction, makeShapeEncoder, type PendingEntry, type ShapeEncoder, transactionHeaders } from "./LogItems.js"
 import { type LoggedTransaction, type Materializer, MaterializerInvariant, parseLogLines } from "./Materializer.js"
 import type { Shape } from "./Shape.js"
 import type { RecordedMove, SnapshotMark } from "./ShapeStatus.js"
@@ -468,6 +468,18 @@ export const runConsumer = (options: {
       }
     }
 
+    /** Appends a transaction's lines for the shape to `out`, the last one marked. */
+    const appendChanges = (txn: Transaction, delivery: Delivery, out: LogLines) => {
+      const from = out.count
+      const txHeaders = transactionHeaders(txn.xid, txn.commitLsn)
+      for (const i of delivery.changes) {
+        const change = txn.changes[i]!
+        if (change.kind !== "truncate" && change.relation.oid !== tableOid) continue
+        encoder.append(change, txn.commitLsn, i * 2, txHeaders, out)
+      }
+      closeTransaction(out, from)
+    }
+
     /** The batch's entries for a shape that reads or is read through subqueries; a reason to invalidate, if any. */
     const encodeLinked = (batch: ReadonlyArray<Work>, durableAt: LogOffset) =>
       Effect.gen(function*() {
@@ -575,10 +587,7 @@ export const runConsumer = (options: {
           if (invalidated !== undefined || txn === undefined || delivery === undefined) continue
           lastCommit = txn.commitLsn
           lastTaken = txn.commitLsn
-          if (txn.commitLsn > durableAt.tx && !inSnapshot(txn)) {
-            encodeChanges(txn, delivery, transactionHeaders(txn.xid, txn.commitLsn))
-            finishTransaction(pending, out)
-          }
+          if (txn.commitLsn > durableAt.tx && !inSnapshot(txn)) appendChanges(txn, delivery, out)
           if (i % ENCODE_CHECK === ENCODE_CHECK - 1 && performance.now() - sliceStart >= ENCODE_SLICE_MS) {
             yield* nextTurn
             sliceStart = performance.now()
@@ -645,8 +654,7 @@ export const runConsumer = (options: {
               lastCommit = txn.commitLsn
               lastTaken = txn.commitLsn
               if (txn.commitLsn <= durableAt.tx || inSnapshot(txn)) continue
-              encodeChanges(txn, delivery, transactionHeaders(txn.xid, txn.commitLsn))
-              finishTransaction(pending, entries)
+              appendChanges(txn, delivery, entries)
             }
           }
           // Encoded once: a write tried again writes the same entries, and the transactions are garbage now.

@@ -54,6 +54,41 @@ export class LogLines {
     this.ends.push(this.byteCount)
   }
 
+  /**
+   * Makes room for one more line of at most `maxBytes` bytes, its newline not counted, and returns where it starts in
+   * `buffer`: the line's bytes are written there, then `endLine` adds it. What `buffer` was before may be replaced.
+   */
+  reserve(maxBytes: number): number {
+    const most = this.byteCount + maxBytes + 1
+    if (most > this.bytes.length) this.grow(most)
+    return this.byteCount
+  }
+
+  /** The bytes lines are written into (see `reserve`). */
+  get buffer(): Buffer {
+    return this.bytes
+  }
+
+  /** Adds the line written into `buffer` from `reserve`'s position to `end` (a complete JSON message) at offset `tx`/`op`. */
+  endLine(tx: bigint, op: number, end: number): void {
+    this.bytes[end] = NEWLINE
+    this.byteCount = end + 1
+    this.txs.push(tx)
+    this.ops.push(op)
+    this.ends.push(this.byteCount)
+  }
+
+  /** Replaces the last `drop` bytes of the last line (before its newline) by `add`. */
+  replaceLastTail(drop: number, add: Uint8Array): void {
+    const at = this.byteCount - 1 - drop
+    const most = at + add.length + 1
+    if (most > this.bytes.length) this.grow(most)
+    this.bytes.set(add, at)
+    this.bytes[at + add.length] = NEWLINE
+    this.byteCount = at + add.length + 1
+    this.ends[this.ends.length - 1] = this.byteCount
+  }
+
   txAt(i: number): bigint {
     return this.txs[i]!
   }

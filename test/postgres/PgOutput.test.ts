@@ -1,4 +1,5 @@
 import { describe, expect, it } from "@effect/vitest"
+import type { Change } from "../../src/domain/Change.js"
 import {
   decode,
   encodeStandbyStatus,
@@ -81,6 +82,16 @@ const relationMsg = (oid: number, replicaIdentity: string, schema = "public") =>
     .build()
 const insert = (oid: number, values: ReadonlyArray<string | null | undefined>) =>
   new Bytes().char("I").u32(oid).char("N").tuple(values).build()
+
+/** A change's fields as values, its rows included: an assembler makes the rows of a change read from the wire when asked. */
+const plain = (c: Change) =>
+  c.kind === "truncate"
+    ? c
+    : c.kind === "insert"
+    ? { kind: c.kind, relation: c.relation, new: c.new }
+    : c.kind === "update"
+    ? { kind: c.kind, relation: c.relation, old: c.old, new: c.new }
+    : { kind: c.kind, relation: c.relation, old: c.old }
 
 describe("PgOutput.decode", () => {
   it("decodes Begin and Commit with 64-bit LSNs", () => {
@@ -253,7 +264,7 @@ describe("TransactionAssembler", () => {
     a.pushBuffer(new Bytes().char("U").u32(100).char("N").tuple(["1", "c", undefined]).build())
     a.pushBuffer(new Bytes().char("D").u32(100).char("O").tuple(["1", "c", "long body"]).build())
     const tx1 = a.pushBuffer(commit(1n, 2n))!
-    expect(tx1.changes).toEqual([
+    expect(tx1.changes.map(plain)).toEqual([
       {
         kind: "update",
         relation: a.relation(100),
@@ -273,7 +284,7 @@ describe("TransactionAssembler", () => {
     a.pushBuffer(new Bytes().char("T").i32(2).u8(0).u32(100).u32(200).build())
     const tx2 = a.pushBuffer(commit(3n, 4n))!
     expect(tx2.relations.map((r) => r.oid)).toEqual([200])
-    expect(tx2.changes).toEqual([
+    expect(tx2.changes.map(plain)).toEqual([
       { kind: "update", relation: a.relation(200), old: { id: "7" }, new: { id: "8", title: "x", body: "y" } },
       { kind: "delete", relation: a.relation(200), old: { id: "8" } },
       { kind: "insert", relation: a.relation(100), new: { id: "2", title: null, body: null } },
@@ -303,8 +314,8 @@ describe("TransactionAssembler", () => {
       fromMessages = decoded.push(decode(m))
     }
     expect(fromBytes).toBeDefined()
-    expect(fromBytes!.changes.map((c) => c.kind === "truncate" ? c : { ...c, relation: c.relation.oid })).toStrictEqual(
-      fromMessages!.changes.map((c) => c.kind === "truncate" ? c : { ...c, relation: c.relation.oid })
+    expect(fromBytes!.changes.map((c) => c.kind === "truncate" ? c : { ...plain(c), relation: c.relation.oid })).toStrictEqual(
+      fromMessages!.changes.map((c) => c.kind === "truncate" ? c : { ...plain(c), relation: c.relation.oid })
     )
     expect({ ...fromBytes!, changes: [], relations: [] }).toStrictEqual({ ...fromMessages!, changes: [], relations: [] })
     expect(fromBytes!.xid).toBe(0xffff_fffe)
@@ -312,6 +323,41 @@ describe("TransactionAssembler", () => {
     inPlace.pushBuffer(begin(1n, 1))
     expect(() => inPlace.pushBuffer(insert(100, ["1", "2"]))).toThrow(TransactionAssemblyError)
     expect(() => inPlace.pushBuffer(new Bytes().char("I").u32(100).char("N").i16(3).char("b").build())).toThrow(PgOutputDecodeError)
+  })
+
+  it("makes the rows of a change read from the wire when they are asked for, from the bytes it was read from", () => {
+    const a = new TransactionAssembler()
+    const chunk = Buffer.concat([
+      begin(1n, 1),
+      relationMsg(100, "f"),
+      insert(100, ["1", "héllo", null]),
+      new Bytes().char("U").u32(100).char("O").tuple(["2", "a", "long body"]).char("N").tuple(["2", "b", undefined]).build()
+    ])
+    let at = 0
+    for (const m of [begin(1n, 1), relationMsg(100, "f"), insert(100, ["1", "héllo", null])]) {
+      a.pushBuffer(chunk, at, at + m.length)
+      at += m.length
+    }
+    // Asked for while the rest of the chunk is still to be read: the reading goes on where it was.
+    a.pushBuffer(chunk, at, chunk.length)
+    const tx = a.pushBuffer(commit(1n, 2n))!
+    expect(tx.changes.map(plain)).toEqual([
+      { kind: "insert", relation: a.relation(100), new: { id: "1", title: "héllo", body: null } },
+      {
+        kind: "update",
+        relation: a.relation(100),
+        old: { id: "2", title: "a", body: "long body" },
+        new: { id: "2", title: "b", body: "long body" }
+      }
+    ])
+    // The same rows each time they are asked for.
+    expect(tx.changes[0]!.kind === "insert" && tx.changes[0]!.new).toBe(tx.changes[0]!.kind === "insert" && tx.changes[0]!.new)
+    // A tuple cut short is refused as it is read, not when its row is asked for.
+    const b = new TransactionAssembler()
+    b.pushBuffer(begin(1n, 1))
+    b.pushBuffer(relationMsg(100, "f"))
+    const whole = insert(100, ["1", "hi", "there"])
+    expect(() => b.pushBuffer(Buffer.concat([whole, Buffer.alloc(16)]), 0, whole.length - 2)).toThrow(PgOutputDecodeError)
   })
 
   it("ignores Origin, Type and Message inside a transaction", () => {

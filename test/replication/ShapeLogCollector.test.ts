@@ -109,6 +109,29 @@ describe("makeRouter", () => {
     expect(summary(deliveries)).toEqual({ "all-items": [0, 2, 3], "all-other": [1, 4] })
   })
 
+  it("routes a table whose shapes have no where without making its rows, and looks at them once one has", () => {
+    let looked = 0
+    /** A change whose rows count how often they are asked for, as rows read from the wire are made when asked. */
+    const counted = (kind: "insert" | "update" | "delete", row: Row): Change => {
+      const get = () => {
+        looked++
+        return row
+      }
+      if (kind === "insert") return { kind, relation: ITEMS, get new() { return get() } }
+      if (kind === "update") return { kind, relation: ITEMS, get old() { return get() }, get new() { return get() } }
+      return { kind, relation: ITEMS, get old() { return get() } }
+    }
+    const changes = () => [counted("insert", { id: "1", owner: "x" }), counted("update", { id: "1", owner: "x" }), counted("delete", { id: "1", owner: "x" })]
+    const router = makeRouter(0n)
+    router.addShape(everything("a"))
+    router.addShape(everything("b"))
+    expect(summary(router.route(txn(changes())))).toEqual({ a: [0, 1, 2], b: [0, 1, 2] })
+    expect(looked).toBe(0)
+    router.addShape(byOwner("x", "x"))
+    expect(summary(router.route(txn(changes())))).toEqual({ a: [0, 1, 2], b: [0, 1, 2], x: [0, 1, 2] })
+    expect(looked).toBeGreaterThan(0)
+  })
+
   it("returns no deliveries for changes of tables without shapes", () => {
     const router = makeRouter(0n)
     router.addShape(everything("all-items"))

@@ -2,10 +2,12 @@ import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
 import type { Change, Relation, Row } from "../../src/domain/Change.js"
 import { LogOffset } from "../../src/domain/LogOffset.js"
+import { TransactionAssembler } from "../../src/postgres/PgOutput.js"
 import { rowKey } from "../../src/domain/RowKey.js"
 import type { ShapeDefinition } from "../../src/domain/ShapeDefinition.js"
+import type { TableInfo } from "../../src/domain/Table.js"
 import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
-import { finishTransaction, makeShapeEncoder, type PendingEntry, transactionHeaders } from "../../src/shapes/LogItems.js"
+import { closeTransaction, finishTransaction, makeShapeEncoder, type PendingEntry, transactionHeaders } from "../../src/shapes/LogItems.js"
 import type { Shape } from "../../src/shapes/Shape.js"
 import { selectedColumns } from "../../src/shapes/Shape.js"
 import { LogLines } from "../../src/storage/LogLines.js"
@@ -255,5 +257,203 @@ describe("makeShapeEncoder", () => {
     expect(encoder.encode(insert({ id: "1", title: "a", n: "7" }), LSN, 2, h, pending)).toBe(true)
     expect(encoder.encode({ kind: "truncate", relations: [relation] }, LSN, 4, h, pending)).toBe(false)
     expect(pending.length).toBe(1)
+  })
+})
+
+describe("ShapeEncoder.append", () => {
+  // A table whose key has two columns and whose name needs quoting, sent in another column order than the shape's.
+  const wide: TableInfo = { ...tableInfo("it\"em/s", [["k1", "text"], ["k2", "text"], ["title", "text"], ["n", "int4"]], "sch ema"), pk: ["k1", "k2"] }
+  const wireOrder = ["n", "k2", "title", "k1"]
+  const RELATION_OID = 16_500
+  const wideShape = (options: { columns?: ReadonlyArray<string>; where?: string; replica?: "default" | "full" } = {}): Shape => {
+    const clause = options.where === undefined ? undefined : Either.getOrThrow(parseWhere(options.where, {}, wide))
+    return {
+      handle: ShapeHandle("1-2"),
+      definition: {
+        table: { schema: wide.schema, name: wide.name },
+        where: clause?.sql,
+        columns: options.columns,
+        replica: options.replica ?? "default",
+        log: "full"
+      },
+      table: wide,
+      where: clause,
+      dependencies: [],
+      columns: selectedColumns(wide, options.columns)
+    }
+  }
+
+  type WireValue = Buffer | null | undefined
+  const int16 = (n: number) => Buffer.from([n >> 8, n & 0xff])
+  const int32 = (n: number) => {
+    const b = Buffer.alloc(4)
+    b.writeInt32BE(n)
+    return b
+  }
+  /** The bytes pgoutput sends for a tuple: text values, `n` for NULL, `u` for an unchanged TOASTed value. */
+  const tupleBytes = (values: ReadonlyArray<WireValue>): Buffer =>
+    Buffer.concat([
+      int16(values.length),
+      ...values.map((v) => (v === null ? Buffer.from("n") : v === undefined ? Buffer.from("u") : Buffer.concat([Buffer.from("t"), int32(v.length), v])))
+    ])
+  const relationMessage = Buffer.concat([
+    Buffer.from("R"),
+    int32(RELATION_OID),
+    Buffer.from(`${wide.schema}\0${wide.name}\0f`),
+    int16(wireOrder.length),
+    ...wireOrder.map((name) => Buffer.concat([Buffer.from([name.startsWith("k") ? 1 : 0]), Buffer.from(`${name}\0`), int32(25), int32(-1)]))
+  ])
+  const lsn = Buffer.alloc(8)
+  lsn.writeBigUInt64BE(LSN)
+  const begin = Buffer.concat([Buffer.from("B"), lsn, Buffer.alloc(8), int32(XID)])
+  const commit = Buffer.concat([Buffer.from("C"), Buffer.from([0]), lsn, lsn, Buffer.alloc(8)])
+  type WireChange =
+    | { readonly kind: "insert"; readonly values: ReadonlyArray<WireValue> }
+    | { readonly kind: "update"; readonly old: ReadonlyArray<WireValue> | undefined; readonly values: ReadonlyArray<WireValue> }
+
+  /** The changes as the assembler reads them from the wire, each message in a chunk with other bytes around it. */
+  const fromWire = (changes: ReadonlyArray<WireChange>): ReadonlyArray<Change> => {
+    const assembler = new TransactionAssembler()
+    const feed = (message: Buffer) => {
+      const chunk = Buffer.concat([Buffer.from("before"), message, Buffer.from("after")])
+      return assembler.pushBuffer(chunk, 6, 6 + message.length)
+    }
+    feed(begin)
+    feed(relationMessage)
+    for (const change of changes) {
+      const head = Buffer.concat([Buffer.from(change.kind === "insert" ? "I" : "U"), int32(RELATION_OID)])
+      const old = change.kind === "update" && change.old !== undefined ? Buffer.concat([Buffer.from("O"), tupleBytes(change.old)]) : Buffer.alloc(0)
+      feed(Buffer.concat([head, old, Buffer.from("N"), tupleBytes(change.values)]))
+    }
+    return feed(commit)!.changes
+  }
+  /** The same change as rows only, which `append` writes through `encode`. */
+  const rowsOnly = (change: Change): Change =>
+    change.kind === "insert"
+      ? { kind: "insert", relation: change.relation, new: change.new }
+      : change.kind === "update"
+      ? { kind: "update", relation: change.relation, old: change.old, new: change.new }
+      : change
+
+  const finished = (shape: Shape, changes: ReadonlyArray<Change>): Buffer => {
+    const pending: Array<PendingEntry> = []
+    const encoder = makeShapeEncoder(shape)
+    changes.forEach((change, i) => encoder.encode(change, LSN, i * 2, transactionHeaders(XID, LSN), pending))
+    const out = new LogLines()
+    finishTransaction(pending, out)
+    return out.bytesFrom(0)
+  }
+  const appended = (shape: Shape, changes: ReadonlyArray<Change>): Buffer => {
+    const encoder = makeShapeEncoder(shape)
+    const out = new LogLines()
+    changes.forEach((change, i) => encoder.append(change, LSN, i * 2, transactionHeaders(XID, LSN), out))
+    closeTransaction(out, 0)
+    return out.bytesFrom(0)
+  }
+
+  // Every ASCII byte, each escape JSON has, `/` and `"` in keys, multi-byte UTF-8, and bytes that are not UTF-8
+  // (two of which decode to the same string).
+  const awkward: ReadonlyArray<Buffer> = [
+    Buffer.from(""),
+    Buffer.from("plain"),
+    Buffer.from("a/b//c"),
+    Buffer.from("quote\" back\\slash"),
+    Buffer.from(Array.from({ length: 128 }, (_, i) => i)),
+    Buffer.from("\b\f\n\r\t\u0000\u001f\u007f"),
+    Buffer.from("naïve ☃ 𝄞 \u2028"),
+    Buffer.from([0x61, 0xff, 0x62]),
+    Buffer.from([0x61, 0xfe, 0x62]),
+    Buffer.from("12345678901234567890")
+  ]
+
+  it("writes, from the tuples' bytes, the lines encode writes from the rows", () => {
+    const values: Array<WireValue> = [...awkward, null]
+    let seed = 7
+    const random = (n: number) => {
+      seed = (seed * 1_103_515_245 + 12_345) % 2_147_483_648
+      // The high bits: an LCG's low bits repeat with a short period.
+      return Math.floor(seed / 65_536) % n
+    }
+    const pick = () => values[random(values.length)]!
+    /** A row in wire order (n, k2, title, k1); its key never NULL, its title and n now and then unsent. */
+    const wireRow = (): Array<WireValue> => [pick(), pick() ?? Buffer.from("k"), pick(), pick() ?? Buffer.from("k")]
+    /** The next row of an update: some columns changed, some the same, some unsent; the key kept or not. */
+    const nextRow = (old: ReadonlyArray<WireValue>): Array<WireValue> =>
+      old.map((v, i) => {
+        const roll = random(4)
+        if (i === 1 || i === 3) return roll === 0 ? pick() ?? Buffer.from("k2") : v
+        return roll === 0 ? v : roll === 1 ? undefined : pick()
+      })
+    const shapes = [
+      wideShape(),
+      wideShape({ columns: ["k1", "k2", "n"] }),
+      wideShape({ replica: "full" }),
+      wideShape({ columns: ["k2", "k1", "title"], replica: "full" }),
+      wideShape({ where: "n IS NULL" }),
+      wideShape({ where: "title IS NOT NULL", replica: "full" })
+    ]
+    let written = 0
+    let empty = 0
+    for (let round = 0; round < 400; round++) {
+      const wire: Array<WireChange> = []
+      for (let i = 0; i <= round % 3; i++) {
+        const kind = random(3)
+        const old = wireRow()
+        if (kind === 0) wire.push({ kind: "insert", values: old })
+        else if (kind === 1) wire.push({ kind: "update", old: undefined, values: wireRow().map((v, c) => (c % 2 === 0 && random(3) === 0 ? undefined : v)) })
+        else wire.push({ kind: "update", old, values: nextRow(old) })
+      }
+      const changes = fromWire(wire)
+      for (const shape of shapes) {
+        const expected = finished(shape, changes.map(rowsOnly))
+        expect(appended(shape, changes).toString("latin1")).toBe(expected.toString("latin1"))
+        if (expected.length > 0) written++
+        else empty++
+      }
+    }
+    // Both kinds of transaction were compared: some the shapes wrote lines for, some none.
+    expect(written).toBeGreaterThan(500)
+    expect(empty).toBeGreaterThan(100)
+  })
+
+  it("writes a change from its tuples' bytes without making its rows, for a shape without a where", () => {
+    const [insertChange, updateChange] = fromWire([
+      { kind: "insert", values: [Buffer.from("1"), Buffer.from("a"), null, Buffer.from("b")] },
+      { kind: "update", old: [Buffer.from("1"), Buffer.from("a"), null, Buffer.from("b")], values: [Buffer.from("2"), Buffer.from("a"), undefined, Buffer.from("b")] }
+    ])
+    const rowless = (change: Change): Change => {
+      const refuse = (): Row => {
+        throw new Error("a row was made")
+      }
+      if (change.kind === "insert") return { kind: "insert", relation: change.relation, tupleData: change.tupleData, tupleAt: change.tupleAt!, oldTupleAt: change.oldTupleAt!, get new() { return refuse() } }
+      if (change.kind !== "update") throw new Error("not an insert or an update")
+      return { kind: "update", relation: change.relation, tupleData: change.tupleData, tupleAt: change.tupleAt!, oldTupleAt: change.oldTupleAt!, get old() { return refuse() }, get new() { return refuse() } }
+    }
+    for (const shape of [wideShape(), wideShape({ replica: "full" })]) {
+      const changes = [insertChange!, updateChange!]
+      expect(appended(shape, changes.map(rowless)).toString("latin1")).toBe(finished(shape, changes.map(rowsOnly)).toString("latin1"))
+    }
+  })
+
+  it("writes a change without its tuple's bytes as encode does, and marks only the transaction's last line", () => {
+    const shape = makeShape()
+    const changes = [
+      insert({ id: "1", title: "a", n: "10" }),
+      update({ id: "1", title: "a", n: "10" }, { id: "2", title: "a", n: "10" }),
+      del({ id: "2", title: "a", n: "10" })
+    ]
+    const written = appended(shape, changes)
+    expect(written.toString("utf8")).toBe(finished(shape, changes).toString("utf8"))
+    const lines = written.toString("utf8").trimEnd().split("\n").map((l) => JSON.parse(l))
+    // The key change is a delete and an insert.
+    expect(lines.map((l) => l.headers.last === true)).toEqual([false, false, false, true])
+  })
+
+  it("appends nothing, and marks nothing, for a transaction with no change for the shape", () => {
+    const out = new LogLines()
+    const encoder = makeShapeEncoder(makeShape({ where: "n = 99" }))
+    expect(encoder.append(insert({ id: "1", title: "a", n: "10" }), LSN, 0, transactionHeaders(XID, LSN), out)).toBe(false)
+    closeTransaction(out, 0)
+    expect(out.count).toBe(0)
   })
 })
