@@ -1,7 +1,17 @@
 import * as fs from "node:fs"
 import * as path from "node:path"
 import { afterAll, describe, expect, it, onTestFailed } from "vitest"
-import { cleanEnv, freePort, groupMembers, REPO_ROOT, spawnCommand, spawnSyncline, stopAllChildren, waitHealthy } from "./support/process.js"
+import {
+  cleanEnv,
+  freePort,
+  groupMembers,
+  REPO_ROOT,
+  spawnCommand,
+  spawnSyncline,
+  startNodeArgs,
+  stopAllChildren,
+  waitHealthy
+} from "./support/process.js"
 import { tempDir } from "./support/syncline.js"
 
 /**
@@ -100,7 +110,7 @@ describe("npm start", () => {
     expect(processAlive(postmasterPid)).toBe(true)
 
     // The node process running the compiled service (under npm -> sh), to check it is gone after the signal.
-    const service = groupMembers(child.pid).filter((pid) => cmdline(pid).startsWith("node dist/main.js"))
+    const service = groupMembers(child.pid).filter((pid) => cmdline(pid).startsWith(["node", ...startNodeArgs(), "dist/main.js"].join(" ")))
     expect(service).toHaveLength(1)
 
     // SIGTERM goes to the service process itself, as a process manager stopping it would send it.

@@ -2,7 +2,7 @@ import { spawnSync } from "node:child_process"
 import * as fs from "node:fs/promises"
 import * as os from "node:os"
 import * as path from "node:path"
-import { REPO_ROOT } from "../../test/support/process.js"
+import { REPO_ROOT, startNodeArgs } from "../../test/support/process.js"
 import {
   BENCH_DIR,
   dropSlot,
@@ -30,7 +30,7 @@ import { sync } from "./parts/sync.js"
 /*
  * The performance figures of the service, each beside the limit of the same work measured in the
  * same run, with the ratio and its target. The service runs compiled (`npm run build`, then
- * `node dist/main.js`) as a child process on an embedded Postgres the bench starts; every limit
+ * `dist/main.js` with the node flags `npm start` gives it) as a child process on an embedded Postgres the bench starts; every limit
  * runs in a child process too, so client and server never share an event loop.
  *
  *   npm run bench                       every part (about 10 minutes)
@@ -139,7 +139,8 @@ const render = (
       `Postgres ${run.postgres} (embedded; fsync=off, synchronous_commit=on, off for the writers of the txn figures, wal_writer_delay=10ms); load average ${run.load[0].toFixed(2)} before, ` +
       `${run.load[1].toFixed(2)} after; ${run.parts.length === 7 ? "all parts" : `parts ${run.parts.join(", ")}`}` +
       `${QUICK ? " (BENCH_QUICK: sizes scaled down, ratios not comparable)" : ""}` +
-      `${SERVICE_NODE_ARGS.length > 0 ? `; the service with \`${SERVICE_NODE_ARGS.join(" ")}\` (BENCH_NODE_ARGS), not as npm start runs it` : ""}; ` +
+      `; the service as \`node ${[...startNodeArgs(), ...SERVICE_NODE_ARGS].join(" ")} dist/main.js\`` +
+      `${SERVICE_NODE_ARGS.length > 0 ? ` (with BENCH_NODE_ARGS, not as npm start runs it)` : ""}; ` +
       `${run.seconds.toFixed(0)} s.`,
     "",
     "| figure | Syncline | limit, same run | ratio | target | met |",

@@ -9,7 +9,7 @@ import { type RunningPostgres, startEmbeddedPostgres } from "../../src/postgres/
 import { HEADER_BYTES, MessageFramer } from "../../src/postgres/internal/MessageFramer.js"
 import { XLOG_DATA_HEADER_BYTES } from "../../src/postgres/PgOutput.js"
 import { SESSION_SETTINGS } from "../../src/postgres/ReplicationConnection.js"
-import { type ChildService, freePort, REPO_ROOT, serviceEnv, spawnCommand } from "../../test/support/process.js"
+import { type ChildService, freePort, REPO_ROOT, serviceEnv, spawnCommand, startNodeArgs } from "../../test/support/process.js"
 
 /*
  * What every part of the benchmark shares: the embedded Postgres, the service and the bare
@@ -385,9 +385,10 @@ export const waitActive = async (baseUrl: string, child: ChildService, timeoutMs
 }
 
 /**
- * Node flags every service process gets before its own, from `BENCH_NODE_ARGS` (space-separated): a profiler
- * (`--cpu-prof --cpu-prof-dir=<dir>`, `--perf-basic-prof`) or V8 flags to compare. A run with any says so in its
- * header: its figures are not those of `npm start`.
+ * Node flags every service process gets after those of `npm start` (`startNodeArgs`) and before its own, from
+ * `BENCH_NODE_ARGS` (space-separated): a profiler (`--cpu-prof --cpu-prof-dir=<dir>`, `--perf-basic-prof`) or V8
+ * flags to compare (a flag given again overrides `npm start`'s). A run with any says so in its header: its figures
+ * are not those of `npm start`.
  */
 export const SERVICE_NODE_ARGS: ReadonlyArray<string> = process.env["BENCH_NODE_ARGS"]?.split(" ").filter((a) => a !== "") ?? []
 
@@ -397,14 +398,14 @@ export interface ServiceOptions {
   readonly stream: string
   readonly storageDir: string
   readonly env?: Readonly<Record<string, string>>
-  /** Node flags before `dist/main.js`. */
+  /** Node flags before `dist/main.js`, after those of `npm start`. */
   readonly nodeArgs?: ReadonlyArray<string>
 }
 
 /** Every service started, so a failing part can show what they logged. */
 export const servicesStarted: Array<Service> = []
 
-/** The compiled service, `node dist/main.js`, as a child process of its own. */
+/** The compiled service, `node dist/main.js` with the flags `npm start` gives it, as a child process of its own. */
 export class Service {
   private constructor(
     readonly child: ChildService,
@@ -420,7 +421,7 @@ export class Service {
     // The service runs as `npm start` runs it: no loader or flags from the bench's own environment.
     delete env["NODE_OPTIONS"]
     const spawnedAt = performance.now()
-    const child = spawnNode([...SERVICE_NODE_ARGS, ...(options.nodeArgs ?? []), path.join(REPO_ROOT, "dist", "main.js")], env)
+    const child = spawnNode([...startNodeArgs(), ...SERVICE_NODE_ARGS, ...(options.nodeArgs ?? []), path.join(REPO_ROOT, "dist", "main.js")], env)
     const baseUrl = `http://127.0.0.1:${port}`
     try {
       const activeAt = await waitActive(baseUrl, child)

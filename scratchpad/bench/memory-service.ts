@@ -3,7 +3,7 @@ import * as os from "node:os"
 import * as path from "node:path"
 import pg from "pg"
 import { startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
-import { type ChildService, freePort, REPO_ROOT, serviceEnv, spawnCommand } from "../../test/support/process.js"
+import { type ChildService, freePort, REPO_ROOT, serviceEnv, spawnCommand, startNodeArgs } from "../../test/support/process.js"
 
 /*
  * Shared by memory-shapes.ts and startup-restore.ts: a Postgres with a table of rows, and the
@@ -111,7 +111,7 @@ export const startService = async (
   const started = performance.now()
   const child = spawnCommand(
     process.execPath,
-    ["--expose-gc", "--import", preload, ...extraArgs, path.join(path.resolve(REPO_ROOT, dist), "main.js")],
+    [...startNodeArgs(), "--expose-gc", "--import", preload, ...extraArgs, path.join(path.resolve(REPO_ROOT, dist), "main.js")],
     {
       env: serviceEnv({
         databaseUrl: bench.databaseUrl,

@@ -6,6 +6,7 @@ import * as path from "node:path"
 import { fileURLToPath } from "node:url"
 import pg from "pg"
 import { startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
+import { startNodeArgs } from "../../test/support/process.js"
 import { cpuMsOf, createItems } from "./harness.js"
 
 /*
@@ -87,6 +88,7 @@ interface Service {
 const startService = async (databaseUrl: string, storageDir: string): Promise<Service> => {
   const port = await freePort()
   const args = [
+    ...startNodeArgs(ROOT),
     ...(CPU_PROF === undefined ? [] : ["--cpu-prof", `--cpu-prof-dir=${CPU_PROF}`]),
     ...(process.env["BENCH_NODE_ARGS"]?.split(" ").filter((a) => a !== "") ?? [])
   ]
@@ -357,7 +359,7 @@ const main = async () => {
   console.log()
   for (const [label, value] of cpuPerTxn) console.log(`${label.padEnd(34)} ${value}`)
   if (CPU_PROF !== undefined) await fs.writeFile(path.join(CPU_PROF, "marks.json"), JSON.stringify(Object.fromEntries(marks)))
-  console.log(`\nnode ${process.version}, ${os.cpus().length} CPUs, Postgres with fsync=off, service: node dist/main.js`)
+  console.log(`\nnode ${process.version}, ${os.cpus().length} CPUs, Postgres with fsync=off, service: node ${startNodeArgs(ROOT).join(" ")} dist/main.js`)
 }
 
 main().then(

@@ -8,6 +8,18 @@ import { fileURLToPath, pathToFileURL } from "node:url"
 /** The repository root: where `main.ts` and `package.json` live. */
 export const REPO_ROOT = path.resolve(path.dirname(fileURLToPath(import.meta.url)), "..", "..")
 
+/**
+ * The node flags `npm start` gives the service, read from the `start` script (`node <flags> dist/main.js`) of the
+ * package at `root`: a service started here as `npm start` starts it gets them too.
+ */
+export const startNodeArgs = (root: string = REPO_ROOT): ReadonlyArray<string> => {
+  const start: unknown = JSON.parse(fs.readFileSync(path.join(root, "package.json"), "utf8")).scripts?.start
+  const words = typeof start === "string" ? start.trim().split(/\s+/) : []
+  const main = words.indexOf("dist/main.js")
+  if (words[0] !== "node" || main < 0) throw new Error(`the start script of ${root} is not "node <flags> dist/main.js": ${String(start)}`)
+  return words.slice(1, main)
+}
+
 /** Whether a process with this pid exists (one owned by another user counts). */
 export const processAlive = (pid: number): boolean => {
   try {
@@ -166,8 +178,9 @@ export const spawnCommand = (
 }
 
 /**
- * `node --import <tsx loader> main.ts` from the repository root: the service itself, without npm or npx.
- * With `compiled`, `node dist/main.js` instead: the bundle `npm start` runs, which `npm test` builds first.
+ * `node --import <tsx loader> main.ts` from the repository root: the service itself, without npm or npx, with the
+ * node flags `npm start` gives it. With `compiled`, `node dist/main.js` instead: the bundle `npm start` runs, which
+ * `npm test` builds first.
  */
 export const spawnSyncline = (options: {
   readonly env: Readonly<Record<string, string>>
@@ -175,8 +188,8 @@ export const spawnSyncline = (options: {
   readonly compiled?: boolean
 }): ChildService => {
   const args = options.compiled === true
-    ? [path.join(REPO_ROOT, "dist", "main.js")]
-    : ["--import", pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href, path.join(REPO_ROOT, "main.ts")]
+    ? [...startNodeArgs(), path.join(REPO_ROOT, "dist", "main.js")]
+    : [...startNodeArgs(), "--import", pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href, path.join(REPO_ROOT, "main.ts")]
   return spawnCommand(process.execPath, args, {
     env: options.env,
     cwd: options.cwd ?? REPO_ROOT
