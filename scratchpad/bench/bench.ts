@@ -139,7 +139,7 @@ const render = (
       `Postgres ${run.postgres} (embedded; fsync=off, synchronous_commit=on, off for the writers of the txn figures, wal_writer_delay=10ms); load average ${run.load[0].toFixed(2)} before, ` +
       `${run.load[1].toFixed(2)} after; ${run.parts.length === 7 ? "all parts" : `parts ${run.parts.join(", ")}`}` +
       `${QUICK ? " (BENCH_QUICK: sizes scaled down, ratios not comparable)" : ""}` +
-      `; the service as \`node ${[...startNodeArgs(), ...SERVICE_NODE_ARGS].join(" ")} dist/main.js\`` +
+      `; the service as \`${["node", ...startNodeArgs(), ...SERVICE_NODE_ARGS, "dist/main.js"].join(" ")}\`` +
       `${SERVICE_NODE_ARGS.length > 0 ? ` (with BENCH_NODE_ARGS, not as npm start runs it)` : ""}; ` +
       `${run.seconds.toFixed(0)} s.`,
     "",

@@ -7,7 +7,7 @@ import { type ChildService, freePort, REPO_ROOT, serviceEnv, spawnCommand, start
 
 /*
  * Shared by memory-shapes.ts and startup-restore.ts: a Postgres with a table of rows, and the
- * service as `npm start` runs it (`node dist/main.js`, run `npm run build` first) in a child
+ * service as `npm start` runs it (`dist/main.js` with its node flags, run `npm run build` first) in a child
  * process, with a small JavaScript preload (no tsx in the service) that on SIGUSR2 runs full GCs
  * and appends `process.memoryUsage()` to a file, optionally with a heap snapshot. BENCH_DIST=<dir>
  * runs another build's `main.js`.
@@ -97,7 +97,7 @@ export interface Service {
   readonly stop: () => Promise<void>
 }
 
-/** Starts `node dist/main.js` on `storageDir` and waits until it is active. */
+/** Starts `dist/main.js`, with the node flags `npm start` gives it, on `storageDir` and waits until it is active. */
 export const startService = async (
   bench: Bench,
   storageDir: string,

@@ -3,7 +3,7 @@ import { createShapes, mb, type Memory, startPostgres, startService } from "./me
 
 /*
  * Idle memory of the service process and memory per idle shape:
- *   idle      `node dist/main.js` active, no shape: VmRSS as it runs, then RSS and heap after full GCs;
+ *   idle      the service (as `npm start` runs it) active, no shape: VmRSS as it runs, then RSS and heap after full GCs;
  *   warm-up   a few shapes created (code paths loaded, pools opened);
  *   shapes    BENCH_SHAPES (2,000) shapes `where id = k`, each created with one request; the
  *             difference to the warm-up, divided by their number, is the figure per shape.

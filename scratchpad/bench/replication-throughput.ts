@@ -359,7 +359,7 @@ const main = async () => {
   console.log()
   for (const [label, value] of cpuPerTxn) console.log(`${label.padEnd(34)} ${value}`)
   if (CPU_PROF !== undefined) await fs.writeFile(path.join(CPU_PROF, "marks.json"), JSON.stringify(Object.fromEntries(marks)))
-  console.log(`\nnode ${process.version}, ${os.cpus().length} CPUs, Postgres with fsync=off, service: node ${startNodeArgs(ROOT).join(" ")} dist/main.js`)
+  console.log(`\nnode ${process.version}, ${os.cpus().length} CPUs, Postgres with fsync=off, service: ${["node", ...startNodeArgs(ROOT), "dist/main.js"].join(" ")}`)
 }
 
 main().then(

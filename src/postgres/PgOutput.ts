@@ -375,41 +375,47 @@ const skipTuple = (rel: Relation): void => {
   }
 }
 
-/** The row of the tuple at `data[at]`, read when asked for; the cursor of a message being read is left as it was. */
+/** The row of the tuple at `data[at]`, read when asked for (after the message it is in was read, like any). */
 const rowAt = (rel: Relation, data: Buffer, at: number, toastFrom: Row | undefined): Row => {
-  const savedBuf = buf
-  const savedPos = pos
-  const savedLimit = limit
   buf = data
   pos = at
   limit = data.length
   try {
     return readRow(rel, toastFrom)
   } finally {
-    buf = savedBuf
-    pos = savedPos
-    limit = savedLimit
+    buf = EMPTY
   }
 }
 
 /**
  * An insert as read from the wire. Its row is made from the tuple's bytes the first time it is asked for: a change
  * routed to shapes that select it whole, and written to their logs straight from the bytes, never needs its values
- * as strings.
+ * as strings. The bytes are the socket chunk's until `ownTupleBytes` copies them.
  */
 class WireInsert {
   readonly kind = "insert"
   readonly oldTupleAt = -1
   private row: Row | undefined = undefined
-  constructor(readonly relation: Relation, readonly tupleData: Buffer, readonly tupleAt: number) {}
+  constructor(readonly relation: Relation, public tupleData: Buffer, public tupleAt: number, public tupleEnd: number) {}
   get new(): Row {
     return this.row ??= rowAt(this.relation, this.tupleData, this.tupleAt, undefined)
+  }
+  /** Where its tuple's bytes start. */
+  get bytesAt(): number {
+    return this.tupleAt
+  }
+  /** Its tuple's bytes are now `data` from `at` on. */
+  moveBytes(data: Buffer, at: number): void {
+    this.tupleEnd = at + this.tupleEnd - this.tupleAt
+    this.tupleAt = at
+    this.tupleData = data
   }
 }
 
 /**
  * An update as read from the wire, its rows made when first asked for (see `WireInsert`). An old row sent whole is
  * read from its tuple too, and fills in the new row's unchanged TOASTed values; one of the key only is kept as read.
+ * The old tuple, when there is one, lies right before the new (with the new one's marker between them).
  */
 class WireUpdate {
   readonly kind = "update"
@@ -417,9 +423,10 @@ class WireUpdate {
   private oldRow: Row | undefined
   constructor(
     readonly relation: Relation,
-    readonly tupleData: Buffer,
-    readonly tupleAt: number,
-    readonly oldTupleAt: number,
+    public tupleData: Buffer,
+    public tupleAt: number,
+    public tupleEnd: number,
+    public oldTupleAt: number,
     keyRow: Row | undefined
   ) {
     this.oldRow = keyRow
@@ -430,6 +437,54 @@ class WireUpdate {
   }
   get new(): Row {
     return this.newRow ??= rowAt(this.relation, this.tupleData, this.tupleAt, this.oldTupleAt >= 0 ? this.old : undefined)
+  }
+  get bytesAt(): number {
+    return this.oldTupleAt >= 0 ? this.oldTupleAt : this.tupleAt
+  }
+  moveBytes(data: Buffer, at: number): void {
+    const shift = at - this.bytesAt
+    if (this.oldTupleAt >= 0) this.oldTupleAt += shift
+    this.tupleAt += shift
+    this.tupleEnd += shift
+    this.tupleData = data
+  }
+}
+
+/** What `ownTupleBytes` copies the tuples of transactions into, a slab at a time. */
+const SLAB_BYTES = 2048
+let slab: Buffer = Buffer.alloc(0)
+let slabUsed = 0
+
+/**
+ * Copies the tuples the changes of `txn` were read from out of the socket chunks they lie in, into a slab of their
+ * own (one of their own when large). A transaction handed to consumers may wait in a queue for long (a shape whose
+ * snapshot is being taken, a write backing off); it then keeps its own bytes, not the whole chunks it was read
+ * from: at most a slab per transaction, where a chunk is up to 64 kB, most of it other transactions'.
+ */
+export const ownTupleBytes = (txn: Transaction): void => {
+  const changes = txn.changes
+  for (let i = 0; i < changes.length; i++) {
+    const change = changes[i]
+    if (!(change instanceof WireInsert || change instanceof WireUpdate)) continue
+    const start = change.bytesAt
+    const length = change.tupleEnd - start
+    const from = change.tupleData
+    let to: Buffer
+    let at: number
+    if (length > SLAB_BYTES / 4) {
+      to = Buffer.allocUnsafeSlow(length)
+      at = 0
+    } else {
+      if (slabUsed + length > slab.length) {
+        slab = Buffer.allocUnsafeSlow(SLAB_BYTES)
+        slabUsed = 0
+      }
+      to = slab
+      at = slabUsed
+      slabUsed += length
+    }
+    for (let k = 0; k < length; k++) to[at + k] = from[start + k]!
+    change.moveBytes(to, at)
   }
 }
 
@@ -456,7 +511,7 @@ export interface TupleSlots {
   readonly ends: Int32Array
 }
 
-/** Postgres's limit on the columns of a table: slots this long hold any tuple. */
+/** Postgres's limit on the columns of a tuple (`MaxTupleAttributeNumber`): slots this long hold any. */
 export const MAX_TUPLE_COLUMNS = 1664
 
 /**
@@ -549,7 +604,7 @@ export class TransactionAssembler {
         expectNew()
         const tupleAt = pos
         skipTuple(rel)
-        this.changes.push(new WireInsert(rel, buf, tupleAt))
+        this.changes.push(new WireInsert(rel, buf, tupleAt, pos))
         return undefined
       }
       case 0x55 /* U */: {
@@ -568,7 +623,7 @@ export class TransactionAssembler {
         }
         const tupleAt = pos
         skipTuple(rel)
-        this.changes.push(new WireUpdate(rel, buf, tupleAt, oldTupleAt, keyRow))
+        this.changes.push(new WireUpdate(rel, buf, tupleAt, pos, oldTupleAt, keyRow))
         return undefined
       }
       default: /* D */ {

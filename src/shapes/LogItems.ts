@@ -9,9 +9,10 @@ import type { Shape } from "./Shape.js"
 /**
  * Turns the changes of one transaction into the log lines of one shape.
  *
- * The JSON is written by hand: every value is already Postgres text, so a line
- * is a handful of string concatenations with `JSON.stringify` only for the
- * values themselves.
+ * The JSON is written by hand: every value is already Postgres text. A change
+ * read from the wire is written straight from its tuples' bytes (`append`);
+ * otherwise a line is a handful of string concatenations with `JSON.stringify`
+ * only for the values themselves.
  */
 export interface ShapeEncoder {
   readonly shape: Shape
@@ -22,9 +23,9 @@ export interface ShapeEncoder {
   readonly encode: (change: Change, tx: bigint, op: number, txHeaders: string, out: Array<PendingEntry>) => boolean
   /**
    * Appends the lines for `change` to `lines`, as `encode` makes them but each closed as if not the last (`}}`):
-   * `closeTransaction` then marks the transaction's last. An insert, or an update without its old row, is written
-   * straight from the bytes pgoutput sent when it has them (`TupleSource`). Returns false when the change does not
-   * concern the shape.
+   * `closeTransaction` then marks the transaction's last. An insert or an update is written straight from the bytes
+   * pgoutput sent when it has them (`TupleSource`), unless its key changed, its old row is the key's alone, or it
+   * moves the row into or out of the shape's where. Returns false when the change does not concern the shape.
    */
   readonly append: (change: Change, tx: bigint, op: number, txHeaders: string, lines: LogLines) => boolean
   /**
@@ -283,14 +284,13 @@ export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncode
     keyIndex = Int32Array.from(table.pk, (c) => at.get(c) ?? -1)
     mapped = relation
   }
-  /** Whether selected column `i` goes in an update's value: changed, or not at all (see `update`). */
+  /** For an update with its old row: whether selected column `i` changed, and so goes in its value (`changedColumns`). */
   const changed = new Uint8Array(cols.length)
 
-  /** The longest a value can be once written: its name, its JSON, a comma. */
+  /** The longest a value can be once written: its name, its JSON (`null` for a column the tuple lacks), a comma. */
   const valueBytes = (i: number, slots: TupleSlots): number => {
     const j = valueIndex[i]!
-    if (j < 0) return 0
-    const end = slots.ends[j]!
+    const end = j < 0 ? UNCHANGED_VALUE : slots.ends[j]!
     return colKeyBytes[i]!.length + 5 + (end < 0 ? 0 : (end - slots.starts[j]!) * MAX_BYTES_PER_BYTE)
   }
 
@@ -411,7 +411,7 @@ export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncode
     if (change.kind !== "insert" && change.kind !== "update") return appendEncoded(change, tx, op, txHeaders, lines)
     const data = change.tupleData
     const oldAt = change.oldTupleAt ?? -1
-    // (The old row is looked at only when its tuple is not there: a row read from the wire is made when asked for.)
+    // The old row is looked at here only when its tuple is not there: a row read from the wire is made when asked for.
     if (data === undefined || (change.kind === "update" && oldAt < 0 && change.old !== undefined)) {
       return appendEncoded(change, tx, op, txHeaders, lines)
     }

@@ -12,6 +12,7 @@ import { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import type { PostgresError, ReplicationError } from "../domain/errors.js"
 import { PgAdmin } from "../postgres/PgAdmin.js"
+import { ownTupleBytes } from "../postgres/PgOutput.js"
 import { ReplicationConnection } from "../postgres/ReplicationConnection.js"
 import { FlushTracker } from "../replication/FlushTracker.js"
 import { type Routed, ShapeLogCollector } from "../replication/ShapeLogCollector.js"
@@ -114,6 +115,7 @@ export class ReplicationPump extends Context.Tag("syncline/ReplicationPump")<Rep
               tracker.track(event.commitLsn, event.endLsn, NO_HANDLES)
               continue
             }
+            ownTupleBytes(event)
             const handles: Array<ShapeHandle> = new Array(deliveries.length)
             for (let d = 0; d < deliveries.length; d++) handles[d] = deliveries[d]!.handle
             tracker.track(event.commitLsn, event.endLsn, handles)

@@ -18,6 +18,8 @@ const LONG_LINE = 64 * 1024
 export class LogLines {
   private bytes: Buffer = NO_BYTES
   private byteCount = 0
+  /** Where the room `reserve` made for the line being written ends; -1 when no line is being written. */
+  private reservedEnd = -1
   private readonly txs: Array<bigint> = []
   private readonly ops: Array<number> = []
   /** The byte position after each line's newline. */
@@ -61,6 +63,7 @@ export class LogLines {
   reserve(maxBytes: number): number {
     const most = this.byteCount + maxBytes + 1
     if (most > this.bytes.length) this.grow(most)
+    this.reservedEnd = this.byteCount + maxBytes
     return this.byteCount
   }
 
@@ -71,6 +74,10 @@ export class LogLines {
 
   /** Adds the line written into `buffer` from `reserve`'s position to `end` (a complete JSON message) at offset `tx`/`op`. */
   endLine(tx: bigint, op: number, end: number): void {
+    // Past the room made, the bytes written there were dropped (a typed array ignores writes out of its range): the
+    // line is not what was meant, and must not be stored.
+    if (end > this.reservedEnd) throw new Error(`a log line of ${end - this.byteCount} bytes was written where ${this.reservedEnd - this.byteCount} were made room for`)
+    this.reservedEnd = -1
     this.bytes[end] = NEWLINE
     this.byteCount = end + 1
     this.txs.push(tx)

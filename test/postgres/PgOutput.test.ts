@@ -3,6 +3,7 @@ import type { Change } from "../../src/domain/Change.js"
 import {
   decode,
   encodeStandbyStatus,
+  ownTupleBytes,
   pgClockNow,
   PgOutputDecodeError,
   TransactionAssembler,
@@ -338,7 +339,6 @@ describe("TransactionAssembler", () => {
       a.pushBuffer(chunk, at, at + m.length)
       at += m.length
     }
-    // Asked for while the rest of the chunk is still to be read: the reading goes on where it was.
     a.pushBuffer(chunk, at, chunk.length)
     const tx = a.pushBuffer(commit(1n, 2n))!
     expect(tx.changes.map(plain)).toEqual([
@@ -358,6 +358,34 @@ describe("TransactionAssembler", () => {
     b.pushBuffer(relationMsg(100, "f"))
     const whole = insert(100, ["1", "hi", "there"])
     expect(() => b.pushBuffer(Buffer.concat([whole, Buffer.alloc(16)]), 0, whole.length - 2)).toThrow(PgOutputDecodeError)
+  })
+
+  it("copies a transaction's tuples out of the chunks they were read from, rows and all", () => {
+    const a = new TransactionAssembler()
+    const messages = [
+      begin(1n, 1),
+      relationMsg(100, "f"),
+      insert(100, ["1", "héllo", null]),
+      new Bytes().char("U").u32(100).char("O").tuple(["2", "a", "long body"]).char("N").tuple(["2", "b", undefined]).build(),
+      new Bytes().char("U").u32(100).char("N").tuple(["3", "c", undefined]).build(),
+      insert(100, ["4", "x".repeat(5_000), "y"]),
+      commit(1n, 2n)
+    ]
+    const chunk = Buffer.concat(messages)
+    let at = 0
+    let tx: ReturnType<TransactionAssembler["pushBuffer"]>
+    for (const m of messages) {
+      tx = a.pushBuffer(chunk, at, at + m.length)
+      at += m.length
+    }
+    const expected = tx!.changes.map(plain)
+    const rowsAsked = tx!.changes[1]!.kind === "update" && tx!.changes[1]!.new
+    ownTupleBytes(tx!)
+    // The chunk goes on to hold other bytes: the transaction no longer reads it.
+    chunk.fill(0x7a)
+    expect(tx!.changes.map((c) => c.kind === "insert" || c.kind === "update" ? c.tupleData : undefined)).not.toContain(chunk)
+    expect(tx!.changes.map(plain)).toEqual(expected)
+    expect(tx!.changes[1]!.kind === "update" && tx!.changes[1]!.new).toBe(rowsAsked)
   })
 
   it("ignores Origin, Type and Message inside a transaction", () => {

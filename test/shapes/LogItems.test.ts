@@ -2,7 +2,7 @@ import { describe, expect, it } from "@effect/vitest"
 import { Either } from "effect"
 import type { Change, Relation, Row } from "../../src/domain/Change.js"
 import { LogOffset } from "../../src/domain/LogOffset.js"
-import { TransactionAssembler } from "../../src/postgres/PgOutput.js"
+import { ownTupleBytes, TransactionAssembler } from "../../src/postgres/PgOutput.js"
 import { rowKey } from "../../src/domain/RowKey.js"
 import type { ShapeDefinition } from "../../src/domain/ShapeDefinition.js"
 import type { TableInfo } from "../../src/domain/Table.js"
@@ -404,6 +404,8 @@ describe("ShapeEncoder.append", () => {
         else wire.push({ kind: "update", old, values: nextRow(old) })
       }
       const changes = fromWire(wire)
+      // Half of them as a transaction handed to consumers has them: its tuples copied out of the chunk.
+      if (round % 2 === 1) ownTupleBytes({ xid: XID, commitLsn: LSN, endLsn: LSN, commitTime: 0n, changes, relations: [] })
       for (const shape of shapes) {
         const expected = finished(shape, changes.map(rowsOnly))
         expect(appended(shape, changes).toString("latin1")).toBe(expected.toString("latin1"))
@@ -414,6 +416,36 @@ describe("ShapeEncoder.append", () => {
     // Both kinds of transaction were compared: some the shapes wrote lines for, some none.
     expect(written).toBeGreaterThan(500)
     expect(empty).toBeGreaterThan(100)
+  })
+
+  it("makes room for key columns its tuples lack, which an update's value names as null", () => {
+    // The shape's table as it was when the shape was made; the relation sent now lacks its key columns.
+    const keys = Array.from({ length: 30 }, (_, i) => `key_column_with_a_name_long_enough_to_need_room_of_its_own_${i}`)
+    const table: TableInfo = { ...tableInfo("t", [...keys.map((k) => [k, "text"] as const), ["v", "text"]]), pk: keys }
+    const shape: Shape = {
+      handle: ShapeHandle("1-3"),
+      definition: { table: { schema: table.schema, name: table.name }, where: undefined, columns: undefined, replica: "default", log: "full" },
+      table,
+      where: undefined,
+      dependencies: [],
+      columns: selectedColumns(table, undefined)
+    }
+    const relationMessage = Buffer.concat([
+      Buffer.from("R"),
+      int32(RELATION_OID),
+      Buffer.from(`${table.schema}\0${table.name}\0f`),
+      int16(1),
+      Buffer.from([0]),
+      Buffer.from("v\0"),
+      int32(25),
+      int32(-1)
+    ])
+    const assembler = new TransactionAssembler()
+    assembler.pushBuffer(begin)
+    assembler.pushBuffer(relationMessage)
+    assembler.pushBuffer(Buffer.concat([Buffer.from("U"), int32(RELATION_OID), Buffer.from("O"), tupleBytes([Buffer.from("a")]), Buffer.from("N"), tupleBytes([Buffer.from("b")])]))
+    const changes = assembler.pushBuffer(commit)!.changes
+    expect(appended(shape, changes).toString("latin1")).toBe(finished(shape, changes.map(rowsOnly)).toString("latin1"))
   })
 
   it("writes a change from its tuples' bytes without making its rows, for a shape without a where", () => {

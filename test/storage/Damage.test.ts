@@ -10,6 +10,7 @@ import {
   REPO_ROOT,
   spawnCommand,
   spawnSyncline,
+  startNodeArgs,
   stopAllChildren,
   waitHealthy
 } from "../support/process.js"
@@ -202,11 +203,11 @@ describe("a full disk", () => {
     // The service in a mount namespace of its own, its storage dir a 4 MB tmpfs that only it sees; the test
     // reaches the files through /proc/<pid>/root.
     const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
-    const script = `mount -t tmpfs -o size=4m tmpfs "$ELECTRIC_STORAGE_DIR" && exec "$0" --import "$1" "$2"`
+    const script = `mount -t tmpfs -o size=4m tmpfs "$ELECTRIC_STORAGE_DIR" && exec "$0" "$@"`
     const unshare = process.getuid?.() === 0 ? ["-m"] : ["-r", "-m"]
     const child: ChildService = spawnCommand(
       "unshare",
-      [...unshare, "sh", "-c", script, process.execPath, loader, path.join(REPO_ROOT, "main.ts")],
+      [...unshare, "sh", "-c", script, process.execPath, ...startNodeArgs(), "--import", loader, path.join(REPO_ROOT, "main.ts")],
       { env: env(stream, port, storageDir) }
     )
     onTestFailed(() => console.error(child.output()))

@@ -21,7 +21,7 @@ import {
 import type { Part } from "./part.js"
 
 /*
- * Memory of the service process: VmRSS of `node dist/main.js` itself, read from /proc.
+ * Memory of the service process: VmRSS of the node process running `dist/main.js` itself, read from /proc.
  *
  * Idle RSS: after start-up, a handful of shapes and some seconds idle, the median of five samples
  * a second apart; beside a bare node:http server that answered a few requests, sampled the same way.
