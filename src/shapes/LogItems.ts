@@ -388,8 +388,8 @@ export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncode
 
   /**
    * An update whose old row was sent whole, from the bytes: which selected columns changed (`changed`), as `encode`
-   * decides it; undefined when the update is one the bytes do not cover (its key changed, or the where clause does
-   * not hold for both rows), false when nothing selected changed.
+   * decides it; undefined when its key changed (a delete and an insert, which `encode` writes), false when nothing
+   * selected changed.
    */
   const changedColumns = (data: Buffer): boolean | undefined => {
     for (let k = 0; k < keyIndex.length; k++) {
@@ -416,7 +416,7 @@ export const makeShapeEncoder = (shape: Shape, heldRows?: HeldRows): ShapeEncode
       return appendEncoded(change, tx, op, txHeaders, lines)
     }
     if (where !== undefined && !(where.matches(change.new) && (change.kind === "insert" || change.old === undefined || where.matches(change.old)))) {
-      // Into or out of the shape: an insert or a delete, as `encode` writes them.
+      // Into or out of the shape (an insert or a delete, as `encode` writes them), or not in it at all.
       return appendEncoded(change, tx, op, txHeaders, lines)
     }
     mapRelation(change.relation)
