@@ -48,12 +48,7 @@ export class LogLines {
     // instead, so that one large value does not reserve three times its size.
     const most = this.byteCount + (json.length > LONG_LINE ? Buffer.byteLength(json, "utf8") : json.length * 3) + 1
     if (most > this.bytes.length) this.grow(most)
-    const at = this.byteCount + this.bytes.write(json, this.byteCount, "utf8")
-    this.bytes[at] = NEWLINE
-    this.byteCount = at + 1
-    this.txs.push(tx)
-    this.ops.push(op)
-    this.ends.push(this.byteCount)
+    this.addLine(tx, op, this.byteCount + this.bytes.write(json, this.byteCount, "utf8"))
   }
 
   /**
@@ -78,6 +73,11 @@ export class LogLines {
     // line is not what was meant, and must not be stored.
     if (end > this.reservedEnd) throw new Error(`a log line of ${end - this.byteCount} bytes was written where ${this.reservedEnd - this.byteCount} were made room for`)
     this.reservedEnd = -1
+    this.addLine(tx, op, end)
+  }
+
+  /** Ends the line whose bytes run from the end of the last one to `end` with its newline, and records it. */
+  private addLine(tx: bigint, op: number, end: number): void {
     this.bytes[end] = NEWLINE
     this.byteCount = end + 1
     this.txs.push(tx)
