@@ -692,7 +692,7 @@ export const machine = (): string => {
 export const gitCommit = (): string => {
   try {
     const commit = execFileSync("git", ["rev-parse", "--short", "HEAD"], { cwd: REPO_ROOT, encoding: "utf8" }).trim()
-    const dirty = execFileSync("git", ["status", "--porcelain", "--", "src", "layers", "main.ts"], { cwd: REPO_ROOT, encoding: "utf8" }).trim()
+    const dirty = execFileSync("git", ["status", "--porcelain", "--", "src", "layers", "main.ts", "serve.ts"], { cwd: REPO_ROOT, encoding: "utf8" }).trim()
     return dirty === "" ? commit : `${commit} (with uncommitted changes)`
   } catch {
     return "unknown"

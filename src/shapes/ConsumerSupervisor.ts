@@ -70,8 +70,11 @@ const markOf = (reg: Registered): Effect.Effect<SnapshotMark> =>
  * dependency, which its consumer waits to be durable there before evaluating it.
  */
 export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor")<ConsumerSupervisor, {
-  /** Makes a shape known; `snapshot` is given for restored shapes, later through `snapshotReady` for new ones. */
-  readonly register: (shape: Shape, snapshot: SnapshotMark | undefined) => Effect.Effect<void>
+  /**
+   * Makes shapes known, in order (a shape after those its subqueries read); `snapshot` is given for restored
+   * shapes, later through `snapshotReady` for new ones. Thousands are restored at start-up: one call takes them all.
+   */
+  readonly register: (shapes: ReadonlyArray<{ readonly shape: Shape; readonly snapshot: SnapshotMark | undefined }>) => Effect.Effect<void>
   /**
    * A new shape's snapshot is complete; `shape` is the form the shape is kept in from now on (its consumer, if
    * running, goes on with the one it started with).
@@ -224,24 +227,27 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
           })
 
         return ConsumerSupervisor.of({
-          register: (shape, snapshot) =>
+          register: (shapes) =>
             Effect.gen(function*() {
-              const reg: Registered = {
-                shape,
-                mark: snapshot,
-                markWaiter: undefined,
-                queue: undefined,
-                invalidated: false,
-                deliveredLsn: 0n,
-                durableLsn: 0n,
-                waiters: [],
-                materializer: undefined,
-                ready: undefined
-              }
-              registered.set(shape.handle, reg)
-              for (const d of new Set(shape.dependencies)) {
-                const dependency = registered.get(d)
-                if (dependency !== undefined) yield* readBy(dependency, shape)
+              for (const { shape, snapshot } of shapes) {
+                const reg: Registered = {
+                  shape,
+                  mark: snapshot,
+                  markWaiter: undefined,
+                  queue: undefined,
+                  invalidated: false,
+                  deliveredLsn: 0n,
+                  durableLsn: 0n,
+                  waiters: [],
+                  materializer: undefined,
+                  ready: undefined
+                }
+                registered.set(shape.handle, reg)
+                if (shape.dependencies.length === 0) continue
+                for (const d of new Set(shape.dependencies)) {
+                  const dependency = registered.get(d)
+                  if (dependency !== undefined) yield* readBy(dependency, shape)
+                }
               }
             }),
           snapshotReady: (handle, mark, shape) =>

@@ -1,5 +1,4 @@
 import * as Cause from "effect/Cause"
-import * as Clock from "effect/Clock"
 import * as Context from "effect/Context"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -38,7 +37,7 @@ import {
 } from "./ShapeResolver.js"
 
 export type { ResolvedSpec, ShapeSpec } from "./ShapeResolver.js"
-import { type ShapeRecord, type ShapeRouting, ShapeStatus } from "./ShapeStatus.js"
+import { type ShapeRecord, type ShapeRouting, ShapeStatus, type SnapshotMark } from "./ShapeStatus.js"
 import { Snapshotter } from "./Snapshotter.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
@@ -214,28 +213,43 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
       const tablesLoaded = new Map<string, Either.Either<TableInfo, PostgresError>>()
       const decided = new Set<ShapeHandle>()
       const total = waiting.length
-      const restoring = yield* Clock.currentTimeMillis
+      const clock = yield* Effect.clock
+      const restoring = clock.unsafeCurrentTimeMillis()
       let reported = restoring
       if (total > 0) yield* Effect.logInfo(`restoring ${total} shape(s)`)
+      // Restored shapes are handed to the consumers together: before a restore that may wait (and remove shapes),
+      // and at the end of each pass.
+      let unregistered: Array<{ readonly shape: Shape; readonly snapshot: SnapshotMark | undefined }> = []
+      const registerRestored = Effect.suspend(() => {
+        if (unregistered.length === 0) return Effect.void
+        const batch = unregistered
+        unregistered = []
+        return consumers.register(batch)
+      })
       while (waiting.length > 0) {
         const pending = new Set(waiting.map((r) => r.handle))
         const ready = waiting.filter((r) => r.dependencies.every((d) => decided.has(d) || !pending.has(d)))
         const next = ready.length > 0 ? ready : [waiting[0]!]
         for (const record of next) {
-          const now = yield* Clock.currentTimeMillis
+          const now = clock.unsafeCurrentTimeMillis()
           if (now - reported >= RESTORE_PROGRESS_EVERY_MS) {
             reported = now
             yield* Effect.logInfo(`restoring shapes: ${decided.size} of ${total} done`)
           }
           decided.add(record.handle)
-          const restored = restoreNow(record) ?? (yield* restore(record))
-          if (restored === undefined) continue
+          let restored = restoreNow(record)
+          if (restored === undefined) {
+            yield* registerRestored
+            restored = yield* restore(record)
+            if (restored === undefined) continue
+          }
           if (record.requested) requested.add(record.handle)
           shapes.set(record.handle, restored.shape)
           route(restored.shape, restored.routing)
-          yield* consumers.register(restored.shape, record.snapshot)
+          unregistered.push({ shape: restored.shape, snapshot: record.snapshot })
           if (record.routing === undefined) derived.push([record.handle, restored.routing])
         }
+        yield* registerRestored
         waiting = waiting.filter((r) => !decided.has(r.handle))
       }
       // What is derived again at the next start if it cannot be stored now.
@@ -243,7 +257,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         Effect.catchAll((error) => Effect.logWarning("the routing of restored shapes could not be stored", error))
       )
       if (total > 0) {
-        const took = (yield* Clock.currentTimeMillis) - restoring
+        const took = clock.unsafeCurrentTimeMillis() - restoring
         yield* Effect.logInfo(`restored ${shapes.size} of ${total} shape(s) in ${took} ms`)
       }
       // A shape made for subqueries whose last reader went while its own removal did not finish (a crash between
@@ -411,7 +425,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         Effect.gen(function*() {
           const record = yield* status.add(spec.definition, dependencies, asked, spec.routing)
           const shape = spec.build(record.handle, dependencies)
-          yield* consumers.register(shape, undefined)
+          yield* consumers.register([{ shape, snapshot: undefined }])
           route(shape, spec.routing)
           const complete = yield* Effect.flatMap(storage.create(record.handle), (log) => snapshotter.run(shape, log)).pipe(
             Effect.flatMap((mark) => status.markSnapshotComplete(record.handle, mark)),

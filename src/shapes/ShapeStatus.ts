@@ -6,6 +6,7 @@ import * as Option from "effect/Option"
 import type { Lsn } from "../domain/Lsn.js"
 import { ShapeDefinition } from "../domain/ShapeDefinition.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
+import type { TableRef } from "../domain/Table.js"
 import { RegistryError, TableAbsent } from "../domain/errors.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
@@ -114,21 +115,20 @@ const decodeMark = (text: string): SnapshotMark => {
     pastSnapshot?: boolean
     tableOid?: number
   }
+  // One literal, every key always present: thousands of marks are decoded at start-up, all of one shape.
   return {
     xmin: BigInt(o.xmin),
     xmax: BigInt(o.xmax),
-    xip: o.xip.map(BigInt),
+    xip: o.xip.length === 0 ? NO_XIP : o.xip.map(BigInt),
     lsn: BigInt(o.lsn),
     columns: o.columns,
     // A mark that recorded only that the snapshot was passed keeps that meaning: everything it is sent is past it.
-    ...(o.pastSnapshotAt !== undefined
-      ? { pastSnapshotAt: BigInt(o.pastSnapshotAt) }
-      : o.pastSnapshot === true
-      ? { pastSnapshotAt: 0n }
-      : {}),
-    ...(o.tableOid === undefined ? {} : { tableOid: o.tableOid })
+    pastSnapshotAt: o.pastSnapshotAt !== undefined ? BigInt(o.pastSnapshotAt) : o.pastSnapshot === true ? 0n : undefined,
+    tableOid: o.tableOid
   }
 }
+
+const NO_XIP: ReadonlyArray<bigint> = []
 
 /**
  * The registry as the activation checks see it, before it is loaded
@@ -138,17 +138,25 @@ const decodeMark = (text: string): SnapshotMark => {
  * the whole decision: it is durable before anything that depends on it.
  */
 export const RegistryRows = {
-  /** Every shape not being removed: its handle, its table, and the oid of the table its snapshot read (if known). */
+  /**
+   * Every shape not being removed: its handle, its table, and the oid of the table its snapshot read (if known).
+   * SQLite takes the table and the oid out of the stored JSON and groups the shapes by them, so a registry of
+   * thousands of shapes is a few rows here, with nothing of each shape decoded but its handle.
+   */
   list: (sql: SqlClient.SqlClient) =>
-    sql<{ handle: string; identity: string; snapshot: string | null }>`SELECT handle, identity, snapshot FROM shapes
-      WHERE removing = 0`.pipe(
-      Effect.map((rows) =>
-        rows.map((r) => ({
-          handle: ShapeHandle(r.handle),
-          table: ShapeDefinition.fromIdentity(r.identity).table,
-          tableOid: r.snapshot === null ? undefined : decodeMark(r.snapshot).tableOid
-        }))
-      ),
+    sql<{ schema: string; name: string; table_oid: number | null; handles: string }>`SELECT
+        json_extract(identity, '$[0]') AS schema, json_extract(identity, '$[1]') AS name,
+        json_extract(snapshot, '$.tableOid') AS table_oid, json_group_array(handle) AS handles
+      FROM shapes WHERE removing = 0 GROUP BY 1, 2, 3`.pipe(
+      Effect.map((groups) => {
+        const shapes: Array<{ handle: ShapeHandle; table: TableRef; tableOid: number | undefined }> = []
+        for (const g of groups) {
+          const table: TableRef = { schema: g.schema, name: g.name }
+          const tableOid = g.table_oid ?? undefined
+          for (const handle of JSON.parse(g.handles) as Array<string>) shapes.push({ handle: ShapeHandle(handle), table, tableOid })
+        }
+        return shapes
+      }),
       Effect.mapError((cause) => new RegistryError({ operation: "list shapes", cause }))
     ),
   /**
