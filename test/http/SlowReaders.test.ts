@@ -31,11 +31,11 @@ const SEND_TIMEOUT_MS = 2000
 const LONG_POLL_TIMEOUT_MS = 2500
 const READERS = 100
 /**
- * What a streamed response may hold per stalled reader: its 64 KiB piece, counted once in its socket and once
- * among the array buffers, and the next piece, read while the socket takes the one before. A chunk held whole
- * counts its size twice.
+ * What a streamed response may hold per stalled reader: its piece, counted once in its socket and once among the
+ * array buffers, and the next piece, read while the socket takes the one before. A chunk held whole counts its
+ * size (here about 8 MB) twice.
  */
-const HELD_PER_READER = 256 * 1024
+const HELD_PER_READER = 4 * PIECE_BYTES
 
 let server: RunningSyncline
 let pool: pg.Pool

@@ -50,15 +50,17 @@ export const snapshotChunkAfter = (from: LogOffset, chunkCount: number): number 
 /**
  * The pieces a streamed read yields are at most this long: the bytes one
  * streamed response holds stay in the order of a piece whatever the chunk size.
+ * A response of many megabytes (an initial sync) goes out a piece per read and
+ * per write: at 64 kB those turns, not the bytes, set its pace.
  */
-export const PIECE_BYTES = 64 * 1024
+export const PIECE_BYTES = 256 * 1024
 
 /**
  * A body of at most this many bytes is read whole instead of streamed: the
  * small bodies of long-polls and of catch-up chunks cost one read and no
  * descriptor of their own, and requests reading the same bytes share them.
  */
-export const WHOLE_BYTES = 4 * PIECE_BYTES
+export const WHOLE_BYTES = 256 * 1024
 
 /**
  * The committed bytes a read serves: whole lines `[start, end)` of one file of
