@@ -117,13 +117,16 @@ export const writePieces = (
   const response: http.ServerResponse | undefined = NodeHttpServerRequest.toServerResponse(request)
   if (response === undefined) return undefined
   return Effect.async<void, StorageError>((resume) => {
-    const buffers = [Buffer.allocUnsafe(pieceBytes), Buffer.allocUnsafe(pieceBytes)] as const
+    // Each as long as the pieces it takes: a body of one piece and a bit holds a piece and the bit.
+    const buffers: [Buffer | undefined, Buffer | undefined] = [undefined, undefined]
     let stopped = false
     let at = 0
     let next = 0
     let reading: Promise<Buffer> | undefined
     const readAhead = () => {
-      reading = at < length ? readPiece(at, buffers[next]!) : undefined
+      reading = at < length
+        ? readPiece(at, buffers[next] ??= Buffer.allocUnsafe(Math.min(pieceBytes, length - at)))
+        : undefined
       // It fails unobserved when the response stops first.
       reading?.catch(() => undefined)
       next ^= 1

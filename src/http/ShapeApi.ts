@@ -99,6 +99,12 @@ const wholeBody = (lines: Uint8Array, trailing: string | undefined): Buffer =>
   Buffer.concat([OPEN, lines, closeOf(lines.length, trailing)])
 
 /**
+ * A body read whole and at most this long is copied into one buffer with its brackets, written in one go; a
+ * larger one (other requests may share it) is written as it is, between them.
+ */
+const COPIED_BODY_BYTES = 64 * 1024
+
+/**
  * The response for a read: `[`, the stored lines, an optional trailing message,
  * `]` — stored bytes are never re-encoded. A body that was read whole is sent
  * as one buffer; a larger one is streamed, each piece read from disk while the
@@ -111,7 +117,7 @@ const arrayResponse = (
   trailing: string | undefined,
   options: { readonly status: number; readonly contentType: string; readonly headers: HeaderRecord }
 ): HttpServerResponse.HttpServerResponse => {
-  if (read.bytes !== undefined && read.length <= PIECE_BYTES) {
+  if (read.bytes !== undefined && read.length <= COPIED_BODY_BYTES) {
     return HttpServerResponse.uint8Array(wholeBody(read.bytes, trailing), options)
   }
   const close = closeOf(read.length, trailing)

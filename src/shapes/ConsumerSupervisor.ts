@@ -72,7 +72,8 @@ const markOf = (reg: Registered): Effect.Effect<SnapshotMark> =>
 export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor")<ConsumerSupervisor, {
   /**
    * Makes shapes known, in order (a shape after those its subqueries read); `snapshot` is given for restored
-   * shapes, later through `snapshotReady` for new ones. Thousands are restored at start-up: one call takes them all.
+   * shapes, later through `snapshotReady` for new ones. Thousands are restored at start-up: a call takes many, as
+   * one effect.
    */
   readonly register: (shapes: ReadonlyArray<{ readonly shape: Shape; readonly snapshot: SnapshotMark | undefined }>) => Effect.Effect<void>
   /**

@@ -217,8 +217,9 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
       const restoring = clock.unsafeCurrentTimeMillis()
       let reported = restoring
       if (total > 0) yield* Effect.logInfo(`restoring ${total} shape(s)`)
-      // Restored shapes are handed to the consumers together: before a restore that may wait (and remove shapes),
-      // and at the end of each pass.
+      // Restored shapes are handed to the consumers together, one effect for many. Before a restore that may wait:
+      // a removal it makes unregisters shapes, which the consumers must know by then. At the end of each pass: a
+      // shape of the next pass reads through its subqueries shapes of this one, registered before it.
       let unregistered: Array<{ readonly shape: Shape; readonly snapshot: SnapshotMark | undefined }> = []
       const registerRestored = Effect.suspend(() => {
         if (unregistered.length === 0) return Effect.void

@@ -115,7 +115,7 @@ const decodeMark = (text: string): SnapshotMark => {
     pastSnapshot?: boolean
     tableOid?: number
   }
-  // One literal, every key always present: thousands of marks are decoded at start-up, all of one shape.
+  // One literal, every key always present: the thousands of marks decoded at start-up share one object layout.
   return {
     xmin: BigInt(o.xmin),
     xmax: BigInt(o.xmax),

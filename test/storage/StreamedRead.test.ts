@@ -20,9 +20,15 @@ import { fmt, tempDir } from "./fixtures.js"
 /** Several pieces per chunk, and chunks that end mid-piece. */
 const THRESHOLD = 5 * PIECE_BYTES + 12_345
 
-/** About 1 kB of JSON, multi-byte characters included, so that byte and character counts differ. */
+/** Lines grow with the piece: a chunk of the threshold above holds as many lines whatever the piece size. */
+const LINE_SCALE = PIECE_BYTES / (64 * 1024)
+
+/** About 1 kB of JSON per 64 kB of piece, multi-byte characters included, so that byte and character counts differ. */
 const bigLine = (tag: string, i: number): string =>
-  JSON.stringify({ key: `${tag}-${i}`, value: { id: String(i), pad: "é".repeat(i % 7) + "x".repeat(900 + (i * 37) % 200) } })
+  JSON.stringify({
+    key: `${tag}-${i}`,
+    value: { id: String(i), pad: "é".repeat(i % 7) + "x".repeat(LINE_SCALE * (900 + (i * 37) % 200)) }
+  })
 
 const bigEntry = (tx: number, op: number): LogEntry => ({
   offset: LogOffset.make(BigInt(tx), op),

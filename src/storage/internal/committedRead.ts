@@ -48,10 +48,11 @@ export const snapshotChunkAfter = (from: LogOffset, chunkCount: number): number 
 }
 
 /**
- * The pieces a streamed read yields are at most this long: the bytes one
- * streamed response holds stay in the order of a piece whatever the chunk size.
- * A response of many megabytes (an initial sync) goes out a piece per read and
- * per write: at 64 kB those turns, not the bytes, set its pace.
+ * The pieces a streamed read yields are at most this long: what one streamed
+ * response holds stays about two pieces (one in its socket, one read ahead)
+ * whatever the chunk size. A body of many megabytes (an initial sync) costs a
+ * read and a socket write per piece: pieces this large keep those turns small
+ * beside the bytes they carry.
  */
 export const PIECE_BYTES = 256 * 1024
 

@@ -1,4 +1,6 @@
-import { execFileSync } from "node:child_process"
+import { execFileSync, spawnSync } from "node:child_process"
+import * as fs from "node:fs"
+import * as os from "node:os"
 import { createRequire } from "node:module"
 import * as path from "node:path"
 import { pathToFileURL } from "node:url"
@@ -35,7 +37,37 @@ describe("loadPg", () => {
     expect(after).toEqual({ loadedFetch: false, navigator: before["navigator"], agent: before["agent"] })
   })
 
-  it("answers pg's question as Node's own navigator does: loaded bare on Node 20, pg would load fetch", () => {
+  it("keeps fetch out of the service's entry: dist/main.js loads every module of the service without it", () => {
+    // A bad setting stops the service once its modules are loaded (serve.js reads the settings first), before any
+    // connection; what was loaded is reported as the process exits.
+    const dir = fs.mkdtempSync(path.join(os.tmpdir(), "syncline-loadpg-"))
+    try {
+      const preload = path.join(dir, "report.mjs")
+      fs.writeFileSync(
+        preload,
+        `import { createRequire } from "node:module"
+        const cache = createRequire(import.meta.url).cache
+        process.on("exit", () => process.stderr.write("loaded " + JSON.stringify({
+          fetch: process.moduleLoadList.some((m) => m.includes("undici")),
+          pg: Object.keys(cache).some((f) => f.includes("/node_modules/pg/lib/"))
+        }) + "\\n"))\n`
+      )
+      const run = spawnSync(process.execPath, ["--import", pathToFileURL(preload).href, path.join(REPO_ROOT, "dist", "main.js")], {
+        cwd: REPO_ROOT,
+        encoding: "utf8",
+        env: { ...process.env, DATABASE_URL: "postgresql://nobody@127.0.0.1:1/none", ELECTRIC_PORT: "not a port" }
+      })
+      expect(run.status, run.stderr).toBe(1)
+      expect(run.stderr).toContain("invalid configuration")
+      const line = run.stderr.split("\n").find((l) => l.startsWith("loaded "))
+      expect(line, run.stderr).toBeDefined()
+      expect(JSON.parse(line!.slice("loaded ".length))).toEqual({ fetch: false, pg: true })
+    } finally {
+      fs.rmSync(dir, { recursive: true, force: true })
+    }
+  })
+
+  it("is needed on Node 20 only: there pg loaded bare loads fetch, from Node 21 on navigator answers its test", () => {
     // The case loadPg exists for; on Node 21 and later, navigator answers it and nothing loads either way.
     const bare = runNode(`
       import { createRequire } from "node:module"
