@@ -210,7 +210,8 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
       // The routing of shapes registered before it was recorded: derived from their parsed where, and stored.
       const derived: Array<readonly [ShapeHandle, ShapeRouting]> = []
       // Each table is looked up once, however many shapes it has.
-      const tablesLoaded = new Map<string, Either.Either<TableInfo, PostgresError>>()
+      // By schema, then name: a lookup per restored shape builds no key.
+      const tablesLoaded = new Map<string, Map<string, Either.Either<TableInfo, PostgresError>>>()
       const decided = new Set<ShapeHandle>()
       const total = waiting.length
       const clock = yield* Effect.clock
@@ -268,8 +269,8 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         yield* removeNow(orphan)
       }
 
-      function tableKey(ref: TableRef): string {
-        return JSON.stringify([ref.schema, ref.name])
+      function tableLoaded(ref: TableRef): Either.Either<TableInfo, PostgresError> | undefined {
+        return tablesLoaded.get(ref.schema)?.get(ref.name)
       }
 
       /**
@@ -278,7 +279,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
        */
       function restoreNow(record: ShapeRecord): { readonly shape: Shape; readonly routing: ShapeRouting } | undefined {
         if (record.dependencies.length !== 0 || record.routing === undefined || record.snapshot === undefined) return undefined
-        const table = tablesLoaded.get(tableKey(record.definition.table))
+        const table = tableLoaded(record.definition.table)
         if (table === undefined || Either.isLeft(table)) return undefined
         if (record.snapshot.tableOid !== undefined && record.snapshot.tableOid !== table.right.oid) return undefined
         if (record.snapshot.columns !== signatureOf(table.right)) return undefined
@@ -287,10 +288,14 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
 
       function loadTable(ref: TableRef) {
         return Effect.suspend(() => {
-          const key = tableKey(ref)
-          const known = tablesLoaded.get(key)
+          const known = tableLoaded(ref)
           if (known !== undefined) return Effect.succeed(known)
-          return Effect.tap(Effect.either(inspector.load(ref)), (loaded) => Effect.sync(() => tablesLoaded.set(key, loaded)))
+          return Effect.tap(Effect.either(inspector.load(ref)), (loaded) =>
+            Effect.sync(() => {
+              let names = tablesLoaded.get(ref.schema)
+              if (names === undefined) tablesLoaded.set(ref.schema, names = new Map())
+              names.set(ref.name, loaded)
+            }))
         })
       }
 
