@@ -643,6 +643,22 @@ export const streamCommits = async (
   }
 }
 
+/**
+ * What a restarted walsender reads of `slot`, in bytes of WAL: from its restart_lsn to its confirmed position it
+ * decodes again and sends nothing (restart_lsn moves up only to a log of the running transactions that the slot
+ * decoded and was confirmed past; Postgres writes one every 15 s or at a checkpoint); after it, what is new.
+ */
+export const slotBacklog = async (pool: pg.Pool, slot: string): Promise<{ readonly before: number; readonly after: number }> => {
+  const { rows: [row] } = await pool.query<{ before: string; after: string }>(
+    `SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::text AS before,
+            pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS after
+     FROM pg_replication_slots WHERE slot_name = $1`,
+    [slot]
+  )
+  if (row === undefined) throw new Error(`no slot ${slot}`)
+  return { before: Number(row.before), after: Number(row.after) }
+}
+
 /** The message (`M` field) of an ErrorResponse's fields, each a code byte and a NUL-ended text. */
 const errorMessage = (fields: Buffer): string => {
   for (let at = 0; at < fields.length && fields[at] !== 0;) {

@@ -14,6 +14,7 @@ import {
   type Service,
   sized,
   sleep,
+  slotBacklog,
   slotName,
   syncShape,
   writeTxns
@@ -67,15 +68,8 @@ export const idle: Part = {
       await db.pool.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [RAW_SLOT])
       await writeTxns(db.pool, txns, (client, k) => client.query(`INSERT INTO ${TABLE} VALUES ($1, $2)`, [1 + txns + k, k]))
       const lsn2 = await marker(db.pool, `UPDATE ${TABLE} SET n = n + 1 WHERE id = 0`)
-      // A restarted walsender decodes again, sending nothing, from the slot's restart_lsn to its confirmed position
-      // (see the one-shape part): work in the catch-up's time that the raw decoding does not do.
-      const { rows: [slot] } = await db.pool.query<{ before: string; after: string }>(
-        `SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::text AS before,
-                pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS after
-         FROM pg_replication_slots WHERE slot_name = $1`,
-        [slotName(STREAM)]
-      )
-      if (slot === undefined) throw new Error(`no slot ${slotName(STREAM)}`)
+      // Work in the catch-up's time that the raw decoding does not do.
+      const slot = await slotBacklog(db.pool, slotName(STREAM))
       service = await startService(options)
       const caughtUpAt = await slotPasses(db.pool, lsn2)
       const catchUpMs = caughtUpAt - service.activeAt
@@ -118,7 +112,7 @@ export const idle: Part = {
         `idle shapes: ${n} created in ${fmtS(createMs)} s (8 at a time); live: slot passed the marker ` +
           `${fmtS(passedAt - live.doneAt)} s after the last commit; catch-up: start-up to active ${fmtS(service.startupMs)} s, ` +
           `then ${fmtS(catchUpMs)} s (${fmtShortRate(txns / ((caughtUpAt - service.spawnedAt) / 1000))} txn/s from spawn); raw decoding ${fmtS(raw.ms)} s (${fmtInt(raw.messages)} messages). ` +
-          `The restarted walsender decoded ${fmtMb(Number(slot.before))} MB of WAL from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(Number(slot.after))} MB.`
+          `The restarted walsender decoded ${fmtMb(slot.before)} MB of WAL from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(slot.after)} MB.`
       )
     } finally {
       await service?.stop()

@@ -21,6 +21,7 @@ import {
   shapeUrl,
   scheduleOf,
   sized,
+  slotBacklog,
   slotName,
   streamCommits,
   syncShape,
@@ -104,16 +105,7 @@ export const oneShape: Part = {
       service = undefined
       await db.pool.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [RAW_SLOT])
       await writeTxns(db.pool, txns, statement(ROWS + 1 + txns, "caught up"))
-      // A restarted walsender decodes from the slot's restart_lsn (it moves up only to a log of the running transactions
-      // that the slot decoded and was confirmed past; Postgres writes one every 15 s or at a checkpoint) to the confirmed
-      // position without sending anything, and then the rest.
-      const { rows: [slot] } = await db.pool.query<{ before: string; after: string }>(
-        `SELECT pg_wal_lsn_diff(confirmed_flush_lsn, restart_lsn)::text AS before,
-                pg_wal_lsn_diff(pg_current_wal_lsn(), confirmed_flush_lsn)::text AS after
-         FROM pg_replication_slots WHERE slot_name = $1`,
-        [slotName(STREAM)]
-      )
-      if (slot === undefined) throw new Error(`no slot ${slotName(STREAM)}`)
+      const slot = await slotBacklog(db.pool, slotName(STREAM))
       await db.pool.query(`SELECT pg_copy_logical_replication_slot($1, $2)`, [slotName(STREAM), RESTART_SLOT])
       await db.pool.query(`SELECT pg_copy_logical_replication_slot($1, $2)`, [slotName(STREAM), STREAM_SLOT])
       service = await startService(options)
@@ -183,9 +175,9 @@ export const oneShape: Part = {
           `and garbage collector, and libuv's pool writing and syncing the logs; by thread, in ms, by its id's offset from the pid: ${threads})` +
           `${walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(walsenderCpuMs)} ms (${fmtInt(walsenderLifeCpuMs!)} ms since it started)`}; this client ${fmtInt(clientCpuMs)} ms; ` +
           `${fmtInt(catchUpMs)} ms of wall time on ${os.cpus().length} cores, in which the main thread ran ${fmtInt(mainRanMs)} ms and ` +
-          `waited ${fmtInt(mainWaitedMs)} ms for a core while it was ready to run. The walsender decoded ${fmtMb(Number(slot.before))} MB of WAL ` +
-          `from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(Number(slot.after))} MB. ` +
-          `Raw decoding as the restarted walsender decodes, from a copy of the service's slot (so those ${fmtMb(Number(slot.before))} MB too): ` +
+          `waited ${fmtInt(mainWaitedMs)} ms for a core while it was ready to run. The walsender decoded ${fmtMb(slot.before)} MB of WAL ` +
+          `from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(slot.after)} MB. ` +
+          `Raw decoding as the restarted walsender decodes, from a copy of the service's slot (so those ${fmtMb(slot.before)} MB too): ` +
           `${fmtS(fromSlot.ms)} s, ${fmtShortRate(fromSlotRate)} txn/s; the catch-up is ${fmtRatio(catchUpRate / fromSlotRate)} of that. ` +
           `Streamed from another copy of the service's slot to a client that does nothing but count the commits, timed from ` +
           `START_REPLICATION: ${fmtS(streamed.ms)} s, ${fmtShortRate(streamedRate)} txn/s, ${fmtRatio(streamedRate / rawRate)} of the ` +
