@@ -221,11 +221,11 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
       // Restored shapes are handed to the consumers together, one effect for many. Before a restore that may wait:
       // a removal it makes unregisters shapes, which the consumers must know by then. At the end of each pass: a
       // shape of the next pass reads through its subqueries shapes of this one, registered before it.
-      let unregistered: Array<{ readonly shape: Shape; readonly snapshot: SnapshotMark | undefined }> = []
+      let awaitingRegistration: Array<{ readonly shape: Shape; readonly snapshot: SnapshotMark | undefined }> = []
       const registerRestored = Effect.suspend(() => {
-        if (unregistered.length === 0) return Effect.void
-        const batch = unregistered
-        unregistered = []
+        if (awaitingRegistration.length === 0) return Effect.void
+        const batch = awaitingRegistration
+        awaitingRegistration = []
         return consumers.register(batch)
       })
       while (waiting.length > 0) {
@@ -248,7 +248,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           if (record.requested) requested.add(record.handle)
           shapes.set(record.handle, restored.shape)
           route(restored.shape, restored.routing)
-          unregistered.push({ shape: restored.shape, snapshot: record.snapshot })
+          awaitingRegistration.push({ shape: restored.shape, snapshot: record.snapshot })
           if (record.routing === undefined) derived.push([record.handle, restored.routing])
         }
         yield* registerRestored
