@@ -483,7 +483,7 @@ export const ownTupleBytes = (txn: Transaction): void => {
       at = slabUsed
       slabUsed += length
     }
-    for (let k = 0; k < length; k++) to[at + k] = from[start + k]!
+    from.copy(to, at, start, start + length)
     change.moveBytes(to, at)
   }
 }

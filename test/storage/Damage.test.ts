@@ -7,16 +7,13 @@ import {
   type ChildService,
   cleanEnv,
   freePort,
-  REPO_ROOT,
   spawnCommand,
   spawnSyncline,
-  startNodeArgs,
   stopAllChildren,
+  synclineNodeArgs,
   waitHealthy
 } from "../support/process.js"
 import { dropReplication, itemsTable, tempDir, testPool } from "../support/syncline.js"
-import { createRequire } from "node:module"
-import { pathToFileURL } from "node:url"
 import { inject } from "vitest"
 
 /**
@@ -202,12 +199,11 @@ describe("a full disk", () => {
     const { baseUrl, port, storageDir } = await serviceSetup(stream)
     // The service in a mount namespace of its own, its storage dir a 4 MB tmpfs that only it sees; the test
     // reaches the files through /proc/<pid>/root.
-    const loader = pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href
     const script = `mount -t tmpfs -o size=4m tmpfs "$ELECTRIC_STORAGE_DIR" && exec "$0" "$@"`
     const unshare = process.getuid?.() === 0 ? ["-m"] : ["-r", "-m"]
     const child: ChildService = spawnCommand(
       "unshare",
-      [...unshare, "sh", "-c", script, process.execPath, ...startNodeArgs(), "--import", loader, path.join(REPO_ROOT, "main.ts")],
+      [...unshare, "sh", "-c", script, process.execPath, ...synclineNodeArgs()],
       { env: env(stream, port, storageDir) }
     )
     onTestFailed(() => console.error(child.output()))

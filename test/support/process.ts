@@ -178,19 +178,24 @@ export const spawnCommand = (
 }
 
 /**
+ * The arguments of `node` that run the service: with the node flags `npm start` gives it, the sources through the
+ * tsx loader, or with `compiled` the bundle `npm start` runs (`dist/main.js`, which `npm test` builds first).
+ */
+export const synclineNodeArgs = (compiled = false): Array<string> =>
+  compiled
+    ? [...startNodeArgs(), path.join(REPO_ROOT, "dist", "main.js")]
+    : [...startNodeArgs(), "--import", pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href, path.join(REPO_ROOT, "main.ts")]
+
+/**
  * `node --import <tsx loader> main.ts` from the repository root: the service itself, without npm or npx, with the
- * node flags `npm start` gives it. With `compiled`, `node dist/main.js` instead: the bundle `npm start` runs, which
- * `npm test` builds first.
+ * node flags `npm start` gives it. With `compiled`, `node dist/main.js` instead (`synclineNodeArgs`).
  */
 export const spawnSyncline = (options: {
   readonly env: Readonly<Record<string, string>>
   readonly cwd?: string
   readonly compiled?: boolean
 }): ChildService => {
-  const args = options.compiled === true
-    ? [...startNodeArgs(), path.join(REPO_ROOT, "dist", "main.js")]
-    : [...startNodeArgs(), "--import", pathToFileURL(createRequire(import.meta.url).resolve("tsx")).href, path.join(REPO_ROOT, "main.ts")]
-  return spawnCommand(process.execPath, args, {
+  return spawnCommand(process.execPath, synclineNodeArgs(options.compiled === true), {
     env: options.env,
     cwd: options.cwd ?? REPO_ROOT
   })
