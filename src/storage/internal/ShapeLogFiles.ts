@@ -1,5 +1,6 @@
-import * as fs from "node:fs/promises"
+import * as fsSync from "node:fs"
 import type { Stats } from "node:fs"
+import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import * as Deferred from "effect/Deferred"
 import * as Effect from "effect/Effect"
@@ -18,7 +19,7 @@ import {
   isErrno,
   publishPointer,
   readPointer,
-  readRange,
+  readRangeNow,
   stagePointer,
   syncDirectory,
   writeAt
@@ -327,17 +328,14 @@ export class ShapeLogFiles {
    * (nothing there says what the directory holds, so it is left as found).
    */
   static async open(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
-    // Steps that do not depend on each other run together: each waits for a turn of the event loop, and a log
-    // opened during a catch-up (a restored shape's first request) waits behind every turn's reading of the slot.
-    const [found, read] = await Promise.allSettled([fs.stat(dir), readPointer(dir)])
-    if (found.status === "rejected") {
-      if (isErrno(found.reason, "ENOENT")) {
-        throw new StorageError({ reason: "Removed", handle, message: "the shape has no directory" })
-      }
-      throw found.reason
+    // Each asynchronous step waits for a turn of the event loop, and a log opened during a catch-up (a consumer's
+    // first transaction, a restored shape's first request) waits behind every turn's reading of the slot. What
+    // reads only metadata or a few bytes is done at once (`readPointer`); steps that do not depend on each other run
+    // together.
+    if (fsSync.statSync(dir, { throwIfNoEntry: false }) === undefined) {
+      throw new StorageError({ reason: "Removed", handle, message: "the shape has no directory" })
     }
-    if (read.status === "rejected") throw read.reason
-    const pointer = read.value
+    const pointer = readPointer(dir)
     if (pointer === undefined) {
       throw new StorageError({ reason: "Corrupt", handle, message: "the shape directory has no commit pointer" })
     }
@@ -384,16 +382,16 @@ export class ShapeLogFiles {
     const lines = indexBytes / INDEX_RECORD_BYTES
     if ((lines === 0) !== (lastOffset === undefined)) throw corrupt("commit pointer and index disagree")
     const files = [[this.log, logBytes], [this.index, indexBytes], [this.chunks, chunkIndexBytes]] as const
-    const sizes = await Promise.all(files.map(([fh]) => fh.stat()))
+    // Read at once, like the pointer (see `open`): an fstat and a few bytes.
+    const sizes = files.map(([fh]) => fsSync.fstatSync(fh.fd).size)
     for (let i = 0; i < files.length; i++) {
-      if (sizes[i]!.size < files[i]![1]) throw corrupt("a file is shorter than its commit pointer says")
+      if (sizes[i]! < files[i]![1]) throw corrupt("a file is shorter than its commit pointer says")
     }
     // The reads stay within the pointer's lengths, so they need not wait for the cuts past them.
-    const [, last, chunkIndex] = await Promise.all([
-      Promise.all(files.map(([fh, length], i) => (sizes[i]!.size > length ? fh.truncate(length) : undefined))),
-      lines > 0 ? readRange(this.index, indexBytes - INDEX_RECORD_BYTES, INDEX_RECORD_BYTES) : undefined,
-      chunkIndexBytes > 0 ? readRange(this.chunks, 0, chunkIndexBytes) : undefined
-    ])
+    const last = lines > 0 ? readRangeNow(this.index, indexBytes - INDEX_RECORD_BYTES, INDEX_RECORD_BYTES) : undefined
+    const chunkIndex = chunkIndexBytes > 0 ? readRangeNow(this.chunks, 0, chunkIndexBytes) : undefined
+    // Past the pointer lie bytes of a commit a crash cut short, written again by the next one.
+    await Promise.all(files.map(([fh, length], i) => (sizes[i]! > length ? fh.truncate(length) : undefined)))
     if (
       last !== undefined &&
       (last.readBigUInt64LE(0) !== lastOffset!.tx || last.readDoubleLE(8) !== lastOffset!.op || last.readDoubleLE(16) !== logBytes)
