@@ -83,7 +83,8 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
   readonly snapshotReady: (handle: ShapeHandle, mark: SnapshotMark, shape: Shape) => Effect.Effect<void>
   /**
    * Hands routed transactions (in commit order) to the consumers of the shapes they go to, starting those not
-   * running: each consumer gets its part of the batch in one offer.
+   * running: each consumer gets its part of the batch in one offer. Completes once each consumer it started has
+   * its log open, or has found that it cannot open it at once (`start`).
    */
   readonly deliver: (batch: ReadonlyArray<Routed>) => Effect.Effect<void>
   /** Stops a shape's consumer and forgets the shape (removal). */
@@ -143,11 +144,21 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
           }
         }
 
-        const start = (reg: Registered): Effect.Effect<WorkQueue> =>
+        /**
+         * Starts a shape's consumer. `opened` completes once the consumer has its log open, has failed to open it
+         * once, or has stopped; at once when the shape's snapshot is still being taken (the log is opened after it).
+         * The pump waits for it (`deliver`): each step of opening a log waits for a turn of the event loop, and
+         * during a catch-up the reading of the slot takes most of every turn, so a log opened behind it took a
+         * hundred milliseconds, while the transactions routed to the shape meanwhile waited in its queue.
+         */
+        const start = (reg: Registered): Effect.Effect<{ readonly queue: WorkQueue; readonly opened: Effect.Effect<void> }> =>
           Effect.gen(function*() {
             const queue = new WorkQueue()
             reg.queue = queue
             const handle = reg.shape.handle
+            const opening = reg.mark === undefined ? undefined : Deferred.unsafeMake<void>(FiberId.none)
+            const opened = opening === undefined ? Effect.void : Deferred.await(opening)
+            const settleOpening = opening === undefined ? Effect.void : Deferred.succeed(opening, undefined)
             // A restored shape's where is parsed here, when a transaction first reaches it: one that no longer
             // parses cannot be followed, and is removed as it would have been at start-up. What is routed to it
             // meanwhile is dropped, and the ack waits for the removal.
@@ -155,13 +166,13 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
             if (Either.isLeft(where)) {
               reg.invalidated = true
               yield* Queue.offer(invalidations, { handle, reason: `its where no longer parses: ${where.left.message}` })
-              return queue
+              return { queue, opened: Effect.void }
             }
             // The log is opened once the snapshot is written (`runConsumer` waits for it): a new shape's storage
             // is created by its snapshot.
             const consumer = runConsumer({
               shape: reg.shape,
-              openLog: storage.open(handle),
+              openLog: Effect.ensuring(storage.open(handle), settleOpening),
               queue,
               snapshot: markOf(reg),
               tracker,
@@ -199,13 +210,16 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
                   )
               ),
               Effect.ensuring(
-                Effect.sync(() => {
-                  if (reg.queue === queue) reg.queue = undefined
-                })
+                Effect.zipRight(
+                  settleOpening,
+                  Effect.sync(() => {
+                    if (reg.queue === queue) reg.queue = undefined
+                  })
+                )
               )
             )
             yield* FiberMap.run(fibers, handle, consumer)
-            return queue
+            return { queue, opened }
           })
 
         /** A shape is read through a subquery: it gets a materializer, which its consumer loads now. */
@@ -223,7 +237,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
             }
             if (m.loaded) return
             // A wake-up: the consumer loads the materializer at its next batch boundary, when all it handled is durable.
-            const queue = dependency.queue ?? (yield* start(dependency))
+            const queue = dependency.queue ?? (yield* start(dependency)).queue
             queue.offer({ txn: undefined, delivery: undefined })
           })
 
@@ -290,10 +304,18 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
                 if (reg.queue !== undefined) reg.queue.offerAll(list)
                 else (starting ??= []).push([reg, list])
               }
-              const offers = starting === undefined ? Effect.void : Effect.forEach(
-                starting,
-                ([reg, list]) => Effect.map(reg.queue !== undefined ? Effect.succeed(reg.queue) : start(reg), (queue) => queue.offerAll(list)),
-                { discard: true }
+              const offers = starting === undefined ? Effect.void : Effect.flatMap(
+                Effect.forEach(starting, ([reg, list]) => {
+                  if (reg.queue !== undefined) {
+                    reg.queue.offerAll(list)
+                    return Effect.succeed(Effect.void)
+                  }
+                  return Effect.map(start(reg), ({ opened, queue }) => {
+                    queue.offerAll(list)
+                    return opened
+                  })
+                }),
+                (opened) => Effect.forEach(opened, (o) => o, { discard: true })
               )
               return unknown === undefined ? offers : Effect.zipRight(offers, Effect.forEach(unknown, tracker.forget, { discard: true }))
             }),
