@@ -20,7 +20,14 @@ import type { Shape } from "./Shape.js"
 import { shapeWhere } from "./ShapeResolver.js"
 import { type SnapshotMark, ShapeStatus } from "./ShapeStatus.js"
 import type { DependencyLink } from "./Subqueries.js"
-import { logWhenStopped } from "../domain/Lifecycle.js"
+import { logWhenStopped, realDelay } from "../domain/Lifecycle.js"
+
+/**
+ * The longest the pump waits for the consumers a batch started to open their logs (`start`). Opening takes a few
+ * milliseconds; a log whose snapshot has thousands of chunks to check, or a disk that lags, takes longer, and the
+ * other shapes must not wait for it.
+ */
+const OPEN_WAIT_MS = 50
 
 /**
  * What the supervisor keeps of a registered shape. An idle shape is only this object: the Deferreds a consumer or
@@ -83,8 +90,8 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
   readonly snapshotReady: (handle: ShapeHandle, mark: SnapshotMark, shape: Shape) => Effect.Effect<void>
   /**
    * Hands routed transactions (in commit order) to the consumers of the shapes they go to, starting those not
-   * running: each consumer gets its part of the batch in one offer. Completes once each consumer it started has
-   * its log open, or has found that it cannot open it at once (`start`).
+   * running: each consumer gets its part of the batch in one offer. Waits, at most `OPEN_WAIT_MS`, for each
+   * consumer it started to be done with its first attempt at opening its log (`start`).
    */
   readonly deliver: (batch: ReadonlyArray<Routed>) => Effect.Effect<void>
   /** Stops a shape's consumer and forgets the shape (removal). */
@@ -145,20 +152,26 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
         }
 
         /**
-         * Starts a shape's consumer. `opened` completes once the consumer has its log open, has failed to open it
-         * once, or has stopped; at once when the shape's snapshot is still being taken (the log is opened after it).
-         * The pump waits for it (`deliver`): each step of opening a log waits for a turn of the event loop, and
-         * during a catch-up the reading of the slot takes most of every turn, so a log opened behind it took a
-         * hundred milliseconds, while the transactions routed to the shape meanwhile waited in its queue.
+         * Starts a shape's consumer. `opened` completes once the consumer's first attempt at opening its log is
+         * done (opened or failed) or the consumer has stopped; at once when the shape's snapshot is still being
+         * taken (the log is opened after it) or its where no longer parses (no consumer runs). The pump waits for
+         * it (`deliver`): each asynchronous step of an open waits for a turn of the event loop, and during a
+         * catch-up the reading of the slot takes most of every turn; an open behind it came tens of milliseconds
+         * later, while what the pump routed to the shape meanwhile queued up in memory.
          */
         const start = (reg: Registered): Effect.Effect<{ readonly queue: WorkQueue; readonly opened: Effect.Effect<void> }> =>
           Effect.gen(function*() {
             const queue = new WorkQueue()
             reg.queue = queue
             const handle = reg.shape.handle
-            const opening = reg.mark === undefined ? undefined : Deferred.unsafeMake<void>(FiberId.none)
+            // Dropped once settled: a running consumer keeps its `openLog`, which would keep the Deferred.
+            let opening = reg.mark === undefined ? undefined : Deferred.unsafeMake<void>(FiberId.none)
             const opened = opening === undefined ? Effect.void : Deferred.await(opening)
-            const settleOpening = opening === undefined ? Effect.void : Deferred.succeed(opening, undefined)
+            const settleOpening = Effect.sync(() => {
+              if (opening === undefined) return
+              Deferred.unsafeDone(opening, Effect.void)
+              opening = undefined
+            })
             // A restored shape's where is parsed here, when a transaction first reaches it: one that no longer
             // parses cannot be followed, and is removed as it would have been at start-up. What is routed to it
             // meanwhile is dropped, and the ack waits for the removal.
@@ -315,7 +328,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
                     return opened
                   })
                 }),
-                (opened) => Effect.forEach(opened, (o) => o, { discard: true })
+                (openings) => Effect.raceFirst(Effect.all(openings, { discard: true }), realDelay(OPEN_WAIT_MS))
               )
               return unknown === undefined ? offers : Effect.zipRight(offers, Effect.forEach(unknown, tracker.forget, { discard: true }))
             }),

@@ -387,7 +387,7 @@ export class ShapeLogFiles {
     for (let i = 0; i < files.length; i++) {
       if (sizes[i]! < files[i]![1]) throw corrupt("a file is shorter than its commit pointer says")
     }
-    // The reads stay within the pointer's lengths, so they need not wait for the cuts past them.
+    // Within the pointer's lengths: the cuts past them come after.
     const last = lines > 0 ? readRangeNow(this.index, indexBytes - INDEX_RECORD_BYTES, INDEX_RECORD_BYTES) : undefined
     const chunkIndex = chunkIndexBytes > 0 ? readRangeNow(this.chunks, 0, chunkIndexBytes) : undefined
     // Past the pointer lie bytes of a commit a crash cut short, written again by the next one.

@@ -40,12 +40,9 @@ export interface ChunkEnd {
 export const readRange = (fh: fs.FileHandle, position: number, length: number, kept = false): Promise<Buffer> =>
   readRangeInto(fh, position, kept ? Buffer.allocUnsafeSlow(length) : Buffer.allocUnsafe(length))
 
-/**
- * Reads the bytes at `position` at once, for the small reads of opening a log (see `readPointer`). `kept` as in
- * `readRange`.
- */
-export const readRangeNow = (fh: fs.FileHandle, position: number, length: number, kept = false): Buffer => {
-  const buf = kept ? Buffer.allocUnsafeSlow(length) : Buffer.allocUnsafe(length)
+/** Reads the bytes at `position` at once, for the small reads of opening a log (see `readPointer`). */
+export const readRangeNow = (fh: fs.FileHandle, position: number, length: number): Buffer => {
+  const buf = Buffer.allocUnsafe(length)
   let done = 0
   while (done < length) {
     const bytesRead = fsSync.readSync(fh.fd, buf, done, length - done, position + done)
