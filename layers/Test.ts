@@ -19,7 +19,10 @@ import { RecordedShapeDb } from "../src/testing/RecordedShapeDb.js"
 import { makeStack } from "./Stack.js"
 import type { SynclineServices } from "./Syncline.js"
 
-/** Real file storage whose log commits pass through `db.intercept.commit`, so a test can hold one shape's write. */
+/**
+ * Real file storage whose log commits and openings pass through `db.intercept.commit` and `db.intercept.open`, so
+ * a test can hold one shape's write, or the opening of its log.
+ */
 const interceptedStorage = (db: FakePostgres, storage: Layer.Layer<ShapeLogStorage, StorageError>) =>
   Layer.effect(
     ShapeLogStorage,
@@ -28,7 +31,7 @@ const interceptedStorage = (db: FakePostgres, storage: Layer.Layer<ShapeLogStora
       return ShapeLogStorage.of({
         ...inner,
         create: (handle) => Effect.map(inner.create(handle), wrap),
-        open: (handle) => Effect.map(inner.open(handle), wrap)
+        open: (handle) => Effect.map(db.intercept.open.around(handle, inner.open(handle)), wrap)
       })
     })
   ).pipe(Layer.provide(storage))

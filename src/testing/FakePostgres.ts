@@ -73,7 +73,7 @@ export class FakePostgres {
   /**
    * Interceptions tests arm: the next ack, the next catalog load, the next snapshot, the next query of
    * rows (`Snapshot.rows`, keyed by its table), the next SQLite statement of the registry, the next commit of a
-   * shape log.
+   * shape log, the next opening of one.
    */
   readonly intercept = {
     ack: new Intercept<Lsn>(),
@@ -82,7 +82,9 @@ export class FakePostgres {
     rows: new Intercept<TableRef>(),
     sql: new Intercept<string>(),
     /** The next commit of a shape log (keyed by its handle): what makes a batch durable. */
-    commit: new Intercept<string>()
+    commit: new Intercept<string>(),
+    /** The next opening of an existing shape log (keyed by its handle), as a consumer or a request opens it. */
+    open: new Intercept<string>()
   }
   /** When true, acks are recorded but never reach `confirmedFlush` (as if the standby status was lost). */
   dropAcks = false

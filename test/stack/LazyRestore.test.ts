@@ -69,6 +69,41 @@ describe("shapes restored with their where parsed on first use", () => {
       ])
     }))
 
+  it.scoped("a shape whose log is slow to open holds the pump only briefly: later transactions reach the other shapes", () =>
+    Effect.gen(function*() {
+      const db = new FakePostgres([ITEMS])
+      yield* db.commit([insert("1"), insert("2")])
+      const h = yield* startServer(db, yield* tempDirs)
+      const first = yield* readAll(h, undefined)
+
+      yield* h.supervisor.restart
+      yield* h.active
+      // The consumer of the shape found by equality starts with the next transaction; its log's opening is held.
+      const gate = yield* makeGate
+      yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
+      db.intercept.open.next(() => gate.hold, (handle) => handle === first.positions.equality.handle)
+      const t1 = yield* db.commit([insert("3"), { kind: "update", table: "items", row: { id: "1", title: "one" } } as const])
+      yield* Deferred.await(gate.reached)
+      // A later transaction, for the other shapes only, reaches them while the opening is still held.
+      const t2 = yield* db.commit([insert("22")])
+      let meanwhile = yield* readAll(h, first.positions, ["scanned", "all"])
+      while (!meanwhile.inserted.all!.includes("22") || !meanwhile.inserted.scanned!.includes("22")) {
+        yield* TestServices.provideLive(Effect.sleep("5 millis"))
+        meanwhile = yield* readAll(h, first.positions, ["scanned", "all"])
+      }
+      expect(meanwhile.inserted).toEqual({ scanned: ["3", "22"], all: ["3", "22"] })
+      expect(yield* Deferred.isDone(gate.release)).toBe(false)
+      expect(db.confirmedFlush < t1.endLsn).toBe(true)
+
+      yield* Deferred.succeed(gate.release, undefined)
+      yield* db.awaitConfirmed(t2.endLsn)
+      const updated = yield* readToEnd(h, QUERIES.equality, first.positions.equality)
+      expect(updated.handle).toBe(first.positions.equality.handle)
+      expect(updated.messages.filter((m) => m.headers.operation === "update").map((m) => m.value)).toEqual([
+        { id: "1", title: "one" }
+      ])
+    }))
+
   it.scoped("are served under their handles before and after their where is parsed, and across further restarts", () =>
     Effect.gen(function*() {
       const db = new FakePostgres([ITEMS])
