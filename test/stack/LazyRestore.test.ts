@@ -5,8 +5,8 @@ import { whereCompiled } from "../../src/shapes/ShapeResolver.js"
 import { ShapeDb } from "../../src/storage/ShapeDb.js"
 import { makeGate } from "../../src/testing/Intercept.js"
 import { FakePostgres, textTable } from "../../src/testing/FakePostgres.js"
-import { readToEnd, startServer, tempDirs, type TestDirs } from "../../src/testing/index.js"
-import { insert, KINDS, QUERIES, readAll, shapeOf } from "../support/threeShapes.js"
+import { type Harness, readToEnd, startServer, tempDirs, type TestDirs } from "../../src/testing/index.js"
+import { insert, KINDS, type Position, QUERIES, readAll, shapeOf } from "../support/threeShapes.js"
 
 /**
  * Shapes restored at start-up without parsing their where (their routing read from the registry): they are
@@ -20,6 +20,27 @@ const registry = <A>(dirs: TestDirs, use: (sql: SqlClient.SqlClient) => Effect.E
   Effect.scoped(
     Effect.flatMap(Layer.build(ShapeDb.layer(dirs.storageDir)), (context) => use(Context.get(context, SqlClient.SqlClient)))
   ).pipe(Effect.orDie)
+
+/** The update of row 1 to "one" is in the log of the shape found by equality, under the handle it had. */
+const expectUpdateOfRowOne = (h: Harness, from: Position) =>
+  Effect.gen(function*() {
+    const updated = yield* readToEnd(h, QUERIES.equality, from)
+    expect(updated.handle).toBe(from.handle)
+    expect(updated.messages.filter((m) => m.headers.operation === "update").map((m) => m.value)).toEqual([
+      { id: "1", title: "one" }
+    ])
+  })
+
+/** Three shapes over two rows, then a restart: the shapes are restored, none of their where parsed yet. */
+const restoredThreeShapes = Effect.gen(function*() {
+  const db = new FakePostgres([ITEMS])
+  yield* db.commit([insert("1"), insert("2")])
+  const h = yield* startServer(db, yield* tempDirs)
+  const first = yield* readAll(h, undefined)
+  yield* h.supervisor.restart
+  yield* h.active
+  return { db, first, h }
+})
 
 describe("shapes restored with their where parsed on first use", () => {
   it.scoped("receive every transaction that reaches them and hold the ack until it is durable in their logs", () =>
@@ -62,22 +83,12 @@ describe("shapes restored with their where parsed on first use", () => {
       expect(whereCompiled(yield* shapeOf(h, first.positions.scanned.handle))).toBe(true)
       expect(whereCompiled(yield* shapeOf(h, first.positions.equality.handle))).toBe(true)
       // The update reached the shape found by equality once it was let through.
-      const updated = yield* readToEnd(h, QUERIES.equality, first.positions.equality)
-      expect(updated.handle).toBe(first.positions.equality.handle)
-      expect(updated.messages.filter((m) => m.headers.operation === "update").map((m) => m.value)).toEqual([
-        { id: "1", title: "one" }
-      ])
+      yield* expectUpdateOfRowOne(h, first.positions.equality)
     }))
 
   it.scoped("a shape whose log is slow to open holds the pump only briefly: later transactions reach the other shapes", () =>
     Effect.gen(function*() {
-      const db = new FakePostgres([ITEMS])
-      yield* db.commit([insert("1"), insert("2")])
-      const h = yield* startServer(db, yield* tempDirs)
-      const first = yield* readAll(h, undefined)
-
-      yield* h.supervisor.restart
-      yield* h.active
+      const { db, first, h } = yield* restoredThreeShapes
       // The consumer of the shape found by equality starts with the next transaction; its log's opening is held.
       const gate = yield* makeGate
       yield* Effect.addFinalizer(() => Deferred.succeed(gate.release, undefined))
@@ -97,22 +108,12 @@ describe("shapes restored with their where parsed on first use", () => {
 
       yield* Deferred.succeed(gate.release, undefined)
       yield* db.awaitConfirmed(t2.endLsn)
-      const updated = yield* readToEnd(h, QUERIES.equality, first.positions.equality)
-      expect(updated.handle).toBe(first.positions.equality.handle)
-      expect(updated.messages.filter((m) => m.headers.operation === "update").map((m) => m.value)).toEqual([
-        { id: "1", title: "one" }
-      ])
+      yield* expectUpdateOfRowOne(h, first.positions.equality)
     }))
 
   it.scoped("are served under their handles before and after their where is parsed, and across further restarts", () =>
     Effect.gen(function*() {
-      const db = new FakePostgres([ITEMS])
-      yield* db.commit([insert("1"), insert("2")])
-      const h = yield* startServer(db, yield* tempDirs)
-      const first = yield* readAll(h, undefined)
-
-      yield* h.supervisor.restart
-      yield* h.active
+      const { db, first, h } = yield* restoredThreeShapes
       // Read from the start and from where the client stood, before anything parsed the where.
       const again = yield* readAll(h, undefined)
       expect(again.positions).toEqual(first.positions)
