@@ -90,8 +90,8 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
   readonly snapshotReady: (handle: ShapeHandle, mark: SnapshotMark, shape: Shape) => Effect.Effect<void>
   /**
    * Hands routed transactions (in commit order) to the consumers of the shapes they go to, starting those not
-   * running: each consumer gets its part of the batch in one offer. Waits, at most `OPEN_WAIT_MS`, for each
-   * consumer it started to be done with its first attempt at opening its log (`start`).
+   * running: each consumer gets its part of the batch in one offer. Then waits, at most `OPEN_WAIT_MS` in all,
+   * until the consumers it started are done with their first attempt at opening their logs (`start`).
    */
   readonly deliver: (batch: ReadonlyArray<Routed>) => Effect.Effect<void>
   /** Stops a shape's consumer and forgets the shape (removal). */
@@ -153,20 +153,20 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
 
         /**
          * Starts a shape's consumer. `opened` completes once the consumer's first attempt at opening its log is
-         * done (opened or failed) or the consumer has stopped; at once when the shape's snapshot is still being
-         * taken (the log is opened after it) or its where no longer parses (no consumer runs). The pump waits for
-         * it (`deliver`): each asynchronous step of an open waits for a turn of the event loop, and during a
-         * catch-up the reading of the slot takes most of every turn; an open behind it came tens of milliseconds
-         * later, while what the pump routed to the shape meanwhile queued up in memory.
+         * done (opened or failed) or the consumer has stopped; it is undefined when there is nothing to wait for:
+         * the shape's snapshot is still being taken (the log is opened after it) or its where no longer parses (no
+         * consumer runs). The pump waits for it (`deliver`): each asynchronous step of an open waits for a turn of
+         * the event loop, and during a catch-up the reading of the slot takes most of every turn; behind it, the
+         * open takes tens of milliseconds, while what the pump routes to the shape meanwhile waits in its queue.
          */
-        const start = (reg: Registered): Effect.Effect<{ readonly queue: WorkQueue; readonly opened: Effect.Effect<void> }> =>
+        const start = (reg: Registered): Effect.Effect<{ readonly queue: WorkQueue; readonly opened: Effect.Effect<void> | undefined }> =>
           Effect.gen(function*() {
             const queue = new WorkQueue()
             reg.queue = queue
             const handle = reg.shape.handle
             // Dropped once settled: a running consumer keeps its `openLog`, which would keep the Deferred.
             let opening = reg.mark === undefined ? undefined : Deferred.unsafeMake<void>(FiberId.none)
-            const opened = opening === undefined ? Effect.void : Deferred.await(opening)
+            const opened = opening === undefined ? undefined : Deferred.await(opening)
             const settleOpening = Effect.sync(() => {
               if (opening === undefined) return
               Deferred.unsafeDone(opening, Effect.void)
@@ -179,7 +179,7 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
             if (Either.isLeft(where)) {
               reg.invalidated = true
               yield* Queue.offer(invalidations, { handle, reason: `its where no longer parses: ${where.left.message}` })
-              return { queue, opened: Effect.void }
+              return { queue, opened: undefined }
             }
             // The log is opened once the snapshot is written (`runConsumer` waits for it): a new shape's storage
             // is created by its snapshot.
@@ -321,14 +321,19 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
                 Effect.forEach(starting, ([reg, list]) => {
                   if (reg.queue !== undefined) {
                     reg.queue.offerAll(list)
-                    return Effect.succeed(Effect.void)
+                    return Effect.succeed(undefined)
                   }
                   return Effect.map(start(reg), ({ opened, queue }) => {
                     queue.offerAll(list)
                     return opened
                   })
                 }),
-                (openings) => Effect.raceFirst(Effect.all(openings, { discard: true }), realDelay(OPEN_WAIT_MS))
+                (started) => {
+                  const openings = started.filter((o) => o !== undefined)
+                  return openings.length === 0
+                    ? Effect.void
+                    : Effect.raceFirst(Effect.all(openings, { discard: true }), realDelay(OPEN_WAIT_MS))
+                }
               )
               return unknown === undefined ? offers : Effect.zipRight(offers, Effect.forEach(unknown, tracker.forget, { discard: true }))
             }),

@@ -45,14 +45,8 @@ const restoredThreeShapes = Effect.gen(function*() {
 describe("shapes restored with their where parsed on first use", () => {
   it.scoped("receive every transaction that reaches them and hold the ack until it is durable in their logs", () =>
     Effect.gen(function*() {
-      const db = new FakePostgres([ITEMS])
-      yield* db.commit([insert("1"), insert("2")])
-      const h = yield* startServer(db, yield* tempDirs)
-      const first = yield* readAll(h, undefined)
+      const { db, first, h } = yield* restoredThreeShapes
       expect(first.inserted).toEqual({ equality: ["1"], scanned: ["1"], all: ["1", "2"] })
-
-      yield* h.supervisor.restart
-      yield* h.active
       for (const kind of KINDS) {
         const shape = yield* shapeOf(h, first.positions[kind].handle)
         if (kind !== "all") expect(whereCompiled(shape)).toBe(false)
@@ -86,7 +80,7 @@ describe("shapes restored with their where parsed on first use", () => {
       yield* expectUpdateOfRowOne(h, first.positions.equality)
     }))
 
-  it.scoped("a shape whose log is slow to open holds the pump only briefly: later transactions reach the other shapes", () =>
+  it.scoped("go on receiving transactions while the log of one of them is slow to open", () =>
     Effect.gen(function*() {
       const { db, first, h } = yield* restoredThreeShapes
       // The consumer of the shape found by equality starts with the next transaction; its log's opening is held.
@@ -95,15 +89,16 @@ describe("shapes restored with their where parsed on first use", () => {
       db.intercept.open.next(() => gate.hold, (handle) => handle === first.positions.equality.handle)
       const t1 = yield* db.commit([insert("3"), { kind: "update", table: "items", row: { id: "1", title: "one" } } as const])
       yield* Deferred.await(gate.reached)
-      // A later transaction, for the other shapes only, reaches them while the opening is still held.
+      // A later transaction, for the other shapes only, reaches them while the opening is still held: the pump
+      // waits for an opening only briefly.
       const t2 = yield* db.commit([insert("22")])
       let meanwhile = yield* readAll(h, first.positions, ["scanned", "all"])
-      while (!meanwhile.inserted.all!.includes("22") || !meanwhile.inserted.scanned!.includes("22")) {
+      for (let polls = 0; !meanwhile.inserted.all!.includes("22") || !meanwhile.inserted.scanned!.includes("22"); polls++) {
+        if (polls === 1_000) return yield* Effect.die(new Error("row 22 did not reach the other shapes while one log's opening was held"))
         yield* TestServices.provideLive(Effect.sleep("5 millis"))
         meanwhile = yield* readAll(h, first.positions, ["scanned", "all"])
       }
       expect(meanwhile.inserted).toEqual({ scanned: ["3", "22"], all: ["3", "22"] })
-      expect(yield* Deferred.isDone(gate.release)).toBe(false)
       expect(db.confirmedFlush < t1.endLsn).toBe(true)
 
       yield* Deferred.succeed(gate.release, undefined)

@@ -1,5 +1,4 @@
 import * as fsSync from "node:fs"
-import type { Stats } from "node:fs"
 import * as fs from "node:fs/promises"
 import * as path from "node:path"
 import * as Deferred from "effect/Deferred"
@@ -18,7 +17,7 @@ import {
   INDEX_RECORD_BYTES,
   isErrno,
   publishPointer,
-  readPointer,
+  readPointerNow,
   readRangeNow,
   stagePointer,
   syncDirectory,
@@ -330,12 +329,12 @@ export class ShapeLogFiles {
   static async open(dir: string, handle: string, threshold: number): Promise<ShapeLogFiles> {
     // Each asynchronous step waits for a turn of the event loop, and a log opened during a catch-up (a consumer's
     // first transaction, a restored shape's first request) waits behind every turn's reading of the slot. What
-    // reads only metadata or a few bytes is done at once (`readPointer`); steps that do not depend on each other run
+    // reads only metadata or a few bytes is done at once (`readPointerNow`); steps that do not depend on each other run
     // together.
     if (fsSync.statSync(dir, { throwIfNoEntry: false }) === undefined) {
       throw new StorageError({ reason: "Removed", handle, message: "the shape has no directory" })
     }
-    const pointer = readPointer(dir)
+    const pointer = readPointerNow(dir)
     if (pointer === undefined) {
       throw new StorageError({ reason: "Corrupt", handle, message: "the shape directory has no commit pointer" })
     }
@@ -382,7 +381,7 @@ export class ShapeLogFiles {
     const lines = indexBytes / INDEX_RECORD_BYTES
     if ((lines === 0) !== (lastOffset === undefined)) throw corrupt("commit pointer and index disagree")
     const files = [[this.log, logBytes], [this.index, indexBytes], [this.chunks, chunkIndexBytes]] as const
-    // Read at once, like the pointer (see `open`): an fstat and a few bytes.
+    // Read at once, like the pointer (see `open`): three fstats, the last index record and the chunk index.
     const sizes = files.map(([fh]) => fsSync.fstatSync(fh.fd).size)
     for (let i = 0; i < files.length; i++) {
       if (sizes[i]! < files[i]![1]) throw corrupt("a file is shorter than its commit pointer says")
@@ -823,7 +822,7 @@ const STATS_AT_ONCE = 8
  */
 const checkSnapshotChunks = async (dir: string, handle: string, sizes: ReadonlyArray<number>): Promise<void> => {
   // A few at a time: one log's snapshot of thousands of chunks must not fill the thread pool commits' fsyncs wait for.
-  const found: Array<PromiseSettledResult<Stats>> = []
+  const found: Array<PromiseSettledResult<fsSync.Stats>> = []
   for (let n = 0; n < sizes.length; n += STATS_AT_ONCE) {
     const batch = sizes.slice(n, n + STATS_AT_ONCE).map((_, i) => fs.stat(path.join(dir, FileNames.snapshot(n + i))))
     found.push(...(await Promise.allSettled(batch)))

@@ -96,10 +96,10 @@ const directoryExists = async (dir: string): Promise<boolean> => {
 const loadPointer = async (dir: string, handle: string): Promise<CommitPointer | undefined> => {
   let pointer: CommitPointer | undefined
   try {
-    pointer = readPointer(dir)
+    pointer = await readPointer(dir)
   } catch (cause) {
     if (!(cause instanceof StorageError && cause.reason === "Corrupt")) throw cause
-    pointer = readPointer(dir)
+    pointer = await readPointer(dir)
   }
   if (pointer === undefined && !(await directoryExists(dir))) throw removed(handle)
   return pointer

@@ -40,7 +40,7 @@ export interface ChunkEnd {
 export const readRange = (fh: fs.FileHandle, position: number, length: number, kept = false): Promise<Buffer> =>
   readRangeInto(fh, position, kept ? Buffer.allocUnsafeSlow(length) : Buffer.allocUnsafe(length))
 
-/** Reads the bytes at `position` at once, for the small reads of opening a log (see `readPointer`). */
+/** Reads the bytes at `position` at once, for the small reads of opening a log (see `readPointerNow`). */
 export const readRangeNow = (fh: fs.FileHandle, position: number, length: number): Buffer => {
   const buf = Buffer.allocUnsafe(length)
   let done = 0
@@ -140,13 +140,25 @@ const isLength = (u: unknown): u is number => typeof u === "number" && Number.is
 const corrupt = (dir: string, message: string) =>
   new StorageError({ reason: "Corrupt", handle: path.basename(dir), message })
 
+/** Reads a shape's commit pointer; undefined when none was ever written. */
+export const readPointer = async (dir: string): Promise<CommitPointer | undefined> => {
+  let text: string
+  try {
+    text = await fs.readFile(path.join(dir, FileNames.pointer), "utf8")
+  } catch (cause) {
+    if (isErrno(cause, "ENOENT")) return undefined
+    throw cause
+  }
+  return parsePointer(dir, text)
+}
+
 /**
- * Reads a shape's commit pointer; undefined when none was ever written. Synchronously: it is a few hundred bytes,
- * read in microseconds, where reading it asynchronously takes four steps (open, stat, read, close) that each wait for
- * a turn of the event loop. During a catch-up the reading of the slot takes most of every turn, and a log opened
- * then (a consumer's first transaction, a restored shape's first request) waited tens of milliseconds for it.
+ * `readPointer`, synchronously, for opening a log: the pointer is a few hundred bytes, read in microseconds, where
+ * reading it asynchronously takes four steps (open, stat, read, close) that each wait for a turn of the event loop.
+ * During a catch-up the reading of the slot takes most of every turn, and a log opened then (a consumer's first
+ * transaction, a restored shape's first request) waits tens of milliseconds for it.
  */
-export const readPointer = (dir: string): CommitPointer | undefined => {
+export const readPointerNow = (dir: string): CommitPointer | undefined => {
   let text: string
   try {
     text = fsSync.readFileSync(path.join(dir, FileNames.pointer), "utf8")
@@ -154,6 +166,10 @@ export const readPointer = (dir: string): CommitPointer | undefined => {
     if (isErrno(cause, "ENOENT")) return undefined
     throw cause
   }
+  return parsePointer(dir, text)
+}
+
+const parsePointer = (dir: string, text: string): CommitPointer => {
   let raw: Record<string, unknown>
   try {
     raw = JSON.parse(text) as Record<string, unknown>
