@@ -164,14 +164,6 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
             const queue = new WorkQueue()
             reg.queue = queue
             const handle = reg.shape.handle
-            // Dropped once settled: a running consumer keeps its `openLog`, which would keep the Deferred.
-            let opening = reg.mark === undefined ? undefined : Deferred.unsafeMake<void>(FiberId.none)
-            const opened = opening === undefined ? undefined : Deferred.await(opening)
-            const settleOpening = Effect.sync(() => {
-              if (opening === undefined) return
-              Deferred.unsafeDone(opening, Effect.void)
-              opening = undefined
-            })
             // A restored shape's where is parsed here, when a transaction first reaches it: one that no longer
             // parses cannot be followed, and is removed as it would have been at start-up. What is routed to it
             // meanwhile is dropped, and the ack waits for the removal.
@@ -181,6 +173,14 @@ export class ConsumerSupervisor extends Context.Tag("syncline/ConsumerSupervisor
               yield* Queue.offer(invalidations, { handle, reason: `its where no longer parses: ${where.left.message}` })
               return { queue, opened: undefined }
             }
+            // Dropped once settled: a running consumer keeps its `openLog`, which would keep the Deferred.
+            let opening = reg.mark === undefined ? undefined : Deferred.unsafeMake<void>(FiberId.none)
+            const opened = opening === undefined ? undefined : Deferred.await(opening)
+            const settleOpening = Effect.sync(() => {
+              if (opening === undefined) return
+              Deferred.unsafeDone(opening, Effect.void)
+              opening = undefined
+            })
             // The log is opened once the snapshot is written (`runConsumer` waits for it): a new shape's storage
             // is created by its snapshot.
             const consumer = runConsumer({
