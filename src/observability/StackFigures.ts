@@ -23,6 +23,8 @@ export interface StackFigures {
   /** Undefined while no stack is active. */
   readonly active:
     | {
+      /** When the stack became active, in milliseconds since the epoch. */
+      readonly since: number
       readonly shapes: number
       readonly consumers: number
       /** From the furthest WAL position the server reported to the position acknowledged. */
@@ -54,6 +56,7 @@ export const stackFigures: Effect.Effect<StackFigures, never, StackSupervisor> =
     status: status._tag,
     restarts: supervisor.restarts(),
     active: {
+      since: supervisor.activeSince() ?? now,
       shapes,
       consumers,
       lagBytes: progress.walEnd > acknowledged ? Number(progress.walEnd - acknowledged) : 0,

@@ -79,6 +79,8 @@ export interface StackSupervisorService {
   readonly active: (timeout: Duration.DurationInput) => Effect.Effect<Context.Context<ActiveServices>, StackNotReady>
   /** The active stack now, if there is one (no wait). */
   readonly activeNow: () => Option.Option<Context.Context<ActiveServices>>
+  /** When the current stack became active, in milliseconds since the epoch; undefined while none is. */
+  readonly activeSince: () => number | undefined
   /** Closes the current stack (teardown in layer order) and builds a new one. */
   readonly restart: Effect.Effect<void>
   /** Fails when the stack cannot start and retrying cannot help (e.g. `wal_level` is not logical). */
@@ -156,11 +158,11 @@ export const makeStackSupervisor = <E>(
             stack.active.pipe(Layer.provide(Layer.succeedContext(readOnly))),
             scope
           )
+          activeSince = yield* Clock.currentTimeMillis
           yield* publish(
             Option.some({ mode: "active", context: Context.merge(readOnly, active) }),
             Status.active
           )
-          activeSince = yield* Clock.currentTimeMillis
           lastFailureUnreachable = false
           yield* Effect.logInfo("stack active")
           return yield* Effect.flatMap(ReplicationPump, (pump) => pump.failure).pipe(Effect.provide(active))
@@ -228,6 +230,7 @@ export const makeStackSupervisor = <E>(
       current: (timeout) => waitFor((v) => Option.some(v), timeout),
       active: (timeout) => waitFor((v) => (v.mode === "active" ? Option.some(v.context) : Option.none()), timeout),
       activeNow: () => Option.flatMap(view, (v) => (v.mode === "active" ? Option.some(v.context) : Option.none())),
+      activeSince: () => (Option.isSome(view) && view.value.mode === "active" ? activeSince : undefined),
       // Never half done: a caller that goes away mid-teardown must not leave the process without a stack.
       restart: Effect.uninterruptible(Effect.zipRight(stop, Effect.zipRight(Effect.sync(() => restarts++), start))),
       fatal: Deferred.await(fatal),

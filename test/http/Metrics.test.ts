@@ -16,8 +16,11 @@ const TABLE = "metrics_items"
 let pool: pg.Pool
 let syncline: RunningSyncline
 let prometheusPort: number
+/** Milliseconds since the epoch before the service was started. */
+let startedAt: number
 
 beforeAll(async () => {
+  startedAt = Date.now()
   pool = testPool()
   await itemsTable(pool, TABLE, `SELECT i, 'row ' || i FROM generate_series(1, 4) i`)
   prometheusPort = await freePort()
@@ -61,7 +64,7 @@ const waitFor = async (what: string, check: () => Promise<boolean>) => {
 }
 
 describe("/metrics", () => {
-  it("shows shapes, consumers, lag, throughput, held requests, restarts and responses as the traffic made them", async () => {
+  it("shows since when the stack is active, its shapes, consumers, lag, throughput, held requests, restarts and responses as the traffic made them", async () => {
     const base = syncline.baseUrl
     const before = await scrape(`${base}/metrics`)
     const transactionsBefore = before.samples.get(`syncline_transactions_total{${slot}}`) ?? 0
@@ -106,6 +109,9 @@ describe("/metrics", () => {
     expect(samples.get(`syncline_shapes{${source}}`)).toBe(1)
     expect(samples.get(`syncline_consumers{${source}}`)).toBe(1)
     expect(samples.get(`syncline_stack_active{${source}}`)).toBe(1)
+    const activeSince = samples.get(`syncline_stack_active_since_seconds{${source}}`)!
+    expect(activeSince * 1000).toBeGreaterThanOrEqual(startedAt)
+    expect(activeSince * 1000).toBeLessThanOrEqual(Date.now())
     expect(samples.get(`syncline_replication_lag_bytes{${source}}`)).toBeGreaterThanOrEqual(0)
     expect(samples.get(`syncline_replication_lag_seconds{${source}}`)).toBeGreaterThanOrEqual(0)
     expect(samples.get(`syncline_http_responses_total{${source},status="400",cause="invalid_request"}`)).toBe(1)
@@ -114,12 +120,15 @@ describe("/metrics", () => {
     expect(types.get("syncline_long_polls_held")).toBe("gauge")
     expect(types.get("syncline_replication_lag_bytes")).toBe("gauge")
 
-    // A restart is counted; the stack comes back active.
+    // A restart is counted; the stack comes back active, since a moment after the restart was asked for.
+    const restartAskedAt = Date.now()
     expect((await fetch(`${base}/v1/admin/restart`, { method: "POST" })).status).toBe(202)
     await waitFor("the restarted stack", async () => {
       const { samples } = await scrape(`${base}/metrics`)
       return samples.get(`syncline_stack_restarts_total{${source}}`) === 1 && samples.get(`syncline_stack_active{${source}}`) === 1
     })
+    const restarted = await scrape(`${base}/metrics`)
+    expect(restarted.samples.get(`syncline_stack_active_since_seconds{${source}}`)! * 1000).toBeGreaterThanOrEqual(restartAskedAt)
 
     // The same figures on the Prometheus port.
     const separate = await scrape(`http://127.0.0.1:${prometheusPort}/metrics`)

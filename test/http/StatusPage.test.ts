@@ -30,7 +30,7 @@ afterAll(async () => {
 })
 
 interface Report {
-  readonly stack: { readonly status: string; readonly active?: { readonly shapes: number } }
+  readonly stack: { readonly status: string; readonly active?: { readonly shapes: number; readonly since: number } }
   readonly shapeCount: number
   readonly shapes: ReadonlyArray<{ readonly table: string; readonly where: string | null; readonly bytes: number; readonly lastChange: string | null }>
   readonly history: ReadonlyArray<{ readonly transactions: number }>
@@ -42,6 +42,7 @@ describe("/v1/status", () => {
     const created = await fetch(`${base}/v1/shape?table=${TABLE}&where=${encodeURIComponent("id > 2")}&offset=-1&secret=${SECRET}`)
     expect(created.status).toBe(200)
     await created.text()
+    const writtenFrom = Date.now()
     for (let i = 6; i <= 9; i++) {
       await pool.query(`INSERT INTO ${TABLE} VALUES ($1, $2)`, [i, `row ${i}`])
       await sleep(400)
@@ -63,6 +64,8 @@ describe("/v1/status", () => {
       await sleep(250)
     }
     expect(report.stack.status).toBe("Active")
+    // Active since before this test's writes, which it took in.
+    expect(report.stack.active!.since).toBeLessThan(writtenFrom)
     expect(report.shapeCount).toBe(1)
     expect(report.shapes).toEqual([
       expect.objectContaining({ table: `public.${TABLE}`, where: `("id" > 2)`, lastChange: expect.stringMatching(/^\d{4}-\d\d-\d\dT/) })

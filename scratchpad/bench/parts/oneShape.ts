@@ -40,7 +40,8 @@ import type { Part } from "./part.js"
  *
  * Catch-up: the service is stopped (gracefully), 20k more are committed, the service is started on
  * the same storage and slot, and the client (from its handle and offset) is timed from the moment
- * /v1/health says active until it has seen every change. The limit: a second logical slot, made
+ * the stack became active (as its metrics say: /v1/health, busy with the catch-up, answers later)
+ * until it has seen every change. The limit: a second logical slot, made
  * before those commits, decoded with pgoutput (`pg_logical_slot_get_binary_changes`) afterwards.
  * Beside it in the notes: the same decoding from a copy of the service's own slot, which starts where
  * the restarted walsender starts, at the slot's restart_lsn, and so decodes again the WAL between
@@ -169,8 +170,10 @@ export const oneShape: Part = {
       })
       report.notes.push(
         `one shape: live ${fmtS(liveMs)} s for ${n} changes (writers ${fmtS(commitMs)} s); catch-up: start-up to active ` +
-          `${fmtS(service.startupMs)} s, then ${fmtS(catchUpMs)} s to the last change (${fmtShortRate(txns / ((seenAt - service.spawnedAt) / 1000))} txn/s from spawn); raw decoding ${fmtS(raw.ms)} s ` +
-          `(${fmtInt(raw.messages)} pgoutput messages). CPU in the catch-up, from active until the client had seen every change: ` +
+          `${fmtS(service.startupMs)} s as /v1/health answered, which it did ${fmtInt(service.activeAnsweredLateMs)} ms after the stack ` +
+          `became active (the service's own moment, from which the catch-up is timed); then ${fmtS(catchUpMs)} s to the last change ` +
+          `(${fmtShortRate(txns / ((seenAt - service.spawnedAt) / 1000))} txn/s from spawn); raw decoding ${fmtS(raw.ms)} s ` +
+          `(${fmtInt(raw.messages)} pgoutput messages). CPU in the catch-up, from /v1/health's answer until the client had seen every change: ` +
           `the service ${fmtInt(serviceCpuMs)} ms, ${fmtInt(mainCpuMs)} ms of it on its main thread (the rest is its other threads: V8's compiler ` +
           `and garbage collector, and libuv's pool writing and syncing the logs; by thread, in ms, by its id's offset from the pid: ${threads})` +
           `${walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(walsenderCpuMs)} ms (${fmtInt(walsenderLifeCpuMs!)} ms since it started)`}; this client ${fmtInt(clientCpuMs)} ms; ` +
