@@ -250,6 +250,7 @@ const main = async () => {
       service = await startService(postgres.url, storageDir)
       const activeAt = service.spawnedAt + service.activeMs
       const cpuBefore = service.cpuMs()
+      marks.push(["d-active", Number(process.hrtime.bigint() / 1000n) - Math.round((performance.now() - activeAt) * 1000)])
       mark("d-start")
       let seen = 0
       while (seen < CATCHUP_TXNS) seen += changes(await request(true))

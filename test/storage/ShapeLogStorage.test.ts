@@ -7,7 +7,7 @@ import { Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
 import { LogLines } from "../../src/storage/LogLines.js"
-import { type LogRead, make, type ShapeLog } from "../../src/storage/ShapeLogStorage.js"
+import { type LogEntry, type LogRead, make, type ShapeLog } from "../../src/storage/ShapeLogStorage.js"
 import { entry, fmt, line, off, tempDir, THRESHOLD } from "./fixtures.js"
 
 const decoder = new TextDecoder()
@@ -767,6 +767,38 @@ describe("ShapeLogStorage", () => {
       expect(fmt(after.nextOffset)).toBe("2_0")
       const tail = yield* log.stream(off("1_1"))
       expect(decoder.decode(tail.bytes)).toBe(entry(2, 0).json)
+    }))
+
+  it.scoped("the requests a commit wakes read its bytes whole, however large, as a later read of the files has them", () =>
+    Effect.gen(function*() {
+      const lines = Array.from({ length: 3000 }, (_, i): LogEntry => ({ offset: LogOffset.make(2n, i), json: line("fresh", i) }))
+      for (const threshold of [10_000_000, 250_000]) {
+        const { storage } = yield* withStorage(threshold)
+        const log = yield* storage.create(ShapeHandle(`fresh-${threshold}`))
+        yield* withSnapshot(log)
+        yield* log.append([entry(1, 0)])
+        yield* log.commit
+        // Called at the commit, as a held long-poll's lane is.
+        let woken: Promise<[LogRead | undefined, LogRead | undefined]> | undefined
+        log.onNextCommit(() => {
+          woken = Promise.all([log.readWhole(off("1_0"), "array"), log.readWhole(off("1_0"), "lines")])
+        })
+        yield* log.append(lines)
+        yield* log.commit
+        const [array, asLines] = yield* Effect.promise(() => woken!)
+        // 300 kB in one chunk; with the smaller threshold, the read ends where the first chunk the commit closed ends.
+        const expected = yield* Effect.scoped(Effect.flatMap(log.stream(off("1_0")), (s) =>
+          Effect.map(Stream.runCollect(s.pieces), (pieces) => ({ body: Buffer.concat([...pieces]).toString(), nextOffset: s.nextOffset }))))
+        expect(array!.body.length).toBeGreaterThan(threshold === 10_000_000 ? 256 * 1024 : 0)
+        expect(bodyOf(array!)).toBe(expected.body)
+        expect(fmt(array!.nextOffset)).toBe(fmt(expected.nextOffset))
+        const count = expected.body.split(/,(?=\{"key")/).length
+        expect(array!.count).toBe(count)
+        expect(bodyOf(asLines!)).toBe(expected.body.split(/,(?=\{"key")/).join("\n"))
+        expect(fmt(asLines!.nextOffset)).toBe(fmt(expected.nextOffset))
+        if (threshold === 10_000_000) expect(count).toBe(3000)
+        else expect(count).toBeLessThan(3000)
+      }
     }))
 
   it.scoped("a closed chunk and a snapshot chunk are settled: read again after later commits, they are the same bytes", () =>

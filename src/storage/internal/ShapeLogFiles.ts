@@ -21,7 +21,8 @@ import {
   readRangeNow,
   stagePointer,
   syncDirectory,
-  writeAt
+  writeAt,
+  writeAtNow
 } from "./files.js"
 import {
   type CommitEnd,
@@ -36,6 +37,7 @@ import {
   readSnapshotChunk,
   snapshotChunkAfter,
   snapshotSpan,
+  spanRead,
   WHOLE_BYTES
 } from "./committedRead.js"
 import type { ReadCache, SharedRead } from "./ReadCache.js"
@@ -61,6 +63,13 @@ const SNAPSHOT_FLUSH_BYTES = 2 * 1024 * 1024
 let nextCacheId = 0
 
 const openedOf = (shared: SharedRead): OpenedSpan => shared.opened
+
+/** The log bytes a commit wrote, from byte `start` of the log, and the reads of them made so far, by format and start. */
+interface FreshCommit {
+  readonly start: number
+  readonly data: Buffer
+  readonly reads: Map<string, OpenedSpan>
+}
 
 /** A read to share, marked settled when its bytes never change. */
 const settledRead = (opened: OpenedSpan, settled: boolean): SharedRead => ({
@@ -158,6 +167,8 @@ export class ShapeLogFiles {
   private readonly closedChunks: Array<ChunkEnd> = []
   private chunkIndexBytes = 0
   private readonly recent: Array<CommitEnd> = []
+  /** What the last commit wrote to the log, until the event loop's next check phase: what the reads it wakes read. */
+  private fresh: FreshCommit | undefined = undefined
 
   // appended, not yet committed
   /** The appended lines as they will be written: UTF-8, each ended by `\n`; made by the first append. */
@@ -687,10 +698,15 @@ export class ShapeLogFiles {
         throw new StorageError({ reason: "Corrupt", handle: this.handle, message: "log byte accounting mismatch" })
       }
       const chunkIndexBytes = this.chunkIndexBytes + chunks.length * CHUNK_RECORD_BYTES
+      // Written at once (a failed write leaves nothing running), then synced together: a commit waits for two turns
+      // of the event loop, these fdatasyncs and then the directory's.
+      writeAtNow(this.log, data, this.logBytes)
+      writeAtNow(this.index, index, this.lines * INDEX_RECORD_BYTES)
+      if (chunks.length > 0) writeAtNow(this.chunks, encodeChunks(chunks), this.chunkIndexBytes)
       // The next pointer is staged while the data it covers syncs; it replaces the current one only after.
-      const writes = [
-        writeAt(this.log, data, this.logBytes).then(() => this.log.datasync()),
-        writeAt(this.index, index, this.lines * INDEX_RECORD_BYTES).then(() => this.index.datasync()),
+      const syncs = [
+        this.log.datasync(),
+        this.index.datasync(),
         stagePointer(this.dir, {
           snapshotComplete: this.snapshotComplete,
           snapshotChunkBytes: this.snapshotComplete ? this.snapshotChunkBytes : [],
@@ -700,13 +716,16 @@ export class ShapeLogFiles {
           chunkIndexBytes
         })
       ]
-      if (chunks.length > 0) {
-        writes.push(writeAt(this.chunks, encodeChunks(chunks), this.chunkIndexBytes).then(() => this.chunks.datasync()))
-      }
-      // Every write settles before the commit fails, so none is still running when the log is reopened.
-      const settled = await Promise.allSettled(writes)
+      if (chunks.length > 0) syncs.push(this.chunks.datasync())
+      // Every sync settles before the commit fails, so none is still running when the log is reopened.
+      const settled = await Promise.allSettled(syncs)
       for (const s of settled) if (s.status === "rejected") throw s.reason
       await publishPointer(this.dir, this.directory)
+      const fresh: FreshCommit = { start: this.logBytes, data, reads: new Map() }
+      this.fresh = fresh
+      setImmediate(() => {
+        if (this.fresh === fresh) this.fresh = undefined
+      })
       this.closedChunks.push(...chunks)
       this.chunkIndexBytes = chunkIndexBytes
       this.lines = lines
@@ -779,11 +798,38 @@ export class ShapeLogFiles {
     return this.using(async () => {
       const [span, settled, shared] = await this.spanAfter(from)
       // A streamed body reads through a descriptor of its own, which its response closes: it is never shared.
+      const fresh = this.freshRead(span, format)
+      if (fresh !== undefined) {
+        if (cache === undefined || bodyLength(span) > WHOLE_BYTES) return fresh
+        return (cache.get(key) ?? cache.share(key, Promise.resolve(settledRead(fresh, settled)), settledKey)).then(openedOf)
+      }
       if (cache === undefined || bodyLength(span) > WHOLE_BYTES) return openSpan(this.dir, span, shared, format)
       const whole = cache.get(key) ??
         cache.share(key, openSpan(this.dir, span, shared, format).then((opened) => settledRead(opened, settled)), settledKey)
       return whole.then(openedOf)
     }, !inSnapshot)
+  }
+
+  /**
+   * A read of bytes the last commit wrote, from its buffer while it is kept (`fresh`), whatever its size: the
+   * requests a commit wakes need no read of the file, which in a catch-up costs a turn of the event loop for each
+   * step (opening a large body's file, and each of its pieces). One copy per format and start, shared.
+   */
+  private freshRead(span: ReadSpan, format: BodyFormat): OpenedSpan | undefined {
+    const fresh = this.fresh
+    if (fresh === undefined || span.file !== FileNames.log || span.end === span.start) return undefined
+    if (span.start < fresh.start || span.end > fresh.start + fresh.data.length) return undefined
+    const key = `${format} ${span.start}`
+    let opened = fresh.reads.get(key)
+    if (opened === undefined) {
+      // Memory of its own: the commit's buffer is not held past the turn, and a small body kept by the read cache
+      // must not hold a slab of Node's shared pool.
+      const buf = Buffer.allocUnsafeSlow(span.end - span.start)
+      fresh.data.copy(buf, 0, span.start - fresh.start, span.end - fresh.start)
+      opened = { _tag: "Whole", read: spanRead(buf, span, format) }
+      fresh.reads.set(key, opened)
+    }
+    return opened
   }
 
   /**

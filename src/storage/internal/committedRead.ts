@@ -126,11 +126,14 @@ const newlinesToCommas = (buf: Buffer): number => {
 
 /** Reads a whole span from `fh` as one body: its lines joined as `format` says. */
 export const readSpan = async (fh: fs.FileHandle, span: ReadSpan, format: BodyFormat = "array"): Promise<LogRead> => {
-  const { nextOffset, reachedEnd } = span
-  if (span.end === span.start) return { body: EMPTY, count: 0, nextOffset, reachedEnd }
-  const buf = await readRange(fh, span.start, span.end - span.start, true)
+  if (span.end === span.start) return { body: EMPTY, count: 0, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd }
+  return spanRead(await readRange(fh, span.start, span.end - span.start, true), span, format)
+}
+
+/** The read of a span whose bytes, its last newline included, are `buf`: its lines are joined in place. */
+export const spanRead = (buf: Buffer, span: ReadSpan, format: BodyFormat): LogRead => {
   const lines = joinLines(buf, format)
-  return { body: buf.subarray(0, buf.length - 1), count: span.count ?? lines, nextOffset, reachedEnd }
+  return { body: buf.subarray(0, buf.length - 1), count: span.count ?? lines, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd }
 }
 
 /**
