@@ -403,16 +403,17 @@ export interface ServiceOptions {
 }
 
 /**
- * The moment the service's stack became active, from its `syncline_stack_active_since_seconds` (milliseconds since
- * the epoch, the system clock both processes read), on this process's performance.now() clock; `observedAt` when the
- * service does not say (a build before the gauge).
+ * The moment the service's stack became active, from its `syncline_stack_active_start_time_seconds` (seconds since
+ * the epoch, on the system clock both processes read), on this process's performance.now() clock; `observedAt` when
+ * the service does not say (a build before the gauge).
  */
 const statedActiveAt = async (baseUrl: string, observedAt: number): Promise<number> => {
   const res = await get(healthAgent, `${baseUrl}/metrics`)
-  const match = res.status === 200 ? /^syncline_stack_active_since_seconds(?:\{[^}]*\})? (\S+)/m.exec(res.body.toString()) : null
+  const match = res.status === 200 ? /^syncline_stack_active_start_time_seconds(?:\{[^}]*\})? (\S+)/m.exec(res.body.toString()) : null
   if (match === null) return observedAt
-  const stated = Number(match[1]) * 1000 - performance.timeOrigin
-  // The two clocks agree to within a millisecond or so; beyond that, something is wrong with the reading.
+  // From the system clock to this process's performance clock, both read now.
+  const stated = Number(match[1]) * 1000 - Date.now() + performance.now()
+  // The service's moment is in whole milliseconds; one a few milliseconds after the answer is a wrong reading.
   if (!(stated <= observedAt + 5)) throw new Error(`the service says it was active at ${stated} ms, after it said so at ${observedAt} ms`)
   return Math.min(stated, observedAt)
 }

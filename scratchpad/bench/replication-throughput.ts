@@ -121,8 +121,8 @@ const startService = async (databaseUrl: string, storageDir: string): Promise<Se
   // Timed from the moment the stack became active as the service says (its metrics; the same system clock): busy
   // with a catch-up, it answers /v1/health later than that.
   const metrics = await (await fetch(`${baseUrl}/metrics`)).text()
-  const since = /^syncline_stack_active_since_seconds(?:\{[^}]*\})? (\S+)/m.exec(metrics)
-  const activeMs = Math.min(performance.now(), since === null ? Infinity : Number(since[1]) * 1000 - performance.timeOrigin) - spawnedAt
+  const since = /^syncline_stack_active_start_time_seconds(?:\{[^}]*\})? (\S+)/m.exec(metrics)
+  const activeMs = Math.min(performance.now(), since === null ? Infinity : Number(since[1]) * 1000 - Date.now() + performance.now()) - spawnedAt
   const pid = child.pid
   if (pid === undefined) throw new Error("the service has no process id")
   return {

@@ -8,8 +8,9 @@ import { stackFigures } from "./StackFigures.js"
 /**
  * `GET /metrics`: the registry's counters (transactions, changes, responses,
  * held long-polls and SSE streams) and, read from the stack now, its state:
- * whether it is active and since when, its restarts, shapes, running consumers, transactions
- * in flight, and the replication lag in bytes and in seconds (`StackFigures`).
+ * whether it is active and since when, its restarts, shapes, running
+ * consumers, transactions in flight, and the replication lag in bytes and in
+ * seconds (`StackFigures`).
  */
 export const metricsRoute = Effect.gen(function*() {
   const settings = yield* StackConfig
@@ -29,7 +30,7 @@ export const metricsRoute = Effect.gen(function*() {
   const active = figures.active
   if (active !== undefined) {
     samples.push(
-      gauge("syncline_stack_active_since_seconds", "When the stack became active, in seconds since the epoch", active.since / 1000),
+      gauge("syncline_stack_active_start_time_seconds", "When the stack became active, in seconds since the epoch", active.since / 1000),
       gauge("syncline_shapes", "Shapes served", active.shapes),
       gauge("syncline_consumers", "Shape consumers running", active.consumers),
       gauge(

@@ -43,7 +43,9 @@ export const stackFigures: Effect.Effect<StackFigures, never, StackSupervisor> =
   const status = yield* SubscriptionRef.get(supervisor.status)
   const now = yield* Clock.currentTimeMillis
   const current = supervisor.activeNow()
-  if (Option.isNone(current)) return { status: status._tag, restarts: supervisor.restarts(), active: undefined }
+  // Read with the stack it belongs to: a restart in the steps below must not pair this stack with another's moment.
+  const since = supervisor.activeSince()
+  if (Option.isNone(current) || since === undefined) return { status: status._tag, restarts: supervisor.restarts(), active: undefined }
   const context = current.value
   const shapes = yield* Context.get(context, ShapeCache).count
   const consumers = yield* Context.get(context, ConsumerSupervisor).running
@@ -56,7 +58,7 @@ export const stackFigures: Effect.Effect<StackFigures, never, StackSupervisor> =
     status: status._tag,
     restarts: supervisor.restarts(),
     active: {
-      since: supervisor.activeSince() ?? now,
+      since,
       shapes,
       consumers,
       lagBytes: progress.walEnd > acknowledged ? Number(progress.walEnd - acknowledged) : 0,

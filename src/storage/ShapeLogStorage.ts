@@ -13,7 +13,7 @@ import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { LogLines } from "./LogLines.js"
 import { StorageError } from "../domain/errors.js"
-import { type BodyFormat, bodyLength, type OpenedSpan, PIECE_BYTES, readPiece } from "./internal/committedRead.js"
+import { type BodyFormat, bodyLength, type OpenedSpan, PIECE_BYTES, readPiece, WHOLE_BYTES } from "./internal/committedRead.js"
 import { isErrno } from "./internal/files.js"
 import { ShapeLogReaderFiles } from "./internal/ShapeLogReader.js"
 import { ReadCache } from "./internal/ReadCache.js"
@@ -46,6 +46,8 @@ export interface LogRead {
  * made. A body of at most `WHOLE_BYTES` is read at once (and yields pieces of
  * it without copying); a larger one is read from disk only as its pieces are
  * pulled, through a file descriptor the read holds until its scope closes.
+ * What the last commit wrote, read while the commit wakes its readers, is held
+ * whole at any size, in memory shared by the streams reading it.
  */
 export interface LogStream {
   /** Byte length of the body (stored lines joined by `,`); 0 when nothing was read. */
@@ -68,7 +70,10 @@ export interface LogStream {
   readonly settled: boolean
 }
 
-/** The size of the pieces a `LogStream` yields, and the largest body it holds whole. */
+/**
+ * The size of the pieces a `LogStream` yields, and the largest body read from a file whole (a read of what the last
+ * commit wrote is whole at any size, from memory: see `ShapeLogFiles.freshRead`).
+ */
 export { PIECE_BYTES, WHOLE_BYTES } from "./internal/committedRead.js"
 export type { BodyFormat } from "./internal/committedRead.js"
 
@@ -112,7 +117,8 @@ export interface ShapeLog {
   readonly onNextCommit: (listener: () => void) => () => void
   /**
    * `stream`'s read when its body is held whole (shared with the requests reading the same), without a scope;
-   * undefined when the body is too large to hold, or the log is closed. The snapshot must be complete.
+   * undefined when the body is larger than `WHOLE_BYTES` (each caller would make a response of its own of it), or
+   * the log is closed. The snapshot must be complete.
    */
   readonly readWhole: (from: LogOffset, format: BodyFormat) => Promise<LogRead | undefined>
 }
@@ -313,7 +319,7 @@ const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
     readWhole: async (from, format) => {
       if (files.closed !== "open" || !files.snapshotComplete) return undefined
       const opened = await files.openSpan(from, format)
-      if (opened._tag === "Whole") return opened.read
+      if (opened._tag === "Whole") return opened.read.body.length <= WHOLE_BYTES ? opened.read : undefined
       await opened.fh.close().catch(() => undefined)
       return undefined
     }

@@ -109,9 +109,12 @@ describe("/metrics", () => {
     expect(samples.get(`syncline_shapes{${source}}`)).toBe(1)
     expect(samples.get(`syncline_consumers{${source}}`)).toBe(1)
     expect(samples.get(`syncline_stack_active{${source}}`)).toBe(1)
-    const activeSince = samples.get(`syncline_stack_active_since_seconds{${source}}`)!
+    // The moment the stack became active: after the service was started, and the same in a later scrape.
+    const activeSince = samples.get(`syncline_stack_active_start_time_seconds{${source}}`)!
     expect(activeSince * 1000).toBeGreaterThanOrEqual(startedAt)
     expect(activeSince * 1000).toBeLessThanOrEqual(Date.now())
+    await new Promise((resolve) => setTimeout(resolve, 20))
+    expect((await scrape(`${base}/metrics`)).samples.get(`syncline_stack_active_start_time_seconds{${source}}`)).toBe(activeSince)
     expect(samples.get(`syncline_replication_lag_bytes{${source}}`)).toBeGreaterThanOrEqual(0)
     expect(samples.get(`syncline_replication_lag_seconds{${source}}`)).toBeGreaterThanOrEqual(0)
     expect(samples.get(`syncline_http_responses_total{${source},status="400",cause="invalid_request"}`)).toBe(1)
@@ -128,7 +131,9 @@ describe("/metrics", () => {
       return samples.get(`syncline_stack_restarts_total{${source}}`) === 1 && samples.get(`syncline_stack_active{${source}}`) === 1
     })
     const restarted = await scrape(`${base}/metrics`)
-    expect(restarted.samples.get(`syncline_stack_active_since_seconds{${source}}`)! * 1000).toBeGreaterThanOrEqual(restartAskedAt)
+    const activeAgainSince = restarted.samples.get(`syncline_stack_active_start_time_seconds{${source}}`)!
+    expect(activeAgainSince * 1000).toBeGreaterThanOrEqual(restartAskedAt)
+    expect(activeAgainSince).toBeGreaterThan(activeSince)
 
     // The same figures on the Prometheus port.
     const separate = await scrape(`http://127.0.0.1:${prometheusPort}/metrics`)

@@ -28,6 +28,7 @@ import {
   type CommitEnd,
   type CommittedLog,
   bodyLength,
+  joinedRead,
   logSpan,
   type OpenedSpan,
   type ReadSpan,
@@ -37,7 +38,6 @@ import {
   readSnapshotChunk,
   snapshotChunkAfter,
   snapshotSpan,
-  spanRead,
   WHOLE_BYTES
 } from "./committedRead.js"
 import type { ReadCache, SharedRead } from "./ReadCache.js"
@@ -64,11 +64,11 @@ let nextCacheId = 0
 
 const openedOf = (shared: SharedRead): OpenedSpan => shared.opened
 
-/** The log bytes a commit wrote, from byte `start` of the log, and the reads of them made so far, by format and start. */
+/** The log bytes a commit wrote, from byte `start` of the log, and the reads of them made so far, by format and span. */
 interface FreshCommit {
   readonly start: number
   readonly data: Buffer
-  readonly reads: Map<string, OpenedSpan>
+  reads: Map<string, OpenedSpan> | undefined
 }
 
 /** A read to share, marked settled when its bytes never change. */
@@ -721,7 +721,7 @@ export class ShapeLogFiles {
       const settled = await Promise.allSettled(syncs)
       for (const s of settled) if (s.status === "rejected") throw s.reason
       await publishPointer(this.dir, this.directory)
-      const fresh: FreshCommit = { start: this.logBytes, data, reads: new Map() }
+      const fresh: FreshCommit = { start: this.logBytes, data, reads: undefined }
       this.fresh = fresh
       setImmediate(() => {
         if (this.fresh === fresh) this.fresh = undefined
@@ -797,12 +797,12 @@ export class ShapeLogFiles {
     const inSnapshot = snapshotChunkAfter(from, this.snapshotChunkBytes.length) !== undefined
     return this.using(async () => {
       const [span, settled, shared] = await this.spanAfter(from)
-      // A streamed body reads through a descriptor of its own, which its response closes: it is never shared.
       const fresh = this.freshRead(span, format)
       if (fresh !== undefined) {
         if (cache === undefined || bodyLength(span) > WHOLE_BYTES) return fresh
         return (cache.get(key) ?? cache.share(key, Promise.resolve(settledRead(fresh, settled)), settledKey)).then(openedOf)
       }
+      // A streamed body reads through a descriptor of its own, which its response closes: it is never shared.
       if (cache === undefined || bodyLength(span) > WHOLE_BYTES) return openSpan(this.dir, span, shared, format)
       const whole = cache.get(key) ??
         cache.share(key, openSpan(this.dir, span, shared, format).then((opened) => settledRead(opened, settled)), settledKey)
@@ -813,21 +813,23 @@ export class ShapeLogFiles {
   /**
    * A read of bytes the last commit wrote, from its buffer while it is kept (`fresh`), whatever its size: the
    * requests a commit wakes need no read of the file, which in a catch-up costs a turn of the event loop for each
-   * step (opening a large body's file, and each of its pieces). One copy per format and start, shared.
+   * step (opening a large body's file, and each of its pieces). One copy per format and span, shared: a large one
+   * is held until the slowest response streaming it is done.
    */
   private freshRead(span: ReadSpan, format: BodyFormat): OpenedSpan | undefined {
     const fresh = this.fresh
     if (fresh === undefined || span.file !== FileNames.log || span.end === span.start) return undefined
     if (span.start < fresh.start || span.end > fresh.start + fresh.data.length) return undefined
-    const key = `${format} ${span.start}`
-    let opened = fresh.reads.get(key)
+    const key = `${format} ${span.start} ${span.end}`
+    const reads = fresh.reads ??= new Map()
+    let opened = reads.get(key)
     if (opened === undefined) {
       // Memory of its own: the commit's buffer is not held past the turn, and a small body kept by the read cache
       // must not hold a slab of Node's shared pool.
       const buf = Buffer.allocUnsafeSlow(span.end - span.start)
       fresh.data.copy(buf, 0, span.start - fresh.start, span.end - fresh.start)
-      opened = { _tag: "Whole", read: spanRead(buf, span, format) }
-      fresh.reads.set(key, opened)
+      opened = { _tag: "Whole", read: joinedRead(buf, span, format) }
+      reads.set(key, opened)
     }
     return opened
   }

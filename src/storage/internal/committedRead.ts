@@ -127,11 +127,11 @@ const newlinesToCommas = (buf: Buffer): number => {
 /** Reads a whole span from `fh` as one body: its lines joined as `format` says. */
 export const readSpan = async (fh: fs.FileHandle, span: ReadSpan, format: BodyFormat = "array"): Promise<LogRead> => {
   if (span.end === span.start) return { body: EMPTY, count: 0, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd }
-  return spanRead(await readRange(fh, span.start, span.end - span.start, true), span, format)
+  return joinedRead(await readRange(fh, span.start, span.end - span.start, true), span, format)
 }
 
 /** The read of a span whose bytes, its last newline included, are `buf`: its lines are joined in place. */
-export const spanRead = (buf: Buffer, span: ReadSpan, format: BodyFormat): LogRead => {
+export const joinedRead = (buf: Buffer, span: ReadSpan, format: BodyFormat): LogRead => {
   const lines = joinLines(buf, format)
   return { body: buf.subarray(0, buf.length - 1), count: span.count ?? lines, nextOffset: span.nextOffset, reachedEnd: span.reachedEnd }
 }
@@ -201,8 +201,9 @@ export const readSnapshotChunk = (dir: string, n: number, size: number): Promise
   readSpanOfFile(dir, snapshotSpan(n, size))
 
 /**
- * A read prepared for streaming: a body of at most one piece is already read;
- * a larger one has a read-only descriptor of its own on the span's file, so a
+ * A read prepared for streaming: a body of at most one piece is already read
+ * (or, of what the last commit wrote, a body of any size, from memory); a
+ * larger one has a read-only descriptor of its own on the span's file, so a
  * slow consumer never keeps the owner's handles busy, and a removal (the
  * directory renamed away) leaves the open file readable.
  */

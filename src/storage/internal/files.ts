@@ -69,13 +69,17 @@ export const readRangeInto = async (fh: fs.FileHandle, position: number, buf: Bu
 }
 
 /**
- * Writes all of `buf` at `position` at once. A write is a copy into the page cache; what waits on the disk is the
- * fdatasync after it, which stays asynchronous. Each asynchronous step waits for a turn of the event loop, and in a
- * catch-up a turn takes tens of milliseconds: a commit's writes made that way would cost it that many turns.
+ * Writes all of `buf` at `position` of `fh` at once, on the event loop. Each asynchronous step of a commit waits for
+ * a turn of the event loop, and in a catch-up a turn takes tens of milliseconds, while a write is as a rule a copy
+ * into the page cache that takes far less: what waits on the disk is the fdatasync after it, which stays
+ * asynchronous. The kernel may still make a write wait (dirty pages over its limit, a journal that is full), and
+ * then the event loop waits with it.
  */
-export const writeAtNow = (fh: fs.FileHandle, buf: Uint8Array, position: number): void => {
+export const writeAtNow = (fh: fs.FileHandle, buf: Uint8Array, position: number): void => writeAllNow(fh.fd, buf, position)
+
+const writeAllNow = (fd: number, buf: Uint8Array, position: number): void => {
   let done = 0
-  while (done < buf.length) done += fsSync.writeSync(fh.fd, buf, done, buf.length - done, position + done)
+  while (done < buf.length) done += fsSync.writeSync(fd, buf, done, buf.length - done, position + done)
 }
 
 /** Writes all of `buf` at `position`. */
@@ -228,9 +232,7 @@ const pointerText = (pointer: CommitPointer): string =>
 export const stagePointer = async (dir: string, pointer: CommitPointer): Promise<void> => {
   const fd = fsSync.openSync(path.join(dir, FileNames.pointerTemp), "w")
   try {
-    const text = Buffer.from(pointerText(pointer), "utf8")
-    let done = 0
-    while (done < text.length) done += fsSync.writeSync(fd, text, done, text.length - done, done)
+    writeAllNow(fd, Buffer.from(pointerText(pointer), "utf8"), 0)
     await new Promise<void>((resolve, reject) => fsSync.fdatasync(fd, (error) => (error === null ? resolve() : reject(error))))
   } finally {
     fsSync.closeSync(fd)
@@ -240,7 +242,8 @@ export const stagePointer = async (dir: string, pointer: CommitPointer): Promise
 /**
  * Renames the staged pointer over the commit pointer and fsyncs the directory, through `directory`, a descriptor the
  * log holds on it. Only once everything the pointer covers is durable: the rename may reach the disk with any later
- * journal commit, before the directory's fsync. The rename, a change to the directory in memory, is made at once.
+ * journal commit, before the directory's fsync. The rename, as a rule a change to the directory in memory, is made at
+ * once (see `writeAtNow`).
  */
 export const publishPointer = async (dir: string, directory: fs.FileHandle): Promise<void> => {
   fsSync.renameSync(path.join(dir, FileNames.pointerTemp), path.join(dir, FileNames.pointer))
