@@ -30,7 +30,11 @@ export const metricsRoute = Effect.gen(function*() {
   const active = figures.active
   if (active !== undefined) {
     samples.push(
-      gauge("syncline_stack_active_start_time_seconds", "When the stack became active, in seconds since the epoch", active.since / 1000),
+      gauge(
+        "syncline_stack_active_start_time_seconds",
+        "When the stack became active, in seconds since the epoch",
+        active.since / 1000
+      ),
       gauge("syncline_shapes", "Shapes served", active.shapes),
       gauge("syncline_consumers", "Shape consumers running", active.consumers),
       gauge(
