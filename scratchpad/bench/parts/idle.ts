@@ -33,7 +33,8 @@ import type { Part } from "./part.js"
  * Live: transactions committed while the service runs, timed from the first write until the slot
  * passes the marker, beside the writers' commit rate. Catch-up: the service is stopped, 20k more
  * are committed (and the marker), the service is started, timed from the moment its stack became
- * active (as its metrics say) until the slot passes the marker, beside raw pgoutput decoding of the same WAL by a second slot.
+ * active (as its metrics say) until the slot passes the marker, beside raw pgoutput decoding of
+ * the same WAL by a second slot.
  */
 
 const STREAM = "bench_idle"
