@@ -403,16 +403,21 @@ export interface ServiceOptions {
 }
 
 /**
- * The moment the service's stack became active, from its `syncline_stack_active_start_time_seconds` (seconds since
- * the epoch, on the system clock both processes read), on this process's performance.now() clock; `observedAt` when
- * the service does not say (a build before the gauge).
+ * The moment a service's stack became active as its metrics (the text of `/metrics`) say, on this process's
+ * performance.now() clock: `syncline_stack_active_start_time_seconds` counts seconds since the epoch on the system
+ * clock both processes read. Undefined when the metrics do not say (a build before the gauge).
  */
+export const activeStartOf = (metrics: string): number | undefined => {
+  const match = /^syncline_stack_active_start_time_seconds(?:\{[^}]*\})? (\S+)/m.exec(metrics)
+  // From the system clock to this process's performance clock, both read now.
+  return match === null ? undefined : Number(match[1]) * 1000 - Date.now() + performance.now()
+}
+
+/** `activeStartOf` the service at `baseUrl`; `observedAt` when it does not say. */
 const statedActiveAt = async (baseUrl: string, observedAt: number): Promise<number> => {
   const res = await get(healthAgent, `${baseUrl}/metrics`)
-  const match = res.status === 200 ? /^syncline_stack_active_start_time_seconds(?:\{[^}]*\})? (\S+)/m.exec(res.body.toString()) : null
-  if (match === null) return observedAt
-  // From the system clock to this process's performance clock, both read now.
-  const stated = Number(match[1]) * 1000 - Date.now() + performance.now()
+  const stated = res.status === 200 ? activeStartOf(res.body.toString()) : undefined
+  if (stated === undefined) return observedAt
   // The service's moment is in whole milliseconds; one a few milliseconds after the answer is a wrong reading.
   if (!(stated <= observedAt + 5)) throw new Error(`the service says it was active at ${stated} ms, after it said so at ${observedAt} ms`)
   return Math.min(stated, observedAt)

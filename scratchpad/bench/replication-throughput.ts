@@ -7,7 +7,7 @@ import { fileURLToPath } from "node:url"
 import pg from "pg"
 import { startEmbeddedPostgres } from "../../src/postgres/EmbeddedPostgres.js"
 import { startNodeArgs } from "../../test/support/process.js"
-import { cpuMsOf, createItems } from "./harness.js"
+import { activeStartOf, cpuMsOf, createItems } from "./harness.js"
 
 /*
  * The replication pipeline's throughput, with the service as a child process running the compiled
@@ -120,9 +120,8 @@ const startService = async (databaseUrl: string, storageDir: string): Promise<Se
   }
   // Timed from the moment the stack became active as the service says (its metrics; the same system clock): busy
   // with a catch-up, it answers /v1/health later than that.
-  const metrics = await (await fetch(`${baseUrl}/metrics`)).text()
-  const since = /^syncline_stack_active_start_time_seconds(?:\{[^}]*\})? (\S+)/m.exec(metrics)
-  const activeMs = Math.min(performance.now(), since === null ? Infinity : Number(since[1]) * 1000 - Date.now() + performance.now()) - spawnedAt
+  const since = activeStartOf(await (await fetch(`${baseUrl}/metrics`)).text())
+  const activeMs = Math.min(performance.now(), since ?? Infinity) - spawnedAt
   const pid = child.pid
   if (pid === undefined) throw new Error("the service has no process id")
   return {
