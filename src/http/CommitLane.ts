@@ -5,7 +5,8 @@ import type { LogRead } from "../storage/ShapeLogStorage.js"
 /** A response held whole: what the lane writes. */
 export interface WholeResponse {
   readonly headers: Record<string, string | number>
-  readonly body: Uint8Array
+  /** The body's parts, written in order: a large body shared with other requests is one of them, never copied. */
+  readonly body: ReadonlyArray<Uint8Array>
 }
 
 /** What a held long-poll's lane needs from its log. */
@@ -91,7 +92,10 @@ export class CommitLane {
       }
       const { body, headers } = this.render(read, globalLsn)
       this.response.writeHead(200, headers)
-      this.response.end(body)
+      // Corked, the parts and the headers leave in one write; `end` uncorks.
+      if (body.length > 1) this.response.cork()
+      for (let i = 0; i < body.length - 1; i++) this.response.write(body[i])
+      this.response.end(body[body.length - 1])
       this.state = "sent"
     } catch {
       // Before the headers went out the fiber can still answer; after, only dropping the connection is honest.

@@ -104,6 +104,10 @@ const wholeBody = (lines: Uint8Array, trailing: string | undefined): Buffer =>
  */
 const COPIED_BODY_BYTES = 64 * 1024
 
+/** A body held whole, as the parts to write: one buffer up to `COPIED_BODY_BYTES`, else the lines between the brackets. */
+const bodyParts = (lines: Uint8Array, trailing: string | undefined): ReadonlyArray<Uint8Array> =>
+  lines.length <= COPIED_BODY_BYTES ? [wholeBody(lines, trailing)] : [OPEN, lines, closeOf(lines.length, trailing)]
+
 /**
  * The response for a read: `[`, the stored lines, an optional trailing message,
  * `]` — stored bytes are never re-encoded. A body that was read whole is sent
@@ -429,10 +433,12 @@ const respond = (
       const httpRequest = yield* HttpServerRequest.HttpServerRequest
       const lane = commitLaneFor(source, httpRequest, headers, offset, after, (whole, lsn) => {
         const { responseHeaders, trailing } = completion(whole, lsn)
-        const body = wholeBody(whole.body, trailing)
+        const body = bodyParts(whole.body, trailing)
+        let length = 0
+        for (const part of body) length += part.length
         return {
           body,
-          headers: { ...responseHeaders, "content-type": JSON_TYPE, "content-length": body.length, [serverHeader[0]]: serverHeader[1] }
+          headers: { ...responseHeaders, "content-type": JSON_TYPE, "content-length": length, [serverHeader[0]]: serverHeader[1] }
         }
       })
       const outcome = yield* countedWhile(

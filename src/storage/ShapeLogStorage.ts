@@ -13,7 +13,7 @@ import { LogOffset } from "../domain/LogOffset.js"
 import { ShapeHandle } from "../domain/ShapeHandle.js"
 import { LogLines } from "./LogLines.js"
 import { StorageError } from "../domain/errors.js"
-import { type BodyFormat, bodyLength, type OpenedSpan, PIECE_BYTES, readPiece, WHOLE_BYTES } from "./internal/committedRead.js"
+import { type BodyFormat, bodyLength, type OpenedSpan, PIECE_BYTES, readPiece } from "./internal/committedRead.js"
 import { isErrno } from "./internal/files.js"
 import { ShapeLogReaderFiles } from "./internal/ShapeLogReader.js"
 import { ReadCache } from "./internal/ReadCache.js"
@@ -116,9 +116,10 @@ export interface ShapeLog {
   /** See `ShapeLogFiles.onNextCommit`: a callback at the next commit or close, without a fiber. */
   readonly onNextCommit: (listener: () => void) => () => void
   /**
-   * `stream`'s read when its body is held whole (shared with the requests reading the same), without a scope;
-   * undefined when the body is larger than `WHOLE_BYTES` (each caller would make a response of its own of it), or
-   * the log is closed. The snapshot must be complete.
+   * `stream`'s read when its body is held whole, without a scope: one of at most `WHOLE_BYTES`, or what the last
+   * commit wrote, at any size (shared with the requests reading the same: a caller writes it as it is, never a copy
+   * of its own); undefined when the body would be streamed from the file, or the log is closed. The snapshot must be
+   * complete.
    */
   readonly readWhole: (from: LogOffset, format: BodyFormat) => Promise<LogRead | undefined>
 }
@@ -319,7 +320,7 @@ const toShapeLog = (files: ShapeLogFiles): ShapeLog => {
     readWhole: async (from, format) => {
       if (files.closed !== "open" || !files.snapshotComplete) return undefined
       const opened = await files.openSpan(from, format)
-      if (opened._tag === "Whole") return opened.read.body.length <= WHOLE_BYTES ? opened.read : undefined
+      if (opened._tag === "Whole") return opened.read
       await opened.fh.close().catch(() => undefined)
       return undefined
     }

@@ -58,7 +58,8 @@ describe("long-polls answered at the commit", () => {
     await dropReplication(pool, STREAM)
   })
 
-  it("get the bytes and headers their own fiber gives, each with its own CORS headers and a new cursor", async () => {
+  /** Held long-polls at the shape's end, and one its fiber answers, all answered by the commit `write` makes. */
+  const heldAcross = async (write: () => Promise<unknown>) => {
     const shapeUrl = `${server.baseUrl}/v1/shape?table=${TABLE}`
     const initial = await get(`${shapeUrl}&offset=-1`)
     expect(initial.status).toBe(200)
@@ -77,13 +78,10 @@ describe("long-polls answered at the commit", () => {
     const byFiber = get(live, { origin: "https://fiber.example", "if-none-match": `"none"` })
     // Whether a request is held when the commit lands or arrives after it, its answer is the same.
     await new Promise((r) => setTimeout(r, 300))
-    await pool.query(`UPDATE ${TABLE} SET v = 'changed' WHERE id = 3`)
+    await write()
 
     const fiber = await byFiber
     expect(fiber.status).toBe(200)
-    const messages = JSON.parse(fiber.body) as Array<{ value?: { v?: string }; headers: Record<string, unknown> }>
-    expect(messages[0]!.value?.v).toBe("changed")
-    expect(messages.at(-1)!.headers["control"]).toBe("up-to-date")
     expect(fiber.headers["electric-up-to-date"]).toBe("")
     for (const [i, reply] of (await Promise.all(held)).entries()) {
       expect(reply.status).toBe(200)
@@ -93,6 +91,22 @@ describe("long-polls answered at the commit", () => {
       expect(reply.headers["electric-cursor"]).toMatch(/^\d+$/)
       expect(reply.headers["electric-cursor"]).not.toBe("1")
     }
+    return JSON.parse(fiber.body) as Array<{ value?: { v?: string }; headers: Record<string, unknown> }>
+  }
+
+  it("get the bytes and headers their own fiber gives, each with its own CORS headers and a new cursor", async () => {
+    const messages = await heldAcross(() => pool.query(`UPDATE ${TABLE} SET v = 'changed' WHERE id = 3`))
+    expect(messages[0]!.value?.v).toBe("changed")
+    expect(messages.at(-1)!.headers["control"]).toBe("up-to-date")
+  })
+
+  it("get a commit larger than a read held whole (written from the bytes they share) as their fiber gives it", async () => {
+    // 10 rows of 40 kB: past the 256 kB up to which a read of the files is held whole.
+    const messages = await heldAcross(() => pool.query(`UPDATE ${TABLE} SET v = repeat('large ', 6700) || id`))
+    // Sorted: Postgres updates them in the table's physical order, which the test before changed.
+    expect(messages.filter((m) => m.headers["operation"] === "update").map((m) => m.value?.v).sort())
+      .toEqual(Array.from({ length: 10 }, (_, i) => `${"large ".repeat(6700)}${i + 1}`).sort())
+    expect(messages.at(-1)!.headers["control"]).toBe("up-to-date")
   })
 })
 

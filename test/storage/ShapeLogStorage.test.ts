@@ -814,9 +814,12 @@ describe("ShapeLogStorage", () => {
         else expect(messages.length).toBeLessThan(3000)
         expect(asLines.body).toBe(messages.join("\n"))
         expect(asLines.nextOffset).toBe(later.nextOffset)
-        // A held long-poll's lane takes a body whole only up to WHOLE_BYTES: a larger one is its request's to stream.
-        if (large) expect(lane).toBeUndefined()
-        else expect(lane === undefined ? undefined : bodyOf(lane)).toBe(later.body)
+        // A held long-poll's lane takes the commit's body whole at any size, the same bytes.
+        expect(lane === undefined ? undefined : bodyOf(lane)).toBe(later.body)
+        // After the turn, a body larger than WHOLE_BYTES is streamed from the file: not the lane's.
+        const laneLater = yield* Effect.promise(() => log.readWhole(off("1_0"), "array"))
+        if (large) expect(laneLater).toBeUndefined()
+        else expect(laneLater === undefined ? undefined : bodyOf(laneLater)).toBe(later.body)
       }
     }))
 
