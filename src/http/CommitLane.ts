@@ -32,7 +32,7 @@ export type LaneOutcome = "data" | "sent"
  * ends the wait: the response is written before any fiber runs, so the
  * requests a commit wakes get their bytes as fast as Node can write them, and
  * their fibers finish afterwards. Anything out of the ordinary — the shape
- * gone, the log closed, a body too large to hold, a failed read — is left to
+ * gone, the log closed, a body streamed from its file, a failed read — is left to
  * the request's fiber, and so is a request the fiber answers first (the
  * timeout, a shutdown): whichever of the two claims the response first answers
  * it, and only it.

@@ -110,10 +110,10 @@ const bodyParts = (lines: Uint8Array, trailing: string | undefined): ReadonlyArr
 
 /**
  * The response for a read: `[`, the stored lines, an optional trailing message,
- * `]` — stored bytes are never re-encoded. A body that was read whole is sent
- * as one buffer; a larger one is streamed, each piece read from disk while the
- * socket takes the one before (see `writePieces`), so a slow reader holds
- * about two pieces.
+ * `]` — stored bytes are never re-encoded. A small body held whole is sent as
+ * one buffer, a larger one held whole (shared) as it is, between the brackets;
+ * one not held is streamed, each piece read from disk while the socket takes
+ * the one before (see `writePieces`), so a slow reader holds about two pieces.
  */
 const arrayResponse = (
   request: HttpServerRequest.HttpServerRequest,

@@ -117,9 +117,9 @@ export interface ShapeLog {
   readonly onNextCommit: (listener: () => void) => () => void
   /**
    * `stream`'s read when its body is held whole, without a scope: one of at most `WHOLE_BYTES`, or what the last
-   * commit wrote, at any size (shared with the requests reading the same: a caller writes it as it is, never a copy
-   * of its own); undefined when the body would be streamed from the file, or the log is closed. The snapshot must be
-   * complete.
+   * commit wrote, at any size (shared with the requests reading the same: a caller writes a large one as it is,
+   * never a copy of its own); undefined when the body would be streamed from the file, or the log is closed. The
+   * snapshot must be complete.
    */
   readonly readWhole: (from: LogOffset, format: BodyFormat) => Promise<LogRead | undefined>
 }
