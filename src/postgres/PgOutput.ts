@@ -388,6 +388,28 @@ const rowAt = (rel: Relation, data: Buffer, at: number, toastFrom: Row | undefin
 }
 
 /**
+ * Value `column` of the tuple at `data[at]` (one a `TransactionAssembler` read and checked, see `TupleSource`), as
+ * its row would have it: text, null, or undefined for an unchanged TOASTed value. Routing a change by one column
+ * reads that value only, not its row.
+ */
+export const tupleValue = (data: Buffer, at: number, column: number): ColumnValue => {
+  buf = data
+  pos = at + 2
+  limit = data.length
+  try {
+    for (let i = 0; i < column; i++) {
+      // Checked by the assembler already: a text value's length, and `n` or `u` otherwise.
+      if (u8() !== 0x74 /* t */) continue
+      const len = i32()
+      pos += len
+    }
+    return columnValue()
+  } finally {
+    buf = EMPTY
+  }
+}
+
+/**
  * An insert as read from the wire. Its row is made from the tuple's bytes the first time it is asked for: a change
  * routed to shapes that select it whole, and written to their logs straight from the bytes, never needs its values
  * as strings. The bytes are the socket chunk's until `ownTupleBytes` copies them.

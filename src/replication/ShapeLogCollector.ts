@@ -1,10 +1,11 @@
 import * as Context from "effect/Context"
 import * as Effect from "effect/Effect"
 import * as Layer from "effect/Layer"
-import type { Change, Row, Transaction } from "../domain/Change.js"
+import type { Change, ColumnValue, Row, Transaction } from "../domain/Change.js"
 import type { Lsn } from "../domain/Lsn.js"
 import type { ShapeHandle } from "../domain/ShapeHandle.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
+import { tupleValue } from "../postgres/PgOutput.js"
 import { FlushTracker } from "./FlushTracker.js"
 
 /** What routing needs to know of a shape. */
@@ -70,6 +71,25 @@ interface TableShapes {
     /** No shape of the table looks at a row's values: each has every change of it, without its rows being made. */
     readonly rowFree: boolean
   } | undefined
+}
+
+/**
+ * A column of a change's new row, read from its tuple's bytes alone when it came from the wire: routing by an
+ * equality index then never makes the change's row (most changes, past shapes of one value each, match none).
+ */
+const newValueOf = (change: Change & { readonly kind: "insert" | "update" }, column: string): ColumnValue => {
+  const data = change.tupleData
+  if (data !== undefined) {
+    const columns = change.relation.columns
+    for (let j = 0; j < columns.length; j++) {
+      if (columns[j]!.name !== column) continue
+      const value = tupleValue(data, change.tupleAt!, j)
+      // An unchanged TOASTed value is the old row's, which the row fills in.
+      if (value !== undefined) return value
+      break
+    }
+  }
+  return change.new[column]
 }
 
 /** The where of a shape that has none. */
@@ -220,20 +240,28 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
       scanned: Array.from(t.scanned, ([handle, matches]) => ({ handle, matches })),
       rowFree: t.indexes.size === 0 && Array.from(t.scanned.values()).every((matches) => matches === everyRow)
     }
-  const visitRow = (t: TableShapes, row: Row, i: number) => {
-    const { indexes, scanned } = listsOf(t)
-    for (let k = 0; k < indexes.length; k++) {
-      const index = indexes[k]!
-      const v = row[index.column]
-      if (v === null || v === undefined) continue
-      const shapes = index.byValue.get(v)
-      if (typeof shapes === "string") deliver(shapes, i)
-      else if (shapes !== undefined) for (const h of shapes) deliver(h, i)
-    }
+  const deliverByValue = (index: EqualityIndex, v: ColumnValue, i: number) => {
+    if (v === null || v === undefined) return
+    const shapes = index.byValue.get(v)
+    if (typeof shapes === "string") deliver(shapes, i)
+    else if (shapes !== undefined) for (const h of shapes) deliver(h, i)
+  }
+  const visitScanned = (scanned: ReadonlyArray<ScannedShape>, row: Row, i: number) => {
     for (let k = 0; k < scanned.length; k++) {
       const shape = scanned[k]!
       if (shape.matches(row)) deliver(shape.handle, i)
     }
+  }
+  const visitRow = (t: TableShapes, row: Row, i: number) => {
+    const { indexes, scanned } = listsOf(t)
+    for (let k = 0; k < indexes.length; k++) deliverByValue(indexes[k]!, row[indexes[k]!.column], i)
+    visitScanned(scanned, row, i)
+  }
+  /** `visitRow` of a change's new row, which is made only when a shape of the table evaluates its where on it. */
+  const visitNewRow = (t: TableShapes, change: Change & { readonly kind: "insert" | "update" }, i: number) => {
+    const { indexes, scanned } = listsOf(t)
+    if (scanned.length > 0) return visitRow(t, change.new, i)
+    for (let k = 0; k < indexes.length; k++) deliverByValue(indexes[k]!, newValueOf(change, indexes[k]!.column), i)
   }
 
   const route = (txn: Transaction): ReadonlyArray<Delivery> | undefined => {
@@ -283,13 +311,13 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
       }
       switch (change.kind) {
         case "insert":
-          visitRow(t, change.new, i)
+          visitNewRow(t, change, i)
           break
         case "delete":
           visitRow(t, change.old, i)
           break
         case "update":
-          visitRow(t, change.new, i)
+          visitNewRow(t, change, i)
           if (change.old !== undefined) visitRow(t, change.old, i)
           else for (const h of t.all) deliver(h, i)
           break

@@ -7,74 +7,14 @@ import {
   pgClockNow,
   PgOutputDecodeError,
   TransactionAssembler,
-  TransactionAssemblyError
+  TransactionAssemblyError,
+  tupleValue
 } from "../../src/postgres/PgOutput.js"
-
-// Builds pgoutput messages byte by byte, as the walsender would.
-class Bytes {
-  private readonly parts: Array<Buffer> = []
-  char(c: string): this {
-    this.parts.push(Buffer.from(c, "latin1"))
-    return this
-  }
-  u8(n: number): this {
-    this.parts.push(Buffer.from([n]))
-    return this
-  }
-  i16(n: number): this {
-    const b = Buffer.alloc(2)
-    b.writeInt16BE(n)
-    this.parts.push(b)
-    return this
-  }
-  i32(n: number): this {
-    const b = Buffer.alloc(4)
-    b.writeInt32BE(n)
-    this.parts.push(b)
-    return this
-  }
-  u32(n: number): this {
-    const b = Buffer.alloc(4)
-    b.writeUInt32BE(n)
-    this.parts.push(b)
-    return this
-  }
-  u64(n: bigint): this {
-    const b = Buffer.alloc(8)
-    b.writeBigUInt64BE(n)
-    this.parts.push(b)
-    return this
-  }
-  cstr(s: string): this {
-    this.parts.push(Buffer.from(s, "utf8"), Buffer.from([0]))
-    return this
-  }
-  /** A TupleData: string = text, null = 'n', undefined = 'u'. */
-  tuple(values: ReadonlyArray<string | null | undefined>): this {
-    this.i16(values.length)
-    for (const v of values) {
-      if (v === null) this.char("n")
-      else if (v === undefined) this.char("u")
-      else {
-        const bytes = Buffer.from(v, "utf8")
-        this.char("t").i32(bytes.length)
-        this.parts.push(bytes)
-      }
-    }
-    return this
-  }
-  build(): Buffer {
-    return Buffer.concat(this.parts)
-  }
-}
+import { begin, Bytes, commit } from "../support/pgoutput.js"
 
 const HIGH_LSN = 0x1_2345_6789_abcdn // above 2^32: both halves matter
 const END_LSN = HIGH_LSN + 0x38n
 
-const begin = (finalLsn: bigint, xid: number) =>
-  new Bytes().char("B").u64(finalLsn).u64(757_000_000_123_456n).u32(xid).build()
-const commit = (commitLsn: bigint, endLsn: bigint) =>
-  new Bytes().char("C").u8(0).u64(commitLsn).u64(endLsn).u64(757_000_000_123_999n).build()
 const relationMsg = (oid: number, replicaIdentity: string, schema = "public") =>
   new Bytes().char("R").u32(oid).cstr(schema).cstr("items").char(replicaIdentity).i16(3)
     .u8(1).cstr("id").u32(23).i32(-1)
@@ -255,6 +195,26 @@ describe("TransactionAssembler", () => {
     const cut = Buffer.concat([commit(HIGH_LSN, END_LSN), Buffer.alloc(32, 0x7f)])
     expect(() => b.pushBuffer(cut, 0, 20)).toThrow(PgOutputDecodeError)
     expect(() => decode(Buffer.concat([insert(100, ["1"]), Buffer.alloc(8)]), 0, 10)).toThrow(PgOutputDecodeError)
+  })
+
+  it("reads one value of a change's tuple as its row has it, an unchanged TOASTed one as undefined (tupleValue)", () => {
+    const a = new TransactionAssembler()
+    a.pushBuffer(begin(1n, 1))
+    a.pushBuffer(relationMsg(100, "f"))
+    // Past the length read byte by byte, and not ASCII.
+    const long = "é ".repeat(40)
+    a.pushBuffer(insert(100, ["7", long, null]))
+    a.pushBuffer(new Bytes().char("U").u32(100).char("O").tuple(["7", long, "long body"]).char("N").tuple(["8", "", undefined]).build())
+    const tx = a.pushBuffer(commit(1n, 2n))!
+    const values = tx.changes.map((c) =>
+      c.kind === "insert" || c.kind === "update" ? [0, 1, 2].map((j) => tupleValue(c.tupleData!, c.tupleAt!, j)) : []
+    )
+    expect(values).toEqual([["7", long, null], ["8", "", undefined]])
+    // The rows, made afterwards, agree; the update's row fills in what its tuple left out.
+    expect(tx.changes.map((c) => c.kind === "insert" || c.kind === "update" ? c.new : undefined)).toEqual([
+      { id: "7", title: long, body: null },
+      { id: "8", title: "", body: "long body" }
+    ])
   })
 
   it("fills unchanged TOAST from the full old row, and keeps key-only old rows to the key", () => {

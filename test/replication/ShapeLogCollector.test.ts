@@ -2,7 +2,9 @@ import { describe, expect, it } from "@effect/vitest"
 import type { Change, Relation, Row, Transaction } from "../../src/domain/Change.js"
 import type { Lsn } from "../../src/domain/Lsn.js"
 import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
+import { TransactionAssembler } from "../../src/postgres/PgOutput.js"
 import { columnSignature, type Delivery, makeRouter, type RoutedShape } from "../../src/replication/ShapeLogCollector.js"
+import { begin, Bytes, commit } from "../support/pgoutput.js"
 
 const rel = (oid: number, name: string): Relation => ({
   oid,
@@ -72,6 +74,51 @@ describe("makeRouter", () => {
       insert({ id: "6", owner: null }) // 5
     ]))
     expect(summary(deliveries)).toEqual({ alice: [0, 3], alice2: [0, 3], bob: [2, 3] })
+  })
+
+  it("routes changes read from the wire by one value of their tuples, making a row only for an unchanged TOASTed value", () => {
+    const router = makeRouter(0n)
+    router.addShape(byOwner("alice", "alice"))
+    router.addShape(byOwner("bob", "bob"))
+    router.addShape(byOwner("accented", "é"))
+    const lsn = (nextLsn += 100n)
+    const assembler = new TransactionAssembler()
+    const relation = new Bytes().char("R").u32(ITEMS.oid).cstr("public").cstr("items").char("f").i16(2)
+      .u8(1).cstr("id").u32(23).i32(-1)
+      .u8(1).cstr("owner").u32(25).i32(-1)
+      .build()
+    const ins = (values: ReadonlyArray<string | null>) => new Bytes().char("I").u32(ITEMS.oid).char("N").tuple(values).build()
+    const upd = (old: ReadonlyArray<string>, values: ReadonlyArray<string | undefined>) =>
+      new Bytes().char("U").u32(ITEMS.oid).char("O").tuple(old).char("N").tuple(values).build()
+    for (const message of [begin(lsn, 1), relation]) assembler.pushBuffer(message)
+    for (
+      const message of [
+        ins(["1", "alice"]), // 0
+        ins(["2", "carol"]), // 1
+        ins(["3", null]), // 2
+        ins(["4", "é"]), // 3
+        upd(["5", "bob"], ["5", undefined]), // 4: its owner left out, the old row's
+        upd(["6", "carol"], ["6", "alice"]) // 5
+      ]
+    ) assembler.pushBuffer(message)
+    const wire = assembler.pushBuffer(commit(lsn, lsn + 8n))!
+    // Which changes had their new row asked for.
+    const rowsMade = new Set<number>()
+    const changes = wire.changes.map((change, i) =>
+      new Proxy(change, {
+        get: (target, key) => {
+          if (key === "new") rowsMade.add(i)
+          return Reflect.get(target, key, target)
+        }
+      })
+    )
+    expect(summary(router.route({ ...wire, changes }))).toEqual({ alice: [0, 5], bob: [4], accented: [3] })
+    expect([...rowsMade]).toEqual([4])
+    // The same changes as rows route the same.
+    const plain = txn(wire.changes.map((c) =>
+      c.kind === "insert" ? insert({ ...c.new }) : c.kind === "update" ? update({ ...c.old }, { ...c.new }) : c
+    ))
+    expect(summary(router.route(plain))).toEqual({ alice: [0, 5], bob: [4], accented: [3] })
   })
 
   it("evaluates scanned shapes with their matches function", () => {
