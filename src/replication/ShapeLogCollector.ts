@@ -84,7 +84,7 @@ const newValueOf = (change: Change & { readonly kind: "insert" | "update" }, col
     for (let j = 0; j < columns.length; j++) {
       if (columns[j]!.name !== column) continue
       const value = tupleValue(data, change.tupleAt!, j)
-      // An unchanged TOASTed value is the old row's, which the row fills in.
+      // An unchanged TOASTed value: the row has it from the old row when that was sent whole.
       if (value !== undefined) return value
       break
     }
@@ -257,7 +257,7 @@ export const makeRouter = (lastProcessed: Lsn): Router => {
     for (let k = 0; k < indexes.length; k++) deliverByValue(indexes[k]!, row[indexes[k]!.column], i)
     visitScanned(scanned, row, i)
   }
-  /** `visitRow` of a change's new row, which is made only when a shape of the table evaluates its where on it. */
+  /** `visitRow` of a change's new row, made only when a shape of the table evaluates its where on it (or see `newValueOf`). */
   const visitNewRow = (t: TableShapes, change: Change & { readonly kind: "insert" | "update" }, i: number) => {
     const { indexes, scanned } = listsOf(t)
     if (scanned.length > 0) return visitRow(t, change.new, i)

@@ -205,15 +205,18 @@ describe("TransactionAssembler", () => {
     const long = "é ".repeat(40)
     a.pushBuffer(insert(100, ["7", long, null]))
     a.pushBuffer(new Bytes().char("U").u32(100).char("O").tuple(["7", long, "long body"]).char("N").tuple(["8", "", undefined]).build())
+    // A value after a null and an unchanged one.
+    a.pushBuffer(new Bytes().char("U").u32(100).char("O").tuple(["9", "a", "b"]).char("N").tuple([null, undefined, "é"]).build())
     const tx = a.pushBuffer(commit(1n, 2n))!
     const values = tx.changes.map((c) =>
       c.kind === "insert" || c.kind === "update" ? [0, 1, 2].map((j) => tupleValue(c.tupleData!, c.tupleAt!, j)) : []
     )
-    expect(values).toEqual([["7", long, null], ["8", "", undefined]])
-    // The rows, made afterwards, agree; the update's row fills in what its tuple left out.
+    expect(values).toEqual([["7", long, null], ["8", "", undefined], [null, undefined, "é"]])
+    // The rows, made afterwards, agree; an update's row fills in what its tuple left out.
     expect(tx.changes.map((c) => c.kind === "insert" || c.kind === "update" ? c.new : undefined)).toEqual([
       { id: "7", title: long, body: null },
-      { id: "8", title: "", body: "long body" }
+      { id: "8", title: "", body: "long body" },
+      { id: null, title: "a", body: "é" }
     ])
   })
 

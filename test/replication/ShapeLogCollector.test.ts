@@ -76,7 +76,7 @@ describe("makeRouter", () => {
     expect(summary(deliveries)).toEqual({ alice: [0, 3], alice2: [0, 3], bob: [2, 3] })
   })
 
-  it("routes changes read from the wire by one value of their tuples, making a row only for an unchanged TOASTed value", () => {
+  it("routes changes read from the wire by one value of their tuples, making a new row only for an unchanged TOASTed value", () => {
     const router = makeRouter(0n)
     router.addShape(byOwner("alice", "alice"))
     router.addShape(byOwner("bob", "bob"))
