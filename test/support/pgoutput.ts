@@ -10,29 +10,24 @@ export class Bytes {
     this.parts.push(Buffer.from([n]))
     return this
   }
-  i16(n: number): this {
-    const b = Buffer.alloc(2)
-    b.writeInt16BE(n)
+  /** A big-endian integer of `size` bytes, as `write` puts it. */
+  private int(size: number, write: (b: Buffer) => unknown): this {
+    const b = Buffer.alloc(size)
+    write(b)
     this.parts.push(b)
     return this
+  }
+  i16(n: number): this {
+    return this.int(2, (b) => b.writeInt16BE(n))
   }
   i32(n: number): this {
-    const b = Buffer.alloc(4)
-    b.writeInt32BE(n)
-    this.parts.push(b)
-    return this
+    return this.int(4, (b) => b.writeInt32BE(n))
   }
   u32(n: number): this {
-    const b = Buffer.alloc(4)
-    b.writeUInt32BE(n)
-    this.parts.push(b)
-    return this
+    return this.int(4, (b) => b.writeUInt32BE(n))
   }
   u64(n: bigint): this {
-    const b = Buffer.alloc(8)
-    b.writeBigUInt64BE(n)
-    this.parts.push(b)
-    return this
+    return this.int(8, (b) => b.writeBigUInt64BE(n))
   }
   cstr(s: string): this {
     this.parts.push(Buffer.from(s, "utf8"), Buffer.from([0]))
