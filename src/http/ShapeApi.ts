@@ -104,9 +104,15 @@ const wholeBody = (lines: Uint8Array, trailing: string | undefined): Buffer =>
  */
 const COPIED_BODY_BYTES = 64 * 1024
 
-/** A body held whole, as the parts to write: one buffer up to `COPIED_BODY_BYTES`, else the lines between the brackets. */
+/** A body held whole, as the parts to write (see `COPIED_BODY_BYTES`). */
 const bodyParts = (lines: Uint8Array, trailing: string | undefined): ReadonlyArray<Uint8Array> =>
   lines.length <= COPIED_BODY_BYTES ? [wholeBody(lines, trailing)] : [OPEN, lines, closeOf(lines.length, trailing)]
+
+const lengthOf = (parts: ReadonlyArray<Uint8Array>): number => {
+  let length = 0
+  for (const part of parts) length += part.length
+  return length
+}
 
 /**
  * The response for a read: `[`, the stored lines, an optional trailing message,
@@ -121,14 +127,12 @@ const arrayResponse = (
   trailing: string | undefined,
   options: { readonly status: number; readonly contentType: string; readonly headers: HeaderRecord }
 ): HttpServerResponse.HttpServerResponse => {
-  if (read.bytes !== undefined && read.length <= COPIED_BODY_BYTES) {
-    return HttpServerResponse.uint8Array(wholeBody(read.bytes, trailing), options)
+  if (read.bytes !== undefined) {
+    const parts = bodyParts(read.bytes, trailing)
+    if (parts.length === 1) return HttpServerResponse.uint8Array(parts[0]!, options)
+    return HttpServerResponse.stream(Stream.fromIterable(parts), { ...options, contentLength: lengthOf(parts) })
   }
   const close = closeOf(read.length, trailing)
-  // A larger body read whole may be shared with other requests: it is written as it is, not copied.
-  if (read.bytes !== undefined) {
-    return HttpServerResponse.stream(Stream.make(OPEN, read.bytes, close), { ...options, contentLength: OPEN.length + read.length + close.length })
-  }
   // Under Node the pieces go straight into the response, between the `[` and the end written as stream elements.
   const direct = read.readPiece === undefined ? undefined : writePieces(request, read.length, PIECE_BYTES, read.readPiece)
   const body = Stream.succeed(OPEN).pipe(
@@ -434,11 +438,9 @@ const respond = (
       const lane = commitLaneFor(source, httpRequest, headers, offset, after, (whole, lsn) => {
         const { responseHeaders, trailing } = completion(whole, lsn)
         const body = bodyParts(whole.body, trailing)
-        let length = 0
-        for (const part of body) length += part.length
         return {
           body,
-          headers: { ...responseHeaders, "content-type": JSON_TYPE, "content-length": length, [serverHeader[0]]: serverHeader[1] }
+          headers: { ...responseHeaders, "content-type": JSON_TYPE, "content-length": lengthOf(body), [serverHeader[0]]: serverHeader[1] }
         }
       })
       const outcome = yield* countedWhile(
