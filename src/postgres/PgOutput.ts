@@ -1,5 +1,6 @@
 import type { Change, ColumnValue, Relation, RelationColumn, Row, Transaction } from "../domain/Change.js"
 import type { Lsn } from "../domain/Lsn.js"
+import { int16, int32, int64, uint32, uint64 } from "./internal/BigEndian.js"
 
 /**
  * A pure decoder for pgoutput protocol v1 (the messages inside XLogData), the
@@ -62,27 +63,27 @@ let limit = 0
 
 const u8 = (): number => buf[pos++]!
 const i16 = (): number => {
-  const v = buf.readInt16BE(pos)
+  const v = int16(buf, pos)
   pos += 2
   return v
 }
 const i32 = (): number => {
-  const v = buf.readInt32BE(pos)
+  const v = int32(buf, pos)
   pos += 4
   return v
 }
 const u32 = (): number => {
-  const v = buf.readUInt32BE(pos)
+  const v = uint32(buf, pos)
   pos += 4
   return v
 }
 const u64 = (): bigint => {
-  const v = buf.readBigUInt64BE(pos)
+  const v = uint64(buf, pos)
   pos += 8
   return v
 }
 const i64 = (): bigint => {
-  const v = buf.readBigInt64BE(pos)
+  const v = int64(buf, pos)
   pos += 8
   return v
 }
@@ -102,7 +103,7 @@ const tuple = (): TupleData => {
     if (kind === 0x74 /* t */) {
       const len = i32()
       const end = pos + len
-      if (end > limit) throw new PgOutputDecodeError("truncated column value")
+      if (end > limit || end < pos) throw new PgOutputDecodeError("truncated column value")
       values[i] = buf.toString("utf8", pos, end)
       pos = end
     } else if (kind === 0x6e /* n */) {
@@ -210,7 +211,7 @@ const decodeAt = (): PgOutputMessage => {
       const lsn = u64()
       const prefix = cstring()
       const len = i32()
-      if (pos + len > limit) throw new PgOutputDecodeError("truncated message content")
+      if (len < 0 || pos + len > limit) throw new PgOutputDecodeError("truncated message content")
       const content = buf.subarray(pos, pos + len)
       pos += len
       return { tag: "message", transactional: (flags & 1) === 1, lsn, prefix, content }
@@ -223,7 +224,7 @@ const decodeAt = (): PgOutputMessage => {
 /**
  * Decodes the pgoutput message that starts at `offset` in `data` (the XLogData
  * payload starts at byte 25 of a CopyData chunk). Throws `PgOutputDecodeError`
- * (or a `RangeError` from a truncated buffer) on malformed input.
+ * on malformed input.
  */
 export const decode = (data: Buffer, offset = 0, end = data.length): PgOutputMessage => {
   buf = data
@@ -326,7 +327,7 @@ const columnValue = (): ColumnValue => {
   if (kind === 0x74 /* t */) {
     const len = i32()
     const end = pos + len
-    if (end > limit) throw new PgOutputDecodeError("truncated column value")
+    if (end > limit || end < pos) throw new PgOutputDecodeError("truncated column value")
     const value = text(pos, end)
     pos = end
     return value
@@ -541,13 +542,13 @@ export const MAX_TUPLE_COLUMNS = 1664
  * are. The tuple is one a `TransactionAssembler` read and checked (`TupleSource`).
  */
 export const readTupleSlots = (data: Buffer, at: number, slots: TupleSlots): number => {
-  const n = data.readInt16BE(at)
+  const n = int16(data, at)
   const { starts, ends } = slots
   let p = at + 2
   for (let i = 0; i < n; i++) {
     const kind = data[p++]!
     if (kind === 0x74 /* t */) {
-      const len = data.readInt32BE(p)
+      const len = int32(data, p)
       p += 4
       starts[i] = p
       p += len

@@ -22,6 +22,7 @@ import {
   XLOG_DATA_HEADER_BYTES
 } from "./PgOutput.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
+import { uint64 } from "./internal/BigEndian.js"
 import { HEADER_BYTES, MessageFramer } from "./internal/MessageFramer.js"
 
 /** How to reach the slot: it and its publication must already exist. */
@@ -301,7 +302,7 @@ export const make = (
           if (tx !== undefined) deliver(tx)
         } else if (kind === 0x6b /* k: primary keepalive */) {
           if (end - start < KEEPALIVE_REPLY_FLAG_OFFSET + 1) throw new Error("truncated keepalive message")
-          const lsn = data.readBigUInt64BE(start + KEEPALIVE_WAL_END_OFFSET)
+          const lsn = uint64(data, start + KEEPALIVE_WAL_END_OFFSET)
           // A position right after another replaces it: under a write load on other tables keepalives come by the
           // hundred, and the last is as good as all of them. One after a transaction is kept whole, since the keepalive
           // a walsender sends once it has sent everything tells the flush tracker a burst is over.

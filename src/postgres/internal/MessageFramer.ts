@@ -1,9 +1,11 @@
+import { uint32 } from "./BigEndian.js"
+
 /** A backend message's type byte and length word: where its payload starts. */
 export const HEADER_BYTES = 5
 
 /** Where the message starting at `pos` ends: its length word counts itself, not its type byte. */
 const messageEnd = (buf: Buffer, pos: number): number => {
-  const length = buf.readUInt32BE(pos + 1)
+  const length = uint32(buf, pos + 1)
   if (length < 4) throw new Error(`backend message ${String.fromCharCode(buf[pos]!)} of impossible length ${length}`)
   return pos + 1 + length
 }
