@@ -138,7 +138,13 @@ describe("PgOutput.decode", () => {
     const binary = new Bytes().char("I").u32(1).char("N").i16(1).char("b").i32(1).u8(1).build()
     expect(() => decode(binary)).toThrow(PgOutputDecodeError)
     const truncated = insert(1, ["hello"]).subarray(0, 12)
-    expect(() => decode(truncated)).toThrow()
+    expect(() => decode(truncated)).toThrow(PgOutputDecodeError)
+    // Cut inside a length word: the bytes past the end read as nothing, and the message is still refused.
+    expect(() => decode(insert(1, ["hello"]).subarray(0, 13))).toThrow(PgOutputDecodeError)
+    const negativeValue = new Bytes().char("I").u32(1).char("N").i16(1).char("t").i32(-3).char("abc").build()
+    expect(() => decode(negativeValue)).toThrow(PgOutputDecodeError)
+    const negativeContent = new Bytes().char("M").u8(1).u64(HIGH_LSN).cstr("syncline").i32(-2).char("abc").build()
+    expect(() => decode(negativeContent)).toThrow(PgOutputDecodeError)
   })
 })
 
