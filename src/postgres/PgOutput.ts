@@ -62,6 +62,9 @@ let pos = 0
 let limit = 0
 
 const u8 = (): number => buf[pos++]!
+/** A byte for an error message; a read past the end of the bytes gives none. */
+const byteText = (byte: number | undefined): string =>
+  byte === undefined ? "nothing (the message is cut short)" : `0x${byte.toString(16)}`
 const i16 = (): number => {
   const v = int16(buf, pos)
   pos += 2
@@ -97,6 +100,8 @@ const cstring = (): string => {
 
 const tuple = (): TupleData => {
   const n = i16()
+  // Each column takes a byte at least: a count past the message's end is a message cut short (or garbage).
+  if (n < 0 || pos + n > limit) throw new PgOutputDecodeError("truncated tuple")
   const values: TupleData = new Array(n)
   for (let i = 0; i < n; i++) {
     const kind = u8()
@@ -114,7 +119,7 @@ const tuple = (): TupleData => {
       // Binary values only appear with the `binary` option, which we never request.
       throw new PgOutputDecodeError("binary column values are not supported")
     } else {
-      throw new PgOutputDecodeError(`unknown tuple column kind 0x${kind.toString(16)}`)
+      throw new PgOutputDecodeError(`unknown tuple column kind ${byteText(kind)}`)
     }
   }
   return values
@@ -126,6 +131,7 @@ const relation = (): Relation => {
   const name = cstring()
   const replicaIdentity = String.fromCharCode(u8())
   const n = i16()
+  if (n < 0 || pos + n > limit) throw new PgOutputDecodeError("truncated relation message")
   const columns: Array<RelationColumn> = new Array(n)
   for (let i = 0; i < n; i++) {
     const flags = u8()
@@ -141,12 +147,12 @@ const relation = (): Relation => {
 const oldKindOf = (byte: number): "K" | "O" => {
   if (byte === 0x4b /* K */) return "K"
   if (byte === 0x4f /* O */) return "O"
-  throw new PgOutputDecodeError(`unexpected tuple marker 0x${byte.toString(16)}`)
+  throw new PgOutputDecodeError(`unexpected tuple marker ${byteText(byte)}`)
 }
 
 const expectNew = (): void => {
   const b = u8()
-  if (b !== 0x4e /* N */) throw new PgOutputDecodeError(`expected new tuple marker, got 0x${b.toString(16)}`)
+  if (b !== 0x4e /* N */) throw new PgOutputDecodeError(`expected new tuple marker, got ${byteText(b)}`)
 }
 
 const decodeAt = (): PgOutputMessage => {
@@ -190,7 +196,7 @@ const decodeAt = (): PgOutputMessage => {
         oldKind = oldKindOf(marker)
         old = tuple()
         marker = u8()
-        if (marker !== 0x4e) throw new PgOutputDecodeError(`expected new tuple marker, got 0x${marker.toString(16)}`)
+        if (marker !== 0x4e) throw new PgOutputDecodeError(`expected new tuple marker, got ${byteText(marker)}`)
       }
       return { tag: "update", relationOid, oldKind, old, new: tuple() }
     }
@@ -201,6 +207,7 @@ const decodeAt = (): PgOutputMessage => {
     }
     case 0x54 /* T */: {
       const n = i32()
+      if (n < 0 || pos + 1 + 4 * n > limit) throw new PgOutputDecodeError("truncated truncate message")
       const options = u8()
       const relationOids: Array<number> = new Array(n)
       for (let i = 0; i < n; i++) relationOids[i] = u32()
@@ -217,7 +224,7 @@ const decodeAt = (): PgOutputMessage => {
       return { tag: "message", transactional: (flags & 1) === 1, lsn, prefix, content }
     }
     default:
-      throw new PgOutputDecodeError(`unknown pgoutput message type 0x${type.toString(16)}`)
+      throw new PgOutputDecodeError(`unknown pgoutput message type ${byteText(type)}`)
   }
 }
 
@@ -335,11 +342,12 @@ const columnValue = (): ColumnValue => {
   if (kind === 0x6e /* n */) return null
   if (kind === 0x75 /* u */) return undefined
   if (kind === 0x62 /* b */) throw new PgOutputDecodeError("binary column values are not supported")
-  throw new PgOutputDecodeError(`unknown tuple column kind 0x${kind.toString(16)}`)
+  throw new PgOutputDecodeError(`unknown tuple column kind ${byteText(kind)}`)
 }
 
 const tupleColumns = (rel: Relation): ReadonlyArray<RelationColumn> => {
   const n = i16()
+  if (pos > limit) throw new PgOutputDecodeError("truncated tuple")
   const cols = rel.columns
   if (n !== cols.length) {
     throw new TransactionAssemblyError(`tuple of ${n} columns for relation ${rel.schema}.${rel.name} of ${cols.length}`)
@@ -371,7 +379,7 @@ const skipTuple = (rel: Relation): void => {
       pos = end
     } else if (kind !== 0x6e /* n */ && kind !== 0x75 /* u */) {
       if (kind === 0x62 /* b */) throw new PgOutputDecodeError("binary column values are not supported")
-      throw new PgOutputDecodeError(`unknown tuple column kind 0x${kind.toString(16)}`)
+      throw new PgOutputDecodeError(`unknown tuple column kind ${byteText(kind)}`)
     }
   }
 }
@@ -620,7 +628,10 @@ export class TransactionAssembler {
         pos++ // flags
         const commitLsn = u64()
         const endLsn = u64()
-        return this.finish(commitLsn, endLsn, i64())
+        const commitTime = i64()
+        // Checked before the transaction is handed on, not after.
+        if (pos > limit) throw new PgOutputDecodeError("truncated message")
+        return this.finish(commitLsn, endLsn, commitTime)
       }
       case 0x49 /* I */: {
         const rel = this.changeRelation(u32())
@@ -642,7 +653,7 @@ export class TransactionAssembler {
             skipTuple(rel)
           }
           marker = u8()
-          if (marker !== 0x4e) throw new PgOutputDecodeError(`expected new tuple marker, got 0x${marker.toString(16)}`)
+          if (marker !== 0x4e) throw new PgOutputDecodeError(`expected new tuple marker, got ${byteText(marker)}`)
         }
         const tupleAt = pos
         skipTuple(rel)
@@ -725,6 +736,8 @@ export class TransactionAssembler {
 
   private changeRelation(oid: number): Relation {
     if (!this.inTransaction) throw new TransactionAssemblyError("change outside a transaction")
+    // An oid read past the message's end is no oid: the message is cut short.
+    if (pos > limit) throw new PgOutputDecodeError("truncated message")
     const rel = this.relationsByOid.get(oid)
     if (rel === undefined) throw new TransactionAssemblyError(`change for unknown relation oid ${oid}`)
     return rel

@@ -137,14 +137,20 @@ describe("PgOutput.decode", () => {
     expect(() => decode(Buffer.from("Z"))).toThrow(PgOutputDecodeError)
     const binary = new Bytes().char("I").u32(1).char("N").i16(1).char("b").i32(1).u8(1).build()
     expect(() => decode(binary)).toThrow(PgOutputDecodeError)
-    const truncated = insert(1, ["hello"]).subarray(0, 12)
-    expect(() => decode(truncated)).toThrow(PgOutputDecodeError)
-    // Cut inside a length word: the bytes past the end read as nothing, and the message is still refused.
-    expect(() => decode(insert(1, ["hello"]).subarray(0, 13))).toThrow(PgOutputDecodeError)
+    // Cut at each byte of an insert: inside its relation oid, before its tuple marker, inside its column count, before
+    // a column's kind, inside its length word (the bytes past the end read as nothing), inside its value.
+    const whole = insert(1, ["hello"])
+    for (let end = 1; end < whole.length; end++) expect(() => decode(whole.subarray(0, end))).toThrow(PgOutputDecodeError)
     const negativeValue = new Bytes().char("I").u32(1).char("N").i16(1).char("t").i32(-3).char("abc").build()
     expect(() => decode(negativeValue)).toThrow(PgOutputDecodeError)
+    const negativeCount = new Bytes().char("I").u32(1).char("N").i16(-1).build()
+    expect(() => decode(negativeCount)).toThrow(PgOutputDecodeError)
     const negativeContent = new Bytes().char("M").u8(1).u64(HIGH_LSN).cstr("syncline").i32(-2).char("abc").build()
     expect(() => decode(negativeContent)).toThrow(PgOutputDecodeError)
+    // A Truncate claiming more relations than it holds is refused before it reads (or allocates) for them.
+    const overCount = new Bytes().char("T").i32(1_000_000_000).u8(0).u32(16384).build()
+    expect(() => decode(overCount)).toThrow(PgOutputDecodeError)
+    expect(() => decode(new Bytes().char("T").i32(-1).u8(0).build())).toThrow(PgOutputDecodeError)
   })
 })
 
@@ -201,6 +207,22 @@ describe("TransactionAssembler", () => {
     const cut = Buffer.concat([commit(HIGH_LSN, END_LSN), Buffer.alloc(32, 0x7f)])
     expect(() => b.pushBuffer(cut, 0, 20)).toThrow(PgOutputDecodeError)
     expect(() => decode(Buffer.concat([insert(100, ["1"]), Buffer.alloc(8)]), 0, 10)).toThrow(PgOutputDecodeError)
+    // Read where it lies, as a transaction's changes are: a negative length, a cut at each byte.
+    const c = new TransactionAssembler()
+    c.pushBuffer(begin(HIGH_LSN, 44))
+    c.pushBuffer(relationMsg(100, "f"))
+    const negativeKey = new Bytes().char("D").u32(100).char("O").i16(3).char("t").i32(-3).char("abc").char("n").char("n").build()
+    expect(() => c.pushBuffer(negativeKey)).toThrow(PgOutputDecodeError)
+    const update = new Bytes().char("U").u32(100).char("O").tuple(["1", "a", null]).char("N").tuple(["1", "b", null]).build()
+    for (let end = 1; end < update.length; end++) {
+      // The bytes end there, or other bytes follow that the message must not run into.
+      for (const [data, limit] of [[update.subarray(0, end), end], [update, end]] as const) {
+        const d = new TransactionAssembler()
+        d.pushBuffer(begin(HIGH_LSN, 45))
+        d.pushBuffer(relationMsg(100, "f"))
+        expect(() => d.pushBuffer(data, 0, limit)).toThrow(PgOutputDecodeError)
+      }
+    }
   })
 
   it("reads one value of a change's tuple as its row has it, an unchanged TOASTed one as undefined (tupleValue)", () => {
