@@ -48,7 +48,12 @@ export const sleep = (ms: number) => new Promise<void>((resolve) => setTimeout(r
 export const percentile = (sorted: ReadonlyArray<number>, p: number): number =>
   sorted[Math.min(sorted.length - 1, Math.max(0, Math.ceil((p / 100) * sorted.length) - 1))]!
 
-export const median = (values: ReadonlyArray<number>): number => percentile([...values].sort((a, b) => a - b), 50)
+/** The middle value, or the mean of the two middle ones for an even count. */
+export const median = (values: ReadonlyArray<number>): number => {
+  const sorted = [...values].sort((a, b) => a - b)
+  const middle = sorted.length >> 1
+  return sorted.length % 2 === 1 ? sorted[middle]! : (sorted[middle - 1]! + sorted[middle]!) / 2
+}
 
 export const fmtInt = (n: number) => Math.round(n).toLocaleString("en-US")
 export const fmtMs = (ms: number) => (ms >= 100 ? ms.toFixed(0) : ms >= 10 ? ms.toFixed(1) : ms.toFixed(2))
