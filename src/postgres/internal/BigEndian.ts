@@ -10,7 +10,7 @@
 
 /** 2^32, the weight of a 64-bit integer's high word. */
 const HIGH_WORD = 0x1_0000_0000
-/** High words below this (in absolute value) leave a 64-bit integer within a double's 53 exact bits. */
+/** A high word in [-this, this) leaves a 64-bit integer within a double's 53 exact bits. */
 const EXACT_HIGH_WORD = 0x20_0000
 
 export const int16 = (bytes: Uint8Array, at: number): number => ((bytes[at]! << 24) | (bytes[at + 1]! << 16)) >> 16
