@@ -4,8 +4,8 @@
  * costs an allocation and an indirect call for every field of every message until the optimizer removes them; and
  * `readBigUInt64BE` makes four bigints where one will do.
  *
- * None of them throws: a read past the end of `bytes` gives a wrong value, so a caller checks where it read against
- * the end of its message (the decoder does, once per message).
+ * None of them throws: a read past the end of `bytes` gives a wrong value, so a caller checks what it read against
+ * the end of its message (the decoder checks each count and length before it uses it, and where the message ended).
  */
 
 /** 2^32, the weight of a 64-bit integer's high word. */
