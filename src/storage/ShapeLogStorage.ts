@@ -17,6 +17,7 @@ import { type BodyFormat, bodyLength, type OpenedSpan, PIECE_BYTES, readPiece } 
 import { isErrno } from "./internal/files.js"
 import { ShapeLogReaderFiles } from "./internal/ShapeLogReader.js"
 import { ReadCache } from "./internal/ReadCache.js"
+import { RecentBudget } from "./internal/RecentCommits.js"
 import { ioError, ShapeLogFiles } from "./internal/ShapeLogFiles.js"
 import { logWhenStopped } from "../domain/Lifecycle.js"
 
@@ -46,8 +47,9 @@ export interface LogRead {
  * made. A body of at most `WHOLE_BYTES` is read at once (and yields pieces of
  * it without copying); a larger one is read from disk only as its pieces are
  * pulled, through a file descriptor the read holds until its scope closes.
- * What the last commit wrote, read while the commit wakes its readers, is held
- * whole at any size, in memory shared by the streams reading it.
+ * What recent commits wrote, read while it is kept (see `RecentCommits`: the
+ * reads a commit wakes, and those soon after), is held whole at any size, in
+ * memory shared by the streams reading it.
  */
 export interface LogStream {
   /** Byte length of the body (stored lines joined by `,`); 0 when nothing was read. */
@@ -71,8 +73,8 @@ export interface LogStream {
 }
 
 /**
- * The size of the pieces a `LogStream` yields, and the largest body read from a file whole (a read of what the last
- * commit wrote is whole at any size, from memory: see `ShapeLogFiles.freshRead`).
+ * The size of the pieces a `LogStream` yields, and the largest body read from a file whole (a read of what recent
+ * commits wrote is whole at any size, from memory: see `RecentCommits`).
  */
 export { PIECE_BYTES, WHOLE_BYTES } from "./internal/committedRead.js"
 export type { BodyFormat } from "./internal/committedRead.js"
@@ -116,8 +118,8 @@ export interface ShapeLog {
   /** See `ShapeLogFiles.onNextCommit`: a callback at the next commit or close, without a fiber. */
   readonly onNextCommit: (listener: () => void) => () => void
   /**
-   * `stream`'s read when its body is held whole, without a scope: one of at most `WHOLE_BYTES`, or what the last
-   * commit wrote, at any size (shared with the requests reading the same: a caller writes a large one as it is,
+   * `stream`'s read when its body is held whole, without a scope: one of at most `WHOLE_BYTES`, or what recent
+   * commits wrote while it is kept (`RecentCommits`), at any size (shared with the requests reading the same: a caller writes a large one as it is,
    * never a copy of its own); undefined when the body would be streamed from the file, or the log is closed. The
    * snapshot must be complete.
    */
@@ -179,6 +181,11 @@ export interface ShapeLogStorageOptions {
   readonly directory: string
   /** A chunk (snapshot or log) closes at the line that makes it reach this many bytes, newlines included. */
   readonly chunkBytesThreshold: number
+  /**
+   * What the logs keep in memory of their recent commits, together, to serve the reads after them (`RecentCommits`);
+   * default 64 MiB. With 0 each log keeps its newest commit only until the event loop's next check phase.
+   */
+  readonly recentCommitBytes?: number
 }
 
 const TRASH_PREFIX = ".trash-"
@@ -427,10 +434,12 @@ export const make = (
     }
 
     const readCache = new ReadCache(READ_CACHE_BYTES)
+    const recentBudget = new RecentBudget(options.recentCommitBytes)
     const viewOf = (files: ShapeLogFiles): Opened => {
       let opened = views.get(files)
       if (opened === undefined) {
         files.readCache = readCache
+        files.recentBudget = recentBudget
         files.onDescriptors = (open) => (open ? holdAgain(files) : letGo(files))
         opened = { files, log: toShapeLog(files) }
         views.set(files, opened)

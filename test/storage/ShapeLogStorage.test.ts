@@ -7,7 +7,8 @@ import { Effect, Exit, Fiber, Option, Scope, Stream, TestClock } from "effect"
 import { LogOffset } from "../../src/domain/LogOffset.js"
 import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
 import { LogLines } from "../../src/storage/LogLines.js"
-import { type LogEntry, type LogRead, make, type ShapeLog } from "../../src/storage/ShapeLogStorage.js"
+import { RECENT_KEEP_MS } from "../../src/storage/internal/RecentCommits.js"
+import { type LogEntry, type LogRead, make, openReader, type ShapeLog } from "../../src/storage/ShapeLogStorage.js"
 import { entry, fmt, line, off, tempDir, THRESHOLD } from "./fixtures.js"
 
 const decoder = new TextDecoder()
@@ -16,10 +17,10 @@ const decoder = new TextDecoder()
 const bodyOf = (read: LogRead): string => decoder.decode(read.body)
 
 
-const withStorage = (threshold = THRESHOLD) =>
+const withStorage = (threshold = THRESHOLD, recentCommitBytes?: number) =>
   Effect.gen(function*() {
     const dir = yield* tempDir
-    const storage = yield* make({ directory: dir, chunkBytesThreshold: threshold })
+    const storage = yield* make({ directory: dir, chunkBytesThreshold: threshold, ...(recentCommitBytes === undefined ? {} : { recentCommitBytes }) })
     return { dir, storage }
   })
 
@@ -781,8 +782,9 @@ describe("ShapeLogStorage", () => {
             nextOffset: fmt(s.nextOffset)
           }))))
       // 300 kB in one chunk; with the smaller threshold, the reads end where the first chunk the commit closed ends.
+      // The log keeps no commit past its turn: the later reads are of the files.
       for (const threshold of [10_000_000, 250_000]) {
-        const { storage } = yield* withStorage(threshold)
+        const { storage } = yield* withStorage(threshold, 0)
         const log = yield* storage.create(ShapeHandle(`fresh-${threshold}`))
         yield* withSnapshot(log)
         yield* log.append([entry(1, 0)])
@@ -821,6 +823,46 @@ describe("ShapeLogStorage", () => {
         if (large) expect(laneLater).toBeUndefined()
         else expect(laneLater === undefined ? undefined : bodyOf(laneLater)).toBe(later.body)
       }
+    }))
+
+  it.scoped("reads in the second after a commit come from the recent commits' bytes, whole at any size, as the files have them", () =>
+    Effect.gen(function*() {
+      const { dir, storage } = yield* withStorage(10_000_000)
+      const handle = ShapeHandle("recent")
+      const log = yield* storage.create(handle)
+      yield* withSnapshot(log)
+      yield* log.append([entry(1, 0)])
+      yield* log.commit
+      // Three commits of 100 kB each: the body after 1_0 is larger than WHOLE_BYTES, and lies in three buffers.
+      for (let tx = 2; tx <= 4; tx++) {
+        yield* log.append(Array.from({ length: 1000 }, (_, i): LogEntry => ({ offset: LogOffset.make(BigInt(tx), i), json: line(`recent-${tx}`, i) })))
+        yield* log.commit
+      }
+      const reader = yield* openReader({ directory: dir, chunkBytesThreshold: 10_000_000 }, handle)
+      const streamed = (source: Pick<ShapeLog, "stream">, from: string, format: "array" | "lines") =>
+        Effect.scoped(Effect.flatMap(source.stream(off(from), format), (s) =>
+          Effect.map(Stream.runCollect(s.pieces), (pieces) => ({
+            whole: s.bytes !== undefined,
+            body: Buffer.concat([...pieces]).toString(),
+            nextOffset: fmt(s.nextOffset),
+            reachedEnd: s.reachedEnd
+          }))))
+      // Past the turn of the last commit, where the requests it woke read.
+      yield* Effect.promise(() => new Promise((resolve) => setImmediate(resolve)))
+      for (const from of ["1_0", "2_999", "3_500", "4_998"]) {
+        for (const format of ["array", "lines"] as const) {
+          const recent = yield* streamed(log, from, format)
+          const files = yield* streamed(reader, from, format)
+          expect({ from, format, ...recent }).toEqual({ from, format, ...files, whole: true })
+          expect(files.whole).toBe(from !== "1_0")
+        }
+      }
+      expect((yield* streamed(log, "1_0", "array")).body.split(/,(?=\{"key")/).length).toBe(3000)
+      // A second after the last commit its bytes are let go: the owner reads its files, as the reader does.
+      yield* Effect.promise(() => new Promise((resolve) => setTimeout(resolve, RECENT_KEEP_MS + 200)))
+      const later = yield* streamed(log, "1_0", "array")
+      expect(later).toEqual(yield* streamed(reader, "1_0", "array"))
+      expect(later.whole).toBe(false)
     }))
 
   it.scoped("a closed chunk and a snapshot chunk are settled: read again after later commits, they are the same bytes", () =>

@@ -28,7 +28,6 @@ import {
   type CommitEnd,
   type CommittedLog,
   bodyLength,
-  joinedRead,
   logSpan,
   type OpenedSpan,
   type ReadSpan,
@@ -41,6 +40,7 @@ import {
   WHOLE_BYTES
 } from "./committedRead.js"
 import type { ReadCache, SharedRead } from "./ReadCache.js"
+import { RecentBudget, RecentCommits } from "./RecentCommits.js"
 
 /** How many recent commit ends are remembered, so that a reader resuming at one needs no index search. */
 const RECENT_COMMITS = 32
@@ -63,13 +63,6 @@ const SNAPSHOT_FLUSH_BYTES = 2 * 1024 * 1024
 let nextCacheId = 0
 
 const openedOf = (shared: SharedRead): OpenedSpan => shared.opened
-
-/** The log bytes a commit wrote, from byte `start` of the log, and the reads of them made so far, by format and span. */
-interface FreshCommit {
-  readonly start: number
-  readonly data: Buffer
-  reads: Map<string, OpenedSpan> | undefined
-}
 
 /** A read to share, marked settled when its bytes never change. */
 const settledRead = (opened: OpenedSpan, settled: boolean): SharedRead => ({
@@ -167,8 +160,8 @@ export class ShapeLogFiles {
   private readonly closedChunks: Array<ChunkEnd> = []
   private chunkIndexBytes = 0
   private readonly recent: Array<CommitEnd> = []
-  /** What the last commit wrote to the log, until the event loop's next check phase: what the reads it wakes read. */
-  private fresh: FreshCommit | undefined = undefined
+  /** What the recent commits wrote to the log: what the reads they wake, and the reads soon after, read. */
+  private recentCommits: RecentCommits | undefined = undefined
 
   // appended, not yet committed
   /** The appended lines as they will be written: UTF-8, each ended by `\n`; made by the first append. */
@@ -195,6 +188,8 @@ export class ShapeLogFiles {
   private writeChain: Promise<unknown> = Promise.resolve()
   /** Where reads of this log are shared with other requests; set by the storage that opened it. */
   readCache: ReadCache | undefined = undefined
+  /** What this log may keep of its recent commits, with the other logs of its storage; set by the storage that opened it. */
+  recentBudget: RecentBudget | undefined = undefined
   private readonly cacheId = nextCacheId++
   /** The open descriptors; undefined while the log is idle (`closeIfIdle`). */
   private handles: Handles | undefined
@@ -499,6 +494,7 @@ export class ShapeLogFiles {
     if (this.snapshotLatch !== undefined) release(this.snapshotLatch)
     if (this.dataLatch !== undefined) release(this.dataLatch)
     this.callCommitListeners()
+    this.recentCommits?.clear()
     if (this.busy > 0) await new Promise<void>((resolve) => (this.onIdle = resolve))
     await Promise.allSettled(this.snapshotFlush === undefined ? this.snapshotSyncs : [...this.snapshotSyncs, this.snapshotFlush])
     const handles = this.handles
@@ -721,11 +717,8 @@ export class ShapeLogFiles {
       const settled = await Promise.allSettled(syncs)
       for (const s of settled) if (s.status === "rejected") throw s.reason
       await publishPointer(this.dir, this.directory)
-      const fresh: FreshCommit = { start: this.logBytes, data, reads: undefined }
-      this.fresh = fresh
-      setImmediate(() => {
-        if (this.fresh === fresh) this.fresh = undefined
-      })
+      this.recentCommits ??= new RecentCommits(this.recentBudget ?? new RecentBudget())
+      this.recentCommits.add(this.logBytes, data)
       this.closedChunks.push(...chunks)
       this.chunkIndexBytes = chunkIndexBytes
       this.lines = lines
@@ -797,10 +790,10 @@ export class ShapeLogFiles {
     const inSnapshot = snapshotChunkAfter(from, this.snapshotChunkBytes.length) !== undefined
     return this.using(async () => {
       const [span, settled, shared] = await this.spanAfter(from)
-      const fresh = this.freshRead(span, format)
-      if (fresh !== undefined) {
-        if (cache === undefined || bodyLength(span) > WHOLE_BYTES) return fresh
-        return (cache.get(key) ?? cache.share(key, Promise.resolve(settledRead(fresh, settled)), settledKey)).then(openedOf)
+      const recent = this.recentRead(span, format)
+      if (recent !== undefined) {
+        if (cache === undefined || bodyLength(span) > WHOLE_BYTES) return recent
+        return (cache.get(key) ?? cache.share(key, Promise.resolve(settledRead(recent, settled)), settledKey)).then(openedOf)
       }
       // A streamed body reads through a descriptor of its own, which its response closes: it is never shared.
       if (cache === undefined || bodyLength(span) > WHOLE_BYTES) return openSpan(this.dir, span, shared, format)
@@ -811,27 +804,13 @@ export class ShapeLogFiles {
   }
 
   /**
-   * A read of bytes the last commit wrote, from its buffer while it is kept (`fresh`), whatever its size: the
-   * requests a commit wakes need no read of the file, which in a catch-up costs a turn of the event loop for each
-   * step (opening a large body's file, and each of its pieces). One copy per format and span, shared: a large one
-   * is held until the slowest response streaming it is done.
+   * A read of bytes recent commits wrote, from their buffers while they are kept (`RecentCommits`): the requests a
+   * commit wakes, and those that come soon after it, need no read of the file, which in a catch-up costs a turn of
+   * the event loop for each step (opening a large body's file, and each of its pieces). One copy per format and
+   * span, shared: a large one is held until the slowest response streaming it is done.
    */
-  private freshRead(span: ReadSpan, format: BodyFormat): OpenedSpan | undefined {
-    const fresh = this.fresh
-    if (fresh === undefined || span.file !== FileNames.log || span.end === span.start) return undefined
-    if (span.start < fresh.start || span.end > fresh.start + fresh.data.length) return undefined
-    const key = `${format} ${span.start} ${span.end}`
-    const reads = fresh.reads ??= new Map()
-    let opened = reads.get(key)
-    if (opened === undefined) {
-      // Memory of its own: the commit's buffer is not held past the turn, and a small body kept by the read cache
-      // must not hold a slab of Node's shared pool.
-      const buf = Buffer.allocUnsafeSlow(span.end - span.start)
-      fresh.data.copy(buf, 0, span.start - fresh.start, span.end - fresh.start)
-      opened = { _tag: "Whole", read: joinedRead(buf, span, format) }
-      reads.set(key, opened)
-    }
-    return opened
+  private recentRead(span: ReadSpan, format: BodyFormat): OpenedSpan | undefined {
+    return span.file === FileNames.log ? this.recentCommits?.read(span, format) : undefined
   }
 
   /**

@@ -202,7 +202,7 @@ export const readSnapshotChunk = (dir: string, n: number, size: number): Promise
 
 /**
  * A read prepared for streaming: a body of at most one piece is already read
- * (or, of what the last commit wrote, a body of any size, from memory); a
+ * (or, of what recent commits wrote, a body of any size, from memory); a
  * larger one has a read-only descriptor of its own on the span's file, so a
  * slow consumer never keeps the owner's handles busy, and a removal (the
  * directory renamed away) leaves the open file readable.
