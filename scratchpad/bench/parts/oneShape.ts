@@ -48,7 +48,7 @@ import type { Part } from "./part.js"
  * that and the slot's confirmed position (here the live part's, which takes less than Postgres's
  * 15 s between logs of its running transactions). And the same WAL streamed from another copy to a
  * client that only counts commits, reading every chunk as it arrives and doing nothing with the messages.
- * The catch-up is run three times (`BENCH_CATCHUP_ROUNDS`), each round beside its own limits; the row is the
+ * The catch-up is run five times (`BENCH_CATCHUP_ROUNDS`), each round beside its own limits; the row is the
  * round of median ratio, and the notes give every round.
  */
 
@@ -104,7 +104,7 @@ export const oneShape: Part = {
   describe: "20k single-row txns through one shape, live and in catch-up",
   run: async ({ db, dir, report, startService }) => {
     const txns = sized("TXNS", 20_000, 2_000)
-    const catchUpRounds = sized("CATCHUP_ROUNDS", 3, 1)
+    const catchUpRounds = sized("CATCHUP_ROUNDS", 5, 1)
     await createItems(db.pool, TABLE, ROWS)
     const options = { stream: STREAM, storageDir: path.join(dir, "one-shape") }
     let service: Service | undefined = await startService(options)
