@@ -54,6 +54,28 @@ describe("RecentCommits", () => {
     recent.clear()
   })
 
+  it("shares a read's body with the requests reading alike, up to RECENT_LOG_BYTES of bodies between two commits", () => {
+    const recent = new RecentCommits(new RecentBudget())
+    // Two commits of 3 MiB of lines each.
+    const lines = (tag: string) => Buffer.from(`{"${tag}":"${"x".repeat(1000)}"}\n`.repeat(3 * 1024), "utf8")
+    const first = lines("a")
+    const second = lines("b")
+    recent.add(0, first)
+    recent.add(first.length, second)
+    const end = first.length + second.length
+    const whole = recent.read(span(0, end), "array")
+    expect(recent.read(span(0, end), "array")).toBe(whole)
+    // 6 MiB held for the whole log's read: another of 3 MiB is its own, read after read.
+    const tail = recent.read(span(first.length, end), "array")
+    expect(tail).toBeDefined()
+    expect(recent.read(span(first.length, end), "array")).not.toBe(tail)
+    // A commit starts the sharing over.
+    recent.add(end, lines("c"))
+    const after = recent.read(span(first.length, end), "array")
+    expect(recent.read(span(first.length, end), "array")).toBe(after)
+    recent.clear()
+  })
+
   it("starts over at a commit that does not follow the kept bytes", () => {
     const budget = new RecentBudget()
     const recent = new RecentCommits(budget)

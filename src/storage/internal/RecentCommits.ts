@@ -40,8 +40,12 @@ export class RecentCommits {
   private length = 0
   private readonly parts: Array<Buffer> = []
   private held = 0
-  /** The reads made since the last commit, by format and span: requests reading alike share one body. */
+  /**
+   * The reads made since the last commit, by format and span: requests reading alike (the ones a commit wakes)
+   * share one body. Up to `RECENT_LOG_BYTES` of bodies: past that a read's body is its own.
+   */
   private reads: Map<string, OpenedSpan> | undefined = undefined
+  private readBytes = 0
   private timer: NodeJS.Timeout | undefined = undefined
   /** Set when the newest bytes are over the bounds: they go at the next check phase. */
   private dropping: NodeJS.Immediate | undefined = undefined
@@ -60,6 +64,7 @@ export class RecentCommits {
     this.held += cost
     this.budget.used += cost
     this.reads = undefined
+    this.readBytes = 0
     while (this.parts.length > 1 && (this.held > RECENT_LOG_BYTES || this.budget.used > this.budget.maxBytes)) this.dropOldest()
     if (this.dropping !== undefined) {
       clearImmediate(this.dropping)
@@ -103,7 +108,10 @@ export class RecentCommits {
         partStart = partEnd
       }
       opened = { _tag: "Whole", read: joinedRead(buf, span, format) }
-      reads.set(key, opened)
+      if (this.readBytes + buf.length <= RECENT_LOG_BYTES) {
+        reads.set(key, opened)
+        this.readBytes += buf.length
+      }
     }
     return opened
   }
@@ -124,6 +132,7 @@ export class RecentCommits {
     this.start += this.length
     this.length = 0
     this.reads = undefined
+    this.readBytes = 0
   }
 
   private dropOldest(): void {
