@@ -157,6 +157,12 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         shapes.has(handle) && !requested.has(handle) && dependentsOf(handle).length === 0 &&
         (readersCreating.get(handle) ?? 0) === 0
 
+      /**
+       * Shapes whose removal has begun and is not done: still in `shapes` while the shapes reading them are removed
+       * first, and given out meanwhile to a creation that reads them. Such a creation is refused at its end (see
+       * `register`): the removal took the readers it found when it began.
+       */
+      const doomed = new Set<ShapeHandle>()
       // One operation, never split by an interruption: mark, unroute, stop, delete files, delete the row last.
       // A crash half way leaves the row marked, and the next boot finishes it. The shapes that read this one
       // through a subquery go first; a dependency no shape reads any more goes after it.
@@ -166,9 +172,14 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         void,
         StorageError | RegistryError | TableAbsent
       > =>
-        Effect.uninterruptible(Effect.gen(function*() {
-          if (removing.has(handle)) return
+        Effect.uninterruptible(Effect.suspend(() => {
+          if (removing.has(handle)) return Effect.void
           removing.add(handle)
+          doomed.add(handle)
+          return Effect.ensuring(removeSteps(handle, removing), Effect.sync(() => doomed.delete(handle)))
+        }))
+      const removeSteps = (handle: ShapeHandle, removing: Set<ShapeHandle>) =>
+        Effect.gen(function*() {
           for (const dependent of dependentsOf(handle)) {
             yield* Effect.logInfo(`removing shape ${dependent}: its subquery's shape ${handle} is removed`)
             yield* removeWith(dependent, removing)
@@ -186,7 +197,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
             yield* Effect.logInfo(`removing shape ${dependency}: no shape reads it through a subquery any more`)
             yield* removeWith(dependency, removing)
           }
-        }))
+        })
 
       // Removals decided but not finished (an interrupted removal, a shape invalidated at activation) and
       // snapshots that never completed are finished first.
@@ -442,8 +453,9 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
                 : removeNow(record.handle).pipe(Effect.catchAll((e) => Effect.logWarning("clean-up failed", e)))
             )
           )
-          // A shape its subqueries read was removed meanwhile (truncated, say): this one cannot follow it.
-          const gone = dependencies.find((d) => !shapes.has(d))
+          // A shape its subqueries read was removed meanwhile (truncated, say), or is being removed: this one cannot
+          // follow it.
+          const gone = dependencies.find((d) => !shapes.has(d) || doomed.has(d))
           if (gone !== undefined) {
             yield* Effect.logInfo(`removing shape ${record.handle}: its subquery's shape ${gone} was removed while it was created`)
             yield* removeNow(record.handle)

@@ -330,6 +330,28 @@ describe("dependency shapes", () => {
     expect(stale.status).toBe(409)
     expect(header(stale, "electric-handle")).not.toBe(reader.handle)
   })
+
+  it("never keep a reader whose creation met the removal of its dependency", async () => {
+    const sub = "(SELECT code FROM sqr_projects WHERE id > 4)"
+    const first = await shapeRequest({ table: "sqr_issues", where: `v IN ${sub}`, offset: "-1" })
+    expect(first.status).toBe(200)
+    const [dependency] = await dependenciesOf(header(first, "electric-handle"))
+    expect(dependency).toBeDefined()
+    // Readers are created while the dependency and the readers it has are removed: each either reads a dependency
+    // that stays, or is refused or removed with it.
+    const creations = Array.from({ length: 24 }, (_, i) =>
+      shapeRequest({ table: i % 2 === 0 ? "sqr_issues" : "sqr_comments", where: `v IN ${sub} AND id > ${i}`, offset: "-1" })
+    )
+    const deletion = deleteShape(dependency!)
+    await Promise.all(creations)
+    expect(await deletion).toBe(202)
+    const after = await registry()
+    expect(after.shapes).not.toContain(dependency)
+    for (const [reader, read] of after.dependencies) {
+      if (!after.shapes.includes(reader)) continue
+      for (const d of read) expect({ reader, reads: d, registered: after.shapes.includes(d) }).toEqual({ reader, reads: d, registered: true })
+    }
+  })
 })
 
 describe("subquery shapes across a graceful restart", () => {
