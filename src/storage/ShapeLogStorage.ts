@@ -48,8 +48,8 @@ export interface LogRead {
  * it without copying); a larger one is read from disk only as its pieces are
  * pulled, through a file descriptor the read holds until its scope closes.
  * What recent commits wrote, read while it is kept (see `RecentCommits`: the
- * reads a commit wakes, and those soon after), is held whole at any size, in
- * memory shared by the streams reading it.
+ * reads a commit wakes, and those soon after), is held whole, in memory shared
+ * by the streams reading it: the first read after a commit at any size.
  */
 export interface LogStream {
   /** Byte length of the body (stored lines joined by `,`); 0 when nothing was read. */
@@ -119,9 +119,9 @@ export interface ShapeLog {
   readonly onNextCommit: (listener: () => void) => () => void
   /**
    * `stream`'s read when its body is held whole, without a scope: one of at most `WHOLE_BYTES`, or what recent
-   * commits wrote while it is kept (`RecentCommits`), at any size (shared with the requests reading the same: a caller writes a large one as it is,
-   * never a copy of its own); undefined when the body would be streamed from the file, or the log is closed. The
-   * snapshot must be complete.
+   * commits wrote while it is kept (`RecentCommits`; the first read after a commit at any size), shared with the
+   * requests reading the same: a caller writes a large one as it is, never a copy of its own. Undefined when the
+   * body would be streamed from the file, or the log is closed. The snapshot must be complete.
    */
   readonly readWhole: (from: LogOffset, format: BodyFormat) => Promise<LogRead | undefined>
 }

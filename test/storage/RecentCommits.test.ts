@@ -54,9 +54,9 @@ describe("RecentCommits", () => {
     recent.clear()
   })
 
-  it("shares a read's body with the requests reading alike, up to RECENT_LOG_BYTES of bodies between two commits", () => {
+  it("shares a read's body with the requests reading alike: the first after a commit at any size, then up to RECENT_LOG_BYTES", () => {
     const recent = new RecentCommits(new RecentBudget())
-    // Two commits of 3 MiB of lines each.
+    // 3 MiB of lines each.
     const lines = (tag: string) => Buffer.from(`{"${tag}":"${"x".repeat(1000)}"}\n`.repeat(3 * 1024), "utf8")
     const first = lines("a")
     const second = lines("b")
@@ -64,15 +64,32 @@ describe("RecentCommits", () => {
     recent.add(first.length, second)
     const end = first.length + second.length
     const whole = recent.read(span(0, end), "array")
+    expect(whole).toBeDefined()
     expect(recent.read(span(0, end), "array")).toBe(whole)
-    // 6 MiB held for the whole log's read: another of 3 MiB is its own, read after read.
-    const tail = recent.read(span(first.length, end), "array")
-    expect(tail).toBeDefined()
-    expect(recent.read(span(first.length, end), "array")).not.toBe(tail)
+    // 6 MiB shared already: a body of another 3 MiB is streamed from the file rather than held for one response,
+    // while a small one still fits, and is shared.
+    expect(recent.read(span(first.length, end), "array")).toBeUndefined()
+    const lastLine = end - (second.length / (3 * 1024))
+    const small = recent.read(span(lastLine, end), "array")
+    expect(small).toBeDefined()
+    expect(recent.read(span(lastLine, end), "array")).toBe(small)
     // A commit starts the sharing over.
     recent.add(end, lines("c"))
     const after = recent.read(span(first.length, end), "array")
+    expect(after).toBeDefined()
     expect(recent.read(span(first.length, end), "array")).toBe(after)
+    recent.clear()
+  })
+
+  it("shares the first read after a commit however large it is, as the requests the commit wakes read it", () => {
+    const budget = new RecentBudget()
+    const recent = new RecentCommits(budget)
+    const data = Buffer.from(`{"i":"${"x".repeat(1000)}"}\n`.repeat(9 * 1024), "utf8")
+    expect(data.length).toBeGreaterThan(RECENT_LOG_BYTES)
+    recent.add(0, data)
+    const woken = recent.read(span(0, data.length), "array")
+    expect(woken).toBeDefined()
+    expect(recent.read(span(0, data.length), "array")).toBe(woken)
     recent.clear()
   })
 

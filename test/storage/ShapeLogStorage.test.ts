@@ -833,12 +833,12 @@ describe("ShapeLogStorage", () => {
       yield* withSnapshot(log)
       yield* log.append([entry(1, 0)])
       yield* log.commit
+      const reader = yield* openReader({ directory: dir, chunkBytesThreshold: 10_000_000 }, handle)
       // Three commits of 100 kB each: the body after 1_0 is larger than WHOLE_BYTES, and lies in three buffers.
       for (let tx = 2; tx <= 4; tx++) {
         yield* log.append(Array.from({ length: 1000 }, (_, i): LogEntry => ({ offset: LogOffset.make(BigInt(tx), i), json: line(`recent-${tx}`, i) })))
         yield* log.commit
       }
-      const reader = yield* openReader({ directory: dir, chunkBytesThreshold: 10_000_000 }, handle)
       const streamed = (source: Pick<ShapeLog, "stream">, from: string, format: "array" | "lines") =>
         Effect.scoped(Effect.flatMap(source.stream(off(from), format), (s) =>
           Effect.map(Stream.runCollect(s.pieces), (pieces) => ({

@@ -1,4 +1,4 @@
-import { type BodyFormat, joinedRead, type OpenedSpan, type ReadSpan } from "./committedRead.js"
+import { type BodyFormat, joinedRead, type OpenedSpan, type ReadSpan, WHOLE_BYTES } from "./committedRead.js"
 
 /**
  * How long the bytes of a log's commits stay in memory after its last commit. A client following a busy log
@@ -42,7 +42,7 @@ export class RecentCommits {
   private held = 0
   /**
    * The reads made since the last commit, by format and span: requests reading alike (the ones a commit wakes)
-   * share one body. Up to `RECENT_LOG_BYTES` of bodies: past that a read's body is its own.
+   * share one body. The first read's body whatever its size, then up to `RECENT_LOG_BYTES` of bodies in all.
    */
   private reads: Map<string, OpenedSpan> | undefined = undefined
   private readBytes = 0
@@ -52,7 +52,7 @@ export class RecentCommits {
 
   constructor(private readonly budget: RecentBudget) {}
 
-  /** The bytes of a commit, `data`, written at byte `start` of the log; they must never change. */
+  /** The bytes a commit wrote, `written`, at byte `start` of the log; they must never change. */
   add(start: number, written: Buffer): void {
     if (written.length === 0) return
     const data = keptOf(written)
@@ -87,13 +87,20 @@ export class RecentCommits {
     }
   }
 
-  /** The read of `span` as `format` joins it, when all of its bytes are here; one copy of them, shared. */
+  /**
+   * The read of `span` as `format` joins it, when all of its bytes are here: one copy of them, shared. Undefined
+   * when a body larger than `WHOLE_BYTES` could not be shared (see `reads`): it is streamed from the file instead,
+   * a piece at a time, rather than held whole for one response.
+   */
   read(span: ReadSpan, format: BodyFormat): OpenedSpan | undefined {
     if (span.end === span.start || span.start < this.start || span.end > this.start + this.length) return undefined
     const key = `${format} ${span.start} ${span.end}`
     const reads = this.reads ??= new Map()
     let opened = reads.get(key)
     if (opened === undefined) {
+      const length = span.end - span.start
+      const shared = this.readBytes === 0 || this.readBytes + length <= RECENT_LOG_BYTES
+      if (!shared && length > WHOLE_BYTES) return undefined
       // Memory of its own: a small body kept by the read cache must not hold the commits' buffers.
       const buf = Buffer.allocUnsafeSlow(span.end - span.start)
       let partStart = this.start
@@ -108,9 +115,9 @@ export class RecentCommits {
         partStart = partEnd
       }
       opened = { _tag: "Whole", read: joinedRead(buf, span, format) }
-      if (this.readBytes + buf.length <= RECENT_LOG_BYTES) {
+      if (shared) {
         reads.set(key, opened)
-        this.readBytes += buf.length
+        this.readBytes += length
       }
     }
     return opened

@@ -717,8 +717,11 @@ export class ShapeLogFiles {
       const settled = await Promise.allSettled(syncs)
       for (const s of settled) if (s.status === "rejected") throw s.reason
       await publishPointer(this.dir, this.directory)
-      this.recentCommits ??= new RecentCommits(this.recentBudget ?? new RecentBudget())
-      this.recentCommits.add(this.logBytes, data)
+      // Not for a log closed meanwhile (`shutdown` let go of what it kept, and waits for this commit).
+      if (this.closed === "open") {
+        this.recentCommits ??= new RecentCommits(this.recentBudget ?? new RecentBudget())
+        this.recentCommits.add(this.logBytes, data)
+      }
       this.closedChunks.push(...chunks)
       this.chunkIndexBytes = chunkIndexBytes
       this.lines = lines
