@@ -158,11 +158,12 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         (readersCreating.get(handle) ?? 0) === 0
 
       /**
-       * Shapes whose removal has begun and is not done: still in `shapes` while the shapes reading them are removed
-       * first, and given out meanwhile to a creation that reads them. Such a creation is refused at its end (see
-       * `register`): the removal took the readers it found when it began.
+       * Shapes whose removal has begun and is not done, with how many removals of each run: still in `shapes` while
+       * the shapes reading them are removed first, and given out meanwhile to a creation that reads them. Such a
+       * creation is refused (see `create` and `register`): the removal took the readers it found when it began.
        */
-      const doomed = new Set<ShapeHandle>()
+      const doomed = new Map<ShapeHandle, number>()
+      const isDoomed = (handle: ShapeHandle) => doomed.has(handle)
       // One operation, never split by an interruption: mark, unroute, stop, delete files, delete the row last.
       // A crash half way leaves the row marked, and the next boot finishes it. The shapes that read this one
       // through a subquery go first; a dependency no shape reads any more goes after it.
@@ -175,8 +176,15 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
         Effect.uninterruptible(Effect.suspend(() => {
           if (removing.has(handle)) return Effect.void
           removing.add(handle)
-          doomed.add(handle)
-          return Effect.ensuring(removeSteps(handle, removing), Effect.sync(() => doomed.delete(handle)))
+          doomed.set(handle, (doomed.get(handle) ?? 0) + 1)
+          return Effect.ensuring(
+            removeSteps(handle, removing),
+            Effect.sync(() => {
+              const n = doomed.get(handle) ?? 1
+              if (n > 1) doomed.set(handle, n - 1)
+              else doomed.delete(handle)
+            })
+          )
         }))
       const removeSteps = (handle: ShapeHandle, removing: Set<ShapeHandle>) =>
         Effect.gen(function*() {
@@ -434,6 +442,10 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
               dependencies.push(handle)
               readersCreating.set(handle, (readersCreating.get(handle) ?? 0) + 1)
             }
+            // Refused before its snapshot too, when it can be told already.
+            if (dependencies.some(isDoomed)) {
+              return yield* new TableAbsent({ operation: "getOrCreate: a subquery's shape is being removed" })
+            }
             return yield* register(spec, asked, dependencies)
           }).pipe(Effect.ensuring(release))
         })
@@ -455,7 +467,7 @@ export class ShapeCache extends Context.Tag("syncline/ShapeCache")<ShapeCache, {
           )
           // A shape its subqueries read was removed meanwhile (truncated, say), or is being removed: this one cannot
           // follow it.
-          const gone = dependencies.find((d) => !shapes.has(d) || doomed.has(d))
+          const gone = dependencies.find((d) => !shapes.has(d) || isDoomed(d))
           if (gone !== undefined) {
             yield* Effect.logInfo(`removing shape ${record.handle}: its subquery's shape ${gone} was removed while it was created`)
             yield* removeNow(record.handle)
