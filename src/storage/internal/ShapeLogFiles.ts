@@ -810,7 +810,7 @@ export class ShapeLogFiles {
    * A read of bytes recent commits wrote, from their buffers while they are kept (`RecentCommits`): the requests a
    * commit wakes, and those that come soon after it, need no read of the file, which in a catch-up costs a turn of
    * the event loop for each step (opening a large body's file, and each of its pieces). One copy per format and
-   * span, shared: a large one is held until the slowest response streaming it is done.
+   * span, shared as `RecentCommits.read` says: a large one is held until the slowest response streaming it is done.
    */
   private recentRead(span: ReadSpan, format: BodyFormat): OpenedSpan | undefined {
     return span.file === FileNames.log ? this.recentCommits?.read(span, format) : undefined
