@@ -65,12 +65,12 @@ export class RecentCommits {
     this.budget.used += cost
     this.reads = undefined
     this.readBytes = 0
-    while (this.parts.length > 1 && (this.held > RECENT_LOG_BYTES || this.budget.used > this.budget.maxBytes)) this.dropOldest()
+    while (this.parts.length > 1 && this.overBounds()) this.dropOldest()
     if (this.dropping !== undefined) {
       clearImmediate(this.dropping)
       this.dropping = undefined
     }
-    if (this.held > RECENT_LOG_BYTES || this.budget.used > this.budget.maxBytes) {
+    if (this.overBounds()) {
       this.dropping = setImmediate(() => {
         this.dropping = undefined
         this.clear()
@@ -102,7 +102,7 @@ export class RecentCommits {
       const shared = this.readBytes === 0 || this.readBytes + length <= RECENT_LOG_BYTES
       if (!shared && length > WHOLE_BYTES) return undefined
       // Memory of its own: a small body kept by the read cache must not hold the commits' buffers.
-      const buf = Buffer.allocUnsafeSlow(span.end - span.start)
+      const buf = Buffer.allocUnsafeSlow(length)
       let partStart = this.start
       let written = 0
       for (const part of this.parts) {
@@ -140,6 +140,11 @@ export class RecentCommits {
     this.length = 0
     this.reads = undefined
     this.readBytes = 0
+  }
+
+  /** Whether this log, or its storage's logs together, keep more than they may. */
+  private overBounds(): boolean {
+    return this.held > RECENT_LOG_BYTES || this.budget.used > this.budget.maxBytes
   }
 
   private dropOldest(): void {
