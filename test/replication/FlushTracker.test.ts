@@ -19,6 +19,50 @@ const freshDir = () => path.join(root, String(++dirs))
 
 const A = ShapeHandle("1-1")
 const B = ShapeHandle("2-2")
+const C = ShapeHandle("3-3")
+
+/** A small deterministic generator (mulberry32), so that a failing sequence is the same on every run. */
+const random = (seed: number) => () => {
+  seed = (seed + 0x6d2b79f5) | 0
+  let t = Math.imul(seed ^ (seed >>> 15), 1 | seed)
+  t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t
+  return ((t ^ (t >>> 14)) >>> 0) / 4294967296
+}
+
+/**
+ * What the tracker must say, computed the plain way from everything tracked: a transaction is durable everywhere
+ * once each shape it went to has reported its commit LSN durable or has been forgotten; the acknowledged position is
+ * the end LSN of the last entry of the longest prefix durable everywhere, the last processed LSN the commit LSN of
+ * the last transaction in it.
+ */
+class TrackerModel {
+  readonly entries: Array<{ readonly commitLsn: Lsn | undefined; readonly endLsn: Lsn; readonly handles: ReadonlyArray<ShapeHandle> }> = []
+  readonly durableAt = new Map<ShapeHandle, Lsn>()
+  /** Per forgotten shape, how many entries had been tracked when it was forgotten. */
+  readonly forgottenBefore = new Map<ShapeHandle, number>()
+
+  private durableIn(i: number, handle: ShapeHandle): boolean {
+    const entry = this.entries[i]!
+    return i < (this.forgottenBefore.get(handle) ?? 0) || entry.commitLsn! <= (this.durableAt.get(handle) ?? -1n)
+  }
+
+  private durableEverywhere(i: number): boolean {
+    return this.entries[i]!.handles.every((h) => this.durableIn(i, h))
+  }
+
+  expected() {
+    let acknowledged = 0n
+    let lastProcessed = 0n
+    for (let i = 0; i < this.entries.length && this.durableEverywhere(i); i++) {
+      const entry = this.entries[i]!
+      acknowledged = entry.endLsn
+      if (entry.commitLsn !== undefined) lastProcessed = entry.commitLsn
+    }
+    let inFlight = 0
+    for (let i = 0; i < this.entries.length; i++) if (this.entries[i]!.handles.length > 0 && !this.durableEverywhere(i)) inFlight++
+    return { acknowledged, lastProcessed, inFlight }
+  }
+}
 
 /**
  * A replication connection that records what it was acknowledged with, and what the registry held as the
@@ -260,6 +304,75 @@ describe("FlushTracker", () => {
       yield* settled
       expect(acks).toEqual([100n + 30_000n * 100n + 8n])
       expect(tracker.inFlight()).toBe(0)
+    }))
+
+  it.scoped("acknowledges exactly what is durable, whatever the order and the steps in which shapes report it", () =>
+    Effect.gen(function*() {
+      // Long runs to one shape (a catch-up's), broken by other shapes, by both, by none and by stream positions;
+      // shapes report what they made durable in steps of any size, some far behind, and one is forgotten now and
+      // then. After every step the tracker says what the plain computation says.
+      for (const seed of [1, 2, 3, 4]) {
+        const next = random(seed)
+        const pick = <T>(xs: ReadonlyArray<T>): T => xs[Math.floor(next() * xs.length)]!
+        const { tracker } = yield* startTracker(freshDir())
+        const model = new TrackerModel()
+        const check = (step: string) => {
+          const expected = model.expected()
+          const actual = { acknowledged: tracker.acknowledgedLsn(), lastProcessed: tracker.lastProcessedLsn(), inFlight: tracker.inFlight() }
+          expect({ seed, step, ...actual }).toEqual({ seed, step, ...expected })
+        }
+        let lsn = 1_000n
+        for (let step = 0; step < 400; step++) {
+          const kind = next()
+          if (kind < 0.45) {
+            // A run of transactions to the same shapes; adjacent ones may commit where the last one ends.
+            const handles = pick([[A], [A], [B], [A, B], [], [C]])
+            const length = 1 + Math.floor(next() * (next() < 0.2 ? 700 : 40))
+            for (let k = 0; k < length; k++) {
+              const commitLsn = lsn + BigInt(Math.floor(next() * 3) * 8)
+              const endLsn = commitLsn + 8n + BigInt(Math.floor(next() * 16))
+              lsn = endLsn
+              tracker.track(commitLsn, endLsn, handles)
+              model.entries.push({ commitLsn, endLsn, handles })
+            }
+            check(`track ${length} to [${handles.join(",")}]`)
+          } else if (kind < 0.5) {
+            lsn += 8n
+            if (lsn > tracker.acknowledgedLsn()) {
+              tracker.trackPosition(lsn)
+              model.entries.push({ commitLsn: undefined, endLsn: lsn, handles: [] })
+            }
+            check("position")
+          } else if (kind < 0.97) {
+            // A shape reports a commit of its own as durable, at or past what it reported last.
+            const handle = pick([A, A, B, C])
+            const at = model.durableAt.get(handle) ?? 0n
+            const own = model.entries.filter((e, i) =>
+              e.commitLsn !== undefined && e.commitLsn >= at && e.handles.includes(handle) && i >= (model.forgottenBefore.get(handle) ?? 0)
+            )
+            if (own.length === 0) continue
+            const commitLsn = own[Math.floor(Math.pow(next(), 2) * own.length)]!.commitLsn!
+            yield* tracker.durable(handle, commitLsn)
+            model.durableAt.set(handle, commitLsn)
+            check(`durable ${handle} at ${commitLsn}`)
+          } else {
+            const handle = pick([B, C])
+            yield* tracker.forget(handle)
+            model.forgottenBefore.set(handle, model.entries.length)
+            model.durableAt.delete(handle)
+            check(`forget ${handle}`)
+          }
+        }
+        // Everything made durable in the end: nothing is held.
+        for (const handle of [A, B, C]) {
+          const own = model.entries.filter((e) => e.commitLsn !== undefined && e.handles.includes(handle))
+          if (own.length === 0) continue
+          yield* tracker.durable(handle, own[own.length - 1]!.commitLsn!)
+          model.durableAt.set(handle, own[own.length - 1]!.commitLsn!)
+        }
+        check("all durable")
+        expect(tracker.inFlight()).toBe(0)
+      }
     }))
 
   it.scoped("awaitInFlightBelow waits until enough transactions are durable", () =>
