@@ -42,7 +42,9 @@ import { sync } from "./parts/sync.js"
  * BENCH_CHUNK_BYTES, BENCH_CHUNK_CHANGES, BENCH_LOAD_SECONDS, BENCH_TXNS, BENCH_IDLE_SHAPES,
  * BENCH_MEMORY_SHAPES, BENCH_STARTUP_SHAPES (e.g. 3000,10000), BENCH_STARTUP_RUNS.
  * BENCH_SKIP_BUILD=1 uses dist/ as it is. BENCH_NODE_ARGS="<flags>" starts every service process with
- * these node flags (a profiler, V8 flags), and the header says so.
+ * these node flags (a profiler, V8 flags), and the header says so. BENCH_CATCHUP_ROUNDS sets the one-shape
+ * catch-up's rounds; BENCH_CATCHUP_ARMS="a=<dir>[ <flags>]; b=…" runs them in turns on other builds or flags (see
+ * parts/oneShape.ts), and the header says so.
  */
 
 const PARTS: ReadonlyArray<Part> = [fanout, sync, chunks, oneShape, idle, memory, startup]
@@ -140,7 +142,8 @@ const render = (
       `${run.load[1].toFixed(2)} after; ${run.parts.length === 7 ? "all parts" : `parts ${run.parts.join(", ")}`}` +
       `${QUICK ? " (BENCH_QUICK: sizes scaled down, ratios not comparable)" : ""}` +
       `; the service as \`${["node", ...startNodeArgs(), ...SERVICE_NODE_ARGS, "dist/main.js"].join(" ")}\`` +
-      `${SERVICE_NODE_ARGS.length > 0 ? ` (with BENCH_NODE_ARGS, not as npm start runs it)` : ""}; ` +
+      `${SERVICE_NODE_ARGS.length > 0 ? ` (with BENCH_NODE_ARGS, not as npm start runs it)` : ""}` +
+      `${(process.env["BENCH_CATCHUP_ARMS"] ?? "").trim() !== "" ? `, the one-shape catch-up in arms: ${process.env["BENCH_CATCHUP_ARMS"]}` : ""}; ` +
       `${run.seconds.toFixed(0)} s.`,
     "",
     "| figure | Syncline | limit, same run | ratio | target | met |",

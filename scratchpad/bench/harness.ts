@@ -405,6 +405,11 @@ export interface ServiceOptions {
   readonly env?: Readonly<Record<string, string>>
   /** Node flags before `dist/main.js`, after those of `npm start`. */
   readonly nodeArgs?: ReadonlyArray<string>
+  /**
+   * Another build of the service to run instead of `dist/main.js`, to compare with it in turns: a copy of `dist/`
+   * inside the repository (under `node_modules/`, say), where its imports resolve as they do from `dist/`.
+   */
+  readonly entry?: string | undefined
 }
 
 /**
@@ -452,7 +457,7 @@ export class Service {
     // The service runs as `npm start` runs it: no loader or flags from the bench's own environment.
     delete env["NODE_OPTIONS"]
     const spawnedAt = performance.now()
-    const child = spawnNode([...startNodeArgs(), ...SERVICE_NODE_ARGS, ...(options.nodeArgs ?? []), path.join(REPO_ROOT, "dist", "main.js")], env)
+    const child = spawnNode([...startNodeArgs(), ...SERVICE_NODE_ARGS, ...(options.nodeArgs ?? []), options.entry ?? path.join(REPO_ROOT, "dist", "main.js")], env)
     const baseUrl = `http://127.0.0.1:${port}`
     try {
       const observedActiveAt = await waitActive(baseUrl, child)

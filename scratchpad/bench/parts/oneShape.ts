@@ -14,6 +14,7 @@ import {
   fmtShortRate,
   get,
   makeAgent,
+  median,
   publicationName,
   rawDecode,
   type Service,
@@ -50,6 +51,12 @@ import type { Part } from "./part.js"
  * client that only counts commits, reading every chunk as it arrives and doing nothing with the messages.
  * The catch-up is run five times (`BENCH_CATCHUP_ROUNDS`), each round beside its own limits; the row is the
  * round of median ratio, and the notes give every round.
+ *
+ * To compare builds or node flags: `BENCH_CATCHUP_ARMS="a=<dir>[ <flags>]; b=<dir>[ <flags>]"` runs the rounds in
+ * turns, arm after arm (each `<dir>` a copy of `dist/` inside the repository, e.g. under `node_modules/`, so that its
+ * imports resolve; `.` is `dist/` itself), and gives a row per arm and each arm's rounds in the notes. The speed of
+ * this box drifts by a third over minutes: builds compared one run after the other differ by that much whatever
+ * they hold, while arms in turns meet the same drift.
  */
 
 const STREAM = "bench_one"
@@ -89,6 +96,27 @@ interface CatchUpRound {
   readonly streamedRate: number
 }
 
+/** A build and node flags the catch-up rounds take in turns (`BENCH_CATCHUP_ARMS`). */
+interface Arm {
+  readonly label: string
+  readonly entry: string | undefined
+  readonly nodeArgs: ReadonlyArray<string>
+}
+
+const armsOf = (text: string | undefined): ReadonlyArray<Arm> => {
+  if (text === undefined || text.trim() === "") return [{ label: "", entry: undefined, nodeArgs: [] }]
+  return text.split(";").map((spec) => {
+    const match = /^\s*([\w.-]+)=(\S+)(.*)$/.exec(spec)
+    if (match === null) throw new Error(`BENCH_CATCHUP_ARMS: "${spec}" is not <label>=<dir>[ <node flags>]`)
+    const dir = match[2]!
+    return {
+      label: match[1]!,
+      entry: dir === "." ? undefined : path.resolve(dir, "main.js"),
+      nodeArgs: match[3]!.split(" ").filter((a) => a !== "")
+    }
+  })
+}
+
 /** The round's slots, dropped after each round and at the end, whatever happened. */
 const dropSlots = async (pool: import("pg").Pool): Promise<void> => {
   await dropSlot(pool, RAW_SLOT)
@@ -105,6 +133,7 @@ export const oneShape: Part = {
   run: async ({ db, dir, report, startService }) => {
     const txns = sized("TXNS", 20_000, 2_000)
     const catchUpRounds = sized("CATCHUP_ROUNDS", 5, 1)
+    const arms = armsOf(process.env["BENCH_CATCHUP_ARMS"])
     await createItems(db.pool, TABLE, ROWS)
     const options = { stream: STREAM, storageDir: path.join(dir, "one-shape") }
     let service: Service | undefined = await startService(options)
@@ -143,7 +172,7 @@ export const oneShape: Part = {
 
       // Catch-up, in rounds: each is half a second of work on a box whose speed moves by a third from one second to
       // the next, so the row shows the median round, beside its own raw decoding, and the notes every round.
-      const catchUp = async (round: number): Promise<CatchUpRound> => {
+      const catchUp = async (round: number, arm: Arm): Promise<CatchUpRound> => {
         await service!.stop()
         service = undefined
         await db.pool.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [RAW_SLOT])
@@ -151,7 +180,7 @@ export const oneShape: Part = {
         const slot = await slotBacklog(db.pool, slotName(STREAM))
         await db.pool.query(`SELECT pg_copy_logical_replication_slot($1, $2)`, [slotName(STREAM), RESTART_SLOT])
         await db.pool.query(`SELECT pg_copy_logical_replication_slot($1, $2)`, [slotName(STREAM), STREAM_SLOT])
-        service = await startService(options)
+        service = await startService({ ...options, entry: arm.entry, nodeArgs: arm.nodeArgs })
         // What the catch-up costs in CPU, beside its wall time: the service shares the cores with Postgres's walsender,
         // which decodes and sends the transactions, and with this client.
         const pid = service.pid
@@ -210,10 +239,8 @@ export const oneShape: Part = {
           streamedRate: streamed.commits / (streamed.ms / 1000)
         }
       }
-      const rounds: Array<CatchUpRound> = []
-      for (let round = 0; round < catchUpRounds; round++) rounds.push(await catchUp(round))
-      const byRatio = [...rounds].sort((a, b) => a.ratio - b.ratio)
-      const r = byRatio[Math.floor((byRatio.length - 1) / 2)]!
+      const armRounds = arms.map(() => [] as Array<CatchUpRound>)
+      for (let round = 0; round < catchUpRounds; round++) armRounds[round % arms.length]!.push(await catchUp(round, arms[round % arms.length]!))
       const n = txns.toLocaleString("en-US")
       report.rows.push({
         figure: `one shape, ${n} single-row txns by 4 writers, live`,
@@ -223,40 +250,51 @@ export const oneShape: Part = {
         target: "≥ 0.9",
         met: liveRate / commitRate >= 0.9
       })
-      report.rows.push({
-        figure: `one shape, ${n} txns in catch-up after a restart, from active${rounds.length > 1 ? ` (median of ${rounds.length} rounds)` : ""}`,
-        syncline: `${fmtShortRate(r.catchUpRate)} txn/s`,
-        limit: `raw pgoutput decoding of the same WAL: ${fmtShortRate(r.rawRate)} txn/s`,
-        ratio: `${fmtRatio(r.ratio)} of decoding`,
-        target: "≥ 0.5",
-        met: r.ratio >= 0.5
-      })
-      report.notes.push(
-        `one shape: live ${fmtS(liveMs)} s for ${n} changes (writers ${fmtS(commitMs)} s); catch-up in ${rounds.length} rounds ` +
-          `(the service stopped, ${n} more committed, started again), in order: ` +
-          `${rounds.map((x) => `${fmtRatio(x.ratio)} (${fmtS(x.catchUpMs)} s against ${fmtS(x.rawMs)} s)`).join(", ")} of raw decoding; ` +
-          `the same WAL streamed to a client that only counts commits (below): ` +
-          `${rounds.map((x) => fmtRatio(x.streamedRate / x.rawRate)).join(", ")} of raw decoding, of which the catch-up was ` +
-          `${rounds.map((x) => fmtRatio(x.catchUpRate / x.streamedRate)).join(", ")}. ` +
-          `The median round: start-up to active ` +
-          `${fmtS(r.startupMs)} s as /v1/health answered, which it did ${fmtInt(r.activeAnsweredLateMs)} ms after the stack ` +
-          `became active (the service's own moment, from which the catch-up is timed); then ${fmtS(r.catchUpMs)} s to the last change ` +
-          `(${fmtShortRate(r.fromSpawnRate)} txn/s from spawn); raw decoding ${fmtS(r.rawMs)} s ` +
-          `(${fmtInt(r.rawMessages)} pgoutput messages). CPU in the catch-up, from /v1/health's answer until the client had seen every change: ` +
-          `the service ${fmtInt(r.serviceCpuMs)} ms, ${fmtInt(r.mainCpuMs)} ms of it on its main thread (the rest is its other threads: V8's compiler ` +
-          `and garbage collector, and libuv's pool writing and syncing the logs; by thread, in ms, by its id's offset from the pid: ${r.threads})` +
-          `${r.walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(r.walsenderCpuMs)} ms (${fmtInt(r.walsenderLifeCpuMs!)} ms since it started)`}; this client ${fmtInt(r.clientCpuMs)} ms; ` +
-          `${fmtInt(r.catchUpMs)} ms of wall time on ${os.cpus().length} cores, in which the main thread ran ${fmtInt(r.mainRanMs)} ms and ` +
-          `waited ${fmtInt(r.mainWaitedMs)} ms for a core while it was ready to run. The walsender decoded ${fmtMb(r.slot.before)} MB of WAL ` +
-          `from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(r.slot.after)} MB. ` +
-          `Raw decoding as the restarted walsender decodes, from a copy of the service's slot (so those ${fmtMb(r.slot.before)} MB too): ` +
-          `${fmtS(r.fromSlotMs)} s, ${fmtShortRate(r.fromSlotRate)} txn/s; the catch-up is ${fmtRatio(r.catchUpRate / r.fromSlotRate)} of that. ` +
-          `Streamed from another copy of the service's slot to a client that does nothing but count the commits, timed from ` +
-          `START_REPLICATION: ${fmtS(r.streamed.ms)} s, ${fmtShortRate(r.streamedRate)} txn/s, ${fmtRatio(r.streamedRate / r.rawRate)} of the ` +
-          `row's limit; the catch-up from active is ${fmtRatio(r.catchUpRate / r.streamedRate)} of that. That client read every chunk as ` +
-          `it arrived: ${fmtInt(r.streamed.reads)} reads of the socket for ${fmtInt(r.streamed.messages)} messages; its walsender used ` +
-          `${fmtInt(r.streamed.walsenderCpuMs)} ms of CPU.`
-      )
+      for (const [a, arm] of arms.entries()) {
+        const rounds = armRounds[a]!
+        if (rounds.length === 0) continue
+        const byRatio = [...rounds].sort((x, y) => x.ratio - y.ratio)
+        const r = byRatio[Math.floor((byRatio.length - 1) / 2)]!
+        const armText = arm.label === "" ? "" : `, arm ${arm.label}`
+        const armNote = arm.label === ""
+          ? ""
+          : ` (arm ${arm.label}: ${arm.entry === undefined ? "dist/" : path.relative(process.cwd(), path.dirname(arm.entry))}${arm.nodeArgs.length > 0 ? ` with ${arm.nodeArgs.join(" ")}` : ""}; ` +
+            `its catch-up times in ms: ${rounds.map((x) => fmtInt(x.catchUpMs)).join(", ")}, median ${fmtInt(median(rounds.map((x) => x.catchUpMs)))})`
+        report.rows.push({
+          figure: `one shape, ${n} txns in catch-up after a restart, from active${rounds.length > 1 ? ` (median of ${rounds.length} rounds)` : ""}${armText}`,
+          syncline: `${fmtShortRate(r.catchUpRate)} txn/s`,
+          limit: `raw pgoutput decoding of the same WAL: ${fmtShortRate(r.rawRate)} txn/s`,
+          ratio: `${fmtRatio(r.ratio)} of decoding`,
+          target: "≥ 0.5",
+          met: r.ratio >= 0.5
+        })
+        report.notes.push(
+          `one shape${armNote}: live ${fmtS(liveMs)} s for ${n} changes (writers ${fmtS(commitMs)} s); catch-up in ${rounds.length} rounds ` +
+            `(the service stopped, ${n} more committed, started again), in order: ` +
+            `${rounds.map((x) => `${fmtRatio(x.ratio)} (${fmtS(x.catchUpMs)} s against ${fmtS(x.rawMs)} s)`).join(", ")} of raw decoding; ` +
+            `the same WAL streamed to a client that only counts commits (below): ` +
+            `${rounds.map((x) => fmtRatio(x.streamedRate / x.rawRate)).join(", ")} of raw decoding, of which the catch-up was ` +
+            `${rounds.map((x) => fmtRatio(x.catchUpRate / x.streamedRate)).join(", ")}. ` +
+            `The median round: start-up to active ` +
+            `${fmtS(r.startupMs)} s as /v1/health answered, which it did ${fmtInt(r.activeAnsweredLateMs)} ms after the stack ` +
+            `became active (the service's own moment, from which the catch-up is timed); then ${fmtS(r.catchUpMs)} s to the last change ` +
+            `(${fmtShortRate(r.fromSpawnRate)} txn/s from spawn); raw decoding ${fmtS(r.rawMs)} s ` +
+            `(${fmtInt(r.rawMessages)} pgoutput messages). CPU in the catch-up, from /v1/health's answer until the client had seen every change: ` +
+            `the service ${fmtInt(r.serviceCpuMs)} ms, ${fmtInt(r.mainCpuMs)} ms of it on its main thread (the rest is its other threads: V8's compiler ` +
+            `and garbage collector, and libuv's pool writing and syncing the logs; by thread, in ms, by its id's offset from the pid: ${r.threads})` +
+            `${r.walsenderCpuMs === undefined ? "" : `; Postgres's walsender ${fmtInt(r.walsenderCpuMs)} ms (${fmtInt(r.walsenderLifeCpuMs!)} ms since it started)`}; this client ${fmtInt(r.clientCpuMs)} ms; ` +
+            `${fmtInt(r.catchUpMs)} ms of wall time on ${os.cpus().length} cores, in which the main thread ran ${fmtInt(r.mainRanMs)} ms and ` +
+            `waited ${fmtInt(r.mainWaitedMs)} ms for a core while it was ready to run. The walsender decoded ${fmtMb(r.slot.before)} MB of WAL ` +
+            `from the slot's restart_lsn to its confirmed position again (sending nothing), then the catch-up's ${fmtMb(r.slot.after)} MB. ` +
+            `Raw decoding as the restarted walsender decodes, from a copy of the service's slot (so those ${fmtMb(r.slot.before)} MB too): ` +
+            `${fmtS(r.fromSlotMs)} s, ${fmtShortRate(r.fromSlotRate)} txn/s; the catch-up is ${fmtRatio(r.catchUpRate / r.fromSlotRate)} of that. ` +
+            `Streamed from another copy of the service's slot to a client that does nothing but count the commits, timed from ` +
+            `START_REPLICATION: ${fmtS(r.streamed.ms)} s, ${fmtShortRate(r.streamedRate)} txn/s, ${fmtRatio(r.streamedRate / r.rawRate)} of the ` +
+            `row's limit; the catch-up from active is ${fmtRatio(r.catchUpRate / r.streamedRate)} of that. That client read every chunk as ` +
+            `it arrived: ${fmtInt(r.streamed.reads)} reads of the socket for ${fmtInt(r.streamed.messages)} messages; its walsender used ` +
+            `${fmtInt(r.streamed.walsenderCpuMs)} ms of CPU.`
+        )
+      }
     } finally {
       await agent.close()
       await service?.stop()
