@@ -22,7 +22,7 @@ import { chunks } from "./parts/chunks.js"
 import { fanout } from "./parts/fanout.js"
 import { idle } from "./parts/idle.js"
 import { memory } from "./parts/memory.js"
-import { oneShape } from "./parts/oneShape.js"
+import { catchUpArms, oneShape } from "./parts/oneShape.js"
 import type { Part } from "./parts/part.js"
 import { startup } from "./parts/startup.js"
 import { sync } from "./parts/sync.js"
@@ -43,8 +43,8 @@ import { sync } from "./parts/sync.js"
  * BENCH_MEMORY_SHAPES, BENCH_STARTUP_SHAPES (e.g. 3000,10000), BENCH_STARTUP_RUNS.
  * BENCH_SKIP_BUILD=1 uses dist/ as it is. BENCH_NODE_ARGS="<flags>" starts every service process with
  * these node flags (a profiler, V8 flags), and the header says so. BENCH_CATCHUP_ROUNDS sets the one-shape
- * catch-up's rounds; BENCH_CATCHUP_ARMS="a=<dir>[ <flags>]; b=…" runs them in turns on other builds or flags (see
- * parts/oneShape.ts), and the header says so.
+ * catch-up's rounds; BENCH_CATCHUP_ARMS="a=<dir>[ <flags>]; b=…" runs each of them on every arm, other builds or
+ * flags, in turns (see parts/oneShape.ts), and the header says so.
  */
 
 const PARTS: ReadonlyArray<Part> = [fanout, sync, chunks, oneShape, idle, memory, startup]
@@ -143,7 +143,7 @@ const render = (
       `${QUICK ? " (BENCH_QUICK: sizes scaled down, ratios not comparable)" : ""}` +
       `; the service as \`${["node", ...startNodeArgs(), ...SERVICE_NODE_ARGS, "dist/main.js"].join(" ")}\`` +
       `${SERVICE_NODE_ARGS.length > 0 ? ` (with BENCH_NODE_ARGS, not as npm start runs it)` : ""}` +
-      `${(process.env["BENCH_CATCHUP_ARMS"] ?? "").trim() !== "" ? `, the one-shape catch-up in arms: ${process.env["BENCH_CATCHUP_ARMS"]}` : ""}; ` +
+      `${run.parts.includes(oneShape.name) && catchUpArms[0]!.label !== undefined ? `, the one-shape catch-up in arms (BENCH_CATCHUP_ARMS): ${process.env["BENCH_CATCHUP_ARMS"]!.replace(/[;\s]+$/, "").trim()}` : ""}; ` +
       `${run.seconds.toFixed(0)} s.`,
     "",
     "| figure | Syncline | limit, same run | ratio | target | met |",

@@ -403,7 +403,7 @@ export interface ServiceOptions {
   readonly stream: string
   readonly storageDir: string
   readonly env?: Readonly<Record<string, string>>
-  /** Node flags before `dist/main.js`, after those of `npm start`. */
+  /** Node flags before the entry (`dist/main.js`), after those of `npm start`. */
   readonly nodeArgs?: ReadonlyArray<string>
   /**
    * Another build of the service to run instead of `dist/main.js`, to compare with it in turns: a copy of `dist/`
@@ -436,7 +436,10 @@ const statedActiveAt = async (baseUrl: string, observedAt: number): Promise<numb
 /** Every service started, so a failing part can show what they logged. */
 export const servicesStarted: Array<Service> = []
 
-/** The compiled service, `node dist/main.js` with the flags `npm start` gives it, as a child process of its own. */
+/**
+ * The compiled service, `node dist/main.js` (or another build, `entry`) with the flags `npm start` gives it, as a child
+ * process of its own.
+ */
 export class Service {
   private constructor(
     readonly child: ChildService,

@@ -19,7 +19,6 @@ const freshDir = () => path.join(root, String(++dirs))
 
 const A = ShapeHandle("1-1")
 const B = ShapeHandle("2-2")
-const C = ShapeHandle("3-3")
 
 /** A small deterministic generator (mulberry32), so that a failing sequence is the same on every run. */
 const random = (seed: number) => () => {
@@ -31,19 +30,17 @@ const random = (seed: number) => () => {
 
 /**
  * What the tracker must say, computed the plain way from everything tracked: a transaction is durable everywhere
- * once each shape it went to has reported its commit LSN durable or has been forgotten; the acknowledged position is
- * the end LSN of the last entry of the longest prefix durable everywhere, the last processed LSN the commit LSN of
- * the last transaction in it.
+ * once each shape it went to has reported its commit LSN durable or has been forgotten (a shape that went away, whose
+ * handle never comes again); the acknowledged position is the end LSN of the last entry of the longest prefix durable
+ * everywhere, the last processed LSN the commit LSN of the last transaction in it.
  */
 class TrackerModel {
   readonly entries: Array<{ readonly commitLsn: Lsn | undefined; readonly endLsn: Lsn; readonly handles: ReadonlyArray<ShapeHandle> }> = []
   readonly durableAt = new Map<ShapeHandle, Lsn>()
-  /** Per forgotten shape, how many entries had been tracked when it was forgotten. */
-  readonly forgottenBefore = new Map<ShapeHandle, number>()
+  readonly forgotten = new Set<ShapeHandle>()
 
   private durableIn(i: number, handle: ShapeHandle): boolean {
-    const entry = this.entries[i]!
-    return i < (this.forgottenBefore.get(handle) ?? 0) || entry.commitLsn! <= (this.durableAt.get(handle) ?? -1n)
+    return this.forgotten.has(handle) || this.entries[i]!.commitLsn! <= (this.durableAt.get(handle) ?? -1n)
   }
 
   private durableEverywhere(i: number): boolean {
@@ -308,12 +305,16 @@ describe("FlushTracker", () => {
 
   it.scoped("acknowledges exactly what is durable, whatever the order and the steps in which shapes report it", () =>
     Effect.gen(function*() {
-      // Long runs to one shape (a catch-up's), broken by other shapes, by both, by none and by stream positions;
-      // shapes report what they made durable in steps of any size, some far behind, and one is forgotten now and
-      // then. After every step the tracker says what the plain computation says.
+      // Long runs to one shape (a catch-up's), broken by other shapes, by two, by none and by stream positions (an
+      // idle keepalive's repeated); shapes report what they made durable in steps of any size, some far behind, and
+      // now and then one goes away (forgotten) and another takes its place. After every step the tracker says what
+      // the plain computation says.
       for (const seed of [1, 2, 3, 4]) {
         const next = random(seed)
         const pick = <T>(xs: ReadonlyArray<T>): T => xs[Math.floor(next() * xs.length)]!
+        /** The shapes there are now: the first stays, the other two are replaced when they go away. */
+        const shapes = [A, B, ShapeHandle("3-3")]
+        let created = 3
         const { tracker } = yield* startTracker(freshDir())
         const model = new TrackerModel()
         const check = (step: string) => {
@@ -326,7 +327,8 @@ describe("FlushTracker", () => {
           const kind = next()
           if (kind < 0.45) {
             // A run of transactions to the same shapes; adjacent ones may commit where the last one ends.
-            const handles = pick([[A], [A], [B], [A, B], [], [C]])
+            const [first, second, third] = shapes as [ShapeHandle, ShapeHandle, ShapeHandle]
+            const handles = pick([[first], [first], [second], [first, second], [], [third], [second, third]])
             const length = 1 + Math.floor(next() * (next() < 0.2 ? 700 : 40))
             for (let k = 0; k < length; k++) {
               const commitLsn = lsn + BigInt(Math.floor(next() * 3) * 8)
@@ -337,34 +339,33 @@ describe("FlushTracker", () => {
             }
             check(`track ${length} to [${handles.join(",")}]`)
           } else if (kind < 0.5) {
-            lsn += 8n
-            if (lsn > tracker.acknowledgedLsn()) {
-              tracker.trackPosition(lsn)
-              model.entries.push({ commitLsn: undefined, endLsn: lsn, handles: [] })
-            }
+            if (next() < 0.7) lsn += 8n
+            tracker.trackPosition(lsn)
+            // A position at or below what is acknowledged already says nothing new.
+            if (lsn > model.expected().acknowledged) model.entries.push({ commitLsn: undefined, endLsn: lsn, handles: [] })
             check("position")
           } else if (kind < 0.97) {
             // A shape reports a commit of its own as durable, at or past what it reported last.
-            const handle = pick([A, A, B, C])
+            const handle = pick([shapes[0]!, ...shapes])
             const at = model.durableAt.get(handle) ?? 0n
-            const own = model.entries.filter((e, i) =>
-              e.commitLsn !== undefined && e.commitLsn >= at && e.handles.includes(handle) && i >= (model.forgottenBefore.get(handle) ?? 0)
-            )
+            const own = model.entries.filter((e) => e.commitLsn !== undefined && e.commitLsn >= at && e.handles.includes(handle))
             if (own.length === 0) continue
             const commitLsn = own[Math.floor(Math.pow(next(), 2) * own.length)]!.commitLsn!
             yield* tracker.durable(handle, commitLsn)
             model.durableAt.set(handle, commitLsn)
             check(`durable ${handle} at ${commitLsn}`)
           } else {
-            const handle = pick([B, C])
+            const replaced = 1 + Math.floor(next() * 2)
+            const handle = shapes[replaced]!
             yield* tracker.forget(handle)
-            model.forgottenBefore.set(handle, model.entries.length)
-            model.durableAt.delete(handle)
+            model.forgotten.add(handle)
+            created++
+            shapes[replaced] = ShapeHandle(`${created}-${created}`)
             check(`forget ${handle}`)
           }
         }
         // Everything made durable in the end: nothing is held.
-        for (const handle of [A, B, C]) {
+        for (const handle of shapes) {
           const own = model.entries.filter((e) => e.commitLsn !== undefined && e.handles.includes(handle))
           if (own.length === 0) continue
           yield* tracker.durable(handle, own[own.length - 1]!.commitLsn!)

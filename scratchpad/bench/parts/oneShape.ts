@@ -1,3 +1,4 @@
+import * as fs from "node:fs"
 import * as os from "node:os"
 import * as path from "node:path"
 import {
@@ -30,6 +31,7 @@ import {
   threadCpuText,
   writeTxns
 } from "../harness.js"
+import { REPO_ROOT } from "../../../test/support/process.js"
 import type { Part } from "./part.js"
 
 /*
@@ -52,9 +54,10 @@ import type { Part } from "./part.js"
  * The catch-up is run five times (`BENCH_CATCHUP_ROUNDS`), each round beside its own limits; the row is the
  * round of median ratio, and the notes give every round.
  *
- * To compare builds or node flags: `BENCH_CATCHUP_ARMS="a=<dir>[ <flags>]; b=<dir>[ <flags>]"` runs the rounds in
- * turns, arm after arm (each `<dir>` a copy of `dist/` inside the repository, e.g. under `node_modules/`, so that its
- * imports resolve; `.` is `dist/` itself), and gives a row per arm and each arm's rounds in the notes. The speed of
+ * To compare builds or node flags: `BENCH_CATCHUP_ARMS="a=<dir>[ <flags>]; b=<dir>[ <flags>]"` runs every round on
+ * each arm, in turns (a b, b a, a b, …), and gives a row per arm and each arm's rounds in the notes. Each `<dir>`,
+ * relative to the repository, is a copy of `dist/` inside it (under `node_modules/`, say), where its imports resolve;
+ * `.` is `dist/` itself. The speed of
  * this box drifts by a third over minutes: builds compared one run after the other differ by that much whatever
  * they hold, while arms in turns meet the same drift.
  */
@@ -97,25 +100,25 @@ interface CatchUpRound {
 }
 
 /** A build and node flags the catch-up rounds take in turns (`BENCH_CATCHUP_ARMS`). */
-interface Arm {
-  readonly label: string
+export interface CatchUpArm {
+  /** Undefined for the one arm of a run without `BENCH_CATCHUP_ARMS`: `dist/` as `npm start` runs it. */
+  readonly label: string | undefined
   readonly entry: string | undefined
   readonly nodeArgs: ReadonlyArray<string>
 }
 
-const armsOf = (text: string | undefined): ReadonlyArray<Arm> => {
-  if (text === undefined || text.trim() === "") return [{ label: "", entry: undefined, nodeArgs: [] }]
-  return text.split(";").map((spec) => {
+/** `BENCH_CATCHUP_ARMS`, read once: a bad value fails the bench before it starts, not after the live part. */
+export const catchUpArms: ReadonlyArray<CatchUpArm> = ((text: string | undefined): ReadonlyArray<CatchUpArm> => {
+  if (text === undefined || text.trim() === "") return [{ label: undefined, entry: undefined, nodeArgs: [] }]
+  return text.split(";").filter((spec) => spec.trim() !== "").map((spec) => {
     const match = /^\s*([\w.-]+)=(\S+)(.*)$/.exec(spec)
     if (match === null) throw new Error(`BENCH_CATCHUP_ARMS: "${spec}" is not <label>=<dir>[ <node flags>]`)
     const dir = match[2]!
-    return {
-      label: match[1]!,
-      entry: dir === "." ? undefined : path.resolve(dir, "main.js"),
-      nodeArgs: match[3]!.split(" ").filter((a) => a !== "")
-    }
+    const entry = dir === "." ? undefined : path.resolve(REPO_ROOT, dir, "main.js")
+    if (entry !== undefined && !fs.existsSync(entry)) throw new Error(`BENCH_CATCHUP_ARMS: ${entry} does not exist`)
+    return { label: match[1]!, entry, nodeArgs: match[3]!.split(/\s+/).filter((a) => a !== "") }
   })
-}
+})(process.env["BENCH_CATCHUP_ARMS"])
 
 /** The round's slots, dropped after each round and at the end, whatever happened. */
 const dropSlots = async (pool: import("pg").Pool): Promise<void> => {
@@ -133,7 +136,7 @@ export const oneShape: Part = {
   run: async ({ db, dir, report, startService }) => {
     const txns = sized("TXNS", 20_000, 2_000)
     const catchUpRounds = sized("CATCHUP_ROUNDS", 5, 1)
-    const arms = armsOf(process.env["BENCH_CATCHUP_ARMS"])
+    const arms = catchUpArms
     await createItems(db.pool, TABLE, ROWS)
     const options = { stream: STREAM, storageDir: path.join(dir, "one-shape") }
     let service: Service | undefined = await startService(options)
@@ -172,7 +175,7 @@ export const oneShape: Part = {
 
       // Catch-up, in rounds: each is half a second of work on a box whose speed moves by a third from one second to
       // the next, so the row shows the median round, beside its own raw decoding, and the notes every round.
-      const catchUp = async (round: number, arm: Arm): Promise<CatchUpRound> => {
+      const catchUp = async (round: number, arm: CatchUpArm): Promise<CatchUpRound> => {
         await service!.stop()
         service = undefined
         await db.pool.query(`SELECT pg_create_logical_replication_slot($1, 'pgoutput')`, [RAW_SLOT])
@@ -239,8 +242,16 @@ export const oneShape: Part = {
           streamedRate: streamed.commits / (streamed.ms / 1000)
         }
       }
+      // Each arm runs every round, in turns; the order within a turn is reversed from one turn to the next, so that
+      // a steady drift of the box's speed favours no arm.
       const armRounds = arms.map(() => [] as Array<CatchUpRound>)
-      for (let round = 0; round < catchUpRounds; round++) armRounds[round % arms.length]!.push(await catchUp(round, arms[round % arms.length]!))
+      let round = 0
+      for (let turn = 0; turn < catchUpRounds; turn++) {
+        for (let k = 0; k < arms.length; k++) {
+          const a = turn % 2 === 0 ? k : arms.length - 1 - k
+          armRounds[a]!.push(await catchUp(round++, arms[a]!))
+        }
+      }
       const n = txns.toLocaleString("en-US")
       report.rows.push({
         figure: `one shape, ${n} single-row txns by 4 writers, live`,
@@ -252,13 +263,12 @@ export const oneShape: Part = {
       })
       for (const [a, arm] of arms.entries()) {
         const rounds = armRounds[a]!
-        if (rounds.length === 0) continue
         const byRatio = [...rounds].sort((x, y) => x.ratio - y.ratio)
         const r = byRatio[Math.floor((byRatio.length - 1) / 2)]!
-        const armText = arm.label === "" ? "" : `, arm ${arm.label}`
-        const armNote = arm.label === ""
+        const armText = arm.label === undefined ? "" : `, arm ${arm.label}`
+        const armNote = arm.label === undefined
           ? ""
-          : ` (arm ${arm.label}: ${arm.entry === undefined ? "dist/" : path.relative(process.cwd(), path.dirname(arm.entry))}${arm.nodeArgs.length > 0 ? ` with ${arm.nodeArgs.join(" ")}` : ""}; ` +
+          : ` (arm ${arm.label}: ${arm.entry === undefined ? "dist/" : path.relative(REPO_ROOT, path.dirname(arm.entry))}${arm.nodeArgs.length > 0 ? ` with ${arm.nodeArgs.join(" ")}` : ""}; ` +
             `its catch-up times in ms: ${rounds.map((x) => fmtInt(x.catchUpMs)).join(", ")}, median ${fmtInt(median(rounds.map((x) => x.catchUpMs)))})`
         report.rows.push({
           figure: `one shape, ${n} txns in catch-up after a restart, from active${rounds.length > 1 ? ` (median of ${rounds.length} rounds)` : ""}${armText}`,
