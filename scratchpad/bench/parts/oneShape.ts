@@ -57,9 +57,8 @@ import type { Part } from "./part.js"
  * To compare builds or node flags: `BENCH_CATCHUP_ARMS="a=<dir>[ <flags>]; b=<dir>[ <flags>]"` runs every round on
  * each arm, in turns (a b, b a, a b, …), and gives a row per arm and each arm's rounds in the notes. Each `<dir>`,
  * relative to the repository, is a copy of `dist/` inside it (under `node_modules/`, say), where its imports resolve;
- * `.` is `dist/` itself. The speed of
- * this box drifts by a third over minutes: builds compared one run after the other differ by that much whatever
- * they hold, while arms in turns meet the same drift.
+ * `.` is `dist/` itself. The speed of this box drifts by a third over minutes: builds compared one run after the
+ * other differ by that much whatever they hold, while arms in turns meet the same drift.
  */
 
 const STREAM = "bench_one"
@@ -136,7 +135,6 @@ export const oneShape: Part = {
   run: async ({ db, dir, report, startService }) => {
     const txns = sized("TXNS", 20_000, 2_000)
     const catchUpRounds = sized("CATCHUP_ROUNDS", 5, 1)
-    const arms = catchUpArms
     await createItems(db.pool, TABLE, ROWS)
     const options = { stream: STREAM, storageDir: path.join(dir, "one-shape") }
     let service: Service | undefined = await startService(options)
@@ -244,12 +242,12 @@ export const oneShape: Part = {
       }
       // Each arm runs every round, in turns; the order within a turn is reversed from one turn to the next, so that
       // a steady drift of the box's speed favours no arm.
-      const armRounds = arms.map(() => [] as Array<CatchUpRound>)
+      const armRounds = catchUpArms.map(() => [] as Array<CatchUpRound>)
       let round = 0
       for (let turn = 0; turn < catchUpRounds; turn++) {
-        for (let k = 0; k < arms.length; k++) {
-          const a = turn % 2 === 0 ? k : arms.length - 1 - k
-          armRounds[a]!.push(await catchUp(round++, arms[a]!))
+        for (let k = 0; k < catchUpArms.length; k++) {
+          const a = turn % 2 === 0 ? k : catchUpArms.length - 1 - k
+          armRounds[a]!.push(await catchUp(round++, catchUpArms[a]!))
         }
       }
       const n = txns.toLocaleString("en-US")
@@ -261,7 +259,7 @@ export const oneShape: Part = {
         target: "≥ 0.9",
         met: liveRate / commitRate >= 0.9
       })
-      for (const [a, arm] of arms.entries()) {
+      for (const [a, arm] of catchUpArms.entries()) {
         const rounds = armRounds[a]!
         const byRatio = [...rounds].sort((x, y) => x.ratio - y.ratio)
         const r = byRatio[Math.floor((byRatio.length - 1) / 2)]!
