@@ -1,0 +1,103 @@
+import { ownTupleBytes, TransactionAssembler } from "../../src/postgres/PgOutput.js"
+import type { Shape } from "../../src/shapes/Shape.js"
+import { selectedColumns } from "../../src/shapes/Shape.js"
+import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
+import { closeTransaction, makeShapeEncoder, transactionHeaders } from "../../src/shapes/LogItems.js"
+import { LogLines } from "../../src/storage/LogLines.js"
+import { begin, Bytes, commit } from "../../test/support/pgoutput.js"
+import { tableInfo } from "../../test/where/table.js"
+
+/*
+ * The part of a catch-up that is pure computation, in one process and without I/O: pgoutput messages of
+ * single-row transactions (half inserts, half updates with the old row, as the one-shape part of `npm run bench`
+ * writes them) decoded, their tuples owned and their log lines written for one shape, as the pump and a consumer do.
+ *
+ * It prints the first pass over the transactions in steps of a thousand, then the warm cost per transaction. A
+ * restarted service runs the whole of a short catch-up in its first pass, so how soon V8 optimizes these functions
+ * matters as much as what they cost once it has: on a 2-core box the first thousand transactions take 7 to 11 times
+ * as long as a warm thousand, the pass comes near the warm speed only after 10,000 or so, and the whole first pass
+ * of 20,000 takes 2 to 3 times a warm one.
+ *
+ * Run with `node --v8-pool-size=0 --no-allocation-site-pretenuring --import tsx scratchpad/bench/decode-encode.ts`
+ * (`npm start`'s flags; `BENCH_TXNS`, `BENCH_PASSES`).
+ */
+const TXNS = Number(process.env["BENCH_TXNS"] ?? 20_000)
+const PASSES = Number(process.env["BENCH_PASSES"] ?? 30)
+const STEP = 1_000
+const OID = 16_500
+
+const table = {
+  ...tableInfo("bench_one", [["id", "int4"], ["title", "text", true], ["n", "int4", true], ["created_at", "timestamptz", true], [
+    "done",
+    "bool",
+    true
+  ]]),
+  oid: OID
+}
+const shape: Shape = {
+  handle: ShapeHandle("1-1"),
+  definition: { table: { schema: table.schema, name: table.name }, where: undefined, columns: undefined, replica: "default", log: "full" },
+  table,
+  where: undefined,
+  dependencies: [],
+  columns: selectedColumns(table, undefined)
+}
+
+const relation = new Bytes().char("R").u32(OID).cstr(table.schema).cstr(table.name).char("f").i16(table.columns.length)
+for (const [i, [name, typeOid]] of ([["id", 23], ["title", 25], ["n", 23], ["created_at", 1184], ["done", 16]] as const).entries()) {
+  relation.u8(i === 0 ? 1 : 0).cstr(name).u32(typeOid).i32(-1)
+}
+const row = (id: number, n: number, done: boolean) => [String(id), `item number ${id}`, String(n), "2026-12-07 20:17:00.123456+00", done ? "t" : "f"]
+const messages: Array<Buffer> = [relation.build()]
+for (let k = 0; k < TXNS; k++) {
+  const lsn = 1_000_000n + 200n * BigInt(k)
+  messages.push(begin(lsn + 100n, 5_000 + k))
+  if (k % 2 === 0) messages.push(new Bytes().char("I").u32(OID).char("N").tuple(row(1_001 + k, k, false)).build())
+  else {
+    const id = 1 + (k % 1_000)
+    messages.push(new Bytes().char("U").u32(OID).char("O").tuple(row(id, k, true)).char("N").tuple(row(id, k + 1, false)).build())
+  }
+  messages.push(commit(lsn + 100n, lsn + 150n))
+}
+// One buffer, read where each message lies, as the replication connection reads its socket's chunks.
+const wal = Buffer.concat(messages)
+const bounds = new Int32Array(messages.length + 1)
+for (let i = 0; i < messages.length; i++) bounds[i + 1] = bounds[i]! + messages[i]!.length
+
+/** One pass over every transaction; the time at the end of each `STEP` of them, from the pass's start. */
+const pass = (): Array<number> => {
+  const assembler = new TransactionAssembler()
+  const encoder = makeShapeEncoder(shape)
+  const steps: Array<number> = []
+  let lines = new LogLines()
+  let done = 0
+  const started = performance.now()
+  for (let m = 0; m < messages.length; m++) {
+    const txn = assembler.pushBuffer(wal, bounds[m]!, bounds[m + 1]!)
+    if (txn === undefined) continue
+    ownTupleBytes(txn)
+    const from = lines.count
+    const headers = transactionHeaders(txn.xid, txn.commitLsn)
+    for (let i = 0; i < txn.changes.length; i++) encoder.append(txn.changes[i]!, txn.commitLsn, i * 2, headers, lines)
+    closeTransaction(lines, from)
+    // A consumer's batch: its lines go to the log and the next batch starts afresh.
+    if (lines.count >= 1_024) lines = new LogLines()
+    if (++done % STEP === 0) steps.push(performance.now() - started)
+  }
+  if (done !== TXNS) throw new Error(`decoded ${done} transactions, expected ${TXNS}`)
+  return steps
+}
+
+const first = pass()
+const perStep = first.map((t, i) => t - (i === 0 ? 0 : first[i - 1]!))
+const warm: Array<number> = []
+for (let p = 1; p < PASSES; p++) {
+  const steps = pass()
+  if (p >= PASSES / 2) warm.push(steps[steps.length - 1]!)
+}
+warm.sort((a, b) => a - b)
+const warmMs = warm[Math.floor(warm.length / 2)]!
+console.log(`first pass over ${TXNS} transactions: ${first[first.length - 1]!.toFixed(1)} ms`)
+console.log(`  by ${STEP}: ${perStep.map((t) => t.toFixed(1)).join(" ")} ms`)
+console.log(`warm pass (median of the last ${warm.length}): ${warmMs.toFixed(1)} ms, ${(1000 * warmMs / TXNS).toFixed(2)} µs per transaction`)
+console.log(`the first pass took ${(first[first.length - 1]! / warmMs).toFixed(1)}× a warm one; its first ${STEP}, ${(perStep[0]! / (warmMs * STEP / TXNS)).toFixed(1)}× a warm ${STEP}`)
