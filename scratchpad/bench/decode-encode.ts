@@ -10,30 +10,29 @@ import { tableInfo } from "../../test/where/table.js"
 /*
  * The part of a catch-up that is pure computation, in one process and without I/O: pgoutput messages of
  * single-row transactions (half inserts, half updates with the old row, as the one-shape part of `npm run bench`
- * writes them) decoded, their tuples owned and their log lines written for one shape, as the pump and a consumer do.
+ * writes them) decoded, their tuples owned and their log lines written for one shape, as the replication
+ * connection and a consumer do it. Routing, flush tracking and the hand-overs between them are not in it.
  *
  * It prints the first pass over the transactions in steps of a thousand, then the warm cost per transaction. A
- * restarted service runs the whole of a short catch-up in its first pass, so how soon V8 optimizes these functions
- * matters as much as what they cost once it has: on a 2-core box the first thousand transactions take 7 to 11 times
- * as long as a warm thousand, the pass comes near the warm speed only after 10,000 or so, and the whole first pass
- * of 20,000 takes 2 to 3 times a warm one.
+ * restarted service runs the whole of a short catch-up in its first pass: how soon V8 optimizes these functions
+ * counts as much there as what they cost once it has.
  *
- * Run with `node --v8-pool-size=0 --no-allocation-site-pretenuring --import tsx scratchpad/bench/decode-encode.ts`
- * (`npm start`'s flags; `BENCH_TXNS`, `BENCH_PASSES`).
+ * Run with `node --v8-pool-size=0 --no-allocation-site-pretenuring --import tsx scratchpad/bench/decode-encode.ts`,
+ * `npm start`'s flags, which change when V8 optimizes (`BENCH_TXNS`, a multiple of 1,000; `BENCH_PASSES`, at least 2).
+ * tsx compiles `src/` with esbuild where the service runs tsc's `dist/`: the same code, set out a little differently.
  */
 const TXNS = Number(process.env["BENCH_TXNS"] ?? 20_000)
 const PASSES = Number(process.env["BENCH_PASSES"] ?? 30)
 const STEP = 1_000
+if (!Number.isInteger(TXNS / STEP) || TXNS < STEP) throw new Error(`BENCH_TXNS must be a multiple of ${STEP}, not ${TXNS}`)
+if (!Number.isInteger(PASSES) || PASSES < 2) throw new Error(`BENCH_PASSES must be 2 or more, not ${PASSES}`)
+/** What a consumer encodes into one `LogLines` before its first commit; later batches of a catch-up may be larger. */
+const BATCH = 1_024
 const OID = 16_500
 
-const table = {
-  ...tableInfo("bench_one", [["id", "int4"], ["title", "text", true], ["n", "int4", true], ["created_at", "timestamptz", true], [
-    "done",
-    "bool",
-    true
-  ]]),
-  oid: OID
-}
+/** The bench's table (`createItems`): its columns, their types and type oids. */
+const COLUMNS = [["id", "int4", 23], ["title", "text", 25], ["n", "int4", 23], ["created_at", "timestamptz", 1184], ["done", "bool", 16]] as const
+const table = { ...tableInfo("bench_one", COLUMNS.map(([name, type]) => [name, type, true] as const)), oid: OID }
 const shape: Shape = {
   handle: ShapeHandle("1-1"),
   definition: { table: { schema: table.schema, name: table.name }, where: undefined, columns: undefined, replica: "default", log: "full" },
@@ -43,10 +42,8 @@ const shape: Shape = {
   columns: selectedColumns(table, undefined)
 }
 
-const relation = new Bytes().char("R").u32(OID).cstr(table.schema).cstr(table.name).char("f").i16(table.columns.length)
-for (const [i, [name, typeOid]] of ([["id", 23], ["title", 25], ["n", 23], ["created_at", 1184], ["done", 16]] as const).entries()) {
-  relation.u8(i === 0 ? 1 : 0).cstr(name).u32(typeOid).i32(-1)
-}
+const relation = new Bytes().char("R").u32(OID).cstr(table.schema).cstr(table.name).char("f").i16(COLUMNS.length)
+for (const [i, [name, , typeOid]] of COLUMNS.entries()) relation.u8(i === 0 ? 1 : 0).cstr(name).u32(typeOid).i32(-1)
 const row = (id: number, n: number, done: boolean) => [String(id), `item number ${id}`, String(n), "2026-12-07 20:17:00.123456+00", done ? "t" : "f"]
 const messages: Array<Buffer> = [relation.build()]
 for (let k = 0; k < TXNS; k++) {
@@ -64,12 +61,13 @@ const wal = Buffer.concat(messages)
 const bounds = new Int32Array(messages.length + 1)
 for (let i = 0; i < messages.length; i++) bounds[i + 1] = bounds[i]! + messages[i]!.length
 
-/** One pass over every transaction; the time at the end of each `STEP` of them, from the pass's start. */
-const pass = (): Array<number> => {
+/** One pass over every transaction: its time, and the time at the end of each `STEP` of them, from its start. */
+const pass = (): { readonly ms: number; readonly steps: ReadonlyArray<number> } => {
   const assembler = new TransactionAssembler()
   const encoder = makeShapeEncoder(shape)
   const steps: Array<number> = []
   let lines = new LogLines()
+  let batched = 0
   let done = 0
   const started = performance.now()
   for (let m = 0; m < messages.length; m++) {
@@ -80,24 +78,30 @@ const pass = (): Array<number> => {
     const headers = transactionHeaders(txn.xid, txn.commitLsn)
     for (let i = 0; i < txn.changes.length; i++) encoder.append(txn.changes[i]!, txn.commitLsn, i * 2, headers, lines)
     closeTransaction(lines, from)
-    // A consumer's batch: its lines go to the log and the next batch starts afresh.
-    if (lines.count >= 1_024) lines = new LogLines()
+    // The batch's lines go to the log, and the next batch starts afresh.
+    if (++batched === BATCH) {
+      lines = new LogLines()
+      batched = 0
+    }
     if (++done % STEP === 0) steps.push(performance.now() - started)
   }
+  const ms = performance.now() - started
   if (done !== TXNS) throw new Error(`decoded ${done} transactions, expected ${TXNS}`)
-  return steps
+  return { ms, steps }
 }
 
 const first = pass()
-const perStep = first.map((t, i) => t - (i === 0 ? 0 : first[i - 1]!))
+const perStep = first.steps.map((t, i) => t - (i === 0 ? 0 : first.steps[i - 1]!))
 const warm: Array<number> = []
 for (let p = 1; p < PASSES; p++) {
-  const steps = pass()
-  if (p >= PASSES / 2) warm.push(steps[steps.length - 1]!)
+  const { ms } = pass()
+  if (p >= PASSES / 2) warm.push(ms)
 }
 warm.sort((a, b) => a - b)
 const warmMs = warm[Math.floor(warm.length / 2)]!
-console.log(`first pass over ${TXNS} transactions: ${first[first.length - 1]!.toFixed(1)} ms`)
+console.log(`first pass over ${TXNS} transactions: ${first.ms.toFixed(1)} ms`)
 console.log(`  by ${STEP}: ${perStep.map((t) => t.toFixed(1)).join(" ")} ms`)
 console.log(`warm pass (median of the last ${warm.length}): ${warmMs.toFixed(1)} ms, ${(1000 * warmMs / TXNS).toFixed(2)} µs per transaction`)
-console.log(`the first pass took ${(first[first.length - 1]! / warmMs).toFixed(1)}× a warm one; its first ${STEP}, ${(perStep[0]! / (warmMs * STEP / TXNS)).toFixed(1)}× a warm ${STEP}`)
+console.log(
+  `the first pass took ${(first.ms / warmMs).toFixed(1)}× a warm one; its first ${STEP}, ${(perStep[0]! / (warmMs * STEP / TXNS)).toFixed(1)}× a warm ${STEP}`
+)

@@ -602,11 +602,11 @@ export const writeTxns = async (
 }
 
 /**
- * pgoutput's messages of row changes: Insert, Update, Delete, Truncate. Two decodings of the same WAL find the same
- * ones, where Relation and Type messages may differ: pgoutput sends them again whenever its cache of the table is
- * invalidated, which an autovacuum or a reset of the session's caches does at any moment.
+ * The types of pgoutput's change messages: Insert, Update, Delete, Truncate. Two decodings of the same WAL find the
+ * same ones, where Relation and Type messages may differ: pgoutput sends them again whenever its cache of the table
+ * is invalidated, which an autovacuum or a reset of the session's caches does at any moment.
  */
-const ROW_CHANGE_KINDS = [0x49, 0x55, 0x44, 0x54] as const
+const CHANGE_MESSAGE_TYPES: ReadonlyArray<number> = [0x49, 0x55, 0x44, 0x54]
 
 /**
  * Decodes what slot `slot` holds for `publication` with pgoutput, consuming it: the physical limit
@@ -616,16 +616,16 @@ export const rawDecode = async (
   pool: pg.Pool,
   slot: string,
   publication: string
-): Promise<{ commits: number; rowChanges: number; messages: number; ms: number }> => {
+): Promise<{ commits: number; changes: number; messages: number; ms: number }> => {
   const started = performance.now()
-  const { rows } = await pool.query<{ n: string; commits: string; row_changes: string }>(
+  const { rows } = await pool.query<{ n: string; commits: string; changes: string }>(
     `SELECT count(*) AS n, count(*) FILTER (WHERE get_byte(data, 0) = 67) AS commits,
-       count(*) FILTER (WHERE get_byte(data, 0) IN (${ROW_CHANGE_KINDS.join(", ")})) AS row_changes
+       count(*) FILTER (WHERE get_byte(data, 0) IN (${CHANGE_MESSAGE_TYPES.join(", ")})) AS changes
      FROM pg_logical_slot_get_binary_changes($1, NULL, NULL, 'proto_version', '1', 'publication_names', $2)`,
     [slot, publication]
   )
   const row = rows[0]!
-  return { commits: Number(row.commits), rowChanges: Number(row.row_changes), messages: Number(row.n), ms: performance.now() - started }
+  return { commits: Number(row.commits), changes: Number(row.changes), messages: Number(row.n), ms: performance.now() - started }
 }
 
 /**
@@ -641,7 +641,7 @@ export const streamCommits = async (
   publication: string,
   expected: number,
   deadlineMs: number
-): Promise<{ commits: number; rowChanges: number; messages: number; ms: number; walsenderCpuMs: number; reads: number }> => {
+): Promise<{ commits: number; changes: number; messages: number; ms: number; walsenderCpuMs: number; reads: number }> => {
   const client = new pg.Client({ connectionString: url, replication: "database" } as pg.ClientConfig)
   // Until the stream is done, a broken connection fails it; afterwards, closing the socket is all that is left.
   let broken: (cause: Error) => void = () => undefined
@@ -657,7 +657,7 @@ export const streamCommits = async (
     for (const listener of socket.listeners("data")) socket.removeListener("data", listener as (chunk: Buffer) => void)
     const framer = new MessageFramer()
     let commits = 0
-    let rowChanges = 0
+    let changes = 0
     let messages = 0
     let reads = 0
     return await new Promise((resolve, reject) => {
@@ -676,10 +676,10 @@ export const streamCommits = async (
         if (kind !== 0x64 /* d */ || data[start + HEADER_BYTES] !== 0x77 /* w */) return false
         messages++
         const message = data[start + HEADER_BYTES + XLOG_DATA_HEADER_BYTES]!
-        if ((ROW_CHANGE_KINDS as ReadonlyArray<number>).includes(message)) rowChanges++
+        if (CHANGE_MESSAGE_TYPES.includes(message)) changes++
         if (message === 0x43 /* C: Commit */ && ++commits === expected) {
           const ms = performance.now() - started
-          resolve({ commits, rowChanges, messages, ms, walsenderCpuMs: cpuMsOf(walsender) - walsenderCpuAtStart, reads })
+          resolve({ commits, changes, messages, ms, walsenderCpuMs: cpuMsOf(walsender) - walsenderCpuAtStart, reads })
           return true
         }
         return false

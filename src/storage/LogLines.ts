@@ -69,8 +69,9 @@ export class LogLines {
 
   /** Adds the line written into `buffer` from `reserve`'s position to `end` (a complete JSON message) at offset `tx`/`op`. */
   endLine(tx: bigint, op: number, end: number): void {
-    // Past the room made, the bytes written there were dropped (a typed array ignores writes out of its range): the
-    // line is not what was meant, and must not be stored.
+    // Past the room made, the bytes written beyond the buffer's end were dropped (a typed array ignores writes out of
+    // its range; a run `writeBytes` copies whole throws there instead): the line is not what was meant, and must not
+    // be stored.
     if (end > this.reservedEnd) throw new Error(`a log line of ${end - this.byteCount} bytes was written where ${this.reservedEnd - this.byteCount} were made room for`)
     this.reservedEnd = -1
     this.addLine(tx, op, end)

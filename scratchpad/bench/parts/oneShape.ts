@@ -209,8 +209,8 @@ export const oneShape: Part = {
         const fromSlot = await rawDecode(db.pool, RESTART_SLOT, publicationName(STREAM))
         if (fromSlot.commits !== txns) throw new Error(`raw decoding from the service's slot found ${fromSlot.commits} transactions, expected ${txns}`)
         const streamed = await streamCommits(db.postgres.url, STREAM_SLOT, publicationName(STREAM), txns, 60_000)
-        if (streamed.rowChanges !== fromSlot.rowChanges) {
-          throw new Error(`streaming found ${streamed.rowChanges} row changes, decoding ${fromSlot.rowChanges}`)
+        if (streamed.changes !== fromSlot.changes) {
+          throw new Error(`streaming found ${streamed.changes} change messages, decoding ${fromSlot.changes}`)
         }
         await dropSlots(db.pool)
         const catchUpRate = txns / (catchUpMs / 1000)
