@@ -1,11 +1,8 @@
 import { ownTupleBytes, TransactionAssembler } from "../../src/postgres/PgOutput.js"
-import type { Shape } from "../../src/shapes/Shape.js"
-import { selectedColumns } from "../../src/shapes/Shape.js"
-import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
 import { closeTransaction, makeShapeEncoder, transactionHeaders } from "../../src/shapes/LogItems.js"
 import { LogLines } from "../../src/storage/LogLines.js"
 import { begin, Bytes, commit } from "../../test/support/pgoutput.js"
-import { tableInfo } from "../../test/where/table.js"
+import { tableInfo, wholeTableShape } from "../../test/where/table.js"
 
 /*
  * The part of a catch-up that is pure computation, in one process and without I/O: pgoutput messages of
@@ -33,14 +30,7 @@ const OID = 16_500
 /** The bench's table (`createItems`): its columns, their types and type oids. */
 const COLUMNS = [["id", "int4", 23], ["title", "text", 25], ["n", "int4", 23], ["created_at", "timestamptz", 1184], ["done", "bool", 16]] as const
 const table = { ...tableInfo("bench_one", COLUMNS.map(([name, type]) => [name, type, true] as const)), oid: OID }
-const shape: Shape = {
-  handle: ShapeHandle("1-1"),
-  definition: { table: { schema: table.schema, name: table.name }, where: undefined, columns: undefined, replica: "default", log: "full" },
-  table,
-  where: undefined,
-  dependencies: [],
-  columns: selectedColumns(table, undefined)
-}
+const shape = wholeTableShape("1-1", table)
 
 const relation = new Bytes().char("R").u32(OID).cstr(table.schema).cstr(table.name).char("f").i16(COLUMNS.length)
 for (const [i, [name, , typeOid]] of COLUMNS.entries()) relation.u8(i === 0 ? 1 : 0).cstr(name).u32(typeOid).i32(-1)

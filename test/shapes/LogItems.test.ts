@@ -13,7 +13,7 @@ import { selectedColumns } from "../../src/shapes/Shape.js"
 import { LogLines } from "../../src/storage/LogLines.js"
 import type { LogEntry } from "../../src/storage/ShapeLogStorage.js"
 import { parseWhere } from "../../src/where/WhereClause.js"
-import { tableInfo } from "../where/table.js"
+import { tableInfo, wholeTableShape } from "../where/table.js"
 
 const table = tableInfo("items", [["id", "int4"], ["title", "text"], ["n", "int4"]])
 
@@ -422,14 +422,7 @@ describe("ShapeEncoder.append", () => {
     // The shape's table as it was when the shape was made; the relation sent now lacks its key columns.
     const keys = Array.from({ length: 30 }, (_, i) => `key_column_with_a_name_long_enough_to_need_room_of_its_own_${i}`)
     const table: TableInfo = { ...tableInfo("t", [...keys.map((k) => [k, "text"] as const), ["v", "text"]]), pk: keys }
-    const shape: Shape = {
-      handle: ShapeHandle("1-3"),
-      definition: { table: { schema: table.schema, name: table.name }, where: undefined, columns: undefined, replica: "default", log: "full" },
-      table,
-      where: undefined,
-      dependencies: [],
-      columns: selectedColumns(table, undefined)
-    }
+    const shape = wholeTableShape("1-3", table)
     const relationMessage = Buffer.concat([
       Buffer.from("R"),
       int32(RELATION_OID),

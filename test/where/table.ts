@@ -1,4 +1,6 @@
+import { ShapeHandle } from "../../src/domain/ShapeHandle.js"
 import type { ColumnInfo, TableInfo } from "../../src/domain/Table.js"
+import { selectedColumns, type Shape } from "../../src/shapes/Shape.js"
 
 /**
  * Builds the `TableInfo` of a test table from `[name, typname, notNull?]` triples; the first column is the primary
@@ -26,4 +28,14 @@ export const tableInfo = (
     notNull: i === 0 || notNull === true,
     pkIndex: i === 0 ? 0 : undefined
   }))
+})
+
+/** The shape of every row and column of `table`: no where clause, no subquery, the default replica mode. */
+export const wholeTableShape = (handle: string, table: TableInfo): Shape => ({
+  handle: ShapeHandle(handle),
+  definition: { table: { schema: table.schema, name: table.name }, where: undefined, columns: undefined, replica: "default", log: "full" },
+  table,
+  where: undefined,
+  dependencies: [],
+  columns: selectedColumns(table, undefined)
 })
