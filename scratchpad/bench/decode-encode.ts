@@ -23,7 +23,7 @@ const PASSES = Number(process.env["BENCH_PASSES"] ?? 30)
 const STEP = 1_000
 if (!Number.isInteger(TXNS / STEP) || TXNS < STEP) throw new Error(`BENCH_TXNS must be a multiple of ${STEP}, not ${TXNS}`)
 if (!Number.isInteger(PASSES) || PASSES < 2) throw new Error(`BENCH_PASSES must be 2 or more, not ${PASSES}`)
-/** What a consumer encodes into one `LogLines` before its first commit; later batches of a catch-up may be larger. */
+/** The most a waiting consumer takes for its first batch (its `FIRST_BATCH`); later batches of a catch-up may be larger. */
 const BATCH = 1_024
 const OID = 16_500
 
